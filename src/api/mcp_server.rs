@@ -1,0 +1,237 @@
+//! MCPServer spec and status types. Field names follow Giant Swarm Muster's
+//! MCPServer so its manifests migrate by changing only `apiVersion`.
+//!
+//! Spec types deliberately do not `deny_unknown_fields`: one object with an
+//! extra field must never break a whole watch. Strictness lives in the file
+//! loader, which reports unknown fields as errors with their path.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Transport used to reach a downstream MCP server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ServerType {
+    /// MCP Streamable HTTP (2025-03-26 and later, including stateless 2026-07-28).
+    #[default]
+    #[serde(rename = "streamable-http")]
+    StreamableHttp,
+    /// A child process speaking MCP over stdin/stdout.
+    #[serde(rename = "stdio")]
+    Stdio,
+    /// The legacy HTTP+SSE transport (2024-11-05).
+    #[serde(rename = "sse")]
+    Sse,
+}
+
+impl ServerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerType::StreamableHttp => "streamable-http",
+            ServerType::Stdio => "stdio",
+            ServerType::Sse => "sse",
+        }
+    }
+}
+
+/// Desired state of one downstream MCP server.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "flotilla.dev",
+    version = "v1alpha1",
+    kind = "MCPServer",
+    plural = "mcpservers",
+    singular = "mcpserver",
+    shortname = "mcps",
+    namespaced,
+    status = "MCPServerStatus",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Family","type":"string","jsonPath":".spec.family.name"}"#,
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.family.instance"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.toolCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerSpec {
+    /// Transport: `streamable-http` (default), `stdio` or `sse`.
+    #[serde(rename = "type", default)]
+    pub server_type: ServerType,
+    /// Connect this server when the gateway starts (Muster compatibility; default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_start: Option<bool>,
+    /// Endpoint URL for `streamable-http` and `sse` servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Executable for `stdio` servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Arguments for the `stdio` command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables for the `stdio` command.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Static HTTP headers sent to `streamable-http` and `sse` servers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Prefix of exposed names: tools appear as `x_<toolPrefix>_<tool>`.
+    /// Defaults to the server's name; `""` exposes names unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_prefix: Option<String>,
+    /// Human-readable description of this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Timeout in seconds for connecting and for each request (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Membership in a family of equivalent servers (one per cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<FamilySpec>,
+    /// How the gateway authenticates to this server on behalf of users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// Family membership: servers sharing `name` are folded into one set of tools.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FamilySpec {
+    /// Family name; folded tools appear as `x_<name>_<tool>`.
+    pub name: String,
+    /// Name of the argument that selects the instance (default `instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_arg: Option<String>,
+    /// This member's instance name (default: server name minus the family suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Other names accepted for this instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Per-server credentials (field names as in Muster).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `none` or `oauth`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub auth_type: Option<String>,
+    /// Forward the user's own token to this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_token: Option<bool>,
+    /// Audiences the forwarded token must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_audiences: Vec<String>,
+    /// RFC 8693 token exchange at the server's own identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchangeSpec>,
+    /// Use the server's own OAuth flow when SSO is not possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_to_own_auth: Option<bool>,
+}
+
+/// RFC 8693 token exchange settings (Dex's API).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchangeSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dex_token_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_token_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials_secret_ref: Option<SecretRef>,
+}
+
+/// Reference to a Kubernetes Secret holding client credentials.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_key: Option<String>,
+}
+
+/// Connection state of a downstream server as the gateway sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServerState {
+    #[default]
+    Connecting,
+    Connected,
+    Failed,
+    AuthRequired,
+    Invalid,
+    Stopped,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Connecting => "Connecting",
+            ServerState::Connected => "Connected",
+            ServerState::Failed => "Failed",
+            ServerState::AuthRequired => "AuthRequired",
+            ServerState::Invalid => "Invalid",
+            ServerState::Stopped => "Stopped",
+        }
+    }
+}
+
+/// Observed state of one downstream server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerStatus {
+    #[serde(default)]
+    pub state: ServerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the last successful connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connected: Option<String>,
+    #[serde(default)]
+    pub tool_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Kubernetes-style conditions; `Ready` summarises the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition as defined by the Kubernetes API conventions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub condition_type: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl MCPServerSpec {
+    /// Request and connect timeout (default 30 s).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout.unwrap_or(30).max(1))
+    }
+}

@@ -1,0 +1,161 @@
+//! Semantic validation of an MCPServer: what serde cannot check (required
+//! fields per transport, name syntax). Every finding names the field to fix.
+
+use super::{MCPServerSpec, ServerType};
+
+/// One problem in a spec, with the JSON path of the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: &str, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Characters allowed in names that become part of exposed tool names.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+/// Checks `metadata.name` and the spec; returns every problem found.
+pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
+    let mut errors = Vec::new();
+    if name.is_empty() {
+        errors.push(err("metadata.name", "is required"));
+    } else if name.len() > 253 || !name.chars().all(is_name_char) {
+        errors.push(err(
+            "metadata.name",
+            "must be at most 253 characters of [A-Za-z0-9._-]",
+        ));
+    }
+    match spec.server_type {
+        ServerType::StreamableHttp | ServerType::Sse => match spec.url.as_deref() {
+            None | Some("") => errors.push(err(
+                "spec.url",
+                format!("is required for type {}", spec.server_type.as_str()),
+            )),
+            Some(raw) => match url::Url::parse(raw) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => errors.push(err(
+                    "spec.url",
+                    format!("scheme {:?} is not http or https", u.scheme()),
+                )),
+                Err(e) => errors.push(err("spec.url", format!("is not a valid URL: {e}"))),
+            },
+        },
+        ServerType::Stdio => {
+            if spec.command.as_deref().unwrap_or("").is_empty() {
+                errors.push(err("spec.command", "is required for type stdio"));
+            }
+        }
+    }
+    for (key, value) in &spec.headers {
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            errors.push(err(
+                &format!("spec.headers.{key}"),
+                "is not a valid HTTP header name",
+            ));
+        } else if http::HeaderValue::from_str(value).is_err() {
+            errors.push(err(
+                &format!("spec.headers.{key}"),
+                "value contains characters not allowed in an HTTP header",
+            ));
+        }
+        if key.eq_ignore_ascii_case("host") {
+            errors.push(err(
+                &format!("spec.headers.{key}"),
+                "Host is derived from spec.url and cannot be set",
+            ));
+        }
+    }
+    if let Some(prefix) = &spec.tool_prefix
+        && !prefix.chars().all(is_name_char)
+    {
+        errors.push(err("spec.toolPrefix", "may contain only [A-Za-z0-9._-]"));
+    }
+    if spec.timeout == Some(0) {
+        errors.push(err("spec.timeout", "must be at least 1 second"));
+    }
+    if let Some(family) = &spec.family {
+        if family.name.is_empty() || !family.name.chars().all(is_name_char) {
+            errors.push(err(
+                "spec.family.name",
+                "is required and may contain only [A-Za-z0-9._-]",
+            ));
+        }
+        if let Some(arg) = &family.instance_arg
+            && (arg.is_empty() || !arg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            errors.push(err(
+                "spec.family.instanceArg",
+                "must be a non-empty identifier of [A-Za-z0-9_]",
+            ));
+        }
+        if family.instance.as_deref() == Some("") {
+            errors.push(err("spec.family.instance", "must not be empty when set"));
+        }
+        for (i, alias) in family.aliases.iter().enumerate() {
+            if alias.trim().is_empty() || alias == "*" {
+                errors.push(err(
+                    &format!("spec.family.aliases[{i}]"),
+                    "must be a non-empty name other than \"*\"",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(url: &str) -> MCPServerSpec {
+        MCPServerSpec {
+            url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_transport_names_its_missing_field() {
+        let stdio = MCPServerSpec {
+            server_type: ServerType::Stdio,
+            ..Default::default()
+        };
+        assert_eq!(validate("a", &stdio)[0].field, "spec.command");
+        assert_eq!(
+            validate("a", &MCPServerSpec::default())[0].field,
+            "spec.url"
+        );
+        assert!(validate("a", &http("http://127.0.0.1:1/mcp")).is_empty());
+        assert_eq!(validate("a", &http("ftp://x"))[0].field, "spec.url");
+    }
+
+    #[test]
+    fn bad_names_and_headers_are_reported_with_their_path() {
+        let mut spec = http("http://x/mcp");
+        spec.tool_prefix = Some("a b".into());
+        spec.headers.insert("Host".into(), "evil".into());
+        spec.headers.insert("bad header".into(), "v".into());
+        let fields: Vec<_> = validate("ok", &spec).into_iter().map(|e| e.field).collect();
+        assert!(fields.contains(&"spec.toolPrefix".to_string()));
+        assert!(fields.contains(&"spec.headers.Host".to_string()));
+        assert!(fields.contains(&"spec.headers.bad header".to_string()));
+        assert_eq!(
+            validate("no/slash", &http("http://x"))[0].field,
+            "metadata.name"
+        );
+    }
+}

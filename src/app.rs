@@ -1,0 +1,98 @@
+//! Wiring for `flotilla serve`: source → fleet → catalog → gateway, under one
+//! cancellation token. [`App::build`] binds eagerly so callers (and tests)
+//! know the address before serving starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeSettings;
+use crate::fleet::{Fleet, FleetSettings};
+use crate::gateway::{AllowedHosts, GatewayState, router};
+use crate::source::ManifestDir;
+
+pub struct App {
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    manifests: ManifestDir,
+    allowed_hosts: AllowedHosts,
+    cancel: CancellationToken,
+}
+
+impl App {
+    pub async fn build(settings: ServeSettings, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let manifests = ManifestDir::watch(settings.manifests.clone(), cancel.child_token())?;
+        let fleet = Fleet::new(
+            FleetSettings {
+                ping_interval: settings.ping_interval,
+                ..Default::default()
+            },
+            cancel.child_token(),
+        );
+        let allowed_hosts = allowed_hosts(&settings, listener.local_addr()?);
+        Ok(Self {
+            listener,
+            state: GatewayState::new(fleet),
+            manifests,
+            allowed_hosts,
+            cancel,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the cancellation token fires.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            manifests,
+            allowed_hosts,
+            cancel,
+        } = self;
+        tokio::spawn(state.fleet.clone().follow(manifests.subscribe()));
+        tokio::spawn(state.clone().run_catalog(cancel.child_token()));
+        let app = router(state, allowed_hosts, cancel.child_token());
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let shutdown = cancel.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("serving HTTP")?;
+        drop(manifests);
+        Ok(())
+    }
+}
+
+/// Loopback-only by default (DNS-rebinding protection); the public URL's
+/// host is added; a non-loopback bind without a list accepts any host.
+fn allowed_hosts(settings: &ServeSettings, local: SocketAddr) -> AllowedHosts {
+    let mut hosts: Vec<String> = match &settings.allowed_hosts {
+        Some(list) if list.iter().any(|h| h == "*") => return AllowedHosts::Any,
+        Some(list) => list.clone(),
+        None if !local.ip().is_loopback() => return AllowedHosts::Any,
+        None => vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+    };
+    if let Some(host) = settings
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+    {
+        hosts.push(host);
+    }
+    AllowedHosts::Only(hosts)
+}

@@ -1,0 +1,87 @@
+//! The catalog: one immutable snapshot of everything the gateway exposes
+//! (tools, resources, resource templates, prompts), with a route from each
+//! exposed name back to its server. Rebuilt whenever the fleet changes and
+//! swapped in atomically, so listing never asks an upstream.
+
+pub mod build;
+pub mod naming;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
+
+pub use build::build;
+
+/// Where an exposed tool or prompt really lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub server: Arc<str>,
+    /// The upstream's own name for it.
+    pub name: String,
+}
+
+/// A name two servers both wanted. The owner keeps it; the others are
+/// reported and their entry is withheld.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collision {
+    pub exposed: String,
+    pub kind: &'static str,
+    pub owner: String,
+    pub loser: String,
+}
+
+impl std::fmt::Display for Collision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} of server {:?} collides with server {:?}, which keeps it; set a distinct spec.toolPrefix",
+            self.kind, self.exposed, self.loser, self.owner
+        )
+    }
+}
+
+/// One consistent view of the exposed surface.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Sorted by exposed name.
+    pub tools: Arc<Vec<Tool>>,
+    pub tool_routes: HashMap<String, Route>,
+    /// Sorted by URI; URIs are exposed unchanged.
+    pub resources: Arc<Vec<Resource>>,
+    pub resource_routes: HashMap<String, Arc<str>>,
+    pub resource_templates: Arc<Vec<ResourceTemplate>>,
+    /// Literal prefix of each template (up to its first `{`) and its server,
+    /// longest first, to route reads of URIs that are not listed.
+    pub template_routes: Vec<(String, Arc<str>)>,
+    pub prompts: Arc<Vec<Prompt>>,
+    pub prompt_routes: HashMap<String, Route>,
+    pub collisions: Vec<Collision>,
+    /// Tools each server contributes (after collisions), for status.
+    pub tool_counts: BTreeMap<String, u32>,
+}
+
+impl Catalog {
+    pub fn tool(&self, exposed: &str) -> Option<&Route> {
+        self.tool_routes.get(exposed)
+    }
+
+    pub fn prompt(&self, exposed: &str) -> Option<&Route> {
+        self.prompt_routes.get(exposed)
+    }
+
+    /// The server owning a resource URI: a listed resource, else the
+    /// longest matching template prefix.
+    pub fn resource_server(&self, uri: &str) -> Option<&Arc<str>> {
+        self.resource_routes.get(uri).or_else(|| {
+            self.template_routes
+                .iter()
+                .find(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
+                .map(|(_, server)| server)
+        })
+    }
+
+    pub fn collisions_of<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Collision> {
+        self.collisions.iter().filter(move |c| c.loser == server)
+    }
+}

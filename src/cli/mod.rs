@@ -1,0 +1,130 @@
+//! The `flotilla` command line: `serve`, `crd`, `validate` and `sim-cluster`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::{ConfigFile, ServeSettings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A fleet gateway for the Model Context Protocol"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway in front of the MCPServers in a manifest directory.
+    Serve {
+        /// Directory of MCPServer manifests (*.yaml, *.yml), watched for changes.
+        #[arg(long, env = "FLOTILLA_MANIFESTS")]
+        manifests: Option<PathBuf>,
+        /// YAML config file (bindAddress, port, publicUrl, manifests, allowedHosts).
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to bind (default 127.0.0.1).
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// Port to listen on (default 8080; 0 picks a free port).
+        #[arg(long, env = "FLOTILLA_PORT")]
+        port: Option<u16>,
+        /// URL clients use to reach the gateway.
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Print the MCPServer CustomResourceDefinition as YAML.
+    Crd,
+    /// Check manifests without starting anything; exit 1 if any is invalid.
+    Validate {
+        /// Directory of MCPServer manifests.
+        dir: PathBuf,
+    },
+    /// Serve a simulated Kubernetes cluster's MCP tools on stdio (for demos and tests).
+    SimCluster {
+        /// The cluster's name; its synthetic pods and events derive from it.
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            manifests,
+            config,
+            bind,
+            port,
+            public_url,
+        } => {
+            let file = match config {
+                Some(path) => ConfigFile::load(&path)?,
+                None => ConfigFile::default(),
+            };
+            let settings = ServeSettings::resolve(file, manifests, bind, port, public_url)?;
+            let cancel = CancellationToken::new();
+            let app = App::build(settings, cancel.clone()).await?;
+            let addr = app.local_addr()?;
+            // Printed on stdout so scripts and tests can find the port.
+            println!("flotilla listening on http://{addr}/mcp");
+            tracing::info!(%addr, "gateway listening");
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                on_signal.cancel();
+            });
+            app.run().await
+        }
+        Command::Crd => {
+            print!("{}", crate::crd_yaml()?);
+            Ok(())
+        }
+        Command::Validate { dir } => {
+            let fleet = crate::source::load_dir(&dir, &mut Default::default());
+            for server in fleet.servers.values() {
+                println!("ok\t{}\t{}", server.origin, server.name);
+            }
+            for problem in &fleet.problems {
+                println!("invalid\t{problem}");
+            }
+            if fleet.problems.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} invalid manifest(s)", fleet.problems.len())
+            }
+        }
+        Command::SimCluster { cluster } => crate::sim::serve_stdio(&cluster)
+            .await
+            .with_context(|| format!("simulated cluster {cluster}")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,76 @@
+//! Gateway settings: an optional YAML config file, overridden by flags.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The config file (`--config`), every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to bind (default 127.0.0.1).
+    pub bind_address: Option<IpAddr>,
+    /// Port to listen on (default 8080; 0 picks a free one).
+    pub port: Option<u16>,
+    /// The URL clients use to reach the gateway (behind an ingress).
+    pub public_url: Option<String>,
+    /// Directory of MCPServer manifests, relative to the config file.
+    pub manifests: Option<PathBuf>,
+    /// Host headers `/mcp` accepts; `["*"]` accepts any.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Seconds between upstream health checks (default 20).
+    pub ping_interval_seconds: Option<u64>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let mut config: ConfigFile = serde_yaml::from_str(&text)
+            .with_context(|| format!("config file {} is invalid", path.display()))?;
+        if let (Some(dir), Some(manifests)) = (path.parent(), config.manifests.as_mut())
+            && manifests.is_relative()
+        {
+            *manifests = dir.join(&*manifests);
+        }
+        Ok(config)
+    }
+}
+
+/// Resolved settings for `flotilla serve`.
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub manifests: PathBuf,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub ping_interval: Duration,
+}
+
+impl ServeSettings {
+    pub fn resolve(
+        file: ConfigFile,
+        manifests: Option<PathBuf>,
+        bind: Option<IpAddr>,
+        port: Option<u16>,
+        public_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let manifests = manifests.or(file.manifests).context(
+            "no manifest directory: pass --manifests DIR or set `manifests` in the config file",
+        )?;
+        let ip = bind
+            .or(file.bind_address)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let port = port.or(file.port).unwrap_or(8080);
+        Ok(Self {
+            listen: SocketAddr::new(ip, port),
+            public_url: public_url.or(file.public_url),
+            manifests,
+            allowed_hosts: file.allowed_hosts,
+            ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Client side of the legacy HTTP+SSE transport (MCP 2024-11-05), which rmcp
+//! no longer ships: GET opens an event stream whose first `endpoint` event
+//! names the URL to POST messages to; replies arrive as `message` events.
+//! SSE framing is parsed by the `sse-stream` crate; this file only wires the
+//! two halves into an rmcp [`Transport`].
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::HeaderMap;
+use rmcp::RoleClient;
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
+use sse_stream::{Sse, SseStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LegacySseError {
+    #[error("opening the event stream failed: {0}")]
+    Open(#[source] reqwest::Error),
+    #[error("the server answered the event stream with HTTP {0}")]
+    Status(u16),
+    #[error("the event stream ended before naming its message endpoint")]
+    NoEndpoint,
+    #[error("the endpoint event named an invalid URL: {0}")]
+    BadEndpoint(String),
+    #[error("posting a message failed: {0}")]
+    Post(#[source] reqwest::Error),
+    #[error("timed out waiting for the endpoint event")]
+    Timeout,
+}
+
+/// An open legacy SSE session.
+pub struct LegacySseTransport {
+    http: reqwest::Client,
+    post_url: url::Url,
+    headers: HeaderMap,
+    events: Option<BoxStream<'static, Result<Sse, sse_stream::Error>>>,
+}
+
+impl LegacySseTransport {
+    /// Opens the event stream at `url` and waits for the `endpoint` event.
+    pub async fn connect(
+        http: reqwest::Client,
+        url: &str,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> Result<Self, LegacySseError> {
+        let base = url::Url::parse(url).map_err(|e| LegacySseError::BadEndpoint(e.to_string()))?;
+        let open = async {
+            let response = http
+                .get(base.clone())
+                .headers(headers.clone())
+                .header(http::header::ACCEPT, "text/event-stream")
+                .send()
+                .await
+                .map_err(LegacySseError::Open)?;
+            if !response.status().is_success() {
+                return Err(LegacySseError::Status(response.status().as_u16()));
+            }
+            let mut events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { break };
+                if event.event.as_deref() == Some("endpoint") {
+                    let target = event.data.unwrap_or_default();
+                    let post_url = base
+                        .join(target.trim())
+                        .map_err(|e| LegacySseError::BadEndpoint(e.to_string()))?;
+                    return Ok((post_url, events));
+                }
+            }
+            Err(LegacySseError::NoEndpoint)
+        };
+        let (post_url, events) = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| LegacySseError::Timeout)??;
+        Ok(Self {
+            http,
+            post_url,
+            headers,
+            events: Some(events),
+        })
+    }
+}
+
+impl Transport<RoleClient> for LegacySseTransport {
+    type Error = LegacySseError;
+
+    fn name() -> Cow<'static, str> {
+        "legacy-sse".into()
+    }
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let request = self
+            .http
+            .post(self.post_url.clone())
+            .headers(self.headers.clone())
+            .json(&item);
+        async move {
+            let response = request.send().await.map_err(LegacySseError::Post)?;
+            response.error_for_status().map_err(LegacySseError::Post)?;
+            Ok(())
+        }
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let events = self.events.as_mut()?;
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            if !matches!(event.event.as_deref(), None | Some("message")) {
+                continue;
+            }
+            let Some(data) = event.data else { continue };
+            match serde_json::from_str(&data) {
+                Ok(message) => return Some(message),
+                Err(error) => tracing::warn!(%error, "skipping undecodable legacy SSE message"),
+            }
+        }
+        self.events = None;
+        None
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.events = None;
+        Ok(())
+    }
+}

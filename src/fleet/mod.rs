@@ -1,0 +1,212 @@
+//! The fleet: one supervised upstream session per desired server. It diffs
+//! each desired-state snapshot against what runs, so an edit touches only the
+//! servers whose spec changed (a label-only change reconnects nothing).
+
+mod client_handler;
+mod connect;
+pub mod http_client;
+mod legacy_sse;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rmcp::model::ErrorData;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use client_handler::ListKind;
+pub use upstream::{Health, Inventory, Upstream};
+
+use crate::api::ServerState;
+use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};
+
+/// Timings of the supervision loop.
+#[derive(Clone, Debug)]
+pub struct FleetSettings {
+    pub ping_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FleetSettings {
+    /// Exponential backoff with jitter, never giving up.
+    pub(crate) fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.backoff_min)
+            .with_max_delay(self.backoff_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Why a request to an upstream did not produce its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("server {server:?} is {state} {}{}", last_error.as_deref().map(|e| format!("(last error: {e})")).unwrap_or_default(), retry_in.map(|d| format!("; retrying in {:.1}s", d.as_secs_f64())).unwrap_or_default())]
+    Unavailable {
+        server: String,
+        state: ServerStateLabel,
+        last_error: Option<String>,
+        retry_in: Option<Duration>,
+    },
+    #[error("server {server:?} did not answer within {}s (spec.timeout)", after.as_secs())]
+    Timeout { server: String, after: Duration },
+    #[error("server {server:?} connection failed: {message}")]
+    Transport { server: String, message: String },
+    /// The upstream answered with a JSON-RPC error; passed through as is.
+    #[error("{}", .0.message)]
+    Rejected(ErrorData),
+    #[error("the request was cancelled")]
+    Cancelled,
+}
+
+/// [`ServerState`] for messages ("Connecting", "Failed", ...).
+pub type ServerStateLabel = ServerState;
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+struct FleetInner {
+    servers: RwLock<BTreeMap<String, Arc<Upstream>>>,
+    problems: RwLock<Vec<ManifestProblem>>,
+    changed: Arc<watch::Sender<u64>>,
+    http: reqwest::Client,
+    settings: FleetSettings,
+    cancel: CancellationToken,
+}
+
+/// Cheap-to-clone handle on the running fleet.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<FleetInner>,
+}
+
+impl Fleet {
+    pub fn new(settings: FleetSettings, cancel: CancellationToken) -> Self {
+        let (changed, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(FleetInner {
+                servers: RwLock::new(BTreeMap::new()),
+                problems: RwLock::new(Vec::new()),
+                changed: Arc::new(changed),
+                http: http_client::build_reqwest(),
+                settings,
+                cancel,
+            }),
+        }
+    }
+
+    /// Follows a desired-state stream until cancelled, then stops every upstream.
+    pub async fn follow(self, mut desired: DesiredFleetRx) {
+        let current = desired.borrow_and_update().clone();
+        self.apply(&current);
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => break,
+                changed = desired.changed() => {
+                    if changed.is_err() { break; }
+                    let next = desired.borrow_and_update().clone();
+                    self.apply(&next);
+                }
+            }
+        }
+        self.stop_all();
+    }
+
+    /// Makes the running set match `desired`, touching only what changed.
+    pub fn apply(&self, desired: &DesiredFleet) {
+        let mut servers = match self.inner.servers.write() {
+            Ok(servers) => servers,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        servers.retain(|name, upstream| {
+            let keep = desired.servers.contains_key(name);
+            if !keep {
+                tracing::info!(server = %name, "server removed");
+                upstream.stop();
+            }
+            keep
+        });
+        for (name, want) in &desired.servers {
+            match servers.get(name) {
+                Some(running) if running.desired().spec == want.spec => {
+                    if *running.desired() != *want {
+                        running.update_metadata(want.clone());
+                    }
+                }
+                existing => {
+                    if let Some(old) = existing {
+                        tracing::info!(server = %name, "server spec changed; reconnecting it");
+                        old.stop();
+                    } else {
+                        tracing::info!(server = %name, origin = %want.origin, "server added");
+                    }
+                    let upstream = Upstream::start(
+                        want.clone(),
+                        self.inner.http.clone(),
+                        self.inner.settings.clone(),
+                        self.inner.changed.clone(),
+                        &self.inner.cancel,
+                    );
+                    servers.insert(name.clone(), upstream);
+                }
+            }
+        }
+        drop(servers);
+        if let Ok(mut problems) = self.inner.problems.write() {
+            *problems = desired.problems.clone();
+        }
+        self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn stop_all(&self) {
+        if let Ok(servers) = self.inner.servers.read() {
+            servers.values().for_each(|u| u.stop());
+        }
+    }
+
+    /// All upstreams, ordered by name.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.inner
+            .servers
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.inner.servers.read().ok()?.get(name).cloned()
+    }
+
+    /// Manifests that could not be used, from the latest snapshot.
+    pub fn problems(&self) -> Vec<ManifestProblem> {
+        self.inner
+            .problems
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// Ticks whenever any upstream's lists, health or metadata change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+}

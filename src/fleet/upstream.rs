@@ -1,0 +1,436 @@
+//! One downstream server: its supervisor task (connect, back off, health
+//! check, refresh lists on change) and the request path through its session.
+//!
+//! While an upstream is down its last known lists stay in the catalog, so an
+//! agent's tool list does not flap; calls to it get a clear error naming the
+//! server, its state and its last error.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rmcp::model::{
+    CancelledNotificationParam, ClientRequest, PingRequest, Prompt, Resource, ResourceTemplate,
+    ServerResult, Tool,
+};
+use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
+use rmcp::{Peer, RoleClient, RoleServer};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::client_handler::{
+    ListKind, ProgressRoute, ProgressRoutes, ResourceSubscribers, UpstreamClient,
+};
+use super::connect::{Connected, connect};
+use super::{FleetSettings, UpstreamError};
+use crate::api::ServerState;
+use crate::source::DesiredServer;
+
+/// What an upstream offers, as last listed.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub tools: Vec<Tool>,
+    pub resources: Vec<Resource>,
+    pub resource_templates: Vec<ResourceTemplate>,
+    pub prompts: Vec<Prompt>,
+}
+
+/// Connection health as the supervisor last saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub state: ServerState,
+    pub last_error: Option<String>,
+    pub last_connected: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_retry: Option<Instant>,
+    pub protocol_version: Option<String>,
+}
+
+/// A supervised downstream server.
+pub struct Upstream {
+    pub name: Arc<str>,
+    desired: ArcSwap<DesiredServer>,
+    peer: ArcSwapOption<Peer<RoleClient>>,
+    inventory: ArcSwap<Inventory>,
+    health: Mutex<Health>,
+    progress: ProgressRoutes,
+    subscribers: ResourceSubscribers,
+    changed: Arc<watch::Sender<u64>>,
+    cancel: CancellationToken,
+}
+
+impl Upstream {
+    /// Starts supervising `desired`; the task ends when [`Upstream::stop`] is called.
+    pub fn start(
+        desired: DesiredServer,
+        http: reqwest::Client,
+        settings: FleetSettings,
+        changed: Arc<watch::Sender<u64>>,
+        parent: &CancellationToken,
+    ) -> Arc<Self> {
+        let upstream = Arc::new(Self {
+            name: desired.name.as_str().into(),
+            desired: ArcSwap::from_pointee(desired),
+            peer: ArcSwapOption::empty(),
+            inventory: ArcSwap::from_pointee(Inventory::default()),
+            health: Mutex::new(Health::default()),
+            progress: Default::default(),
+            subscribers: Default::default(),
+            changed,
+            cancel: parent.child_token(),
+        });
+        let auto_start = upstream.desired().spec.auto_start.unwrap_or(true);
+        if auto_start {
+            tokio::spawn(upstream.clone().supervise(http, settings));
+        } else {
+            upstream.set_health(
+                ServerState::Stopped,
+                Some("autoStart is false".into()),
+                None,
+            );
+        }
+        upstream
+    }
+
+    /// Closes the session (killing a stdio child) and ends supervision.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn desired(&self) -> Arc<DesiredServer> {
+        self.desired.load_full()
+    }
+
+    /// Replaces metadata that needs no reconnect (labels, generation, origin).
+    pub fn update_metadata(&self, desired: DesiredServer) {
+        self.desired.store(Arc::new(desired));
+        self.bump();
+    }
+
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.inventory.load_full()
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    pub fn subscribers(&self) -> &ResourceSubscribers {
+        &self.subscribers
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn set_health(&self, state: ServerState, error: Option<String>, next_retry: Option<Instant>) {
+        if let Ok(mut health) = self.health.lock() {
+            if state == ServerState::Connected {
+                health.last_connected = Some(chrono::Utc::now());
+            }
+            health.state = state;
+            if error.is_some() || state == ServerState::Connected {
+                health.last_error = error;
+            }
+            health.next_retry = next_retry;
+        }
+        self.bump();
+    }
+
+    async fn supervise(self: Arc<Self>, http: reqwest::Client, settings: FleetSettings) {
+        let mut backoff = settings.backoff();
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.set_health(ServerState::Connecting, None, None);
+            let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
+            let handler = UpstreamClient {
+                server: self.name.clone(),
+                progress: self.progress.clone(),
+                subscribers: self.subscribers.clone(),
+                refresh: refresh_tx,
+            };
+            let desired = self.desired();
+            let attempt = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                attempt = connect(&desired, handler, &http) => attempt,
+            };
+            let started = Instant::now();
+            let failure = match attempt {
+                Err(error) => error.to_string(),
+                Ok(connected) => self.serve(connected, refresh_rx, &settings).await,
+            };
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            if started.elapsed() > settings.backoff_max {
+                // It held for a while: the next failure starts from a short delay again.
+                backoff = settings.backoff();
+            }
+            let delay = backoff.next().unwrap_or(settings.backoff_max);
+            tracing::warn!(server = %self.name, error = %failure, retry_in_ms = delay.as_millis() as u64, "upstream unavailable");
+            self.set_health(
+                ServerState::Failed,
+                Some(failure),
+                Some(Instant::now() + delay),
+            );
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.peer.store(None);
+        self.set_health(ServerState::Stopped, None, None);
+    }
+
+    /// Runs one connected session until it fails or supervision stops;
+    /// returns why it ended.
+    async fn serve(
+        &self,
+        connected: Connected,
+        mut refresh: mpsc::UnboundedReceiver<ListKind>,
+        settings: &FleetSettings,
+    ) -> String {
+        let Connected { running, protocol } = connected;
+        let peer = running.peer().clone();
+        let timeout = self.desired().spec.timeout();
+        let stop = running.cancellation_token();
+        let closed = running.waiting();
+        tokio::pin!(closed);
+        match fetch_inventory(&peer, timeout).await {
+            Ok(inventory) => self.inventory.store(Arc::new(inventory)),
+            Err(error) => {
+                stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+                return format!("listing its capabilities failed: {error}");
+            }
+        }
+        if let Ok(mut health) = self.health.lock() {
+            health.protocol_version = Some(protocol.to_string());
+        }
+        self.peer.store(Some(Arc::new(peer.clone())));
+        self.set_health(ServerState::Connected, None, None);
+        tracing::info!(server = %self.name, protocol = %protocol, tools = self.inventory().tools.len(), "upstream connected");
+        let stateless = !protocol.has_initialize();
+        let mut health_check = tokio::time::interval(settings.ping_interval);
+        health_check.tick().await;
+        let reason = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    stop.cancel();
+                    break String::new();
+                }
+                quit = &mut closed => break format!("session closed ({})", describe_quit(quit)),
+                _ = health_check.tick() => {
+                    if let Err(error) = probe(&peer, stateless, timeout).await {
+                        stop.cancel();
+                        break format!("health check failed: {error}");
+                    }
+                }
+                Some(kind) = refresh.recv() => {
+                    // Coalesce a burst of list_changed into one refresh.
+                    let mut kinds = vec![kind];
+                    while let Ok(more) = refresh.try_recv() { kinds.push(more); }
+                    if let Err(error) = self.refresh(&peer, &kinds, timeout).await {
+                        tracing::warn!(server = %self.name, %error, "refreshing lists failed");
+                    }
+                }
+            }
+        };
+        self.peer.store(None);
+        // Give the transport a moment to close cleanly (stdio: SIGTERM, then kill).
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+        reason
+    }
+
+    async fn refresh(
+        &self,
+        peer: &Peer<RoleClient>,
+        kinds: &[ListKind],
+        timeout: Duration,
+    ) -> Result<(), ServiceError> {
+        let mut next = (*self.inventory()).clone();
+        if kinds.contains(&ListKind::Tools) {
+            next.tools = with_timeout(timeout, peer.list_all_tools()).await?;
+        }
+        if kinds.contains(&ListKind::Resources) {
+            next.resources = with_timeout(timeout, peer.list_all_resources()).await?;
+            next.resource_templates =
+                with_timeout(timeout, peer.list_all_resource_templates()).await?;
+        }
+        if kinds.contains(&ListKind::Prompts) {
+            next.prompts = with_timeout(timeout, peer.list_all_prompts()).await?;
+        }
+        tracing::info!(server = %self.name, ?kinds, tools = next.tools.len(), "upstream lists refreshed");
+        self.inventory.store(Arc::new(next));
+        self.bump();
+        Ok(())
+    }
+
+    /// Sends one request through this upstream's session on behalf of a
+    /// client request: progress is relayed to that client, the client's
+    /// cancellation is relayed upstream, and `spec.timeout` bounds the wait
+    /// (extended while progress keeps arriving).
+    pub async fn request(
+        &self,
+        request: ClientRequest,
+        client: Option<&RequestContext<RoleServer>>,
+    ) -> Result<ServerResult, UpstreamError> {
+        let Some(peer) = self.peer.load_full() else {
+            return Err(self.unavailable());
+        };
+        let timeout = self.desired().spec.timeout();
+        let options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
+        let handle = peer
+            .send_request_with_option(request, options)
+            .await
+            .map_err(|e| self.service_error(e, timeout))?;
+        let _route = client
+            .and_then(|ctx| ctx.meta.get_progress_token().map(|t| (ctx, t)))
+            .map(|(ctx, client_token)| {
+                RouteGuard::insert(
+                    &self.progress,
+                    handle.progress_token.clone(),
+                    ProgressRoute {
+                        client: ctx.peer.clone(),
+                        client_token,
+                    },
+                )
+            });
+        let request_id = handle.id.clone();
+        let cancelled = async {
+            match client {
+                Some(ctx) => ctx.ct.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = handle.await_response() => result.map_err(|e| self.service_error(e, timeout)),
+            _ = cancelled => {
+                let _ = peer
+                    .notify_cancelled(CancelledNotificationParam::new(
+                        Some(request_id),
+                        Some("cancelled by the client".into()),
+                    ))
+                    .await;
+                Err(UpstreamError::Cancelled)
+            }
+        }
+    }
+
+    fn unavailable(&self) -> UpstreamError {
+        let health = self.health();
+        UpstreamError::Unavailable {
+            server: self.name.to_string(),
+            state: health.state,
+            last_error: health.last_error,
+            retry_in: health
+                .next_retry
+                .map(|at| at.saturating_duration_since(Instant::now())),
+        }
+    }
+
+    fn service_error(&self, error: ServiceError, timeout: Duration) -> UpstreamError {
+        match error {
+            ServiceError::McpError(data) => UpstreamError::Rejected(data),
+            ServiceError::Timeout { .. } => UpstreamError::Timeout {
+                server: self.name.to_string(),
+                after: timeout,
+            },
+            ServiceError::Cancelled { .. } => UpstreamError::Cancelled,
+            other => UpstreamError::Transport {
+                server: self.name.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Removes a progress route when the request it belongs to ends.
+struct RouteGuard {
+    routes: ProgressRoutes,
+    token: rmcp::model::ProgressToken,
+}
+
+impl RouteGuard {
+    fn insert(
+        routes: &ProgressRoutes,
+        token: rmcp::model::ProgressToken,
+        route: ProgressRoute,
+    ) -> Self {
+        if let Ok(mut map) = routes.lock() {
+            map.insert(token.clone(), route);
+        }
+        Self {
+            routes: routes.clone(),
+            token,
+        }
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.routes.lock() {
+            map.remove(&self.token);
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ServiceError::Timeout { timeout })?
+}
+
+/// Lists everything the server's capabilities say it offers.
+async fn fetch_inventory(
+    peer: &Peer<RoleClient>,
+    timeout: Duration,
+) -> Result<Inventory, ServiceError> {
+    let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
+    let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| capabilities.as_ref().is_none_or(f);
+    let mut inventory = Inventory::default();
+    if has(|c| c.tools.is_some()) {
+        inventory.tools = with_timeout(timeout, peer.list_all_tools()).await?;
+    }
+    if has(|c| c.resources.is_some()) {
+        inventory.resources = with_timeout(timeout, peer.list_all_resources()).await?;
+        inventory.resource_templates =
+            with_timeout(timeout, peer.list_all_resource_templates()).await?;
+    }
+    if has(|c| c.prompts.is_some()) {
+        inventory.prompts = with_timeout(timeout, peer.list_all_prompts()).await?;
+    }
+    Ok(inventory)
+}
+
+/// Health probe: `ping` where the protocol has it; 2026-07-28 removed ping,
+/// so a stateless upstream is probed with a cheap `tools/list`.
+async fn probe(
+    peer: &Peer<RoleClient>,
+    stateless: bool,
+    timeout: Duration,
+) -> Result<(), ServiceError> {
+    if stateless {
+        with_timeout(timeout, peer.list_tools(None))
+            .await
+            .map(|_| ())
+    } else {
+        with_timeout(
+            timeout,
+            peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn describe_quit(quit: Result<rmcp::service::QuitReason, tokio::task::JoinError>) -> String {
+    match quit {
+        Ok(reason) => format!("{reason:?}"),
+        Err(error) => error.to_string(),
+    }
+}

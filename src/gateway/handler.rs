@@ -1,0 +1,296 @@
+//! The MCP server clients talk to. Lists come from the catalog snapshot;
+//! only calls, reads, prompt gets, completions and subscriptions reach an
+//! upstream, through the route the catalog recorded for the exposed name.
+
+#![allow(deprecated)] // resources/subscribe is legacy-only but still spoken by 2025 clients
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
+    CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, ErrorData,
+    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
+    ServerCapabilities, ServerConfig, ServerResult, SubscribeRequest, SubscribeRequestParams,
+    UnsubscribeRequest, UnsubscribeRequestParams,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{RoleServer, ServerHandler};
+
+use super::state::GatewayState;
+use crate::fleet::{Upstream, UpstreamError};
+
+/// Cheap-to-clone MCP handler; one per client session, all sharing state.
+#[derive(Clone)]
+pub struct GatewayHandler {
+    state: Arc<GatewayState>,
+    /// Distinguishes client sessions (e.g. whose subscription is whose).
+    session: u64,
+}
+
+impl GatewayHandler {
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        Self {
+            state,
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn upstream(&self, server: &str) -> Result<Arc<Upstream>, ErrorData> {
+        self.state.fleet.get(server).ok_or_else(|| {
+            ErrorData::internal_error(format!("server {server:?} was just removed"), None)
+        })
+    }
+}
+
+/// Maps a failed upstream request to the protocol error a client should see.
+fn protocol_error(error: UpstreamError) -> ErrorData {
+    match error {
+        UpstreamError::Rejected(data) => data,
+        UpstreamError::Cancelled => ErrorData::new(ErrorCode(-32800), "request cancelled", None),
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
+fn unexpected(kind: &str) -> ErrorData {
+    ErrorData::internal_error(format!("upstream sent an unexpected reply to {kind}"), None)
+}
+
+impl ServerHandler for GatewayHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .enable_resources_subscribe()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_completions()
+                .build(),
+        )
+        .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Flotilla gateway: tools of every server in the fleet, named x_<server>_<tool>.",
+        )
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.state.clients.register(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let catalog = self.state.catalog();
+        Ok(ListToolsResult::with_all_items(catalog.tools.to_vec()))
+    }
+
+    async fn call_tool(
+        &self,
+        mut request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let catalog = self.state.catalog();
+        let Some(route) = catalog.tool(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "unknown tool {:?}; call tools/list for the current names",
+                    request.name
+                ),
+                None,
+            ));
+        };
+        let upstream = self.upstream(&route.server)?;
+        request.name = route.name.clone().into();
+        let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
+        match upstream.request(sent, Some(&context)).await {
+            Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
+            Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
+            Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
+            Ok(_) => Err(unexpected("tools/call")),
+            // The tool could not run: tell the agent why, in-band, so it can act on it.
+            Err(
+                error @ (UpstreamError::Unavailable { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Transport { .. }),
+            ) => Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                ContentBlock::text(error.to_string()),
+            ]))),
+            Err(error) => Err(protocol_error(error)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(
+            self.state.catalog().resources.to_vec(),
+        ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.state.catalog().resource_templates.to_vec(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let upstream = self.resource_owner(&request.uri)?;
+        let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
+        match upstream
+            .request(sent, Some(&context))
+            .await
+            .map_err(protocol_error)?
+        {
+            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(unexpected("resources/read")),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let upstream = self.resource_owner(&request.uri)?;
+        let uri = request.uri.clone();
+        let sent = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
+        upstream
+            .request(sent, Some(&context))
+            .await
+            .map_err(protocol_error)?;
+        if let Ok(mut subscribers) = upstream.subscribers().lock() {
+            let peers = subscribers.entry(uri).or_default();
+            if !peers.iter().any(|(s, _)| *s == self.session) {
+                peers.push((self.session, context.peer.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let upstream = self.resource_owner(&request.uri)?;
+        let last_one = {
+            let Ok(mut subscribers) = upstream.subscribers().lock() else {
+                return Ok(());
+            };
+            let peers = subscribers.entry(request.uri.clone()).or_default();
+            peers.retain(|(s, p)| *s != self.session && !p.is_transport_closed());
+            let empty = peers.is_empty();
+            if empty {
+                subscribers.remove(&request.uri);
+            }
+            empty
+        };
+        if last_one {
+            let sent = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
+            upstream
+                .request(sent, Some(&context))
+                .await
+                .map_err(protocol_error)?;
+        }
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(
+            self.state.catalog().prompts.to_vec(),
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let catalog = self.state.catalog();
+        let Some(route) = catalog.prompt(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown prompt {:?}", request.name),
+                None,
+            ));
+        };
+        let upstream = self.upstream(&route.server)?;
+        request.name = route.name.clone();
+        let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
+        match upstream
+            .request(sent, Some(&context))
+            .await
+            .map_err(protocol_error)?
+        {
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(unexpected("prompts/get")),
+        }
+    }
+
+    async fn complete(
+        &self,
+        mut request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let catalog = self.state.catalog();
+        let upstream = match &mut request.r#ref {
+            Reference::Prompt(prompt) => {
+                let Some(route) = catalog.prompt(&prompt.name) else {
+                    return Ok(CompleteResult::default());
+                };
+                prompt.name = route.name.clone();
+                self.upstream(&route.server)?
+            }
+            Reference::Resource(template) => match catalog.resource_server(&template.uri) {
+                Some(server) => self.upstream(server)?,
+                None => return Ok(CompleteResult::default()),
+            },
+            _ => return Ok(CompleteResult::default()),
+        };
+        let sent = ClientRequest::CompleteRequest(CompleteRequest::new(request));
+        match upstream
+            .request(sent, Some(&context))
+            .await
+            .map_err(protocol_error)?
+        {
+            ServerResult::CompleteResult(r) => Ok(r),
+            _ => Err(unexpected("completion/complete")),
+        }
+    }
+}
+
+impl GatewayHandler {
+    fn resource_owner(&self, uri: &str) -> Result<Arc<Upstream>, ErrorData> {
+        let catalog = self.state.catalog();
+        let server = catalog.resource_server(uri).ok_or_else(|| {
+            ErrorData::resource_not_found(
+                format!("no server in the fleet offers resource {uri:?}"),
+                None,
+            )
+        })?;
+        self.upstream(server)
+    }
+}

@@ -1,0 +1,104 @@
+//! The HTTP surface: `/mcp` (rmcp's Streamable HTTP service: sessions for
+//! 2025 clients, stateless for 2026-07-28 ones), `/healthz`, `/readyz` and
+//! `/status`. The listener sets TCP_NODELAY on every accepted socket.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::handler::GatewayHandler;
+use super::state::GatewayState;
+use super::status::{FleetReport, ServerReport, server_status};
+use crate::api::ServerState;
+
+/// Which `Host` headers `/mcp` accepts (DNS-rebinding protection).
+#[derive(Clone, Debug)]
+pub enum AllowedHosts {
+    Any,
+    Only(Vec<String>),
+}
+
+pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: CancellationToken) -> Router {
+    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel);
+    config = match hosts {
+        AllowedHosts::Any => config.disable_allowed_hosts(),
+        AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts),
+    };
+    let handler_state = state.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(GatewayHandler::new(handler_state.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// Ready once every server that should start has finished its first
+/// connection attempt (connected or failed), so the catalog is as complete
+/// as it will be without waiting on a dead upstream.
+async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
+    let upstreams = state.fleet.upstreams();
+    let pending: Vec<String> = upstreams
+        .iter()
+        .filter(|u| {
+            u.health().state == ServerState::Connecting
+                && u.health().last_error.is_none()
+                && u.health().last_connected.is_none()
+        })
+        .map(|u| u.name.to_string())
+        .collect();
+    let connected = upstreams
+        .iter()
+        .filter(|u| u.health().state == ServerState::Connected)
+        .count();
+    let body = serde_json::json!({
+        "ready": pending.is_empty(),
+        "servers": upstreams.len(),
+        "connected": connected,
+        "pending": pending,
+    });
+    let code = if pending.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+async fn status(State(state): State<Arc<GatewayState>>) -> Json<FleetReport> {
+    let catalog = state.catalog();
+    let problems = state.fleet.problems();
+    let servers = state
+        .fleet
+        .upstreams()
+        .iter()
+        .map(|u| {
+            let desired = u.desired();
+            ServerReport {
+                name: u.name.to_string(),
+                server_type: desired.spec.server_type.as_str(),
+                origin: desired.origin.clone(),
+                protocol_version: u.health().protocol_version,
+                status: server_status(u, &catalog, &problems),
+            }
+        })
+        .collect();
+    Json(FleetReport {
+        servers,
+        invalid_manifests: problems.iter().map(|p| p.to_string()).collect(),
+        tools: catalog.tools.len(),
+        clients: state.clients.count(),
+    })
+}

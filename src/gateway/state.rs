@@ -1,0 +1,125 @@
+//! State shared by every client session: the fleet, the current catalog
+//! snapshot, and the connected clients to notify when lists change. The
+//! catalog task rebuilds the snapshot whenever the fleet reports a change.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rmcp::{Peer, RoleServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, Catalog, build::Member};
+use crate::fleet::Fleet;
+
+/// Changes arriving within this window are folded into one rebuild.
+const REBUILD_SETTLE: Duration = Duration::from_millis(10);
+
+/// Connected client sessions that asked for list-change notifications.
+#[derive(Default)]
+pub struct ClientRegistry {
+    peers: Mutex<Vec<Peer<RoleServer>>>,
+}
+
+impl ClientRegistry {
+    pub fn register(&self, peer: Peer<RoleServer>) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.retain(|p| !p.is_transport_closed());
+            peers.push(peer);
+        }
+    }
+
+    fn live(&self) -> Vec<Peer<RoleServer>> {
+        self.peers
+            .lock()
+            .map(|mut peers| {
+                peers.retain(|p| !p.is_transport_closed());
+                peers.clone()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.live().len()
+    }
+}
+
+pub struct GatewayState {
+    pub fleet: Fleet,
+    catalog: ArcSwap<Catalog>,
+    pub clients: ClientRegistry,
+}
+
+impl GatewayState {
+    pub fn new(fleet: Fleet) -> Arc<Self> {
+        Arc::new(Self {
+            fleet,
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            clients: ClientRegistry::default(),
+        })
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    /// Rebuilds the catalog from the fleet now; returns the new snapshot.
+    pub fn rebuild(&self) -> Arc<Catalog> {
+        let members: Vec<Member> = self
+            .fleet
+            .upstreams()
+            .into_iter()
+            .map(|u| Member {
+                server: u.name.clone(),
+                tool_prefix: u.desired().spec.tool_prefix.clone(),
+                inventory: u.inventory(),
+            })
+            .collect();
+        let previous = self.catalog();
+        let next = Arc::new(catalog::build(&members, &previous));
+        for collision in &next.collisions {
+            if !previous.collisions.contains(collision) {
+                tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");
+            }
+        }
+        self.catalog.store(next.clone());
+        next
+    }
+
+    /// Keeps the catalog current until `cancel`, notifying clients of changes.
+    pub async fn run_catalog(self: Arc<Self>, cancel: CancellationToken) {
+        let mut changes = self.fleet.changes();
+        loop {
+            let previous = self.catalog();
+            let next = self.rebuild();
+            self.notify_changes(&previous, &next).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            tokio::time::sleep(REBUILD_SETTLE).await;
+            changes.borrow_and_update();
+        }
+    }
+
+    async fn notify_changes(&self, previous: &Catalog, next: &Catalog) {
+        let tools = previous.tools != next.tools;
+        let resources = previous.resources != next.resources
+            || previous.resource_templates != next.resource_templates;
+        let prompts = previous.prompts != next.prompts;
+        if !(tools || resources || prompts) {
+            return;
+        }
+        for peer in self.clients.live() {
+            if tools {
+                let _ = peer.notify_tool_list_changed().await;
+            }
+            if resources {
+                let _ = peer.notify_resource_list_changed().await;
+            }
+            if prompts {
+                let _ = peer.notify_prompt_list_changed().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Status of each server as operators see it (`/status`, and later the
+//! Kubernetes status subresource): fleet health joined with what the
+//! catalog and the manifest source found, as Kubernetes-style conditions.
+
+use serde::Serialize;
+
+use crate::api::{Condition, MCPServerStatus, ServerState};
+use crate::catalog::Catalog;
+use crate::fleet::Upstream;
+use crate::source::ManifestProblem;
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        condition_type: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: None,
+        observed_generation: generation,
+    }
+}
+
+/// The status of one running server.
+pub fn server_status(
+    upstream: &Upstream,
+    catalog: &Catalog,
+    problems: &[ManifestProblem],
+) -> MCPServerStatus {
+    let desired = upstream.desired();
+    let health = upstream.health();
+    let generation = desired.generation;
+    let (reason, message) = match health.state {
+        ServerState::Connected => ("Connected", "serving its tools".to_string()),
+        ServerState::Connecting => ("Connecting", "first connection attempt in progress".into()),
+        ServerState::Stopped => ("Stopped", health.last_error.clone().unwrap_or_default()),
+        _ => ("Unreachable", health.last_error.clone().unwrap_or_default()),
+    };
+    let mut conditions = vec![condition(
+        "Ready",
+        health.state == ServerState::Connected,
+        reason,
+        message,
+        generation,
+    )];
+    let collisions: Vec<String> = catalog
+        .collisions_of(&upstream.name)
+        .map(|c| c.to_string())
+        .collect();
+    if !collisions.is_empty() {
+        conditions.push(Condition {
+            status: "True".into(),
+            ..condition(
+                "NameCollision",
+                false,
+                "NameCollision",
+                collisions.join("; "),
+                generation,
+            )
+        });
+    }
+    let own_problems: Vec<String> = problems
+        .iter()
+        .filter(|p| p.server.as_deref() == Some(&*upstream.name))
+        .map(|p| p.to_string())
+        .collect();
+    if !own_problems.is_empty() {
+        conditions.push(Condition {
+            status: "True".into(),
+            ..condition(
+                "InvalidSpec",
+                false,
+                "InvalidSpec",
+                format!(
+                    "{} (still serving the last valid version)",
+                    own_problems.join("; ")
+                ),
+                generation,
+            )
+        });
+    }
+    MCPServerStatus {
+        state: health.state,
+        last_error: health.last_error,
+        last_connected: health.last_connected.map(|t| t.to_rfc3339()),
+        tool_count: catalog
+            .tool_counts
+            .get(&*upstream.name)
+            .copied()
+            .unwrap_or(0),
+        observed_generation: generation,
+        conditions,
+    }
+}
+
+/// One row of the `/status` document.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerReport {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub server_type: &'static str,
+    pub origin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    pub status: MCPServerStatus,
+}
+
+/// The whole `/status` document.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetReport {
+    pub servers: Vec<ServerReport>,
+    pub invalid_manifests: Vec<String>,
+    pub tools: usize,
+    pub clients: usize,
+}

@@ -1,0 +1,157 @@
+//! A simulated Kubernetes cluster's MCP server (`flotilla sim-cluster`):
+//! a small stdio server with Kubernetes-style read-only tools (pods, events,
+//! logs) over synthetic data that differs per cluster name. It lets the
+//! quickstart and the tests run a whole fleet with nothing but cargo.
+
+mod data;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    ErrorData, Implementation, ListResourcesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
+use serde::Deserialize;
+
+pub use data::{Cluster, Pod};
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct NamespaceArgs {
+    /// Namespace to look in; omit for all namespaces.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct LogArgs {
+    /// Pod name, as returned by list_pods.
+    pub pod: String,
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// How many of the last lines to return (default 20).
+    #[serde(default)]
+    pub tail_lines: Option<u32>,
+}
+
+#[derive(Clone)]
+pub struct SimCluster {
+    cluster: std::sync::Arc<Cluster>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl SimCluster {
+    pub fn new(name: &str) -> Self {
+        Self {
+            cluster: std::sync::Arc::new(Cluster::generate(name)),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "List pods with their phase, restarts and node. Optionally filter by namespace.",
+        annotations(title = "List pods", read_only_hint = true, open_world_hint = false)
+    )]
+    fn list_pods(&self, Parameters(args): Parameters<NamespaceArgs>) -> Json<data::PodList> {
+        Json(self.cluster.pods_in(args.namespace.as_deref()))
+    }
+
+    #[tool(
+        description = "Recent cluster events (type, reason, object, message), newest first. Optionally filter by namespace.",
+        annotations(title = "Get events", read_only_hint = true, open_world_hint = false)
+    )]
+    fn get_events(&self, Parameters(args): Parameters<NamespaceArgs>) -> String {
+        self.cluster.events_text(args.namespace.as_deref())
+    }
+
+    #[tool(
+        description = "The last lines of a pod's log.",
+        annotations(title = "Get pod logs", read_only_hint = true, open_world_hint = false)
+    )]
+    fn get_pod_logs(&self, Parameters(args): Parameters<LogArgs>) -> Result<String, String> {
+        self.cluster
+            .logs(&args.namespace, &args.pod, args.tail_lines.unwrap_or(20))
+            .ok_or_else(|| {
+                format!(
+                    "pod {}/{} not found in cluster {}; call list_pods to see the pods",
+                    args.namespace, args.pod, self.cluster.name
+                )
+            })
+    }
+
+    #[tool(
+        description = "Cluster name, Kubernetes version, provider, region and node count.",
+        annotations(title = "Cluster info", read_only_hint = true, open_world_hint = false)
+    )]
+    fn cluster_info(&self) -> String {
+        self.cluster.info_text()
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for SimCluster {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "flotilla-sim-cluster",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(format!(
+            "Simulated Kubernetes cluster {}",
+            self.cluster.name
+        ))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let mut summary =
+            Resource::new(self.summary_uri(), format!("{} summary", self.cluster.name));
+        summary.mime_type = Some("text/plain".into());
+        Ok(ListResourcesResult::with_all_items(vec![summary]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != self.summary_uri() {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}", request.uri),
+                None,
+            ));
+        }
+        Ok(ReadResourceResponse::Complete(ReadResourceResult::new(
+            vec![ResourceContents::text(
+                self.cluster.info_text(),
+                request.uri,
+            )],
+        )))
+    }
+}
+
+impl SimCluster {
+    fn summary_uri(&self) -> String {
+        format!("cluster://{}/summary", self.cluster.name)
+    }
+}
+
+/// Serves one simulated cluster on stdin/stdout until the client goes away.
+pub async fn serve_stdio(name: &str) -> anyhow::Result<()> {
+    let service = SimCluster::new(name)
+        .serve(rmcp::transport::stdio())
+        .await?;
+    service.waiting().await?;
+    Ok(())
+}

