@@ -3,11 +3,14 @@
 //! offers it, else the initialize handshake), or legacy HTTP+SSE.
 
 use std::process::Stdio;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rmcp::RoleClient;
 use rmcp::model::ProtocolVersion;
-use rmcp::service::{ClientLifecycleMode, RunningService, serve_client_with_lifecycle};
+use rmcp::service::{
+    ClientInitializeError, ClientLifecycleMode, RunningService, serve_client_with_lifecycle,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::AsyncBufReadExt;
@@ -38,6 +41,8 @@ pub enum ConnectError {
     Timeout(u64),
     #[error("{0}")]
     Legacy(#[from] super::legacy_sse::LegacySseError),
+    #[error("the server offers only handshake protocol versions")]
+    OnlyHandshakeVersions,
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
 }
@@ -79,42 +84,18 @@ pub async fn connect(
 ) -> Result<Connected, ConnectError> {
     let timeout = desired.spec.timeout();
     let attempt = async {
-        match desired.spec.server_type {
-            ServerType::Stdio => connect_stdio(desired, handler).await,
-            ServerType::StreamableHttp => {
-                let url = desired
-                    .spec
-                    .url
-                    .as_deref()
-                    .ok_or(ConnectError::MissingUrl)?;
-                let headers = header_map(desired)?;
-                let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(
-                    headers
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((k?, v)))
-                        .collect(),
-                );
-                let transport = StreamableHttpClientTransport::with_client(
-                    UpstreamHttpClient::new(http.clone()),
-                    config,
-                );
-                serve_client_with_lifecycle(handler, transport, auto_lifecycle())
-                    .await
-                    .map_err(|e| ConnectError::Handshake(e.to_string()))
+        let lifecycle = match desired.spec.server_type {
+            ServerType::Sse => ClientLifecycleMode::Initialize,
+            _ => auto_lifecycle(),
+        };
+        match open(desired, handler.clone(), http, lifecycle).await {
+            // Some servers answer server/discover but list only handshake
+            // versions (kubernetes-mcp-server does); rmcp's Auto mode treats
+            // that as final, so fall back to initialize on a fresh transport.
+            Err(ConnectError::OnlyHandshakeVersions) => {
+                open(desired, handler, http, ClientLifecycleMode::Initialize).await
             }
-            ServerType::Sse => {
-                let url = desired
-                    .spec
-                    .url
-                    .as_deref()
-                    .ok_or(ConnectError::MissingUrl)?;
-                let transport =
-                    LegacySseTransport::connect(http.clone(), url, header_map(desired)?, timeout)
-                        .await?;
-                serve_client_with_lifecycle(handler, transport, ClientLifecycleMode::Initialize)
-                    .await
-                    .map_err(|e| ConnectError::Handshake(e.to_string()))
-            }
+            other => other,
         }
     };
     let running = tokio::time::timeout(timeout, attempt)
@@ -128,10 +109,68 @@ pub async fn connect(
     Ok(Connected { running, protocol })
 }
 
-async fn connect_stdio(
+type Running = RunningService<RoleClient, UpstreamClient>;
+
+async fn open(
     desired: &DesiredServer,
     handler: UpstreamClient,
-) -> Result<RunningService<RoleClient, UpstreamClient>, ConnectError> {
+    http: &reqwest::Client,
+    lifecycle: ClientLifecycleMode,
+) -> Result<Running, ConnectError> {
+    let result = match desired.spec.server_type {
+        ServerType::Stdio => {
+            let transport = spawn_stdio(desired, &handler.server)?;
+            serve_client_with_lifecycle(handler, transport, lifecycle).await
+        }
+        ServerType::StreamableHttp => {
+            let url = desired
+                .spec
+                .url
+                .as_deref()
+                .ok_or(ConnectError::MissingUrl)?;
+            let headers = header_map(desired)?;
+            let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(
+                headers
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k?, v)))
+                    .collect(),
+            );
+            let transport = StreamableHttpClientTransport::with_client(
+                UpstreamHttpClient::new(http.clone()),
+                config,
+            );
+            serve_client_with_lifecycle(handler, transport, lifecycle).await
+        }
+        ServerType::Sse => {
+            let url = desired
+                .spec
+                .url
+                .as_deref()
+                .ok_or(ConnectError::MissingUrl)?;
+            let transport = LegacySseTransport::connect(
+                http.clone(),
+                url,
+                header_map(desired)?,
+                desired.spec.timeout(),
+            )
+            .await?;
+            serve_client_with_lifecycle(handler, transport, lifecycle).await
+        }
+    };
+    result.map_err(|error| match error {
+        ClientInitializeError::NoCompatibleProtocolVersion {
+            server_supported, ..
+        } if server_supported.iter().all(|v| v.has_initialize()) => {
+            ConnectError::OnlyHandshakeVersions
+        }
+        other => ConnectError::Handshake(other.to_string()),
+    })
+}
+
+fn spawn_stdio(
+    desired: &DesiredServer,
+    server: &Arc<str>,
+) -> Result<TokioChildProcess, ConnectError> {
     let program = desired
         .spec
         .command
@@ -153,7 +192,7 @@ async fn connect_stdio(
             source,
         })?;
     if let Some(stderr) = stderr {
-        let server = handler.server.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(mut line)) = lines.next_line().await {
@@ -168,7 +207,5 @@ async fn connect_stdio(
             }
         });
     }
-    serve_client_with_lifecycle(handler, transport, auto_lifecycle())
-        .await
-        .map_err(|e| ConnectError::Handshake(e.to_string()))
+    Ok(transport)
 }

@@ -305,7 +305,9 @@ impl Upstream {
             }
         };
         tokio::select! {
-            result = handle.await_response() => result.map_err(|e| self.service_error(e, timeout)),
+            result = handle.await_response() => result
+                .map(strip_hop_meta)
+                .map_err(|e| self.service_error(e, timeout)),
             _ = cancelled => {
                 let _ = peer
                     .notify_cancelled(CancelledNotificationParam::new(
@@ -346,6 +348,24 @@ impl Upstream {
     }
 }
 
+/// Metadata an upstream attaches for its own client (the gateway) about
+/// itself; the gateway's clients get the gateway's, never an upstream's.
+const HOP_META_KEYS: &[&str] = &["io.modelcontextprotocol/serverInfo"];
+
+fn strip_hop_meta(mut result: ServerResult) -> ServerResult {
+    if let ServerResult::CallToolResult(call) = &mut result
+        && let Some(meta) = call.meta.as_mut()
+    {
+        for key in HOP_META_KEYS {
+            meta.remove(*key);
+        }
+        if meta.is_empty() {
+            call.meta = None;
+        }
+    }
+    result
+}
+
 /// Removes a progress route when the request it belongs to ends.
 struct RouteGuard {
     routes: ProgressRoutes,
@@ -368,10 +388,28 @@ impl RouteGuard {
     }
 }
 
+/// rmcp hands each notification to its own task, so the last progress
+/// notification can be handled just after the response it preceded; the
+/// route outlives the request briefly so that progress is not lost.
+const ROUTE_GRACE: Duration = Duration::from_millis(500);
+
 impl Drop for RouteGuard {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.routes.lock() {
-            map.remove(&self.token);
+        let routes = self.routes.clone();
+        let token = self.token.clone();
+        let remove = move || {
+            if let Ok(mut map) = routes.lock() {
+                map.remove(&token);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(ROUTE_GRACE).await;
+                    remove();
+                });
+            }
+            Err(_) => remove(),
         }
     }
 }

@@ -1,0 +1,436 @@
+//! Shared integration-test harness: installs the pinned third-party peers
+//! once, starts real processes on 127.0.0.1 (each in its own process group,
+//! killed with its children on drop) and connects real MCP clients.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+
+/// Paths printed by tests/peers/install.sh.
+pub struct Peers(HashMap<String, String>);
+
+impl Peers {
+    pub fn get(&self, key: &str) -> String {
+        self.0
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("install.sh did not print {key}"))
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs the peers (idempotent, locked) and returns their paths.
+pub fn peers() -> &'static Peers {
+    static PEERS: OnceLock<Peers> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/peers/install.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/peers/install.sh");
+        assert!(out.status.success(), "tests/peers/install.sh failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        Peers(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A process group that is terminated (then killed) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    lines: mpsc::Receiver<String>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` in a new process group; stdout lines are readable with
+    /// [`Proc::wait_line`], stderr goes to a log file.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            name: name.to_string(),
+            lines,
+            log,
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "{} did not print {needle:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM the group, wait up to 5 s, then SIGKILL it.
+    pub fn stop(&mut self) {
+        let pgid = self.pid();
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL the whole group at once (a crash).
+    pub fn kill(&mut self) {
+        unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        } else {
+            unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
+        }
+    }
+}
+
+/// Polls TCP until something listens on `port`.
+pub fn wait_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listened on 127.0.0.1:{port} within {timeout:?}");
+}
+
+/// `@modelcontextprotocol/server-everything` in `streamableHttp` or `sse` mode.
+pub fn everything(mode: &str, port: u16, logs: &Path) -> Proc {
+    let p = peers();
+    let mut cmd = Command::new(p.get("NODE22"));
+    cmd.env("PORT", port.to_string())
+        .arg("--require")
+        .arg(p.get("LOOPBACK_PRELOAD"))
+        .arg(p.get("EVERYTHING_JS"))
+        .arg(mode);
+    let proc = Proc::spawn(&format!("everything-{mode}-{port}"), cmd, logs);
+    wait_port(port, Duration::from_secs(30));
+    proc
+}
+
+/// The Python `mcp` 2.x SDK server (tests/peers/py_server.py); returns it and its /mcp URL.
+pub fn python_server(port: u16, logs: &Path) -> (Proc, String) {
+    let p = peers();
+    let mut cmd = Command::new(p.get("PY"));
+    cmd.arg(p.get("PY_SERVER"))
+        .arg("--port")
+        .arg(port.to_string());
+    let proc = Proc::spawn(&format!("py-server-{port}"), cmd, logs);
+    let line = proc.wait_line("READY", Duration::from_secs(30));
+    let url = line.trim_start_matches("READY ").trim().to_string();
+    (proc, url)
+}
+
+/// `kubernetes-mcp-server` over HTTP with a kubeconfig pointing nowhere.
+pub fn kubernetes_mcp_server(port: u16, logs: &Path) -> Proc {
+    let p = peers();
+    let mut cmd = Command::new(p.get("KUBERNETES_MCP_SERVER"));
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--bind-address")
+        .arg("127.0.0.1")
+        .arg("--kubeconfig")
+        .arg(p.get("KUBECONFIG_FAKE"))
+        .env("HOME", logs);
+    let proc = Proc::spawn(&format!("kubernetes-mcp-server-{port}"), cmd, logs);
+    wait_port(port, Duration::from_secs(30));
+    proc
+}
+
+/// A running gateway on a free port, over a manifest directory.
+pub struct Gateway {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(manifests: &Path, logs: &Path) -> Gateway {
+        Self::start_with(manifests, logs, &[])
+    }
+
+    pub fn start_with(manifests: &Path, logs: &Path, extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.arg("serve")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--port")
+            .arg("0")
+            .args(extra)
+            .env("RUST_LOG", "info,rmcp=warn,flotilla=debug");
+        let proc = Proc::spawn("gateway", cmd, logs);
+        let line = proc.wait_line("listening on", Duration::from_secs(30));
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.trim_end_matches("/mcp").parse().ok())
+            .expect("port in the listening line");
+        let gateway = Gateway {
+            proc,
+            port,
+            dir: manifests.to_path_buf(),
+        };
+        gateway.wait_ready(Duration::from_secs(30));
+        gateway
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let body = http_get(self.port, path).1;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if http_get(self.port, "/readyz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not ready; log:\n{}", self.proc.log_text());
+    }
+
+    /// The status row of one server from `/status`.
+    pub fn server_status(&self, name: &str) -> serde_json::Value {
+        let status = self.get_json("/status");
+        status["servers"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Polls `/status` until `server` reports `state`.
+    pub fn wait_state(&self, server: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.server_status(server)["status"]["state"] == state {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{server} did not reach {state}: {}\nlog:\n{}",
+            self.server_status(server),
+            self.proc.log_text()
+        );
+    }
+}
+
+/// Minimal blocking HTTP GET on 127.0.0.1 (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Chunked bodies: keep only the JSON between the first '{' and last '}'.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    (code, body)
+}
+
+/// Writes one manifest file into `dir`.
+pub fn write_manifest(dir: &Path, file: &str, yaml: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename manifest");
+}
+
+pub fn http_manifest(name: &str, url: &str, extra_spec: &str) -> String {
+    let timeout = if extra_spec.contains("timeout:") {
+        ""
+    } else {
+        "  timeout: 10\n"
+    };
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {name}\nspec:\n  type: streamable-http\n  url: {url}\n{timeout}{extra_spec}"
+    )
+}
+
+pub fn sim_manifest(name: &str, cluster: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {name}\nspec:\n  type: stdio\n  command: {}\n  args: [sim-cluster, --cluster, {cluster}]\n  timeout: 10\n{extra_spec}",
+        env!("CARGO_BIN_EXE_flotilla")
+    )
+}
+
+/// A test MCP client that counts `tools/list_changed` notifications.
+#[derive(Clone, Default)]
+pub struct TestClient {
+    pub tool_list_changes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub progress: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+}
+
+impl ClientHandler for TestClient {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.tool_list_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params.progress);
+    }
+}
+
+pub type Client = RunningService<RoleClient, TestClient>;
+
+/// Connects a real rmcp client (initialize handshake, 2025-11-25) to `url`.
+pub async fn connect(url: &str) -> Client {
+    connect_with(url, TestClient::default()).await
+}
+
+pub async fn connect_with(url: &str, handler: TestClient) -> Client {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_string());
+    handler
+        .serve(transport)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+pub async fn list_tools(client: &Client) -> Vec<Tool> {
+    client.peer().list_all_tools().await.expect("tools/list")
+}
+
+pub async fn call(client: &Client, tool: &str, args: serde_json::Value) -> CallToolResult {
+    let params = CallToolRequestParams::new(tool.to_string())
+        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    client
+        .call_tool(params)
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {tool}: {e}"))
+}
+
+/// Text of all text blocks of a result.
+pub fn text_of(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Retries `check` every 100 ms until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ----\n{}", self.proc.log_text());
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! End-to-end behaviour of the gateway core against real third-party MCP
+//! servers (server-everything, the Python SDK, kubernetes-mcp-server), the
+//! project's simulated clusters, and real clients (rmcp, the Python SDK in
+//! both modes, the MCP Inspector CLI).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_list_is_the_union_of_upstream_tools_under_exposed_names() {
+    let (manifests, logs) = tempdirs();
+    let (ev_port, k_port) = (free_port(), free_port());
+    let _everything = everything("streamableHttp", ev_port, logs.path());
+    let (_py, py_url) = python_server(0, logs.path());
+    let _kube = kubernetes_mcp_server(k_port, logs.path());
+    let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
+    let k_url = format!("http://127.0.0.1:{k_port}/mcp");
+    write_manifest(
+        manifests.path(),
+        "everything.yaml",
+        &http_manifest("everything", &ev_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, "  toolPrefix: python\n"),
+    );
+    write_manifest(
+        manifests.path(),
+        "kube.yaml",
+        &http_manifest("kube", &k_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim-a", "cluster-a", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+
+    let mut expected = BTreeMap::new();
+    for (url, prefix) in [
+        (&ev_url, "x_everything_"),
+        (&py_url, "x_python_"),
+        (&k_url, "x_kube_"),
+    ] {
+        let direct = connect(url).await;
+        for tool in list_tools(&direct).await {
+            let mut exposed = serde_json::to_value(&tool).unwrap();
+            exposed["name"] = json!(format!("{prefix}{}", tool.name));
+            expected.insert(format!("{prefix}{}", tool.name), exposed);
+        }
+    }
+    let client = connect(&gateway.url()).await;
+    let tools = list_tools(&client).await;
+    let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        names, sorted,
+        "listing order is stable (sorted by exposed name)"
+    );
+    let through: BTreeMap<_, _> = tools
+        .iter()
+        .filter(|t| !t.name.starts_with("x_sim-a_"))
+        .map(|t| (t.name.to_string(), serde_json::to_value(t).unwrap()))
+        .collect();
+    assert_eq!(
+        through.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "exposed names are the upstream names under their prefixes"
+    );
+    for (name, tool) in &expected {
+        // Title, description, inputSchema, outputSchema and annotations are preserved.
+        assert_eq!(
+            &through[name], tool,
+            "tool {name} differs from its upstream definition"
+        );
+    }
+    assert_eq!(
+        tools
+            .iter()
+            .filter(|t| t.name.starts_with("x_sim-a_"))
+            .count(),
+        4,
+        "the simulated cluster's four tools are listed"
+    );
+    assert!(
+        expected.len() > 30,
+        "all three third-party servers contributed tools"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_returns_exactly_the_upstreams_result() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let ev_port = free_port();
+    let _everything = everything("streamableHttp", ev_port, logs.path());
+    let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "ev.yaml",
+        &http_manifest("ev", &ev_url, ""),
+    );
+    // Accept any Host so the test can send one the Python server would refuse (421)
+    // if the gateway ever forwarded it.
+    let config = manifests.path().join("../gateway-config.yaml");
+    std::fs::write(&config, "allowedHosts: ['*']\n").unwrap();
+    let gateway = Gateway::start_with(
+        manifests.path(),
+        logs.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let direct = connect(&py_url).await;
+    let client = connect(&gateway.url()).await;
+    for (tool, args) in [
+        ("add", json!({"a": 2, "b": 3})),
+        ("fail", json!({"message": "boom"})),
+    ] {
+        let want = call(&direct, tool, args.clone()).await;
+        let got = call(&client, &format!("x_py_{tool}"), args).await;
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(&want).unwrap()
+        );
+    }
+    let add = call(&client, "x_py_add", json!({"a": 20, "b": 22})).await;
+    assert_eq!(add.structured_content, Some(json!({"result": 42})));
+    let direct_ev = connect(&ev_url).await;
+    let want = call(&direct_ev, "get-sum", json!({"a": 7, "b": 8})).await;
+    let got = call(&client, "x_ev_get-sum", json!({"a": 7, "b": 8})).await;
+    assert_eq!(
+        serde_json::to_value(&got).unwrap(),
+        serde_json::to_value(&want).unwrap()
+    );
+
+    // A foreign Host header reaches the gateway but never the upstream.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-H", "Host: gateway.example.com", "-H", "content-type: application/json",
+               "-H", "accept: application/json, text/event-stream",
+               "-H", "mcp-protocol-version: 2026-07-28", "-H", "mcp-method: tools/call", "-H", "mcp-name: x_py_add",
+               "-d", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x_py_add","arguments":{"a":1,"b":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"curl","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#])
+        .arg(gateway.url())
+        .output()
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains(r#""structuredContent":{"result":2}"#),
+        "stateless call through the gateway: {body}"
+    );
+
+    // An unknown tool is a protocol error naming the tool.
+    let params = rmcp::model::CallToolRequestParams::new("x_py_nope");
+    let err = client.call_tool(params).await.expect_err("unknown tool");
+    assert!(err.to_string().contains("x_py_nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_restart() {
+    let (manifests, logs) = tempdirs();
+    let ev_port = free_port();
+    let mut ev = everything("streamableHttp", ev_port, logs.path());
+    let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
+    write_manifest(
+        manifests.path(),
+        "ev.yaml",
+        &http_manifest("ev", &ev_url, "  timeout: 5\n"),
+    );
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim-a", "cluster-a", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let client = connect(&gateway.url()).await;
+    let ok = call(&client, "x_ev_echo", json!({"message": "before"})).await;
+    assert_eq!(text_of(&ok), "Echo: before");
+
+    ev.kill();
+    let down = call(&client, "x_ev_echo", json!({"message": "during"})).await;
+    assert_eq!(
+        down.is_error,
+        Some(true),
+        "a dead upstream gives a tool error: {down:?}"
+    );
+    assert!(
+        text_of(&down).contains("\"ev\""),
+        "the error names the server: {}",
+        text_of(&down)
+    );
+    let other = call(&client, "x_sim-a_cluster_info", json!({})).await;
+    assert_ne!(other.is_error, Some(true), "other servers keep working");
+    assert!(text_of(&other).contains("cluster: cluster-a"));
+    let names: Vec<_> = list_tools(&client)
+        .await
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(
+        names.contains(&"x_ev_echo".to_string()),
+        "its tools stay listed while it is down"
+    );
+
+    // The restarted server has forgotten the old session; server-everything
+    // answers 400 for it, and the gateway re-initializes transparently.
+    let _ev = everything("streamableHttp", ev_port, logs.path());
+    let back = eventually(Duration::from_secs(30), "the upstream to come back", || {
+        let client = &client;
+        async move {
+            let r = call(client, "x_ev_echo", json!({"message": "after"})).await;
+            (r.is_error != Some(true)).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(text_of(&back), "Echo: after");
+    gateway.wait_state("ev", "Connected", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "a.yaml",
+        &sim_manifest("sim-a", "cluster-a", ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "b.yaml",
+        &sim_manifest("sim-b", "cluster-b", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    assert_eq!(list_tools(&client).await.len(), 8);
+    let a_connected = gateway.server_status("sim-a")["status"]["lastConnected"].clone();
+    assert!(a_connected.is_string());
+
+    // Change b's prefix: its tools are renamed, a is untouched.
+    write_manifest(
+        manifests.path(),
+        "b.yaml",
+        &sim_manifest("sim-b", "cluster-b", "  toolPrefix: bee\n"),
+    );
+    let names = eventually(Duration::from_secs(10), "renamed tools", || {
+        let client = &client;
+        async move {
+            let names: Vec<String> = list_tools(client)
+                .await
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            names
+                .iter()
+                .any(|n| n.starts_with("x_bee_"))
+                .then_some(names)
+        }
+    })
+    .await;
+    assert!(!names.iter().any(|n| n.starts_with("x_sim-b_")));
+    assert_eq!(names.len(), 8);
+    assert_eq!(
+        gateway.server_status("sim-a")["status"]["lastConnected"],
+        a_connected,
+        "sim-a was not reconnected"
+    );
+
+    // Add a third server, then remove it.
+    write_manifest(
+        manifests.path(),
+        "c.yaml",
+        &sim_manifest("sim-c", "cluster-c", ""),
+    );
+    eventually(Duration::from_secs(10), "sim-c's tools", || {
+        let client = &client;
+        async move { (list_tools(client).await.len() == 12).then_some(()) }
+    })
+    .await;
+    std::fs::remove_file(manifests.path().join("c.yaml")).unwrap();
+    eventually(Duration::from_secs(10), "sim-c's tools to go", || {
+        let client = &client;
+        async move { (list_tools(client).await.len() == 8).then_some(()) }
+    })
+    .await;
+    assert!(gateway.server_status("sim-c").is_null());
+    assert!(
+        handler
+            .tool_list_changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 3,
+        "the client was told about each change"
+    );
+    assert_eq!(
+        gateway.server_status("sim-a")["status"]["lastConnected"],
+        a_connected
+    );
+
+    // A broken edit is reported with file, document and field, and loses nothing.
+    write_manifest(
+        manifests.path(),
+        "b.yaml",
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: sim-b}\nspec: {type: stdio, comand: x}\n",
+    );
+    let status = eventually(Duration::from_secs(10), "the problem report", || async {
+        let status = gateway.get_json("/status");
+        (!status["invalidManifests"].as_array().unwrap().is_empty()).then_some(status)
+    })
+    .await;
+    let problem = status["invalidManifests"][0].as_str().unwrap();
+    assert!(problem.starts_with("b.yaml#0: spec.comand"), "{problem}");
+    assert_eq!(
+        list_tools(&client).await.len(),
+        8,
+        "sim-b keeps serving its last valid version"
+    );
+    let b = gateway.server_status("sim-b");
+    assert!(
+        b["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "InvalidSpec"),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_collision_is_reported_and_never_overwrites() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "a.yaml",
+        &sim_manifest("sim-a", "cluster-a", "  toolPrefix: \"\"\n"),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let client = connect(&gateway.url()).await;
+    assert_eq!(
+        text_of(&call(&client, "cluster_info", json!({})).await)
+            .lines()
+            .next(),
+        Some("cluster: cluster-a")
+    );
+    write_manifest(
+        manifests.path(),
+        "b.yaml",
+        &sim_manifest("sim-b", "cluster-b", "  toolPrefix: \"\"\n"),
+    );
+    let status = eventually(
+        Duration::from_secs(10),
+        "the collision condition",
+        || async {
+            let s = gateway.server_status("sim-b");
+            let collides = s["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "NameCollision"));
+            collides.then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        status.to_string().contains("sim-a"),
+        "names who keeps it: {status}"
+    );
+    assert_eq!(list_tools(&client).await.len(), 4, "one copy of each name");
+    assert_eq!(
+        text_of(&call(&client, "cluster_info", json!({})).await)
+            .lines()
+            .next(),
+        Some("cluster: cluster-a"),
+        "the incumbent keeps the name"
+    );
+    assert!(gateway.proc.log_text().contains("name collision"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_sse_upstreams_are_served() {
+    let (manifests, logs) = tempdirs();
+    let port = free_port();
+    let _ev = everything("sse", port, logs.path());
+    let url = format!("http://127.0.0.1:{port}/sse");
+    let yaml = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: '{url}', timeout: 10}}\n"
+    );
+    write_manifest(manifests.path(), "legacy.yaml", &yaml);
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("legacy", "Connected", Duration::from_secs(20));
+    let client = connect(&gateway.url()).await;
+    let result = call(&client, "x_legacy_get-sum", json!({"a": 1, "b": 2})).await;
+    assert_eq!(text_of(&result), "The sum of 1 and 2 is 3.");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_reaches_the_calling_client() {
+    let (manifests, logs) = tempdirs();
+    let port = free_port();
+    let _ev = everything("streamableHttp", port, logs.path());
+    write_manifest(
+        manifests.path(),
+        "ev.yaml",
+        &http_manifest("ev", &format!("http://127.0.0.1:{port}/mcp"), ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    // rmcp clients attach a progress token to every request.
+    let result = call(
+        &client,
+        "x_ev_trigger-long-running-operation",
+        json!({"duration": 1, "steps": 4}),
+    )
+    .await;
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    // Notifications are handled on their own tasks: allow the last one to land.
+    let progress = eventually(
+        Duration::from_secs(5),
+        "four progress notifications",
+        || async {
+            let progress = handler.progress.lock().unwrap().clone();
+            (progress.len() >= 4).then_some(progress)
+        },
+    )
+    .await;
+    assert_eq!(
+        progress,
+        [1.0, 2.0, 3.0, 4.0],
+        "every progress step was relayed in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_client_in_default_and_legacy_modes_and_the_inspector_cli_use_the_fleet() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim-a", "cluster-a", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let peers = peers();
+    for mode in [None, Some("--legacy")] {
+        let mut cmd = std::process::Command::new(peers.get("PY"));
+        cmd.arg(peers.get("PY_CLIENT"))
+            .arg("--url")
+            .arg(gateway.url());
+        if let Some(flag) = mode {
+            cmd.arg(flag);
+        }
+        let out = cmd.arg("list-tools").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names: Vec<_> = listed["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            names.contains(&"x_py_add".to_string())
+                && names.contains(&"x_sim-a_list_pods".to_string()),
+            "{names:?}"
+        );
+        let expected_version = if mode.is_none() {
+            "2026-07-28"
+        } else {
+            "2025-11-25"
+        };
+        assert_eq!(listed["protocolVersion"], expected_version, "mode {mode:?}");
+
+        let mut cmd = std::process::Command::new(peers.get("PY"));
+        cmd.arg(peers.get("PY_CLIENT"))
+            .arg("--url")
+            .arg(gateway.url());
+        if let Some(flag) = mode {
+            cmd.arg(flag);
+        }
+        let out = cmd
+            .args(["call", "x_py_add", r#"{"a": 40, "b": 2}"#])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            result["structuredContent"],
+            json!({"result": 42}),
+            "{result}"
+        );
+    }
+
+    let inspector = |args: &[&str]| {
+        let out = std::process::Command::new(peers.get("NODE22"))
+            .arg(peers.get("INSPECTOR_JS"))
+            .arg("--cli")
+            .arg(gateway.url())
+            .args(["--transport", "http", "--format", "json"])
+            .args(args)
+            .env("HOME", logs.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inspector: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let listed = inspector(&["--method", "tools/list"]);
+    assert!(listed.to_string().contains("x_sim-a_get_pod_logs"));
+    let called = inspector(&[
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "x_sim-a_cluster_info",
+    ]);
+    assert!(
+        called.to_string().contains("cluster: cluster-a"),
+        "{called}"
+    );
+}
+
+#[test]
+fn the_committed_crd_is_exactly_what_flotilla_crd_prints() {
+    let committed = std::fs::read_to_string(repo().join("crds/mcpserver.yaml")).unwrap();
+    assert_eq!(
+        committed,
+        flotilla::crd_yaml().unwrap(),
+        "run `flotilla crd > crds/mcpserver.yaml`"
+    );
+}
