@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tests/peers/install.sh >/dev/null
-cargo test --all-targets "$@"
+cargo test "$@"
