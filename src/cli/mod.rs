@@ -53,6 +53,9 @@ pub enum Command {
         /// The cluster's name; its synthetic pods and events derive from it.
         #[arg(long)]
         cluster: String,
+        /// Also serve `sleep` and `cancellations` (used by the test suite).
+        #[arg(long, hide = true)]
+        test_tools: bool,
     },
 }
 
@@ -102,7 +105,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} invalid manifest(s)", fleet.problems.len())
             }
         }
-        Command::SimCluster { cluster } => crate::sim::serve_stdio(&cluster)
+        Command::SimCluster {
+            cluster,
+            test_tools,
+        } => crate::sim::serve_stdio(&cluster, test_tools)
             .await
             .with_context(|| format!("simulated cluster {cluster}")),
     }

@@ -210,3 +210,26 @@ impl Fleet {
         self.inner.changed.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let settings = FleetSettings {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let delays: Vec<Duration> = settings.backoff().take(12).collect();
+        assert_eq!(delays.len(), 12, "never gives up");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "{delays:?}"
+        );
+        assert!(delays[6] > delays[0], "grows: {delays:?}");
+        let again: Vec<Duration> = settings.backoff().take(12).collect();
+        assert_ne!(delays, again, "jittered: two runs differ");
+    }
+}

@@ -36,18 +36,32 @@ pub struct LogArgs {
     pub tail_lines: Option<u32>,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SleepArgs {
+    /// Seconds to wait before answering.
+    pub seconds: f64,
+}
+
 #[derive(Clone)]
 pub struct SimCluster {
     cluster: std::sync::Arc<Cluster>,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl SimCluster {
-    pub fn new(name: &str) -> Self {
+    /// `test_tools` adds `sleep` and `cancellations`, used by the test suite
+    /// to observe cancellation end to end; the quickstart leaves them out.
+    pub fn new(name: &str, test_tools: bool) -> Self {
+        let mut tool_router = Self::tool_router();
+        if test_tools {
+            tool_router = tool_router + Self::test_router();
+        }
         Self {
             cluster: std::sync::Arc::new(Cluster::generate(name)),
-            tool_router: Self::tool_router(),
+            cancelled: Default::default(),
+            tool_router,
         }
     }
 
@@ -88,6 +102,32 @@ impl SimCluster {
     )]
     fn cluster_info(&self) -> String {
         self.cluster.info_text()
+    }
+}
+
+#[tool_router(router = test_router)]
+impl SimCluster {
+    #[tool(description = "Wait, then answer; counts the calls cancelled while waiting.")]
+    async fn sleep(
+        &self,
+        Parameters(args): Parameters<SleepArgs>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> String {
+        let wait = std::time::Duration::from_secs_f64(args.seconds.clamp(0.0, 600.0));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => format!("slept {}", args.seconds),
+            _ = cancel.cancelled() => {
+                self.cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "cancelled".into()
+            }
+        }
+    }
+
+    #[tool(description = "How many sleep calls were cancelled so far.")]
+    fn cancellations(&self) -> String {
+        self.cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .to_string()
     }
 }
 
@@ -148,8 +188,8 @@ impl SimCluster {
 }
 
 /// Serves one simulated cluster on stdin/stdout until the client goes away.
-pub async fn serve_stdio(name: &str) -> anyhow::Result<()> {
-    let service = SimCluster::new(name)
+pub async fn serve_stdio(name: &str, test_tools: bool) -> anyhow::Result<()> {
+    let service = SimCluster::new(name, test_tools)
         .serve(rmcp::transport::stdio())
         .await?;
     service.waiting().await?;

@@ -1,0 +1,229 @@
+//! Upstream session behaviour: cancellation and ids across the hop, health
+//! checks, connect timeouts, crashes, and stdio children reaped on removal.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+fn sim_with_test_tools(name: &str, cluster: &str) -> String {
+    sim_manifest(name, cluster, "").replace(
+        "args: [sim-cluster, --cluster,",
+        "args: [sim-cluster, --test-tools, --cluster,",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cancellation_reaches_the_upstream() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_with_test_tools("sim", "cancel-me"),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let client = connect(&gateway.url()).await;
+    let params = rmcp::model::CallToolRequestParams::new("x_sim_sleep")
+        .with_arguments(json!({"seconds": 30}).as_object().cloned().unwrap());
+    let handle = client
+        .peer()
+        .send_request_with_option(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the upstream to see the cancellation",
+        || {
+            let client = &client;
+            async move {
+                (text_of(&call(client, "x_sim_cancellations", json!({})).await) == "1")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_clients_with_the_same_request_ids_get_their_own_answers() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_with_test_tools("sim", "ids"),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    // Every fresh rmcp client numbers its requests from the same start, so
+    // these calls carry identical JSON-RPC ids into the gateway at once.
+    let url = gateway.url();
+    let clients = futures::future::join_all((0..4).map(|_| connect(&url))).await;
+    let calls = clients.iter().enumerate().map(|(i, client)| async move {
+        let seconds = 0.2 + i as f64 * 0.1;
+        let result = call(client, "x_sim_sleep", json!({"seconds": seconds})).await;
+        (text_of(&result), format!("slept {seconds}"))
+    });
+    for (got, want) in futures::future::join_all(calls).await {
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_upstream_fails_its_health_check_and_recovers_when_it_wakes() {
+    let (manifests, logs) = tempdirs();
+    let (py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, "  timeout: 2\n"),
+    );
+    let config = logs.path().join("gateway.yaml");
+    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
+    let gateway = Gateway::start_with(
+        manifests.path(),
+        logs.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    gateway.wait_state("py", "Connected", Duration::from_secs(10));
+    unsafe { libc::kill(-py.pid(), libc::SIGSTOP) };
+    gateway.wait_state("py", "Failed", Duration::from_secs(15));
+    let error = gateway.server_status("py")["status"]["lastError"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("health check failed") || error.contains("timed out"),
+        "{error}"
+    );
+    unsafe { libc::kill(-py.pid(), libc::SIGCONT) };
+    gateway.wait_state("py", "Connected", Duration::from_secs(30));
+    let client = connect(&gateway.url()).await;
+    assert_eq!(
+        text_of(&call(&client, "x_py_echo", json!({"text": "awake"})).await),
+        "awake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_upstream_times_out_at_spec_timeout_and_others_are_unaffected() {
+    let (manifests, logs) = tempdirs();
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", silent.local_addr().unwrap());
+    write_manifest(
+        manifests.path(),
+        "silent.yaml",
+        &http_manifest("silent", &url, "  timeout: 1\n"),
+    );
+    write_manifest(
+        manifests.path(),
+        "crash.yaml",
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: crash}\nspec: {type: stdio, command: /bin/false}\n",
+    );
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim", "fine", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("silent", "Failed", Duration::from_secs(10));
+    let silent_status = gateway.server_status("silent");
+    let error = silent_status["status"]["lastError"].as_str().unwrap();
+    assert!(error.contains("timed out after 1s"), "{error}");
+    let ready = &silent_status["status"]["conditions"][0];
+    assert_eq!(
+        (ready["type"].as_str(), ready["status"].as_str()),
+        (Some("Ready"), Some("False"))
+    );
+    gateway.wait_state("crash", "Failed", Duration::from_secs(10));
+    gateway.wait_state("sim", "Connected", Duration::from_secs(10));
+    let client = connect(&gateway.url()).await;
+    assert!(
+        text_of(&call(&client, "x_sim_cluster_info", json!({})).await).contains("cluster: fine")
+    );
+    drop(silent);
+}
+
+/// Processes whose command line contains `needle` (zombies included).
+fn processes_matching(needle: &str) -> Vec<(i32, String)> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            found.push((pid, stat));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_stdio_server_kills_and_reaps_its_process() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "keep.yaml",
+        &sim_manifest("keep", "keep", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let cluster = format!("reap-me-{}", gateway.port);
+    write_manifest(
+        manifests.path(),
+        "gone.yaml",
+        &sim_manifest("gone", &cluster, ""),
+    );
+    gateway.wait_state("gone", "Connected", Duration::from_secs(10));
+    assert_eq!(
+        processes_matching(&cluster).len(),
+        1,
+        "one child process serves it"
+    );
+    let zombies_before = zombie_children(gateway.proc.pid());
+    std::fs::remove_file(manifests.path().join("gone.yaml")).unwrap();
+    eventually(Duration::from_secs(10), "the child to be gone", || {
+        let cluster = cluster.clone();
+        async move { processes_matching(&cluster).is_empty().then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        zombie_children(gateway.proc.pid()),
+        zombies_before,
+        "the child was reaped"
+    );
+    gateway.wait_state("keep", "Connected", Duration::from_secs(5));
+}
+
+fn zombie_children(parent: i32) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str()) {
+            count += 1;
+        }
+    }
+    count
+}
