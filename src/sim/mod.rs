@@ -56,7 +56,7 @@ impl SimCluster {
     pub fn new(name: &str, test_tools: bool) -> Self {
         let mut tool_router = Self::tool_router();
         if test_tools {
-            tool_router = tool_router + Self::test_router();
+            tool_router += Self::test_router();
         }
         Self {
             cluster: std::sync::Arc::new(Cluster::generate(name)),
