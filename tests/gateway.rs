@@ -554,3 +554,187 @@ fn the_committed_crd_is_exactly_what_flotilla_crd_prints() {
         "run `flotilla crd > crds/mcpserver.yaml`"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_list_changes_reach_session_and_stateless_clients() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    // The default 20 s health check is far slower than this test's waits, so
+    // the change must travel through the upstream's subscriptions/listen.
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("py", "Connected", Duration::from_secs(10));
+    assert_eq!(gateway.server_status("py")["protocolVersion"], "2026-07-28");
+    let handler = TestClient::default();
+    let session_client = connect_with(&gateway.url(), handler.clone()).await;
+
+    // A stateless 2026-07-28 client listens for list changes.
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(gateway.url());
+    let stateless = rmcp::service::serve_client_with_lifecycle(
+        (),
+        transport,
+        rmcp::service::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .expect("stateless client");
+    let mut subscription = stateless
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen");
+
+    let added = call(&session_client, "x_py_grow", json!({"name": "sprout"})).await;
+    assert_eq!(text_of(&added), "added sprout");
+    let names = eventually(Duration::from_secs(8), "the new tool", || {
+        let client = &session_client;
+        async move {
+            let names: Vec<String> = list_tools(client)
+                .await
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            names.contains(&"x_py_sprout".to_string()).then_some(names)
+        }
+    })
+    .await;
+    assert!(names.contains(&"x_py_add".to_string()));
+    assert_eq!(
+        text_of(&call(&session_client, "x_py_sprout", json!({})).await),
+        "grown sprout"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "a tools/list_changed notification",
+        || async {
+            (handler
+                .tool_list_changes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let notification = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("the stateless client is notified")
+        .expect("subscription open");
+    assert!(
+        matches!(
+            notification,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{notification:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_templates_and_prompts_are_proxied_to_their_owner() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let port = free_port();
+    let _ev = everything("streamableHttp", port, logs.path());
+    let ev_url = format!("http://127.0.0.1:{port}/mcp");
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "ev.yaml",
+        &http_manifest("ev", &ev_url, ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim", "res-a", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let client = connect(&gateway.url()).await;
+    let py = connect(&py_url).await;
+    let ev = connect(&ev_url).await;
+
+    let resources = client.peer().list_all_resources().await.unwrap();
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert!(
+        uris.contains(&"py://info") && uris.contains(&"cluster://res-a/summary"),
+        "{uris:?}"
+    );
+    let ev_resources = ev.peer().list_all_resources().await.unwrap();
+    // server-everything adds session-scoped resources at run time; its static ones are stable.
+    let static_ones: Vec<&str> = ev_resources
+        .iter()
+        .map(|r| r.uri.as_str())
+        .filter(|u| u.contains("static"))
+        .collect();
+    assert!(!static_ones.is_empty(), "{ev_resources:?}");
+    assert!(
+        static_ones.iter().all(|u| uris.contains(u)),
+        "every static upstream resource is listed: {static_ones:?}"
+    );
+
+    let read = |c: &Client, uri: &str| {
+        let params = rmcp::model::ReadResourceRequestParams::new(uri);
+        let peer = c.peer().clone();
+        async move { serde_json::to_value(peer.read_resource(params).await.unwrap()).unwrap() }
+    };
+    assert_eq!(
+        read(&client, "py://info").await,
+        read(&py, "py://info").await
+    );
+    let summary = read(&client, "cluster://res-a/summary").await;
+    assert!(summary.to_string().contains("cluster: res-a"));
+
+    // A URI that is not listed is routed by its server's template.
+    let templates = ev.peer().list_all_resource_templates().await.unwrap();
+    let through = client.peer().list_all_resource_templates().await.unwrap();
+    assert_eq!(through.len(), templates.len());
+    if let Some(template) = templates.first() {
+        let uri = template.uri_template.split('{').next().unwrap().to_string() + "1";
+        assert_eq!(
+            read(&client, &uri).await,
+            read(&ev, &uri).await,
+            "read {uri} via template"
+        );
+    }
+
+    let prompts = client.peer().list_all_prompts().await.unwrap();
+    assert!(
+        prompts.iter().any(|p| p.name == "x_py_greet"),
+        "{prompts:?}"
+    );
+    let mut args = serde_json::Map::new();
+    args.insert("name".into(), json!("Ada"));
+    let got = client
+        .peer()
+        .get_prompt(
+            rmcp::model::GetPromptRequestParams::new("x_py_greet").with_arguments(args.clone()),
+        )
+        .await
+        .unwrap();
+    let want = py
+        .peer()
+        .get_prompt(rmcp::model::GetPromptRequestParams::new("greet").with_arguments(args))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(got).unwrap(),
+        serde_json::to_value(want).unwrap()
+    );
+
+    let missing = client
+        .peer()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new("nope://x"))
+        .await;
+    assert!(missing.unwrap_err().to_string().contains("nope://x"));
+}

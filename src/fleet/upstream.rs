@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, PingRequest, Prompt, Resource, ResourceTemplate,
-    ServerResult, Tool,
+    ServerNotification, ServerResult, SubscriptionFilter, Tool,
 };
+use rmcp::service::Subscription;
 use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{Peer, RoleClient, RoleServer};
 use tokio::sync::{mpsc, watch};
@@ -212,19 +213,44 @@ impl Upstream {
         self.set_health(ServerState::Connected, None, None);
         tracing::info!(server = %self.name, protocol = %protocol, tools = self.inventory().tools.len(), "upstream connected");
         let stateless = !protocol.has_initialize();
+        // 2026-07-28 has no standing stream: list changes come through a
+        // subscriptions/listen request, where the server offers one.
+        let mut listen = if stateless {
+            self.listen_for_changes(&peer).await
+        } else {
+            None
+        };
         let mut health_check = tokio::time::interval(settings.ping_interval);
         health_check.tick().await;
         let reason = loop {
             tokio::select! {
+                notification = next_change(&mut listen) => match notification {
+                    Some(kind) => {
+                        if let Err(error) = self.refresh(&peer, &[kind], timeout).await {
+                            tracing::warn!(server = %self.name, %error, "refreshing lists failed");
+                        }
+                    }
+                    None => listen = None,
+                },
                 _ = self.cancel.cancelled() => {
                     stop.cancel();
                     break String::new();
                 }
                 quit = &mut closed => break format!("session closed ({})", describe_quit(quit)),
                 _ = health_check.tick() => {
-                    if let Err(error) = probe(&peer, stateless, timeout).await {
-                        stop.cancel();
-                        break format!("health check failed: {error}");
+                    match probe(&peer, stateless, timeout).await {
+                        Err(error) => {
+                            stop.cancel();
+                            break format!("health check failed: {error}");
+                        }
+                        // A stateless probe lists tools: a change it reveals is applied too.
+                        Ok(Some(tools)) if tools != self.inventory().tools => {
+                            let mut next = (*self.inventory()).clone();
+                            next.tools = tools;
+                            self.inventory.store(Arc::new(next));
+                            self.bump();
+                        }
+                        Ok(_) => {}
                     }
                 }
                 Some(kind) = refresh.recv() => {
@@ -241,6 +267,32 @@ impl Upstream {
         // Give the transport a moment to close cleanly (stdio: SIGTERM, then kill).
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
         reason
+    }
+
+    /// Opens a subscriptions/listen request for the list changes the server
+    /// says it announces; `None` when it announces none or refuses.
+    async fn listen_for_changes(&self, peer: &Peer<RoleClient>) -> Option<Subscription> {
+        let capabilities = peer.peer_info()?.capabilities.clone();
+        let mut filter = SubscriptionFilter::new();
+        if capabilities.tools.as_ref().and_then(|t| t.list_changed) == Some(true) {
+            filter.tools_list_changed = Some(true);
+        }
+        if capabilities.resources.as_ref().and_then(|r| r.list_changed) == Some(true) {
+            filter.resources_list_changed = Some(true);
+        }
+        if capabilities.prompts.as_ref().and_then(|p| p.list_changed) == Some(true) {
+            filter.prompts_list_changed = Some(true);
+        }
+        if filter == SubscriptionFilter::new() {
+            return None;
+        }
+        match peer.listen(filter).await {
+            Ok(subscription) => Some(subscription),
+            Err(error) => {
+                tracing::debug!(server = %self.name, %error, "no list-change subscription");
+                None
+            }
+        }
     }
 
     async fn refresh(
@@ -353,14 +405,18 @@ impl Upstream {
 const HOP_META_KEYS: &[&str] = &["io.modelcontextprotocol/serverInfo"];
 
 fn strip_hop_meta(mut result: ServerResult) -> ServerResult {
-    if let ServerResult::CallToolResult(call) = &mut result
-        && let Some(meta) = call.meta.as_mut()
-    {
+    let meta = match &mut result {
+        ServerResult::CallToolResult(r) => &mut r.meta,
+        ServerResult::ReadResourceResult(r) => &mut r.meta,
+        ServerResult::GetPromptResult(r) => &mut r.meta,
+        _ => return result,
+    };
+    if let Some(object) = meta.as_mut() {
         for key in HOP_META_KEYS {
-            meta.remove(*key);
+            object.remove(*key);
         }
-        if meta.is_empty() {
-            call.meta = None;
+        if object.is_empty() {
+            *meta = None;
         }
     }
     result
@@ -451,18 +507,39 @@ async fn probe(
     peer: &Peer<RoleClient>,
     stateless: bool,
     timeout: Duration,
-) -> Result<(), ServiceError> {
+) -> Result<Option<Vec<Tool>>, ServiceError> {
     if stateless {
-        with_timeout(timeout, peer.list_tools(None))
-            .await
-            .map(|_| ())
+        with_timeout(timeout, peer.list_all_tools()).await.map(Some)
     } else {
         with_timeout(
             timeout,
             peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
         )
         .await
-        .map(|_| ())
+        .map(|_| None)
+    }
+}
+
+/// The next list change from a listen subscription; pending forever when
+/// there is none, `None` when it ended.
+async fn next_change(listen: &mut Option<Subscription>) -> Option<ListKind> {
+    let Some(subscription) = listen.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match subscription.next().await {
+            Ok(Some(ServerNotification::ToolListChangedNotification(_))) => {
+                return Some(ListKind::Tools);
+            }
+            Ok(Some(ServerNotification::ResourceListChangedNotification(_))) => {
+                return Some(ListKind::Resources);
+            }
+            Ok(Some(ServerNotification::PromptListChangedNotification(_))) => {
+                return Some(ListKind::Prompts);
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
     }
 }
 

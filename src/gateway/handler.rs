@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
     CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, ErrorData,
@@ -16,10 +17,10 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, ServerResult, SubscribeRequest, SubscribeRequestParams,
     UnsubscribeRequest, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
-use super::state::GatewayState;
+use super::state::{GatewayState, ListChange};
 use crate::fleet::{Upstream, UpstreamError};
 
 /// Cheap-to-clone MCP handler; one per client session, all sharing state.
@@ -53,6 +54,13 @@ fn protocol_error(error: UpstreamError) -> ErrorData {
         UpstreamError::Cancelled => ErrorData::new(ErrorCode(-32800), "request cancelled", None),
         other => ErrorData::internal_error(other.to_string(), None),
     }
+}
+
+/// Whether the calling client negotiated the stateless 2026-07-28 revision.
+fn speaks_2026(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .protocol_version()
+        .is_some_and(|version| !version.has_initialize())
 }
 
 fn unexpected(kind: &str) -> ErrorData {
@@ -127,6 +135,54 @@ impl ServerHandler for GatewayHandler {
         }
     }
 
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // List changes are served; per-resource updates need the legacy
+        // resources/subscribe path for now.
+        let mut accepted = requested.clone();
+        accepted.resource_subscriptions = None;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.state.list_changes();
+        let wants = context.accepted().clone();
+        loop {
+            let change = tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                change = changes.recv() => change,
+            };
+            let change = match change {
+                Ok(change) => change,
+                // Missed some: tell the client everything may have changed.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ListChange {
+                    tools: true,
+                    resources: true,
+                    prompts: true,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            };
+            let sink = context.sink();
+            let sent = async {
+                if change.tools && wants.tools_list_changed == Some(true) {
+                    sink.notify_tool_list_changed().await?;
+                }
+                if change.resources && wants.resources_list_changed == Some(true) {
+                    sink.notify_resource_list_changed().await?;
+                }
+                if change.prompts && wants.prompts_list_changed == Some(true) {
+                    sink.notify_prompt_list_changed().await?;
+                }
+                Ok::<_, rmcp::service::SubscriptionSendError>(())
+            };
+            if sent.await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -159,7 +215,14 @@ impl ServerHandler for GatewayHandler {
             .await
             .map_err(protocol_error)?
         {
-            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::ReadResourceResult(mut r) => {
+                if !speaks_2026(&context) {
+                    // Cache hints exist from 2026-07-28 on; older clients never see them.
+                    r.ttl_ms = None;
+                    r.cache_scope = None;
+                }
+                Ok(ReadResourceResponse::Complete(r))
+            }
             ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
             _ => Err(unexpected("resources/read")),
         }

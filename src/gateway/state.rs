@@ -44,10 +44,21 @@ impl ClientRegistry {
     }
 }
 
+/// Which lists changed in one catalog rebuild.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListChange {
+    pub tools: bool,
+    pub resources: bool,
+    pub prompts: bool,
+}
+
 pub struct GatewayState {
     pub fleet: Fleet,
     catalog: ArcSwap<Catalog>,
+    /// Session clients (2025 revisions) are notified through their peers.
     pub clients: ClientRegistry,
+    /// Stateless 2026-07-28 clients listen here through subscriptions/listen.
+    list_changes: tokio::sync::broadcast::Sender<ListChange>,
 }
 
 impl GatewayState {
@@ -56,7 +67,12 @@ impl GatewayState {
             fleet,
             catalog: ArcSwap::from_pointee(Catalog::default()),
             clients: ClientRegistry::default(),
+            list_changes: tokio::sync::broadcast::channel(64).0,
         })
+    }
+
+    pub fn list_changes(&self) -> tokio::sync::broadcast::Receiver<ListChange> {
+        self.list_changes.subscribe()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -110,6 +126,11 @@ impl GatewayState {
         if !(tools || resources || prompts) {
             return;
         }
+        let _ = self.list_changes.send(ListChange {
+            tools,
+            resources,
+            prompts,
+        });
         for peer in self.clients.live() {
             if tools {
                 let _ = peer.notify_tool_list_changed().await;

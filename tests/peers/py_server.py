@@ -6,7 +6,8 @@ Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [
   --port 0 picks a free port. Readiness: once the socket is listening it prints
   exactly one line `READY http://127.0.0.1:<port>/mcp` on stdout (flushed).
 Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str),
-  slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message).
+  slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message),
+  grow(name:str) (adds tool `name` at runtime and sends tools/list_changed).
 Resource: py://info (text/plain). Prompt: greet(name).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 mcp = MCPServer(name="flotilla-py-peer", version="1.0.0", instructions="Python SDK test peer for Flotilla.")
@@ -41,6 +42,16 @@ async def slow(seconds: float) -> str:
 @mcp.tool(description="Always fails with the given message (tool error, isError=true).")
 def fail(message: str) -> str:
     raise ToolError(message)
+
+
+@mcp.tool(description="Add a tool named `name` at runtime and announce the tools list change.")
+async def grow(name: str, ctx: Context) -> str:
+    def grown() -> str:
+        return f"grown {name}"
+
+    mcp.add_tool(grown, name=name, description=f"Added at runtime by grow({name!r}).")
+    await ctx.notify_tools_changed()
+    return f"added {name}"
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")
