@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeSettings;
 use crate::fleet::{Fleet, FleetSettings};
-use crate::gateway::{AllowedHosts, GatewayState, router};
+use crate::gateway::{AllowedHosts, GatewaySettings, GatewayState, router};
 use crate::source::ManifestDir;
 
 pub struct App {
@@ -39,7 +39,12 @@ impl App {
         let allowed_hosts = allowed_hosts(&settings, listener.local_addr()?);
         Ok(Self {
             listener,
-            state: GatewayState::new(fleet),
+            state: GatewayState::new(
+                fleet,
+                GatewaySettings {
+                    fan_out: settings.fan_out.clone(),
+                },
+            ),
             manifests,
             allowed_hosts,
             cancel,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use crate::gateway::FanOutSettings;
+
 /// The config file (`--config`), every field optional.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -23,6 +25,20 @@ pub struct ConfigFile {
     pub allowed_hosts: Option<Vec<String>>,
     /// Seconds between upstream health checks (default 20).
     pub ping_interval_seconds: Option<u64>,
+    /// Limits for family tools called on several instances.
+    pub fan_out: Option<FanOutConfig>,
+}
+
+/// `fanOut` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FanOutConfig {
+    /// Instances called at once (default 16).
+    pub max_concurrency: Option<usize>,
+    /// Upper bound on a merged result's text, in bytes (default 102400).
+    pub output_budget_bytes: Option<usize>,
+    /// Let tools that are not read-only run on several instances (default false).
+    pub allow_destructive: Option<bool>,
 }
 
 impl ConfigFile {
@@ -48,6 +64,7 @@ pub struct ServeSettings {
     pub manifests: PathBuf,
     pub allowed_hosts: Option<Vec<String>>,
     pub ping_interval: Duration,
+    pub fan_out: FanOutSettings,
 }
 
 impl ServeSettings {
@@ -71,6 +88,20 @@ impl ServeSettings {
             manifests,
             allowed_hosts: file.allowed_hosts,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
+            fan_out: {
+                let defaults = FanOutSettings::default();
+                let given = file.fan_out.unwrap_or_default();
+                FanOutSettings {
+                    max_concurrency: given
+                        .max_concurrency
+                        .unwrap_or(defaults.max_concurrency)
+                        .max(1),
+                    output_budget: given.output_budget_bytes.unwrap_or(defaults.output_budget),
+                    allow_destructive: given
+                        .allow_destructive
+                        .unwrap_or(defaults.allow_destructive),
+                }
+            },
         })
     }
 }

@@ -6,17 +6,21 @@
 //! among newcomers the server whose name sorts first wins. Every loser is
 //! reported, nothing is overwritten silently.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use rmcp::model::Tool;
+
+use super::family::{Divergence, FamilyTool, Instance, MemberTool, fold_tool};
 use super::naming::exposed_name;
-use super::{Catalog, Collision, Route};
+use super::{Catalog, Collision, FamilySummary, Route};
 use crate::fleet::Inventory;
 
 /// One server's contribution to the catalog.
 pub struct Member {
     pub server: Arc<str>,
     pub tool_prefix: Option<String>,
+    pub family: Option<Membership>,
     pub inventory: Arc<Inventory>,
 }
 
@@ -60,15 +64,43 @@ impl Claims<'_> {
     }
 }
 
+/// A family member's identity, as declared in `spec.family`.
+pub struct Membership {
+    pub family: String,
+    pub instance_arg: String,
+    pub instance: Instance,
+}
+
+/// Owner id of a folded tool in collision bookkeeping (`:` never occurs in server names).
+fn family_owner(family: &str) -> Arc<str> {
+    format!("family:{family}").into()
+}
+
+enum ToolEntry {
+    Direct(Tool, Route),
+    Family(Tool, Arc<FamilyTool>),
+}
+
 pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
     let mut members: Vec<&Member> = members.iter().collect();
     members.sort_by(|a, b| a.server.cmp(&b.server));
 
-    let prev_tool = |n: &str| previous.tool_routes.get(n).map(|r| r.server.clone());
+    let prev_tool = |n: &str| {
+        previous
+            .tool_routes
+            .get(n)
+            .map(|r| r.server.clone())
+            .or_else(|| {
+                previous
+                    .family_routes
+                    .get(n)
+                    .map(|f| family_owner(&f.family))
+            })
+    };
     let prev_prompt = |n: &str| previous.prompt_routes.get(n).map(|r| r.server.clone());
     let prev_resource = |n: &str| previous.resource_routes.get(n).cloned();
 
-    let mut tools = HashMap::new();
+    let mut tools: HashMap<String, ToolEntry> = HashMap::new();
     let mut tool_claims = Claims {
         kind: "tool",
         previous: &prev_tool,
@@ -91,24 +123,100 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
     };
     let mut templates = Vec::new();
     let mut template_routes = Vec::new();
+    let mut divergences = Vec::new();
+    let mut families: BTreeMap<String, FamilySummary> = BTreeMap::new();
+
+    // Folded family tools claim their names first: they stand for many servers.
+    let mut by_family: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
+    for member in &members {
+        if let Some(membership) = &member.family {
+            by_family
+                .entry(membership.family.as_str())
+                .or_default()
+                .push(member);
+        }
+    }
+    let mut unfolded: Vec<(Arc<str>, &Tool)> = Vec::new();
+    for (family, group) in &by_family {
+        let instance_arg = group
+            .iter()
+            .filter_map(|m| m.family.as_ref())
+            .map(|f| f.instance_arg.as_str())
+            .next()
+            .unwrap_or(super::family::DEFAULT_INSTANCE_ARG)
+            .to_string();
+        let summary = families
+            .entry(family.to_string())
+            .or_insert_with(|| FamilySummary {
+                instance_arg: instance_arg.clone(),
+                members: vec![],
+            });
+        let mut names: BTreeMap<&str, Vec<MemberTool>> = BTreeMap::new();
+        for member in group {
+            let Some(membership) = &member.family else {
+                continue;
+            };
+            summary.members.push(membership.instance.clone());
+            if membership.instance_arg != instance_arg {
+                divergences.push(Divergence {
+                    family: family.to_string(),
+                    tool: String::new(),
+                    server: member.server.to_string(),
+                    reason: format!(
+                        "family.instanceArg {:?} differs from the family's {:?}; the family's is used",
+                        membership.instance_arg, instance_arg
+                    ),
+                });
+            }
+            for tool in &member.inventory.tools {
+                names
+                    .entry(tool.name.as_ref())
+                    .or_default()
+                    .push(MemberTool {
+                        instance: &membership.instance,
+                        tool,
+                    });
+            }
+        }
+        for (name, copies) in names {
+            let exposed = format!("x_{family}_{name}");
+            let result = fold_tool(family, &instance_arg, exposed.clone(), &copies);
+            for (server, divergence) in result.unfolded {
+                if let Some(copy) = copies.iter().find(|c| c.instance.server == server) {
+                    unfolded.push((server.clone(), copy.tool));
+                }
+                divergences.push(divergence);
+            }
+            if let Some((tool, route)) = result.folded
+                && tool_claims.claim(&exposed, &family_owner(family)).is_ok()
+            {
+                tools.insert(exposed, ToolEntry::Family(tool, Arc::new(route)));
+            }
+        }
+    }
 
     for member in &members {
         let prefix = member.tool_prefix.as_deref();
-        for tool in &member.inventory.tools {
+        let own_tools: Vec<&Tool> = if member.family.is_some() {
+            // Only the copies that could not be folded appear under the server's name.
+            unfolded
+                .iter()
+                .filter(|(s, _)| *s == member.server)
+                .map(|(_, t)| *t)
+                .collect()
+        } else {
+            member.inventory.tools.iter().collect()
+        };
+        for tool in own_tools {
             let exposed = exposed_name(prefix, &member.server, &tool.name);
             if tool_claims.claim(&exposed, &member.server).is_ok() {
                 let mut shown = tool.clone();
                 shown.name = exposed.clone().into();
-                tools.insert(
-                    exposed,
-                    (
-                        shown,
-                        Route {
-                            server: member.server.clone(),
-                            name: tool.name.to_string(),
-                        },
-                    ),
-                );
+                let route = Route {
+                    server: member.server.clone(),
+                    name: tool.name.to_string(),
+                };
+                tools.insert(exposed, ToolEntry::Direct(shown, route));
             }
         }
         for prompt in &member.inventory.prompts {
@@ -148,7 +256,7 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
         }
     }
 
-    let mut tool_list: Vec<_> = tools.into_iter().collect();
+    let mut tool_list: Vec<(String, ToolEntry)> = tools.into_iter().collect();
     tool_list.sort_by(|a, b| a.0.cmp(&b.0));
     let mut prompt_list: Vec<_> = prompts.into_iter().collect();
     prompt_list.sort_by(|a, b| a.0.cmp(&b.0));
@@ -157,23 +265,37 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
     templates.sort_by(|a, b| a.uri_template.cmp(&b.uri_template));
     template_routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
 
-    let mut tool_counts = std::collections::BTreeMap::new();
-    for member in &members {
-        tool_counts.insert(member.server.to_string(), 0u32);
-    }
-    for (_, (_, route)) in &tool_list {
-        *tool_counts.entry(route.server.to_string()).or_default() += 1;
+    let mut tool_counts: BTreeMap<String, u32> =
+        members.iter().map(|m| (m.server.to_string(), 0)).collect();
+    let mut tool_routes = HashMap::new();
+    let mut family_routes = HashMap::new();
+    let mut exposed_tools = Vec::with_capacity(tool_list.len());
+    for (name, entry) in tool_list {
+        match entry {
+            ToolEntry::Direct(tool, route) => {
+                *tool_counts.entry(route.server.to_string()).or_default() += 1;
+                tool_routes.insert(name, route);
+                exposed_tools.push(tool);
+            }
+            ToolEntry::Family(tool, route) => {
+                for member in &route.members {
+                    *tool_counts.entry(member.server.to_string()).or_default() += 1;
+                }
+                family_routes.insert(name, route);
+                exposed_tools.push(tool);
+            }
+        }
     }
     let mut collisions = tool_claims.collisions;
     collisions.extend(prompt_claims.collisions);
     collisions.extend(resource_claims.collisions);
 
     Catalog {
-        tool_routes: tool_list
-            .iter()
-            .map(|(n, (_, r))| (n.clone(), r.clone()))
-            .collect(),
-        tools: Arc::new(tool_list.into_iter().map(|(_, (t, _))| t).collect()),
+        tools: Arc::new(exposed_tools),
+        tool_routes,
+        family_routes,
+        families,
+        divergences,
         prompt_routes: prompt_list
             .iter()
             .map(|(n, (_, r))| (n.clone(), r.clone()))
@@ -206,6 +328,7 @@ mod tests {
         Member {
             server: server.into(),
             tool_prefix: prefix.map(str::to_string),
+            family: None,
             inventory: Arc::new(Inventory {
                 tools: tools
                     .iter()

@@ -4,7 +4,9 @@
 //! swapped in atomically, so listing never asks an upstream.
 
 pub mod build;
+pub mod family;
 pub mod naming;
+pub mod select;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
 
 pub use build::build;
+pub use family::{Divergence, FamilyTool, Instance};
 
 /// Where an exposed tool or prompt really lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,12 +44,26 @@ impl std::fmt::Display for Collision {
     }
 }
 
+/// A family as a whole: its instance argument and members (sorted by server).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FamilySummary {
+    pub instance_arg: String,
+    pub members: Vec<Instance>,
+}
+
 /// One consistent view of the exposed surface.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     /// Sorted by exposed name.
     pub tools: Arc<Vec<Tool>>,
+    /// Tools served by one server.
     pub tool_routes: HashMap<String, Route>,
+    /// Folded tools served by a family.
+    pub family_routes: HashMap<String, Arc<FamilyTool>>,
+    /// Every family and its members, for the fleet overview.
+    pub families: BTreeMap<String, FamilySummary>,
+    /// Member tools that could not be folded, and why.
+    pub divergences: Vec<Divergence>,
     /// Sorted by URI; URIs are exposed unchanged.
     pub resources: Arc<Vec<Resource>>,
     pub resource_routes: HashMap<String, Arc<str>>,
@@ -64,6 +81,14 @@ pub struct Catalog {
 impl Catalog {
     pub fn tool(&self, exposed: &str) -> Option<&Route> {
         self.tool_routes.get(exposed)
+    }
+
+    pub fn family_tool(&self, exposed: &str) -> Option<&Arc<FamilyTool>> {
+        self.family_routes.get(exposed)
+    }
+
+    pub fn divergences_of<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Divergence> {
+        self.divergences.iter().filter(move |d| d.server == server)
     }
 
     pub fn prompt(&self, exposed: &str) -> Option<&Route> {

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use client_handler::ListKind;
-pub use upstream::{Health, Inventory, Upstream};
+pub use upstream::{Caller, Health, Inventory, Upstream};
 
 use crate::api::ServerState;
 use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};

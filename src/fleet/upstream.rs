@@ -27,6 +27,24 @@ use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
 
+/// The client request on whose behalf an upstream request is made.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub context: &'a RequestContext<RoleServer>,
+    /// Relay the upstream's progress under the client's token. Off for
+    /// fan-out, where several upstreams would interleave under one token.
+    pub relay_progress: bool,
+}
+
+impl<'a> Caller<'a> {
+    pub fn new(context: &'a RequestContext<RoleServer>) -> Self {
+        Self {
+            context,
+            relay_progress: true,
+        }
+    }
+}
+
 /// What an upstream offers, as last listed.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
@@ -326,8 +344,9 @@ impl Upstream {
     pub async fn request(
         &self,
         request: ClientRequest,
-        client: Option<&RequestContext<RoleServer>>,
+        caller: Option<Caller<'_>>,
     ) -> Result<ServerResult, UpstreamError> {
+        let client = caller.as_ref().map(|c| c.context);
         let Some(peer) = self.peer.load_full() else {
             return Err(self.unavailable());
         };
@@ -337,8 +356,10 @@ impl Upstream {
             .send_request_with_option(request, options)
             .await
             .map_err(|e| self.service_error(e, timeout))?;
-        let _route = client
-            .and_then(|ctx| ctx.meta.get_progress_token().map(|t| (ctx, t)))
+        let _route = caller
+            .as_ref()
+            .filter(|c| c.relay_progress)
+            .and_then(|c| c.context.meta.get_progress_token().map(|t| (c.context, t)))
             .map(|(ctx, client_token)| {
                 RouteGuard::insert(
                     &self.progress,

@@ -21,7 +21,8 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::state::{GatewayState, ListChange};
-use crate::fleet::{Upstream, UpstreamError};
+use super::{fanout, overview};
+use crate::fleet::{Caller, Upstream, UpstreamError};
 
 /// Cheap-to-clone MCP handler; one per client session, all sharing state.
 #[derive(Clone)]
@@ -97,7 +98,10 @@ impl ServerHandler for GatewayHandler {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let catalog = self.state.catalog();
-        Ok(ListToolsResult::with_all_items(catalog.tools.to_vec()))
+        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
+        tools.push(overview::tool());
+        tools.extend(catalog.tools.iter().cloned());
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -106,6 +110,15 @@ impl ServerHandler for GatewayHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let catalog = self.state.catalog();
+        if let Some(family_tool) = catalog.family_tool(&request.name) {
+            return fanout::call_family_tool(&self.state, family_tool, request, &context).await;
+        }
+        if request.name == overview::TOOL_NAME {
+            return Ok(CallToolResponse::Complete(overview::call(
+                &self.state,
+                request.arguments.as_ref(),
+            )));
+        }
         let Some(route) = catalog.tool(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!(
@@ -118,7 +131,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        match upstream.request(sent, Some(&context)).await {
+        match upstream.request(sent, Some(Caller::new(&context))).await {
             Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
             Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
             Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
@@ -211,7 +224,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.resource_owner(&request.uri)?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
         match upstream
-            .request(sent, Some(&context))
+            .request(sent, Some(Caller::new(&context)))
             .await
             .map_err(protocol_error)?
         {
@@ -237,7 +250,7 @@ impl ServerHandler for GatewayHandler {
         let uri = request.uri.clone();
         let sent = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
         upstream
-            .request(sent, Some(&context))
+            .request(sent, Some(Caller::new(&context)))
             .await
             .map_err(protocol_error)?;
         if let Ok(mut subscribers) = upstream.subscribers().lock() {
@@ -270,7 +283,7 @@ impl ServerHandler for GatewayHandler {
         if last_one {
             let sent = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
             upstream
-                .request(sent, Some(&context))
+                .request(sent, Some(Caller::new(&context)))
                 .await
                 .map_err(protocol_error)?;
         }
@@ -303,7 +316,7 @@ impl ServerHandler for GatewayHandler {
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
         match upstream
-            .request(sent, Some(&context))
+            .request(sent, Some(Caller::new(&context)))
             .await
             .map_err(protocol_error)?
         {
@@ -335,7 +348,7 @@ impl ServerHandler for GatewayHandler {
         };
         let sent = ClientRequest::CompleteRequest(CompleteRequest::new(request));
         match upstream
-            .request(sent, Some(&context))
+            .request(sent, Some(Caller::new(&context)))
             .await
             .map_err(protocol_error)?
         {

@@ -9,11 +9,36 @@ use arc_swap::ArcSwap;
 use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{self, Catalog, build::Member};
+use super::fanout::FanOutSettings;
+use crate::catalog::build::{Member, Membership};
+use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance, default_instance};
+use crate::catalog::{self, Catalog};
 use crate::fleet::Fleet;
+use crate::source::DesiredServer;
 
 /// Changes arriving within this window are folded into one rebuild.
 const REBUILD_SETTLE: Duration = Duration::from_millis(10);
+
+/// A server's family membership, with the defaults filled in.
+fn membership(server: &Arc<str>, desired: &DesiredServer) -> Option<Membership> {
+    let family = desired.spec.family.as_ref()?;
+    Some(Membership {
+        family: family.name.clone(),
+        instance_arg: family
+            .instance_arg
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INSTANCE_ARG.to_string()),
+        instance: Instance {
+            server: server.clone(),
+            instance: family
+                .instance
+                .clone()
+                .unwrap_or_else(|| default_instance(server, &family.name)),
+            aliases: family.aliases.clone(),
+            labels: desired.labels.clone(),
+        },
+    })
+}
 
 /// Connected client sessions that asked for list-change notifications.
 #[derive(Default)]
@@ -52,8 +77,15 @@ pub struct ListChange {
     pub prompts: bool,
 }
 
+/// Behaviour settings of the MCP endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct GatewaySettings {
+    pub fan_out: FanOutSettings,
+}
+
 pub struct GatewayState {
     pub fleet: Fleet,
+    pub settings: GatewaySettings,
     catalog: ArcSwap<Catalog>,
     /// Session clients (2025 revisions) are notified through their peers.
     pub clients: ClientRegistry,
@@ -62,9 +94,10 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(fleet: Fleet) -> Arc<Self> {
+    pub fn new(fleet: Fleet, settings: GatewaySettings) -> Arc<Self> {
         Arc::new(Self {
             fleet,
+            settings,
             catalog: ArcSwap::from_pointee(Catalog::default()),
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
@@ -85,14 +118,23 @@ impl GatewayState {
             .fleet
             .upstreams()
             .into_iter()
-            .map(|u| Member {
-                server: u.name.clone(),
-                tool_prefix: u.desired().spec.tool_prefix.clone(),
-                inventory: u.inventory(),
+            .map(|u| {
+                let desired = u.desired();
+                Member {
+                    server: u.name.clone(),
+                    tool_prefix: desired.spec.tool_prefix.clone(),
+                    family: membership(&u.name, &desired),
+                    inventory: u.inventory(),
+                }
             })
             .collect();
         let previous = self.catalog();
         let next = Arc::new(catalog::build(&members, &previous));
+        for divergence in &next.divergences {
+            if !previous.divergences.contains(divergence) {
+                tracing::warn!(server = %divergence.server, family = %divergence.family, tool = %divergence.tool, "schema divergence: {divergence}");
+            }
+        }
         for collision in &next.collisions {
             if !previous.collisions.contains(collision) {
                 tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");

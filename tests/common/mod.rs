@@ -386,8 +386,11 @@ pub async fn connect_with(url: &str, handler: TestClient) -> Client {
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
+/// The fleet's tools (the gateway's own `flotilla_*` tools left out).
 pub async fn list_tools(client: &Client) -> Vec<Tool> {
-    client.peer().list_all_tools().await.expect("tools/list")
+    let mut tools = client.peer().list_all_tools().await.expect("tools/list");
+    tools.retain(|t| !t.name.starts_with("flotilla_"));
+    tools
 }
 
 pub async fn call(client: &Client, tool: &str, args: serde_json::Value) -> CallToolResult {

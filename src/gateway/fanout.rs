@@ -1,0 +1,344 @@
+//! Calls to folded family tools: resolve the instance argument, then call
+//! one member (its own result, unchanged) or several in parallel and merge
+//! their answers into one result: a text section per instance in stable
+//! order, and `structuredContent` `{"instances": {name: {"result"|"error"}}}`.
+//!
+//! One failing or slow member never sinks the others (each has its own
+//! `spec.timeout`); the merged call is an error only when every member
+//! failed. A total output budget truncates members fairly.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rmcp::RoleServer;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
+    ContentBlock, ErrorData, ServerResult,
+};
+use rmcp::service::RequestContext;
+use serde_json::{Map, Value, json};
+
+use super::state::GatewayState;
+use crate::catalog::FamilyTool;
+use crate::catalog::select::{Selection, select};
+use crate::fleet::{Caller, UpstreamError};
+
+/// Fan-out limits, from the gateway's config.
+#[derive(Clone, Debug)]
+pub struct FanOutSettings {
+    /// Members called at once.
+    pub max_concurrency: usize,
+    /// Upper bound on the merged text, in bytes.
+    pub output_budget: usize,
+    /// Allow tools not marked read-only to run on several instances at once.
+    pub allow_destructive: bool,
+}
+
+impl Default for FanOutSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 16,
+            output_budget: 100 * 1024,
+            allow_destructive: false,
+        }
+    }
+}
+
+fn tool_error(text: String) -> CallToolResponse {
+    CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text)]))
+}
+
+/// Handles a `tools/call` of a folded tool.
+pub async fn call_family_tool(
+    state: &GatewayState,
+    route: &Arc<FamilyTool>,
+    mut request: CallToolRequestParams,
+    context: &RequestContext<RoleServer>,
+) -> Result<CallToolResponse, ErrorData> {
+    let mut arguments = request.arguments.take().unwrap_or_default();
+    let value = arguments.remove(&route.instance_arg);
+    let selection = match select(&route.members, value.as_ref(), &route.instance_arg) {
+        Ok(selection) => selection,
+        Err(error) => return Ok(tool_error(error.0)),
+    };
+    request.name = route.tool.clone().into();
+    request.arguments = Some(arguments);
+    match selection {
+        Selection::One(index) => {
+            let member = &route.members[index];
+            match call_member(state, &member.server, request, Caller::new(context)).await {
+                Ok(response) => Ok(response),
+                Err(UpstreamError::Rejected(data)) => Err(data),
+                Err(error) => Ok(tool_error(error.to_string())),
+            }
+        }
+        Selection::Many(indices) => {
+            let settings = &state.settings.fan_out;
+            if route.destructive && !settings.allow_destructive && indices.len() > 1 {
+                let names: Vec<&str> = indices
+                    .iter()
+                    .map(|i| route.members[*i].instance.as_str())
+                    .collect();
+                return Ok(tool_error(format!(
+                    "{} may change state (it is not annotated readOnlyHint, or is destructiveHint), so the gateway does not run it on several instances at once. Call it once per instance, naming one of: {}.",
+                    route.tool,
+                    names.join(", ")
+                )));
+            }
+            let caller = Caller {
+                context,
+                relay_progress: false,
+            };
+            let outcomes: Vec<(usize, Result<CallToolResult, String>)> =
+                futures::stream::iter(indices.into_iter().map(|index| {
+                    let member = &route.members[index];
+                    let request = request.clone();
+                    async move {
+                        let outcome = match call_member(state, &member.server, request, caller).await
+                        {
+                            Ok(CallToolResponse::Complete(result)) => Ok(result),
+                            Ok(_) => Err(
+                                "the server asked for input mid-call, which fan-out cannot relay; call this instance alone".to_string(),
+                            ),
+                            Err(error) => Err(error.to_string()),
+                        };
+                        (index, outcome)
+                    }
+                }))
+                .buffer_unordered(settings.max_concurrency.max(1))
+                .collect()
+                .await;
+            Ok(CallToolResponse::Complete(merge(
+                route,
+                outcomes,
+                settings.output_budget,
+            )))
+        }
+    }
+}
+
+async fn call_member(
+    state: &GatewayState,
+    server: &str,
+    request: CallToolRequestParams,
+    caller: Caller<'_>,
+) -> Result<CallToolResponse, UpstreamError> {
+    let Some(upstream) = state.fleet.get(server) else {
+        return Err(UpstreamError::Transport {
+            server: server.to_string(),
+            message: "it was removed from the fleet".into(),
+        });
+    };
+    let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
+    match upstream.request(sent, Some(caller)).await? {
+        ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+        ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+        _ => Err(UpstreamError::Transport {
+            server: server.to_string(),
+            message: "unexpected reply to tools/call".into(),
+        }),
+    }
+}
+
+fn text_of(result: &CallToolResult) -> (String, usize) {
+    let mut text = Vec::new();
+    let mut other = 0;
+    for block in &result.content {
+        match block.as_text() {
+            Some(t) => text.push(t.text.as_str()),
+            None => other += 1,
+        }
+    }
+    (text.join("\n"), other)
+}
+
+/// The largest per-member allowance that fits `sizes` into `budget`
+/// (water-filling: small answers keep everything, large ones share the rest).
+fn fair_cap(sizes: &[usize], budget: usize) -> usize {
+    if sizes.iter().sum::<usize>() <= budget {
+        return usize::MAX;
+    }
+    let mut sorted = sizes.to_vec();
+    sorted.sort_unstable();
+    let mut left = budget;
+    for (i, size) in sorted.iter().enumerate() {
+        let share = left / (sorted.len() - i);
+        if *size > share {
+            return share;
+        }
+        left -= size;
+    }
+    usize::MAX
+}
+
+fn truncate_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// One merged result from every member's outcome.
+fn merge(
+    route: &FamilyTool,
+    mut outcomes: Vec<(usize, Result<CallToolResult, String>)>,
+    budget: usize,
+) -> CallToolResult {
+    outcomes.sort_by_key(|a| a.0);
+    let bodies: Vec<(String, usize, bool)> = outcomes
+        .iter()
+        .map(|(_, outcome)| match outcome {
+            Ok(result) if result.is_error != Some(true) => {
+                let (text, other) = text_of(result);
+                (text, other, true)
+            }
+            Ok(result) => (text_of(result).0, 0, false),
+            Err(message) => (message.clone(), 0, false),
+        })
+        .collect();
+    let cap = fair_cap(
+        &bodies.iter().map(|b| b.0.len()).collect::<Vec<_>>(),
+        budget,
+    );
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .zip(&bodies)
+        .filter(|(_, b)| !b.2)
+        .map(|((i, _), _)| route.members[*i].instance.as_str())
+        .collect();
+    let mut sections = vec![format!(
+        "{} on {} instance(s): {} succeeded{}",
+        route.tool,
+        outcomes.len(),
+        outcomes.len() - failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(", {} failed ({})", failed.len(), failed.join(", "))
+        }
+    )];
+    let mut instances = Map::new();
+    let mut any_truncated = false;
+    for ((index, outcome), (body, other, ok)) in outcomes.iter().zip(&bodies) {
+        let member = &route.members[*index];
+        let shown = truncate_at_char(body, cap);
+        let truncated = shown.len() < body.len();
+        any_truncated |= truncated;
+        let mut section = format!("## {} ({})\n", member.instance, member.server);
+        if !ok {
+            section.push_str("error: ");
+        }
+        section.push_str(shown);
+        if truncated {
+            section.push_str(&format!(
+                "\n[truncated: {} of {} bytes omitted to fit the output budget]",
+                body.len() - shown.len(),
+                body.len()
+            ));
+        }
+        if *other > 0 {
+            section.push_str(&format!("\n[{other} non-text content block(s) omitted; call this instance alone to get them]"));
+        }
+        sections.push(section);
+        let mut entry = Map::new();
+        entry.insert("server".into(), json!(member.server.as_ref()));
+        match outcome {
+            Ok(result) if *ok && !truncated => {
+                let value = result
+                    .structured_content
+                    .clone()
+                    .unwrap_or_else(|| json!(body));
+                entry.insert("result".into(), value);
+            }
+            _ if *ok => {
+                entry.insert("result".into(), json!(shown));
+                entry.insert("truncated".into(), json!(true));
+            }
+            _ => {
+                entry.insert("error".into(), json!(shown));
+                if truncated {
+                    entry.insert("truncated".into(), json!(true));
+                }
+            }
+        }
+        instances.insert(member.instance.clone(), Value::Object(entry));
+    }
+    if any_truncated {
+        sections.push(format!(
+            "Output was truncated to about {budget} bytes in total. Select fewer instances with `{}` (a name, a list, or a label selector such as \"env=prod\") or narrow the request.",
+            route.instance_arg
+        ));
+    }
+    let mut result = CallToolResult::success(vec![ContentBlock::text(sections.join("\n\n"))]);
+    result.structured_content = Some(json!({ "instances": instances }));
+    result.is_error = Some(failed.len() == outcomes.len());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Instance;
+
+    #[test]
+    fn fair_cap_keeps_small_answers_whole_and_splits_the_rest() {
+        assert_eq!(fair_cap(&[10, 20], 100), usize::MAX);
+        assert_eq!(fair_cap(&[10, 1000, 1000], 110), 50);
+        assert_eq!(fair_cap(&[300, 300, 300], 300), 100);
+    }
+
+    fn route() -> FamilyTool {
+        let member = |name: &str| Instance {
+            server: format!("{name}-mcp").into(),
+            instance: name.into(),
+            aliases: vec![],
+            labels: Default::default(),
+        };
+        FamilyTool {
+            family: "k8s".into(),
+            tool: "get_events".into(),
+            instance_arg: "cluster".into(),
+            members: vec![member("a"), member("b"), member("c")],
+            destructive: false,
+        }
+    }
+
+    #[test]
+    fn merged_results_keep_order_mark_failures_and_respect_the_budget() {
+        let ok = |t: &str| Ok(CallToolResult::success(vec![ContentBlock::text(t)]));
+        let outcomes = vec![
+            (
+                2,
+                Err("server \"c-mcp\" did not answer within 1s".to_string()),
+            ),
+            (0, ok("short")),
+            (1, ok(&"x".repeat(5000))),
+        ];
+        let merged = merge(&route(), outcomes, 1000);
+        assert_eq!(merged.is_error, Some(false), "partial success is success");
+        let text = merged.content[0].as_text().unwrap().text.clone();
+        let a = text.find("## a (a-mcp)").unwrap();
+        let b = text.find("## b (b-mcp)").unwrap();
+        let c = text.find("## c (c-mcp)\nerror: server").unwrap();
+        assert!(a < b && b < c, "stable order");
+        assert!(text.contains("1 failed (c)"));
+        assert!(text.contains("truncated"));
+        assert!(text.len() < 1700, "budget respected: {}", text.len());
+        let instances = &merged.structured_content.unwrap()["instances"];
+        assert_eq!(instances["a"]["result"], "short");
+        assert_eq!(instances["b"]["truncated"], true);
+        assert!(
+            instances["c"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("did not answer")
+        );
+        let all_failed = merge(&route(), vec![(0, Err("down".into()))], 1000);
+        assert_eq!(all_failed.is_error, Some(true));
+    }
+}
