@@ -56,6 +56,9 @@ pub enum Command {
         /// Also serve `sleep` and `cancellations` (used by the test suite).
         #[arg(long, hide = true)]
         test_tools: bool,
+        /// Serve an older `list_pods` schema (used by the test suite).
+        #[arg(long, hide = true)]
+        old_schema: bool,
     },
 }
 
@@ -108,7 +111,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SimCluster {
             cluster,
             test_tools,
-        } => crate::sim::serve_stdio(&cluster, test_tools)
+            old_schema,
+        } => crate::sim::serve_stdio(&cluster, test_tools, old_schema)
             .await
             .with_context(|| format!("simulated cluster {cluster}")),
     }

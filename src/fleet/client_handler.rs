@@ -1,19 +1,26 @@
 //! The gateway's side of one upstream session: what it announces when it
 //! connects, and where the upstream's notifications go (list changes refresh
 //! the catalog, progress reaches the client whose request caused it, resource
-//! updates reach the clients that subscribed).
+//! updates reach the clients that subscribed). Elicitation and sampling
+//! requests and log messages an upstream sends while serving a call are
+//! relayed to the client that made the call (named by instance on fan-out).
+
+#![allow(deprecated)] // logging and sampling (SEP-2577) are still spoken by 2025 servers
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-#[allow(deprecated)]
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
-    ResourceUpdatedNotificationParam,
+    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
+    CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
+    ElicitResult, Extensions, GetExtensions, Implementation, LoggingLevel,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
+    ResourceUpdatedNotificationParam, ServerRequest,
 };
-use rmcp::service::NotificationContext;
-use rmcp::{ClientHandler, Peer, RoleClient, RoleServer};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext,
+};
+use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer};
 use tokio::sync::mpsc;
 
 /// Which of an upstream's lists changed.
@@ -35,6 +42,20 @@ pub struct ProgressRoute {
 /// gateway gave the upstream (never the client's: two clients may pick the same).
 pub type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>;
 
+/// A client request being served through this upstream right now.
+#[derive(Clone)]
+pub struct InflightCall {
+    pub client: Peer<RoleServer>,
+    /// The client's own id for the request, so relayed requests reach the
+    /// client on that request's stream.
+    pub client_request: RequestId,
+    /// The family instance, when the call fans out (named in relayed text).
+    pub instance: Option<String>,
+}
+
+/// In-flight client requests, keyed by the gateway's upstream request id.
+pub type InflightCalls = Arc<Mutex<HashMap<RequestId, InflightCall>>>;
+
 /// Subscribed resource URIs of one upstream and the client sessions
 /// (gateway session number, peer) that asked.
 pub type ResourceSubscribers = Arc<Mutex<HashMap<String, Vec<(u64, Peer<RoleServer>)>>>>;
@@ -45,15 +66,136 @@ pub struct UpstreamClient {
     pub server: Arc<str>,
     pub progress: ProgressRoutes,
     pub subscribers: ResourceSubscribers,
+    pub inflight: InflightCalls,
     pub refresh: mpsc::UnboundedSender<ListKind>,
+}
+
+impl UpstreamClient {
+    /// The client request an upstream-initiated message belongs to: the one
+    /// whose response stream carried it, else the only one in flight.
+    fn caller_of(&self, extensions: &Extensions) -> Option<InflightCall> {
+        let calls = self.inflight.lock().ok()?;
+        if let Some(InboundStreamOrigin::OutboundRequest(id)) =
+            extensions.get::<InboundStreamOrigin>()
+            && let Some(call) = calls.get(id)
+        {
+            return Some(call.clone());
+        }
+        match calls.len() {
+            1 => calls.values().next().cloned(),
+            _ => None,
+        }
+    }
+
+    fn label(&self, call: &InflightCall) -> String {
+        call.instance
+            .clone()
+            .unwrap_or_else(|| self.server.to_string())
+    }
+
+    /// Sends a request to the calling client on its request's stream.
+    async fn relay(
+        &self,
+        call: &InflightCall,
+        request: ServerRequest,
+    ) -> Result<ClientResult, McpError> {
+        let mut request = request;
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(call.client_request.clone()));
+        call.client.send_request(request).await.map_err(|error| {
+            McpError::internal_error(
+                format!("relaying to the gateway's client failed: {error}"),
+                None,
+            )
+        })
+    }
+
+    fn no_caller(&self, what: &str) -> McpError {
+        McpError::invalid_request(
+            format!(
+                "{what} from server {:?} matches no client request in flight",
+                self.server
+            ),
+            None,
+        )
+    }
 }
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
+        // Sampling and elicitation are relayed to the client whose call caused them.
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        capabilities.elicitation = Some(Default::default());
         ClientConfig::new(
-            ClientCapabilities::default(),
+            capabilities,
             Implementation::new("flotilla", env!("CARGO_PKG_VERSION")),
         )
+    }
+
+    async fn create_elicitation(
+        &self,
+        mut request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let call = self
+            .caller_of(&context.extensions)
+            .ok_or_else(|| self.no_caller("an elicitation request"))?;
+        let label = self.label(&call);
+        match &mut request {
+            ElicitRequestParams::FormElicitationParams { message, .. }
+            | ElicitRequestParams::UrlElicitationParams { message, .. } => {
+                *message = format!("[{label}] {message}");
+            }
+            _ => {}
+        }
+        match self
+            .relay(
+                &call,
+                ServerRequest::ElicitRequest(ElicitRequest::new(request)),
+            )
+            .await?
+        {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(McpError::internal_error(
+                "the client answered elicitation with something else",
+                None,
+            )),
+        }
+    }
+
+    async fn create_message(
+        &self,
+        mut params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let call = self
+            .caller_of(&context.extensions)
+            .ok_or_else(|| self.no_caller("a sampling request"))?;
+        if call.instance.is_some() {
+            let note = format!(
+                "(Requested by instance {} of the fleet.)",
+                self.label(&call)
+            );
+            params.system_prompt = Some(match params.system_prompt.take() {
+                Some(prompt) => format!("{prompt}\n{note}"),
+                None => note,
+            });
+        }
+        match self
+            .relay(
+                &call,
+                ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params)),
+            )
+            .await?
+        {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(McpError::internal_error(
+                "the client answered sampling with something else",
+                None,
+            )),
+        }
     }
 
     async fn on_progress(
@@ -91,12 +233,22 @@ impl ClientHandler for UpstreamClient {
         }
     }
 
-    #[allow(deprecated)] // logging (SEP-2577) is still sent by 2025 servers
     async fn on_logging_message(
         &self,
         params: LoggingMessageNotificationParam,
-        _context: NotificationContext<RoleClient>,
+        context: NotificationContext<RoleClient>,
     ) {
+        if let Some(call) = self.caller_of(&context.extensions) {
+            let mut relayed = params.clone();
+            let label = self.label(&call);
+            relayed.logger = Some(match &params.logger {
+                Some(logger) => format!("{label}/{logger}"),
+                None => label,
+            });
+            if call.client.notify_logging_message(relayed).await.is_ok() {
+                return;
+            }
+        }
         let logger = params.logger.as_deref().unwrap_or("");
         match params.level {
             LoggingLevel::Debug | LoggingLevel::Info | LoggingLevel::Notice => {

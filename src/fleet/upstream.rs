@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::client_handler::{
-    ListKind, ProgressRoute, ProgressRoutes, ResourceSubscribers, UpstreamClient,
+    InflightCall, InflightCalls, ListKind, ProgressRoute, ProgressRoutes, ResourceSubscribers,
+    UpstreamClient,
 };
 use super::connect::{Connected, connect};
 use super::{FleetSettings, UpstreamError};
@@ -34,6 +35,8 @@ pub struct Caller<'a> {
     /// Relay the upstream's progress under the client's token. Off for
     /// fan-out, where several upstreams would interleave under one token.
     pub relay_progress: bool,
+    /// The family instance being called, named in relayed requests.
+    pub instance: Option<&'a str>,
 }
 
 impl<'a> Caller<'a> {
@@ -41,6 +44,7 @@ impl<'a> Caller<'a> {
         Self {
             context,
             relay_progress: true,
+            instance: None,
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct Upstream {
     health: Mutex<Health>,
     progress: ProgressRoutes,
     subscribers: ResourceSubscribers,
+    inflight: InflightCalls,
     changed: Arc<watch::Sender<u64>>,
     cancel: CancellationToken,
 }
@@ -94,6 +99,7 @@ impl Upstream {
             health: Mutex::new(Health::default()),
             progress: Default::default(),
             subscribers: Default::default(),
+            inflight: Default::default(),
             changed,
             cancel: parent.child_token(),
         });
@@ -167,6 +173,7 @@ impl Upstream {
                 server: self.name.clone(),
                 progress: self.progress.clone(),
                 subscribers: self.subscribers.clone(),
+                inflight: self.inflight.clone(),
                 refresh: refresh_tx,
             };
             let desired = self.desired();
@@ -371,6 +378,17 @@ impl Upstream {
                 )
             });
         let request_id = handle.id.clone();
+        let _inflight = caller.as_ref().map(|c| {
+            InflightGuard::insert(
+                &self.inflight,
+                request_id.clone(),
+                InflightCall {
+                    client: c.context.peer.clone(),
+                    client_request: c.context.id.clone(),
+                    instance: c.instance.map(str::to_string),
+                },
+            )
+        });
         let cancelled = async {
             match client {
                 Some(ctx) => ctx.ct.cancelled().await,
@@ -441,6 +459,32 @@ fn strip_hop_meta(mut result: ServerResult) -> ServerResult {
         }
     }
     result
+}
+
+/// Removes an in-flight call when its request ends.
+struct InflightGuard {
+    calls: InflightCalls,
+    id: rmcp::model::RequestId,
+}
+
+impl InflightGuard {
+    fn insert(calls: &InflightCalls, id: rmcp::model::RequestId, call: InflightCall) -> Self {
+        if let Ok(mut map) = calls.lock() {
+            map.insert(id.clone(), call);
+        }
+        Self {
+            calls: calls.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.calls.lock() {
+            map.remove(&self.id);
+        }
+    }
 }
 
 /// Removes a progress route when the request it belongs to ends.

@@ -66,7 +66,11 @@ pub async fn call_family_tool(
     match selection {
         Selection::One(index) => {
             let member = &route.members[index];
-            match call_member(state, &member.server, request, Caller::new(context)).await {
+            let caller = Caller {
+                instance: Some(member.instance.as_str()),
+                ..Caller::new(context)
+            };
+            match call_member(state, &member.server, request, caller).await {
                 Ok(response) => Ok(response),
                 Err(UpstreamError::Rejected(data)) => Err(data),
                 Err(error) => Ok(tool_error(error.to_string())),
@@ -85,14 +89,16 @@ pub async fn call_family_tool(
                     names.join(", ")
                 )));
             }
-            let caller = Caller {
-                context,
-                relay_progress: false,
-            };
+
             let outcomes: Vec<(usize, Result<CallToolResult, String>)> =
                 futures::stream::iter(indices.into_iter().map(|index| {
                     let member = &route.members[index];
                     let request = request.clone();
+                    let caller = Caller {
+                        context,
+                        relay_progress: false,
+                        instance: Some(member.instance.as_str()),
+                    };
                     async move {
                         let outcome = match call_member(state, &member.server, request, caller).await
                         {

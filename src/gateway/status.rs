@@ -64,6 +64,25 @@ pub fn server_status(
             )
         });
     }
+    let divergences: Vec<String> = catalog
+        .divergences_of(&upstream.name)
+        .map(|d| d.to_string())
+        .collect();
+    if !divergences.is_empty() {
+        conditions.push(Condition {
+            status: "True".into(),
+            ..condition(
+                "SchemaDivergence",
+                false,
+                "SchemaDivergence",
+                format!(
+                    "{} (exposed under the server's own name instead)",
+                    divergences.join("; ")
+                ),
+                generation,
+            )
+        });
+    }
     let own_problems: Vec<String> = problems
         .iter()
         .filter(|p| p.server.as_deref() == Some(&*upstream.name))

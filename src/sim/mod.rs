@@ -46,6 +46,8 @@ pub struct SleepArgs {
 pub struct SimCluster {
     cluster: std::sync::Arc<Cluster>,
     cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Serve an older `list_pods` schema (tests schema divergence in families).
+    old_schema: bool,
     tool_router: ToolRouter<Self>,
 }
 
@@ -53,7 +55,7 @@ pub struct SimCluster {
 impl SimCluster {
     /// `test_tools` adds `sleep` and `cancellations`, used by the test suite
     /// to observe cancellation end to end; the quickstart leaves them out.
-    pub fn new(name: &str, test_tools: bool) -> Self {
+    pub fn new(name: &str, test_tools: bool, old_schema: bool) -> Self {
         let mut tool_router = Self::tool_router();
         if test_tools {
             tool_router += Self::test_router();
@@ -61,6 +63,7 @@ impl SimCluster {
         Self {
             cluster: std::sync::Arc::new(Cluster::generate(name)),
             cancelled: Default::default(),
+            old_schema,
             tool_router,
         }
     }
@@ -107,7 +110,10 @@ impl SimCluster {
 
 #[tool_router(router = test_router)]
 impl SimCluster {
-    #[tool(description = "Wait, then answer; counts the calls cancelled while waiting.")]
+    #[tool(
+        description = "Wait, then answer; counts the calls cancelled while waiting.",
+        annotations(read_only_hint = true)
+    )]
     async fn sleep(
         &self,
         Parameters(args): Parameters<SleepArgs>,
@@ -133,6 +139,26 @@ impl SimCluster {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for SimCluster {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        if self.old_schema {
+            // An older release called the filter `ns`.
+            for tool in tools.iter_mut().filter(|t| t.name == "list_pods") {
+                let mut schema = (*tool.input_schema).clone();
+                schema.insert(
+                    "properties".into(),
+                    serde_json::json!({"ns": {"type": "string", "description": "Namespace"}}),
+                );
+                tool.input_schema = std::sync::Arc::new(schema);
+            }
+        }
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -188,8 +214,8 @@ impl SimCluster {
 }
 
 /// Serves one simulated cluster on stdin/stdout until the client goes away.
-pub async fn serve_stdio(name: &str, test_tools: bool) -> anyhow::Result<()> {
-    let service = SimCluster::new(name, test_tools)
+pub async fn serve_stdio(name: &str, test_tools: bool, old_schema: bool) -> anyhow::Result<()> {
+    let service = SimCluster::new(name, test_tools, old_schema)
         .serve(rmcp::transport::stdio())
         .await?;
     service.waiting().await?;

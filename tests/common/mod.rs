@@ -349,14 +349,59 @@ pub fn sim_manifest(name: &str, cluster: &str, extra_spec: &str) -> String {
     )
 }
 
-/// A test MCP client that counts `tools/list_changed` notifications.
+/// A test MCP client: counts `tools/list_changed`, records progress, and
+/// answers elicitation (accepting `{"name": "Ada"}`) and sampling (a canned
+/// reply), recording what it was asked.
 #[derive(Clone, Default)]
 pub struct TestClient {
     pub tool_list_changes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub progress: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    pub asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+#[allow(deprecated)]
 impl ClientHandler for TestClient {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut capabilities = rmcp::model::ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        capabilities.elicitation = Some(Default::default());
+        rmcp::model::ClientConfig::new(
+            capabilities,
+            rmcp::model::Implementation::new("flotilla-tests", "1"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        if let rmcp::model::ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            self.asked
+                .lock()
+                .unwrap()
+                .push(format!("elicit: {message}"));
+        }
+        let mut result = rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept);
+        result.content = Some(serde_json::json!({"name": "Ada"}));
+        Ok(result)
+    }
+
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        self.asked.lock().unwrap().push(format!(
+            "sample: {}",
+            params.system_prompt.unwrap_or_default()
+        ));
+        Ok(rmcp::model::CreateMessageResult::new(
+            rmcp::model::SamplingMessage::assistant_text("hello from the client"),
+            "test-model".into(),
+        ))
+    }
+
     async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
         self.tool_list_changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
