@@ -1,1 +1,1013 @@
-fn main() {}
+//! Flotilla gateway benchmark: `cargo bench --bench gateway`.
+//!
+//! Runs, in one go and on loopback only:
+//! 1. tools/call latency (sequential) and closed-loop throughput (16 in
+//!    flight) against the same echo upstream three ways: direct, through
+//!    nginx (plain keep-alive reverse proxy) and through the gateway, with
+//!    the CPU time each proxy spends per call (/proc utime+stime);
+//! 2. tools/list through the gateway over 200 servers x 50 tools;
+//! 3. gateway RSS per idle upstream session and startup time over 500
+//!    upstreams.
+//!
+//! The echo upstream is this very binary re-executed with `--upstream`, so
+//! its CPU is not the gateway's. Every child process is stopped on exit,
+//! including on panic. See benches/README.md for how to read the figures.
+
+#[path = "support/client.rs"]
+mod client;
+#[path = "support/procs.rs"]
+mod procs;
+#[path = "support/upstream.rs"]
+mod upstream;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use client::{Request, Samples};
+use procs::Proc;
+
+// ------------------------------------------------------------------ targets
+
+const TARGET_ADDED_P50_MS: f64 = 0.12;
+const TARGET_CPU_PER_CALL_US: f64 = 60.0;
+const TARGET_THROUGHPUT_RATIO: f64 = 0.5;
+const TARGET_LIST_P50_MS: f64 = 2.0;
+const TARGET_KB_PER_SESSION: f64 = 50.0;
+const TARGET_STARTUP_S: f64 = 2.0;
+
+/// Sizes of the run; `FLOTILLA_BENCH_QUICK=1` shrinks them for a smoke run.
+struct Config {
+    rounds: usize,
+    seq_calls: usize,
+    load: Duration,
+    concurrency: usize,
+    warm_calls: usize,
+    warm_load: Duration,
+    list_servers: usize,
+    list_tools: usize,
+    list_iters: usize,
+    fleet: usize,
+    fleet_runs: usize,
+    settle: Duration,
+    upstream_threads: usize,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let quick = std::env::var_os("FLOTILLA_BENCH_QUICK").is_some_and(|v| v != "0");
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            rounds: if quick { 1 } else { 3 },
+            seq_calls: if quick { 300 } else { 1000 },
+            load: Duration::from_millis(if quick { 700 } else { 2500 }),
+            concurrency: 16,
+            warm_calls: if quick { 100 } else { 300 },
+            warm_load: Duration::from_millis(if quick { 300 } else { 700 }),
+            list_servers: 200,
+            list_tools: 50,
+            list_iters: if quick { 50 } else { 200 },
+            fleet: 500,
+            fleet_runs: if quick { 1 } else { 3 },
+            settle: Duration::from_millis(if quick { 500 } else { 1500 }),
+            upstream_threads: threads,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--upstream") {
+        let get = |flag: &str, default: usize| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        upstream::run(get("--servers", 1), get("--tools", 1), get("--threads", 2));
+        return;
+    }
+    if let Err(error) = run() {
+        eprintln!("\nbench failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
+        }
+        None => repo_root().join("target"),
+    }
+}
+
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .ok()?
+            .filter_map(|e| newest_mtime(&e.ok()?.path()))
+            .max()
+    } else {
+        meta.modified().ok()
+    }
+}
+
+/// `target/release/flotilla`, rebuilt with `cargo build --release --bin
+/// flotilla` when missing or older than src/, Cargo.toml or Cargo.lock.
+/// `FLOTILLA_BIN` overrides; `FLOTILLA_BENCH_NO_BUILD=1` never builds.
+fn locate_gateway() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("FLOTILLA_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let root = repo_root();
+    let bin = target_dir().join("release").join("flotilla");
+    let sources = ["src", "Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter_map(|p| newest_mtime(&root.join(p)))
+        .max();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let fresh = matches!((built, sources), (Some(b), Some(s)) if b >= s);
+    if fresh {
+        return Ok(bin);
+    }
+    if std::env::var_os("FLOTILLA_BENCH_NO_BUILD").is_some() {
+        return if built.is_some() {
+            log(format!(
+                "{} is older than src/ (FLOTILLA_BENCH_NO_BUILD set; using it anyway)",
+                bin.display()
+            ));
+            Ok(bin)
+        } else {
+            Err(format!(
+                "{} is missing; run `cargo build --release`",
+                bin.display()
+            ))
+        };
+    }
+    log(format!(
+        "{} is {}; running `cargo build --release --bin flotilla`",
+        bin.display(),
+        if built.is_some() {
+            "older than src/"
+        } else {
+            "missing"
+        }
+    ));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "flotilla"])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() || !bin.is_file() {
+        return Err(format!(
+            "cargo build --release --bin flotilla failed ({status})"
+        ));
+    }
+    Ok(bin)
+}
+
+fn spawn_upstream(
+    cfg: &Config,
+    logs: &Path,
+    name: &str,
+    servers: usize,
+    tools: usize,
+) -> Result<(Proc, u16), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--upstream",
+        "--servers",
+        &servers.to_string(),
+        "--tools",
+        &tools.to_string(),
+    ])
+    .args(["--threads", &cfg.upstream_threads.to_string()]);
+    let mut proc = Proc::spawn(name, cmd, logs)?;
+    let line = proc.wait_line("READY", Duration::from_secs(30))?;
+    let port = line
+        .trim_start_matches("READY ")
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad READY line {line:?}"))?;
+    Ok((proc, port))
+}
+
+fn write_manifests(dir: &Path, servers: &[(String, String)]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    for (name, url) in servers {
+        let yaml = format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {name}\nspec:\n  type: streamable-http\n  url: \"{url}\"\n  timeout: 10\n"
+        );
+        std::fs::write(dir.join(format!("{name}.yaml")), yaml).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct Gateway {
+    proc: Proc,
+    /// `http://127.0.0.1:PORT`
+    base: String,
+    mcp: String,
+}
+
+/// Spawns `flotilla serve --manifests DIR --port 0` and waits for its URL.
+fn start_gateway(bin: &Path, manifests: &Path, logs: &Path, name: &str) -> Result<Gateway, String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--manifests")
+        .arg(manifests)
+        .args(["--port", "0"]);
+    let mut proc = Proc::spawn(name, cmd, logs)?;
+    let line = proc.wait_line("listening on", Duration::from_secs(30))?;
+    let mcp = line
+        .split_whitespace()
+        .last()
+        .ok_or_else(|| format!("bad listening line {line:?}"))?
+        .to_string();
+    let base = mcp.trim_end_matches("/mcp").to_string();
+    Ok(Gateway { proc, base, mcp })
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Option<(u16, serde_json::Value)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
+/// Polls `/readyz` until it is 200 with `servers` servers all connected.
+async fn wait_connected(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    servers: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("{}/readyz", gateway.base);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some((status, body)) = get_json(client, &url).await {
+            if status == 200
+                && body["servers"].as_u64() == Some(servers)
+                && body["connected"].as_u64() == Some(servers)
+            {
+                return Ok(());
+            }
+            last = Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(format!(
+        "gateway not ready with {servers} connected servers within {timeout:?}; last /readyz: {}",
+        last.map(|b| b.to_string()).unwrap_or_default()
+    ))
+}
+
+/// Polls `/status` until the catalog holds (at least) `tools` tools.
+async fn wait_tools(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    tools: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("{}/status", gateway.base);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some((_, body)) = get_json(client, &url).await {
+            if body["tools"].as_u64().is_some_and(|n| n >= tools) {
+                return Ok(());
+            }
+            last = body["tools"].as_u64();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!(
+        "catalog did not reach {tools} tools within {timeout:?} (last: {last:?})"
+    ))
+}
+
+async fn protocol_of(client: &reqwest::Client, gateway: &Gateway) -> String {
+    get_json(client, &format!("{}/status", gateway.base))
+        .await
+        .and_then(|(_, b)| {
+            b["servers"][0]["protocolVersion"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values[values.len() / 2]
+    }
+}
+
+// ------------------------------------------------------------- tools/call
+
+/// One way to reach the echo tool, and the processes to charge CPU to.
+struct Target {
+    name: &'static str,
+    request: Arc<Request>,
+    proxy_pids: Vec<i32>,
+    acc: Acc,
+}
+
+#[derive(Default)]
+struct Acc {
+    seq: Samples,
+    seq_proxy_us: u64,
+    load: Samples,
+    load_calls: u64,
+    load_secs: f64,
+    load_proxy_us: u64,
+    load_echo_us: u64,
+    load_client_us: u64,
+}
+
+struct CpuSnap {
+    proxy: u64,
+    echo: u64,
+    client: u64,
+}
+
+fn snap(target: &Target, echo_pid: i32) -> CpuSnap {
+    CpuSnap {
+        proxy: procs::cpu_us_all(&target.proxy_pids),
+        echo: procs::cpu_us(echo_pid),
+        client: procs::self_cpu_us(),
+    }
+}
+
+struct CallResults {
+    targets: Vec<Target>,
+    nginx_note: Option<String>,
+    nginx_version: Option<String>,
+    gateway_rss_after_kib: u64,
+    protocol: String,
+}
+
+fn bench_calls(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    bin: &Path,
+    work: &Path,
+) -> Result<CallResults, String> {
+    log("tools/call: starting echo upstream, nginx and gateway");
+    let (echo, port) = spawn_upstream(cfg, work, "echo-calls", 1, 1)?;
+    let direct_url = format!("http://127.0.0.1:{port}/s/0/mcp");
+
+    let mut nginx_note = None;
+    let mut nginx_version = None;
+    let nginx: Option<(Proc, u16)> = match procs::find_or_install_nginx() {
+        Ok(nginx_bin) => {
+            nginx_version = Some(procs::nginx_version(&nginx_bin));
+            match procs::start_nginx(&nginx_bin, work, port) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    nginx_note = Some(format!("nginx target skipped: could not start nginx: {e}"));
+                    None
+                }
+            }
+        }
+        Err(reason) => {
+            nginx_note = Some(format!("nginx target skipped: {reason}"));
+            None
+        }
+    };
+    if let Some(note) = &nginx_note {
+        log(note);
+    }
+
+    let manifests = work.join("manifests-calls");
+    write_manifests(&manifests, &[("echo".into(), direct_url.clone())])?;
+    let gateway = start_gateway(bin, &manifests, work, "flotilla-calls")?;
+    rt.block_on(async {
+        wait_connected(http, &gateway, 1, Duration::from_secs(30)).await?;
+        wait_tools(http, &gateway, 1, Duration::from_secs(10)).await
+    })?;
+    let protocol = rt.block_on(protocol_of(http, &gateway));
+
+    let mut targets = vec![Target {
+        name: "direct",
+        request: Arc::new(Request::call(&direct_url, "echo")),
+        proxy_pids: vec![],
+        acc: Acc::default(),
+    }];
+    if let Some((proc, nport)) = &nginx {
+        let mut pids = vec![proc.pid()];
+        pids.extend(&proc.companions);
+        targets.push(Target {
+            name: "nginx",
+            request: Arc::new(Request::call(
+                &format!("http://127.0.0.1:{nport}/s/0/mcp"),
+                "echo",
+            )),
+            proxy_pids: pids,
+            acc: Acc::default(),
+        });
+    }
+    targets.push(Target {
+        name: "flotilla",
+        request: Arc::new(Request::call(&gateway.mcp, "x_echo_echo")),
+        proxy_pids: vec![gateway.proc.pid()],
+        acc: Acc::default(),
+    });
+
+    rt.block_on(async {
+        // Correctness first: each target really echoes.
+        for t in &targets {
+            let body = t.request.send(http).await?;
+            let reply = client::reply_json(&body)?;
+            let text = reply["result"]["content"][0]["text"].as_str();
+            if text != Some(client::ECHO_TEXT) {
+                return Err(format!("{} did not echo: {reply}", t.name));
+            }
+        }
+        log("tools/call: warming up");
+        for t in &targets {
+            client::sequential(http, &t.request, cfg.warm_calls).await?;
+            client::closed_loop(http, t.request.clone(), cfg.concurrency, cfg.warm_load).await?;
+        }
+        Ok::<_, String>(())
+    })?;
+
+    let echo_pid = echo.pid();
+    let n = targets.len();
+    for round in 0..cfg.rounds {
+        log(format!("tools/call: round {}/{}", round + 1, cfg.rounds));
+        // Rotate the order so no target always runs first (or last).
+        for k in 0..n {
+            let t = &mut targets[(round + k) % n];
+            rt.block_on(async {
+                let before = snap(t, echo_pid);
+                let seq = client::sequential(http, &t.request, cfg.seq_calls).await?;
+                let after = snap(t, echo_pid);
+                t.acc.seq.extend(&seq);
+                t.acc.seq_proxy_us += after.proxy - before.proxy;
+
+                let before = snap(t, echo_pid);
+                let load =
+                    client::closed_loop(http, t.request.clone(), cfg.concurrency, cfg.load).await?;
+                let after = snap(t, echo_pid);
+                t.acc.load.extend(&load.samples);
+                t.acc.load_calls += load.calls;
+                t.acc.load_secs += load.elapsed.as_secs_f64();
+                t.acc.load_proxy_us += after.proxy - before.proxy;
+                t.acc.load_echo_us += after.echo - before.echo;
+                t.acc.load_client_us += after.client - before.client;
+                Ok::<_, String>(())
+            })?;
+        }
+    }
+    let gateway_rss_after_kib = procs::rss_kib(gateway.proc.pid());
+    drop(gateway);
+    drop(nginx);
+    drop(echo);
+    Ok(CallResults {
+        targets,
+        nginx_note,
+        nginx_version,
+        gateway_rss_after_kib,
+        protocol,
+    })
+}
+
+// ------------------------------------------------------------- tools/list
+
+struct ListResults {
+    tools: usize,
+    samples: Samples,
+    body_bytes: usize,
+    cpu_per_list_us: f64,
+    direct_p50_us: f64,
+    direct_body_bytes: usize,
+}
+
+fn bench_list(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    bin: &Path,
+    work: &Path,
+) -> Result<ListResults, String> {
+    let expected = cfg.list_servers * cfg.list_tools;
+    log(format!(
+        "tools/list: {} servers x {} tools = {expected} tools",
+        cfg.list_servers, cfg.list_tools
+    ));
+    let (echo, port) = spawn_upstream(cfg, work, "echo-list", cfg.list_servers, cfg.list_tools)?;
+    let servers: Vec<(String, String)> = (0..cfg.list_servers)
+        .map(|i| {
+            (
+                format!("echo-{i}"),
+                format!("http://127.0.0.1:{port}/s/{i}/mcp"),
+            )
+        })
+        .collect();
+    let manifests = work.join("manifests-list");
+    write_manifests(&manifests, &servers)?;
+    let gateway = start_gateway(bin, &manifests, work, "flotilla-list")?;
+    let result = rt.block_on(async {
+        wait_connected(
+            http,
+            &gateway,
+            cfg.list_servers as u64,
+            Duration::from_secs(60),
+        )
+        .await?;
+        wait_tools(http, &gateway, expected as u64, Duration::from_secs(30)).await?;
+        let request = Request::list_tools(&gateway.mcp);
+        let body = request.send(http).await?;
+        let reply = client::reply_json(&body)?;
+        let listed = reply["result"]["tools"].as_array().cloned().unwrap_or_default();
+        let tools = listed.len();
+        // The gateway adds its own tools (e.g. flotilla_list_fleet) to the upstreams'.
+        let upstream_tools = listed
+            .iter()
+            .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("x_echo-")))
+            .count();
+        if upstream_tools != expected {
+            return Err(format!(
+                "tools/list returned {upstream_tools} upstream tools ({tools} in all), expected {expected}"
+            ));
+        }
+        for _ in 0..20 {
+            request.send(http).await?;
+        }
+        let pid = gateway.proc.pid();
+        let cpu0 = procs::cpu_us(pid);
+        let mut samples = Vec::with_capacity(cfg.list_iters);
+        let mut body_bytes = 0;
+        for _ in 0..cfg.list_iters {
+            let start = Instant::now();
+            body_bytes = request.send(http).await?.len();
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+        let cpu = procs::cpu_us(pid) - cpu0;
+
+        // Reference: one upstream's own 50-tool list, fetched directly.
+        let direct = Request::list_tools(&servers[0].1);
+        let mut direct_samples = Vec::new();
+        let mut direct_body_bytes = 0;
+        for _ in 0..cfg.list_iters {
+            let start = Instant::now();
+            direct_body_bytes = direct.send(http).await?.len();
+            direct_samples.push(start.elapsed().as_nanos() as u64);
+        }
+        Ok(ListResults {
+            tools,
+            samples: Samples(samples),
+            body_bytes,
+            cpu_per_list_us: cpu as f64 / cfg.list_iters as f64,
+            direct_p50_us: Samples(direct_samples).pct_us(50.0),
+            direct_body_bytes,
+        })
+    });
+    drop(gateway);
+    drop(echo);
+    result
+}
+
+// ------------------------------------------------------------ fleet scale
+
+struct FleetResults {
+    startup_s: Vec<f64>,
+    listening_s: Vec<f64>,
+    startup_cpu_ms: Vec<f64>,
+    rss_base_kib: Vec<f64>,
+    rss_full_kib: Vec<f64>,
+}
+
+fn bench_fleet(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    bin: &Path,
+    work: &Path,
+) -> Result<FleetResults, String> {
+    log(format!(
+        "fleet: {} upstreams (startup and idle memory)",
+        cfg.fleet
+    ));
+    let (echo, port) = spawn_upstream(cfg, work, "echo-fleet", cfg.fleet, 1)?;
+    let servers: Vec<(String, String)> = (0..cfg.fleet)
+        .map(|i| {
+            (
+                format!("echo-{i}"),
+                format!("http://127.0.0.1:{port}/s/{i}/mcp"),
+            )
+        })
+        .collect();
+    let one = work.join("manifests-one");
+    write_manifests(&one, &servers[..1])?;
+    let full = work.join("manifests-fleet");
+    write_manifests(&full, &servers)?;
+
+    let mut out = FleetResults {
+        startup_s: vec![],
+        listening_s: vec![],
+        startup_cpu_ms: vec![],
+        rss_base_kib: vec![],
+        rss_full_kib: vec![],
+    };
+    for run in 0..cfg.fleet_runs {
+        log(format!("fleet: run {}/{}", run + 1, cfg.fleet_runs));
+        // Baseline: a gateway with one idle upstream.
+        let base = start_gateway(bin, &one, work, &format!("flotilla-one-{run}"))?;
+        rt.block_on(async {
+            wait_connected(http, &base, 1, Duration::from_secs(30)).await?;
+            wait_tools(http, &base, 1, Duration::from_secs(10)).await
+        })?;
+        std::thread::sleep(cfg.settle);
+        out.rss_base_kib
+            .push(procs::rss_kib(base.proc.pid()) as f64);
+        drop(base);
+
+        // The fleet: spawn-to-ready time, then idle RSS.
+        let started = Instant::now();
+        let gateway = start_gateway(bin, &full, work, &format!("flotilla-fleet-{run}"))?;
+        out.listening_s.push(started.elapsed().as_secs_f64());
+        rt.block_on(wait_connected(
+            http,
+            &gateway,
+            cfg.fleet as u64,
+            Duration::from_secs(60),
+        ))?;
+        out.startup_s.push(started.elapsed().as_secs_f64());
+        out.startup_cpu_ms
+            .push(procs::cpu_us(gateway.proc.pid()) as f64 / 1000.0);
+        rt.block_on(wait_tools(
+            http,
+            &gateway,
+            cfg.fleet as u64,
+            Duration::from_secs(30),
+        ))?;
+        std::thread::sleep(cfg.settle);
+        out.rss_full_kib
+            .push(procs::rss_kib(gateway.proc.pid()) as f64);
+        drop(gateway);
+    }
+    drop(echo);
+    Ok(out)
+}
+
+// ----------------------------------------------------------------- report
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {mem_gib:.0} GiB RAM, Linux {}, {rustc}",
+        kernel.trim()
+    )
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.3} ms", us / 1000.0)
+}
+
+/// "pass (40% headroom)" / "miss by 0.20 ms (2.7x the target)" for an upper bound.
+fn verdict_max(value: f64, goal: f64, unit: &str, fmt: impl Fn(f64) -> String) -> String {
+    if value.is_nan() {
+        return "n/a".into();
+    }
+    if value <= goal {
+        format!("**pass** ({:.0}% under)", (1.0 - value / goal) * 100.0)
+    } else {
+        format!(
+            "**miss** by {}{unit} ({:.1}x the target)",
+            fmt(value - goal),
+            value / goal
+        )
+    }
+}
+
+fn report(
+    cfg: &Config,
+    calls: &CallResults,
+    list: &ListResults,
+    fleet: &mut FleetResults,
+    bin: &Path,
+) -> String {
+    let mut md = String::new();
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let _ = writeln!(md, "## Flotilla gateway benchmark — {now}\n");
+    let _ = writeln!(md, "- Machine: {}", machine());
+    let _ = writeln!(
+        md,
+        "- Gateway: `{}`; upstream: rmcp {} echo server (stateless 2026-07-28, JSON responses) in its own process; \
+         gateway↔upstream protocol: {}",
+        bin.display(),
+        "3.9",
+        calls.protocol
+    );
+    match (&calls.nginx_version, &calls.nginx_note) {
+        (_, Some(note)) => {
+            let _ = writeln!(md, "- {note}");
+        }
+        (Some(v), None) => {
+            let _ = writeln!(
+                md,
+                "- nginx {v}: `worker_processes auto`, keepalive upstream, `proxy_buffering off`"
+            );
+        }
+        _ => {}
+    }
+    let _ = writeln!(
+        md,
+        "- tools/call: {} rounds x ({} sequential calls + {:.1} s closed loop at {} in flight) per target, targets interleaved; \
+         client: reqwest, raw JSON-RPC POSTs, one thread\n",
+        cfg.rounds,
+        cfg.seq_calls,
+        cfg.load.as_secs_f64(),
+        cfg.concurrency
+    );
+
+    let direct = calls
+        .targets
+        .iter()
+        .find(|t| t.name == "direct")
+        .expect("direct");
+    let d50 = direct.acc.seq.pct_us(50.0);
+    let d99 = direct.acc.seq.pct_us(99.0);
+    let tput = |t: &Target| t.acc.load_calls as f64 / t.acc.load_secs;
+    let dtput = tput(direct);
+
+    let _ = writeln!(md, "### tools/call (echo upstream)\n");
+    let _ = writeln!(
+        md,
+        "| Target | p50 | p99 | added p50 | added p99 | calls/s @{c} | p50 @{c} | p99 @{c} | proxy CPU/call @{c} | proxy CPU/call seq | echo CPU/call @{c} | client CPU/call @{c} |",
+        c = cfg.concurrency
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for t in &calls.targets {
+        let a = &t.acc;
+        let p50 = a.seq.pct_us(50.0);
+        let p99 = a.seq.pct_us(99.0);
+        let (added50, added99, proxy_load, proxy_seq) = if t.name == "direct" {
+            (
+                "—".to_string(),
+                "—".to_string(),
+                "—".to_string(),
+                "—".to_string(),
+            )
+        } else {
+            (
+                ms(p50 - d50),
+                ms(p99 - d99),
+                format!("{:.1} µs", a.load_proxy_us as f64 / a.load_calls as f64),
+                format!("{:.1} µs", a.seq_proxy_us as f64 / a.seq.len() as f64),
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {added50} | {added99} | {:.0} | {} | {} | {proxy_load} | {proxy_seq} | {:.1} µs | {:.1} µs |",
+            t.name,
+            ms(p50),
+            ms(p99),
+            tput(t),
+            ms(a.load.pct_us(50.0)),
+            ms(a.load.pct_us(99.0)),
+            a.load_echo_us as f64 / a.load_calls as f64,
+            a.load_client_us as f64 / a.load_calls as f64,
+        );
+    }
+    let flotilla = calls
+        .targets
+        .iter()
+        .find(|t| t.name == "flotilla")
+        .expect("flotilla");
+    let nginx = calls.targets.iter().find(|t| t.name == "nginx");
+    let f_added50 = flotilla.acc.seq.pct_us(50.0) - d50;
+    let f_cpu = flotilla.acc.load_proxy_us as f64 / flotilla.acc.load_calls as f64;
+    let f_ratio = tput(flotilla) / dtput;
+    let _ = writeln!(md);
+    let _ = writeln!(md, "- flotilla / direct throughput: **{f_ratio:.2}**");
+    if let Some(n) = nginx {
+        let n_added50 = n.acc.seq.pct_us(50.0) - d50;
+        let _ = writeln!(md, "- nginx / direct throughput: {:.2}", tput(n) / dtput);
+        let _ = writeln!(
+            md,
+            "- flotilla added p50 / nginx added p50: **{:.1}x** ({} vs {})",
+            f_added50 / n_added50,
+            ms(f_added50),
+            ms(n_added50)
+        );
+        let n_cpu = n.acc.load_proxy_us as f64 / n.acc.load_calls as f64;
+        let _ = writeln!(
+            md,
+            "- flotilla CPU/call / nginx CPU/call: {:.1}x",
+            f_cpu / n_cpu
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- gateway RSS after the tools/call runs: {:.1} MiB\n",
+        calls.gateway_rss_after_kib as f64 / 1024.0
+    );
+
+    let l50 = list.samples.pct_us(50.0);
+    let _ = writeln!(
+        md,
+        "### tools/list through the gateway ({} tools)\n",
+        list.tools
+    );
+    let _ = writeln!(
+        md,
+        "| Servers x tools | p50 | p99 | response size | gateway CPU/list | one upstream direct (50 tools) p50 |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| {} x {} | {} | {} | {:.0} KiB ({} B) | {:.0} µs | {} ({:.1} KiB) |\n",
+        cfg.list_servers,
+        cfg.list_tools,
+        ms(l50),
+        ms(list.samples.pct_us(99.0)),
+        list.body_bytes as f64 / 1024.0,
+        list.body_bytes,
+        list.cpu_per_list_us,
+        ms(list.direct_p50_us),
+        list.direct_body_bytes as f64 / 1024.0,
+    );
+
+    let startup = median(&mut fleet.startup_s.clone());
+    let base = median(&mut fleet.rss_base_kib.clone());
+    let full = median(&mut fleet.rss_full_kib.clone());
+    let per_session_kb = (full - base) * 1024.0 / 1000.0 / (cfg.fleet - 1) as f64;
+    let _ = writeln!(md, "### Fleet of {} idle upstreams\n", cfg.fleet);
+    let _ = writeln!(
+        md,
+        "| Runs | spawn → /readyz 200, all connected (median) | per run | spawn → listening | gateway CPU to ready | RSS, 1 upstream | RSS, {} upstreams | per idle session |",
+        cfg.fleet
+    );
+    let _ = writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|");
+    let runs: Vec<String> = fleet
+        .startup_s
+        .iter()
+        .map(|s| format!("{s:.2} s"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "| {} | {startup:.2} s | {} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {per_session_kb:.1} KB |\n",
+        fleet.startup_s.len(),
+        runs.join(", "),
+        median(&mut fleet.listening_s.clone()) * 1000.0,
+        median(&mut fleet.startup_cpu_ms.clone()),
+        base / 1024.0,
+        full / 1024.0,
+    );
+
+    let _ = writeln!(md, "### Targets\n");
+    let _ = writeln!(md, "| Target | Goal | Measured | Result |");
+    let _ = writeln!(md, "|---|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "| Added p50 latency (flotilla − direct) | ≤ {TARGET_ADDED_P50_MS:.2} ms | {} | {} |",
+        ms(f_added50),
+        verdict_max(f_added50 / 1000.0, TARGET_ADDED_P50_MS, " ms", |v| format!(
+            "{v:.3}"
+        ))
+    );
+    let _ = writeln!(
+        md,
+        "| Gateway CPU per proxied call (@{}) | ≤ {TARGET_CPU_PER_CALL_US:.0} µs | {f_cpu:.1} µs | {} |",
+        cfg.concurrency,
+        verdict_max(f_cpu, TARGET_CPU_PER_CALL_US, " µs", |v| format!("{v:.1}"))
+    );
+    let tput_verdict = if f_ratio >= TARGET_THROUGHPUT_RATIO {
+        format!(
+            "**pass** ({:.0}% above)",
+            (f_ratio / TARGET_THROUGHPUT_RATIO - 1.0) * 100.0
+        )
+    } else {
+        format!(
+            "**miss** by {:.0} points ({:.0}% of the goal)",
+            (TARGET_THROUGHPUT_RATIO - f_ratio) * 100.0,
+            f_ratio / TARGET_THROUGHPUT_RATIO * 100.0
+        )
+    };
+    let _ = writeln!(
+        md,
+        "| Throughput vs direct (@{}) | ≥ {:.0}% | {:.0}% ({:.0} vs {:.0} calls/s) | {tput_verdict} |",
+        cfg.concurrency,
+        TARGET_THROUGHPUT_RATIO * 100.0,
+        f_ratio * 100.0,
+        tput(flotilla),
+        dtput
+    );
+    let _ = writeln!(
+        md,
+        "| tools/list of {} tools, p50 | < {TARGET_LIST_P50_MS:.0} ms | {} | {} |",
+        list.tools,
+        ms(l50),
+        verdict_max(l50 / 1000.0, TARGET_LIST_P50_MS, " ms", |v| format!(
+            "{v:.2}"
+        ))
+    );
+    let _ = writeln!(
+        md,
+        "| Memory per idle upstream session | < {TARGET_KB_PER_SESSION:.0} KB | {per_session_kb:.1} KB | {} |",
+        verdict_max(per_session_kb, TARGET_KB_PER_SESSION, " KB", |v| format!(
+            "{v:.1}"
+        ))
+    );
+    let _ = writeln!(
+        md,
+        "| {} upstreams ready | ≤ {TARGET_STARTUP_S:.0} s | {startup:.2} s | {} |",
+        cfg.fleet,
+        verdict_max(startup, TARGET_STARTUP_S, " s", |v| format!("{v:.2}"))
+    );
+    md
+}
+
+fn run() -> Result<(), String> {
+    let cfg = Config::from_env();
+    let bin = locate_gateway()?;
+    let work = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let keep = std::env::var_os("FLOTILLA_BENCH_KEEP").is_some();
+    log(format!(
+        "gateway {}; work dir {}",
+        bin.display(),
+        work.path().display()
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let http = rt.block_on(async { client::http_client() });
+
+    let started = Instant::now();
+    let result = (|| {
+        let calls = bench_calls(&cfg, &rt, &http, &bin, work.path())?;
+        let list = bench_list(&cfg, &rt, &http, &bin, work.path())?;
+        let mut fleet = bench_fleet(&cfg, &rt, &http, &bin, work.path())?;
+        Ok::<_, String>(report(&cfg, &calls, &list, &mut fleet, &bin))
+    })();
+    if keep || result.is_err() {
+        let path = work.keep();
+        log(format!("logs kept in {}", path.display()));
+    }
+    let md = result?;
+    println!("\n{md}");
+    let out = target_dir().join("bench-results.md");
+    std::fs::write(&out, &md).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    log(format!(
+        "done in {:.0} s; table written to {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    ));
+    Ok(())
+}

@@ -38,10 +38,14 @@ pub struct Request {
 
 impl Request {
     fn new(url: &str, method: &str, name: Option<&str>, params: serde_json::Value) -> Self {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let mut headers = HeaderMap::new();
         let mut put = |k: &'static str, v: &str| {
-            headers.insert(HeaderName::from_static(k), HeaderValue::from_str(v).expect("header"));
+            headers.insert(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).expect("header"),
+            );
         };
         put("content-type", "application/json");
         put("accept", "application/json, text/event-stream");
@@ -68,7 +72,12 @@ impl Request {
     }
 
     pub fn list_tools(url: &str) -> Self {
-        Self::new(url, "tools/list", None, serde_json::json!({"_meta": meta()}))
+        Self::new(
+            url,
+            "tools/list",
+            None,
+            serde_json::json!({"_meta": meta()}),
+        )
     }
 
     /// Sends the request; returns the whole response body.
@@ -138,7 +147,10 @@ pub fn reply_json(body: &[u8]) -> Result<serde_json::Value, String> {
     if !data.is_empty() {
         return serde_json::from_str(&data).map_err(|e| e.to_string());
     }
-    Err(format!("no JSON-RPC reply in: {}", &text[..text.len().min(300)]))
+    Err(format!(
+        "no JSON-RPC reply in: {}",
+        &text[..text.len().min(300)]
+    ))
 }
 
 /// Latency samples in nanoseconds.

@@ -161,7 +161,9 @@ pub fn wait_port(port: u16, timeout: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!("nothing listened on 127.0.0.1:{port} within {timeout:?}"))
+    Err(format!(
+        "nothing listened on 127.0.0.1:{port} within {timeout:?}"
+    ))
 }
 
 fn clock_ticks_per_sec() -> u64 {
@@ -187,7 +189,8 @@ pub fn cpu_us(pid: i32) -> u64 {
     let Some(fields) = stat_fields(pid) else {
         return 0;
     };
-    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
     ticks * 1_000_000 / clock_ticks_per_sec()
 }
 
@@ -203,8 +206,7 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| {
-            stat_fields(pid)
-                .and_then(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()))
+            stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()))
                 == Some(parent)
         })
         .collect()
@@ -233,15 +235,20 @@ pub fn self_cpu_us() -> u64 {
 /// Returns the binary or why the nginx target is skipped.
 pub fn find_or_install_nginx() -> Result<PathBuf, String> {
     let find = || {
-        ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx", "/usr/local/bin/nginx"]
-            .iter()
-            .map(PathBuf::from)
-            .chain(
-                std::env::var_os("PATH")
-                    .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
-                    .unwrap_or_else(Vec::new),
-            )
-            .find(|p| p.is_file())
+        [
+            "/usr/sbin/nginx",
+            "/usr/bin/nginx",
+            "/usr/local/sbin/nginx",
+            "/usr/local/bin/nginx",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .chain(
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
+                .unwrap_or_else(Vec::new),
+        )
+        .find(|p| p.is_file())
     };
     if let Some(path) = find() {
         return Ok(path);
@@ -273,7 +280,11 @@ pub fn nginx_version(bin: &Path) -> String {
     Command::new(bin)
         .arg("-v")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().replace("nginx version: ", ""))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .replace("nginx version: ", "")
+        })
         .unwrap_or_default()
 }
 

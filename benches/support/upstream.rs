@@ -105,7 +105,11 @@ pub fn run(servers: usize, tools: usize, threads: usize) {
                 .with_sse_keep_alive(None)
                 .disable_allowed_hosts();
             let service = StreamableHttpService::new(
-                move || Ok(Echo { tools: tools.clone() }),
+                move || {
+                    Ok(Echo {
+                        tools: tools.clone(),
+                    })
+                },
                 Arc::new(LocalSessionManager::default()),
                 config,
             );
