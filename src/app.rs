@@ -10,15 +10,37 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServeSettings;
+use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::gateway::{AllowedHosts, GatewaySettings, GatewayState, router};
-use crate::source::ManifestDir;
+use crate::source::kubernetes::{
+    KubernetesSource, LeaderElection, LeaseConfig, SourceConfig, StatusWriter,
+};
+use crate::source::{DesiredFleetRx, ManifestDir};
+
+/// A started source; dropping it stops the manifest watcher.
+enum Source {
+    Manifests(ManifestDir),
+    Kubernetes {
+        source: KubernetesSource,
+        client: kube::Client,
+        settings: KubernetesSettings,
+    },
+}
+
+impl Source {
+    fn subscribe(&self) -> DesiredFleetRx {
+        match self {
+            Source::Manifests(dir) => dir.subscribe(),
+            Source::Kubernetes { source, .. } => source.subscribe(),
+        }
+    }
+}
 
 pub struct App {
     listener: TcpListener,
     state: Arc<GatewayState>,
-    manifests: ManifestDir,
+    source: Source,
     allowed_hosts: AllowedHosts,
     cancel: CancellationToken,
 }
@@ -28,7 +50,29 @@ impl App {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
-        let manifests = ManifestDir::watch(settings.manifests.clone(), cancel.child_token())?;
+        let source = match &settings.source {
+            SourceSettings::Manifests(dir) => {
+                Source::Manifests(ManifestDir::watch(dir.clone(), cancel.child_token())?)
+            }
+            SourceSettings::Kubernetes(kubernetes) => {
+                let client = kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API (in-cluster config, or KUBECONFIG)",
+                )?;
+                let source = KubernetesSource::start(
+                    client.clone(),
+                    SourceConfig {
+                        namespaces: kubernetes.namespaces.clone(),
+                        secret_namespaces: kubernetes.secret_namespaces.clone(),
+                    },
+                    cancel.child_token(),
+                );
+                Source::Kubernetes {
+                    source,
+                    client,
+                    settings: kubernetes.clone(),
+                }
+            }
+        };
         let fleet = Fleet::new(
             FleetSettings {
                 ping_interval: settings.ping_interval,
@@ -39,13 +83,13 @@ impl App {
         let allowed_hosts = allowed_hosts(&settings, listener.local_addr()?);
         Ok(Self {
             listener,
+            source,
             state: GatewayState::new(
                 fleet,
                 GatewaySettings {
                     fan_out: settings.fan_out.clone(),
                 },
             ),
-            manifests,
             allowed_hosts,
             cancel,
         })
@@ -60,11 +104,43 @@ impl App {
         let Self {
             listener,
             state,
-            manifests,
+            source,
             allowed_hosts,
             cancel,
         } = self;
-        tokio::spawn(state.fleet.clone().follow(manifests.subscribe()));
+        match &source {
+            Source::Manifests(_) => state.set_source_ready(),
+            Source::Kubernetes { source, .. } => {
+                let (source, state) = (source.clone(), state.clone());
+                tokio::spawn(async move {
+                    source.wait_ready().await;
+                    // Let the fleet pick up the first listing before reporting ready.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    state.set_source_ready();
+                });
+            }
+        }
+        tokio::spawn(state.fleet.clone().follow(source.subscribe()));
+        if let Source::Kubernetes {
+            source,
+            client,
+            settings,
+        } = &source
+        {
+            let leader = LeaderElection::start(
+                client.clone(),
+                LeaseConfig::new(settings.lease_namespace.clone(), settings.identity.clone()),
+                cancel.child_token(),
+            );
+            let writer = StatusWriter::new(
+                client.clone(),
+                source.clone(),
+                leader,
+                state.clone(),
+                settings.identity.clone(),
+            );
+            tokio::spawn(writer.run(cancel.child_token()));
+        }
         tokio::spawn(state.clone().run_catalog(cancel.child_token()));
         let app = router(state, allowed_hosts, cancel.child_token());
         let listener = listener.tap_io(|tcp| {
@@ -77,7 +153,7 @@ impl App {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("serving HTTP")?;
-        drop(manifests);
+        drop(source);
         Ok(())
     }
 }

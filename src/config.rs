@@ -56,12 +56,33 @@ impl ConfigFile {
     }
 }
 
+/// Where MCPServer objects come from.
+#[derive(Clone, Debug)]
+pub enum SourceSettings {
+    /// A watched directory of manifests.
+    Manifests(PathBuf),
+    /// The Kubernetes API (in-cluster config, or KUBECONFIG / current context).
+    Kubernetes(KubernetesSettings),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct KubernetesSettings {
+    /// MCPServer namespaces; empty = all.
+    pub namespaces: Vec<String>,
+    /// Secret namespaces; empty = the MCPServer namespaces.
+    pub secret_namespaces: Vec<String>,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    pub lease_namespace: String,
+    /// This replica's identity (default: POD_NAME, else host name and pid).
+    pub identity: String,
+}
+
 /// Resolved settings for `flotilla serve`.
 #[derive(Clone, Debug)]
 pub struct ServeSettings {
     pub listen: SocketAddr,
     pub public_url: Option<String>,
-    pub manifests: PathBuf,
+    pub source: SourceSettings,
     pub allowed_hosts: Option<Vec<String>>,
     pub ping_interval: Duration,
     pub fan_out: FanOutSettings,
@@ -71,13 +92,19 @@ impl ServeSettings {
     pub fn resolve(
         file: ConfigFile,
         manifests: Option<PathBuf>,
+        kubernetes: Option<KubernetesSettings>,
         bind: Option<IpAddr>,
         port: Option<u16>,
         public_url: Option<String>,
     ) -> anyhow::Result<Self> {
-        let manifests = manifests.or(file.manifests).context(
-            "no manifest directory: pass --manifests DIR or set `manifests` in the config file",
-        )?;
+        let source = match (kubernetes, manifests.or(file.manifests)) {
+            (Some(_), Some(_)) => anyhow::bail!("choose one source: --kubernetes or --manifests"),
+            (Some(kubernetes), None) => SourceSettings::Kubernetes(kubernetes),
+            (None, Some(dir)) => SourceSettings::Manifests(dir),
+            (None, None) => anyhow::bail!(
+                "no source: pass --manifests DIR (or set `manifests` in the config file), or --kubernetes"
+            ),
+        };
         let ip = bind
             .or(file.bind_address)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -85,7 +112,7 @@ impl ServeSettings {
         Ok(Self {
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
-            manifests,
+            source,
             allowed_hosts: file.allowed_hosts,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
             fan_out: {

@@ -77,6 +77,10 @@ pub struct MCPServerSpec {
     /// Static HTTP headers sent to `streamable-http` and `sse` servers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values come from Secrets in the server's namespace
+    /// (Kubernetes source only); rotated values are picked up live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_from: Vec<HeaderFromSecret>,
     /// Prefix of exposed names: tools appear as `x_<toolPrefix>_<tool>`.
     /// Defaults to the server's name; `""` exposes names unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +97,21 @@ pub struct MCPServerSpec {
     /// How the gateway authenticates to this server on behalf of users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+}
+
+/// One HTTP header filled from a Secret key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderFromSecret {
+    /// Name of the Secret, in the MCPServer's namespace.
+    pub secret_name: String,
+    /// Key within the Secret's data.
+    pub key: String,
+    /// Header to send, e.g. `Authorization`.
+    pub header: String,
+    /// Text put before the value, e.g. `"Bearer "`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// Family membership: servers sharing `name` are folded into one set of tools.

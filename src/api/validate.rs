@@ -79,6 +79,20 @@ pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
             ));
         }
     }
+    for (i, from) in spec.headers_from.iter().enumerate() {
+        let field = format!("spec.headersFrom[{i}]");
+        if from.secret_name.is_empty() || from.key.is_empty() {
+            errors.push(err(&field, "secretName and key are required"));
+        }
+        if http::HeaderName::from_bytes(from.header.as_bytes()).is_err()
+            || from.header.eq_ignore_ascii_case("host")
+        {
+            errors.push(err(
+                &format!("{field}.header"),
+                "is not a header that can be set",
+            ));
+        }
+    }
     if let Some(prefix) = &spec.tool_prefix
         && !prefix.chars().all(is_name_char)
     {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::config::{ConfigFile, ServeSettings};
+use crate::config::{ConfigFile, KubernetesSettings, ServeSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +28,20 @@ pub enum Command {
         /// Directory of MCPServer manifests (*.yaml, *.yml), watched for changes.
         #[arg(long, env = "FLOTILLA_MANIFESTS")]
         manifests: Option<PathBuf>,
+        /// Watch MCPServer resources through the Kubernetes API instead
+        /// (in-cluster config, or KUBECONFIG / the current context).
+        #[arg(long)]
+        kubernetes: bool,
+        /// Namespace to watch (repeatable; default: all namespaces).
+        #[arg(long = "namespace", requires = "kubernetes")]
+        namespaces: Vec<String>,
+        /// Namespace whose Secrets may be referenced (repeatable; default: the
+        /// --namespace ones; Secrets are never read cluster-wide).
+        #[arg(long = "secret-namespace", requires = "kubernetes")]
+        secret_namespaces: Vec<String>,
+        /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `default`).
+        #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
+        lease_namespace: Option<String>,
         /// YAML config file (bindAddress, port, publicUrl, manifests, allowedHosts).
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
@@ -35,7 +49,7 @@ pub enum Command {
         #[arg(long)]
         bind: Option<IpAddr>,
         /// Port to listen on (default 8080; 0 picks a free port).
-        #[arg(long, env = "FLOTILLA_PORT")]
+        #[arg(long)]
         port: Option<u16>,
         /// URL clients use to reach the gateway.
         #[arg(long)]
@@ -66,6 +80,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             manifests,
+            kubernetes,
+            namespaces,
+            secret_namespaces,
+            lease_namespace,
             config,
             bind,
             port,
@@ -75,7 +93,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => ConfigFile::load(&path)?,
                 None => ConfigFile::default(),
             };
-            let settings = ServeSettings::resolve(file, manifests, bind, port, public_url)?;
+            let kubernetes = kubernetes.then(|| KubernetesSettings {
+                namespaces,
+                secret_namespaces,
+                lease_namespace: lease_namespace.unwrap_or_else(|| "default".into()),
+                identity: replica_identity(),
+            });
+            let settings =
+                ServeSettings::resolve(file, manifests, kubernetes, bind, port, public_url)?;
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
             let addr = app.local_addr()?;
@@ -116,6 +141,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("simulated cluster {cluster}")),
     }
+}
+
+/// This replica's name in the Lease: $POD_NAME, else host name and pid.
+fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "flotilla".into());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 async fn shutdown_signal() {

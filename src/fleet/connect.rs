@@ -65,6 +65,14 @@ fn header_map(desired: &DesiredServer) -> Result<HeaderMap, ConnectError> {
         }
         headers.insert(name, value);
     }
+    for (name, value) in &desired.secret_headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConnectError::Header(name.clone()))?;
+        let mut value = HeaderValue::from_str(value.expose())
+            .map_err(|_| ConnectError::Header(format!("{name} (value from a Secret)")))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
     Ok(headers)
 }
 

@@ -147,7 +147,7 @@ impl Fleet {
         });
         for (name, want) in &desired.servers {
             match servers.get(name) {
-                Some(running) if running.desired().spec == want.spec => {
+                Some(running) if running.desired().same_connection(want) => {
                     if *running.desired() != *want {
                         running.update_metadata(want.clone());
                     }

@@ -63,13 +63,15 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
         .iter()
         .filter(|u| u.health().state == ServerState::Connected)
         .count();
+    let ready = pending.is_empty() && state.source_ready();
     let body = serde_json::json!({
-        "ready": pending.is_empty(),
+        "ready": ready,
+        "sourceListed": state.source_ready(),
         "servers": upstreams.len(),
         "connected": connected,
         "pending": pending,
     });
-    let code = if pending.is_empty() {
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -91,6 +91,8 @@ pub struct GatewayState {
     pub clients: ClientRegistry,
     /// Stateless 2026-07-28 clients listen here through subscriptions/listen.
     list_changes: tokio::sync::broadcast::Sender<ListChange>,
+    /// The source has delivered its first complete listing.
+    source_ready: std::sync::atomic::AtomicBool,
 }
 
 impl GatewayState {
@@ -101,7 +103,17 @@ impl GatewayState {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
+            source_ready: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub fn set_source_ready(&self) {
+        self.source_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn source_ready(&self) -> bool {
+        self.source_ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn list_changes(&self) -> tokio::sync::broadcast::Receiver<ListChange> {
@@ -184,5 +196,24 @@ impl GatewayState {
                 let _ = peer.notify_prompt_list_changed().await;
             }
         }
+    }
+}
+
+impl crate::source::kubernetes::LiveStatus for GatewayState {
+    fn live_status(&self, server: &str) -> Option<crate::api::MCPServerStatus> {
+        let upstream = self.fleet.get(server)?;
+        Some(super::status::server_status(
+            &upstream,
+            &self.catalog(),
+            &self.fleet.problems(),
+        ))
+    }
+
+    fn problems(&self) -> Vec<crate::source::ManifestProblem> {
+        self.fleet.problems()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fleet.changes()
     }
 }

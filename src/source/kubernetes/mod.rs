@@ -1,0 +1,15 @@
+//! The Kubernetes source: MCPServer custom resources (all namespaces or the
+//! listed ones) and the Secrets they reference, watched through the API and
+//! turned into the same [`DesiredFleet`] snapshots the manifest directory
+//! produces. Status goes back through the status subresource, written by the
+//! Lease holder only.
+
+mod controller;
+mod desired;
+mod lease;
+mod status_writer;
+
+pub use controller::{KubernetesSource, SourceConfig};
+pub use desired::{SecretLookup, desired_fleet, origin_of};
+pub use lease::{LeaderElection, LeaseConfig};
+pub use status_writer::{LiveStatus, StatusWriter, desired_status};

@@ -1,0 +1,307 @@
+//! Writing MCPServer status through the status subresource (server-side
+//! apply, field manager `flotilla`) and Events on connect, disconnect and
+//! auth failures. Only the Lease holder writes, and only what changed: the
+//! last written status is remembered and compared with the object's own, so
+//! a healthy fleet makes close to zero API writes per minute.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::controller::KubernetesSource;
+use super::desired::origin_of;
+use super::lease::LeaderElection;
+use crate::api::{Condition, MCPServer, MCPServerStatus, ServerState};
+use crate::source::ManifestProblem;
+
+/// Field manager of every status write.
+const FIELD_MANAGER: &str = "flotilla";
+/// Changes arriving within this window are written together.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Re-check everything this often even without a change signal.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Gives the live status of a running server, by name.
+pub trait LiveStatus: Send + Sync + 'static {
+    fn live_status(&self, server: &str) -> Option<MCPServerStatus>;
+    /// Problems the source reported (invalid objects, missing Secrets).
+    fn problems(&self) -> Vec<ManifestProblem>;
+    /// Ticks when anything that status depends on changed.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The status an object should have: the live one when its server runs,
+/// else `Invalid` with the reason.
+pub fn desired_status(
+    object: &DeserializeGuard<MCPServer>,
+    live: Option<MCPServerStatus>,
+    problems: &[ManifestProblem],
+) -> MCPServerStatus {
+    let generation = object.meta().generation;
+    let origin = origin_of(&object.namespace().unwrap_or_default(), &object.name_any());
+    let mut status = match live {
+        Some(status) => status,
+        None => {
+            let message = problems
+                .iter()
+                .find(|p| p.origin == origin)
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| "not served by this gateway".into());
+            MCPServerStatus {
+                state: ServerState::Invalid,
+                last_error: Some(message.clone()),
+                conditions: vec![Condition {
+                    condition_type: "Ready".into(),
+                    status: "False".into(),
+                    reason: "InvalidSpec".into(),
+                    message,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        }
+    };
+    status.observed_generation = generation;
+    for condition in &mut status.conditions {
+        condition.observed_generation = generation;
+    }
+    status
+}
+
+/// Carries each condition's lastTransitionTime over from `previous` when its
+/// status did not change, and stamps `now` when it did.
+fn with_transition_times(
+    mut status: MCPServerStatus,
+    previous: Option<&MCPServerStatus>,
+    now: &str,
+) -> MCPServerStatus {
+    for condition in &mut status.conditions {
+        let before = previous.and_then(|p| {
+            p.conditions
+                .iter()
+                .find(|c| c.condition_type == condition.condition_type)
+        });
+        condition.last_transition_time = match before {
+            Some(old) if old.status == condition.status => old.last_transition_time.clone(),
+            _ => Some(now.to_string()),
+        };
+    }
+    status
+}
+
+pub struct StatusWriter {
+    client: Client,
+    source: KubernetesSource,
+    leader: LeaderElection,
+    live: Arc<dyn LiveStatus>,
+    recorder: Recorder,
+    written: HashMap<(String, String), MCPServerStatus>,
+    states: HashMap<(String, String), ServerState>,
+}
+
+impl StatusWriter {
+    pub fn new(
+        client: Client,
+        source: KubernetesSource,
+        leader: LeaderElection,
+        live: Arc<dyn LiveStatus>,
+        identity: String,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "flotilla".into(),
+                instance: Some(identity),
+            },
+        );
+        Self {
+            client,
+            source,
+            leader,
+            live,
+            recorder,
+            written: HashMap::new(),
+            states: HashMap::new(),
+        }
+    }
+
+    /// Writes status whenever something changes, while leading, until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut changes = self.live.changes();
+        let mut desired = self.source.subscribe();
+        let mut leading = self.leader.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = desired.changed() => {}
+                _ = leading.changed() => {
+                    // A new leader cannot trust what another replica wrote.
+                    self.written.clear();
+                }
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+            tokio::time::sleep(SETTLE).await;
+            changes.borrow_and_update();
+            desired.borrow_and_update();
+            if self.leader.is_leader() {
+                self.write_all().await;
+            }
+        }
+    }
+
+    async fn write_all(&mut self) {
+        let problems = self.live.problems();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let objects = self.source.objects();
+        let mut seen = std::collections::HashSet::new();
+        for object in objects {
+            let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+            let key = (namespace.clone(), name.clone());
+            seen.insert(key.clone());
+            let current = object.0.as_ref().ok().and_then(|o| o.status.clone());
+            let live = self
+                .live
+                .live_status(&name)
+                .filter(|_| served_from(&object, &problems));
+            let status = with_transition_times(
+                desired_status(&object, live, &problems),
+                current.as_ref(),
+                &now,
+            );
+            self.record_transition(&object, &key, &status).await;
+            if current.as_ref() == Some(&status) || self.written.get(&key) == Some(&status) {
+                continue;
+            }
+            let api: Api<DeserializeGuard<MCPServer>> =
+                Api::namespaced(self.client.clone(), &namespace);
+            let patch = json!({
+                "apiVersion": "flotilla.dev/v1alpha1",
+                "kind": "MCPServer",
+                "status": status,
+            });
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.written.insert(key, status);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, object = %origin_of(&namespace, &name), "writing status failed")
+                }
+            }
+        }
+        self.written.retain(|k, _| seen.contains(k));
+        self.states.retain(|k, _| seen.contains(k));
+    }
+
+    /// Events for state changes: connected, disconnected, auth failures.
+    async fn record_transition(
+        &mut self,
+        object: &DeserializeGuard<MCPServer>,
+        key: &(String, String),
+        status: &MCPServerStatus,
+    ) {
+        let before = self.states.insert(key.clone(), status.state);
+        if before == Some(status.state) {
+            return;
+        }
+        let error = status.last_error.clone().unwrap_or_default();
+        let (type_, reason, note) = match (before, status.state) {
+            (_, ServerState::Connected) => (
+                EventType::Normal,
+                "Connected",
+                format!("serving {} tools", status.tool_count),
+            ),
+            (Some(ServerState::Connected), ServerState::Failed) => {
+                (EventType::Warning, "Disconnected", error)
+            }
+            (_, ServerState::Failed) => (EventType::Warning, "ConnectFailed", error),
+            (_, ServerState::AuthRequired) => (EventType::Warning, "AuthFailed", error),
+            (_, ServerState::Invalid) => (EventType::Warning, "InvalidSpec", error),
+            _ => return,
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::debug!(%error, "publishing an event failed");
+        }
+    }
+}
+
+/// True when the running server of that name comes from this very object
+/// (not a same-named object in another namespace).
+fn served_from(object: &DeserializeGuard<MCPServer>, problems: &[ManifestProblem]) -> bool {
+    let origin = origin_of(&object.namespace().unwrap_or_default(), &object.name_any());
+    !problems
+        .iter()
+        .any(|p| p.origin == origin && p.server.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(yaml: &str) -> DeserializeGuard<MCPServer> {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn an_unserved_object_is_invalid_with_its_problem_and_generation() {
+        let o = object(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: a, namespace: ns, generation: 4}\nspec: {type: nope}\n",
+        );
+        let problems = vec![ManifestProblem {
+            origin: "MCPServer ns/a".into(),
+            server: Some("a".into()),
+            message: "invalid object: unknown variant `nope`".into(),
+        }];
+        let status = desired_status(&o, None, &problems);
+        assert_eq!(status.state, ServerState::Invalid);
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.conditions[0].reason, "InvalidSpec");
+        assert!(status.last_error.unwrap().contains("unknown variant"));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_changes() {
+        let ready = |s: &str, t: Option<&str>| MCPServerStatus {
+            conditions: vec![Condition {
+                condition_type: "Ready".into(),
+                status: s.into(),
+                last_transition_time: t.map(str::to_string),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let old = ready("True", Some("2026-01-01T00:00:00Z"));
+        let same = with_transition_times(ready("True", None), Some(&old), "2026-02-02T00:00:00Z");
+        assert_eq!(
+            same.conditions[0].last_transition_time.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        let flipped =
+            with_transition_times(ready("False", None), Some(&old), "2026-02-02T00:00:00Z");
+        assert_eq!(
+            flipped.conditions[0].last_transition_time.as_deref(),
+            Some("2026-02-02T00:00:00Z")
+        );
+    }
+}

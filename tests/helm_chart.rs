@@ -1,0 +1,664 @@
+//! The Helm chart in charts/flotilla, linted and rendered by a real Helm
+//! engine: Helm v4's Go SDK, loaded in-process by the PyPI package
+//! helm-python-sdk (pinned in tests/peers/requirements.txt) through
+//! tests/peers/helm_render.py (`helm lint --strict` + schema validation +
+//! `helm template`, manifests as YAML on stdout). Each test renders with its
+//! own `--set` values and asserts on the parsed manifests; nothing is shared
+//! but the read-only chart, so the tests run in parallel.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/flotilla")
+}
+
+/// KEY=VALUE lines printed by tests/peers/install.sh (idempotent, locked).
+fn peers() -> &'static HashMap<String, String> {
+    static PEERS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/peers/install.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/peers/install.sh");
+        assert!(out.status.success(), "tests/peers/install.sh failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+fn peer(key: &str) -> &'static str {
+    peers()
+        .get(key)
+        .unwrap_or_else(|| panic!("install.sh did not print {key}"))
+}
+
+/// Runs helm_render.py on the chart; Ok(stdout) or Err(stderr).
+fn helm(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(peer("PY"))
+        .arg(peer("HELM_RENDER"))
+        .arg(chart())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running helm_render.py");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
+/// The rendered manifests (release "flotilla" in namespace "flotilla" unless
+/// `args` say otherwise); panics with Helm's error if lint or render fails.
+fn render(args: &[&str]) -> Manifests {
+    let text = helm(args).unwrap_or_else(|e| panic!("helm_render.py {args:?} failed:\n{e}"));
+    let docs = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("rendered manifest is YAML"))
+        .filter(|v| !v.is_null())
+        .collect::<Vec<_>>();
+    assert!(!docs.is_empty(), "nothing rendered for {args:?}");
+    for d in &docs {
+        assert!(
+            d["apiVersion"].is_string() && d["kind"].is_string(),
+            "not an object: {d:?}"
+        );
+        assert!(d["metadata"]["name"].is_string(), "unnamed object: {d:?}");
+    }
+    Manifests(docs)
+}
+
+struct Manifests(Vec<Value>);
+
+impl Manifests {
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.0.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let all = self.of_kind(kind);
+        assert_eq!(
+            all.len(),
+            1,
+            "expected exactly one {kind}, got {}",
+            all.len()
+        );
+        all[0]
+    }
+
+    fn deployment(&self) -> &Value {
+        self.one("Deployment")
+    }
+
+    fn container(&self) -> &Value {
+        let containers = self.deployment()["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers");
+        assert_eq!(containers.len(), 1);
+        &containers[0]
+    }
+
+    fn args(&self) -> Vec<String> {
+        strings(&self.container()["args"])
+    }
+
+    /// (namespace, rules) of every Role/ClusterRole granting `resource`.
+    fn grants(&self, kind: &str, group: &str, resource: &str) -> Vec<(String, Vec<String>)> {
+        self.of_kind(kind)
+            .into_iter()
+            .flat_map(|role| {
+                let ns = str_of(&role["metadata"]["namespace"]);
+                rules(role)
+                    .into_iter()
+                    .filter(|r| {
+                        (r.groups.contains(group) || r.groups.contains("*"))
+                            && (r.resources.contains(resource) || r.resources.contains("*"))
+                    })
+                    .map(move |r| (ns.clone(), r.verbs.into_iter().collect()))
+            })
+            .collect()
+    }
+
+    /// The subjects bound by the binding of `kind` named like `role`.
+    fn bound_subjects(&self, binding_kind: &str, role: &Value) -> Vec<Value> {
+        let name = &role["metadata"]["name"];
+        let ns = &role["metadata"]["namespace"];
+        let bindings: Vec<_> = self
+            .of_kind(binding_kind)
+            .into_iter()
+            .filter(|b| b["roleRef"]["name"] == *name && b["metadata"]["namespace"] == *ns)
+            .collect();
+        assert_eq!(
+            bindings.len(),
+            1,
+            "one {binding_kind} for {name:?} in {ns:?}"
+        );
+        assert_eq!(bindings[0]["roleRef"]["kind"], role["kind"]);
+        bindings[0]["subjects"]
+            .as_sequence()
+            .expect("subjects")
+            .clone()
+    }
+}
+
+struct Rule {
+    groups: BTreeSet<String>,
+    resources: BTreeSet<String>,
+    verbs: BTreeSet<String>,
+}
+
+fn rules(role: &Value) -> Vec<Rule> {
+    role["rules"]
+        .as_sequence()
+        .expect("rules")
+        .iter()
+        .map(|r| Rule {
+            groups: strings(&r["apiGroups"]).into_iter().collect(),
+            resources: strings(&r["resources"]).into_iter().collect(),
+            verbs: strings(&r["verbs"]).into_iter().collect(),
+        })
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().map(str_of).collect())
+        .unwrap_or_default()
+}
+
+fn str_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn set(words: &[&str]) -> BTreeSet<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn the_service_account(ns: &str) -> Value {
+    serde_yaml::from_str(&format!(
+        "{{kind: ServiceAccount, name: flotilla, namespace: {ns}}}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_feature_on() {
+    helm(&["--lint-only"]).unwrap_or_else(|e| panic!("lint (defaults):\n{e}"));
+    helm(&[
+        "--lint-only",
+        "--set",
+        "ingress.enabled=true,replicas=3",
+        "--set",
+        "watchNamespaces={team-a,team-b},secretNamespaces={team-a}",
+        "--set",
+        "config.publicUrl=https://mcp.example.com,config.allowedHosts={mcp.example.com}",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    ])
+    .unwrap_or_else(|e| panic!("lint (all features):\n{e}"));
+}
+
+#[test]
+fn the_deployment_runs_non_root_read_only_with_probes_on_healthz_and_readyz() {
+    let m = render(&[]);
+    let pod = &m.deployment()["spec"]["template"]["spec"];
+    let c = m.container();
+
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null(), "no capability added");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(c["ports"][0]["name"], "http");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+
+    // The API token is mounted into this pod only: the ServiceAccount opts out.
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(pod["serviceAccountName"], "flotilla");
+    assert_eq!(pod["enableServiceLinks"], false);
+    let sa = m.one("ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "flotilla");
+    assert_eq!(sa["automountServiceAccountToken"], false);
+
+    // Exactly the command line the binary implements; no --namespace = all.
+    assert_eq!(
+        m.args(),
+        [
+            "serve",
+            "--kubernetes",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "8080",
+            "--config",
+            "/etc/flotilla/config.yaml"
+        ]
+    );
+    let env = c["env"].as_sequence().expect("env");
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| str_of(&e["valueFrom"]["fieldRef"]["fieldPath"]))
+            .unwrap_or_else(|| panic!("no env {name}"))
+    };
+    assert_eq!(field("POD_NAME"), "metadata.name");
+    assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+
+    // /etc/flotilla/config.yaml comes from the chart's ConfigMap.
+    let cm = m.one("ConfigMap");
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["mountPath"] == "/etc/flotilla")
+        .expect("config mount");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("config volume");
+    assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
+    assert!(cm["data"]["config.yaml"].is_string());
+
+    // The Service selects these pods on the named port.
+    let svc = m.one("Service");
+    let labels = &m.deployment()["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in svc["spec"]["selector"].as_mapping().expect("selector") {
+        assert_eq!(&labels[k], v, "selector {k:?}");
+    }
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+}
+
+#[test]
+fn the_config_map_holds_a_config_file_the_gateway_accepts() {
+    let m = render(&[
+        "--set",
+        "config.allowedHosts={mcp.example.com,flotilla.flotilla.svc}",
+        "--set",
+        "config.pingIntervalSeconds=7,config.fanOut.maxConcurrency=4",
+        "--set",
+        "config.fanOut.outputBudgetBytes=2048,config.fanOut.allowDestructive=true",
+        "--set",
+        "ingress.enabled=true",
+    ]);
+    let text = str_of(&m.one("ConfigMap")["data"]["config.yaml"]);
+    // The binary's own parser (it denies unknown keys).
+    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("flotilla rejects the chart's config.yaml: {e}\n{text}"));
+    assert_eq!(parsed.public_url.as_deref(), Some("http://mcp.example.com"));
+    assert_eq!(
+        parsed.allowed_hosts,
+        Some(vec![
+            "mcp.example.com".into(),
+            "flotilla.flotilla.svc".into()
+        ])
+    );
+    assert_eq!(parsed.ping_interval_seconds, Some(7));
+    let fan_out = parsed.fan_out.expect("fanOut");
+    assert_eq!(fan_out.max_concurrency, Some(4));
+    assert_eq!(fan_out.output_budget_bytes, Some(2048));
+    assert_eq!(fan_out.allow_destructive, Some(true));
+    assert!(parsed.bind_address.is_none() && parsed.port.is_none() && parsed.manifests.is_none());
+
+    // Defaults parse too, with no publicUrl and no allowedHosts.
+    let defaults = render(&[]);
+    let text = str_of(&defaults.one("ConfigMap")["data"]["config.yaml"]);
+    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text).expect("defaults");
+    assert!(parsed.public_url.is_none() && parsed.allowed_hosts.is_none());
+    assert_eq!(
+        parsed.fan_out.expect("fanOut").allow_destructive,
+        Some(false)
+    );
+}
+
+#[test]
+fn watching_all_namespaces_uses_one_cluster_role_for_mcpservers_status_and_events() {
+    let m = render(&[]);
+    let roles = m.of_kind("ClusterRole");
+    assert_eq!(roles.len(), 1);
+    let role = roles[0];
+    let by = |group: &str, resource: &str| {
+        rules(role)
+            .into_iter()
+            .filter(|r| r.groups.contains(group) && r.resources.contains(resource))
+            .flat_map(|r| r.verbs)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        by("flotilla.dev", "mcpservers"),
+        set(&["get", "list", "watch"])
+    );
+    assert_eq!(
+        by("flotilla.dev", "mcpservers/status"),
+        set(&["get", "patch", "update"])
+    );
+    assert_eq!(by("events.k8s.io", "events"), set(&["create", "patch"]));
+    assert_eq!(by("", "events"), set(&["create", "patch"]));
+    assert_eq!(rules(role).len(), 4, "nothing else cluster-wide");
+    assert_eq!(
+        m.bound_subjects("ClusterRoleBinding", role),
+        [the_service_account("flotilla")]
+    );
+    assert!(
+        m.of_kind("Role")
+            .iter()
+            .all(|r| !str_of(&r["metadata"]["name"]).ends_with("-mcpservers"))
+    );
+}
+
+#[test]
+fn watch_namespaces_become_namespace_flags_and_roles_with_nothing_cluster_wide() {
+    let m = render(&[
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--namespace",
+        "ops",
+    ]);
+    let args = m.args();
+    let flags: Vec<_> = args
+        .windows(2)
+        .filter(|w| w[0] == "--namespace")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(flags, ["team-a", "team-b"]);
+    assert!(m.of_kind("ClusterRole").is_empty() && m.of_kind("ClusterRoleBinding").is_empty());
+    let status: BTreeSet<_> = m
+        .grants("Role", "flotilla.dev", "mcpservers/status")
+        .into_iter()
+        .map(|(ns, _)| ns)
+        .collect();
+    assert_eq!(status, set(&["team-a", "team-b"]));
+    let events: BTreeSet<_> = m
+        .grants("Role", "events.k8s.io", "events")
+        .into_iter()
+        .map(|(ns, _)| ns)
+        .collect();
+    assert_eq!(events, set(&["team-a", "team-b"]));
+    for role in m.of_kind("Role") {
+        if str_of(&role["metadata"]["name"]).ends_with("-mcpservers") {
+            assert_eq!(
+                m.bound_subjects("RoleBinding", role),
+                [the_service_account("ops")]
+            );
+        }
+    }
+}
+
+#[test]
+fn no_cluster_role_ever_grants_secrets() {
+    for args in [
+        &[][..],
+        &["--set", "secretNamespaces={team-a,team-b}"][..],
+        &[
+            "--set",
+            "secretNamespaces={team-a},watchNamespaces={team-a}",
+        ][..],
+    ] {
+        let m = render(args);
+        for role in m.of_kind("ClusterRole") {
+            for r in rules(role) {
+                assert!(
+                    !r.resources.contains("secrets") && !r.resources.contains("*"),
+                    "ClusterRole grants {:?} with {args:?}",
+                    r.resources
+                );
+                assert!(!r.verbs.contains("*"), "wildcard verbs with {args:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn secret_roles_exist_exactly_in_the_secret_namespaces() {
+    let none = render(&[]);
+    assert!(
+        none.grants("Role", "", "secrets").is_empty(),
+        "no Secret access by default"
+    );
+
+    let m = render(&[
+        "--set",
+        "secretNamespaces={team-a,team-b}",
+        "--set",
+        "watchNamespaces={team-a,team-c}",
+        "--namespace",
+        "ops",
+    ]);
+    let grants = m.grants("Role", "", "secrets");
+    let namespaces: Vec<_> = grants.iter().map(|(ns, _)| ns.as_str()).collect();
+    assert_eq!(
+        namespaces,
+        ["team-a", "team-b"],
+        "one Secret Role per listed namespace"
+    );
+    // The gateway reads Secrets exactly where it is allowed to.
+    let args = m.args();
+    let secret_flags: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--secret-namespace")
+        .map(|w| w[1].as_str())
+        .collect();
+    assert_eq!(secret_flags, ["team-a", "team-b"]);
+    for (_, verbs) in &grants {
+        assert_eq!(
+            verbs.iter().cloned().collect::<BTreeSet<_>>(),
+            set(&["get", "list", "watch"])
+        );
+    }
+    for role in m.of_kind("Role") {
+        if rules(role).iter().any(|r| r.resources.contains("secrets")) {
+            assert_eq!(rules(role).len(), 1, "the Secret Role grants nothing else");
+            assert_eq!(
+                m.bound_subjects("RoleBinding", role),
+                [the_service_account("ops")]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_lease_role_lives_in_the_release_namespace() {
+    let m = render(&[
+        "--namespace",
+        "platform-mcp",
+        "--set",
+        "watchNamespaces={team-a}",
+    ]);
+    let grants = m.grants("Role", "coordination.k8s.io", "leases");
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let (ns, verbs) = &grants[0];
+    assert_eq!(ns, "platform-mcp");
+    assert_eq!(
+        verbs.iter().cloned().collect::<BTreeSet<_>>(),
+        set(&["get", "create", "update"])
+    );
+    let role = m
+        .of_kind("Role")
+        .into_iter()
+        .find(|r| rules(r).iter().any(|r| r.resources.contains("leases")))
+        .unwrap();
+    assert_eq!(
+        m.bound_subjects("RoleBinding", role),
+        [the_service_account("platform-mcp")]
+    );
+    assert!(
+        m.grants("ClusterRole", "coordination.k8s.io", "leases")
+            .is_empty()
+    );
+    // Everything namespaced that is not a per-namespace Role lives in the release namespace.
+    for d in &m.0 {
+        let kind = str_of(&d["kind"]);
+        if !["Role", "RoleBinding"].contains(&kind.as_str()) {
+            assert_eq!(d["metadata"]["namespace"], "platform-mcp", "{kind}");
+        }
+    }
+}
+
+#[test]
+fn the_ingress_is_absent_by_default_and_routes_mcp_when_enabled() {
+    assert!(render(&[]).of_kind("Ingress").is_empty());
+
+    let m = render(&[
+        "--set",
+        "ingress.enabled=true,ingress.hosts[0].host=mcp.corp.example,ingress.hosts[0].paths[0].path=/mcp,ingress.hosts[0].paths[0].pathType=Prefix",
+        "--set",
+        "ingress.tls[0].secretName=mcp-tls,ingress.tls[0].hosts={mcp.corp.example}",
+    ]);
+    let ing = m.one("Ingress");
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["host"], "mcp.corp.example");
+    let path = &rule["http"]["paths"][0];
+    assert_eq!(path["path"], "/mcp");
+    assert_eq!(
+        path["backend"]["service"]["name"],
+        m.one("Service")["metadata"]["name"]
+    );
+    assert_eq!(path["backend"]["service"]["port"]["name"], "http");
+    assert_eq!(ing["spec"]["tls"][0]["secretName"], "mcp-tls");
+    let ann = &ing["metadata"]["annotations"];
+    assert!(ann["nginx.ingress.kubernetes.io/proxy-buffer-size"].is_string());
+    assert_eq!(ann["nginx.ingress.kubernetes.io/proxy-buffering"], "off");
+    // publicUrl follows the ingress host (https with TLS).
+    let text = str_of(&m.one("ConfigMap")["data"]["config.yaml"]);
+    assert!(
+        text.contains("publicUrl: https://mcp.corp.example"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pod_disruption_budget_exists_only_with_more_than_one_replica() {
+    assert!(
+        render(&["--set", "replicas=1"])
+            .of_kind("PodDisruptionBudget")
+            .is_empty()
+    );
+    let m = render(&["--set", "replicas=3"]);
+    assert_eq!(m.deployment()["spec"]["replicas"], 3);
+    let pdb = m.one("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        m.deployment()["spec"]["selector"]["matchLabels"]
+    );
+    let max = render(&["--set", "replicas=2,podDisruptionBudget.maxUnavailable=1"]);
+    let pdb = max.one("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(pdb["spec"]["minAvailable"].is_null());
+    let off = render(&["--set", "replicas=3,podDisruptionBudget.enabled=false"]);
+    assert!(off.of_kind("PodDisruptionBudget").is_empty());
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    for (args, needle) in [
+        (&["--set", "replicas=three"][..], "replicas"),
+        (&["--set", "replicaCount=3"][..], "replicaCount"),
+        (
+            &["--set", "secretNamespaces={Team_A}"][..],
+            "secretNamespaces",
+        ),
+        (
+            &["--set", "config.fanOut.maxConcurrency=0"][..],
+            "maxConcurrency",
+        ),
+        (&["--set", "config.pingInterval=5"][..], "pingInterval"),
+        (
+            &["--set", "securityContext.runAsNonRoot=false"][..],
+            "runAsNonRoot",
+        ),
+    ] {
+        // Both `helm lint` and the install-time schema check refuse them.
+        let lint = helm(args).expect_err(&format!("lint accepted {args:?}"));
+        assert!(lint.contains(needle), "{args:?}: {lint}");
+        let mut no_lint = vec!["--no-lint"];
+        no_lint.extend_from_slice(args);
+        let render = helm(&no_lint).expect_err(&format!("render accepted {args:?}"));
+        assert!(render.contains(needle), "{args:?}: {render}");
+    }
+}
+
+#[test]
+fn the_chart_crd_is_a_byte_identical_copy_of_crds_mcpserver_yaml() {
+    let top = std::fs::read(repo().join("crds/mcpserver.yaml")).expect("crds/mcpserver.yaml");
+    let copy = std::fs::read(chart().join("crds/mcpserver.yaml")).expect("chart crds copy");
+    assert!(
+        top == copy,
+        "charts/flotilla/crds/mcpserver.yaml differs from crds/mcpserver.yaml; run\n  \
+         cp crds/mcpserver.yaml charts/flotilla/crds/mcpserver.yaml"
+    );
+    let crds: Vec<_> = std::fs::read_dir(chart().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(crds, ["mcpserver.yaml"]);
+}
+
+#[test]
+fn helm_installs_the_mcpserver_crd_from_the_chart() {
+    let m = render(&["--include-crds"]);
+    let crd = m.one("CustomResourceDefinition");
+    assert_eq!(crd["metadata"]["name"], "mcpservers.flotilla.dev");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "mcps");
+    // Not a template: `helm template` without --include-crds leaves it out.
+    assert!(render(&[]).of_kind("CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn notes_tell_how_to_reach_mcp_and_list_mcpservers() {
+    let notes = helm(&["--notes", "--namespace", "ops"]).expect("notes");
+    for needle in [
+        "kubectl -n ops port-forward svc/flotilla 8080:8080",
+        "http://127.0.0.1:8080/mcp",
+        "http://flotilla.ops.svc:8080/mcp",
+        "kubectl get mcps",
+        "secretNamespaces",
+    ] {
+        assert!(
+            notes.contains(needle),
+            "NOTES.txt lacks {needle:?}:\n{notes}"
+        );
+    }
+    let with_ingress = helm(&["--notes", "--set", "ingress.enabled=true"]).expect("notes");
+    assert!(
+        with_ingress.contains("http://mcp.example.com/mcp"),
+        "{with_ingress}"
+    );
+}
