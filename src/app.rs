@@ -129,7 +129,11 @@ impl App {
         {
             let leader = LeaderElection::start(
                 client.clone(),
-                LeaseConfig::new(settings.lease_namespace.clone(), settings.identity.clone()),
+                LeaseConfig {
+                    duration: settings.lease_duration,
+                    renew: settings.lease_duration / 3,
+                    ..LeaseConfig::new(settings.lease_namespace.clone(), settings.identity.clone())
+                },
                 cancel.child_token(),
             );
             let writer = StatusWriter::new(

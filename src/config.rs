@@ -75,6 +75,8 @@ pub struct KubernetesSettings {
     pub lease_namespace: String,
     /// This replica's identity (default: POD_NAME, else host name and pid).
     pub identity: String,
+    /// How long a Lease holder may go without renewing.
+    pub lease_duration: Duration,
 }
 
 /// Resolved settings for `flotilla serve`.

@@ -7,6 +7,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = flotilla::cli::Cli::parse();
+    // kube and reqwest both compile rustls crypto providers in; pick one
+    // explicitly so TLS setup never depends on which features won.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // A simulated cluster is a child of the gateway: keep its stderr quiet.
     let default_filter = match cli.command {
         flotilla::cli::Command::SimCluster { .. } => "warn",

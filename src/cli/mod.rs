@@ -42,6 +42,10 @@ pub enum Command {
         /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else `default`).
         #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
         lease_namespace: Option<String>,
+        /// Seconds a Lease holder may go without renewing before another
+        /// replica takes over (renewed every third of it).
+        #[arg(long, default_value_t = 15, requires = "kubernetes")]
+        lease_duration: u64,
         /// YAML config file (bindAddress, port, publicUrl, manifests, allowedHosts).
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
@@ -84,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             namespaces,
             secret_namespaces,
             lease_namespace,
+            lease_duration,
             config,
             bind,
             port,
@@ -97,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 namespaces,
                 secret_namespaces,
                 lease_namespace: lease_namespace.unwrap_or_else(|| "default".into()),
+                lease_duration: std::time::Duration::from_secs(lease_duration.max(3)),
                 identity: replica_identity(),
             });
             let settings =

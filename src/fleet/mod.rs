@@ -153,14 +153,20 @@ impl Fleet {
                     }
                 }
                 existing => {
-                    if let Some(old) = existing {
-                        tracing::info!(server = %name, "server spec changed; reconnecting it");
-                        old.stop();
-                    } else {
-                        tracing::info!(server = %name, origin = %want.origin, "server added");
-                    }
+                    let inventory = match existing {
+                        Some(old) => {
+                            tracing::info!(server = %name, "server spec changed; reconnecting it");
+                            old.stop();
+                            old.inventory()
+                        }
+                        None => {
+                            tracing::info!(server = %name, origin = %want.origin, "server added");
+                            Default::default()
+                        }
+                    };
                     let upstream = Upstream::start(
                         want.clone(),
+                        inventory,
                         self.inner.http.clone(),
                         self.inner.settings.clone(),
                         self.inner.changed.clone(),

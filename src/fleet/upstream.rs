@@ -84,8 +84,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts supervising `desired`; the task ends when [`Upstream::stop`] is called.
+    /// `inventory` seeds the lists (a replaced server keeps its tools listed
+    /// while the new session connects, so an edit does not make them flap).
     pub fn start(
         desired: DesiredServer,
+        inventory: Arc<Inventory>,
         http: reqwest::Client,
         settings: FleetSettings,
         changed: Arc<watch::Sender<u64>>,
@@ -95,7 +98,7 @@ impl Upstream {
             name: desired.name.as_str().into(),
             desired: ArcSwap::from_pointee(desired),
             peer: ArcSwapOption::empty(),
-            inventory: ArcSwap::from_pointee(Inventory::default()),
+            inventory: ArcSwap::new(inventory),
             health: Mutex::new(Health::default()),
             progress: Default::default(),
             subscribers: Default::default(),

@@ -224,15 +224,41 @@ impl Gateway {
     }
 
     pub fn start_with(manifests: &Path, logs: &Path, extra: &[&str]) -> Gateway {
+        let mut args = vec!["--manifests".to_string(), manifests.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn("gateway", &args, &[], logs, manifests)
+    }
+
+    /// `flotilla serve --kubernetes` against the API server in `kubeconfig`,
+    /// as replica `pod` (its Lease identity) in namespace `flotilla-system`.
+    pub fn start_kubernetes(kubeconfig: &Path, pod: &str, extra: &[&str], logs: &Path) -> Gateway {
+        let mut args = vec!["--kubernetes".to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let envs = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAME", pod.to_string()),
+            ("POD_NAMESPACE", "flotilla-system".to_string()),
+        ];
+        Self::spawn(pod, &args, &envs, logs, logs)
+    }
+
+    fn spawn(
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        logs: &Path,
+        dir: &Path,
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
         cmd.arg("serve")
-            .arg("--manifests")
-            .arg(manifests)
             .arg("--port")
             .arg("0")
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,rmcp=warn,flotilla=debug");
-        let proc = Proc::spawn("gateway", cmd, logs);
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        let proc = Proc::spawn(name, cmd, logs);
         let line = proc.wait_line("listening on", Duration::from_secs(30));
         let port = line
             .rsplit(':')
@@ -242,7 +268,7 @@ impl Gateway {
         let gateway = Gateway {
             proc,
             port,
-            dir: manifests.to_path_buf(),
+            dir: dir.to_path_buf(),
         };
         gateway.wait_ready(Duration::from_secs(30));
         gateway

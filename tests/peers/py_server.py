@@ -7,7 +7,8 @@ Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [
   exactly one line `READY http://127.0.0.1:<port>/mcp` on stdout (flushed).
 Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str),
   slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message),
-  grow(name:str) (adds tool `name` at runtime and sends tools/list_changed).
+  grow(name:str) (adds tool `name` at runtime and sends tools/list_changed),
+  auth_header() (returns the Authorization header received, or <none>).
 Resource: py://info (text/plain). Prompt: greet(name).
 """
 from __future__ import annotations
@@ -52,6 +53,12 @@ async def grow(name: str, ctx: Context) -> str:
     mcp.add_tool(grown, name=name, description=f"Added at runtime by grow({name!r}).")
     await ctx.notify_tools_changed()
     return f"added {name}"
+
+
+@mcp.tool(description="Return the Authorization header this server received (for credential tests).")
+def auth_header(ctx: Context) -> str:
+    headers = ctx.headers or {}
+    return headers.get("authorization", "<none>")
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")

@@ -54,15 +54,32 @@ struct Shared {
     last_good: Mutex<HashMap<String, DesiredServer>>,
     tx: watch::Sender<Arc<DesiredFleet>>,
     changed: Notify,
+    /// Reflectors that have not completed their first listing. Until all
+    /// have, a snapshot would be partial (e.g. Secrets not yet known) and is
+    /// not published. (Counted from the watch events: a store's own
+    /// readiness wakes only one waiter, and the Controller is that waiter.)
+    unlisted: std::sync::atomic::AtomicUsize,
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Counts one reflector's first complete listing.
+    fn listed_once(&self, done: &std::sync::atomic::AtomicBool) {
+        use std::sync::atomic::Ordering;
+        if !done.swap(true, Ordering::AcqRel) && self.unlisted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.changed.notify_one();
+        }
+    }
+
     fn objects(&self) -> Vec<Arc<GuardedServer>> {
         self.servers.iter().flat_map(|s| s.state()).collect()
     }
 
     /// Re-derives the desired fleet and publishes it if it changed.
     fn publish(&self) {
+        if !self.listed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let objects = self.objects();
         let fleet = {
             let Ok(mut last_good) = self.last_good.lock() else {
@@ -140,13 +157,21 @@ impl KubernetesSource {
             last_good: Mutex::new(HashMap::new()),
             tx,
             changed: Notify::new(),
+            unlisted: std::sync::atomic::AtomicUsize::new(server_parts.len() + secret_parts.len()),
+            listed: std::sync::atomic::AtomicBool::new(false),
         });
         let wc = watcher::Config::default().any_semantic();
         for (api, reader, writer) in server_parts {
             let notify = shared.clone();
+            let done = std::sync::atomic::AtomicBool::new(false);
             let events = reflector::reflector(writer, watcher(api, wc.clone()))
                 .default_backoff()
-                .inspect(move |_| notify.changed.notify_one())
+                .inspect(move |event| {
+                    if matches!(event, Ok(watcher::Event::InitDone)) {
+                        notify.listed_once(&done);
+                    }
+                    notify.changed.notify_one();
+                })
                 .touched_objects();
             let controller = Controller::for_stream(events, reader)
                 .graceful_shutdown_on(cancel.clone().cancelled_owned())
@@ -157,6 +182,7 @@ impl KubernetesSource {
         for (api, _reader, writer) in secret_parts {
             let notify = shared.clone();
             let cancel = cancel.clone();
+            let done = std::sync::atomic::AtomicBool::new(false);
             tokio::spawn(async move {
                 let events = reflector::reflector(
                     writer,
@@ -164,8 +190,10 @@ impl KubernetesSource {
                 )
                 .default_backoff()
                 .for_each(|event| {
-                    if let Err(error) = event {
-                        tracing::warn!(%error, "watching Secrets failed; retrying");
+                    match event {
+                        Err(error) => tracing::warn!(%error, "watching Secrets failed; retrying"),
+                        Ok(watcher::Event::InitDone) => notify.listed_once(&done),
+                        Ok(_) => {}
                     }
                     notify.changed.notify_one();
                     std::future::ready(())
@@ -179,6 +207,20 @@ impl KubernetesSource {
         // Deletions and relists never reach reconcile: re-derive on every change.
         let publisher = shared.clone();
         tokio::spawn(async move {
+            while publisher
+                .unlisted
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+            {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = publisher.changed.notified() => {}
+                }
+            }
+            publisher
+                .listed
+                .store(true, std::sync::atomic::Ordering::Release);
+            publisher.publish();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -201,14 +243,15 @@ impl KubernetesSource {
         self.shared.objects()
     }
 
-    /// Waits until every reflector has listed once.
+    /// Waits until every reflector has listed once and the first full
+    /// snapshot is published.
     pub async fn wait_ready(&self) {
-        for store in &self.shared.servers {
-            let _ = store.wait_until_ready().await;
+        while !self
+            .shared
+            .listed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        for store in &self.shared.secrets.0 {
-            let _ = store.wait_until_ready().await;
-        }
-        self.shared.publish();
     }
 }

@@ -1,0 +1,517 @@
+//! The Kubernetes source end to end: the real gateway binary, with the real
+//! kube client, against the project's in-process Kubernetes API test server
+//! (tests/support/kube_api.rs; no kube-apiserver installs here).
+
+mod common;
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kube_api::KubeApiServer;
+use serde_json::{Value, json};
+
+fn kubeconfig(api: &KubeApiServer, dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig.yaml");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: '{}'}}}}]\nusers: [{{name: test, user: {{}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: test, namespace: default}}}}]\ncurrent-context: test\n",
+        api.base_url()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn sim_object(ns: &str, name: &str, cluster: &str, extra_spec: Value) -> Value {
+    let mut spec = json!({
+        "type": "stdio",
+        "command": env!("CARGO_BIN_EXE_flotilla"),
+        "args": ["sim-cluster", "--cluster", cluster],
+        "timeout": 10
+    });
+    if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra_spec) {
+        spec.extend(extra);
+    }
+    json!({
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "MCPServer",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec
+    })
+}
+
+fn status_of(api: &KubeApiServer, ns: &str, name: &str) -> Value {
+    let key = json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer", "metadata": {"name": name, "namespace": ns}});
+    api.get_object(&key)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_status(
+    api: &KubeApiServer,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(Duration::from_secs(20), what, || {
+        let status = status_of(api, ns, name);
+        let ok = check(&status);
+        async move { ok.then_some(status) }
+    })
+    .await
+}
+
+async fn tool_names(client: &Client) -> Vec<String> {
+    list_tools(client)
+        .await
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applying_changing_and_deleting_an_mcpserver_changes_the_tools() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let client = connect(&gateway.url()).await;
+    eventually(Duration::from_secs(15), "sim-a's tools", || {
+        let client = &client;
+        async move {
+            tool_names(client)
+                .await
+                .contains(&"x_sim-a_list_pods".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A label change updates metadata only: the session is kept.
+    let connected = wait_status(&api, "team-a", "sim-a", "Connected status", |s| {
+        s["state"] == "Connected"
+    })
+    .await["lastConnected"]
+        .clone();
+    let mut labelled = sim_object("team-a", "sim-a", "cluster-a", json!({}));
+    labelled["metadata"]["labels"] = json!({"env": "prod"});
+    api.apply_object(labelled);
+    eventually(
+        Duration::from_secs(10),
+        "the label to reach the fleet overview",
+        || {
+            let client = &client;
+            async move {
+                let overview = call(client, "flotilla_list_fleet", json!({})).await;
+                (overview.structured_content.unwrap()["servers"][0]["labels"]["env"] == "prod")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        status_of(&api, "team-a", "sim-a")["lastConnected"],
+        connected,
+        "not reconnected"
+    );
+
+    // A spec change reconnects that server under its new prefix.
+    api.apply_object(sim_object(
+        "team-a",
+        "sim-a",
+        "cluster-a",
+        json!({"toolPrefix": "alpha"}),
+    ));
+    eventually(Duration::from_secs(15), "renamed tools", || {
+        let client = &client;
+        async move {
+            tool_names(client)
+                .await
+                .contains(&"x_alpha_cluster_info".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+    // Labels are metadata: only the spec change bumped the generation.
+    wait_status(&api, "team-a", "sim-a", "observedGeneration 2", |s| {
+        s["observedGeneration"] == 2
+    })
+    .await;
+
+    api.delete_object(&sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    eventually(Duration::from_secs(15), "the tools to go", || {
+        let client = &client;
+        async move {
+            (!tool_names(client)
+                .await
+                .iter()
+                .any(|n| n.starts_with("x_alpha")))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(api.unmatched().is_empty(), "{:?}", api.unmatched());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_conditions_printer_columns_and_events_are_written_for_each_object() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let mut good = sim_object(
+        "team-a",
+        "cluster-a-mcp-kubernetes",
+        "cluster-a",
+        json!({
+            "family": {"name": "kubernetes", "instance": "cluster-a"}
+        }),
+    );
+    good["metadata"]["labels"] = json!({"env": "prod"});
+    api.apply_object(good.clone());
+    // A malformed object: it must not stop the watch or the others.
+    api.apply_object(json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer",
+        "metadata": {"name": "broken", "namespace": "team-a"},
+        "spec": {"type": "carrier-pigeon"}
+    }));
+    let _gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let status = wait_status(
+        &api,
+        "team-a",
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        |s| s["state"] == "Connected",
+    )
+    .await;
+    assert_eq!(status["toolCount"], 4);
+    assert_eq!(status["observedGeneration"], 1);
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("Connected"))
+    );
+    assert!(ready["lastTransitionTime"].is_string());
+
+    let broken = wait_status(&api, "team-a", "broken", "Invalid", |s| {
+        s["state"] == "Invalid"
+    })
+    .await;
+    assert!(
+        broken["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("carrier-pigeon"),
+        "{broken}"
+    );
+    assert_eq!(broken["conditions"][0]["reason"], "InvalidSpec");
+
+    // `kubectl get mcps` columns: every printer column's jsonPath resolves.
+    let crd: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join("crds/mcpserver.yaml")).unwrap())
+            .unwrap();
+    let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let object = api.get_object(&good).unwrap();
+    let mut row = vec![];
+    for column in &columns {
+        let path = column["jsonPath"].as_str().unwrap().trim_start_matches('.');
+        let value = path
+            .split('.')
+            .fold(object.clone(), |v, key| v[key].clone());
+        row.push((column["name"].as_str().unwrap().to_string(), value));
+    }
+    let row: std::collections::BTreeMap<_, _> = row.into_iter().collect();
+    assert_eq!(row["Type"], "stdio");
+    assert_eq!(row["Family"], "kubernetes");
+    assert_eq!(row["Instance"], "cluster-a");
+    assert_eq!(row["State"], "Connected");
+    assert_eq!(row["Tools"], 4);
+    assert!(row["Age"].is_string());
+
+    // Events: a Connected event for the good one, InvalidSpec for the broken one.
+    let events = eventually(Duration::from_secs(10), "events", || async {
+        let client = api.client();
+        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+            kube::Api::namespaced(client, "team-a");
+        let list = events.list(&Default::default()).await.ok()?;
+        let reasons: Vec<(String, String)> = list
+            .items
+            .iter()
+            .map(|e| {
+                (
+                    e.regarding
+                        .as_ref()
+                        .and_then(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        (reasons
+            .iter()
+            .any(|(n, r)| n == "cluster-a-mcp-kubernetes" && r == "Connected")
+            && reasons
+                .iter()
+                .any(|(n, r)| n == "broken" && r == "InvalidSpec"))
+        .then_some(reasons)
+    })
+    .await;
+    assert!(!events.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_is_picked_up_without_a_restart_and_never_shown() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let (_py, url) = python_server(0, logs.path());
+    // base64 `data`, as `kubectl create secret` writes it.
+    let secret = |token: &str| {
+        use base64::Engine as _;
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "py-creds", "namespace": "team-a"},
+            "data": {"token": base64::engine::general_purpose::STANDARD.encode(token)}
+        })
+    };
+    api.apply_object(secret("first-s3cret-value"));
+    api.apply_object(json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer",
+        "metadata": {"name": "py", "namespace": "team-a"},
+        "spec": {"url": url, "timeout": 10,
+                 "headersFrom": [{"secretName": "py-creds", "key": "token", "header": "Authorization", "prefix": "Bearer "}]}
+    }));
+    let gateway = Gateway::start_kubernetes(
+        &kubeconfig(&api, logs.path()),
+        "gw-1",
+        &["--namespace", "team-a"],
+        logs.path(),
+    );
+    let client = connect(&gateway.url()).await;
+    let seen = eventually(Duration::from_secs(15), "the first token upstream", || {
+        let client = &client;
+        async move {
+            let names = tool_names(client).await;
+            if !names.contains(&"x_py_auth_header".to_string()) {
+                return None;
+            }
+            Some(text_of(&call(client, "x_py_auth_header", json!({})).await))
+        }
+    })
+    .await;
+    assert_eq!(seen, "Bearer first-s3cret-value");
+    api.apply_object(secret("second-s3cret-value"));
+    eventually(
+        Duration::from_secs(15),
+        "the rotated token upstream",
+        || {
+            let client = &client;
+            async move {
+                let seen = text_of(&call(client, "x_py_auth_header", json!({})).await);
+                (seen == "Bearer second-s3cret-value").then_some(())
+            }
+        },
+    )
+    .await;
+    // A Secret that loses its key is reported without its value, and the
+    // server keeps serving its last good credentials.
+    api.apply_object(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "py-creds", "namespace": "team-a"}, "data": {}}));
+    let status = wait_status(&api, "team-a", "py", "InvalidSpec", |s| {
+        s["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "InvalidSpec"))
+    })
+    .await;
+    assert!(
+        status.to_string().contains("has no key \\\"token\\\""),
+        "{status}"
+    );
+    assert_eq!(
+        text_of(&call(&client, "x_py_auth_header", json!({})).await),
+        "Bearer second-s3cret-value"
+    );
+
+    let everything_shown = format!(
+        "{}\n{}\n{}",
+        gateway.proc.log_text(),
+        gateway.get_json("/status"),
+        api.request_log().join("\n")
+    );
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(api.client(), "team-a");
+    let events =
+        serde_json::to_string(&events.list(&Default::default()).await.unwrap().items).unwrap();
+    for shown in [
+        everything_shown.as_str(),
+        events.as_str(),
+        &status_of(&api, "team-a", "py").to_string(),
+    ] {
+        assert!(!shown.contains("s3cret-value"), "a secret value leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_fleet_of_fifty_servers_makes_close_to_zero_status_writes() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let (_py, url) = python_server(0, logs.path());
+    for i in 0..50 {
+        api.apply_object(json!({
+            "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer",
+            "metadata": {"name": format!("py-{i:02}"), "namespace": "fleet"},
+            "spec": {"url": url, "timeout": 10}
+        }));
+    }
+    let config = logs.path().join("gateway.yaml");
+    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
+    let _gateway = Gateway::start_kubernetes(
+        &kubeconfig(&api, logs.path()),
+        "gw-1",
+        &["--config", config.to_str().unwrap()],
+        logs.path(),
+    );
+    for i in 0..50 {
+        wait_status(&api, "fleet", &format!("py-{i:02}"), "Connected", |s| {
+            s["state"] == "Connected" && s["toolCount"] == 6
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = || {
+        api.request_count("patch", "mcpservers", "status")
+            + api.request_count("update", "mcpservers", "status")
+    };
+    let before = writes();
+    let started = Instant::now();
+    // Health checks run every second meanwhile.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = writes() - before;
+    println!(
+        "status writes in {:?} of a healthy 50-server fleet: {during}",
+        started.elapsed()
+    );
+    assert_eq!(during, 0, "no status writes while nothing changes");
+    assert!(before <= 50 * 3, "start-up writes stay bounded: {before}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_expiry_and_relist_lose_no_change() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let client = connect(&gateway.url()).await;
+    eventually(Duration::from_secs(15), "sim-a", || {
+        let client = &client;
+        async move {
+            tool_names(client)
+                .await
+                .contains(&"x_sim-a_cluster_info".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+    // History is compacted, so resuming watches get 410 Gone and must relist.
+    api.compact();
+    api.apply_object(sim_object("team-a", "sim-b", "cluster-b", json!({})));
+    api.compact();
+    eventually(Duration::from_secs(20), "sim-b after the relist", || {
+        let client = &client;
+        async move {
+            tool_names(client)
+                .await
+                .contains(&"x_sim-b_cluster_info".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let kubeconfig = kubeconfig(&api, logs.path());
+    let args = ["--lease-duration", "3"];
+    let mut replicas = [
+        Gateway::start_kubernetes(&kubeconfig, "gw-1", &args, logs.path()),
+        Gateway::start_kubernetes(&kubeconfig, "gw-2", &args, logs.path()),
+    ];
+    let lease_key = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "flotilla-status-writer", "namespace": "flotilla-system"}});
+    let holder = || {
+        api.get_object(&lease_key)
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    let first = eventually(Duration::from_secs(10), "a lease holder", || {
+        let h = holder();
+        async move { h }
+    })
+    .await;
+    wait_status(&api, "team-a", "sim-a", "Connected", |s| {
+        s["state"] == "Connected"
+    })
+    .await;
+    // Every replica serves MCP from its own upstream sessions.
+    for gateway in &replicas {
+        let client = connect(&gateway.url()).await;
+        eventually(Duration::from_secs(10), "tools on each replica", || {
+            let client = &client;
+            async move {
+                tool_names(client)
+                    .await
+                    .contains(&"x_sim-a_cluster_info".to_string())
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let (dead, alive) = if first == "gw-1" { (0, 1) } else { (1, 0) };
+    replicas[dead].proc.kill();
+    let second = eventually(
+        Duration::from_secs(15),
+        "the other replica to take the lease",
+        || {
+            let h = holder().filter(|h| *h != first);
+            async move { h }
+        },
+    )
+    .await;
+    assert_eq!(second, if alive == 0 { "gw-1" } else { "gw-2" });
+    // The new leader writes status for changes made after the failover.
+    api.apply_object(sim_object(
+        "team-a",
+        "sim-a",
+        "cluster-a",
+        json!({"toolPrefix": "after"}),
+    ));
+    wait_status(&api, "team-a", "sim-a", "status from the new leader", |s| {
+        s["observedGeneration"] == 2 && s["state"] == "Connected"
+    })
+    .await;
+    let client = connect(&replicas[alive].url()).await;
+    eventually(
+        Duration::from_secs(10),
+        "the survivor serving the change",
+        || {
+            let client = &client;
+            async move {
+                tool_names(client)
+                    .await
+                    .contains(&"x_after_cluster_info".to_string())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
