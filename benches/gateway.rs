@@ -90,6 +90,15 @@ fn main() {
         upstream::run(get("--servers", 1), get("--tools", 1), get("--threads", 2));
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let mode = args.get(i + 1).map_or("call", String::as_str);
+        let secs = args.get(i + 2).and_then(|v| v.parse().ok()).unwrap_or(30);
+        if let Err(error) = profile(mode, secs) {
+            eprintln!("\nprofile failed: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(error) = run() {
         eprintln!("\nbench failed: {error}");
         std::process::exit(1);
@@ -179,12 +188,22 @@ fn locate_gateway() -> Result<PathBuf, String> {
         .current_dir(&root)
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
-    if !status.success() || !bin.is_file() {
-        return Err(format!(
-            "cargo build --release --bin flotilla failed ({status})"
-        ));
+    if status.success() && bin.is_file() {
+        return Ok(bin);
     }
-    Ok(bin)
+    if built.is_some() {
+        // src/ is being edited and does not build right now: measure the
+        // last good build rather than nothing, and say so.
+        log(format!(
+            "cargo build --release --bin flotilla failed ({status}); using the older {}",
+            bin.display()
+        ));
+        Ok(bin)
+    } else {
+        Err(format!(
+            "cargo build --release --bin flotilla failed ({status})"
+        ))
+    }
 }
 
 fn spawn_upstream(
@@ -342,16 +361,19 @@ struct Target {
 struct Acc {
     seq: Samples,
     seq_proxy_us: u64,
+    seq_proxy_cs: u64,
     load: Samples,
     load_calls: u64,
     load_secs: f64,
     load_proxy_us: u64,
+    load_proxy_cs: u64,
     load_echo_us: u64,
     load_client_us: u64,
 }
 
 struct CpuSnap {
     proxy: u64,
+    proxy_cs: u64,
     echo: u64,
     client: u64,
 }
@@ -359,6 +381,7 @@ struct CpuSnap {
 fn snap(target: &Target, echo_pid: i32) -> CpuSnap {
     CpuSnap {
         proxy: procs::cpu_us_all(&target.proxy_pids),
+        proxy_cs: procs::ctx_switches_all(&target.proxy_pids),
         echo: procs::cpu_us(echo_pid),
         client: procs::self_cpu_us(),
     }
@@ -471,6 +494,7 @@ fn bench_calls(
                 let after = snap(t, echo_pid);
                 t.acc.seq.extend(&seq);
                 t.acc.seq_proxy_us += after.proxy - before.proxy;
+                t.acc.seq_proxy_cs += after.proxy_cs - before.proxy_cs;
 
                 let before = snap(t, echo_pid);
                 let load =
@@ -480,6 +504,7 @@ fn bench_calls(
                 t.acc.load_calls += load.calls;
                 t.acc.load_secs += load.elapsed.as_secs_f64();
                 t.acc.load_proxy_us += after.proxy - before.proxy;
+                t.acc.load_proxy_cs += after.proxy_cs - before.proxy_cs;
                 t.acc.load_echo_us += after.echo - before.echo;
                 t.acc.load_client_us += after.client - before.client;
                 Ok::<_, String>(())
@@ -779,46 +804,70 @@ fn report(
     let tput = |t: &Target| t.acc.load_calls as f64 / t.acc.load_secs;
     let dtput = tput(direct);
 
-    let _ = writeln!(md, "### tools/call (echo upstream)\n");
+    let per = |x: u64, n: u64| x as f64 / n.max(1) as f64;
     let _ = writeln!(
         md,
-        "| Target | p50 | p99 | added p50 | added p99 | calls/s @{c} | p50 @{c} | p99 @{c} | proxy CPU/call @{c} | proxy CPU/call seq | echo CPU/call @{c} | client CPU/call @{c} |",
-        c = cfg.concurrency
+        "### tools/call latency, one call at a time ({} calls per target)\n",
+        direct.acc.seq.len()
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| Target | p50 | p99 | added p50 | added p99 | proxy CPU/call | proxy context switches/call |"
     );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for t in &calls.targets {
         let a = &t.acc;
         let p50 = a.seq.pct_us(50.0);
         let p99 = a.seq.pct_us(99.0);
-        let (added50, added99, proxy_load, proxy_seq) = if t.name == "direct" {
-            (
-                "—".to_string(),
-                "—".to_string(),
-                "—".to_string(),
-                "—".to_string(),
-            )
+        let n = a.seq.len() as u64;
+        let (added50, added99, cpu, cs) = if t.proxy_pids.is_empty() {
+            ("—".into(), "—".into(), "—".into(), "—".into())
         } else {
             (
                 ms(p50 - d50),
                 ms(p99 - d99),
-                format!("{:.1} µs", a.load_proxy_us as f64 / a.load_calls as f64),
-                format!("{:.1} µs", a.seq_proxy_us as f64 / a.seq.len() as f64),
+                format!("{:.1} µs", per(a.seq_proxy_us, n)),
+                format!("{:.1}", per(a.seq_proxy_cs, n)),
             )
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {added50} | {added99} | {:.0} | {} | {} | {proxy_load} | {proxy_seq} | {:.1} µs | {:.1} µs |",
+            "| {} | {} | {} | {added50} | {added99} | {cpu} | {cs} |",
             t.name,
             ms(p50),
             ms(p99),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### tools/call throughput, closed loop, {} in flight ({:.1} s per target)\n",
+        cfg.concurrency, direct.acc.load_secs
+    );
+    let _ = writeln!(
+        md,
+        "| Target | calls/s | vs direct | p50 | p99 | proxy CPU/call | proxy context switches/call | echo CPU/call | client CPU/call |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for t in &calls.targets {
+        let a = &t.acc;
+        let (cpu, cs) = if t.proxy_pids.is_empty() {
+            ("—".into(), "—".into())
+        } else {
+            (
+                format!("{:.1} µs", per(a.load_proxy_us, a.load_calls)),
+                format!("{:.1}", per(a.load_proxy_cs, a.load_calls)),
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {} | {} | {cpu} | {cs} | {:.1} µs | {:.1} µs |",
+            t.name,
             tput(t),
+            tput(t) / dtput,
             ms(a.load.pct_us(50.0)),
             ms(a.load.pct_us(99.0)),
-            a.load_echo_us as f64 / a.load_calls as f64,
-            a.load_client_us as f64 / a.load_calls as f64,
+            per(a.load_echo_us, a.load_calls),
+            per(a.load_client_us, a.load_calls),
         );
     }
     let flotilla = calls
@@ -968,6 +1017,101 @@ fn report(
         verdict_max(startup, TARGET_STARTUP_S, " s", |v| format!("{v:.2}"))
     );
     md
+}
+
+/// `gateway --profile [call|seq|list] SECS`: one benchmark setup, driven
+/// for SECS seconds, with the gateway's pid printed first so it can be
+/// profiled, e.g. `perf record -F 999 -g -p PID -- sleep 10`.
+/// `call`: tools/call at 16 in flight; `seq`: tools/call one at a time;
+/// `list`: tools/list over 200 servers x 50 tools, one at a time.
+fn profile(mode: &str, secs: u64) -> Result<(), String> {
+    let cfg = Config::from_env();
+    let bin = locate_gateway()?;
+    let work = tempfile::Builder::new()
+        .prefix("flotilla-profile-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let http = rt.block_on(async { client::http_client() });
+    let (servers, tools) = match mode {
+        "list" => (cfg.list_servers, cfg.list_tools),
+        "call" | "seq" => (1, 1),
+        other => return Err(format!("unknown profile mode {other:?} (call, seq, list)")),
+    };
+    let (echo, port) = spawn_upstream(&cfg, work.path(), "echo-profile", servers, tools)?;
+    let manifests = work.path().join("manifests-profile");
+    let names: Vec<(String, String)> = if servers == 1 {
+        vec![("echo".into(), format!("http://127.0.0.1:{port}/s/0/mcp"))]
+    } else {
+        (0..servers)
+            .map(|i| {
+                (
+                    format!("echo-{i}"),
+                    format!("http://127.0.0.1:{port}/s/{i}/mcp"),
+                )
+            })
+            .collect()
+    };
+    write_manifests(&manifests, &names)?;
+    let gateway = start_gateway(&bin, &manifests, work.path(), "flotilla-profile")?;
+    rt.block_on(async {
+        wait_connected(&http, &gateway, servers as u64, Duration::from_secs(60)).await?;
+        wait_tools(
+            &http,
+            &gateway,
+            (servers * tools) as u64,
+            Duration::from_secs(30),
+        )
+        .await
+    })?;
+    let pid = gateway.proc.pid();
+    println!("gateway pid {pid} echo pid {}", echo.pid());
+    let cpu0 = procs::cpu_us(pid);
+    let cs0 = procs::ctx_switches(pid);
+    let duration = Duration::from_secs(secs);
+    let (n, elapsed) = rt.block_on(async {
+        let start = Instant::now();
+        let n = match mode {
+            "call" => {
+                let request = Arc::new(Request::call(&gateway.mcp, "x_echo_echo"));
+                client::closed_loop(&http, request, cfg.concurrency, duration)
+                    .await?
+                    .calls
+            }
+            "seq" => {
+                let request = Request::call(&gateway.mcp, "x_echo_echo");
+                let mut n = 0;
+                while start.elapsed() < duration {
+                    request.call_checked(&http).await?;
+                    n += 1;
+                }
+                n
+            }
+            _ => {
+                let request = Request::list_tools(&gateway.mcp);
+                let mut n = 0;
+                while start.elapsed() < duration {
+                    request.send(&http).await?;
+                    n += 1;
+                }
+                n
+            }
+        };
+        Ok::<_, String>((n, start.elapsed()))
+    })?;
+    let cpu = procs::cpu_us(pid) - cpu0;
+    let cs = procs::ctx_switches(pid) - cs0;
+    println!(
+        "{n} requests in {:.1} s: {:.0}/s, gateway CPU {:.1} µs and {:.1} context switches per request",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        cpu as f64 / n as f64,
+        cs as f64 / n as f64
+    );
+    Ok(())
 }
 
 fn run() -> Result<(), String> {

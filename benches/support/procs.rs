@@ -212,6 +212,28 @@ pub fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Voluntary + involuntary context switches of all live threads of a process.
+pub fn ctx_switches(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Context switches of several processes.
+pub fn ctx_switches_all(pids: &[i32]) -> u64 {
+    pids.iter().map(|&p| ctx_switches(p)).sum()
+}
+
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

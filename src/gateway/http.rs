@@ -26,7 +26,10 @@ pub enum AllowedHosts {
 }
 
 pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: CancellationToken) -> Router {
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel);
+    // JSON replies where a request produces nothing else first: no SSE framing on the hot path.
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(cancel)
+        .with_json_response(true);
     config = match hosts {
         AllowedHosts::Any => config.disable_allowed_hosts(),
         AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts),
