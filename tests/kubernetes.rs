@@ -63,14 +63,6 @@ async fn wait_status(
     .await
 }
 
-async fn tool_names(client: &Client) -> Vec<String> {
-    list_tools(client)
-        .await
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn applying_changing_and_deleting_an_mcpserver_changes_the_tools() {
     let logs = tempfile::tempdir().unwrap();
@@ -79,16 +71,7 @@ async fn applying_changing_and_deleting_an_mcpserver_changes_the_tools() {
     let gateway =
         Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
     let client = connect(&gateway.url()).await;
-    eventually(Duration::from_secs(15), "sim-a's tools", || {
-        let client = &client;
-        async move {
-            tool_names(client)
-                .await
-                .contains(&"x_sim-a_list_pods".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_tool(&client, "x_sim-a_list_pods").await;
 
     // A label change updates metadata only: the session is kept.
     let connected = wait_status(&api, "team-a", "sim-a", "Connected status", |s| {
@@ -125,16 +108,7 @@ async fn applying_changing_and_deleting_an_mcpserver_changes_the_tools() {
         "cluster-a",
         json!({"toolPrefix": "alpha"}),
     ));
-    eventually(Duration::from_secs(15), "renamed tools", || {
-        let client = &client;
-        async move {
-            tool_names(client)
-                .await
-                .contains(&"x_alpha_cluster_info".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_tool(&client, "x_alpha_cluster_info").await;
     // Labels are metadata: only the spec change bumped the generation.
     wait_status(&api, "team-a", "sim-a", "observedGeneration 2", |s| {
         s["observedGeneration"] == 2
@@ -142,15 +116,8 @@ async fn applying_changing_and_deleting_an_mcpserver_changes_the_tools() {
     .await;
 
     api.delete_object(&sim_object("team-a", "sim-a", "cluster-a", json!({})));
-    eventually(Duration::from_secs(15), "the tools to go", || {
-        let client = &client;
-        async move {
-            (!tool_names(client)
-                .await
-                .iter()
-                .any(|n| n.starts_with("x_alpha")))
-            .then_some(())
-        }
+    wait_tools(&client, "the tools to go", |names| {
+        !names.iter().any(|n| n.starts_with("x_alpha"))
     })
     .await;
     assert!(api.unmatched().is_empty(), "{:?}", api.unmatched());
@@ -297,17 +264,8 @@ async fn a_rotated_secret_is_picked_up_without_a_restart_and_never_shown() {
         logs.path(),
     );
     let client = connect(&gateway.url()).await;
-    let seen = eventually(Duration::from_secs(15), "the first token upstream", || {
-        let client = &client;
-        async move {
-            let names = tool_names(client).await;
-            if !names.contains(&"x_py_auth_header".to_string()) {
-                return None;
-            }
-            Some(text_of(&call(client, "x_py_auth_header", json!({})).await))
-        }
-    })
-    .await;
+    wait_tool(&client, "x_py_auth_header").await;
+    let seen = text_of(&call(&client, "x_py_auth_header", json!({})).await);
     assert_eq!(seen, "Bearer first-s3cret-value");
     api.apply_object(secret("second-s3cret-value"));
     eventually(
@@ -411,30 +369,12 @@ async fn watch_expiry_and_relist_lose_no_change() {
     let gateway =
         Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
     let client = connect(&gateway.url()).await;
-    eventually(Duration::from_secs(15), "sim-a", || {
-        let client = &client;
-        async move {
-            tool_names(client)
-                .await
-                .contains(&"x_sim-a_cluster_info".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_tool(&client, "x_sim-a_cluster_info").await;
     // History is compacted, so resuming watches get 410 Gone and must relist.
     api.compact();
     api.apply_object(sim_object("team-a", "sim-b", "cluster-b", json!({})));
     api.compact();
-    eventually(Duration::from_secs(20), "sim-b after the relist", || {
-        let client = &client;
-        async move {
-            tool_names(client)
-                .await
-                .contains(&"x_sim-b_cluster_info".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_tool(&client, "x_sim-b_cluster_info").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -465,16 +405,7 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
     // Every replica serves MCP from its own upstream sessions.
     for gateway in &replicas {
         let client = connect(&gateway.url()).await;
-        eventually(Duration::from_secs(10), "tools on each replica", || {
-            let client = &client;
-            async move {
-                tool_names(client)
-                    .await
-                    .contains(&"x_sim-a_cluster_info".to_string())
-                    .then_some(())
-            }
-        })
-        .await;
+        wait_tool(&client, "x_sim-a_cluster_info").await;
     }
     let (dead, alive) = if first == "gw-1" { (0, 1) } else { (1, 0) };
     replicas[dead].proc.kill();
@@ -500,18 +431,5 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
     })
     .await;
     let client = connect(&replicas[alive].url()).await;
-    eventually(
-        Duration::from_secs(10),
-        "the survivor serving the change",
-        || {
-            let client = &client;
-            async move {
-                tool_names(client)
-                    .await
-                    .contains(&"x_after_cluster_info".to_string())
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    wait_tool(&client, "x_after_cluster_info").await;
 }

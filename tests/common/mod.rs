@@ -508,3 +508,28 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// Waits until the fleet's tools satisfy `check` (up to 15 s); returns their names.
+pub async fn wait_tools(
+    client: &Client,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    eventually(Duration::from_secs(15), what, || async {
+        let names: Vec<String> = list_tools(client)
+            .await
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        check(&names).then_some(names)
+    })
+    .await
+}
+
+/// Waits until a tool named `name` is listed.
+pub async fn wait_tool(client: &Client, name: &str) -> Vec<String> {
+    wait_tools(client, &format!("tool {name}"), |names| {
+        names.iter().any(|n| n == name)
+    })
+    .await
+}
