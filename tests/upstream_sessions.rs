@@ -227,3 +227,46 @@ fn zombie_children(parent: i32) -> usize {
     }
     count
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_and_tls_failures_are_told_apart_in_status() {
+    let (manifests, logs) = tempdirs();
+    // kubernetes-mcp-server demanding OAuth answers 401 with a Bearer challenge.
+    let config = logs.path().join("kmcp.toml");
+    std::fs::write(
+        &config,
+        "require_oauth = true\noauth_audience = \"kmcp\"\nskip_jwt_verification = true\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let _kube =
+        kubernetes_mcp_server_with(port, logs.path(), &["--config", config.to_str().unwrap()]);
+    write_manifest(
+        manifests.path(),
+        "locked.yaml",
+        &http_manifest("locked", &format!("http://127.0.0.1:{port}/mcp"), ""),
+    );
+    // TLS spoken to a plain-HTTP server.
+    let (_py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "tls.yaml",
+        &http_manifest("tls", &py_url.replace("http://", "https://"), ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("locked", "AuthRequired", Duration::from_secs(10));
+    gateway.wait_state("tls", "Failed", Duration::from_secs(10));
+    let reason = |name: &str| {
+        gateway.server_status(name)["status"]["conditions"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(reason("locked"), "AuthRequired");
+    assert_eq!(
+        reason("tls"),
+        "TLSError",
+        "{}",
+        gateway.server_status("tls")
+    );
+}

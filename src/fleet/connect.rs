@@ -4,6 +4,7 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rmcp::RoleClient;
@@ -45,6 +46,89 @@ pub enum ConnectError {
     OnlyHandshakeVersions,
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
+}
+
+/// An error and its causes on one line (reqwest puts TLS and connection
+/// details in the source chain, not in the top-level message).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What kind of failure a connection error is, for status reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    Unreachable,
+    Timeout,
+    Tls,
+    AuthRequired,
+    SpawnFailed,
+    Protocol,
+}
+
+impl FailureKind {
+    /// The Kubernetes condition reason for this failure.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FailureKind::Unreachable => "Unreachable",
+            FailureKind::Timeout => "Timeout",
+            FailureKind::Tls => "TLSError",
+            FailureKind::AuthRequired => "AuthRequired",
+            FailureKind::SpawnFailed => "SpawnFailed",
+            FailureKind::Protocol => "ProtocolError",
+        }
+    }
+
+    /// Classifies a failure from its message (and its causes).
+    pub fn of(message: &str) -> Self {
+        let lower = message.to_ascii_lowercase();
+        let any = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+        if any(&[
+            "auth required",
+            "authorization required",
+            "insufficient scope",
+            "http 401",
+            "http 403",
+            "401 unauthorized",
+            "403 forbidden",
+        ]) {
+            FailureKind::AuthRequired
+        } else if any(&[
+            "certificate",
+            "tls",
+            "ssl",
+            "handshake failure",
+            "invalidcontenttype",
+            "corrupt message",
+        ]) {
+            FailureKind::Tls
+        } else if any(&["timed out", "timeout"]) {
+            FailureKind::Timeout
+        } else if any(&["starting ", "no such file", "permission denied"]) {
+            FailureKind::SpawnFailed
+        } else if any(&[
+            "connection refused",
+            "error sending request",
+            "connect",
+            "dns",
+            "unreachable",
+            "reset by peer",
+            "closed",
+        ]) {
+            FailureKind::Unreachable
+        } else {
+            FailureKind::Protocol
+        }
+    }
 }
 
 /// A live session and the protocol version it speaks.
@@ -106,9 +190,21 @@ pub async fn connect(
             other => other,
         }
     };
-    let running = tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout.as_secs()))??;
+    let running = match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => return Err(ConnectError::Timeout(timeout.as_secs())),
+        Ok(Err(ConnectError::Handshake(message))) if message.contains("error sending request") => {
+            // rmcp's transport error hides the cause (refused, TLS, DNS): ask once more directly.
+            let cause = match desired.spec.url.as_deref() {
+                Some(url) => diagnose(http, url).await,
+                None => None,
+            };
+            return Err(ConnectError::Handshake(match cause {
+                Some(cause) => format!("{message} ({cause})"),
+                None => message,
+            }));
+        }
+        Ok(result) => result?,
+    };
     let protocol = running
         .peer()
         .peer_info()
@@ -118,6 +214,14 @@ pub async fn connect(
 }
 
 type Running = RunningService<RoleClient, UpstreamClient>;
+
+/// The reason a plain request to `url` fails, if it does.
+async fn diagnose(http: &reqwest::Client, url: &str) -> Option<String> {
+    match tokio::time::timeout(Duration::from_secs(2), http.get(url).send()).await {
+        Ok(Err(error)) => Some(error_chain(&error)),
+        _ => None,
+    }
+}
 
 async fn open(
     desired: &DesiredServer,
@@ -171,7 +275,7 @@ async fn open(
         } if server_supported.iter().all(|v| v.has_initialize()) => {
             ConnectError::OnlyHandshakeVersions
         }
-        other => ConnectError::Handshake(other.to_string()),
+        other => ConnectError::Handshake(error_chain(&other)),
     })
 }
 
@@ -216,4 +320,45 @@ fn spawn_stdio(
         });
     }
     Ok(transport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    #[test]
+    fn failures_are_classified_for_status_reasons() {
+        for (message, kind) in [
+            (
+                "MCP handshake failed: Auth required: authorization required: Bearer realm=x",
+                FailureKind::AuthRequired,
+            ),
+            (
+                "error sending request (client error (Connect): received corrupt message of type InvalidContentType)",
+                FailureKind::Tls,
+            ),
+            (
+                "error sending request: invalid peer certificate: UnknownIssuer",
+                FailureKind::Tls,
+            ),
+            (
+                "connecting timed out after 5s (spec.timeout)",
+                FailureKind::Timeout,
+            ),
+            (
+                "starting \"/nope\" failed: No such file or directory",
+                FailureKind::SpawnFailed,
+            ),
+            (
+                "error sending request: tcp connect error: Connection refused",
+                FailureKind::Unreachable,
+            ),
+            (
+                "MCP handshake failed: expect initialized result",
+                FailureKind::Protocol,
+            ),
+        ] {
+            assert_eq!(FailureKind::of(message), kind, "{message}");
+        }
+    }
 }

@@ -23,7 +23,7 @@ use super::client_handler::{
     InflightCall, InflightCalls, ListKind, ProgressRoute, ProgressRoutes, ResourceSubscribers,
     UpstreamClient,
 };
-use super::connect::{Connected, connect};
+use super::connect::{Connected, FailureKind, connect};
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
@@ -66,6 +66,8 @@ pub struct Health {
     pub last_connected: Option<chrono::DateTime<chrono::Utc>>,
     pub next_retry: Option<Instant>,
     pub protocol_version: Option<String>,
+    /// What the last failure was, when the state is a failure.
+    pub failure: Option<FailureKind>,
 }
 
 /// A supervised downstream server.
@@ -154,6 +156,7 @@ impl Upstream {
         if let Ok(mut health) = self.health.lock() {
             if state == ServerState::Connected {
                 health.last_connected = Some(chrono::Utc::now());
+                health.failure = None;
             }
             health.state = state;
             if error.is_some() || state == ServerState::Connected {
@@ -186,7 +189,7 @@ impl Upstream {
             };
             let started = Instant::now();
             let failure = match attempt {
-                Err(error) => error.to_string(),
+                Err(error) => super::connect::error_chain(&error),
                 Ok(connected) => self.serve(connected, refresh_rx, &settings).await,
             };
             if self.cancel.is_cancelled() {
@@ -197,12 +200,16 @@ impl Upstream {
                 backoff = settings.backoff();
             }
             let delay = backoff.next().unwrap_or(settings.backoff_max);
-            tracing::warn!(server = %self.name, error = %failure, retry_in_ms = delay.as_millis() as u64, "upstream unavailable");
-            self.set_health(
-                ServerState::Failed,
-                Some(failure),
-                Some(Instant::now() + delay),
-            );
+            let kind = FailureKind::of(&failure);
+            tracing::warn!(server = %self.name, error = %failure, kind = kind.reason(), retry_in_ms = delay.as_millis() as u64, "upstream unavailable");
+            if let Ok(mut health) = self.health.lock() {
+                health.failure = Some(kind);
+            }
+            let state = match kind {
+                FailureKind::AuthRequired => ServerState::AuthRequired,
+                _ => ServerState::Failed,
+            };
+            self.set_health(state, Some(failure), Some(Instant::now() + delay));
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}

@@ -39,7 +39,10 @@ pub fn server_status(
         ServerState::Connected => ("Connected", "serving its tools".to_string()),
         ServerState::Connecting => ("Connecting", "first connection attempt in progress".into()),
         ServerState::Stopped => ("Stopped", health.last_error.clone().unwrap_or_default()),
-        _ => ("Unreachable", health.last_error.clone().unwrap_or_default()),
+        _ => (
+            health.failure.map(|f| f.reason()).unwrap_or("Unreachable"),
+            health.last_error.clone().unwrap_or_default(),
+        ),
     };
     let mut conditions = vec![condition(
         "Ready",

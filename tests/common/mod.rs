@@ -197,6 +197,11 @@ pub fn python_server(port: u16, logs: &Path) -> (Proc, String) {
 
 /// `kubernetes-mcp-server` over HTTP with a kubeconfig pointing nowhere.
 pub fn kubernetes_mcp_server(port: u16, logs: &Path) -> Proc {
+    kubernetes_mcp_server_with(port, logs, &[])
+}
+
+/// `kubernetes-mcp-server` with extra arguments (e.g. `--config` for OAuth).
+pub fn kubernetes_mcp_server_with(port: u16, logs: &Path, extra: &[&str]) -> Proc {
     let p = peers();
     let mut cmd = Command::new(p.get("KUBERNETES_MCP_SERVER"));
     cmd.arg("--port")
@@ -205,6 +210,7 @@ pub fn kubernetes_mcp_server(port: u16, logs: &Path) -> Proc {
         .arg("127.0.0.1")
         .arg("--kubeconfig")
         .arg(p.get("KUBECONFIG_FAKE"))
+        .args(extra)
         .env("HOME", logs);
     let proc = Proc::spawn(&format!("kubernetes-mcp-server-{port}"), cmd, logs);
     wait_port(port, Duration::from_secs(30));
