@@ -750,3 +750,100 @@ async fn resources_templates_and_prompts_are_proxied_to_their_owner() {
         .await;
     assert!(missing.unwrap_err().to_string().contains("nope://x"));
 }
+
+/// POSTs one JSON-RPC message to the gateway with curl; returns (status line, body).
+fn post(gateway: &Gateway, headers: &[&str], body: &str) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-i",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json, text/event-stream",
+    ]);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd
+        .args(["-d", body])
+        .arg(gateway.url())
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let body = body
+        .strip_prefix("data: ")
+        .unwrap_or(&body)
+        .trim()
+        .to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cached_tools_list_equals_what_the_mcp_handler_answers() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "a.yaml",
+        &sim_manifest("sim-a", "cache-a", ""),
+    );
+    write_manifest(
+        manifests.path(),
+        "b.yaml",
+        &sim_manifest(
+            "sim-b",
+            "cache-b",
+            "  family: {name: k, instanceArg: cluster}\n",
+        ),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"curl","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}"#;
+    let headers = ["mcp-protocol-version: 2026-07-28", "mcp-method: tools/list"];
+    // Served from the cache:
+    let (status, cached) = post(
+        &gateway,
+        &headers,
+        &format!(r#"{{"jsonrpc":"2.0","id":"x1","method":"tools/list","params":{{{meta}}}}}"#),
+    );
+    assert!(status.contains("200"), "{status}");
+    // A paging request goes through rmcp's handler:
+    let (_, handled) = post(
+        &gateway,
+        &headers,
+        &format!(
+            r#"{{"jsonrpc":"2.0","id":"x1","method":"tools/list","params":{{"cursor":null,{meta}}}}}"#
+        ),
+    );
+    let cached: serde_json::Value = serde_json::from_str(&cached).unwrap();
+    let handled: serde_json::Value = serde_json::from_str(&handled).unwrap();
+    assert_eq!(cached, handled);
+    assert_eq!(
+        cached["result"]["tools"].as_array().unwrap().len(),
+        9,
+        "overview + 4 + 4 folded"
+    );
+    // Requests the cache must not answer still get rmcp's errors.
+    let (status, _) = post(
+        &gateway,
+        &[
+            "mcp-session-id: no-such-session",
+            "mcp-protocol-version: 2025-11-25",
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert!(status.contains("404"), "unknown session: {status}");
+    let (status, body) = post(
+        &gateway,
+        &["mcp-protocol-version: 2026-07-28"],
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{{meta}}}}}"#),
+    );
+    assert!(
+        !status.contains("200") || body.contains("error"),
+        "missing Mcp-Method header is rmcp's call: {status} {body}"
+    );
+}

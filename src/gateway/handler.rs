@@ -98,10 +98,9 @@ impl ServerHandler for GatewayHandler {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let catalog = self.state.catalog();
-        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
-        tools.push(overview::tool());
-        tools.extend(catalog.tools.iter().cloned());
-        Ok(ListToolsResult::with_all_items(tools))
+        Ok(ListToolsResult::with_all_items(
+            self.state.exposed_tools(&catalog),
+        ))
     }
 
     async fn call_tool(

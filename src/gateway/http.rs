@@ -13,6 +13,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
@@ -30,16 +31,25 @@ pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: Cancellatio
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(cancel)
         .with_json_response(true);
-    config = match hosts {
+    config = match &hosts {
         AllowedHosts::Any => config.disable_allowed_hosts(),
-        AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts),
+        AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts.clone()),
     };
     let handler_state = state.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayHandler::new(handler_state.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         config,
     );
+    let fast = FastList {
+        state: state.clone(),
+        sessions,
+        hosts,
+    };
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list));
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(|| async { "ok" }))

@@ -2,6 +2,7 @@
 //! shared state (catalog snapshot, connected clients) behind them.
 
 mod fanout;
+mod fast_list;
 mod handler;
 mod http;
 mod overview;

@@ -10,6 +10,8 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::FanOutSettings;
+use super::fast_list::ToolsJson;
+use super::overview;
 use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance, default_instance};
 use crate::catalog::{self, Catalog};
@@ -91,6 +93,8 @@ pub struct GatewayState {
     pub clients: ClientRegistry,
     /// Stateless 2026-07-28 clients listen here through subscriptions/listen.
     list_changes: tokio::sync::broadcast::Sender<ListChange>,
+    /// `tools/list`'s answer, serialized once per catalog snapshot.
+    tools_json: ArcSwap<ToolsJson>,
     /// The source has delivered its first complete listing.
     source_ready: std::sync::atomic::AtomicBool,
 }
@@ -104,6 +108,7 @@ impl GatewayState {
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             source_ready: std::sync::atomic::AtomicBool::new(false),
+            tools_json: ArcSwap::from_pointee(ToolsJson::new(&[overview::tool()])),
         })
     }
 
@@ -118,6 +123,19 @@ impl GatewayState {
 
     pub fn list_changes(&self) -> tokio::sync::broadcast::Receiver<ListChange> {
         self.list_changes.subscribe()
+    }
+
+    /// Every tool clients see: the gateway's own, then the catalog's.
+    pub fn exposed_tools(&self, catalog: &Catalog) -> Vec<rmcp::model::Tool> {
+        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
+        tools.push(overview::tool());
+        tools.extend(catalog.tools.iter().cloned());
+        tools
+    }
+
+    /// The serialized tool list of the current catalog.
+    pub fn tools_json(&self) -> Arc<ToolsJson> {
+        self.tools_json.load_full()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -151,6 +169,10 @@ impl GatewayState {
             if !previous.collisions.contains(collision) {
                 tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");
             }
+        }
+        if previous.tools != next.tools {
+            self.tools_json
+                .store(Arc::new(ToolsJson::new(&self.exposed_tools(&next))));
         }
         self.catalog.store(next.clone());
         next
