@@ -76,7 +76,13 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
         .iter()
         .filter(|u| u.health().state == ServerState::Connected)
         .count();
-    let ready = pending.is_empty() && state.source_ready();
+    // Readiness is about start-up: once the first complete catalog is served
+    // it stays ready, so a flapping upstream never pulls the pod out of its Service.
+    let ready = state.ready_latched()
+        || (pending.is_empty() && state.source_ready() && state.catalog_current());
+    if ready {
+        state.latch_ready();
+    }
     let body = serde_json::json!({
         "ready": ready,
         "sourceListed": state.source_ready(),

@@ -95,6 +95,10 @@ pub struct GatewayState {
     list_changes: tokio::sync::broadcast::Sender<ListChange>,
     /// `tools/list`'s answer, serialized once per catalog snapshot.
     tools_json: ArcSwap<ToolsJson>,
+    /// Set once start-up completed (see `/readyz`).
+    ready: std::sync::atomic::AtomicBool,
+    /// The fleet change counter the current catalog was built from.
+    built_from: std::sync::atomic::AtomicU64,
     /// The source has delivered its first complete listing.
     source_ready: std::sync::atomic::AtomicBool,
 }
@@ -108,6 +112,8 @@ impl GatewayState {
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             source_ready: std::sync::atomic::AtomicBool::new(false),
+            built_from: std::sync::atomic::AtomicU64::new(u64::MAX),
+            ready: std::sync::atomic::AtomicBool::new(false),
             tools_json: ArcSwap::from_pointee(ToolsJson::new(&[overview::tool()])),
         })
     }
@@ -115,6 +121,20 @@ impl GatewayState {
     pub fn set_source_ready(&self) {
         self.source_ready
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn ready_latched(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn latch_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True when the catalog reflects every fleet change so far.
+    pub fn catalog_current(&self) -> bool {
+        let built = self.built_from.load(std::sync::atomic::Ordering::Acquire);
+        built == *self.fleet.changes().borrow()
     }
 
     pub fn source_ready(&self) -> bool {
@@ -182,15 +202,17 @@ impl GatewayState {
     pub async fn run_catalog(self: Arc<Self>, cancel: CancellationToken) {
         let mut changes = self.fleet.changes();
         loop {
+            let version = *changes.borrow_and_update();
             let previous = self.catalog();
             let next = self.rebuild();
+            self.built_from
+                .store(version, std::sync::atomic::Ordering::Release);
             self.notify_changes(&previous, &next).await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
             tokio::time::sleep(REBUILD_SETTLE).await;
-            changes.borrow_and_update();
         }
     }
 
