@@ -141,12 +141,51 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
     }
 }
 
+/// The gateway's source state: git commit, plus whether src/ has
+/// uncommitted changes.
+fn source_state() -> String {
+    let root = repo_root();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--",
+                "src",
+                "Cargo.toml",
+                "Cargo.lock",
+            ])
+            .is_some_and(|s| !s.is_empty());
+            format!(
+                "commit {head}{}",
+                if dirty {
+                    " + uncommitted changes in src/"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "unknown source state".into(),
+    }
+}
+
 /// `target/release/flotilla`, rebuilt with `cargo build --release --bin
 /// flotilla` when missing or older than src/, Cargo.toml or Cargo.lock.
 /// `FLOTILLA_BIN` overrides; `FLOTILLA_BENCH_NO_BUILD=1` never builds.
-fn locate_gateway() -> Result<PathBuf, String> {
+/// Returns the binary and where it comes from, for the report.
+fn locate_gateway() -> Result<(PathBuf, String), String> {
     if let Some(bin) = std::env::var_os("FLOTILLA_BIN") {
-        return Ok(PathBuf::from(bin));
+        return Ok((PathBuf::from(bin), "FLOTILLA_BIN".into()));
     }
     let root = repo_root();
     let bin = target_dir().join("release").join("flotilla");
@@ -157,15 +196,16 @@ fn locate_gateway() -> Result<PathBuf, String> {
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let fresh = matches!((built, sources), (Some(b), Some(s)) if b >= s);
     if fresh {
-        return Ok(bin);
+        return Ok((bin, format!("built from {}", source_state())));
     }
+    let stale = || format!("OLDER than the current src/ ({})", source_state());
     if std::env::var_os("FLOTILLA_BENCH_NO_BUILD").is_some() {
         return if built.is_some() {
             log(format!(
                 "{} is older than src/ (FLOTILLA_BENCH_NO_BUILD set; using it anyway)",
                 bin.display()
             ));
-            Ok(bin)
+            Ok((bin, stale()))
         } else {
             Err(format!(
                 "{} is missing; run `cargo build --release`",
@@ -189,7 +229,7 @@ fn locate_gateway() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
     if status.success() && bin.is_file() {
-        return Ok(bin);
+        return Ok((bin, format!("built from {}", source_state())));
     }
     if built.is_some() {
         // src/ is being edited and does not build right now: measure the
@@ -198,7 +238,7 @@ fn locate_gateway() -> Result<PathBuf, String> {
             "cargo build --release --bin flotilla failed ({status}); using the older {}",
             bin.display()
         ));
-        Ok(bin)
+        Ok((bin, stale()))
     } else {
         Err(format!(
             "cargo build --release --bin flotilla failed ({status})"
@@ -393,6 +433,10 @@ struct CallResults {
     nginx_version: Option<String>,
     gateway_rss_after_kib: u64,
     protocol: String,
+    /// CPU used by processes outside this benchmark during the tools/call
+    /// rounds, in cores (0.25 = a quarter of one core).
+    foreign_cores: f64,
+    loadavg: String,
 }
 
 fn bench_calls(
@@ -483,6 +527,17 @@ fn bench_calls(
 
     let echo_pid = echo.pid();
     let n = targets.len();
+    // Everything this run owns; the rest of the machine's CPU use is interference.
+    let mut ours: Vec<i32> = vec![std::process::id() as i32, echo_pid];
+    for t in &targets {
+        ours.extend(&t.proxy_pids);
+    }
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let busy0 = procs::machine_busy_us();
+    let ours0 = procs::cpu_us_all(&ours);
+    let wall0 = Instant::now();
     for round in 0..cfg.rounds {
         log(format!("tools/call: round {}/{}", round + 1, cfg.rounds));
         // Rotate the order so no target always runs first (or last).
@@ -511,6 +566,10 @@ fn bench_calls(
             })?;
         }
     }
+    let foreign_us = procs::machine_busy_us()
+        .saturating_sub(busy0)
+        .saturating_sub(procs::cpu_us_all(&ours) - ours0);
+    let foreign_cores = foreign_us as f64 / 1e6 / wall0.elapsed().as_secs_f64();
     let gateway_rss_after_kib = procs::rss_kib(gateway.proc.pid());
     drop(gateway);
     drop(nginx);
@@ -521,6 +580,8 @@ fn bench_calls(
         nginx_version,
         gateway_rss_after_kib,
         protocol,
+        foreign_cores,
+        loadavg,
     })
 }
 
@@ -533,6 +594,8 @@ struct ListResults {
     cpu_per_list_us: f64,
     direct_p50_us: f64,
     direct_body_bytes: usize,
+    /// The same bytes as a static file from nginx: the transfer floor.
+    static_p50_us: Option<f64>,
 }
 
 fn bench_list(
@@ -606,18 +669,53 @@ fn bench_list(
             direct_body_bytes = direct.send(http).await?.len();
             direct_samples.push(start.elapsed().as_nanos() as u64);
         }
-        Ok(ListResults {
+        let results = ListResults {
             tools,
             samples: Samples(samples),
             body_bytes,
             cpu_per_list_us: cpu as f64 / cfg.list_iters as f64,
             direct_p50_us: Samples(direct_samples).pct_us(50.0),
             direct_body_bytes,
-        })
+            static_p50_us: None,
+        };
+        Ok((results, body))
     });
     drop(gateway);
     drop(echo);
-    result
+    let (mut results, body) = result?;
+
+    // The floor: the very same bytes served as a static file by nginx.
+    if let Ok(nginx) = procs::find_or_install_nginx() {
+        let root = work.join("static");
+        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        std::fs::write(root.join("tools.json"), &body).map_err(|e| e.to_string())?;
+        match procs::start_nginx_static(&nginx, work, &root) {
+            Ok((proc, port)) => {
+                let url = format!("http://127.0.0.1:{port}/tools.json");
+                let samples = rt.block_on(async {
+                    let mut samples = Vec::with_capacity(cfg.list_iters);
+                    for i in 0..cfg.list_iters + 20 {
+                        let start = Instant::now();
+                        let n = client::get_len(http, &url).await?;
+                        if n != body.len() {
+                            return Err(format!("static file: {n} bytes, expected {}", body.len()));
+                        }
+                        if i >= 20 {
+                            samples.push(start.elapsed().as_nanos() as u64);
+                        }
+                    }
+                    Ok::<_, String>(samples)
+                });
+                drop(proc);
+                match samples {
+                    Ok(s) => results.static_p50_us = Some(Samples(s).pct_us(50.0)),
+                    Err(e) => log(format!("static-file reference skipped: {e}")),
+                }
+            }
+            Err(e) => log(format!("static-file reference skipped: {e}")),
+        }
+    }
+    Ok(results)
 }
 
 // ------------------------------------------------------------ fleet scale
@@ -759,6 +857,7 @@ fn report(
     list: &ListResults,
     fleet: &mut FleetResults,
     bin: &Path,
+    provenance: &str,
 ) -> String {
     let mut md = String::new();
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
@@ -766,11 +865,15 @@ fn report(
     let _ = writeln!(md, "- Machine: {}", machine());
     let _ = writeln!(
         md,
-        "- Gateway: `{}`; upstream: rmcp {} echo server (stateless 2026-07-28, JSON responses) in its own process; \
-         gateway↔upstream protocol: {}",
-        bin.display(),
-        "3.9",
+        "- Gateway: `{}` ({provenance}); gateway↔upstream protocol: {}",
+        bin.file_name().map_or(bin.display().to_string(), |n| n
+            .to_string_lossy()
+            .into_owned()),
         calls.protocol
+    );
+    let _ = writeln!(
+        md,
+        "- Upstream: rmcp 3.9 echo server in its own process (Streamable HTTP, stateless 2026-07-28, JSON responses)"
     );
     match (&calls.nginx_version, &calls.nginx_note) {
         (_, Some(note)) => {
@@ -787,13 +890,24 @@ fn report(
     let _ = writeln!(
         md,
         "- tools/call: {} rounds x ({} sequential calls + {:.1} s closed loop at {} in flight) per target, targets interleaved; \
-         client: reqwest, raw JSON-RPC POSTs, one thread\n",
+         client: reqwest, raw JSON-RPC POSTs, one thread",
         cfg.rounds,
         cfg.seq_calls,
         cfg.load.as_secs_f64(),
         cfg.concurrency
     );
 
+    let _ = writeln!(
+        md,
+        "- Other processes' CPU use during the tools/call rounds: {:.0}% of a core (load average before: {}){}\n",
+        calls.foreign_cores * 100.0,
+        calls.loadavg,
+        if calls.foreign_cores > 0.10 {
+            " — **the machine was not idle: these figures are disturbed; rerun on an idle machine**"
+        } else {
+            ""
+        }
+    );
     let direct = calls
         .targets
         .iter()
@@ -912,12 +1026,12 @@ fn report(
     );
     let _ = writeln!(
         md,
-        "| Servers x tools | p50 | p99 | response size | gateway CPU/list | one upstream direct (50 tools) p50 |"
+        "| Servers x tools | p50 | p99 | response size | gateway CPU/list | same bytes as a static file from nginx, p50 | one upstream direct (50 tools) p50 |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         md,
-        "| {} x {} | {} | {} | {:.0} KiB ({} B) | {:.0} µs | {} ({:.1} KiB) |\n",
+        "| {} x {} | {} | {} | {:.0} KiB ({} B) | {:.0} µs | {} | {} ({:.1} KiB) |\n",
         cfg.list_servers,
         cfg.list_tools,
         ms(l50),
@@ -925,6 +1039,7 @@ fn report(
         list.body_bytes as f64 / 1024.0,
         list.body_bytes,
         list.cpu_per_list_us,
+        list.static_p50_us.map_or("—".into(), ms),
         ms(list.direct_p50_us),
         list.direct_body_bytes as f64 / 1024.0,
     );
@@ -1026,7 +1141,7 @@ fn report(
 /// `list`: tools/list over 200 servers x 50 tools, one at a time.
 fn profile(mode: &str, secs: u64) -> Result<(), String> {
     let cfg = Config::from_env();
-    let bin = locate_gateway()?;
+    let (bin, _) = locate_gateway()?;
     let work = tempfile::Builder::new()
         .prefix("flotilla-profile-")
         .tempdir()
@@ -1114,9 +1229,36 @@ fn profile(mode: &str, secs: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits (up to `limit`) for a second in which the machine's other
+/// processes use less than 10% of a core, so the figures are not disturbed.
+fn wait_idle(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let busy0 = procs::machine_busy_us();
+        let ours0 = procs::self_cpu_us();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = procs::machine_busy_us().saturating_sub(busy0);
+        let foreign = busy.saturating_sub(procs::self_cpu_us() - ours0);
+        if foreign < 100_000 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            log(format!(
+                "machine still busy ({:.0}% of a core) after {limit:?}; running anyway",
+                foreign as f64 / 10_000.0
+            ));
+            return;
+        }
+        log(format!(
+            "waiting for an idle machine ({:.0}% of a core busy)",
+            foreign as f64 / 10_000.0
+        ));
+    }
+}
+
 fn run() -> Result<(), String> {
     let cfg = Config::from_env();
-    let bin = locate_gateway()?;
+    let (bin, provenance) = locate_gateway()?;
     let work = tempfile::Builder::new()
         .prefix("flotilla-bench-")
         .tempdir()
@@ -1133,12 +1275,18 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let http = rt.block_on(async { client::http_client() });
 
+    if let Some(secs) = std::env::var("FLOTILLA_BENCH_WAIT_IDLE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        wait_idle(Duration::from_secs(secs));
+    }
     let started = Instant::now();
     let result = (|| {
         let calls = bench_calls(&cfg, &rt, &http, &bin, work.path())?;
         let list = bench_list(&cfg, &rt, &http, &bin, work.path())?;
         let mut fleet = bench_fleet(&cfg, &rt, &http, &bin, work.path())?;
-        Ok::<_, String>(report(&cfg, &calls, &list, &mut fleet, &bin))
+        Ok::<_, String>(report(&cfg, &calls, &list, &mut fleet, &bin, &provenance))
     })();
     if keep || result.is_err() {
         let path = work.keep();

@@ -153,6 +153,23 @@ pub fn reply_json(body: &[u8]) -> Result<serde_json::Value, String> {
     ))
 }
 
+/// GET `url`; returns the body length.
+pub async fn get_len(client: &reqwest::Client, url: &str) -> Result<usize, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url} -> {}", response.status()));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("reading {url}: {e}"))?;
+    Ok(body.len())
+}
+
 /// Latency samples in nanoseconds.
 #[derive(Default, Clone)]
 pub struct Samples(pub Vec<u64>);

@@ -199,6 +199,22 @@ pub fn cpu_us_all(pids: &[i32]) -> u64 {
     pids.iter().map(|&p| cpu_us(p)).sum()
 }
 
+/// Busy CPU time of the whole machine (all cores) from /proc/stat, in µs.
+pub fn machine_busy_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    busy * 1_000_000 / clock_ticks_per_sec()
+}
+
 /// Direct children of `parent` (by scanning /proc).
 pub fn children_of(parent: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -267,8 +283,12 @@ pub fn find_or_install_nginx() -> Result<PathBuf, String> {
         .map(PathBuf::from)
         .chain(
             std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
-                .unwrap_or_else(Vec::new),
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join("nginx"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
         )
         .find(|p| p.is_file())
     };
@@ -313,12 +333,57 @@ pub fn nginx_version(bin: &Path) -> String {
 /// Starts nginx as a plain keep-alive reverse proxy in front of
 /// `127.0.0.1:upstream_port`; returns it and its port.
 pub fn start_nginx(bin: &Path, dir: &Path, upstream_port: u16) -> Result<(Proc, u16), String> {
-    let prefix = dir.join("nginx");
+    let upstream = format!(
+        "upstream echo_upstream {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}"
+    );
+    let location = r#"location / {
+            proxy_pass http://echo_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }"#;
+    start_nginx_conf(bin, dir, "nginx", &upstream, location)
+}
+
+/// Starts nginx serving the files under `root` (a transfer-cost floor).
+pub fn start_nginx_static(bin: &Path, dir: &Path, root: &Path) -> Result<(Proc, u16), String> {
+    let location = format!(
+        "location / {{
+            root {};
+            default_type application/json;
+        }}",
+        root.display()
+    );
+    start_nginx_conf(bin, dir, "nginx-static", "", &location)
+}
+
+fn start_nginx_conf(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: &str,
+    location: &str,
+) -> Result<(Proc, u16), String> {
+    let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
     let port = free_port();
     let p = prefix.display();
+    // As root, workers would run as `nobody` and could not read the
+    // private temp dir; nothing here needs the privilege drop.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root;"
+    } else {
+        ""
+    };
     let conf = format!(
         r#"daemon off;
+{user}
 master_process on;
 worker_processes auto;
 pid {p}/nginx.pid;
@@ -331,22 +396,11 @@ http {{
     fastcgi_temp_path {p}/tmp/fastcgi;
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
-    upstream echo_upstream {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
+    {upstream}
     server {{
         listen 127.0.0.1:{port};
         keepalive_requests 1000000;
-        location / {{
-            proxy_pass http://echo_upstream;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_buffering off;
-            proxy_request_buffering off;
-        }}
+        {location}
     }}
 }}
 "#
@@ -360,7 +414,7 @@ http {{
         .arg(&conf_path)
         .arg("-e")
         .arg(prefix.join("error.log"));
-    let mut proc = Proc::spawn("nginx", cmd, dir)?;
+    let mut proc = Proc::spawn(name, cmd, dir)?;
     if let Err(e) = wait_port(port, Duration::from_secs(10)) {
         let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
         proc.stop();
