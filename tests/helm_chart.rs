@@ -6,50 +6,25 @@
 //! own `--set` values and asserts on the parsed manifests; nothing is shared
 //! but the read-only chart, so the tests run in parallel.
 
-use std::collections::{BTreeSet, HashMap};
+mod common;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+
+use common::{peers, repo};
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn chart() -> PathBuf {
     repo().join("charts/flotilla")
 }
 
-/// KEY=VALUE lines printed by tests/peers/install.sh (idempotent, locked).
-fn peers() -> &'static HashMap<String, String> {
-    static PEERS: OnceLock<HashMap<String, String>> = OnceLock::new();
-    PEERS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("tests/peers/install.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running tests/peers/install.sh");
-        assert!(out.status.success(), "tests/peers/install.sh failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    })
-}
-
-fn peer(key: &str) -> &'static str {
-    peers()
-        .get(key)
-        .unwrap_or_else(|| panic!("install.sh did not print {key}"))
-}
-
 /// Runs helm_render.py on the chart; Ok(stdout) or Err(stderr).
 fn helm(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(peer("PY"))
-        .arg(peer("HELM_RENDER"))
+    let out = Command::new(peers().get("PY"))
+        .arg(peers().get("HELM_RENDER"))
         .arg(chart())
         .args(args)
         .stdin(Stdio::null())
