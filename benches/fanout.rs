@@ -195,11 +195,8 @@ fn start_gateway(dir: &Path, upstream_port: u16, count: usize, family: bool) -> 
         ));
     }
     std::fs::write(dir.join("fleet.yaml"), manifests).expect("write manifests");
-    std::fs::write(
-        dir.join("config.yaml.txt"),
-        "fanOut: {maxConcurrency: 128}\n",
-    )
-    .expect("config");
+    // The gateway's defaults (fanOut.maxConcurrency 100): what a user gets.
+    std::fs::write(dir.join("config.yaml.txt"), "fanOut: {}\n").expect("config");
     let mut cmd = Command::new(gateway_binary());
     cmd.args(["serve", "--port", "0", "--manifests"])
         .arg(dir)

@@ -596,6 +596,7 @@ struct ListResults {
     direct_body_bytes: usize,
     /// The same bytes as a static file from nginx: the transfer floor.
     static_p50_us: Option<f64>,
+    foreign_cores: f64,
 }
 
 fn bench_list(
@@ -610,6 +611,7 @@ fn bench_list(
         "tools/list: {} servers x {} tools = {expected} tools",
         cfg.list_servers, cfg.list_tools
     ));
+    let interference = procs::Interference::start();
     let (echo, port) = spawn_upstream(cfg, work, "echo-list", cfg.list_servers, cfg.list_tools)?;
     let servers: Vec<(String, String)> = (0..cfg.list_servers)
         .map(|i| {
@@ -677,6 +679,7 @@ fn bench_list(
             direct_p50_us: Samples(direct_samples).pct_us(50.0),
             direct_body_bytes,
             static_p50_us: None,
+            foreign_cores: 0.0,
         };
         Ok((results, body))
     });
@@ -715,6 +718,7 @@ fn bench_list(
             Err(e) => log(format!("static-file reference skipped: {e}")),
         }
     }
+    results.foreign_cores = interference.finish();
     Ok(results)
 }
 
@@ -726,6 +730,7 @@ struct FleetResults {
     startup_cpu_ms: Vec<f64>,
     rss_base_kib: Vec<f64>,
     rss_full_kib: Vec<f64>,
+    foreign_cores: f64,
 }
 
 fn bench_fleet(
@@ -739,6 +744,7 @@ fn bench_fleet(
         "fleet: {} upstreams (startup and idle memory)",
         cfg.fleet
     ));
+    let interference = procs::Interference::start();
     let (echo, port) = spawn_upstream(cfg, work, "echo-fleet", cfg.fleet, 1)?;
     let servers: Vec<(String, String)> = (0..cfg.fleet)
         .map(|i| {
@@ -759,6 +765,7 @@ fn bench_fleet(
         startup_cpu_ms: vec![],
         rss_base_kib: vec![],
         rss_full_kib: vec![],
+        foreign_cores: 0.0,
     };
     for run in 0..cfg.fleet_runs {
         log(format!("fleet: run {}/{}", run + 1, cfg.fleet_runs));
@@ -798,6 +805,7 @@ fn bench_fleet(
         drop(gateway);
     }
     drop(echo);
+    out.foreign_cores = interference.finish();
     Ok(out)
 }
 
@@ -829,6 +837,18 @@ fn machine() -> String {
         "{cores} cores ({model}), {mem_gib:.0} GiB RAM, Linux {}, {rustc}",
         kernel.trim()
     )
+}
+
+/// The note after a section whose figures other processes disturbed.
+fn disturbed(cores: f64) -> String {
+    if cores > 0.10 {
+        format!(
+            "\n**Other processes used {:.0}% of a core during this section: its figures are disturbed; rerun on an idle machine.**\n",
+            cores * 100.0
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn ms(us: f64) -> String {
@@ -1043,6 +1063,7 @@ fn report(
         ms(list.direct_p50_us),
         list.direct_body_bytes as f64 / 1024.0,
     );
+    md.push_str(&disturbed(list.foreign_cores));
 
     let startup = median(&mut fleet.startup_s.clone());
     let base = median(&mut fleet.rss_base_kib.clone());
@@ -1071,6 +1092,7 @@ fn report(
         full / 1024.0,
     );
 
+    md.push_str(&disturbed(fleet.foreign_cores));
     let _ = writeln!(md, "### Targets\n");
     let _ = writeln!(md, "| Target | Goal | Measured | Result |");
     let _ = writeln!(md, "|---|---:|---:|---|");

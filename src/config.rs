@@ -33,7 +33,7 @@ pub struct ConfigFile {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FanOutConfig {
-    /// Instances called at once (default 16).
+    /// Instances called at once (default 100).
     pub max_concurrency: Option<usize>,
     /// Upper bound on a merged result's text, in bytes (default 102400).
     pub output_budget_bytes: Option<usize>,

@@ -262,6 +262,45 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of this process plus its children that were already waited for
+/// (utime + stime + cutime + cstime), in microseconds.
+pub fn self_total_cpu_us() -> u64 {
+    let Some(fields) = stat_fields(std::process::id() as i32) else {
+        return 0;
+    };
+    let ticks: u64 = fields[11..15]
+        .iter()
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .sum();
+    ticks * 1_000_000 / clock_ticks_per_sec()
+}
+
+/// Measures the CPU other processes use while a section runs: start it
+/// before the section spawns anything, finish it after every child it
+/// spawned was stopped (and so waited for).
+pub struct Interference {
+    busy: u64,
+    ours: u64,
+    wall: Instant,
+}
+
+impl Interference {
+    pub fn start() -> Self {
+        Self {
+            busy: machine_busy_us(),
+            ours: self_total_cpu_us(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// Other processes' CPU use, in cores (0.25 = a quarter of one core).
+    pub fn finish(&self) -> f64 {
+        let busy = machine_busy_us().saturating_sub(self.busy);
+        let ours = self_total_cpu_us().saturating_sub(self.ours);
+        busy.saturating_sub(ours) as f64 / 1e6 / self.wall.elapsed().as_secs_f64()
+    }
+}
+
 /// The benchmark's own CPU time (client side), in microseconds.
 pub fn self_cpu_us() -> u64 {
     cpu_us(std::process::id() as i32)

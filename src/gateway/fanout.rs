@@ -37,7 +37,7 @@ pub struct FanOutSettings {
 impl Default for FanOutSettings {
     fn default() -> Self {
         Self {
-            max_concurrency: 16,
+            max_concurrency: 100,
             output_budget: 100 * 1024,
             allow_destructive: false,
         }
