@@ -843,7 +843,7 @@ fn machine() -> String {
 fn disturbed(cores: f64) -> String {
     if cores > 0.10 {
         format!(
-            "\n**Other processes used {:.0}% of a core during this section: its figures are disturbed; rerun on an idle machine.**\n",
+            "**Other processes used {:.0}% of a core during this section: its figures are disturbed; rerun on an idle machine.**\n\n",
             cores * 100.0
         )
     } else {
@@ -1251,19 +1251,22 @@ fn profile(mode: &str, secs: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits (up to `limit`) for a second in which the machine's other
-/// processes use less than 10% of a core, so the figures are not disturbed.
+/// Waits (up to `limit`) until the machine's other processes used less than
+/// 10% of a core for 5 seconds in a row, so the figures are not disturbed.
 fn wait_idle(limit: Duration) {
     let deadline = Instant::now() + limit;
-    loop {
+    let mut quiet = 0;
+    while quiet < 5 {
         let busy0 = procs::machine_busy_us();
         let ours0 = procs::self_cpu_us();
         std::thread::sleep(Duration::from_secs(1));
         let busy = procs::machine_busy_us().saturating_sub(busy0);
         let foreign = busy.saturating_sub(procs::self_cpu_us() - ours0);
         if foreign < 100_000 {
-            return;
+            quiet += 1;
+            continue;
         }
+        quiet = 0;
         if Instant::now() >= deadline {
             log(format!(
                 "machine still busy ({:.0}% of a core) after {limit:?}; running anyway",

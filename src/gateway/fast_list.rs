@@ -125,14 +125,19 @@ fn response(id: &Value, mode: Mode, tools: &ToolsJson) -> Response {
             r#"{{"jsonrpc":"2.0","id":{id},"result":{{"resultType":"complete","ttlMs":0,"cacheScope":"private","tools":"#
         ),
     };
-    let mut body = Vec::with_capacity(head.len() + tools.array.len() + 2);
-    body.extend_from_slice(head.as_bytes());
-    body.extend_from_slice(&tools.array);
-    body.extend_from_slice(b"}}");
+    // Three chunks; the cached list itself is shared, never copied.
+    let chunks = [
+        Bytes::from(head),
+        tools.array.clone(),
+        Bytes::from_static(b"}}"),
+    ];
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.map(Ok::<_, std::convert::Infallible>),
+    ));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(body),
+        body,
     )
         .into_response()
 }
