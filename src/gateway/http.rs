@@ -63,18 +63,19 @@ pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: Cancellatio
 /// as it will be without waiting on a dead upstream.
 async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
     let upstreams = state.fleet.upstreams();
-    let pending: Vec<String> = upstreams
+    let healths: Vec<_> = upstreams.iter().map(|u| (u, u.health())).collect();
+    let pending: Vec<String> = healths
         .iter()
-        .filter(|u| {
-            u.health().state == ServerState::Connecting
-                && u.health().last_error.is_none()
-                && u.health().last_connected.is_none()
+        .filter(|(_, h)| {
+            h.state == ServerState::Connecting
+                && h.last_error.is_none()
+                && h.last_connected.is_none()
         })
-        .map(|u| u.name.to_string())
+        .map(|(u, _)| u.name.to_string())
         .collect();
-    let connected = upstreams
+    let connected = healths
         .iter()
-        .filter(|u| u.health().state == ServerState::Connected)
+        .filter(|(_, h)| h.state == ServerState::Connected)
         .count();
     // Readiness is about start-up: once the first complete catalog is served
     // it stays ready, so a flapping upstream never pulls the pod out of its Service.
