@@ -1,0 +1,1 @@
+//! placeholder: jwks (being written)

@@ -1,0 +1,23 @@
+//! Single sign-on. Inbound: the gateway is the MCP clients' OAuth
+//! authorization server, fronting the central OIDC provider, and it also
+//! accepts bearer JWTs from trusted issuers. Outbound: per downstream server it
+//! forwards the user's token or exchanges it (RFC 8693) at that cluster's Dex,
+//! through a token cache.
+//!
+//! Module map:
+//! - [`identity`]: who is calling ([`UserIdentity`]), shared by both sides.
+//! - [`settings`]: the `auth:` section of the config file.
+//! - [`jwks`]: JWKS discovery, caching and JWT signature checks.
+//! - [`seal`]: authenticated encryption of the gateway's own tokens.
+//! - [`server`]: the authorization-server endpoints (metadata, registration,
+//!   authorize, callback, token) and bearer validation for `/mcp`.
+//! - [`exchange`]: the RFC 8693 exchange and its cache.
+
+pub mod exchange;
+pub mod identity;
+pub mod jwks;
+pub mod seal;
+pub mod server;
+pub mod settings;
+
+pub use identity::{UserIdentity, UserKey};
