@@ -19,5 +19,6 @@ pub mod jwks;
 pub mod seal;
 pub mod server;
 pub mod settings;
+pub mod status;
 
 pub use identity::{UserIdentity, UserKey};

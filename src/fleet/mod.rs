@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use client_handler::ListKind;
-pub use connect::FailureKind;
+pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, Upstream};
 
 use crate::api::ServerState;
