@@ -1,4 +1,6 @@
-//! The `flotilla` command line: `serve`, `crd`, `validate` and `sim-cluster`.
+//! The `flotilla` command line: `serve`, `crd`, `validate`, `sim-cluster` and `auth`.
+
+pub mod auth;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -78,6 +80,12 @@ pub enum Command {
         #[arg(long, hide = true)]
         old_schema: bool,
     },
+    /// Log in to a gateway, see which servers the login reaches, log out.
+    #[command(after_long_help = auth::EXIT_CODES_HELP)]
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -146,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => crate::sim::serve_stdio(&cluster, test_tools, old_schema)
             .await
             .with_context(|| format!("simulated cluster {cluster}")),
+        Command::Auth { command } => auth::run(command).await,
     }
 }
 

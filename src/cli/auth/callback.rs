@@ -1,0 +1,415 @@
+//! The loopback redirect target (RFC 8252 §7.3): a small HTTP/1.1 listener
+//! on 127.0.0.1, port chosen by the OS, that waits for the browser to come
+//! back to `/callback`, checks `state` (and `iss`, RFC 9207), answers the tab
+//! with a short page and hands the authorization code to the login.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub(super) const CALLBACK_PATH: &str = "/callback";
+
+/// How long one connection may take to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What the redirect must carry to be this login's answer.
+#[derive(Clone, Debug)]
+pub(super) struct Expected {
+    pub state: String,
+    pub issuer: String,
+    /// The server promised `iss` on the redirect (RFC 9207), so it must be there.
+    pub issuer_required: bool,
+}
+
+/// Why a redirect is not a usable answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum CallbackError {
+    #[error("the authorization server refused the login: {error}{}", in_parens(.description))]
+    Denied {
+        error: String,
+        description: Option<String>,
+    },
+    #[error(
+        "the redirect's state does not match this login (a tab left from an earlier login, or a forged redirect)"
+    )]
+    StateMismatch,
+    #[error(
+        "the redirect comes from another authorization server than the one this login started at"
+    )]
+    IssuerMismatch,
+    #[error("the redirect carries no authorization code")]
+    MissingCode,
+}
+
+fn in_parens(text: &Option<String>) -> String {
+    text.as_deref()
+        .map(|text| format!(" ({text})"))
+        .unwrap_or_default()
+}
+
+/// Judges the query of a request to `/callback`: the code when the
+/// redirect is this login's successful answer.
+pub(super) fn callback_outcome(query: &str, expected: &Expected) -> Result<String, CallbackError> {
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let state = params.get("state");
+    if state.is_some_and(|state| *state != expected.state) {
+        return Err(CallbackError::StateMismatch);
+    }
+    // An error answer without state still ends the login: it is what the
+    // user sees in the tab, and a forged one can do no more than that.
+    if let Some(error) = params.get("error") {
+        return Err(CallbackError::Denied {
+            error: error.clone(),
+            description: params.get("error_description").cloned(),
+        });
+    }
+    if state.is_none() {
+        return Err(CallbackError::StateMismatch);
+    }
+    match params.get("iss") {
+        Some(iss) if iss.trim_end_matches('/') != expected.issuer.trim_end_matches('/') => {
+            return Err(CallbackError::IssuerMismatch);
+        }
+        None if expected.issuer_required => return Err(CallbackError::IssuerMismatch),
+        _ => {}
+    }
+    params
+        .get("code")
+        .filter(|code| !code.is_empty())
+        .cloned()
+        .ok_or(CallbackError::MissingCode)
+}
+
+/// The bound listener; the redirect URI is known before the browser opens.
+pub(super) struct CallbackListener {
+    listener: TcpListener,
+    redirect_uri: String,
+}
+
+impl CallbackListener {
+    pub async fn bind() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("cannot listen on 127.0.0.1 for the login's redirect")?;
+        let port = listener
+            .local_addr()
+            .context("cannot read the redirect listener's port")?
+            .port();
+        Ok(Self {
+            listener,
+            redirect_uri: format!("http://127.0.0.1:{port}{CALLBACK_PATH}"),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>/callback`.
+    pub fn redirect_uri(&self) -> &str {
+        &self.redirect_uri
+    }
+
+    /// Serves until a request reaches `/callback`, answers it, and returns
+    /// its outcome. Other paths get 404 (favicons); connections that send
+    /// nothing (browser preconnects) do not hold the others up.
+    pub async fn receive(self, expected: &Expected) -> Result<String, CallbackError> {
+        let (outcomes, mut outcome) = mpsc::channel(1);
+        // Dropped on return, which aborts connections still open.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        connections.spawn(serve(stream, expected.clone(), outcomes.clone()));
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "accepting a redirect connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(answer) = outcome.recv() => return answer,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// Answers one connection; reports the outcome if it was the redirect.
+async fn serve(
+    mut stream: TcpStream,
+    expected: Expected,
+    outcomes: mpsc::Sender<Result<String, CallbackError>>,
+) {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        _ => return,
+    };
+    let Some((method, target)) = request_target(&head) else {
+        let _ = respond(&mut stream, "400 Bad Request", "Bad request", "").await;
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != CALLBACK_PATH {
+        let _ = respond(&mut stream, "404 Not Found", "Not found", "").await;
+        return;
+    }
+    if method != "GET" {
+        let _ = respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "Method not allowed",
+            "",
+        )
+        .await;
+        return;
+    }
+    let outcome = callback_outcome(query, &expected);
+    let _ = match &outcome {
+        Ok(_) => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "Logged in, you can close this tab",
+                "flotilla has your login; the terminal takes it from here.",
+            )
+            .await
+        }
+        Err(error) => {
+            respond(
+                &mut stream,
+                "400 Bad Request",
+                "Login failed",
+                &format!("{error}. Run `flotilla auth login` again."),
+            )
+            .await
+        }
+    };
+    let _ = outcomes.send(outcome).await;
+}
+
+/// Reads up to the end of the request head; `None` if the peer closed first.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let read = stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&chunk[..read]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
+        }
+        if head.len() > MAX_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
+/// Method and target of the request line (`GET /callback?code=... HTTP/1.1`).
+fn request_target(head: &str) -> Option<(&str, &str)> {
+    let mut parts = head.lines().next()?.split_whitespace();
+    let method = parts.next()?;
+    let target = parts.next()?;
+    parts
+        .next()?
+        .starts_with("HTTP/")
+        .then_some((method, target))
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    title: &str,
+    detail: &str,
+) -> std::io::Result<()> {
+    let body = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>flotilla: {title}</title></head>\n\
+         <body style=\"font-family: sans-serif; margin: 3em\"><h1>{title}</h1><p>{}</p></body></html>\n",
+        escape_html(detail),
+    );
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected() -> Expected {
+        Expected {
+            state: "s-123".into(),
+            issuer: "http://127.0.0.1:8080".into(),
+            issuer_required: false,
+        }
+    }
+
+    #[test]
+    fn the_right_state_yields_the_code() {
+        assert_eq!(
+            callback_outcome("code=abc%2F1&state=s-123", &expected()),
+            Ok("abc/1".into())
+        );
+        assert_eq!(
+            callback_outcome(
+                "state=s-123&code=c&iss=http%3A%2F%2F127.0.0.1%3A8080%2F",
+                &expected()
+            ),
+            Ok("c".into())
+        );
+    }
+
+    #[test]
+    fn a_wrong_or_missing_state_is_refused() {
+        assert_eq!(
+            callback_outcome("code=abc&state=other", &expected()),
+            Err(CallbackError::StateMismatch)
+        );
+        assert_eq!(
+            callback_outcome("code=abc", &expected()),
+            Err(CallbackError::StateMismatch)
+        );
+        assert_eq!(
+            callback_outcome("error=access_denied&state=other", &expected()),
+            Err(CallbackError::StateMismatch)
+        );
+    }
+
+    #[test]
+    fn an_error_answer_is_surfaced_with_its_description() {
+        let outcome = callback_outcome(
+            "error=access_denied&error_description=User+said+no&state=s-123",
+            &expected(),
+        );
+        assert_eq!(
+            outcome,
+            Err(CallbackError::Denied {
+                error: "access_denied".into(),
+                description: Some("User said no".into()),
+            })
+        );
+        let message = outcome.unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "the authorization server refused the login: access_denied (User said no)"
+        );
+        assert!(matches!(
+            callback_outcome("error=server_error", &expected()),
+            Err(CallbackError::Denied { .. })
+        ));
+    }
+
+    #[test]
+    fn a_missing_code_or_foreign_issuer_is_refused() {
+        assert_eq!(
+            callback_outcome("state=s-123", &expected()),
+            Err(CallbackError::MissingCode)
+        );
+        assert_eq!(
+            callback_outcome("state=s-123&code=c&iss=https%3A%2F%2Fevil", &expected()),
+            Err(CallbackError::IssuerMismatch)
+        );
+        let strict = Expected {
+            issuer_required: true,
+            ..expected()
+        };
+        assert_eq!(
+            callback_outcome("state=s-123&code=c", &strict),
+            Err(CallbackError::IssuerMismatch)
+        );
+    }
+
+    #[test]
+    fn request_lines_are_split_into_method_and_target() {
+        assert_eq!(
+            request_target("GET /callback?code=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET", "/callback?code=1"))
+        );
+        assert_eq!(request_target("garbage\r\n\r\n"), None);
+        assert_eq!(request_target(""), None);
+    }
+
+    #[test]
+    fn error_pages_escape_html() {
+        assert_eq!(escape_html("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
+    }
+
+    async fn get(client: &reqwest::Client, url: String) -> (u16, String) {
+        let response = client.get(url).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_listener_answers_the_tab_and_returns_the_code() {
+        let listener = CallbackListener::bind().await.unwrap();
+        let redirect_uri = listener.redirect_uri().to_string();
+        assert!(
+            redirect_uri.starts_with("http://127.0.0.1:"),
+            "{redirect_uri}"
+        );
+        assert!(redirect_uri.ends_with("/callback"), "{redirect_uri}");
+        let waiting = tokio::spawn(async move { listener.receive(&expected()).await });
+
+        // A preconnect that never speaks must not hold up the redirect.
+        let authority = redirect_uri
+            .trim_start_matches("http://")
+            .trim_end_matches(CALLBACK_PATH);
+        let _silent = TcpStream::connect(authority).await.unwrap();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let origin = redirect_uri.trim_end_matches(CALLBACK_PATH);
+        assert_eq!(get(&client, format!("{origin}/favicon.ico")).await.0, 404);
+
+        let (status, page) =
+            get(&client, format!("{redirect_uri}?code=the-code&state=s-123")).await;
+        assert_eq!(status, 200);
+        assert!(page.contains("Logged in, you can close this tab"), "{page}");
+        assert_eq!(waiting.await.unwrap(), Ok("the-code".into()));
+    }
+
+    #[tokio::test]
+    async fn the_listener_shows_a_refusal_in_the_tab() {
+        let listener = CallbackListener::bind().await.unwrap();
+        let redirect_uri = listener.redirect_uri().to_string();
+        let waiting = tokio::spawn(async move { listener.receive(&expected()).await });
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let (status, page) = get(
+            &client,
+            format!("{redirect_uri}?error=access_denied&error_description=%3Cno%3E&state=s-123"),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(page.contains("access_denied (&lt;no&gt;)"), "{page}");
+        assert!(page.contains("flotilla auth login"), "{page}");
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(CallbackError::Denied { .. })
+        ));
+    }
+}
