@@ -1,0 +1,391 @@
+//! Who is calling `/mcp`: the `Authorization: Bearer` token is either a
+//! gateway access token (unsealed, expiry and audience checked) or a JWT of a
+//! configured trusted issuer (verified against its JWKS). A rejection becomes
+//! a 401 whose `WWW-Authenticate` points at the protected resource metadata
+//! (RFC 9728 §5.1, RFC 6750 §3). Nothing here logs or echoes a token.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::payloads::{Access, identity};
+use super::{AuthServer, Rejection, Urls};
+use crate::auth::identity::IdentitySource;
+use crate::auth::jwks::{self, JwtExpectations};
+use crate::auth::seal::{self, Purpose, SealError};
+use crate::auth::{UserIdentity, UserKey};
+use crate::source::SecretValue;
+
+pub async fn authenticate(
+    server: &AuthServer,
+    headers: &HeaderMap,
+) -> Result<Arc<UserIdentity>, Rejection> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(Rejection::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| Rejection::Invalid("the Authorization header is not ASCII".into()))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => {
+            return Err(Rejection::Invalid(
+                "the Authorization header must be `Bearer <token>`".into(),
+            ));
+        }
+    };
+    if token.is_empty() {
+        return Err(Rejection::Missing);
+    }
+    if token.starts_with(seal::PREFIX) {
+        gateway_token(server, token).map(Arc::new)
+    } else if token.split('.').count() == 3 {
+        trusted_jwt(server, token).await.map(Arc::new)
+    } else {
+        Err(Rejection::Invalid(
+            "the bearer token is neither an access token of this gateway nor a JWT: log in through the gateway".into(),
+        ))
+    }
+}
+
+fn gateway_token(server: &AuthServer, token: &str) -> Result<UserIdentity, Rejection> {
+    let access: Access = server
+        .keys
+        .unseal(Purpose::Access, token)
+        .map_err(|e| match e {
+            SealError::Expired => Rejection::Expired,
+            SealError::UnknownKey => Rejection::Invalid(
+                "the access token was sealed with a key this gateway does not have (keys rotated, or a replica without the shared auth.sealingKeyFile): log in again".into(),
+            ),
+            SealError::Invalid => Rejection::Invalid(
+                "the access token does not verify: it is not an access token of this gateway, or it was altered".into(),
+            ),
+            SealError::Malformed | SealError::Payload(_) => {
+                Rejection::Invalid("the access token is malformed".into())
+            }
+        })?;
+    if access.aud != server.urls.resource {
+        return Err(Rejection::Invalid(format!(
+            "the access token is for {}, not {}",
+            access.aud, server.urls.resource
+        )));
+    }
+    Ok(identity(
+        &access.user,
+        &access.id_token,
+        access.id_token_exp,
+    ))
+}
+
+#[derive(Deserialize)]
+struct JwtClaims {
+    iss: String,
+    sub: String,
+    exp: Option<i64>,
+    preferred_username: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+async fn trusted_jwt(server: &AuthServer, token: &str) -> Result<UserIdentity, Rejection> {
+    let issuer = jwks::unverified_issuer(token)
+        .map_err(|e| Rejection::Invalid(format!("the bearer token is not a usable JWT: {e}")))?;
+    let Some(trusted) = server.trusted_issuers.iter().find(|t| t.issuer == issuer) else {
+        let shown: String = issuer.chars().take(200).collect();
+        return Err(Rejection::Invalid(format!(
+            "JWTs from issuer {shown:?} are not accepted here: log in through the gateway, or add the issuer to auth.trustedIssuers"
+        )));
+    };
+    let expect = JwtExpectations {
+        issuer: trusted.issuer.clone(),
+        audiences: trusted.audiences.clone(),
+        jwks_uri: trusted.jwks_uri.clone(),
+    };
+    let claims: JwtClaims = server.jwks.verify(token, &expect).await.map_err(|e| {
+        if e.to_string().contains("ExpiredSignature") {
+            Rejection::Expired
+        } else {
+            Rejection::Invalid(format!("the JWT was rejected: {e}"))
+        }
+    })?;
+    Ok(UserIdentity {
+        key: UserKey {
+            issuer: claims.iss,
+            subject: claims.sub,
+        },
+        display_name: claims.preferred_username.or(claims.email).or(claims.name),
+        id_token: Some(SecretValue::new(token.to_string())),
+        expires_at: claims
+            .exp
+            .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0)),
+        source: IdentitySource::TrustedJwt,
+    })
+}
+
+/// The 401 for `/mcp`.
+pub fn unauthorized(urls: &Urls, scopes: &[String], rejection: &Rejection) -> Response {
+    let message = rejection.to_string();
+    let mut challenge = format!(r#"Bearer resource_metadata="{}""#, urls.resource_metadata);
+    if !scopes.is_empty() {
+        challenge.push_str(&format!(r#", scope="{}""#, header_safe(&scopes.join(" "))));
+    }
+    // RFC 6750 §3.1: no error code when the request carried no token at all.
+    let error = match rejection {
+        Rejection::Missing => "unauthorized",
+        Rejection::Invalid(_) | Rejection::Expired => {
+            challenge.push_str(&format!(
+                r#", error="invalid_token", error_description="{}""#,
+                header_safe(&message)
+            ));
+            "invalid_token"
+        }
+    };
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": error, "error_description": message })),
+    )
+        .into_response();
+    // header_safe leaves only visible ASCII and spaces, so this cannot fail.
+    if let Ok(value) = HeaderValue::try_from(challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Only the characters RFC 6750 allows inside a quoted auth-param.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::payloads::UserClaims;
+    use super::super::test_support;
+    use super::*;
+    use chrono::Utc;
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+        );
+        headers
+    }
+
+    fn access(aud: &str) -> Access {
+        Access {
+            user: UserClaims {
+                iss: "https://dex.example".into(),
+                sub: "alice-sub".into(),
+                name: Some("alice".into()),
+            },
+            id_token: "provider.id.token".into(),
+            id_token_exp: Utc::now().timestamp() + 3600,
+            aud: aud.into(),
+            client: "c".into(),
+            client_name: None,
+        }
+    }
+
+    fn invalid_message(result: Result<Arc<UserIdentity>, Rejection>) -> String {
+        match result {
+            Err(Rejection::Invalid(message)) => message,
+            Err(other) => panic!("expected Invalid, got {other:?}"),
+            Ok(identity) => panic!("expected a rejection, got {identity:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_access_token_names_the_user_and_carries_the_id_token() {
+        let server = test_support::server().await;
+        let token = server.keys.seal(
+            Purpose::Access,
+            &access("http://gw.test:8080/mcp"),
+            Some(Utc::now() + chrono::Duration::minutes(5)),
+        );
+        let identity = server.authenticate(&bearer(&token)).await.unwrap();
+        assert_eq!(identity.key.subject, "alice-sub");
+        assert_eq!(identity.key.issuer, "https://dex.example");
+        assert_eq!(identity.shown_name(), "alice");
+        assert_eq!(identity.source, IdentitySource::GatewayLogin);
+        assert_eq!(
+            identity.id_token.as_ref().map(|t| t.expose()),
+            Some("provider.id.token")
+        );
+        assert!(identity.expires_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn missing_garbage_expired_and_misdirected_tokens_are_rejected() {
+        let server = test_support::server().await;
+        assert!(matches!(
+            server.authenticate(&HeaderMap::new()).await,
+            Err(Rejection::Missing)
+        ));
+        let mut basic = HeaderMap::new();
+        basic.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(invalid_message(server.authenticate(&basic).await).contains("Bearer"));
+        let message = invalid_message(server.authenticate(&bearer("opaque-garbage")).await);
+        assert!(!message.contains("opaque-garbage"), "{message}");
+
+        let expired = server.keys.seal(
+            Purpose::Access,
+            &access("http://gw.test:8080/mcp"),
+            Some(Utc::now() - chrono::Duration::seconds(1)),
+        );
+        assert!(matches!(
+            server.authenticate(&bearer(&expired)).await,
+            Err(Rejection::Expired)
+        ));
+
+        let other_audience =
+            server
+                .keys
+                .seal(Purpose::Access, &access("https://other.example/mcp"), None);
+        let message = invalid_message(server.authenticate(&bearer(&other_audience)).await);
+        assert!(message.contains("other.example"), "{message}");
+
+        // A refresh token (or code) is not an access token.
+        let refresh = server
+            .keys
+            .seal(Purpose::Refresh, &access("http://gw.test:8080/mcp"), None);
+        let message = invalid_message(server.authenticate(&bearer(&refresh)).await);
+        assert!(message.contains("does not verify"), "{message}");
+
+        // Another gateway's token.
+        let foreign = crate::auth::seal::SealingKeys::ephemeral().seal(
+            Purpose::Access,
+            &access("http://gw.test:8080/mcp"),
+            None,
+        );
+        let message = invalid_message(server.authenticate(&bearer(&foreign)).await);
+        assert!(message.contains("log in again"), "{message}");
+
+        // A JWT of an issuer nobody trusts.
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256"}"#),
+            b64(r#"{"iss":"https://stranger.example","sub":"x"}"#)
+        );
+        let message = invalid_message(server.authenticate(&bearer(&jwt)).await);
+        assert!(message.contains("trustedIssuers"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn trusted_issuers_jwts_are_verified_against_their_keys() {
+        use base64::Engine as _;
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = b"a-shared-test-secret-of-some-length";
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "oct", "kid": "k1", "alg": "HS256",
+            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        }]});
+        let router = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { Json(jwks) }
+            }),
+        );
+        let keys_server = test_support::serve(router).await;
+        let mut options = test_support::options(true);
+        options.config.trusted_issuers = vec![crate::auth::settings::TrustedIssuerConfig {
+            issuer: "https://sa.example".into(),
+            audiences: vec!["flotilla".into()],
+            jwks_uri: Some(format!("{}/keys", keys_server.base)),
+        }];
+        let server = AuthServer::start(options).await.unwrap();
+        let sign = |aud: &str, exp: i64| {
+            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+            header.kid = Some("k1".into());
+            encode(
+                &header,
+                &serde_json::json!({
+                    "iss": "https://sa.example", "sub": "system:serviceaccount:ci:bot",
+                    "aud": aud, "exp": exp, "email": "bot@example.com",
+                }),
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let now = Utc::now().timestamp();
+        let token = sign("flotilla", now + 600);
+        let identity = server.authenticate(&bearer(&token)).await.unwrap();
+        assert_eq!(identity.key.subject, "system:serviceaccount:ci:bot");
+        assert_eq!(identity.display_name.as_deref(), Some("bot@example.com"));
+        assert_eq!(identity.source, IdentitySource::TrustedJwt);
+        assert_eq!(
+            identity.id_token.as_ref().map(|t| t.expose()),
+            Some(token.as_str())
+        );
+
+        let message = invalid_message(
+            server
+                .authenticate(&bearer(&sign("someone-else", now + 600)))
+                .await,
+        );
+        assert!(message.contains("rejected"), "{message}");
+        assert!(matches!(
+            server
+                .authenticate(&bearer(&sign("flotilla", now - 600)))
+                .await,
+            Err(Rejection::Expired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_401_points_at_the_resource_metadata() {
+        let server = test_support::server().await;
+        let response = server.unauthorized(&Rejection::Missing);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            challenge,
+            r#"Bearer resource_metadata="http://gw.test:8080/.well-known/oauth-protected-resource/mcp", scope="openid profile email offline_access""#
+        );
+
+        let response = server.unauthorized(&Rejection::Invalid(
+            "the \"token\" is bad\\ — really".into(),
+        ));
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.starts_with(r#"Bearer resource_metadata="http://gw.test:8080/.well-known/oauth-protected-resource/mcp""#), "{challenge}");
+        assert!(
+            challenge.ends_with(
+                r#", error="invalid_token", error_description="the 'token' is bad/ ? really""#
+            ),
+            "{challenge}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "the \"token\" is bad\\ — really");
+
+        let response = server.unauthorized(&Rejection::Expired);
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(challenge.contains("has expired"), "{challenge}");
+    }
+}
