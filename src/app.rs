@@ -10,6 +10,13 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::UserIdentity;
+use crate::auth::exchange::TokenExchanger;
+use crate::auth::jwks::JwksCache;
+use crate::auth::outbound::SsoCredentials;
+use crate::auth::server::{AuthServer, AuthServerOptions};
+use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings};
+use crate::auth::status::SsoMode;
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::gateway::{AllowedHosts, GatewaySettings, GatewayState, router};
@@ -42,6 +49,7 @@ pub struct App {
     state: Arc<GatewayState>,
     source: Source,
     allowed_hosts: AllowedHosts,
+    auth: Option<Arc<AuthServer>>,
     cancel: CancellationToken,
 }
 
@@ -80,7 +88,13 @@ impl App {
             },
             cancel.child_token(),
         );
-        let allowed_hosts = allowed_hosts(&settings, listener.local_addr()?);
+        let local = listener.local_addr()?;
+        let allowed_hosts = allowed_hosts(&settings, local);
+        let base_url = base_url(&settings, local)?;
+        let auth = match &settings.auth {
+            Some(config) => Some(start_auth(config, &base_url, &fleet).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             source,
@@ -88,9 +102,11 @@ impl App {
                 fleet,
                 GatewaySettings {
                     fan_out: settings.fan_out.clone(),
+                    endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
                 },
             ),
             allowed_hosts,
+            auth,
             cancel,
         })
     }
@@ -106,6 +122,7 @@ impl App {
             state,
             source,
             allowed_hosts,
+            auth,
             cancel,
         } = self;
         match &source {
@@ -146,7 +163,7 @@ impl App {
             tokio::spawn(writer.run(cancel.child_token()));
         }
         tokio::spawn(state.clone().run_catalog(cancel.child_token()));
-        let app = router(state, allowed_hosts, cancel.child_token());
+        let app = router(state, allowed_hosts, auth, cancel.child_token());
         let listener = listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
@@ -160,6 +177,89 @@ impl App {
         drop(source);
         Ok(())
     }
+}
+
+/// The gateway's base URL as clients reach it: `publicUrl`, else the
+/// listening address (which must then be a concrete one).
+fn base_url(settings: &ServeSettings, local: SocketAddr) -> anyhow::Result<url::Url> {
+    let text = match &settings.public_url {
+        Some(url) => url.clone(),
+        None if local.ip().is_unspecified() && settings.auth.is_some() => anyhow::bail!(
+            "auth needs publicUrl (the URL clients reach the gateway at) when binding {local}"
+        ),
+        None => format!("http://{local}"),
+    };
+    url::Url::parse(&text).with_context(|| format!("publicUrl {text:?} is not a URL"))
+}
+
+/// Starts SSO: the authorization server, the exchange cache and per-user
+/// sessions, with login warming the user's sessions.
+async fn start_auth(
+    config: &AuthConfig,
+    base_url: &url::Url,
+    fleet: &Fleet,
+) -> anyhow::Result<Arc<AuthServer>> {
+    // Requests carrying users' tokens and client secrets never follow a redirect.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client for single sign-on")?;
+    let jwks = Arc::new(JwksCache::new(http.clone()));
+    let exchanger = Arc::new(TokenExchanger::new(
+        TokenCacheSettings::from(&config.token_cache.clone().unwrap_or_default()),
+        http.clone(),
+        jwks,
+    ));
+    let sessions = fleet.enable_user_sessions(
+        Arc::new(SsoCredentials::new(exchanger)),
+        UserSessionSettings::from(&config.user_sessions.clone().unwrap_or_default()),
+    );
+    let extra_login_scopes = {
+        let fleet = fleet.clone();
+        Arc::new(move || {
+            let mut scopes: Vec<String> = fleet
+                .upstreams()
+                .iter()
+                .map(|u| u.desired())
+                .filter(|d| d.spec.sso_mode() == Some(SsoMode::Forwarded))
+                .flat_map(|d| {
+                    d.spec
+                        .auth
+                        .as_ref()
+                        .map(|a| a.required_audiences.clone())
+                        .unwrap_or_default()
+                })
+                .map(|aud| format!("audience:server:client_id:{aud}"))
+                .collect();
+            scopes.sort();
+            scopes.dedup();
+            scopes
+        })
+    };
+    let on_login = {
+        let fleet = fleet.clone();
+        Arc::new(move |user: Arc<UserIdentity>| {
+            let sso: Vec<_> = fleet
+                .upstreams()
+                .iter()
+                .map(|u| u.desired())
+                .filter(|d| d.spec.sso_mode().is_some())
+                .collect();
+            let opened = sessions.sessions_for(&user, &sso);
+            let failed = opened.iter().filter(|(_, s)| s.is_err()).count();
+            tracing::info!(user = %user.key.subject, servers = opened.len(), failed, "login: opening the user's sessions");
+        })
+    };
+    AuthServer::start(AuthServerOptions {
+        config: config.clone(),
+        public_url: base_url.clone(),
+        http,
+        extra_login_scopes,
+        on_login,
+    })
+    .await
+    .context("starting single sign-on (auth: in the config file)")
 }
 
 /// Loopback-only by default (DNS-rebinding protection); the public URL's

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use crate::auth::settings::AuthConfig;
 use crate::gateway::FanOutSettings;
 
 /// The config file (`--config`), every field optional.
@@ -27,6 +28,8 @@ pub struct ConfigFile {
     pub ping_interval_seconds: Option<u64>,
     /// Limits for family tools called on several instances.
     pub fan_out: Option<FanOutConfig>,
+    /// Single sign-on; without it `/mcp` is open (see README "SSO").
+    pub auth: Option<AuthConfig>,
 }
 
 /// `fanOut` in the config file.
@@ -47,10 +50,27 @@ impl ConfigFile {
             .with_context(|| format!("reading config file {}", path.display()))?;
         let mut config: ConfigFile = serde_yaml::from_str(&text)
             .with_context(|| format!("config file {} is invalid", path.display()))?;
-        if let (Some(dir), Some(manifests)) = (path.parent(), config.manifests.as_mut())
-            && manifests.is_relative()
-        {
-            *manifests = dir.join(&*manifests);
+        if let Some(dir) = path.parent() {
+            let relative_to_config = |file: &mut PathBuf| {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            };
+            if let Some(manifests) = config.manifests.as_mut() {
+                relative_to_config(manifests);
+            }
+            if let Some(auth) = config.auth.as_mut() {
+                if let Some(key) = auth.sealing_key_file.as_mut() {
+                    relative_to_config(key);
+                }
+                if let Some(secret) = auth
+                    .oidc
+                    .as_mut()
+                    .and_then(|o| o.client_secret_file.as_mut())
+                {
+                    relative_to_config(secret);
+                }
+            }
         }
         Ok(config)
     }
@@ -88,6 +108,7 @@ pub struct ServeSettings {
     pub allowed_hosts: Option<Vec<String>>,
     pub ping_interval: Duration,
     pub fan_out: FanOutSettings,
+    pub auth: Option<AuthConfig>,
 }
 
 impl ServeSettings {
@@ -114,6 +135,7 @@ impl ServeSettings {
         Ok(Self {
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
+            auth: file.auth,
             source,
             allowed_hosts: file.allowed_hosts,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
@@ -132,5 +154,38 @@ impl ServeSettings {
                 }
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sso_example_config_loads_with_paths_relative_to_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sso/flotilla.yaml");
+        let config = ConfigFile::load(&path).expect("examples/sso/flotilla.yaml loads");
+        let auth = config.auth.expect("auth section");
+        let dir = path.parent().unwrap();
+        assert_eq!(
+            auth.sealing_key_file,
+            Some(dir.join(".secrets/sealing-key"))
+        );
+        let oidc = auth.oidc.expect("oidc");
+        assert_eq!(
+            oidc.client_secret_file,
+            Some(dir.join(".secrets/oidc-client-secret"))
+        );
+        assert_eq!(config.manifests, Some(dir.join("fleet")));
+        assert_eq!(auth.trusted_issuers.len(), 1);
+    }
+
+    #[test]
+    fn a_misspelt_auth_field_is_named() {
+        let error = serde_yaml::from_str::<ConfigFile>("auth:\n  sealingKeyFlie: x\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("sealingKeyFlie"), "{error}");
     }
 }

@@ -255,3 +255,15 @@ pub async fn closed_loop(
         samples: all,
     })
 }
+
+impl Request {
+    /// The same request carrying `Authorization: Bearer <token>` (the SSO bench).
+    #[allow(dead_code)] // each bench binary compiles this module; only `sso` uses it
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.headers.insert(
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token is header-safe"),
+        );
+        self
+    }
+}

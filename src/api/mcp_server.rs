@@ -253,4 +253,21 @@ impl MCPServerSpec {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout.unwrap_or(30).max(1))
     }
+
+    /// How users' tokens reach this server: `None` unless `spec.auth` asks
+    /// for forwarding or exchange (no token passthrough by default).
+    pub fn sso_mode(&self) -> Option<crate::auth::status::SsoMode> {
+        use crate::auth::status::SsoMode;
+        let auth = self.auth.as_ref()?;
+        if auth.auth_type.as_deref() == Some("none") {
+            return None;
+        }
+        if auth.token_exchange.as_ref().is_some_and(|t| t.enabled) {
+            Some(SsoMode::Exchanged)
+        } else if auth.forward_token == Some(true) {
+            Some(SsoMode::Forwarded)
+        } else {
+            None
+        }
+    }
 }

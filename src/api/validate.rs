@@ -60,6 +60,33 @@ pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
             }
         }
     }
+    if spec.sso_mode().is_some() && spec.server_type != ServerType::StreamableHttp {
+        errors.push(err(
+            "spec.auth",
+            "forwardToken and tokenExchange need type streamable-http (users' tokens travel in HTTP headers)",
+        ));
+    }
+    if let Some(exchange) = spec.auth.as_ref().and_then(|a| a.token_exchange.as_ref())
+        && exchange.enabled
+    {
+        match exchange.dex_token_endpoint.as_deref().map(url::Url::parse) {
+            None => errors.push(err(
+                "spec.auth.tokenExchange.dexTokenEndpoint",
+                "is required when tokenExchange is enabled",
+            )),
+            Some(Err(e)) => errors.push(err(
+                "spec.auth.tokenExchange.dexTokenEndpoint",
+                format!("is not a valid URL: {e}"),
+            )),
+            Some(Ok(_)) => {}
+        }
+        if exchange.client_credentials_secret_ref.is_none() {
+            errors.push(err(
+                "spec.auth.tokenExchange.clientCredentialsSecretRef",
+                "is required when tokenExchange is enabled (the client the gateway authenticates as at that Dex)",
+            ));
+        }
+    }
     for (key, value) in &spec.headers {
         if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
             errors.push(err(

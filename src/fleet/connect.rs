@@ -17,6 +17,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::AsyncBufReadExt;
 
 use super::client_handler::UpstreamClient;
+use super::credential::CredentialRef;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
 use crate::api::ServerType;
@@ -95,6 +96,7 @@ impl FailureKind {
         if any(&[
             "auth required",
             "authorization required",
+            "sso: ",
             "insufficient scope",
             "http 401",
             "http 403",
@@ -173,6 +175,7 @@ pub async fn connect(
     desired: &DesiredServer,
     handler: UpstreamClient,
     http: &reqwest::Client,
+    credential: Option<&CredentialRef>,
 ) -> Result<Connected, ConnectError> {
     let timeout = desired.spec.timeout();
     let attempt = async {
@@ -180,12 +183,19 @@ pub async fn connect(
             ServerType::Sse => ClientLifecycleMode::Initialize,
             _ => auto_lifecycle(),
         };
-        match open(desired, handler.clone(), http, lifecycle).await {
+        match open(desired, handler.clone(), http, credential, lifecycle).await {
             // Some servers answer server/discover but list only handshake
             // versions (kubernetes-mcp-server does); rmcp's Auto mode treats
             // that as final, so fall back to initialize on a fresh transport.
             Err(ConnectError::OnlyHandshakeVersions) => {
-                open(desired, handler, http, ClientLifecycleMode::Initialize).await
+                open(
+                    desired,
+                    handler,
+                    http,
+                    credential,
+                    ClientLifecycleMode::Initialize,
+                )
+                .await
             }
             other => other,
         }
@@ -227,6 +237,7 @@ async fn open(
     desired: &DesiredServer,
     handler: UpstreamClient,
     http: &reqwest::Client,
+    credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
 ) -> Result<Running, ConnectError> {
     let result = match desired.spec.server_type {
@@ -248,7 +259,7 @@ async fn open(
                     .collect(),
             );
             let transport = StreamableHttpClientTransport::with_client(
-                UpstreamHttpClient::new(http.clone()),
+                UpstreamHttpClient::new(http.clone(), credential.cloned()),
                 config,
             );
             serve_client_with_lifecycle(handler, transport, lifecycle).await

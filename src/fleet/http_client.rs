@@ -4,6 +4,10 @@
 //! (which rmcp already recovers from) and as 400 from others (the TypeScript
 //! SDK's examples, `server-everything`); the wrapper turns the latter into
 //! rmcp's `SessionExpired`, so the transport re-initializes and retries once.
+//!
+//! A per-user session carries a [`CredentialRef`]: every request gets that
+//! user's current bearer token, and a 401 asks the credential for a fresh one
+//! (a re-exchange) and retries once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +21,9 @@ use rmcp::transport::streamable_http_client::{
 };
 use sse_stream::{Error as SseError, Sse};
 
+use super::credential::CredentialRef;
+use crate::source::SecretValue;
+
 /// Builds the shared reqwest client for upstream traffic.
 pub fn build_reqwest() -> reqwest::Client {
     reqwest::Client::builder()
@@ -29,15 +36,68 @@ pub fn build_reqwest() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-/// rmcp's reqwest client plus the 400-means-expired-session rule.
+/// rmcp's reqwest client plus the 400-means-expired-session rule and,
+/// for per-user sessions, the user's bearer token.
 #[derive(Clone)]
 pub struct UpstreamHttpClient {
     inner: reqwest::Client,
+    credential: Option<CredentialRef>,
 }
 
+type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
+
 impl UpstreamHttpClient {
-    pub fn new(inner: reqwest::Client) -> Self {
-        Self { inner }
+    pub fn new(inner: reqwest::Client, credential: Option<CredentialRef>) -> Self {
+        Self { inner, credential }
+    }
+
+    /// The header to send: the credential's token, else what rmcp passed.
+    async fn token(
+        &self,
+        given: Option<String>,
+    ) -> Result<(Option<String>, Option<SecretValue>), StreamableHttpError<reqwest::Error>> {
+        match &self.credential {
+            None => Ok((given, None)),
+            Some(credential) => {
+                let token = credential.bearer().await.map_err(sso_failure)?;
+                Ok((Some(token.expose().to_string()), Some(token)))
+            }
+        }
+    }
+
+    /// Sends with the current token; on a 401, once more with a fresh one.
+    async fn post_with_credential<F, Fut>(&self, auth_header: Option<String>, send: F) -> PostResult
+    where
+        F: Fn(Option<String>) -> Fut,
+        Fut: Future<Output = PostResult>,
+    {
+        let (header, token) = self.token(auth_header).await?;
+        let result = send(header).await;
+        match (&self.credential, token) {
+            (Some(credential), Some(token)) if is_unauthorized(&result) => {
+                let fresh = credential
+                    .after_rejection(&token)
+                    .await
+                    .map_err(sso_failure)?;
+                send(Some(fresh.expose().to_string())).await
+            }
+            _ => result,
+        }
+    }
+}
+
+fn sso_failure(error: super::credential::CredentialError) -> StreamableHttpError<reqwest::Error> {
+    StreamableHttpError::UnexpectedServerResponse(format!("SSO: {error}").into())
+}
+
+/// True when the server refused the request's credentials (HTTP 401).
+fn is_unauthorized<E: std::error::Error + Send + Sync + 'static>(
+    result: &Result<StreamableHttpPostResponse, StreamableHttpError<E>>,
+) -> bool {
+    match result {
+        Err(StreamableHttpError::AuthRequired(_)) => true,
+        Err(StreamableHttpError::UnexpectedServerResponse(text)) => text.contains("401"),
+        _ => false,
     }
 }
 
@@ -72,8 +132,15 @@ impl StreamableHttpClient for UpstreamHttpClient {
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let had_session = session_id.is_some();
         let result = self
-            .inner
-            .post_message(uri, message, session_id, auth_header, custom_headers)
+            .post_with_credential(auth_header, |header| {
+                self.inner.post_message(
+                    uri.clone(),
+                    message.clone(),
+                    session_id.clone(),
+                    header,
+                    custom_headers.clone(),
+                )
+            })
             .await;
         if had_session && is_session_rejection(&result) {
             return Err(StreamableHttpError::SessionExpired);
@@ -92,15 +159,16 @@ impl StreamableHttpClient for UpstreamHttpClient {
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let had_session = session_id.is_some();
         let result = self
-            .inner
-            .post_message_with_max_sse_event_size(
-                uri,
-                message,
-                session_id,
-                auth_header,
-                custom_headers,
-                max_sse_event_size,
-            )
+            .post_with_credential(auth_header, |header| {
+                self.inner.post_message_with_max_sse_event_size(
+                    uri.clone(),
+                    message.clone(),
+                    session_id.clone(),
+                    header,
+                    custom_headers.clone(),
+                    max_sse_event_size,
+                )
+            })
             .await;
         if had_session && is_session_rejection(&result) {
             return Err(StreamableHttpError::SessionExpired);
@@ -115,8 +183,9 @@ impl StreamableHttpClient for UpstreamHttpClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<(), StreamableHttpError<Self::Error>> {
+        let (header, _) = self.token(auth_header).await?;
         self.inner
-            .delete_session(uri, session_id, auth_header, custom_headers)
+            .delete_session(uri, session_id, header, custom_headers)
             .await
     }
 
@@ -128,8 +197,9 @@ impl StreamableHttpClient for UpstreamHttpClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
+        let (header, _) = self.token(auth_header).await?;
         self.inner
-            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+            .get_stream(uri, session_id, last_event_id, header, custom_headers)
             .await
     }
 
@@ -142,12 +212,13 @@ impl StreamableHttpClient for UpstreamHttpClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
+        let (header, _) = self.token(auth_header).await?;
         self.inner
             .get_stream_with_max_sse_event_size(
                 uri,
                 session_id,
                 last_event_id,
-                auth_header,
+                header,
                 custom_headers,
                 max_sse_event_size,
             )

@@ -4,9 +4,11 @@
 
 mod client_handler;
 mod connect;
+pub mod credential;
 pub mod http_client;
 mod legacy_sse;
 mod upstream;
+mod user_sessions;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use client_handler::ListKind;
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, Upstream};
+pub use user_sessions::{CredentialFactory, UserSessions};
 
 use crate::api::ServerState;
 use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};
@@ -92,6 +95,8 @@ struct FleetInner {
     http: reqwest::Client,
     settings: FleetSettings,
     cancel: CancellationToken,
+    /// Per-user sessions to SSO servers, once the gateway has auth enabled.
+    user_sessions: std::sync::OnceLock<Arc<UserSessions>>,
 }
 
 /// Cheap-to-clone handle on the running fleet.
@@ -111,8 +116,34 @@ impl Fleet {
                 http: http_client::build_reqwest(),
                 settings,
                 cancel,
+                user_sessions: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Turns on per-user sessions for SSO servers (the gateway's auth is on).
+    pub fn enable_user_sessions(
+        &self,
+        factory: Arc<dyn CredentialFactory>,
+        settings: crate::auth::settings::UserSessionSettings,
+    ) -> Arc<UserSessions> {
+        self.inner
+            .user_sessions
+            .get_or_init(|| {
+                UserSessions::new(
+                    factory,
+                    settings,
+                    self.inner.http.clone(),
+                    self.inner.settings.clone(),
+                    self.inner.changed.clone(),
+                    self.inner.cancel.child_token(),
+                )
+            })
+            .clone()
+    }
+
+    pub fn user_sessions(&self) -> Option<&Arc<UserSessions>> {
+        self.inner.user_sessions.get()
     }
 
     /// Follows a desired-state stream until cancelled, then stops every upstream.
@@ -172,12 +203,16 @@ impl Fleet {
                         self.inner.settings.clone(),
                         self.inner.changed.clone(),
                         &self.inner.cancel,
+                        None,
                     );
                     servers.insert(name.clone(), upstream);
                 }
             }
         }
         drop(servers);
+        if let Some(sessions) = self.inner.user_sessions.get() {
+            sessions.retain(desired);
+        }
         if let Ok(mut problems) = self.inner.problems.write() {
             *problems = desired.problems.clone();
         }

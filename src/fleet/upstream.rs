@@ -24,6 +24,7 @@ use super::client_handler::{
     UpstreamClient,
 };
 use super::connect::{Connected, FailureKind, connect};
+use super::credential::CredentialRef;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
@@ -82,6 +83,8 @@ pub struct Upstream {
     inflight: InflightCalls,
     changed: Arc<watch::Sender<u64>>,
     cancel: CancellationToken,
+    /// Set for a user's own session to an SSO server: that user's token.
+    credential: Option<CredentialRef>,
 }
 
 impl Upstream {
@@ -95,6 +98,7 @@ impl Upstream {
         settings: FleetSettings,
         changed: Arc<watch::Sender<u64>>,
         parent: &CancellationToken,
+        credential: Option<CredentialRef>,
     ) -> Arc<Self> {
         let upstream = Arc::new(Self {
             name: desired.name.as_str().into(),
@@ -107,9 +111,21 @@ impl Upstream {
             inflight: Default::default(),
             changed,
             cancel: parent.child_token(),
+            credential,
         });
         let auto_start = upstream.desired().spec.auto_start.unwrap_or(true);
-        if auto_start {
+        let sso = upstream.desired().spec.sso_mode();
+        if let (Some(mode), None) = (sso, &upstream.credential) {
+            // The shared entry of an SSO server never connects: each user
+            // gets their own session, with their own token.
+            upstream.set_health(
+                ServerState::AuthRequired,
+                Some(format!(
+                    "connects per user with the user's own token (SSO: {mode:?}); log in through the gateway"
+                )),
+                None,
+            );
+        } else if auto_start {
             tokio::spawn(upstream.clone().supervise(http, settings));
         } else {
             upstream.set_health(
@@ -142,6 +158,11 @@ impl Upstream {
 
     pub fn health(&self) -> Health {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The credential of a user's own session (`None` for shared sessions).
+    pub fn credential(&self) -> Option<&CredentialRef> {
+        self.credential.as_ref()
     }
 
     pub fn subscribers(&self) -> &ResourceSubscribers {
@@ -185,7 +206,7 @@ impl Upstream {
             let desired = self.desired();
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                attempt = connect(&desired, handler, &http) => attempt,
+                attempt = connect(&desired, handler, &http, self.credential.as_ref()) => attempt,
             };
             let started = Instant::now();
             let failure = match attempt {

@@ -19,6 +19,7 @@ use rmcp::service::RequestContext;
 use serde_json::{Map, Value, json};
 
 use super::state::GatewayState;
+use super::user_view::View;
 use crate::catalog::FamilyTool;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::{Caller, UpstreamError};
@@ -51,6 +52,7 @@ fn tool_error(text: String) -> CallToolResponse {
 /// Handles a `tools/call` of a folded tool.
 pub async fn call_family_tool(
     state: &GatewayState,
+    view: &View,
     route: &Arc<FamilyTool>,
     mut request: CallToolRequestParams,
     context: &RequestContext<RoleServer>,
@@ -70,7 +72,7 @@ pub async fn call_family_tool(
                 instance: Some(member.instance.as_str()),
                 ..Caller::new(context)
             };
-            match call_member(state, &member.server, request, caller).await {
+            match call_member(state, view, &member.server, request, caller).await {
                 Ok(response) => Ok(response),
                 Err(UpstreamError::Rejected(data)) => Err(data),
                 Err(error) => Ok(tool_error(error.to_string())),
@@ -100,7 +102,7 @@ pub async fn call_family_tool(
                         instance: Some(member.instance.as_str()),
                     };
                     async move {
-                        let outcome = match call_member(state, &member.server, request, caller).await
+                        let outcome = match call_member(state, view, &member.server, request, caller).await
                         {
                             Ok(CallToolResponse::Complete(result)) => Ok(result),
                             Ok(_) => Err(
@@ -125,11 +127,12 @@ pub async fn call_family_tool(
 
 async fn call_member(
     state: &GatewayState,
+    view: &View,
     server: &str,
     request: CallToolRequestParams,
     caller: Caller<'_>,
 ) -> Result<CallToolResponse, UpstreamError> {
-    let Some(upstream) = state.fleet.get(server) else {
+    let Some(upstream) = view.upstream(state, server) else {
         return Err(UpstreamError::Transport {
             server: server.to_string(),
             message: "it was removed from the fleet".into(),

@@ -21,7 +21,8 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::state::{GatewayState, ListChange};
-use super::{fanout, overview};
+use super::user_view::{View, caller};
+use super::{auth_status, fanout, overview};
 use crate::fleet::{Caller, Upstream, UpstreamError};
 
 /// Cheap-to-clone MCP handler; one per client session, all sharing state.
@@ -41,8 +42,13 @@ impl GatewayHandler {
         }
     }
 
-    fn upstream(&self, server: &str) -> Result<Arc<Upstream>, ErrorData> {
-        self.state.fleet.get(server).ok_or_else(|| {
+    /// What the caller of this request sees.
+    async fn view(&self, extensions: &rmcp::model::Extensions) -> Arc<View> {
+        self.state.view(caller(extensions).as_ref()).await
+    }
+
+    fn upstream(&self, view: &View, server: &str) -> Result<Arc<Upstream>, ErrorData> {
+        view.upstream(&self.state, server).ok_or_else(|| {
             ErrorData::internal_error(format!("server {server:?} was just removed"), None)
         })
     }
@@ -89,15 +95,17 @@ impl ServerHandler for GatewayHandler {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.state.clients.register(context.peer);
+        self.state
+            .clients
+            .register(context.peer, caller(&context.extensions));
     }
 
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let catalog = self.state.catalog();
+        let catalog = self.view(&context.extensions).await.catalog.clone();
         Ok(ListToolsResult::with_all_items(
             self.state.exposed_tools(&catalog),
         ))
@@ -108,9 +116,11 @@ impl ServerHandler for GatewayHandler {
         mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let catalog = self.state.catalog();
+        let view = self.view(&context.extensions).await;
+        let catalog = &view.catalog;
         if let Some(family_tool) = catalog.family_tool(&request.name) {
-            return fanout::call_family_tool(&self.state, family_tool, request, &context).await;
+            return fanout::call_family_tool(&self.state, &view, family_tool, request, &context)
+                .await;
         }
         if request.name == overview::TOOL_NAME {
             return Ok(CallToolResponse::Complete(overview::call(
@@ -119,6 +129,11 @@ impl ServerHandler for GatewayHandler {
             )));
         }
         let Some(route) = catalog.tool(&request.name) else {
+            if let Some(why) = auth_status::unreachable_tool(&self.state, &view, &request.name) {
+                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                    ContentBlock::text(why),
+                ])));
+            }
             return Err(ErrorData::invalid_params(
                 format!(
                     "unknown tool {:?}; call tools/list for the current names",
@@ -127,7 +142,7 @@ impl ServerHandler for GatewayHandler {
                 None,
             ));
         };
-        let upstream = self.upstream(&route.server)?;
+        let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
         match upstream.request(sent, Some(Caller::new(&context))).await {
@@ -198,20 +213,32 @@ impl ServerHandler for GatewayHandler {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(
-            self.state.catalog().resources.to_vec(),
-        ))
+        let user = caller(&context.extensions);
+        let mut resources = self
+            .view(&context.extensions)
+            .await
+            .catalog
+            .resources
+            .to_vec();
+        if user.is_some() {
+            resources.push(auth_status::resource());
+        }
+        Ok(ListResourcesResult::with_all_items(resources))
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
         Ok(ListResourceTemplatesResult::with_all_items(
-            self.state.catalog().resource_templates.to_vec(),
+            self.view(&context.extensions)
+                .await
+                .catalog
+                .resource_templates
+                .to_vec(),
         ))
     }
 
@@ -220,7 +247,16 @@ impl ServerHandler for GatewayHandler {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let upstream = self.resource_owner(&request.uri)?;
+        if request.uri == auth_status::URI {
+            let user = caller(&context.extensions);
+            let report = auth_status::report(&self.state, user.as_ref()).await;
+            return Ok(ReadResourceResponse::Complete(auth_status::contents(
+                &report,
+            )));
+        }
+        let upstream = self
+            .resource_owner(&context.extensions, &request.uri)
+            .await?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
         match upstream
             .request(sent, Some(Caller::new(&context)))
@@ -245,7 +281,9 @@ impl ServerHandler for GatewayHandler {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let upstream = self.resource_owner(&request.uri)?;
+        let upstream = self
+            .resource_owner(&context.extensions, &request.uri)
+            .await?;
         let uri = request.uri.clone();
         let sent = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
         upstream
@@ -266,7 +304,9 @@ impl ServerHandler for GatewayHandler {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let upstream = self.resource_owner(&request.uri)?;
+        let upstream = self
+            .resource_owner(&context.extensions, &request.uri)
+            .await?;
         let last_one = {
             let Ok(mut subscribers) = upstream.subscribers().lock() else {
                 return Ok(());
@@ -292,10 +332,14 @@ impl ServerHandler for GatewayHandler {
     async fn list_prompts(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
         Ok(ListPromptsResult::with_all_items(
-            self.state.catalog().prompts.to_vec(),
+            self.view(&context.extensions)
+                .await
+                .catalog
+                .prompts
+                .to_vec(),
         ))
     }
 
@@ -304,14 +348,14 @@ impl ServerHandler for GatewayHandler {
         mut request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let catalog = self.state.catalog();
-        let Some(route) = catalog.prompt(&request.name) else {
+        let view = self.view(&context.extensions).await;
+        let Some(route) = view.catalog.prompt(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown prompt {:?}", request.name),
                 None,
             ));
         };
-        let upstream = self.upstream(&route.server)?;
+        let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
         match upstream
@@ -330,17 +374,18 @@ impl ServerHandler for GatewayHandler {
         mut request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        let catalog = self.state.catalog();
+        let view = self.view(&context.extensions).await;
+        let catalog = &view.catalog;
         let upstream = match &mut request.r#ref {
             Reference::Prompt(prompt) => {
                 let Some(route) = catalog.prompt(&prompt.name) else {
                     return Ok(CompleteResult::default());
                 };
                 prompt.name = route.name.clone();
-                self.upstream(&route.server)?
+                self.upstream(&view, &route.server)?
             }
             Reference::Resource(template) => match catalog.resource_server(&template.uri) {
-                Some(server) => self.upstream(server)?,
+                Some(server) => self.upstream(&view, server)?,
                 None => return Ok(CompleteResult::default()),
             },
             _ => return Ok(CompleteResult::default()),
@@ -358,14 +403,18 @@ impl ServerHandler for GatewayHandler {
 }
 
 impl GatewayHandler {
-    fn resource_owner(&self, uri: &str) -> Result<Arc<Upstream>, ErrorData> {
-        let catalog = self.state.catalog();
-        let server = catalog.resource_server(uri).ok_or_else(|| {
+    async fn resource_owner(
+        &self,
+        extensions: &rmcp::model::Extensions,
+        uri: &str,
+    ) -> Result<Arc<Upstream>, ErrorData> {
+        let view = self.view(extensions).await;
+        let server = view.catalog.resource_server(uri).ok_or_else(|| {
             ErrorData::resource_not_found(
                 format!("no server in the fleet offers resource {uri:?}"),
                 None,
             )
         })?;
-        self.upstream(server)
+        self.upstream(&view, server)
     }
 }

@@ -1,13 +1,15 @@
 //! The HTTP surface: `/mcp` (rmcp's Streamable HTTP service: sessions for
 //! 2025 clients, stateless for 2026-07-28 ones), `/healthz`, `/readyz` and
-//! `/status`. The listener sets TCP_NODELAY on every accepted socket.
+//! `/status`, and with auth on, `/auth/status` and the authorization
+//! server's routes (`/.well-known/...`, `/oauth/...`). The listener sets TCP_NODELAY on every accepted socket.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -18,6 +20,7 @@ use super::handler::GatewayHandler;
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
 use crate::api::ServerState;
+use crate::auth::server::AuthServer;
 
 /// Which `Host` headers `/mcp` accepts (DNS-rebinding protection).
 #[derive(Clone, Debug)]
@@ -26,7 +29,12 @@ pub enum AllowedHosts {
     Only(Vec<String>),
 }
 
-pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: CancellationToken) -> Router {
+pub fn router(
+    state: Arc<GatewayState>,
+    hosts: AllowedHosts,
+    auth: Option<Arc<AuthServer>>,
+    cancel: CancellationToken,
+) -> Router {
     // JSON replies where a request produces nothing else first: no SSE framing on the hot path.
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(cancel)
@@ -47,15 +55,74 @@ pub fn router(state: Arc<GatewayState>, hosts: AllowedHosts, cancel: Cancellatio
         sessions,
         hosts,
     };
-    let mcp = Router::new()
-        .fallback_service(mcp)
-        .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list));
-    Router::new()
+    let mcp = match &auth {
+        // Each user sees their own tools: no shared tools/list fast path.
+        Some(auth) => {
+            Router::new()
+                .fallback_service(mcp)
+                .layer(axum::middleware::from_fn_with_state(
+                    auth.clone(),
+                    require_user,
+                ))
+        }
+        None => Router::new()
+            .fallback_service(mcp)
+            .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list)),
+    };
+    let routes = Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .with_state(state)
+        .route("/auth/status", get(auth_status_report))
+        .with_state(AppState {
+            gateway: state,
+            auth: auth.clone(),
+        });
+    match auth {
+        Some(auth) => routes.merge(auth.routes()),
+        None => routes,
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    gateway: Arc<GatewayState>,
+    auth: Option<Arc<AuthServer>>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<GatewayState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.gateway.clone()
+    }
+}
+
+/// `/mcp` with auth on: the bearer token must prove a user, who is handed
+/// to the MCP handler through the request's extensions.
+async fn require_user(
+    State(auth): State<Arc<AuthServer>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match auth.authenticate(request.headers()).await {
+        Ok(user) => {
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        Err(rejection) => auth.unauthorized(&rejection),
+    }
+}
+
+/// `GET /auth/status`: the caller's identity and per-server reachability.
+async fn auth_status_report(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let user = match &app.auth {
+        None => None,
+        Some(auth) => match auth.authenticate(&headers).await {
+            Ok(user) => Some(user),
+            Err(rejection) => return auth.unauthorized(&rejection),
+        },
+    };
+    Json(super::auth_status::report(&app.gateway, user.as_ref()).await).into_response()
 }
 
 /// Ready once every server that should start has finished its first

@@ -1,6 +1,7 @@
 //! The gateway: the MCP endpoint clients talk to, its HTTP routes, and the
 //! shared state (catalog snapshot, connected clients) behind them.
 
+mod auth_status;
 mod fanout;
 mod fast_list;
 mod handler;
@@ -8,6 +9,7 @@ mod http;
 mod overview;
 mod state;
 pub mod status;
+mod user_view;
 
 pub use fanout::FanOutSettings;
 pub use handler::GatewayHandler;

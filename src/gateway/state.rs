@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::fanout::FanOutSettings;
 use super::fast_list::ToolsJson;
 use super::overview;
+use super::user_view::CachedView;
+use crate::auth::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance, default_instance};
 use crate::catalog::{self, Catalog};
@@ -42,28 +44,58 @@ fn membership(server: &Arc<str>, desired: &DesiredServer) -> Option<Membership> 
     })
 }
 
+/// The shared catalog's inputs from a set of upstreams.
+pub(super) fn members(upstreams: &[Arc<crate::fleet::Upstream>]) -> Vec<Member> {
+    upstreams
+        .iter()
+        .map(|u| {
+            let desired = u.desired();
+            Member {
+                server: u.name.clone(),
+                tool_prefix: desired.spec.tool_prefix.clone(),
+                family: membership(&u.name, &desired),
+                inventory: u.inventory(),
+            }
+        })
+        .collect()
+}
+
+/// A connected client session and the user it authenticated as.
+#[derive(Clone)]
+struct Registered {
+    peer: Peer<RoleServer>,
+    user: Option<Arc<UserIdentity>>,
+}
+
 /// Connected client sessions that asked for list-change notifications.
 #[derive(Default)]
 pub struct ClientRegistry {
-    peers: Mutex<Vec<Peer<RoleServer>>>,
+    peers: Mutex<Vec<Registered>>,
 }
 
 impl ClientRegistry {
-    pub fn register(&self, peer: Peer<RoleServer>) {
+    pub fn register(&self, peer: Peer<RoleServer>, user: Option<Arc<UserIdentity>>) {
         if let Ok(mut peers) = self.peers.lock() {
-            peers.retain(|p| !p.is_transport_closed());
-            peers.push(peer);
+            peers.retain(|p| !p.peer.is_transport_closed());
+            peers.push(Registered { peer, user });
         }
     }
 
-    fn live(&self) -> Vec<Peer<RoleServer>> {
+    fn live_registrations(&self) -> Vec<Registered> {
         self.peers
             .lock()
             .map(|mut peers| {
-                peers.retain(|p| !p.is_transport_closed());
+                peers.retain(|p| !p.peer.is_transport_closed());
                 peers.clone()
             })
             .unwrap_or_default()
+    }
+
+    fn live(&self) -> Vec<Peer<RoleServer>> {
+        self.live_registrations()
+            .into_iter()
+            .map(|r| r.peer)
+            .collect()
     }
 
     pub fn count(&self) -> usize {
@@ -83,6 +115,8 @@ pub struct ListChange {
 #[derive(Clone, Debug, Default)]
 pub struct GatewaySettings {
     pub fan_out: FanOutSettings,
+    /// The MCP endpoint as clients reach it (for reports).
+    pub endpoint: String,
 }
 
 pub struct GatewayState {
@@ -101,6 +135,8 @@ pub struct GatewayState {
     built_from: std::sync::atomic::AtomicU64,
     /// The source has delivered its first complete listing.
     source_ready: std::sync::atomic::AtomicBool,
+    /// Logged-in users' views (see `user_view`), rebuilt when the fleet changes.
+    pub(super) user_views: moka::sync::Cache<UserKey, Arc<CachedView>>,
 }
 
 impl GatewayState {
@@ -115,6 +151,10 @@ impl GatewayState {
             built_from: std::sync::atomic::AtomicU64::new(u64::MAX),
             ready: std::sync::atomic::AtomicBool::new(false),
             tools_json: ArcSwap::from_pointee(ToolsJson::new(&[overview::tool()])),
+            user_views: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(900))
+                .build(),
         })
     }
 
@@ -164,20 +204,7 @@ impl GatewayState {
 
     /// Rebuilds the catalog from the fleet now; returns the new snapshot.
     pub fn rebuild(&self) -> Arc<Catalog> {
-        let members: Vec<Member> = self
-            .fleet
-            .upstreams()
-            .into_iter()
-            .map(|u| {
-                let desired = u.desired();
-                Member {
-                    server: u.name.clone(),
-                    tool_prefix: desired.spec.tool_prefix.clone(),
-                    family: membership(&u.name, &desired),
-                    inventory: u.inventory(),
-                }
-            })
-            .collect();
+        let members = members(&self.fleet.upstreams());
         let previous = self.catalog();
         let next = Arc::new(catalog::build(&members, &previous));
         for divergence in &next.divergences {
@@ -208,11 +235,42 @@ impl GatewayState {
             self.built_from
                 .store(version, std::sync::atomic::Ordering::Release);
             self.notify_changes(&previous, &next).await;
+            self.notify_user_views().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
             tokio::time::sleep(REBUILD_SETTLE).await;
+        }
+    }
+
+    /// Tells each logged-in user's sessions when their own view changed
+    /// (their SSO sessions connected, failed or changed tools).
+    async fn notify_user_views(&self) {
+        if self.fleet.user_sessions().is_none() {
+            return;
+        }
+        let mut seen = std::collections::HashMap::new();
+        for registered in self.clients.live_registrations() {
+            let Some(user) = &registered.user else {
+                continue;
+            };
+            let changed = match seen.get(&user.key) {
+                Some(changed) => *changed,
+                None => {
+                    let before = self
+                        .user_views
+                        .get(&user.key)
+                        .map(|c| c.view.catalog.clone());
+                    let after = self.view(Some(user)).await.catalog.clone();
+                    let changed = before.is_some_and(|before| before.tools != after.tools);
+                    seen.insert(user.key.clone(), changed);
+                    changed
+                }
+            };
+            if changed {
+                let _ = registered.peer.notify_tool_list_changed().await;
+            }
         }
     }
 

@@ -6,6 +6,9 @@
 //! Bad input loses nothing: a file that stops parsing keeps its last good
 //! servers, and a broken document keeps the last good version of its server,
 //! while the problem (file, document index, field) is reported.
+//!
+//! Secrets (`kind: Secret`, `apiVersion: v1`) in the directory are read too,
+//! so `headersFrom` and `clientCredentialsSecretRef` work as in a cluster.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::kubernetes::{SecretLookup, resolve_secret_refs};
 use super::{DesiredFleet, DesiredServer, ManifestProblem};
 use crate::api::{MCPServer, validate};
 
@@ -30,6 +37,9 @@ const SETTLE: Duration = Duration::from_millis(150);
 #[derive(Debug, Default, Clone)]
 pub struct ParsedFile {
     pub servers: Vec<DesiredServer>,
+    /// Secrets declared beside the servers (for `headersFrom` and
+    /// `clientCredentialsSecretRef`, as in a cluster).
+    pub secrets: Vec<Arc<Secret>>,
     pub problems: Vec<ManifestProblem>,
     /// The file as a whole could not be read or split into documents.
     pub unreadable: bool,
@@ -55,7 +65,8 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
             }
         };
         match parse_document(&doc_origin, value) {
-            Ok(Some(server)) => out.servers.push(server),
+            Ok(Some(Document::Server(server))) => out.servers.push(*server),
+            Ok(Some(Document::Secret(secret))) => out.secrets.push(Arc::new(*secret)),
             Ok(None) => {}
             Err(problem) => out.problems.push(problem),
         }
@@ -63,11 +74,17 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
     out
 }
 
+/// A document the gateway uses.
+enum Document {
+    Server(Box<DesiredServer>),
+    Secret(Box<Secret>),
+}
+
 /// Parses one document; `Ok(None)` for documents of other kinds, which are skipped.
 fn parse_document(
     origin: &str,
     value: serde_yaml::Value,
-) -> Result<Option<DesiredServer>, ManifestProblem> {
+) -> Result<Option<Document>, ManifestProblem> {
     let name = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -83,6 +100,23 @@ fn parse_document(
         .get("apiVersion")
         .and_then(|k| k.as_str())
         .unwrap_or("");
+    if kind == "Secret" && api_version == "v1" {
+        return serde_path_to_error::deserialize::<_, Secret>(value)
+            .map(|mut secret| {
+                // The API server folds stringData into data; do the same.
+                if let Some(strings) = secret.string_data.take() {
+                    let data = secret.data.get_or_insert_with(Default::default);
+                    for (key, text) in strings {
+                        data.insert(key, ByteString(text.into_bytes()));
+                    }
+                }
+                Some(Document::Secret(Box::new(secret)))
+            })
+            .map_err(|e| {
+                // The error names the field only: serde's message never quotes values here.
+                problem(format!("Secret {}: invalid", e.path()))
+            });
+    }
     if kind != "MCPServer" {
         return if kind.is_empty() {
             Err(problem("kind: is required (expected MCPServer)".into()))
@@ -119,7 +153,7 @@ fn parse_document(
     if let Some(first) = validate(&name, &server.spec).into_iter().next() {
         return Err(problem(first.to_string()));
     }
-    Ok(Some(DesiredServer {
+    Ok(Some(Document::Server(Box::new(DesiredServer {
         namespace: server
             .metadata
             .namespace
@@ -132,7 +166,7 @@ fn parse_document(
         secret_headers: Default::default(),
         client_credentials: None,
         origin: origin.to_string(),
-    }))
+    }))))
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -225,8 +259,60 @@ pub fn load_dir(dir: &Path, previous: &mut HashMap<PathBuf, ParsedFile>) -> Desi
         fleet.problems.extend(parsed.problems.iter().cloned());
         current.insert(path, parsed);
     }
+    resolve_secrets(&mut fleet, &current);
     *previous = current;
     fleet
+}
+
+/// Secrets declared in the directory, by (namespace, name).
+struct DirSecrets(HashMap<(String, String), Arc<Secret>>);
+
+impl SecretLookup for DirSecrets {
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+}
+
+/// Fills in Secret references; a server whose Secret is missing is dropped
+/// and reported, and the others are unaffected.
+fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, ParsedFile>) {
+    let secrets = DirSecrets(
+        files
+            .values()
+            .flat_map(|f| f.secrets.iter())
+            .map(|s| {
+                let namespace = s
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let name = s.metadata.name.clone().unwrap_or_default();
+                ((namespace, name), s.clone())
+            })
+            .collect(),
+    );
+    let mut broken = Vec::new();
+    for server in fleet.servers.values_mut() {
+        match resolve_secret_refs(&server.spec, &server.namespace, &secrets) {
+            Ok((headers, credentials)) => {
+                server.secret_headers = headers;
+                server.client_credentials = credentials;
+            }
+            Err(message) => broken.push(ManifestProblem {
+                origin: server.origin.clone(),
+                server: Some(server.name.clone()),
+                message,
+            }),
+        }
+    }
+    for problem in broken {
+        if let Some(name) = &problem.server {
+            fleet.servers.remove(name);
+        }
+        fleet.problems.push(problem);
+    }
 }
 
 /// A watched manifest directory publishing [`DesiredFleet`] snapshots.
@@ -325,6 +411,39 @@ spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
         let names: Vec<_> = parsed.servers.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(parsed.servers[1].spec.tool_prefix.as_deref(), Some("bee"));
+    }
+
+    #[test]
+    fn secrets_in_the_directory_resolve_references_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sso/fleet");
+        for file in ["cluster-a.yaml", "cluster-b.yaml"] {
+            std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
+        }
+        let fleet = load_dir(dir.path(), &mut HashMap::new());
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+        let exchanging = &fleet.servers["cluster-b-echo"];
+        let credentials = exchanging.client_credentials.as_ref().expect("resolved");
+        assert_eq!(credentials.client_id, "flotilla-gateway");
+        assert_eq!(
+            credentials.client_secret.expose(),
+            "example-only-cluster-b-secret"
+        );
+        assert!(!format!("{exchanging:?}").contains("example-only-cluster-b-secret"));
+        // Without the Secret, only that server is reported (by field and Secret).
+        let text = std::fs::read_to_string(dir.path().join("cluster-b.yaml")).unwrap();
+        let without = text.split("---").nth(1).unwrap().to_string();
+        std::fs::write(dir.path().join("cluster-b.yaml"), without).unwrap();
+        let fleet = load_dir(dir.path(), &mut HashMap::new());
+        assert!(fleet.servers.contains_key("cluster-a-echo"));
+        assert!(!fleet.servers.contains_key("cluster-b-echo"));
+        let problem = &fleet.problems[0];
+        assert!(
+            problem.message.starts_with(
+                "spec.auth.tokenExchange.clientCredentialsSecretRef: Secret default/cluster-b-dex-client not found"
+            ),
+            "{problem}"
+        );
     }
 
     #[test]

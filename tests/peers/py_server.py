@@ -3,8 +3,14 @@
 
 Streamable HTTP on 127.0.0.1 (only), path /mcp.
 Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [--json-response]
+         [--require-bearer ISSUER [--audience AUD] [--insecure-skip-signature]]
   --port 0 picks a free port. Readiness: once the socket is listening it prints
   exactly one line `READY http://127.0.0.1:<port>/mcp` on stdout (flushed).
+  --require-bearer ISSUER: every request to /mcp must carry `Authorization: Bearer <JWT>`
+  with iss == ISSUER, exp in the future, (with --audience) aud containing AUD, and a
+  signature by a key of ISSUER's JWKS (found via its discovery document; keys are cached,
+  an unknown kid refetches at once; skipped with --insecure-skip-signature); otherwise HTTP 401 with `WWW-Authenticate: Bearer realm="py"`.
+  GET /stats then answers {"unauthorized": n, "authorized": n} (counts of /mcp requests).
 Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str),
   slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message),
   grow(name:str) (adds tool `name` at runtime and sends tools/list_changed),
@@ -14,7 +20,12 @@ Resource: py://info (text/plain). Prompt: greet(name).
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
 import sys
+import time
+import urllib.request
 
 import anyio
 import uvicorn
@@ -71,13 +82,133 @@ def greet(name: str) -> str:
     return f"Hello, {name}!"
 
 
+class BearerGate:
+    """ASGI middleware for --require-bearer: guards /mcp, serves GET /stats."""
+
+    def __init__(self, app, issuer: str, audience: str | None, verify_signature: bool) -> None:
+        self.app = app
+        self.issuer = issuer
+        self.audience = audience
+        self.verify_signature = verify_signature
+        self.counts = {"unauthorized": 0, "authorized": 0}
+        self._jwks_client = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/stats" and scope["method"] == "GET":
+            await self._respond(send, 200, self.counts)
+            return
+        if path == "/mcp" or path.startswith("/mcp/"):
+            auth = ""
+            for name, value in scope.get("headers", []):
+                if name == b"authorization":
+                    auth = value.decode("latin-1")
+            problem = await self._check(auth)
+            if problem is not None:
+                self.counts["unauthorized"] += 1
+                print(f"py_server: 401 {scope['method']} {path}: {problem}", file=sys.stderr, flush=True)
+                await self._respond(
+                    send,
+                    401,
+                    {"error": "invalid_token", "error_description": problem},
+                    [(b"www-authenticate", b'Bearer realm="py"')],
+                )
+                return
+            self.counts["authorized"] += 1
+        await self.app(scope, receive, send)
+
+    async def _check(self, auth: str) -> str | None:
+        """None when the header carries an acceptable token, else why not."""
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return "missing bearer token"
+        parts = token.split(".")
+        if len(parts) != 3:
+            return "not a JWT"
+        try:
+            padded = parts[1] + "=" * (-len(parts[1]) % 4)
+            claims = json.loads(base64.urlsafe_b64decode(padded))
+        except (binascii.Error, ValueError):
+            return "undecodable JWT payload"
+        if not isinstance(claims, dict):
+            return "JWT payload is not an object"
+        if claims.get("iss") != self.issuer:
+            return f"iss {claims.get('iss')!r} is not {self.issuer!r}"
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or exp <= time.time():
+            return "token expired (or no exp)"
+        if self.audience is not None:
+            aud = claims.get("aud")
+            auds = aud if isinstance(aud, list) else [aud]
+            if self.audience not in auds:
+                return f"aud {aud!r} does not contain {self.audience!r}"
+        if self.verify_signature:
+            try:
+                await anyio.to_thread.run_sync(self._verify, token)
+            except Exception as err:  # noqa: BLE001 - any failure means 401
+                return f"signature: {type(err).__name__}: {err}"
+        return None
+
+    def _verify(self, token: str) -> None:
+        import jwt  # PyJWT (with cryptography), pinned in requirements.txt
+
+        if self._jwks_client is None:
+            url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            with urllib.request.urlopen(url, timeout=5) as res:
+                jwks_uri = json.load(res)["jwks_uri"]
+            # Keys are cached like a production resource server does, so an issuer
+            # outage does not reject tokens signed with keys already seen; an
+            # unknown kid refetches the JWKS at once (cooldown 0), so a restarted
+            # issuer's new key is accepted immediately.
+            self._jwks_client = jwt.PyJWKClient(
+                jwks_uri, cache_keys=True, cache_jwk_set=True, lifespan=300, timeout=5, cooldown_duration=0
+            )
+        key = self._jwks_client.get_signing_key_from_jwt(token)
+        jwt.decode(
+            token,
+            key.key,
+            algorithms=["RS256", "PS256", "ES256"],
+            issuer=self.issuer,
+            options={"verify_aud": False, "require": ["exp", "iss"]},
+        )
+
+    @staticmethod
+    async def _respond(send, status: int, body: dict, headers: list | None = None) -> None:
+        data = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    *(headers or []),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--stateless", action="store_true", help="stateless Streamable HTTP (no Mcp-Session-Id)")
     p.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
+    p.add_argument("--require-bearer", metavar="ISSUER", help="401 for /mcp requests without a valid JWT from ISSUER")
+    p.add_argument("--audience", metavar="AUD", help="with --require-bearer: the JWT aud must contain AUD")
+    p.add_argument(
+        "--insecure-skip-signature",
+        action="store_true",
+        help="with --require-bearer: check claims only, not the signature",
+    )
     args = p.parse_args()
+    if (args.audience or args.insecure_skip_signature) and not args.require_bearer:
+        p.error("--audience and --insecure-skip-signature need --require-bearer")
 
     app = mcp.streamable_http_app(
         streamable_http_path="/mcp",
@@ -85,6 +216,8 @@ async def main() -> None:
         json_response=args.json_response,
         host=args.host,
     )
+    if args.require_bearer:
+        app = BearerGate(app, args.require_bearer, args.audience, not args.insecure_skip_signature)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1))
 
     async def announce() -> None:

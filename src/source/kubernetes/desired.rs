@@ -57,16 +57,22 @@ fn secret_key(
     ))
 }
 
-/// One valid object → a desired server, resolving its Secret references.
-fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredServer, String> {
-    let name = server.name_any();
-    let namespace = server.namespace().unwrap_or_else(|| "default".into());
-    if let Some(error) = validate(&name, &server.spec).into_iter().next() {
-        return Err(error.to_string());
-    }
+/// Resolves `spec.headersFrom` and `spec.auth.tokenExchange.clientCredentialsSecretRef`
+/// against `secrets`; errors name the field, Secret and key, never a value.
+pub fn resolve_secret_refs(
+    spec: &crate::api::MCPServerSpec,
+    namespace: &str,
+    secrets: &dyn SecretLookup,
+) -> Result<
+    (
+        std::collections::BTreeMap<String, SecretValue>,
+        Option<ClientCredentials>,
+    ),
+    String,
+> {
     let mut secret_headers = std::collections::BTreeMap::new();
-    for (i, from) in server.spec.headers_from.iter().enumerate() {
-        let value = secret_key(secrets, &namespace, &from.secret_name, &from.key)
+    for (i, from) in spec.headers_from.iter().enumerate() {
+        let value = secret_key(secrets, namespace, &from.secret_name, &from.key)
             .map_err(|e| format!("spec.headersFrom[{i}]: {e}"))?;
         let value = match &from.prefix {
             Some(prefix) => SecretValue::new(format!("{prefix}{}", value.expose())),
@@ -74,8 +80,7 @@ fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredS
         };
         secret_headers.insert(from.header.clone(), value);
     }
-    let client_credentials = match server
-        .spec
+    let client_credentials = match spec
         .auth
         .as_ref()
         .and_then(|a| a.token_exchange.as_ref())
@@ -86,7 +91,7 @@ fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredS
             let ns = reference
                 .namespace
                 .clone()
-                .unwrap_or_else(|| namespace.clone());
+                .unwrap_or_else(|| namespace.to_string());
             let field = "spec.auth.tokenExchange.clientCredentialsSecretRef";
             let id_key = reference.client_id_key.as_deref().unwrap_or("client-id");
             let secret_key_name = reference
@@ -103,6 +108,18 @@ fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredS
             })
         }
     };
+    Ok((secret_headers, client_credentials))
+}
+
+/// One valid object → a desired server, resolving its Secret references.
+fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredServer, String> {
+    let name = server.name_any();
+    let namespace = server.namespace().unwrap_or_else(|| "default".into());
+    if let Some(error) = validate(&name, &server.spec).into_iter().next() {
+        return Err(error.to_string());
+    }
+    let (secret_headers, client_credentials) =
+        resolve_secret_refs(&server.spec, &namespace, secrets)?;
     Ok(DesiredServer {
         origin: origin_of(&namespace, &name),
         labels: server.labels().clone(),

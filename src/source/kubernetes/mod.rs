@@ -10,6 +10,6 @@ mod lease;
 mod status_writer;
 
 pub use controller::{KubernetesSource, SourceConfig};
-pub use desired::{SecretLookup, desired_fleet, origin_of};
+pub use desired::{SecretLookup, desired_fleet, origin_of, resolve_secret_refs};
 pub use lease::{LeaderElection, LeaseConfig};
 pub use status_writer::{LiveStatus, StatusWriter, desired_status};

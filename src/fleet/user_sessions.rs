@@ -1,0 +1,188 @@
+//! Per-user downstream sessions for SSO servers. A user's session to a server
+//! is keyed (user, server), opened on first need with that user's credential,
+//! closed after it has been idle a while, and never used for anyone else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::credential::{CredentialError, CredentialRef};
+use super::{FleetSettings, Upstream};
+use crate::api::ServerState;
+use crate::auth::settings::UserSessionSettings;
+use crate::auth::{UserIdentity, UserKey};
+use crate::source::{DesiredFleet, DesiredServer};
+
+/// Builds the credential a user's session to a server presents.
+pub trait CredentialFactory: Send + Sync {
+    fn credential(
+        &self,
+        user: &Arc<UserIdentity>,
+        server: &DesiredServer,
+    ) -> Result<CredentialRef, CredentialError>;
+}
+
+type SessionKey = (UserKey, Arc<str>);
+
+/// A user's session to one server, or why there can be none.
+pub type SessionOutcome = (Arc<str>, Result<Arc<Upstream>, CredentialError>);
+
+/// Every user's sessions to SSO servers.
+pub struct UserSessions {
+    sessions: moka::sync::Cache<SessionKey, Arc<Upstream>>,
+    factory: Arc<dyn CredentialFactory>,
+    http: reqwest::Client,
+    fleet_settings: FleetSettings,
+    settings: UserSessionSettings,
+    changed: Arc<watch::Sender<u64>>,
+    cancel: CancellationToken,
+}
+
+impl UserSessions {
+    pub(super) fn new(
+        factory: Arc<dyn CredentialFactory>,
+        settings: UserSessionSettings,
+        http: reqwest::Client,
+        fleet_settings: FleetSettings,
+        changed: Arc<watch::Sender<u64>>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let on_removal = {
+            let changed = changed.clone();
+            move |key: Arc<SessionKey>, upstream: Arc<Upstream>, cause: RemovalCause| {
+                tracing::info!(user = %key.0.subject, server = %key.1, ?cause, "closing a user's session");
+                upstream.stop();
+                changed.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        };
+        let sessions = moka::sync::Cache::builder()
+            .max_capacity(settings.max_sessions)
+            .time_to_idle(settings.idle)
+            .eviction_listener(on_removal)
+            .build();
+        let this = Arc::new(Self {
+            sessions,
+            factory,
+            http,
+            fleet_settings,
+            settings,
+            changed,
+            cancel,
+        });
+        // moka evicts lazily; sweep so idle sessions close without traffic.
+        let sweeper = Arc::downgrade(&this);
+        let cancel = this.cancel.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => match sweeper.upgrade() {
+                        Some(sessions) => sessions.sessions.run_pending_tasks(),
+                        None => break,
+                    },
+                }
+            }
+        });
+        this
+    }
+
+    /// The user's session to `server`, opened if there is none (or the
+    /// server's spec changed since it was opened).
+    pub fn session(
+        &self,
+        user: &Arc<UserIdentity>,
+        server: &DesiredServer,
+    ) -> Result<Arc<Upstream>, CredentialError> {
+        let key: SessionKey = (user.key.clone(), server.name.as_str().into());
+        if let Some(existing) = self.sessions.get(&key) {
+            if existing.desired().same_connection(server) {
+                if let Some(credential) = existing.credential() {
+                    credential.update_user(user);
+                }
+                return Ok(existing);
+            }
+            self.sessions.invalidate(&key);
+        }
+        let credential = self.factory.credential(user, server)?;
+        let entry = self.sessions.entry(key).or_insert_with(|| {
+            tracing::info!(user = %user.key.subject, server = %server.name, "opening a user's session");
+            Upstream::start(
+                server.clone(),
+                Default::default(),
+                self.http.clone(),
+                self.fleet_settings.clone(),
+                self.changed.clone(),
+                &self.cancel,
+                Some(credential),
+            )
+        });
+        Ok(entry.into_value())
+    }
+
+    /// The user's sessions to every SSO server in `servers` (opening missing
+    /// ones), with the error for each server whose session cannot exist.
+    pub fn sessions_for(
+        &self,
+        user: &Arc<UserIdentity>,
+        servers: &[Arc<DesiredServer>],
+    ) -> Vec<SessionOutcome> {
+        servers
+            .iter()
+            .map(|server| (server.name.as_str().into(), self.session(user, server)))
+            .collect()
+    }
+
+    /// Waits until each session has connected or failed once, at most the
+    /// configured warm-up time.
+    pub async fn settle(&self, upstreams: &[Arc<Upstream>]) {
+        let mut changes = self.changed.subscribe();
+        let settled = |u: &Arc<Upstream>| u.health().state != ServerState::Connecting;
+        let wait = async {
+            while !upstreams.iter().all(settled) {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.settings.warmup, wait).await;
+    }
+
+    /// Closes sessions whose server is gone or changed.
+    pub fn retain(&self, desired: &DesiredFleet) {
+        let stale: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(key, upstream)| match desired.servers.get(&*key.1) {
+                Some(want) => !upstream.desired().same_connection(want),
+                None => true,
+            })
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in stale {
+            self.sessions.invalidate(&key);
+        }
+    }
+
+    /// Closes all of one user's sessions (logout).
+    pub fn forget_user(&self, user: &UserKey) {
+        let keys: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(key, _)| key.0 == *user)
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in keys {
+            self.sessions.invalidate(&key);
+        }
+    }
+
+    /// Open sessions, all users together.
+    pub fn count(&self) -> u64 {
+        self.sessions.run_pending_tasks();
+        self.sessions.entry_count()
+    }
+}

@@ -1,0 +1,138 @@
+//! What one caller sees. Without SSO servers (or without auth) everybody
+//! sees the shared catalog. With them, a logged-in user's view replaces each
+//! SSO server's shared entry (which never connects) with that user's own
+//! session, so its tools appear once the user can reach them, and calls are
+//! routed through sessions that carry only that user's token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::auth::UserIdentity;
+use crate::catalog::Catalog;
+use crate::fleet::Upstream;
+use crate::fleet::credential::CredentialError;
+
+use super::state::GatewayState;
+
+/// The user an MCP request was authenticated as (set by the `/mcp` auth
+/// layer into the HTTP request's extensions, which rmcp hands through).
+pub fn caller(extensions: &rmcp::model::Extensions) -> Option<Arc<UserIdentity>> {
+    extensions
+        .get::<http::request::Parts>()?
+        .extensions
+        .get::<Arc<UserIdentity>>()
+        .cloned()
+}
+
+/// One caller's catalog and the upstreams behind it.
+#[derive(Clone, Default)]
+pub struct View {
+    pub catalog: Arc<Catalog>,
+    /// The caller's own sessions to SSO servers, by server name.
+    pub own: HashMap<Arc<str>, Arc<Upstream>>,
+    /// SSO servers the caller has no session to, and why.
+    pub unavailable: HashMap<Arc<str>, CredentialError>,
+}
+
+impl View {
+    /// The upstream serving `server` for this caller.
+    pub fn upstream(&self, state: &GatewayState, server: &str) -> Option<Arc<Upstream>> {
+        self.own
+            .get(server)
+            .cloned()
+            .or_else(|| state.fleet.get(server))
+    }
+}
+
+/// A user's cached view and the fleet version it was built at.
+pub(super) struct CachedView {
+    pub version: u64,
+    pub view: Arc<View>,
+}
+
+impl GatewayState {
+    /// The view of `user` (the shared one for anonymous callers).
+    pub async fn view(&self, user: Option<&Arc<UserIdentity>>) -> Arc<View> {
+        let (Some(user), Some(sessions)) = (user, self.fleet.user_sessions()) else {
+            return self.shared_view();
+        };
+        let sso: Vec<_> = self
+            .fleet
+            .upstreams()
+            .into_iter()
+            .map(|u| u.desired())
+            .filter(|d| d.spec.sso_mode().is_some())
+            .collect();
+        if sso.is_empty() {
+            return self.shared_view();
+        }
+        let opened = sessions.sessions_for(user, &sso);
+        let fresh: Vec<Arc<Upstream>> = opened
+            .iter()
+            .filter_map(|(_, s)| s.as_ref().ok())
+            .filter(|u| {
+                let health = u.health();
+                health.state == crate::api::ServerState::Connecting && health.last_error.is_none()
+            })
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            // First contact: give the user's sessions a moment, so the first
+            // tools/list already has their tools.
+            sessions.settle(&fresh).await;
+        }
+        let version = *self.fleet.changes().borrow();
+        if let Some(cached) = self.user_views.get(&user.key)
+            && cached.version == version
+        {
+            return cached.view.clone();
+        }
+        let mut own = HashMap::new();
+        let mut unavailable = HashMap::new();
+        for (server, session) in opened {
+            match session {
+                Ok(upstream) => {
+                    own.insert(server, upstream);
+                }
+                Err(error) => {
+                    unavailable.insert(server, error);
+                }
+            }
+        }
+        let previous = self
+            .user_views
+            .get(&user.key)
+            .map(|c| c.view.catalog.clone())
+            .unwrap_or_else(|| self.catalog());
+        let upstreams: Vec<Arc<Upstream>> = self
+            .fleet
+            .upstreams()
+            .into_iter()
+            .map(|shared| own.get(&shared.name).cloned().unwrap_or(shared))
+            .collect();
+        let catalog = Arc::new(crate::catalog::build(
+            &super::state::members(&upstreams),
+            &previous,
+        ));
+        let view = Arc::new(View {
+            catalog,
+            own,
+            unavailable,
+        });
+        self.user_views.insert(
+            user.key.clone(),
+            Arc::new(CachedView {
+                version,
+                view: view.clone(),
+            }),
+        );
+        view
+    }
+
+    fn shared_view(&self) -> Arc<View> {
+        Arc::new(View {
+            catalog: self.catalog(),
+            ..Default::default()
+        })
+    }
+}

@@ -1,0 +1,777 @@
+//! Single sign-on end to end, against real OpenID providers (npm
+//! `oidc-provider` v9 as the central IdP and as each cluster's Dex, whose
+//! token-exchange grant follows Dex's API), real MCP servers (the Python SDK
+//! server echoing the Authorization header it got, behind a JWT check, and
+//! `kubernetes-mcp-server` with `require_oauth`), and the gateway's own
+//! OAuth endpoints driven by a headless browser.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::idp::{
+    Idp, TEST_REDIRECT, browser_login, gateway_login, jwt_claims, pkce, query_param, token_request,
+};
+use common::*;
+use rmcp::ServiceExt as _;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+const B_SECRET: &str = "b-client-secret-7f3e9a";
+const C_SECRET: &str = "c-client-secret-41d0c2";
+const GW_SECRET: &str = "gateway-client-secret-9c1b";
+const SEALING_KEY: &str = "c2VhbGluZy1rZXktZm9yLXRlc3RzLTMyLWJ5dGVzISE=";
+
+/// The Python SDK server with extra flags; returns it and its /mcp URL.
+fn py_server_with(logs: &Path, name: &str, args: &[&str]) -> (Proc, String) {
+    let p = peers();
+    let mut cmd = Command::new(p.get("PY"));
+    cmd.arg(p.get("PY_SERVER"))
+        .arg("--port")
+        .arg("0")
+        .args(args);
+    let proc = Proc::spawn(name, cmd, logs);
+    let line = proc.wait_line("READY", Duration::from_secs(30));
+    let url = line.trim_start_matches("READY ").trim().to_string();
+    (proc, url)
+}
+
+/// Knobs of one test world.
+struct Options {
+    /// Lifetime of cluster B's exchanged tokens, and what it claims instead.
+    b_token_ttl: u64,
+    b_claimed_ttl: Option<u64>,
+    /// `auth.tokenCache` of the gateway config, as YAML flow mapping.
+    token_cache: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            b_token_ttl: 3600,
+            b_claimed_ttl: None,
+            token_cache: "{failureBackoffSeconds: 1, failureBackoffMaxSeconds: 2}",
+        }
+    }
+}
+
+/// A central IdP, two clusters' Dex, four MCP servers and a gateway.
+struct World {
+    logs: tempfile::TempDir,
+    _manifests: tempfile::TempDir,
+    central: Idp,
+    dex_b: Idp,
+    _dex_c: Idp,
+    _servers: Vec<Proc>,
+    gateway: Gateway,
+    config: std::path::PathBuf,
+}
+
+impl World {
+    fn start(options: Options) -> World {
+        let logs = tempfile::tempdir().unwrap();
+        let manifests = tempfile::tempdir().unwrap();
+        let central = Idp::central(
+            logs.path(),
+            &[
+                ("flotilla", GW_SECRET, &["http://127.0.0.1/oauth/callback"]),
+                ("direct", "", &["http://127.0.0.1/cb"]),
+            ],
+            3600,
+        );
+        let dex_b = Idp::cluster(
+            logs.path(),
+            "dex-b",
+            &central.issuer,
+            &[("flotilla-b", B_SECRET)],
+            "cluster-b",
+            options.b_token_ttl,
+            options.b_claimed_ttl,
+        );
+        let dex_c = Idp::cluster(
+            logs.path(),
+            "dex-c",
+            &central.issuer,
+            &[("flotilla-c", C_SECRET)],
+            "cluster-c",
+            3600,
+            None,
+        );
+        // Cluster A trusts the central issuer (forwarded tokens, audience cluster-a).
+        let (a, a_url) = py_server_with(
+            logs.path(),
+            "py-a",
+            &[
+                "--require-bearer",
+                &central.issuer,
+                "--audience",
+                "cluster-a",
+            ],
+        );
+        // Cluster B trusts only its own Dex.
+        let (b, b_url) = py_server_with(
+            logs.path(),
+            "py-b",
+            &["--require-bearer", &dex_b.issuer, "--audience", "cluster-b"],
+        );
+        let (plain, plain_url) = py_server_with(logs.path(), "py-plain", &[]);
+        // Cluster C: kubernetes-mcp-server validating issuer and audience.
+        let kmcp_config = logs.path().join("kmcp.toml");
+        std::fs::write(
+            &kmcp_config,
+            format!(
+                "require_oauth = true\noauth_audience = \"cluster-c\"\nauthorization_url = \"{}\"\n",
+                dex_c_issuer(&dex_c)
+            ),
+        )
+        .unwrap();
+        let kmcp_port = free_port();
+        let kmcp = kubernetes_mcp_server_with(
+            kmcp_port,
+            logs.path(),
+            &["--config", kmcp_config.to_str().unwrap()],
+        );
+        let secret = |name: &str, id: &str, secret: &str| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\nstringData:\n  client-id: {id}\n  client-secret: {secret}\n---\n"
+            )
+        };
+        let exchange = |dex: &Idp, secret: &str| {
+            format!(
+                "  auth:\n    tokenExchange:\n      enabled: true\n      dexTokenEndpoint: {}\n      connectorId: central\n      clientCredentialsSecretRef:\n        name: {secret}\n",
+                dex.token_endpoint()
+            )
+        };
+        let fleet = [
+            secret("dex-b-client", "flotilla-b", B_SECRET),
+            secret("dex-c-client", "flotilla-c", C_SECRET),
+            http_manifest(
+                "cluster-a-echo",
+                &a_url,
+                "  auth:\n    forwardToken: true\n    requiredAudiences: [cluster-a]\n",
+            ),
+            "---\n".into(),
+            http_manifest("cluster-b-echo", &b_url, &exchange(&dex_b, "dex-b-client")),
+            "---\n".into(),
+            http_manifest(
+                "cluster-c-mcp-kubernetes",
+                &format!("http://127.0.0.1:{kmcp_port}/mcp"),
+                &exchange(&dex_c, "dex-c-client"),
+            ),
+            "---\n".into(),
+            http_manifest("plain", &plain_url, ""),
+        ]
+        .concat();
+        write_manifest(manifests.path(), "fleet.yaml", &fleet);
+        let config = write_config(logs.path(), &central, options.token_cache);
+        let gateway = start_gateway(manifests.path(), logs.path(), &config, None);
+        World {
+            logs,
+            _manifests: manifests,
+            central,
+            dex_b,
+            _dex_c: dex_c,
+            _servers: vec![a, b, plain, kmcp],
+            gateway,
+            config,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway.port)
+    }
+
+    /// Every log line the gateway wrote so far.
+    fn gateway_log(&self) -> String {
+        self.gateway.proc.log_text()
+    }
+}
+
+fn dex_c_issuer(dex: &Idp) -> String {
+    dex.issuer.clone()
+}
+
+/// The gateway's config file: SSO against `central`, a shared sealing key.
+fn write_config(dir: &Path, central: &Idp, token_cache: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("oidc-secret"), GW_SECRET).unwrap();
+    std::fs::write(dir.join("sealing-key"), format!("{SEALING_KEY}\n")).unwrap();
+    let config = dir.join("flotilla.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  oidc:\n    issuer: {}\n    clientId: flotilla\n    clientSecretFile: oidc-secret\n  sealingKeyFile: sealing-key\n  allowLoopbackHttpClientMetadata: true\n  trustedIssuers:\n    - issuer: {}\n      audiences: [direct]\n  tokenCache: {token_cache}\n  userSessions: {{warmupSeconds: 10}}\n",
+            central.issuer, central.issuer
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start_gateway(
+    manifests: &Path,
+    logs: &Path,
+    config: &Path,
+    public_url: Option<&str>,
+) -> Gateway {
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    if let Some(url) = public_url {
+        args.extend(["--public-url", url]);
+    }
+    Gateway::start_with(manifests, logs, &args)
+}
+
+/// GET with an optional bearer token: (status, headers, body).
+fn blocking_get(url: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+    let url = url.to_string();
+    let token = token.map(str::to_string);
+    std::thread::spawn(move || {
+        let mut request = reqwest::blocking::Client::new().get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().unwrap_or_default())
+    })
+    .join()
+    .unwrap()
+}
+
+async fn connect_as(url: &str, token: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_string()).auth_header(token);
+    TestClient::default()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// The token a server received, as its `auth_header` tool reports it.
+async fn token_seen_by(client: &Client, tool: &str) -> String {
+    let result = call(client, tool, json!({})).await;
+    let text = text_of(&result);
+    assert_ne!(result.is_error, Some(true), "{tool}: {text}");
+    text.trim_start_matches("Bearer ").to_string()
+}
+
+fn assert_absent(log: &str, secrets: &[&str]) {
+    for secret in secrets.iter().filter(|s| s.len() > 8) {
+        assert!(
+            !log.contains(*secret),
+            "a secret ({}…) appears in the log",
+            &secret[..6]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_login_reaches_three_sso_servers_each_with_the_right_token() {
+    let world = World::start(Options::default());
+    let base = world.base();
+    // Unauthenticated: 401 pointing at the protected-resource metadata.
+    let (status, headers, _) = blocking_get(&format!("{base}/mcp"), None);
+    assert_eq!(status, 401);
+    let challenge = headers["www-authenticate"].to_str().unwrap().to_string();
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"{base}/.well-known/oauth-protected-resource"
+        )),
+        "{challenge}"
+    );
+    let (_, _, prm) = blocking_get(
+        &format!("{base}/.well-known/oauth-protected-resource/mcp"),
+        None,
+    );
+    let prm: Value = serde_json::from_str(&prm).unwrap();
+    assert_eq!(prm["resource"], format!("{base}/mcp"));
+    assert_eq!(prm["authorization_servers"][0], base);
+    let (_, _, asm) = blocking_get(
+        &format!("{base}/.well-known/oauth-authorization-server"),
+        None,
+    );
+    let asm: Value = serde_json::from_str(&asm).unwrap();
+    assert_eq!(asm["code_challenge_methods_supported"], json!(["S256"]));
+
+    let login = gateway_login(&base, "alice");
+    assert!(
+        !login.access_token.contains(world.central.issuer.as_str()),
+        "the gateway's token must not expose the provider's tokens"
+    );
+    let client = connect_as(&world.gateway.url(), &login.access_token).await;
+    let tools: Vec<String> = list_tools(&client)
+        .await
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    for expected in [
+        "x_cluster-a-echo_auth_header",
+        "x_cluster-b-echo_auth_header",
+        "x_plain_auth_header",
+    ] {
+        assert!(
+            tools.contains(&expected.to_string()),
+            "{expected} in {tools:?}"
+        );
+    }
+    assert!(
+        tools
+            .iter()
+            .any(|t| t.starts_with("x_cluster-c-mcp-kubernetes_")),
+        "kubernetes-mcp-server accepted the exchanged token: {tools:?}"
+    );
+
+    // Forwarded: the user's own ID token from the central issuer, with the audience asked for.
+    let forwarded = token_seen_by(&client, "x_cluster-a-echo_auth_header").await;
+    let claims = jwt_claims(&forwarded);
+    assert_eq!(claims["iss"], world.central.issuer.as_str());
+    assert_eq!(claims["sub"], "alice");
+    assert!(claims["aud"].to_string().contains("cluster-a"), "{claims}");
+    // Exchanged: a token from cluster B's Dex for cluster B.
+    let exchanged = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    let claims = jwt_claims(&exchanged);
+    assert_eq!(claims["iss"], world.dex_b.issuer.as_str());
+    assert_eq!(claims["sub"], "alice");
+    assert!(claims["aud"].to_string().contains("cluster-b"), "{claims}");
+    // No auth configured: no token at all.
+    assert_eq!(
+        token_seen_by(&client, "x_plain_auth_header").await,
+        "<none>"
+    );
+
+    // The agent-readable status, and the HTTP one the CLI reads.
+    let status = client
+        .peer()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new("auth://status"))
+        .await
+        .expect("auth://status");
+    let text = match &status.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let state_of = |name: &str| {
+        report["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(report["user"]["subject"], "alice");
+    assert_eq!(state_of("cluster-a-echo")["sso"], "Forwarded");
+    assert_eq!(state_of("cluster-b-echo")["sso"], "Exchanged");
+    assert_eq!(state_of("cluster-c-mcp-kubernetes")["state"], "Connected");
+    assert_eq!(state_of("plain")["sso"], Value::Null);
+
+    // A provider ID token presented directly (trusted issuer) works too.
+    let direct = direct_id_token(&world.central, "erin");
+    let erin = connect_as(&world.gateway.url(), &direct).await;
+    let seen = token_seen_by(&erin, "x_cluster-b-echo_auth_header").await;
+    assert_eq!(jwt_claims(&seen)["sub"], "erin");
+    // A bad token is refused with a reason, not a crash.
+    let (status, headers, _) = blocking_get(&format!("{base}/mcp"), Some("not-a-token"));
+    assert_eq!(status, 401);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+
+    erin.cancel().await.ok();
+    client.cancel().await.ok();
+    assert_absent(
+        &world.gateway_log(),
+        &[
+            &login.access_token,
+            &login.refresh_token,
+            &forwarded,
+            &exchanged,
+            &direct,
+            B_SECRET,
+            C_SECRET,
+            GW_SECRET,
+            SEALING_KEY,
+        ],
+    );
+}
+
+/// An ID token straight from the central provider (auth code + PKCE).
+fn direct_id_token(central: &Idp, user: &str) -> String {
+    let (verifier, challenge) = pkce();
+    let redirect = "http://127.0.0.1:9/cb";
+    let url = central.authorize_url("direct", redirect, "openid profile", "s", &challenge);
+    let landed = browser_login(&url, user, redirect);
+    let code = query_param(&landed, "code").expect("code");
+    let (status, body) = central.token_request(
+        None,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("client_id", "direct"),
+            ("code_verifier", &verifier),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    body["id_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_users_never_see_each_others_tokens_and_cost_one_exchange_each() {
+    let world = World::start(Options::default());
+    let base = world.base();
+    // 100 concurrent first calls of a new user: exactly one exchange at cluster B.
+    let carol = gateway_login(&base, "carol");
+    let client = std::sync::Arc::new(connect_as(&world.gateway.url(), &carol.access_token).await);
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(
+                async move { token_seen_by(&client, "x_cluster-b-echo_auth_header").await },
+            )
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(jwt_claims(&call.await.unwrap())["sub"], "carol");
+    }
+    let stats = world.dex_b.stats();
+    assert_eq!(stats["exchanges"]["carol|flotilla-b"], 1, "{stats}");
+
+    // Two users hammering the same server at once: every answer is their own.
+    let mut users = Vec::new();
+    for name in ["alice", "bob"] {
+        let login = gateway_login(&base, name);
+        users.push((
+            name,
+            std::sync::Arc::new(connect_as(&world.gateway.url(), &login.access_token).await),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for (name, client) in &users {
+        for worker in 0..16 {
+            let client = client.clone();
+            let name = name.to_string();
+            tasks.push(tokio::spawn(async move {
+                let tool = if worker % 2 == 0 {
+                    "x_cluster-b-echo_auth_header"
+                } else {
+                    "x_cluster-a-echo_auth_header"
+                };
+                for _ in 0..75 {
+                    let seen = token_seen_by(&client, tool).await;
+                    assert_eq!(
+                        jwt_claims(&seen)["sub"],
+                        name.as_str(),
+                        "{name} got another user's token"
+                    );
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = world.dex_b.stats();
+    assert_eq!(stats["exchanges"]["alice|flotilla-b"], 1, "{stats}");
+    assert_eq!(stats["exchanges"]["bob|flotilla-b"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_downstream_401_costs_one_reexchange_and_one_retry() {
+    // Cluster B's tokens live 3 s but claim an hour: the gateway keeps one
+    // the server then rejects.
+    let world = World::start(Options {
+        b_token_ttl: 3,
+        b_claimed_ttl: Some(3600),
+        ..Default::default()
+    });
+    let login = gateway_login(&world.base(), "alice");
+    let client = connect_as(&world.gateway.url(), &login.access_token).await;
+    let first = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_eq!(world.dex_b.stats()["exchanges"]["alice|flotilla-b"], 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_ne!(first, second, "the rejected token was replaced");
+    assert_eq!(jwt_claims(&second)["sub"], "alice");
+    let stats = world.dex_b.stats();
+    assert_eq!(
+        stats["exchanges"]["alice|flotilla-b"], 2,
+        "one re-exchange: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_leads_to_a_reexchange() {
+    // Tokens of 4 s with a 1 s safety margin: stale after 3 s.
+    let world = World::start(Options {
+        b_token_ttl: 4,
+        b_claimed_ttl: None,
+        token_cache: "{safetyMarginSeconds: 1, refreshAheadSeconds: 0}",
+    });
+    let login = gateway_login(&world.base(), "alice");
+    let client = connect_as(&world.gateway.url(), &login.access_token).await;
+    let first = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    let again = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_eq!(first, again, "cached while fresh");
+    assert_eq!(world.dex_b.stats()["exchanges"]["alice|flotilla-b"], 1);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let later = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_ne!(first, later);
+    let stats = world.dex_b.stats();
+    assert_eq!(stats["exchanges"]["alice|flotilla-b"], 2, "{stats}");
+    // No 401 was needed: the server never saw an expired token.
+    assert_eq!(stats["rejected_total"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_cluster_dex_down_cached_tokens_work_and_new_users_get_a_clear_error() {
+    let mut world = World::start(Options::default());
+    let base = world.base();
+    let alice = gateway_login(&base, "alice");
+    let client = connect_as(&world.gateway.url(), &alice.access_token).await;
+    token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    world.dex_b.stop();
+    // Alice's cached token keeps working.
+    let seen = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_eq!(jwt_claims(&seen)["sub"], "alice");
+    // Bob cannot get one: the error names the endpoint and what happened.
+    let bob = gateway_login(&base, "bob");
+    let (status, _, body) = blocking_get(&format!("{base}/auth/status"), Some(&bob.access_token));
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let line = report["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cluster-b-echo")
+        .cloned()
+        .unwrap();
+    assert_eq!(line["state"], "Failed", "{line}");
+    let reason = line["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("unreachable") && reason.contains(&world.dex_b.token_endpoint()),
+        "{reason}"
+    );
+    // Other servers are unaffected for Bob.
+    let bob_client = connect_as(&world.gateway.url(), &bob.access_token).await;
+    let seen = token_seen_by(&bob_client, "x_cluster-a-echo_auth_header").await;
+    assert_eq!(jwt_claims(&seen)["sub"], "bob");
+    let failed = call(&bob_client, "x_cluster-b-echo_auth_header", json!({})).await;
+    assert_eq!(failed.is_error, Some(true));
+    let why = text_of(&failed);
+    assert!(
+        why.contains("cluster-b-echo") && why.contains("unreachable"),
+        "{why}"
+    );
+    client.cancel().await.ok();
+    bob_client.cancel().await.ok();
+    assert_absent(
+        &world.gateway_log(),
+        &[&alice.access_token, &bob.access_token, B_SECRET],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_survives_a_restart_works_on_another_replica_and_refreshes_with_rotation() {
+    let mut world = World::start(Options::default());
+    let base = world.base();
+    let login = gateway_login(&base, "alice");
+    // A second replica with the same sealing key (behind the same public
+    // URL, as replicas behind one load balancer) accepts the same token.
+    let replica = start_gateway(
+        world._manifests.path(),
+        world.logs.path(),
+        &world.config,
+        Some(&base),
+    );
+    let (status, _, body) = blocking_get(
+        &format!("http://127.0.0.1:{}/auth/status", replica.port),
+        Some(&login.access_token),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["user"]["subject"],
+        "alice"
+    );
+    // The first one restarts: the token still works there.
+    world.gateway.proc.stop();
+    world.gateway = start_gateway(
+        world._manifests.path(),
+        world.logs.path(),
+        &world.config,
+        Some(&base),
+    );
+    let base = world.base();
+    let (status, _, _) = blocking_get(&format!("{base}/auth/status"), Some(&login.access_token));
+    assert_eq!(status, 200);
+    // Refresh: new tokens; the old refresh token is spent.
+    let refresh = |token: &str| {
+        token_request(
+            &format!("{base}/oauth/token"),
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", &login.client_id),
+            ],
+        )
+    };
+    let (status, body) = refresh(&login.refresh_token);
+    assert_eq!(status, 200, "{body}");
+    let rotated = body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rotated, login.refresh_token);
+    let (status, _, _) = blocking_get(
+        &format!("{base}/auth/status"),
+        body["access_token"].as_str(),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = refresh(&login.refresh_token);
+    assert_eq!(status, 400, "a replayed refresh token is refused: {body}");
+    assert_eq!(body["error"], "invalid_grant");
+    // PKCE plain is refused at the gateway.
+    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &login.client_id)
+        .append_pair("redirect_uri", TEST_REDIRECT)
+        .append_pair("code_challenge", "plain-challenge")
+        .append_pair("code_challenge_method", "plain")
+        .append_pair("state", "s");
+    let (status, headers, _) = blocking_get_no_redirect(authorize.as_str());
+    let location = headers
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        status == 400 || location.contains("error=invalid_request"),
+        "{status} {location}"
+    );
+}
+
+fn blocking_get_no_redirect(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let response = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().unwrap_or_default())
+    })
+    .join()
+    .unwrap()
+}
+
+/// `flotilla auth login` with the browser driven headlessly, then `status`
+/// and `logout`, as a person would run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flotilla_auth_login_status_and_logout() {
+    let world = World::start(Options::default());
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = world.gateway.url();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.arg("auth")
+            .args(args)
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .env("FLOTILLA_CONFIG_DIR", home.path())
+            .env("RUST_LOG", "debug")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        cmd
+    };
+    let mut login = cli(&["login", "--no-browser"]);
+    login
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    // Keep reading stderr to the end, so the CLI never writes into a closed pipe.
+    let stderr_text = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = String::new();
+        let mut next_is_url = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if next_is_url {
+                let _ = url_tx.send(line.clone());
+                next_is_url = false;
+            }
+            next_is_url |= line.contains("Open this URL to log in:");
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let url = url_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("login printed no URL");
+    let redirect = query_param(&url, "redirect_uri").expect("redirect_uri in the login URL");
+    browser_login(&url, "alice", &redirect);
+    let output = child.wait_with_output().unwrap();
+    let login_log = stderr_text.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "login failed: {stdout}\n{login_log}"
+    );
+    assert!(stdout.contains("as alice"), "{stdout}");
+    let stored = home.path().join("credentials.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let status = cli(&["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(text.contains("Logged in as: alice"), "{text}");
+    let line_of = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line_of("cluster-b-echo ").ends_with("Connected [SSO: Exchanged]"),
+        "{text}"
+    );
+    assert!(
+        line_of("cluster-a-echo ").ends_with("Connected [SSO: Forwarded]"),
+        "{text}"
+    );
+    assert!(
+        line_of("cluster-c-mcp-kubernetes ").ends_with("Connected [SSO: Exchanged]"),
+        "{text}"
+    );
+    assert!(line_of("plain ").ends_with("Connected"), "{text}");
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    let stderr = String::from_utf8_lossy(&status.stderr).to_string() + &login_log;
+    let saved = std::fs::read_to_string(&stored).unwrap();
+    let saved: Value = serde_json::from_str(&saved).unwrap();
+    let access = saved["endpoints"][&endpoint]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_absent(&(stderr + &text), &[&access]);
+
+    let logout = cli(&["logout"]).output().unwrap();
+    assert!(logout.status.success());
+    let after = cli(&["status"]).output().unwrap();
+    assert_eq!(after.status.code(), Some(3), "not logged in after logout");
+    assert_absent(&world.gateway_log(), &[&access]);
+}
