@@ -246,7 +246,7 @@ async fn start_auth(
                 .map(|u| u.desired())
                 .filter(|d| d.spec.sso_mode().is_some())
                 .collect();
-            let opened = sessions.sessions_for(&user, &sso);
+            let opened = sessions.sessions_for(&user, &sso, crate::fleet::Access::Use);
             let failed = opened.iter().filter(|(_, s)| s.is_err()).count();
             tracing::info!(user = %user.key.subject, servers = opened.len(), failed, "login: opening the user's sessions");
         })

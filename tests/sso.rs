@@ -7,265 +7,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::idp::{
     Idp, TEST_REDIRECT, browser_login, gateway_login, jwt_claims, pkce, query_param, token_request,
 };
+use common::sso_world::*;
 use common::*;
-use rmcp::ServiceExt as _;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
-
-const B_SECRET: &str = "b-client-secret-7f3e9a";
-const C_SECRET: &str = "c-client-secret-41d0c2";
-const GW_SECRET: &str = "gateway-client-secret-9c1b";
-const SEALING_KEY: &str = "c2VhbGluZy1rZXktZm9yLXRlc3RzLTMyLWJ5dGVzISE=";
-
-/// The Python SDK server with extra flags; returns it and its /mcp URL.
-fn py_server_with(logs: &Path, name: &str, args: &[&str]) -> (Proc, String) {
-    let p = peers();
-    let mut cmd = Command::new(p.get("PY"));
-    cmd.arg(p.get("PY_SERVER"))
-        .arg("--port")
-        .arg("0")
-        .args(args);
-    let proc = Proc::spawn(name, cmd, logs);
-    let line = proc.wait_line("READY", Duration::from_secs(30));
-    let url = line.trim_start_matches("READY ").trim().to_string();
-    (proc, url)
-}
-
-/// Knobs of one test world.
-struct Options {
-    /// Lifetime of cluster B's exchanged tokens, and what it claims instead.
-    b_token_ttl: u64,
-    b_claimed_ttl: Option<u64>,
-    /// `auth.tokenCache` of the gateway config, as YAML flow mapping.
-    token_cache: &'static str,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            b_token_ttl: 3600,
-            b_claimed_ttl: None,
-            token_cache: "{failureBackoffSeconds: 1, failureBackoffMaxSeconds: 2}",
-        }
-    }
-}
-
-/// A central IdP, two clusters' Dex, four MCP servers and a gateway.
-struct World {
-    logs: tempfile::TempDir,
-    _manifests: tempfile::TempDir,
-    central: Idp,
-    dex_b: Idp,
-    _dex_c: Idp,
-    _servers: Vec<Proc>,
-    gateway: Gateway,
-    config: std::path::PathBuf,
-}
-
-impl World {
-    fn start(options: Options) -> World {
-        let logs = tempfile::tempdir().unwrap();
-        let manifests = tempfile::tempdir().unwrap();
-        let central = Idp::central(
-            logs.path(),
-            &[
-                ("flotilla", GW_SECRET, &["http://127.0.0.1/oauth/callback"]),
-                ("direct", "", &["http://127.0.0.1/cb"]),
-            ],
-            3600,
-        );
-        let dex_b = Idp::cluster(
-            logs.path(),
-            "dex-b",
-            &central.issuer,
-            &[("flotilla-b", B_SECRET)],
-            "cluster-b",
-            options.b_token_ttl,
-            options.b_claimed_ttl,
-        );
-        let dex_c = Idp::cluster(
-            logs.path(),
-            "dex-c",
-            &central.issuer,
-            &[("flotilla-c", C_SECRET)],
-            "cluster-c",
-            3600,
-            None,
-        );
-        // Cluster A trusts the central issuer (forwarded tokens, audience cluster-a).
-        let (a, a_url) = py_server_with(
-            logs.path(),
-            "py-a",
-            &[
-                "--require-bearer",
-                &central.issuer,
-                "--audience",
-                "cluster-a",
-            ],
-        );
-        // Cluster B trusts only its own Dex.
-        let (b, b_url) = py_server_with(
-            logs.path(),
-            "py-b",
-            &["--require-bearer", &dex_b.issuer, "--audience", "cluster-b"],
-        );
-        let (plain, plain_url) = py_server_with(logs.path(), "py-plain", &[]);
-        // Cluster C: kubernetes-mcp-server validating issuer and audience.
-        let kmcp_config = logs.path().join("kmcp.toml");
-        std::fs::write(
-            &kmcp_config,
-            format!(
-                "require_oauth = true\noauth_audience = \"cluster-c\"\nauthorization_url = \"{}\"\n",
-                dex_c_issuer(&dex_c)
-            ),
-        )
-        .unwrap();
-        let kmcp_port = free_port();
-        let kmcp = kubernetes_mcp_server_with(
-            kmcp_port,
-            logs.path(),
-            &["--config", kmcp_config.to_str().unwrap()],
-        );
-        let secret = |name: &str, id: &str, secret: &str| {
-            format!(
-                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\nstringData:\n  client-id: {id}\n  client-secret: {secret}\n---\n"
-            )
-        };
-        let exchange = |dex: &Idp, secret: &str| {
-            format!(
-                "  auth:\n    tokenExchange:\n      enabled: true\n      dexTokenEndpoint: {}\n      connectorId: central\n      clientCredentialsSecretRef:\n        name: {secret}\n",
-                dex.token_endpoint()
-            )
-        };
-        let fleet = [
-            secret("dex-b-client", "flotilla-b", B_SECRET),
-            secret("dex-c-client", "flotilla-c", C_SECRET),
-            http_manifest(
-                "cluster-a-echo",
-                &a_url,
-                "  auth:\n    forwardToken: true\n    requiredAudiences: [cluster-a]\n",
-            ),
-            "---\n".into(),
-            http_manifest("cluster-b-echo", &b_url, &exchange(&dex_b, "dex-b-client")),
-            "---\n".into(),
-            http_manifest(
-                "cluster-c-mcp-kubernetes",
-                &format!("http://127.0.0.1:{kmcp_port}/mcp"),
-                &exchange(&dex_c, "dex-c-client"),
-            ),
-            "---\n".into(),
-            http_manifest("plain", &plain_url, ""),
-        ]
-        .concat();
-        write_manifest(manifests.path(), "fleet.yaml", &fleet);
-        let config = write_config(logs.path(), &central, options.token_cache);
-        let gateway = start_gateway(manifests.path(), logs.path(), &config, None);
-        World {
-            logs,
-            _manifests: manifests,
-            central,
-            dex_b,
-            _dex_c: dex_c,
-            _servers: vec![a, b, plain, kmcp],
-            gateway,
-            config,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.gateway.port)
-    }
-
-    /// Every log line the gateway wrote so far.
-    fn gateway_log(&self) -> String {
-        self.gateway.proc.log_text()
-    }
-}
-
-fn dex_c_issuer(dex: &Idp) -> String {
-    dex.issuer.clone()
-}
-
-/// The gateway's config file: SSO against `central`, a shared sealing key.
-fn write_config(dir: &Path, central: &Idp, token_cache: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("oidc-secret"), GW_SECRET).unwrap();
-    std::fs::write(dir.join("sealing-key"), format!("{SEALING_KEY}\n")).unwrap();
-    let config = dir.join("flotilla.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "auth:\n  oidc:\n    issuer: {}\n    clientId: flotilla\n    clientSecretFile: oidc-secret\n  sealingKeyFile: sealing-key\n  allowLoopbackHttpClientMetadata: true\n  trustedIssuers:\n    - issuer: {}\n      audiences: [direct]\n  tokenCache: {token_cache}\n  userSessions: {{warmupSeconds: 10}}\n",
-            central.issuer, central.issuer
-        ),
-    )
-    .unwrap();
-    config
-}
-
-fn start_gateway(
-    manifests: &Path,
-    logs: &Path,
-    config: &Path,
-    public_url: Option<&str>,
-) -> Gateway {
-    let mut args = vec!["--config", config.to_str().unwrap()];
-    if let Some(url) = public_url {
-        args.extend(["--public-url", url]);
-    }
-    Gateway::start_with(manifests, logs, &args)
-}
-
-/// GET with an optional bearer token: (status, headers, body).
-fn blocking_get(url: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
-    let url = url.to_string();
-    let token = token.map(str::to_string);
-    std::thread::spawn(move || {
-        let mut request = reqwest::blocking::Client::new().get(&url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        (status, headers, response.text().unwrap_or_default())
-    })
-    .join()
-    .unwrap()
-}
-
-async fn connect_as(url: &str, token: &str) -> Client {
-    let config = StreamableHttpClientTransportConfig::with_uri(url.to_string()).auth_header(token);
-    TestClient::default()
-        .serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
-
-/// The token a server received, as its `auth_header` tool reports it.
-async fn token_seen_by(client: &Client, tool: &str) -> String {
-    let result = call(client, tool, json!({})).await;
-    let text = text_of(&result);
-    assert_ne!(result.is_error, Some(true), "{tool}: {text}");
-    text.trim_start_matches("Bearer ").to_string()
-}
-
-fn assert_absent(log: &str, secrets: &[&str]) {
-    for secret in secrets.iter().filter(|s| s.len() > 8) {
-        assert!(
-            !log.contains(*secret),
-            "a secret ({}…) appears in the log",
-            &secret[..6]
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_login_reaches_three_sso_servers_each_with_the_right_token() {
@@ -512,6 +262,7 @@ async fn expiry_leads_to_a_reexchange() {
         b_token_ttl: 4,
         b_claimed_ttl: None,
         token_cache: "{safetyMarginSeconds: 1, refreshAheadSeconds: 0}",
+        ..Default::default()
     });
     let login = gateway_login(&world.base(), "alice");
     let client = connect_as(&world.gateway.url(), &login.access_token).await;
@@ -584,7 +335,7 @@ async fn a_login_survives_a_restart_works_on_another_replica_and_refreshes_with_
     // A second replica with the same sealing key (behind the same public
     // URL, as replicas behind one load balancer) accepts the same token.
     let replica = start_gateway(
-        world._manifests.path(),
+        world.manifests.path(),
         world.logs.path(),
         &world.config,
         Some(&base),
@@ -601,7 +352,7 @@ async fn a_login_survives_a_restart_works_on_another_replica_and_refreshes_with_
     // The first one restarts: the token still works there.
     world.gateway.proc.stop();
     world.gateway = start_gateway(
-        world._manifests.path(),
+        world.manifests.path(),
         world.logs.path(),
         &world.config,
         Some(&base),
@@ -769,9 +520,151 @@ async fn flotilla_auth_login_status_and_logout() {
         .to_string();
     assert_absent(&(stderr + &text), &[&access]);
 
+    // A server whose exchange Dex refuses: its own line says why, exit code 4.
+    write_manifest(
+        world.manifests.path(),
+        "refused.yaml",
+        &http_manifest(
+            "cluster-d-refused",
+            "http://127.0.0.1:9/mcp",
+            &format!(
+                "  auth:\n    tokenExchange:\n      enabled: true\n      dexTokenEndpoint: {}\n      connectorId: no-such-connector\n      clientCredentialsSecretRef:\n        name: dex-b-client\n",
+                world.dex_b.token_endpoint()
+            ),
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (code, text) = loop {
+        let status = cli(&["status"]).output().unwrap();
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        if text.contains("cluster-d-refused") && text.contains("Failed")
+            || std::time::Instant::now() > deadline
+        {
+            break (status.status.code(), text);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("cluster-d-refused "))
+        .unwrap_or_default();
+    assert!(
+        refused.contains("Failed [SSO: exchange rejected: invalid_request"),
+        "{text}"
+    );
+    assert_eq!(code, Some(4), "{text}");
+
     let logout = cli(&["logout"]).output().unwrap();
     assert!(logout.status.success());
     let after = cli(&["status"]).output().unwrap();
     assert_eq!(after.status.code(), Some(3), "not logged in after logout");
     assert_absent(&world.gateway_log(), &[&access]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_users_idle_sessions_close_and_reopen_on_use_without_a_new_exchange() {
+    let world = World::start(Options {
+        user_sessions: "{warmupSeconds: 10, idleSeconds: 2}",
+        ..Default::default()
+    });
+    let login = gateway_login(&world.base(), "alice");
+    let client = connect_as(&world.gateway.url(), &login.access_token).await;
+    token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    let open = || {
+        world.gateway.get_json("/status")["userSessions"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(open(), 3, "one session per SSO server for alice");
+    eventually(
+        Duration::from_secs(15),
+        "idle sessions to close",
+        || async { (open() == 0).then_some(()) },
+    )
+    .await;
+    // The next call reopens the session; the cached exchanged token is reused.
+    let seen = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
+    assert_eq!(jwt_claims(&seen)["sub"], "alice");
+    assert_eq!(world.dex_b.stats()["exchanges"]["alice|flotilla-b"], 1);
+    client.cancel().await.ok();
+}
+
+/// A client identified by a client ID metadata document (an https URL in
+/// production; loopback http here, which the test config allows), served by
+/// Python's own http.server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_id_metadata_document_client_logs_in() {
+    let world = World::start(Options::default());
+    let base = world.base();
+    let docs = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let client_id = format!("http://127.0.0.1:{port}/client.json");
+    std::fs::write(
+        docs.path().join("client.json"),
+        json!({
+            "client_id": client_id,
+            "client_name": "metadata-document client",
+            "redirect_uris": [TEST_REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(docs.path());
+    let _docs_server = Proc::spawn("client-metadata", cmd, world.logs.path());
+    wait_port(port, Duration::from_secs(10));
+    let (verifier, challenge) = pkce();
+    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", TEST_REDIRECT)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", "cimd");
+    let landed = browser_login(authorize.as_str(), "frank", TEST_REDIRECT);
+    let code = query_param(&landed, "code").unwrap_or_else(|| panic!("no code: {landed}"));
+    let (status, body) = token_request(
+        &format!("{base}/oauth/token"),
+        None,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", TEST_REDIRECT),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    let (status, _, report) = blocking_get(&format!("{base}/auth/status"), Some(token));
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&report).unwrap()["user"]["subject"],
+        "frank"
+    );
+    // A redirect URI the document does not list is refused before any login.
+    let mut wrong = authorize.clone();
+    wrong.query_pairs_mut().clear();
+    wrong
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", "https://evil.example/cb")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let (status, headers, _) = blocking_get_no_redirect(wrong.as_str());
+    assert_eq!(status, 400, "{:?}", headers.get("location"));
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use client_handler::ListKind;
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, Upstream};
-pub use user_sessions::{CredentialFactory, UserSessions};
+pub use user_sessions::{Access, CredentialFactory, UserSessions};
 
 use crate::api::ServerState;
 use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};

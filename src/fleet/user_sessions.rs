@@ -1,9 +1,12 @@
 //! Per-user downstream sessions for SSO servers. A user's session to a server
 //! is keyed (user, server), opened on first need with that user's credential,
-//! closed after it has been idle a while, and never used for anyone else.
+//! closed after the user has not used it for a while, and never used for
+//! anyone else. Only the user's own requests count as use: the gateway
+//! looking at a session (to tell a client its tools changed) does not keep
+//! it open.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
@@ -30,9 +33,38 @@ type SessionKey = (UserKey, Arc<str>);
 /// A user's session to one server, or why there can be none.
 pub type SessionOutcome = (Arc<str>, Result<Arc<Upstream>, CredentialError>);
 
+/// Whether a lookup is the user's own use (which opens and keeps a session)
+/// or the gateway peeking (which does neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Use,
+    Peek,
+}
+
+/// One open session and when its user last used it.
+struct Session {
+    upstream: Arc<Upstream>,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Session {
+    fn touch(&self) {
+        if let Ok(mut last) = self.last_used.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|last| last.elapsed())
+            .unwrap_or_default()
+    }
+}
+
 /// Every user's sessions to SSO servers.
 pub struct UserSessions {
-    sessions: moka::sync::Cache<SessionKey, Arc<Upstream>>,
+    sessions: moka::sync::Cache<SessionKey, Arc<Session>>,
     factory: Arc<dyn CredentialFactory>,
     http: reqwest::Client,
     fleet_settings: FleetSettings,
@@ -52,15 +84,14 @@ impl UserSessions {
     ) -> Arc<Self> {
         let on_removal = {
             let changed = changed.clone();
-            move |key: Arc<SessionKey>, upstream: Arc<Upstream>, cause: RemovalCause| {
+            move |key: Arc<SessionKey>, session: Arc<Session>, cause: RemovalCause| {
                 tracing::info!(user = %key.0.subject, server = %key.1, ?cause, "closing a user's session");
-                upstream.stop();
+                session.upstream.stop();
                 changed.send_modify(|v| *v = v.wrapping_add(1));
             }
         };
         let sessions = moka::sync::Cache::builder()
             .max_capacity(settings.max_sessions)
-            .time_to_idle(settings.idle)
             .eviction_listener(on_removal)
             .build();
         let this = Arc::new(Self {
@@ -72,16 +103,18 @@ impl UserSessions {
             changed,
             cancel,
         });
-        // moka evicts lazily; sweep so idle sessions close without traffic.
+        // Close sessions their users stopped using.
         let sweeper = Arc::downgrade(&this);
         let cancel = this.cancel.clone();
+        let period =
+            (this.settings.idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => match sweeper.upgrade() {
-                        Some(sessions) => sessions.sessions.run_pending_tasks(),
+                        Some(sessions) => sessions.close_idle(),
                         None => break,
                     },
                 }
@@ -92,35 +125,62 @@ impl UserSessions {
 
     /// The user's session to `server`, opened if there is none (or the
     /// server's spec changed since it was opened).
+    /// With [`Access::Peek`], only an open session is returned, untouched.
     pub fn session(
         &self,
         user: &Arc<UserIdentity>,
         server: &DesiredServer,
-    ) -> Result<Arc<Upstream>, CredentialError> {
+        access: Access,
+    ) -> Option<Result<Arc<Upstream>, CredentialError>> {
         let key: SessionKey = (user.key.clone(), server.name.as_str().into());
         if let Some(existing) = self.sessions.get(&key) {
-            if existing.desired().same_connection(server) {
-                if let Some(credential) = existing.credential() {
-                    credential.update_user(user);
+            if existing.upstream.desired().same_connection(server) {
+                if access == Access::Use {
+                    existing.touch();
+                    if let Some(credential) = existing.upstream.credential() {
+                        credential.update_user(user);
+                    }
                 }
-                return Ok(existing);
+                return Some(Ok(existing.upstream.clone()));
             }
             self.sessions.invalidate(&key);
         }
-        let credential = self.factory.credential(user, server)?;
+        if access == Access::Peek {
+            return None;
+        }
+        let credential = match self.factory.credential(user, server) {
+            Ok(credential) => credential,
+            Err(error) => return Some(Err(error)),
+        };
         let entry = self.sessions.entry(key).or_insert_with(|| {
             tracing::info!(user = %user.key.subject, server = %server.name, "opening a user's session");
-            Upstream::start(
-                server.clone(),
-                Default::default(),
-                self.http.clone(),
-                self.fleet_settings.clone(),
-                self.changed.clone(),
-                &self.cancel,
-                Some(credential),
-            )
+            Arc::new(Session {
+                upstream: Upstream::start(
+                    server.clone(),
+                    Default::default(),
+                    self.http.clone(),
+                    self.fleet_settings.clone(),
+                    self.changed.clone(),
+                    &self.cancel,
+                    Some(credential),
+                ),
+                last_used: std::sync::Mutex::new(Instant::now()),
+            })
         });
-        Ok(entry.into_value())
+        Some(Ok(entry.into_value().upstream.clone()))
+    }
+
+    fn close_idle(&self) {
+        let idle: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.idle_for() >= self.settings.idle)
+            .map(|(key, _)| (*key).clone())
+            .collect();
+        for key in idle {
+            self.sessions.invalidate(&key);
+        }
+        self.sessions.run_pending_tasks();
     }
 
     /// The user's sessions to every SSO server in `servers` (opening missing
@@ -129,10 +189,14 @@ impl UserSessions {
         &self,
         user: &Arc<UserIdentity>,
         servers: &[Arc<DesiredServer>],
+        access: Access,
     ) -> Vec<SessionOutcome> {
         servers
             .iter()
-            .map(|server| (server.name.as_str().into(), self.session(user, server)))
+            .filter_map(|server| {
+                let outcome = self.session(user, server, access)?;
+                Some((server.name.as_str().into(), outcome))
+            })
             .collect()
     }
 
@@ -156,8 +220,8 @@ impl UserSessions {
         let stale: Vec<SessionKey> = self
             .sessions
             .iter()
-            .filter(|(key, upstream)| match desired.servers.get(&*key.1) {
-                Some(want) => !upstream.desired().same_connection(want),
+            .filter(|(key, session)| match desired.servers.get(&*key.1) {
+                Some(want) => !session.upstream.desired().same_connection(want),
                 None => true,
             })
             .map(|(key, _)| (*key).clone())

@@ -189,5 +189,6 @@ async fn status(State(state): State<Arc<GatewayState>>) -> Json<FleetReport> {
         invalid_manifests: problems.iter().map(|p| p.to_string()).collect(),
         tools: catalog.tools.len(),
         clients: state.clients.count(),
+        user_sessions: state.fleet.user_sessions().map_or(0, |s| s.count()),
     })
 }

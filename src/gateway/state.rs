@@ -262,7 +262,7 @@ impl GatewayState {
                         .user_views
                         .get(&user.key)
                         .map(|c| c.view.catalog.clone());
-                    let after = self.view(Some(user)).await.catalog.clone();
+                    let after = self.peek_view(user).await.catalog.clone();
                     let changed = before.is_some_and(|before| before.tools != after.tools);
                     seen.insert(user.key.clone(), changed);
                     changed

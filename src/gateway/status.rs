@@ -141,4 +141,6 @@ pub struct FleetReport {
     pub invalid_manifests: Vec<String>,
     pub tools: usize,
     pub clients: usize,
+    /// Open per-user sessions to SSO servers, all users together.
+    pub user_sessions: u64,
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::auth::UserIdentity;
 use crate::catalog::Catalog;
-use crate::fleet::Upstream;
 use crate::fleet::credential::CredentialError;
+use crate::fleet::{Access, Upstream};
 
 use super::state::GatewayState;
 
@@ -51,8 +51,18 @@ pub(super) struct CachedView {
 }
 
 impl GatewayState {
-    /// The view of `user` (the shared one for anonymous callers).
+    /// The view of `user` (the shared one for anonymous callers), as the
+    /// user's own request: it opens missing sessions and keeps them open.
     pub async fn view(&self, user: Option<&Arc<UserIdentity>>) -> Arc<View> {
+        self.view_with(user, Access::Use).await
+    }
+
+    /// The view of `user` with [`Access::Peek`]: from open sessions only.
+    pub(super) async fn peek_view(&self, user: &Arc<UserIdentity>) -> Arc<View> {
+        self.view_with(Some(user), Access::Peek).await
+    }
+
+    async fn view_with(&self, user: Option<&Arc<UserIdentity>>, access: Access) -> Arc<View> {
         let (Some(user), Some(sessions)) = (user, self.fleet.user_sessions()) else {
             return self.shared_view();
         };
@@ -66,7 +76,7 @@ impl GatewayState {
         if sso.is_empty() {
             return self.shared_view();
         }
-        let opened = sessions.sessions_for(user, &sso);
+        let opened = sessions.sessions_for(user, &sso, access);
         let fresh: Vec<Arc<Upstream>> = opened
             .iter()
             .filter_map(|(_, s)| s.as_ref().ok())
@@ -76,7 +86,7 @@ impl GatewayState {
             })
             .cloned()
             .collect();
-        if !fresh.is_empty() {
+        if access == Access::Use && !fresh.is_empty() {
             // First contact: give the user's sessions a moment, so the first
             // tools/list already has their tools.
             sessions.settle(&fresh).await;
@@ -84,6 +94,7 @@ impl GatewayState {
         let version = *self.fleet.changes().borrow();
         if let Some(cached) = self.user_views.get(&user.key)
             && cached.version == version
+            && cached.view.own.len() == opened.iter().filter(|(_, s)| s.is_ok()).count()
         {
             return cached.view.clone();
         }

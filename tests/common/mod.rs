@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod sso_world;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
