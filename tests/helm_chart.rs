@@ -323,6 +323,59 @@ fn the_config_map_holds_a_config_file_the_gateway_accepts() {
 }
 
 #[test]
+fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
+    let m = render(&[
+        "--set",
+        "auth.enabled=true,auth.oidc.issuer=https://dex.example.com,auth.existingSecret=flotilla-auth",
+        "--set",
+        "auth.trustedIssuers[0].issuer=https://kubernetes.default.svc,auth.trustedIssuers[0].audiences={flotilla}",
+        "--set",
+        "auth.userSessions.idleSeconds=600",
+    ]);
+    let text = str_of(&m.one("ConfigMap")["data"]["config.yaml"]);
+    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("flotilla rejects the chart's config.yaml: {e}\n{text}"));
+    let auth = parsed.auth.expect("auth section");
+    let oidc = auth.oidc.expect("oidc");
+    assert_eq!(oidc.issuer, "https://dex.example.com");
+    assert_eq!(oidc.client_id, "flotilla");
+    let mount = "/etc/flotilla-auth";
+    assert_eq!(
+        oidc.client_secret_file.as_deref(),
+        Some(std::path::Path::new(&format!("{mount}/oidc-client-secret")))
+    );
+    assert_eq!(
+        auth.sealing_key_file.as_deref(),
+        Some(std::path::Path::new(&format!("{mount}/sealing-keys")))
+    );
+    assert_eq!(auth.trusted_issuers[0].audiences, vec!["flotilla".to_string()]);
+    assert_eq!(auth.user_sessions.and_then(|u| u.idle_seconds), Some(600));
+    let pod = &m.deployment()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "auth")
+        .expect("auth volume");
+    assert_eq!(volume["secret"]["secretName"], "flotilla-auth");
+    let mounted = m.container()["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "auth" && v["mountPath"] == mount && v["readOnly"] == true);
+    assert!(mounted, "{:?}", m.container());
+    // Off by default: no auth section, no Secret mounted.
+    let defaults = render(&[]);
+    let text = str_of(&defaults.one("ConfigMap")["data"]["config.yaml"]);
+    assert!(!text.contains("auth"), "{text}");
+    // On without an issuer or Secret: the schema says what is missing.
+    let error = helm(&["--no-lint", "--set", "auth.enabled=true"])
+        .err()
+        .unwrap_or_default();
+    assert!(error.contains("existingSecret") || error.contains("issuer"), "{error}");
+}
+
+#[test]
 fn watching_all_namespaces_uses_one_cluster_role_for_mcpservers_status_and_events() {
     let m = render(&[]);
     let roles = m.of_kind("ClusterRole");

@@ -72,6 +72,20 @@ ingress host when the Ingress is enabled.
 {{- end }}
 {{- $_ := set $out "pingIntervalSeconds" $c.pingIntervalSeconds }}
 {{- $_ := set $out "fanOut" (dict "maxConcurrency" $c.fanOut.maxConcurrency "outputBudgetBytes" $c.fanOut.outputBudgetBytes "allowDestructive" $c.fanOut.allowDestructive) }}
+{{- $a := .Values.auth }}
+{{- if $a.enabled }}
+{{- $auth := dict "oidc" (dict "issuer" $a.oidc.issuer "clientId" $a.oidc.clientId "clientSecretFile" "/etc/flotilla-auth/oidc-client-secret") "sealingKeyFile" "/etc/flotilla-auth/sealing-keys" }}
+{{- if $a.trustedIssuers }}
+{{- $_ := set $auth "trustedIssuers" $a.trustedIssuers }}
+{{- end }}
+{{- if $a.tokenCache }}
+{{- $_ := set $auth "tokenCache" $a.tokenCache }}
+{{- end }}
+{{- if $a.userSessions }}
+{{- $_ := set $auth "userSessions" $a.userSessions }}
+{{- end }}
+{{- $_ := set $out "auth" $auth }}
+{{- end }}
 {{- toYaml $out }}
 {{- end }}
 
