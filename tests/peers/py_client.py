@@ -4,6 +4,9 @@
 Usage (Streamable HTTP only):
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] list-tools
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] call TOOL JSON_ARGS
+  .venv/bin/python py_client.py --url URL --oauth [--redirect-uri URI] ... list-tools | call TOOL JSON_ARGS
+Any mode: --repeat-after S runs the command a second time S seconds later in the same
+session (same client, same tokens) and prints only the second result.
 Default mode is the SDK default, Client(mode="auto"): probe `server/discover` at
 2026-07-28, fall back to the initialize handshake. --legacy => Client(mode="legacy").
 Prints one JSON document on stdout:
@@ -11,41 +14,154 @@ Prints one JSON document on stdout:
   call:       the CallToolResult (by_alias, None fields dropped), plus "protocolVersion".
 A tool result with isError=true still exits 0. Any other failure: message on stderr, exit 1
 (usage errors: exit 2).
+
+--oauth: the SDK's own MCP authorization client (mcp.client.auth.OAuthClientProvider, tokens
+and registration kept in memory only) does everything on the first 401: protected resource
+metadata (RFC 9728), authorization server metadata (RFC 8414), dynamic client registration
+(RFC 7591; public client, token_endpoint_auth_method "none", grants authorization_code +
+refresh_token, redirect URI --redirect-uri, default http://127.0.0.1:33418/callback; nothing
+listens there), PKCE S256 and the token request. The "browser" is whoever runs this:
+  1. stdout gets exactly one line `AUTHORIZE <authorization URL>` (flushed);
+  2. stdin must then get one line: the full redirect URL the browser ended at
+     (`<redirect uri>?code=...&state=...[&iss=...]`); the SDK checks state and iss.
+The JSON document follows as usual, with one extra member "oauth": {"client_id", "issued",
+"token_type", "scope", "expires_in", "access_token", "refresh_token"}: the registered client,
+the number of token responses the SDK stored (1 = the login; each refresh adds one - the SDK
+refreshes by itself once expires_in has passed, e.g. with --repeat-after) and the latest
+tokens (members the server left out are absent), so tests can check where the tokens show
+up; "oauth" is null
+when the server never answered 401 (no AUTHORIZE line then, stdin unused). Login failures
+(bad state/iss, error redirect, token endpoint errors) exit 1 like any other failure.
+Without --oauth nothing changes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import threading
+from urllib.parse import parse_qs, urlparse
 
 import anyio
 from mcp import Client
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, OAuthFlowError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
 
 def dump(model) -> dict:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+class MemoryTokenStorage:
+    """mcp.client.auth.TokenStorage kept in this process only (a fresh client each run)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+        self.issued = 0  # token responses stored: 1 after the login, +1 per refresh
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+        self.issued += 1
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+async def print_authorize(url: str) -> None:
+    print(f"AUTHORIZE {url}", flush=True)
+
+
+async def read_redirect() -> AuthorizationCodeResult:
+    # A daemon thread reads stdin so a timeout can still end the process.
+    line: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        line.append(sys.stdin.readline())
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    while not done.is_set():
+        await anyio.sleep(0.05)
+    redirect = line[0].strip()
+    if not redirect:
+        raise OAuthFlowError("stdin closed before the redirect URL arrived")
+    query = parse_qs(urlparse(redirect).query)
+    if "error" in query:
+        raise OAuthFlowError(f"authorization failed: {redirect}")
+    code, state, iss = (query.get(k, [None])[0] for k in ("code", "state", "iss"))
+    if code is None:
+        raise OAuthFlowError(f"no code in the redirect URL {redirect}")
+    return AuthorizationCodeResult(code=code, state=state, iss=iss)
+
+
+def oauth_provider(args: argparse.Namespace) -> tuple[OAuthClientProvider, MemoryTokenStorage]:
+    storage = MemoryTokenStorage()
+    metadata = OAuthClientMetadata(
+        client_name="flotilla py_client",
+        redirect_uris=[args.redirect_uri],
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="none",
+    )
+    provider = OAuthClientProvider(
+        server_url=args.url,
+        client_metadata=metadata,
+        storage=storage,
+        redirect_handler=print_authorize,
+        callback_handler=read_redirect,
+    )
+    return provider, storage
+
+
+async def command(c: Client, args: argparse.Namespace) -> dict:
+    if args.cmd == "list-tools":
+        tools = []
+        cursor = None
+        while True:
+            page = await c.list_tools(cursor=cursor)
+            tools += [dump(t) for t in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return {"protocolVersion": c.protocol_version, "tools": tools}
+    res = await c.call_tool(args.tool, args.tool_args)
+    return {"protocolVersion": c.protocol_version, **dump(res)}
+
+
 async def run(args: argparse.Namespace) -> dict:
     transport: object = args.url
-    if args.headers:
+    storage = None
+    if args.oauth:
+        provider, storage = oauth_provider(args)
+        http = create_mcp_http_client(headers=args.headers or None, auth=provider)
+        transport = streamable_http_client(args.url, http_client=http)
+    elif args.headers:
         transport = streamable_http_client(args.url, http_client=create_mcp_http_client(headers=args.headers))
     with anyio.fail_after(args.timeout):
         async with Client(transport, mode="legacy" if args.legacy else "auto", read_timeout_seconds=args.timeout) as c:
-            if args.cmd == "list-tools":
-                tools = []
-                cursor = None
-                while True:
-                    page = await c.list_tools(cursor=cursor)
-                    tools += [dump(t) for t in page.tools]
-                    cursor = page.next_cursor
-                    if not cursor:
-                        break
-                return {"protocolVersion": c.protocol_version, "tools": tools}
-            res = await c.call_tool(args.tool, args.tool_args)
-            return {"protocolVersion": c.protocol_version, **dump(res)}
+            out = await command(c, args)
+            if args.repeat_after is not None:
+                await anyio.sleep(args.repeat_after)
+                out = await command(c, args)
+    if storage is not None:
+        out["oauth"] = None  # the server never asked for authorization
+        if storage.client_info is not None and storage.tokens is not None:
+            out["oauth"] = {
+                "client_id": storage.client_info.client_id,
+                "issued": storage.issued,
+                **storage.tokens.model_dump(mode="json", exclude_none=True),
+            }
+    return out
 
 
 def main() -> int:
@@ -54,6 +170,18 @@ def main() -> int:
     p.add_argument("--legacy", action="store_true", help="force the classic initialize handshake (mode='legacy')")
     p.add_argument("--header", action="append", default=[], help="extra HTTP header 'Name: value' (repeatable)")
     p.add_argument("--timeout", type=float, default=30.0, help="overall timeout in seconds (default 30)")
+    p.add_argument("--oauth", action="store_true", help="authorize with the SDK's OAuth client (see module doc)")
+    p.add_argument(
+        "--redirect-uri",
+        default="http://127.0.0.1:33418/callback",
+        help="redirect URI registered with --oauth (default http://127.0.0.1:33418/callback)",
+    )
+    p.add_argument(
+        "--repeat-after",
+        type=float,
+        metavar="S",
+        help="run the command again S seconds later in the same session; print only that result",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-tools")
     call = sub.add_parser("call")
