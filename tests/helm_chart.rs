@@ -348,7 +348,10 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
         auth.sealing_key_file.as_deref(),
         Some(std::path::Path::new(&format!("{mount}/sealing-keys")))
     );
-    assert_eq!(auth.trusted_issuers[0].audiences, vec!["flotilla".to_string()]);
+    assert_eq!(
+        auth.trusted_issuers[0].audiences,
+        vec!["flotilla".to_string()]
+    );
     assert_eq!(auth.user_sessions.and_then(|u| u.idle_seconds), Some(600));
     let pod = &m.deployment()["spec"]["template"]["spec"];
     let volume = pod["volumes"]
@@ -372,7 +375,10 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
     let error = helm(&["--no-lint", "--set", "auth.enabled=true"])
         .err()
         .unwrap_or_default();
-    assert!(error.contains("existingSecret") || error.contains("issuer"), "{error}");
+    assert!(
+        error.contains("existingSecret") || error.contains("issuer"),
+        "{error}"
+    );
 }
 
 #[test]
