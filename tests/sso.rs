@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::idp::{
-    Idp, TEST_REDIRECT, browser_login, gateway_login, jwt_claims, pkce, query_param, token_request,
+    Idp, TEST_REDIRECT, browser_login, gateway_login, jwt_claims, login_as_client, pkce,
+    query_param, token_request,
 };
 use common::sso_world::*;
 use common::*;
@@ -624,31 +625,8 @@ async fn a_client_id_metadata_document_client_logs_in() {
     .arg(docs.path());
     let _docs_server = Proc::spawn("client-metadata", cmd, world.logs.path());
     wait_port(port, Duration::from_secs(10));
-    let (verifier, challenge) = pkce();
-    let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", TEST_REDIRECT)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "cimd");
-    let landed = browser_login(authorize.as_str(), "frank", TEST_REDIRECT);
-    let code = query_param(&landed, "code").unwrap_or_else(|| panic!("no code: {landed}"));
-    let (status, body) = token_request(
-        &format!("{base}/oauth/token"),
-        None,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", TEST_REDIRECT),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-        ],
-    );
-    assert_eq!(status, 200, "{body}");
-    let token = body["access_token"].as_str().unwrap();
+    let login = login_as_client(&base, &client_id, "frank");
+    let token = login.access_token.as_str();
     let (status, _, report) = blocking_get(&format!("{base}/auth/status"), Some(token));
     assert_eq!(status, 200);
     assert_eq!(
@@ -656,8 +634,8 @@ async fn a_client_id_metadata_document_client_logs_in() {
         "frank"
     );
     // A redirect URI the document does not list is refused before any login.
-    let mut wrong = authorize.clone();
-    wrong.query_pairs_mut().clear();
+    let (_, challenge) = pkce();
+    let mut wrong = url::Url::parse(&format!("{base}/oauth/authorize")).unwrap();
     wrong
         .query_pairs_mut()
         .append_pair("response_type", "code")

@@ -430,6 +430,14 @@ pub fn gateway_login(base: &str, user: &str) -> Login {
         .as_str()
         .unwrap_or_else(|| panic!("registration: {registered}"))
         .to_string();
+    login_as_client(base, &client_id, user)
+}
+
+/// The login of an already-known client (registered, or identified by a
+/// client ID metadata document): PKCE, the browser at the provider, and the
+/// code redeemed at the gateway's token endpoint.
+pub fn login_as_client(base: &str, client_id: &str, user: &str) -> Login {
+    let client_id = client_id.to_string();
     let (verifier, challenge) = pkce();
     let mut authorize = url::Url::parse(&format!("{base}/oauth/authorize")).unwrap();
     authorize
