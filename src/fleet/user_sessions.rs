@@ -231,19 +231,6 @@ impl UserSessions {
         }
     }
 
-    /// Closes all of one user's sessions (logout).
-    pub fn forget_user(&self, user: &UserKey) {
-        let keys: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(key, _)| key.0 == *user)
-            .map(|(key, _)| (*key).clone())
-            .collect();
-        for key in keys {
-            self.sessions.invalidate(&key);
-        }
-    }
-
     /// Open sessions, all users together.
     pub fn count(&self) -> u64 {
         self.sessions.run_pending_tasks();
