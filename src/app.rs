@@ -240,13 +240,8 @@ async fn start_auth(
     let on_login = {
         let fleet = fleet.clone();
         Arc::new(move |user: Arc<UserIdentity>| {
-            let sso: Vec<_> = fleet
-                .upstreams()
-                .iter()
-                .map(|u| u.desired())
-                .filter(|d| d.spec.sso_mode().is_some())
-                .collect();
-            let opened = sessions.sessions_for(&user, &sso, crate::fleet::Access::Use);
+            let opened =
+                sessions.sessions_for(&user, &fleet.sso_servers(), crate::fleet::Access::Use);
             let failed = opened.iter().filter(|(_, s)| s.is_err()).count();
             tracing::info!(user = %user.key.subject, servers = opened.len(), failed, "login: opening the user's sessions");
         })

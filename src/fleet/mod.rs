@@ -234,6 +234,15 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// The desired state of every server users reach with their own token.
+    pub fn sso_servers(&self) -> Vec<Arc<crate::source::DesiredServer>> {
+        self.upstreams()
+            .iter()
+            .map(|u| u.desired())
+            .filter(|d| d.spec.sso_mode().is_some())
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
         self.inner.servers.read().ok()?.get(name).cloned()
     }

@@ -66,13 +66,7 @@ impl GatewayState {
         let (Some(user), Some(sessions)) = (user, self.fleet.user_sessions()) else {
             return self.shared_view();
         };
-        let sso: Vec<_> = self
-            .fleet
-            .upstreams()
-            .into_iter()
-            .map(|u| u.desired())
-            .filter(|d| d.spec.sso_mode().is_some())
-            .collect();
+        let sso = self.fleet.sso_servers();
         if sso.is_empty() {
             return self.shared_view();
         }
