@@ -433,3 +433,113 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
     let client = connect(&replicas[alive].url()).await;
     wait_tool(&client, "x_after_cluster_info").await;
 }
+
+/// SSO in Kubernetes mode: the exchange's client credentials come from a
+/// Secret through the gateway's Secret watch; a rotated secret reaches new
+/// exchanges; the MCPServer's status says it connects per user.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exchanging_mcpserver_uses_client_credentials_from_its_secret() {
+    use base64::Engine as _;
+    use common::idp::{Idp, gateway_login, jwt_claims};
+    use common::sso_world::{connect_as, py_server_with, token_seen_by, write_config};
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let central = Idp::central(
+        logs.path(),
+        &[(
+            "flotilla",
+            common::sso_world::GW_SECRET,
+            &["http://127.0.0.1/oauth/callback"],
+        )],
+        3600,
+    );
+    let dex = Idp::cluster(
+        logs.path(),
+        "dex-k",
+        &central.issuer,
+        &[
+            ("flotilla-k", "k-secret-one"),
+            ("flotilla-k2", "k-secret-two"),
+        ],
+        "cluster-k",
+        3600,
+        None,
+    );
+    let (_py, py_url) = py_server_with(
+        logs.path(),
+        "py-k",
+        &["--require-bearer", &dex.issuer, "--audience", "cluster-k"],
+    );
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secret = |id: &str, secret: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "dex-k-client", "namespace": "team-a"},
+            "data": {"client-id": b64(id), "client-secret": b64(secret)}
+        })
+    };
+    api.apply_object(secret("flotilla-k", "k-secret-one"));
+    api.apply_object(json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer",
+        "metadata": {"name": "cluster-k", "namespace": "team-a"},
+        "spec": {
+            "type": "streamable-http", "url": py_url, "timeout": 10,
+            "auth": {"tokenExchange": {
+                "enabled": true,
+                "dexTokenEndpoint": dex.token_endpoint(),
+                "connectorId": "central",
+                "clientCredentialsSecretRef": {"name": "dex-k-client"}
+            }}
+        }
+    }));
+    let config = write_config(logs.path(), &central, "{}", "{warmupSeconds: 10}");
+    let gateway = Gateway::start_kubernetes(
+        &kubeconfig(&api, logs.path()),
+        "gw-1",
+        &[
+            "--namespace",
+            "team-a",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        logs.path(),
+    );
+    let status = wait_status(&api, "team-a", "cluster-k", "AuthRequired", |s| {
+        s["state"] == "AuthRequired"
+    })
+    .await;
+    assert!(
+        status["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("per user")),
+        "{status}"
+    );
+    let login = gateway_login(&format!("http://127.0.0.1:{}", gateway.port), "alice");
+    let client = connect_as(&gateway.url(), &login.access_token).await;
+    let seen = token_seen_by(&client, "x_cluster-k_auth_header").await;
+    let claims = jwt_claims(&seen);
+    assert_eq!(claims["iss"], dex.issuer.as_str());
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(dex.stats()["exchanges"]["alice|flotilla-k"], 1);
+
+    // Rotating the Secret to another client: the next user's exchange uses it.
+    api.apply_object(secret("flotilla-k2", "k-secret-two"));
+    let bob = gateway_login(&format!("http://127.0.0.1:{}", gateway.port), "bob");
+    let bob_client = connect_as(&gateway.url(), &bob.access_token).await;
+    eventually(
+        Duration::from_secs(20),
+        "bob's exchange as the new client",
+        || async {
+            let result = call(&bob_client, "x_cluster-k_auth_header", json!({})).await;
+            (result.is_error != Some(true) && dex.stats()["exchanges"]["bob|flotilla-k2"] == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let log = gateway.proc.log_text();
+    for secret in ["k-secret-one", "k-secret-two", seen.as_str()] {
+        assert!(!log.contains(secret), "a secret appears in the gateway log");
+    }
+    client.cancel().await.ok();
+    bob_client.cancel().await.ok();
+}
