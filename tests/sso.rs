@@ -646,3 +646,84 @@ async fn a_client_id_metadata_document_client_logs_in() {
     let (status, headers, _) = blocking_get_no_redirect(wrong.as_str());
     assert_eq!(status, 400, "{:?}", headers.get("location"));
 }
+
+/// A tool appearing on one of the user's own sessions reaches both kinds of
+/// client of that user: a 2025 session (tools/list_changed on its stream) and
+/// a stateless 2026-07-28 client (through subscriptions/listen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_users_clients_hear_when_their_own_sessions_tools_change() {
+    let world = World::start(Options::default());
+    let login = gateway_login(&world.base(), "alice");
+    let handler = TestClient::default();
+    let config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            world.gateway.url(),
+        )
+        .auth_header(login.access_token.clone());
+    let session = rmcp::ServiceExt::serve(
+        handler.clone(),
+        rmcp::transport::StreamableHttpClientTransport::from_config(config.clone()),
+    )
+    .await
+    .expect("2025 session");
+    let stateless = rmcp::service::serve_client_with_lifecycle(
+        (),
+        rmcp::transport::StreamableHttpClientTransport::from_config(config),
+        rmcp::service::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .expect("2026 client");
+    let mut subscription = stateless
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen");
+
+    let grown = call(&session, "x_cluster-a-echo_grow", json!({"name": "sprout"})).await;
+    assert_eq!(text_of(&grown), "added sprout");
+    eventually(
+        Duration::from_secs(10),
+        "the new tool in alice's list",
+        || async {
+            let names: Vec<String> = list_tools(&session)
+                .await
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            names
+                .contains(&"x_cluster-a-echo_sprout".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "a 2025 tools/list_changed",
+        || async {
+            (handler
+                .tool_list_changes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    let notified = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("a 2026 notification in time")
+        .expect("subscription open");
+    assert!(
+        matches!(
+            notified,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{notified:?}"
+    );
+    session.cancel().await.ok();
+}

@@ -95,9 +95,12 @@ impl ServerHandler for GatewayHandler {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.state
-            .clients
-            .register(context.peer, caller(&context.extensions));
+        let user = caller(&context.extensions);
+        let tools = match &user {
+            Some(user) => Some(self.state.view(Some(user)).await.catalog.tools.clone()),
+            None => None,
+        };
+        self.state.clients.register(context.peer, user, tools);
     }
 
     async fn list_tools(
@@ -176,10 +179,34 @@ impl ServerHandler for GatewayHandler {
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
         let mut changes = self.state.list_changes();
         let wants = context.accepted().clone();
+        // A logged-in caller's own tools change with their own sessions, which
+        // the fleet-wide broadcast does not see: watch their view too.
+        let user = caller(&context.request_context().extensions);
+        let mut fleet = self.state.fleet.changes();
+        let mut own_tools = match &user {
+            Some(user) => Some(self.state.peek_view(user).await.catalog.tools.clone()),
+            None => None,
+        };
         loop {
             let change = tokio::select! {
                 _ = context.cancelled() => return Ok(()),
                 change = changes.recv() => change,
+                changed = fleet.changed(), if user.is_some() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let Some(user) = &user else { continue };
+                    let tools = self.state.peek_view(user).await.catalog.tools.clone();
+                    if own_tools.as_ref() == Some(&tools) {
+                        continue;
+                    }
+                    own_tools = Some(tools);
+                    Ok(ListChange {
+                        tools: true,
+                        resources: false,
+                        prompts: false,
+                    })
+                }
             };
             let change = match change {
                 Ok(change) => change,

@@ -60,11 +60,13 @@ pub(super) fn members(upstreams: &[Arc<crate::fleet::Upstream>]) -> Vec<Member> 
         .collect()
 }
 
-/// A connected client session and the user it authenticated as.
+/// A connected client session, the user it authenticated as, and the tool
+/// list of that user's view it was last told about.
 #[derive(Clone)]
 struct Registered {
     peer: Peer<RoleServer>,
     user: Option<Arc<UserIdentity>>,
+    seen_tools: Arc<Mutex<Option<Arc<Vec<rmcp::model::Tool>>>>>,
 }
 
 /// Connected client sessions that asked for list-change notifications.
@@ -74,10 +76,20 @@ pub struct ClientRegistry {
 }
 
 impl ClientRegistry {
-    pub fn register(&self, peer: Peer<RoleServer>, user: Option<Arc<UserIdentity>>) {
+    /// Registers a session; `tools` is the user's tool list it starts with.
+    pub fn register(
+        &self,
+        peer: Peer<RoleServer>,
+        user: Option<Arc<UserIdentity>>,
+        tools: Option<Arc<Vec<rmcp::model::Tool>>>,
+    ) {
         if let Ok(mut peers) = self.peers.lock() {
             peers.retain(|p| !p.peer.is_transport_closed());
-            peers.push(Registered { peer, user });
+            peers.push(Registered {
+                peer,
+                user,
+                seen_tools: Arc::new(Mutex::new(tools)),
+            });
         }
     }
 
@@ -250,23 +262,18 @@ impl GatewayState {
         if self.fleet.user_sessions().is_none() {
             return;
         }
-        let mut seen = std::collections::HashMap::new();
         for registered in self.clients.live_registrations() {
             let Some(user) = &registered.user else {
                 continue;
             };
-            let changed = match seen.get(&user.key) {
-                Some(changed) => *changed,
-                None => {
-                    let before = self
-                        .user_views
-                        .get(&user.key)
-                        .map(|c| c.view.catalog.clone());
-                    let after = self.peek_view(user).await.catalog.clone();
-                    let changed = before.is_some_and(|before| before.tools != after.tools);
-                    seen.insert(user.key.clone(), changed);
+            let tools = self.peek_view(user).await.catalog.tools.clone();
+            let changed = match registered.seen_tools.lock() {
+                Ok(mut seen) => {
+                    let changed = seen.as_ref().is_some_and(|seen| *seen != tools);
+                    *seen = Some(tools);
                     changed
                 }
+                Err(_) => false,
             };
             if changed {
                 let _ = registered.peer.notify_tool_list_changed().await;

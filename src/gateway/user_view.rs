@@ -58,7 +58,7 @@ impl GatewayState {
     }
 
     /// The view of `user` with [`Access::Peek`]: from open sessions only.
-    pub(super) async fn peek_view(&self, user: &Arc<UserIdentity>) -> Arc<View> {
+    pub(crate) async fn peek_view(&self, user: &Arc<UserIdentity>) -> Arc<View> {
         self.view_with(Some(user), Access::Peek).await
     }
 
