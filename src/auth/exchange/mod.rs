@@ -353,14 +353,15 @@ impl Inner {
         &self,
         key: CacheKey,
         user: &UserKey,
-        subject: SecretValue,
+        subject: Subject,
         target: &ExchangeTarget,
     ) -> Result<Arc<CachedToken>, ExchangeError> {
         self.failures.check(&key).await?;
         self.sent.fetch_add(1, Ordering::Relaxed);
-        match request::exchange(&self.http, &self.jwks, user, &subject, target).await {
-            Ok(issued) => {
+        match request::exchange(&self.http, &self.jwks, user, &subject.token, target).await {
+            Ok(mut issued) => {
                 self.failures.clear(&key).await;
+                issued.lifetime = subject.cap(issued.lifetime);
                 tracing::debug!(
                     user = %user.subject,
                     endpoint = %target.endpoint,
@@ -389,9 +390,32 @@ impl Inner {
     }
 }
 
-fn subject_token(user: &UserIdentity) -> Result<SecretValue, ExchangeError> {
-    user.id_token.clone().ok_or_else(|| {
+/// The token exchanged for another, and when it expires: an exchanged
+/// token is cached no longer than the token it was exchanged for.
+struct Subject {
+    token: SecretValue,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Subject {
+    /// `lifetime`, cut to what is left of the subject token's.
+    fn cap(&self, lifetime: std::time::Duration) -> std::time::Duration {
+        match self.expires_at {
+            Some(expiry) => (expiry - chrono::Utc::now())
+                .to_std()
+                .map_or(lifetime, |left| lifetime.min(left)),
+            None => lifetime,
+        }
+    }
+}
+
+fn subject_token(user: &UserIdentity) -> Result<Subject, ExchangeError> {
+    let token = user.id_token.clone().ok_or_else(|| {
         ExchangeError::NoIdToken(format!("{} authenticated without one", user.shown_name()))
+    })?;
+    Ok(Subject {
+        token,
+        expires_at: user.expires_at,
     })
 }
 

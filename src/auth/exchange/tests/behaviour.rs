@@ -95,6 +95,32 @@ async fn hundred_concurrent_misses_share_one_exchange() {
 }
 
 #[tokio::test]
+async fn an_exchanged_token_is_cached_no_longer_than_the_users_id_token() {
+    let stub = Stub::start().await;
+    stub.reply(Reply::Opaque {
+        expires_in: Some(3600),
+    });
+    let exchanger = exchanger(TokenCacheSettings {
+        safety_margin: Duration::ZERO,
+        refresh_ahead: Duration::ZERO,
+        ..settings()
+    });
+    let mut alice = user("alice", "idt-alice");
+    alice.expires_at = Some(chrono::Utc::now() + chrono::Duration::milliseconds(1000));
+    let target = stub.target();
+    let first = exchanger.token(&alice, &target).await.expect("first");
+    let cached = exchanger.token(&alice, &target).await.expect("cached");
+    assert_eq!(first.expose(), cached.expose());
+    assert_eq!(stub.requests(), 1);
+    // The ID token is over (the user refreshed): the next call exchanges the new one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = user("alice", "idt-alice-2");
+    let next = exchanger.token(&refreshed, &target).await.expect("next");
+    assert_eq!(next.expose(), "xt-2-idt-alice-2");
+    assert_eq!(stub.requests(), 2);
+}
+
+#[tokio::test]
 async fn token_shorter_lived_than_the_safety_margin_is_exchanged_again() {
     let stub = Stub::start().await;
     stub.reply(Reply::Opaque {
