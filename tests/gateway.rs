@@ -573,25 +573,10 @@ async fn upstream_list_changes_reach_session_and_stateless_clients() {
     let session_client = connect_with(&gateway.url(), handler.clone()).await;
 
     // A stateless 2026-07-28 client listens for list changes.
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(gateway.url());
-    let stateless = rmcp::service::serve_client_with_lifecycle(
-        (),
-        transport,
-        rmcp::service::ClientLifecycleMode::Discover {
-            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-        },
+    let (_stateless, mut subscription) = tools_listener(
+        rmcp::transport::StreamableHttpClientTransport::from_uri(gateway.url()),
     )
-    .await
-    .expect("stateless client");
-    let mut subscription = stateless
-        .peer()
-        .listen(
-            rmcp::model::SubscriptionFilter::builder()
-                .tools_list_changed()
-                .build(),
-        )
-        .await
-        .expect("subscriptions/listen");
+    .await;
 
     let added = call(&session_client, "x_py_grow", json!({"name": "sprout"})).await;
     assert_eq!(text_of(&added), "added sprout");

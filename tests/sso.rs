@@ -666,24 +666,10 @@ async fn a_users_clients_hear_when_their_own_sessions_tools_change() {
     )
     .await
     .expect("2025 session");
-    let stateless = rmcp::service::serve_client_with_lifecycle(
-        (),
+    let (_stateless, mut subscription) = tools_listener(
         rmcp::transport::StreamableHttpClientTransport::from_config(config),
-        rmcp::service::ClientLifecycleMode::Discover {
-            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-        },
     )
-    .await
-    .expect("2026 client");
-    let mut subscription = stateless
-        .peer()
-        .listen(
-            rmcp::model::SubscriptionFilter::builder()
-                .tools_list_changed()
-                .build(),
-        )
-        .await
-        .expect("subscriptions/listen");
+    .await;
 
     let grown = call(&session, "x_cluster-a-echo_grow", json!({"name": "sprout"})).await;
     assert_eq!(text_of(&grown), "added sprout");

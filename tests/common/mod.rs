@@ -466,6 +466,32 @@ pub async fn connect_with(url: &str, handler: TestClient) -> Client {
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
+/// A stateless 2026-07-28 client listening for tools/list_changed; keep the
+/// client alive as long as the subscription is read.
+pub async fn tools_listener(
+    transport: StreamableHttpClientTransport<reqwest::Client>,
+) -> (RunningService<RoleClient, ()>, rmcp::service::Subscription) {
+    let client = rmcp::service::serve_client_with_lifecycle(
+        (),
+        transport,
+        rmcp::service::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .expect("stateless client");
+    let subscription = client
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .expect("subscriptions/listen");
+    (client, subscription)
+}
+
 /// The fleet's tools (the gateway's own `flotilla_*` tools left out).
 pub async fn list_tools(client: &Client) -> Vec<Tool> {
     let mut tools = client.peer().list_all_tools().await.expect("tools/list");
