@@ -12,10 +12,12 @@
 //! - [`server`]: the authorization-server endpoints (metadata, registration,
 //!   authorize, callback, token) and bearer validation for `/mcp`.
 //! - [`exchange`]: the RFC 8693 exchange and its cache.
+//! - [`html`]: escaping for the login flows' small HTML pages.
 //! - [`outbound`]: per-user credentials for SSO servers (forward or exchange).
 //! - [`status`]: the per-user auth status report (`flotilla auth status`).
 
 pub mod exchange;
+pub mod html;
 pub mod identity;
 pub mod jwks;
 pub mod outbound;

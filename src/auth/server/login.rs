@@ -25,6 +25,7 @@ use super::errors::{bad_request_page, found, redirect_error, with_query};
 use super::payloads::{ClientRequest, Code, ConsentForm, LoginState, client_digest};
 use super::provider::ProviderError;
 use super::token::{CODE_LIFETIME, is_pkce_string, parse_form};
+use crate::auth::html::escape as html_escape;
 use crate::auth::seal::{Purpose, SealError};
 
 /// A login (provider round trip or consent page) must finish within this.
@@ -494,21 +495,6 @@ fn truncate(text: &str, max: usize) -> String {
     } else {
         cut
     }
-}
-
-fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::auth::html::escape as escape_html;
+
 pub(super) const CALLBACK_PATH: &str = "/callback";
 
 /// How long one connection may take to send its request head.
@@ -242,21 +244,6 @@ async fn respond(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
-}
-
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
