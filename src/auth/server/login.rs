@@ -318,18 +318,15 @@ pub async fn consent(
             "the consent form is incomplete; start the login again from your MCP client",
         );
     };
-    let consent: ConsentForm = match server.keys.unseal(Purpose::Consent, sealed) {
+    let consent: ConsentForm = match unseal_or_page(
+        &server,
+        Purpose::Consent,
+        sealed,
+        "the consent page expired; start the login again from your MCP client",
+        "the consent form is not valid; start the login again from your MCP client",
+    ) {
         Ok(consent) => consent,
-        Err(SealError::Expired) => {
-            return bad_request_page(
-                "the consent page expired; start the login again from your MCP client",
-            );
-        }
-        Err(_) => {
-            return bad_request_page(
-                "the consent form is not valid; start the login again from your MCP client",
-            );
-        }
+        Err(message) => return bad_request_page(message),
     };
     if !consent_cookies(&headers).any(|value| digest(value) == consent.browser) {
         return bad_request_page(
@@ -384,18 +381,15 @@ pub async fn callback(
             "the identity provider's answer has no state; start the login again from your MCP client",
         );
     };
-    let login: LoginState = match server.keys.unseal(Purpose::LoginState, state) {
+    let login: LoginState = match unseal_or_page(
+        &server,
+        Purpose::LoginState,
+        state,
+        "the login took longer than 10 minutes; start it again from your MCP client",
+        "the login state is not valid (was the login started at another gateway?); start it again from your MCP client",
+    ) {
         Ok(login) => login,
-        Err(SealError::Expired) => {
-            return bad_request_page(
-                "the login took longer than 10 minutes; start it again from your MCP client",
-            );
-        }
-        Err(_) => {
-            return bad_request_page(
-                "the login state is not valid (was the login started at another gateway?); start it again from your MCP client",
-            );
-        }
+        Err(message) => return bad_request_page(message),
     };
     let request = login.request;
     let issuer = server.urls.issuer.as_str();
@@ -486,6 +480,21 @@ pub async fn callback(
 
 fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(value.as_bytes()))
+}
+
+/// Unseals what travelled through the browser (consent form, login state);
+/// a failure gives the message for the error page: `expired` or `invalid`.
+fn unseal_or_page<'m, T: serde::de::DeserializeOwned>(
+    server: &AuthServer,
+    purpose: Purpose,
+    sealed: &str,
+    expired: &'m str,
+    invalid: &'m str,
+) -> Result<T, &'m str> {
+    server.keys.unseal(purpose, sealed).map_err(|e| match e {
+        SealError::Expired => expired,
+        _ => invalid,
+    })
 }
 
 fn truncate(text: &str, max: usize) -> String {
