@@ -8,11 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::{ChildStdin, Command};
 use std::time::{Duration, Instant};
 
 use common::idp::{browser_login, jwt_claims, query_param};
@@ -23,43 +20,25 @@ use serde_json::Value;
 /// How long one client run (registration, login, MCP call) may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A running py_client.py: its own process group, killed on drop; stdout
-/// drained into a channel by a thread, stderr into a log file.
+/// A running py_client.py (a [`Proc`]: its own process group, stopped on
+/// drop, stderr in a log file) with its stdin, for the redirect URL.
 struct PyClient {
-    child: Child,
+    proc: Proc,
     stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
     started: Instant,
 }
 
 impl PyClient {
     fn spawn(world: &World, gateway: &str, name: &str, args: &[&str]) -> PyClient {
         let p = peers();
-        let stderr = world.logs.path().join(format!("{name}.log"));
         let mut cmd = Command::new(p.get("PY"));
         cmd.arg(p.get("PY_CLIENT"))
             .args(["--url", gateway, "--oauth", "--timeout", "60"])
-            .args(args)
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("client log"));
-        let mut child = cmd.spawn().expect("spawning py_client.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .args(args);
+        let (proc, stdin) = Proc::spawn_with_stdin(name, cmd, world.logs.path());
         PyClient {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            stderr,
+            proc,
+            stdin: Some(stdin),
             started: Instant::now(),
         }
     }
@@ -67,11 +46,11 @@ impl PyClient {
     /// The next stdout line, or a panic with the client's stderr.
     fn next_line(&self, what: &str) -> String {
         let left = RUN_TIMEOUT.saturating_sub(self.started.elapsed());
-        self.lines.recv_timeout(left).unwrap_or_else(|e| {
+        self.proc.next_line(left).unwrap_or_else(|| {
             panic!(
-                "py_client: no {what} ({e:?}) after {:?}; stderr:\n{}",
+                "py_client: no {what} after {:?}; stderr:\n{}",
                 self.started.elapsed(),
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                self.proc.log_text()
             )
         })
     }
@@ -88,21 +67,12 @@ impl PyClient {
     /// The exit code, waiting until the run's deadline.
     fn wait(&mut self) -> i32 {
         while self.started.elapsed() < RUN_TIMEOUT {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.proc.child.try_wait().expect("try_wait") {
                 return status.code().unwrap_or(-1);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("py_client did not exit within {RUN_TIMEOUT:?}");
-    }
-}
-
-impl Drop for PyClient {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -133,7 +103,7 @@ fn authorized_run(world: &World, gateway: &str, name: &str, user: &str, args: &[
         code,
         0,
         "py_client exited {code}; stderr:\n{}",
-        std::fs::read_to_string(&client.stderr).unwrap_or_default()
+        client.proc.log_text()
     );
     let output = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     eprintln!("{name}: {:?}", client.started.elapsed());

@@ -75,11 +75,26 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` in a new process group; stdout lines are readable with
     /// [`Proc::wait_line`], stderr goes to a log file.
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+    pub fn spawn(name: &str, cmd: Command, log_dir: &Path) -> Proc {
+        Self::spawn_with(name, cmd, log_dir, Stdio::null())
+    }
+
+    /// Like [`Proc::spawn`], with the child's stdin handed to the caller.
+    pub fn spawn_with_stdin(
+        name: &str,
+        cmd: Command,
+        log_dir: &Path,
+    ) -> (Proc, std::process::ChildStdin) {
+        let mut proc = Self::spawn_with(name, cmd, log_dir, Stdio::piped());
+        let stdin = proc.child.stdin.take().expect("stdin");
+        (proc, stdin)
+    }
+
+    fn spawn_with(name: &str, mut cmd: Command, log_dir: &Path, stdin: Stdio) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         cmd.process_group(0)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(log_file);
         let mut child = cmd
@@ -117,6 +132,11 @@ impl Proc {
                 ),
             }
         }
+    }
+
+    /// The next stdout line, or `None` after `timeout` (or at end of output).
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
     }
 
     pub fn log_text(&self) -> String {
