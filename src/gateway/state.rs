@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::fanout::FanOutSettings;
 use super::fast_list::ToolsJson;
 use super::overview;
-use super::user_view::CachedView;
+use super::user_view::{CachedView, View};
 use crate::auth::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance, default_instance};
@@ -135,6 +135,9 @@ pub struct GatewayState {
     pub fleet: Fleet,
     pub settings: GatewaySettings,
     catalog: ArcSwap<Catalog>,
+    /// What anonymous callers (and users without SSO servers) see: the
+    /// catalog snapshot as a [`View`], made once per rebuild.
+    pub(super) shared_view: ArcSwap<View>,
     /// Session clients (2025 revisions) are notified through their peers.
     pub clients: ClientRegistry,
     /// Stateless 2026-07-28 clients listen here through subscriptions/listen.
@@ -157,6 +160,7 @@ impl GatewayState {
             fleet,
             settings,
             catalog: ArcSwap::from_pointee(Catalog::default()),
+            shared_view: ArcSwap::from_pointee(View::default()),
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             source_ready: std::sync::atomic::AtomicBool::new(false),
@@ -234,6 +238,10 @@ impl GatewayState {
                 .store(Arc::new(ToolsJson::new(&self.exposed_tools(&next))));
         }
         self.catalog.store(next.clone());
+        self.shared_view.store(Arc::new(View {
+            catalog: next.clone(),
+            ..Default::default()
+        }));
         next
     }
 

@@ -135,9 +135,6 @@ impl GatewayState {
     }
 
     fn shared_view(&self) -> Arc<View> {
-        Arc::new(View {
-            catalog: self.catalog(),
-            ..Default::default()
-        })
+        self.shared_view.load_full()
     }
 }
