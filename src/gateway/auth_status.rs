@@ -44,12 +44,6 @@ fn line(
     sso: Option<crate::auth::status::SsoMode>,
     tools: usize,
 ) -> ServerAuthStatus {
-    let failed = |reason: Option<&String>| match health.failure {
-        Some(FailureKind::Unreachable | FailureKind::Timeout) => {
-            (ConnectionState::NotReachable, reason.map(|r| reason_of(r)))
-        }
-        _ => (ConnectionState::Failed, reason.map(|r| reason_of(r))),
-    };
     let (state, reason) = match health.state {
         ServerState::Connected => (ConnectionState::Connected, None),
         ServerState::Connecting if health.last_error.is_none() => {
@@ -59,7 +53,15 @@ fn line(
             ConnectionState::NotReachable,
             Some("autoStart is false".into()),
         ),
-        _ => failed(health.last_error.as_ref()),
+        _ => {
+            let state = match health.failure {
+                Some(FailureKind::Unreachable | FailureKind::Timeout) => {
+                    ConnectionState::NotReachable
+                }
+                _ => ConnectionState::Failed,
+            };
+            (state, health.last_error.as_deref().map(reason_of))
+        }
     };
     ServerAuthStatus {
         name: name.to_string(),
