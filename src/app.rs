@@ -19,7 +19,7 @@ use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings}
 use crate::auth::status::SsoMode;
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
-use crate::gateway::{AllowedHosts, GatewaySettings, GatewayState, router};
+use crate::gateway::{AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, router};
 use crate::source::kubernetes::{
     KubernetesSource, LeaderElection, LeaseConfig, SourceConfig, StatusWriter,
 };
@@ -49,6 +49,7 @@ pub struct App {
     state: Arc<GatewayState>,
     source: Source,
     allowed_hosts: AllowedHosts,
+    allowed_origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
     cancel: CancellationToken,
 }
@@ -90,6 +91,10 @@ impl App {
         );
         let local = listener.local_addr()?;
         let allowed_hosts = allowed_hosts(&settings, local);
+        let allowed_origins = AllowedOrigins::from_config(
+            settings.allowed_origins.as_deref(),
+            settings.public_url.clone(),
+        );
         let base_url = base_url(&settings, local)?;
         let auth = match &settings.auth {
             Some(config) => Some(start_auth(config, &base_url, &fleet).await?),
@@ -106,6 +111,7 @@ impl App {
                 },
             ),
             allowed_hosts,
+            allowed_origins,
             auth,
             cancel,
         })
@@ -122,6 +128,7 @@ impl App {
             state,
             source,
             allowed_hosts,
+            allowed_origins,
             auth,
             cancel,
         } = self;
@@ -163,7 +170,13 @@ impl App {
             tokio::spawn(writer.run(cancel.child_token()));
         }
         tokio::spawn(state.clone().run_catalog(cancel.child_token()));
-        let app = router(state, allowed_hosts, auth, cancel.child_token());
+        let app = router(
+            state,
+            allowed_hosts,
+            allowed_origins,
+            auth,
+            cancel.child_token(),
+        );
         let listener = listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");

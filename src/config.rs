@@ -24,6 +24,9 @@ pub struct ConfigFile {
     pub manifests: Option<PathBuf>,
     /// Host headers `/mcp` accepts; `["*"]` accepts any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins (`scheme://host[:port]`) `/mcp` accepts; `["*"]`
+    /// accepts any. Default: loopback origins and the public URL's.
+    pub allowed_origins: Option<Vec<String>>,
     /// Seconds between upstream health checks (default 20).
     pub ping_interval_seconds: Option<u64>,
     /// Limits for family tools called on several instances.
@@ -106,6 +109,7 @@ pub struct ServeSettings {
     pub public_url: Option<String>,
     pub source: SourceSettings,
     pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
     pub ping_interval: Duration,
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
@@ -138,6 +142,7 @@ impl ServeSettings {
             auth: file.auth,
             source,
             allowed_hosts: file.allowed_hosts,
+            allowed_origins: file.allowed_origins,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
             fan_out: {
                 let defaults = FanOutSettings::default();

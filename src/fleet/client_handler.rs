@@ -14,7 +14,7 @@ use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
     ElicitResult, Extensions, GetExtensions, Implementation, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
+    LoggingMessageNotificationParam, ProgressNotificationParam, RequestId,
     ResourceUpdatedNotificationParam, ServerRequest,
 };
 use rmcp::service::{
@@ -23,6 +23,8 @@ use rmcp::service::{
 use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer};
 use tokio::sync::mpsc;
 
+pub use super::delivery::{ProgressRoute, ProgressRoutes, Tally};
+
 /// Which of an upstream's lists changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListKind {
@@ -30,17 +32,6 @@ pub enum ListKind {
     Resources,
     Prompts,
 }
-
-/// Where progress for one in-flight upstream request must go.
-#[derive(Clone)]
-pub struct ProgressRoute {
-    pub client: Peer<RoleServer>,
-    pub client_token: ProgressToken,
-}
-
-/// In-flight requests that asked for progress, keyed by the token the
-/// gateway gave the upstream (never the client's: two clients may pick the same).
-pub type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>;
 
 /// A client request being served through this upstream right now.
 #[derive(Clone)]
@@ -51,6 +42,33 @@ pub struct InflightCall {
     pub client_request: RequestId,
     /// The family instance, when the call fans out (named in relayed text).
     pub instance: Option<String>,
+    /// The least severe log level the client wants (`None`: no logs).
+    pub log_level: Option<LoggingLevel>,
+    /// The notifications relayed for this call (see `delivery`).
+    pub tally: Arc<Tally>,
+}
+
+impl InflightCall {
+    /// Whether a log message of `level` is relayed to this call's client.
+    pub fn wants_log(&self, level: LoggingLevel) -> bool {
+        self.log_level
+            .is_some_and(|wanted| severity(level) >= severity(wanted))
+    }
+}
+
+/// The client request an upstream-initiated message belongs to: the one
+/// whose response stream carried it, else the only one in flight.
+pub fn call_of(inflight: &InflightCalls, extensions: &Extensions) -> Option<InflightCall> {
+    let calls = inflight.lock().ok()?;
+    if let Some(InboundStreamOrigin::OutboundRequest(id)) = extensions.get::<InboundStreamOrigin>()
+        && let Some(call) = calls.get(id)
+    {
+        return Some(call.clone());
+    }
+    match calls.len() {
+        1 => calls.values().next().cloned(),
+        _ => None,
+    }
 }
 
 /// In-flight client requests, keyed by the gateway's upstream request id.
@@ -74,17 +92,7 @@ impl UpstreamClient {
     /// The client request an upstream-initiated message belongs to: the one
     /// whose response stream carried it, else the only one in flight.
     fn caller_of(&self, extensions: &Extensions) -> Option<InflightCall> {
-        let calls = self.inflight.lock().ok()?;
-        if let Some(InboundStreamOrigin::OutboundRequest(id)) =
-            extensions.get::<InboundStreamOrigin>()
-            && let Some(call) = calls.get(id)
-        {
-            return Some(call.clone());
-        }
-        match calls.len() {
-            1 => calls.values().next().cloned(),
-            _ => None,
-        }
+        call_of(&self.inflight, extensions)
     }
 
     fn label(&self, call: &InflightCall) -> String {
@@ -210,10 +218,11 @@ impl ClientHandler for UpstreamClient {
             .and_then(|routes| routes.get(&params.progress_token).cloned());
         if let Some(route) = route {
             let mut forwarded = params;
-            forwarded.progress_token = route.client_token;
+            forwarded.progress_token = route.client_token.clone();
             if let Err(error) = route.client.notify_progress(forwarded).await {
                 tracing::debug!(server = %self.server, %error, "client went away before progress");
             }
+            route.tally.handled_one();
         }
     }
 
@@ -238,14 +247,18 @@ impl ClientHandler for UpstreamClient {
         params: LoggingMessageNotificationParam,
         context: NotificationContext<RoleClient>,
     ) {
-        if let Some(call) = self.caller_of(&context.extensions) {
+        if let Some(call) = self.caller_of(&context.extensions)
+            && call.wants_log(params.level)
+        {
             let mut relayed = params.clone();
             let label = self.label(&call);
             relayed.logger = Some(match &params.logger {
                 Some(logger) => format!("{label}/{logger}"),
                 None => label,
             });
-            if call.client.notify_logging_message(relayed).await.is_ok() {
+            let sent = call.client.notify_logging_message(relayed).await;
+            call.tally.handled_one();
+            if sent.is_ok() {
                 return;
             }
         }
@@ -270,5 +283,19 @@ impl ClientHandler for UpstreamClient {
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.refresh.send(ListKind::Prompts);
+    }
+}
+
+/// RFC 5424 order, least severe first.
+pub fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
     }
 }

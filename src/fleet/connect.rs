@@ -18,6 +18,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::client_handler::UpstreamClient;
 use super::credential::CredentialRef;
+use super::delivery::Counted;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
 use crate::api::ServerType;
@@ -43,8 +44,8 @@ pub enum ConnectError {
     Timeout(u64),
     #[error("{0}")]
     Legacy(#[from] super::legacy_sse::LegacySseError),
-    #[error("the server offers only handshake protocol versions")]
-    OnlyHandshakeVersions,
+    #[error("the server has no usable server/discover ({0})")]
+    NoDiscover(String),
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
 }
@@ -185,9 +186,11 @@ pub async fn connect(
         };
         match open(desired, handler.clone(), http, credential, lifecycle).await {
             // Some servers answer server/discover but list only handshake
-            // versions (kubernetes-mcp-server does); rmcp's Auto mode treats
-            // that as final, so fall back to initialize on a fresh transport.
-            Err(ConnectError::OnlyHandshakeVersions) => {
+            // versions (kubernetes-mcp-server does), or answer it with an
+            // empty result; rmcp's Auto mode treats that as final, so fall
+            // back to initialize on a fresh transport, as the reference SDKs do.
+            Err(ConnectError::NoDiscover(why)) => {
+                tracing::debug!(server = %desired.name, why, "no server/discover: using initialize");
                 open(
                     desired,
                     handler,
@@ -240,9 +243,10 @@ async fn open(
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
 ) -> Result<Running, ConnectError> {
+    let discovering = matches!(lifecycle, ClientLifecycleMode::Auto { .. });
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
-            let transport = spawn_stdio(desired, &handler.server)?;
+            let transport = Counted::new(spawn_stdio(desired, &handler.server)?, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::StreamableHttp => {
@@ -262,6 +266,7 @@ async fn open(
                 UpstreamHttpClient::new(http.clone(), credential.cloned()),
                 config,
             );
+            let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::Sse => {
@@ -277,17 +282,31 @@ async fn open(
                 desired.spec.timeout(),
             )
             .await?;
+            let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
     };
-    result.map_err(|error| match error {
+    result.map_err(|error| match discover_unusable(&error) {
+        Some(why) if discovering => ConnectError::NoDiscover(why.into()),
+        _ => ConnectError::Handshake(error_chain(&error)),
+    })
+}
+
+/// Why a failed discovery should be retried with `initialize`, if it should:
+/// the server listed only handshake versions, or answered with something
+/// other than a discovery result (e.g. `{}`).
+fn discover_unusable(error: &ClientInitializeError) -> Option<&'static str> {
+    match error {
         ClientInitializeError::NoCompatibleProtocolVersion {
             server_supported, ..
         } if server_supported.iter().all(|v| v.has_initialize()) => {
-            ConnectError::OnlyHandshakeVersions
+            Some("it lists only handshake versions")
         }
-        other => ConnectError::Handshake(error_chain(&other)),
-    })
+        ClientInitializeError::ExpectedInitResult(_) => {
+            Some("it answered with something other than a discovery result")
+        }
+        _ => None,
+    }
 }
 
 fn spawn_stdio(
@@ -335,7 +354,30 @@ fn spawn_stdio(
 
 #[cfg(test)]
 mod tests {
-    use super::FailureKind;
+    use super::{ClientInitializeError, FailureKind, discover_unusable};
+    use rmcp::model::{ErrorData, ProtocolVersion, ServerResult};
+
+    #[test]
+    fn an_empty_or_handshake_only_discovery_falls_back_to_initialize() {
+        let empty: ServerResult = serde_json::from_str("{}").expect("an empty result decodes");
+        let falls_back = [
+            ClientInitializeError::ExpectedInitResult(Some(empty)),
+            ClientInitializeError::NoCompatibleProtocolVersion {
+                client_supported: vec![ProtocolVersion::V_2026_07_28],
+                server_supported: vec![ProtocolVersion::V_2025_03_26],
+            },
+        ];
+        for error in &falls_back {
+            assert!(discover_unusable(error).is_some(), "{error}");
+        }
+        let fails = [
+            ClientInitializeError::JsonRpcError(ErrorData::internal_error("boom", None)),
+            ClientInitializeError::ConnectionClosed("eof".into()),
+        ];
+        for error in &fails {
+            assert!(discover_unusable(error).is_none(), "{error}");
+        }
+    }
 
     #[test]
     fn failures_are_classified_for_status_reasons() {

@@ -5,6 +5,7 @@
 mod client_handler;
 mod connect;
 pub mod credential;
+mod delivery;
 pub mod http_client;
 mod legacy_sse;
 mod upstream;

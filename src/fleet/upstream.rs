@@ -5,13 +5,16 @@
 //! agent's tool list does not flap; calls to it get a clear error naming the
 //! server, its state and its last error.
 
+#![allow(deprecated)] // logging (SEP-2577) is still spoken by 2025 servers and clients
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rmcp::model::{
-    CancelledNotificationParam, ClientRequest, PingRequest, Prompt, Resource, ResourceTemplate,
-    ServerNotification, ServerResult, SubscriptionFilter, Tool,
+    CancelledNotificationParam, ClientRequest, LoggingLevel, PingRequest, Prompt,
+    RequestMetaObject, Resource, ResourceTemplate, ServerNotification, ServerResult,
+    SubscriptionFilter, Tool,
 };
 use rmcp::service::Subscription;
 use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
@@ -25,6 +28,7 @@ use super::client_handler::{
 };
 use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
+use super::delivery::Tally;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
@@ -38,6 +42,8 @@ pub struct Caller<'a> {
     pub relay_progress: bool,
     /// The family instance being called, named in relayed requests.
     pub instance: Option<&'a str>,
+    /// The least severe log level the client wants relayed (`None`: no logs).
+    pub log_level: Option<LoggingLevel>,
 }
 
 impl<'a> Caller<'a> {
@@ -46,6 +52,7 @@ impl<'a> Caller<'a> {
             context,
             relay_progress: true,
             instance: None,
+            log_level: None,
         }
     }
 }
@@ -389,11 +396,20 @@ impl Upstream {
             return Err(self.unavailable());
         };
         let timeout = self.desired().spec.timeout();
-        let options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
+        let mut options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
+        // 2026-07-28 servers log only for requests that opt in, at the level named.
+        if let Some(level) = caller.as_ref().and_then(|c| c.log_level)
+            && speaks_stateless(&peer)
+        {
+            let mut meta = RequestMetaObject::new();
+            meta.set_log_level(level);
+            options = options.with_meta(meta);
+        }
         let handle = peer
             .send_request_with_option(request, options)
             .await
             .map_err(|e| self.service_error(e, timeout))?;
+        let tally = Arc::new(Tally::default());
         let _route = caller
             .as_ref()
             .filter(|c| c.relay_progress)
@@ -405,6 +421,7 @@ impl Upstream {
                     ProgressRoute {
                         client: ctx.peer.clone(),
                         client_token,
+                        tally: tally.clone(),
                     },
                 )
             });
@@ -417,6 +434,8 @@ impl Upstream {
                     client: c.context.peer.clone(),
                     client_request: c.context.id.clone(),
                     instance: c.instance.map(str::to_string),
+                    log_level: c.log_level,
+                    tally: tally.clone(),
                 },
             )
         });
@@ -427,9 +446,13 @@ impl Upstream {
             }
         };
         tokio::select! {
-            result = handle.await_response() => result
-                .map(strip_hop_meta)
-                .map_err(|e| self.service_error(e, timeout)),
+            result = handle.await_response() => {
+                // What the upstream sent before the response reaches the client before it.
+                tally.settle().await;
+                result
+                    .map(strip_hop_meta)
+                    .map_err(|e| self.service_error(e, timeout))
+            }
             _ = cancelled => {
                 let _ = peer
                     .notify_cancelled(CancelledNotificationParam::new(
@@ -440,6 +463,17 @@ impl Upstream {
                 Err(UpstreamError::Cancelled)
             }
         }
+    }
+
+    /// Whether this upstream's session has `logging/setLevel` (a 2025
+    /// revision that announced the logging capability).
+    pub fn takes_log_level(&self) -> bool {
+        self.peer.load().as_ref().is_some_and(|peer| {
+            !speaks_stateless(peer)
+                && peer
+                    .peer_info()
+                    .is_some_and(|info| info.capabilities.logging.is_some())
+        })
     }
 
     fn unavailable(&self) -> UpstreamError {
@@ -468,6 +502,12 @@ impl Upstream {
             },
         }
     }
+}
+
+/// Whether the session negotiated the stateless 2026-07-28 revision.
+fn speaks_stateless(peer: &Peer<RoleClient>) -> bool {
+    peer.peer_info()
+        .is_some_and(|info| !info.protocol_version.has_initialize())
 }
 
 /// Metadata an upstream attaches for its own client (the gateway) about
@@ -540,28 +580,10 @@ impl RouteGuard {
     }
 }
 
-/// rmcp hands each notification to its own task, so the last progress
-/// notification can be handled just after the response it preceded; the
-/// route outlives the request briefly so that progress is not lost.
-const ROUTE_GRACE: Duration = Duration::from_millis(500);
-
 impl Drop for RouteGuard {
     fn drop(&mut self) {
-        let routes = self.routes.clone();
-        let token = self.token.clone();
-        let remove = move || {
-            if let Ok(mut map) = routes.lock() {
-                map.remove(&token);
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    tokio::time::sleep(ROUTE_GRACE).await;
-                    remove();
-                });
-            }
-            Err(_) => remove(),
+        if let Ok(mut map) = self.routes.lock() {
+            map.remove(&self.token);
         }
     }
 }

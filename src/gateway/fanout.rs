@@ -10,14 +10,13 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use rmcp::RoleServer;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
-    ContentBlock, ErrorData, ServerResult,
+    ContentBlock, ErrorData,
 };
-use rmcp::service::RequestContext;
 use serde_json::{Map, Value, json};
 
+use super::forward::{call_response, forward};
 use super::state::GatewayState;
 use super::user_view::View;
 use crate::catalog::FamilyTool;
@@ -55,7 +54,7 @@ pub async fn call_family_tool(
     view: &View,
     route: &Arc<FamilyTool>,
     mut request: CallToolRequestParams,
-    context: &RequestContext<RoleServer>,
+    caller: Caller<'_>,
 ) -> Result<CallToolResponse, ErrorData> {
     let mut arguments = request.arguments.take().unwrap_or_default();
     let value = arguments.remove(&route.instance_arg);
@@ -70,7 +69,7 @@ pub async fn call_family_tool(
             let member = &route.members[index];
             let caller = Caller {
                 instance: Some(member.instance.as_str()),
-                ..Caller::new(context)
+                ..caller
             };
             match call_member(state, view, &member.server, request, caller).await {
                 Ok(response) => Ok(response),
@@ -97,9 +96,9 @@ pub async fn call_family_tool(
                     let member = &route.members[index];
                     let request = request.clone();
                     let caller = Caller {
-                        context,
                         relay_progress: false,
                         instance: Some(member.instance.as_str()),
+                        ..caller
                     };
                     async move {
                         let outcome = match call_member(state, view, &member.server, request, caller).await
@@ -139,15 +138,7 @@ async fn call_member(
         });
     };
     let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-    match upstream.request(sent, Some(caller)).await? {
-        ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
-        ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-        _ => Err(UpstreamError::Transport {
-            server: server.to_string(),
-            message: "unexpected reply to tools/call".into(),
-        }),
-    }
+    call_response(server, forward(&upstream, sent, caller).await?)
 }
 
 fn text_of(result: &CallToolResult) -> (String, usize) {

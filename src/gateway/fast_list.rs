@@ -24,8 +24,7 @@ use serde_json::Value;
 use super::http::AllowedHosts;
 use super::state::GatewayState;
 
-/// rmcp's own limit for a request body.
-const MAX_BODY: usize = 4 * 1024 * 1024;
+use super::edge::MAX_BODY;
 const STATELESS_VERSION: &str = "2026-07-28";
 
 /// The serialized tool list of one catalog snapshot.

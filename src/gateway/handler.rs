@@ -12,14 +12,17 @@ use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
     CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, ErrorData,
     GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
-    ServerCapabilities, ServerConfig, ServerResult, SubscribeRequest, SubscribeRequestParams,
-    UnsubscribeRequest, UnsubscribeRequestParams,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    Reference, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequest,
+    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
+use super::forward::{call_response, client_revision, forward};
+use super::revision::ClientRevision;
 use super::state::{GatewayState, ListChange};
 use super::user_view::{View, caller};
 use super::{auth_status, fanout, overview};
@@ -31,6 +34,8 @@ pub struct GatewayHandler {
     state: Arc<GatewayState>,
     /// Distinguishes client sessions (e.g. whose subscription is whose).
     session: u64,
+    /// The level this session asked for with `logging/setLevel`.
+    log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
 }
 
 impl GatewayHandler {
@@ -39,6 +44,34 @@ impl GatewayHandler {
         Self {
             state,
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            log_level: Default::default(),
+        }
+    }
+
+    /// The upstream-side view of this request's client.
+    fn caller<'a>(&self, context: &'a RequestContext<RoleServer>) -> Caller<'a> {
+        Caller {
+            log_level: self.wanted_log_level(context),
+            ..Caller::new(context)
+        }
+    }
+
+    /// Which log messages the client wants: a 2026-07-28 request names its
+    /// level in `_meta` (none named: no logs); a 2025 session gets what it
+    /// set with `logging/setLevel`, everything before it set one.
+    fn wanted_log_level(&self, context: &RequestContext<RoleServer>) -> Option<LoggingLevel> {
+        if let Some(level) = context.meta.log_level() {
+            return Some(level);
+        }
+        match client_revision(context) {
+            ClientRevision::Stateless => None,
+            ClientRevision::Session => Some(
+                self.log_level
+                    .lock()
+                    .ok()
+                    .and_then(|level| *level)
+                    .unwrap_or(LoggingLevel::Debug),
+            ),
         }
     }
 
@@ -63,13 +96,6 @@ fn protocol_error(error: UpstreamError) -> ErrorData {
     }
 }
 
-/// Whether the calling client negotiated the stateless 2026-07-28 revision.
-fn speaks_2026(context: &RequestContext<RoleServer>) -> bool {
-    context
-        .protocol_version()
-        .is_some_and(|version| !version.has_initialize())
-}
-
 fn unexpected(kind: &str) -> ErrorData {
     ErrorData::internal_error(format!("upstream sent an unexpected reply to {kind}"), None)
 }
@@ -86,6 +112,7 @@ impl ServerHandler for GatewayHandler {
                 .enable_prompts()
                 .enable_prompts_list_changed()
                 .enable_completions()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
@@ -122,8 +149,14 @@ impl ServerHandler for GatewayHandler {
         let view = self.view(&context.extensions).await;
         let catalog = &view.catalog;
         if let Some(family_tool) = catalog.family_tool(&request.name) {
-            return fanout::call_family_tool(&self.state, &view, family_tool, request, &context)
-                .await;
+            return fanout::call_family_tool(
+                &self.state,
+                &view,
+                family_tool,
+                request,
+                self.caller(&context),
+            )
+            .await;
         }
         if request.name == overview::TOOL_NAME {
             return Ok(CallToolResponse::Complete(overview::call(
@@ -148,11 +181,11 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        match upstream.request(sent, Some(Caller::new(&context))).await {
-            Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
-            Ok(ServerResult::InputRequiredResult(r)) => Ok(CallToolResponse::InputRequired(r)),
-            Ok(ServerResult::CreateTaskResult(r)) => Ok(CallToolResponse::Task(r)),
-            Ok(_) => Err(unexpected("tools/call")),
+        let answer = forward(&upstream, sent, self.caller(&context))
+            .await
+            .and_then(|result| call_response(&upstream.name, result));
+        match answer {
+            Ok(response) => Ok(response),
             // The tool could not run: tell the agent why, in-band, so it can act on it.
             Err(
                 error @ (UpstreamError::Unavailable { .. }
@@ -285,19 +318,11 @@ impl ServerHandler for GatewayHandler {
             .resource_owner(&context.extensions, &request.uri)
             .await?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
-        match upstream
-            .request(sent, Some(Caller::new(&context)))
+        match forward(&upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
-            ServerResult::ReadResourceResult(mut r) => {
-                if !speaks_2026(&context) {
-                    // Cache hints exist from 2026-07-28 on; older clients never see them.
-                    r.ttl_ms = None;
-                    r.cache_scope = None;
-                }
-                Ok(ReadResourceResponse::Complete(r))
-            }
+            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
             ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
             _ => Err(unexpected("resources/read")),
         }
@@ -313,8 +338,7 @@ impl ServerHandler for GatewayHandler {
             .await?;
         let uri = request.uri.clone();
         let sent = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
-        upstream
-            .request(sent, Some(Caller::new(&context)))
+        forward(&upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?;
         if let Ok(mut subscribers) = upstream.subscribers().lock() {
@@ -348,8 +372,7 @@ impl ServerHandler for GatewayHandler {
         };
         if last_one {
             let sent = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
-            upstream
-                .request(sent, Some(Caller::new(&context)))
+            forward(&upstream, sent, self.caller(&context))
                 .await
                 .map_err(protocol_error)?;
         }
@@ -385,8 +408,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
-        match upstream
-            .request(sent, Some(Caller::new(&context)))
+        match forward(&upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
@@ -394,6 +416,14 @@ impl ServerHandler for GatewayHandler {
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
             _ => Err(unexpected("prompts/get")),
         }
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.apply_log_level(request, &context).await
     }
 
     async fn complete(
@@ -418,8 +448,7 @@ impl ServerHandler for GatewayHandler {
             _ => return Ok(CompleteResult::default()),
         };
         let sent = ClientRequest::CompleteRequest(CompleteRequest::new(request));
-        match upstream
-            .request(sent, Some(Caller::new(&context)))
+        match forward(&upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
@@ -430,6 +459,40 @@ impl ServerHandler for GatewayHandler {
 }
 
 impl GatewayHandler {
+    /// `logging/setLevel`: remembered for this session (relayed messages
+    /// below it are dropped) and passed to each of the caller's upstreams
+    /// that has a session-wide level (2025 revisions). A shared upstream
+    /// session has one level, the last one set by any client; each client
+    /// still gets only what it asked for.
+    async fn apply_log_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Ok(mut level) = self.log_level.lock() {
+            *level = Some(request.level);
+        }
+        let view = self.view(&context.extensions).await;
+        let upstreams: Vec<Arc<Upstream>> = self
+            .state
+            .fleet
+            .upstreams()
+            .iter()
+            .filter_map(|shared| view.upstream(&self.state, &shared.name))
+            .filter(|upstream| upstream.takes_log_level())
+            .collect();
+        let sent = upstreams.iter().map(|upstream| {
+            let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(request.clone()));
+            async move {
+                if let Err(error) = upstream.request(request, None).await {
+                    tracing::debug!(server = %upstream.name, %error, "upstream refused logging/setLevel");
+                }
+            }
+        });
+        futures::future::join_all(sent).await;
+        Ok(())
+    }
+
     async fn resource_owner(
         &self,
         extensions: &rmcp::model::Extensions,

@@ -1,5 +1,6 @@
-//! The HTTP surface: `/mcp` (rmcp's Streamable HTTP service: sessions for
-//! 2025 clients, stateless for 2026-07-28 ones), `/healthz`, `/readyz` and
+//! The HTTP surface: `/mcp` (the transport checks of `edge`, then rmcp's
+//! Streamable HTTP service: sessions for 2025 clients, stateless for
+//! 2026-07-28 ones), `/healthz`, `/readyz` and
 //! `/status`, and with auth on, `/auth/status` and the authorization
 //! server's routes (`/.well-known/...`, `/oauth/...`). The listener sets TCP_NODELAY on every accepted socket.
 
@@ -15,6 +16,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use super::edge::{AllowedOrigins, Edge, edge};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
 use super::state::GatewayState;
@@ -32,6 +34,7 @@ pub enum AllowedHosts {
 pub fn router(
     state: Arc<GatewayState>,
     hosts: AllowedHosts,
+    origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
     cancel: CancellationToken,
 ) -> Router {
@@ -50,6 +53,10 @@ pub fn router(
         sessions.clone(),
         config,
     );
+    let edge_checks = Edge {
+        origins,
+        sessions: sessions.clone(),
+    };
     let fast = FastList {
         state: state.clone(),
         sessions,
@@ -69,6 +76,8 @@ pub fn router(
             .fallback_service(mcp)
             .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list)),
     };
+    // Outermost: transport-level checks come before any other answer.
+    let mcp = mcp.layer(axum::middleware::from_fn_with_state(edge_checks, edge));
     let routes = Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(|| async { "ok" }))

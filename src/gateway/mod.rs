@@ -2,15 +2,19 @@
 //! shared state (catalog snapshot, connected clients) behind them.
 
 mod auth_status;
+mod edge;
 mod fanout;
 mod fast_list;
+mod forward;
 mod handler;
 mod http;
 mod overview;
+mod revision;
 mod state;
 pub mod status;
 mod user_view;
 
+pub use edge::AllowedOrigins;
 pub use fanout::FanOutSettings;
 pub use handler::GatewayHandler;
 pub use http::{AllowedHosts, router};

@@ -4,6 +4,12 @@
 Usage (Streamable HTTP only):
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] list-tools
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] call TOOL JSON_ARGS
+  .venv/bin/python py_client.py --url URL [--legacy] ... read URI | prompt NAME JSON_ARGS
+  --log-level LEVEL: opt in to log messages at LEVEL and above (2026-07-28: the client's log_level
+  stamped on every request; handshake mode: logging/setLevel first); every notifications/message
+  received is added to the printed document as "logs": [{level, logger, data}].
+  --progress-calls N (call only): make the call N times in one session with a progress callback;
+  the document gets "progress": [[progress values of call 1], [... of call 2], ...].
   .venv/bin/python py_client.py --url URL --oauth [--redirect-uri URI] ... list-tools | call TOOL JSON_ARGS
 Any mode: --repeat-after S runs the command a second time S seconds later in the same
 session (same client, same tokens) and prints only the second result.
@@ -12,6 +18,7 @@ Default mode is the SDK default, Client(mode="auto"): probe `server/discover` at
 Prints one JSON document on stdout:
   list-tools: {"protocolVersion": ..., "tools": [{name, description, inputSchema, ...}]}
   call:       the CallToolResult (by_alias, None fields dropped), plus "protocolVersion".
+  read/prompt: the ReadResourceResult / GetPromptResult, the same way.
 A tool result with isError=true still exits 0. Any other failure: message on stderr, exit 1
 (usage errors: exit 2).
 
@@ -134,6 +141,23 @@ async def command(c: Client, args: argparse.Namespace) -> dict:
             if not cursor:
                 break
         return {"protocolVersion": c.protocol_version, "tools": tools}
+    if args.cmd == "read":
+        res = await c.read_resource(args.uri)
+        return {"protocolVersion": c.protocol_version, **dump(res)}
+    if args.cmd == "prompt":
+        res = await c.get_prompt(args.name, args.tool_args)
+        return {"protocolVersion": c.protocol_version, **dump(res)}
+    if args.progress_calls:
+        per_call: list[list[float]] = []
+        for _ in range(args.progress_calls):
+            seen: list[float] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append(progress)
+
+            res = await c.call_tool(args.tool, args.tool_args, progress_callback=on_progress)
+            per_call.append(seen)
+        return {"protocolVersion": c.protocol_version, **dump(res), "progress": per_call}
     res = await c.call_tool(args.tool, args.tool_args)
     return {"protocolVersion": c.protocol_version, **dump(res)}
 
@@ -147,9 +171,23 @@ async def run(args: argparse.Namespace) -> dict:
         transport = streamable_http_client(args.url, http_client=http)
     elif args.headers:
         transport = streamable_http_client(args.url, http_client=create_mcp_http_client(headers=args.headers))
+    logs: list[dict] = []
+
+    async def on_log(params) -> None:
+        logs.append({"level": params.level, "logger": params.logger, "data": params.data})
+
+    options = {}
+    if args.log_level:
+        options = {"log_level": args.log_level, "logging_callback": on_log}
     with anyio.fail_after(args.timeout):
-        async with Client(transport, mode="legacy" if args.legacy else "auto", read_timeout_seconds=args.timeout) as c:
+        async with Client(
+            transport, mode="legacy" if args.legacy else "auto", read_timeout_seconds=args.timeout, **options
+        ) as c:
+            if args.log_level and args.legacy:
+                await c.set_logging_level(args.log_level)
             out = await command(c, args)
+            if args.log_level:
+                out["logs"] = logs
             if args.repeat_after is not None:
                 await anyio.sleep(args.repeat_after)
                 out = await command(c, args)
@@ -182,11 +220,18 @@ def main() -> int:
         metavar="S",
         help="run the command again S seconds later in the same session; print only that result",
     )
+    p.add_argument("--log-level", help="opt in to log messages at this level and above")
+    p.add_argument("--progress-calls", type=int, default=0, help="call N times, recording progress")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-tools")
     call = sub.add_parser("call")
     call.add_argument("tool")
     call.add_argument("json_args", nargs="?", default="{}")
+    read = sub.add_parser("read")
+    read.add_argument("uri")
+    prompt = sub.add_parser("prompt")
+    prompt.add_argument("name")
+    prompt.add_argument("json_args", nargs="?", default="{}")
     args = p.parse_args()
     args.headers = {}
     for h in args.header:
@@ -194,7 +239,7 @@ def main() -> int:
         if not sep:
             p.error(f"bad --header {h!r}, want 'Name: value'")
         args.headers[k.strip()] = v.strip()
-    if args.cmd == "call":
+    if args.cmd in ("call", "prompt"):
         try:
             args.tool_args = json.loads(args.json_args)
         except json.JSONDecodeError as e:

@@ -14,7 +14,8 @@ Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [
 Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str),
   slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message),
   grow(name:str) (adds tool `name` at runtime and sends tools/list_changed),
-  auth_header() (returns the Authorization header received, or <none>).
+  auth_header() (returns the Authorization header received, or <none>),
+  chatty() (logs one debug, one info and one warning message through the SDK's Context, then returns "logged").
 Resource: py://info (text/plain). Prompt: greet(name).
 """
 from __future__ import annotations
@@ -70,6 +71,14 @@ async def grow(name: str, ctx: Context) -> str:
 def auth_header(ctx: Context) -> str:
     headers = ctx.headers or {}
     return headers.get("authorization", "<none>")
+
+
+@mcp.tool(description="Log a debug, an info and a warning message, then return.")
+async def chatty(ctx: Context) -> str:
+    await ctx.debug("chatty debug", logger_name="chatty")
+    await ctx.info("chatty info", logger_name="chatty")
+    await ctx.warning("chatty warning", logger_name="chatty")
+    return "logged"
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")

@@ -1,0 +1,333 @@
+//! The HTTP edge of `/mcp`: what the Streamable HTTP transport requires of
+//! a server before any message is handled, enforced in front of every path
+//! (the cached `tools/list`, the bearer check, rmcp's service).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `Origin` present and not allowed | 403, JSON-RPC error without id |
+//! | POST body that is not JSON | 400, -32700 (parse error) |
+//! | POST body over the size limit | 413, -32600 |
+//! | `initialize` on an existing session (`Mcp-Session-Id` set) | 400, -32600 |
+//! | a JSON-RPC batch where the revision allows it (2025-03-26) | each message handled, the responses as one JSON array (202 when there are none) |
+//! | a batch on any later revision, an empty batch, or one holding `initialize` | 400, -32600 |
+//! | `DELETE` of a live session | 204 |
+//! | `DELETE` of an unknown session | 404 |
+//!
+//! Allowed origins: the configured list (`allowedOrigins`, exact
+//! `scheme://host[:port]`, `*` = any), else loopback origins on any port
+//! plus the public URL's origin. A request without `Origin` (every
+//! non-browser client) passes.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde_json::{Value, json};
+
+/// The largest request body accepted (rmcp's own limit).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The only revision whose transport carries JSON-RPC batches.
+const BATCH_REVISION: &str = "2025-03-26";
+
+/// Which browser origins may call `/mcp` (DNS-rebinding and cross-site protection).
+#[derive(Clone, Debug)]
+pub enum AllowedOrigins {
+    Any,
+    /// Loopback origins on any port, plus these exact origins.
+    LoopbackAnd(Vec<String>),
+    /// Exactly these origins.
+    Only(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// From the config's list (`None`: loopback plus `public_origin`).
+    pub fn from_config(list: Option<&[String]>, public_origin: Option<String>) -> Self {
+        match list {
+            Some(list) if list.iter().any(|o| o == "*") => Self::Any,
+            Some(list) => Self::Only(list.iter().map(|o| normalize(o)).collect()),
+            None => Self::LoopbackAnd(public_origin.map(|o| normalize(&o)).into_iter().collect()),
+        }
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        let origin = normalize(origin);
+        match self {
+            Self::Any => true,
+            Self::Only(list) => list.contains(&origin),
+            Self::LoopbackAnd(list) => is_loopback_origin(&origin) || list.contains(&origin),
+        }
+    }
+}
+
+/// `scheme://host[:port]` in lower case, default ports dropped, no trailing slash.
+fn normalize(origin: &str) -> String {
+    match url::Url::parse(origin) {
+        Ok(url) if url.host_str().is_some() => url.origin().ascii_serialization(),
+        _ => origin.trim_end_matches('/').to_ascii_lowercase(),
+    }
+}
+
+fn is_loopback_origin(origin: &str) -> bool {
+    let Ok(url) = url::Url::parse(origin) else {
+        return false;
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge {
+    pub origins: AllowedOrigins,
+    pub sessions: Arc<LocalSessionManager>,
+}
+
+/// A JSON-RPC error as an HTTP response.
+fn rpc_error(status: StatusCode, id: Value, code: i64, message: String) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn invalid_request(message: impl Into<String>) -> Response {
+    rpc_error(StatusCode::BAD_REQUEST, Value::Null, -32600, message.into())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Middleware on `/mcp`, outermost.
+pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| edge.origins.allows(o));
+        if !allowed {
+            tracing::warn!(origin = ?origin, "refused a request from a browser origin that is not allowed");
+            return rpc_error(
+                StatusCode::FORBIDDEN,
+                Value::Null,
+                -32600,
+                "this Origin may not call the gateway (add it to allowedOrigins in the config file)"
+                    .into(),
+            );
+        }
+    }
+    match *request.method() {
+        Method::POST => post(request, next).await,
+        Method::DELETE => delete(&edge, request, next).await,
+        _ => next.run(request).await,
+    }
+}
+
+async fn delete(edge: &Edge, request: Request, next: Next) -> Response {
+    let Some(session) = header_str(request.headers(), "mcp-session-id") else {
+        return next.run(request).await;
+    };
+    let known = edge.sessions.sessions.read().await.contains_key(session);
+    if !known {
+        return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::ACCEPTED {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    response
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|value| {
+        let essence = value.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    })
+}
+
+/// The `method` of a single JSON-RPC message (nothing else is decoded).
+fn method_of(message: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        method: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(message).ok()?.method
+}
+
+async fn post(request: Request, next: Next) -> Response {
+    // Other content types get the transport's own 415.
+    if !is_json(request.headers()) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::Null,
+            -32600,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        );
+    };
+    let message: &serde_json::value::RawValue = match serde_json::from_slice(&bytes) {
+        Ok(message) => message,
+        Err(error) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                -32700,
+                format!("parse error: the body is not valid JSON ({error})"),
+            );
+        }
+    };
+    if message.get().starts_with('[') {
+        return batch(parts, message.get(), next).await;
+    }
+    if parts.headers.contains_key("mcp-session-id")
+        && method_of(&bytes).as_deref() == Some("initialize")
+    {
+        return invalid_request(
+            "this session is already initialized; to start a new one, send initialize without Mcp-Session-Id",
+        );
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// A JSON-RPC batch: only 2025-03-26 has them. Each message goes through
+/// the same path as a single one; the responses come back as one array.
+async fn batch(parts: axum::http::request::Parts, array: &str, next: Next) -> Response {
+    let revision = header_str(&parts.headers, "mcp-protocol-version").unwrap_or(BATCH_REVISION);
+    if revision != BATCH_REVISION {
+        return invalid_request(format!(
+            "JSON-RPC batches are not part of MCP revision {revision}; send one message per request"
+        ));
+    }
+    let messages: Vec<&serde_json::value::RawValue> = match serde_json::from_str(array) {
+        Ok(messages) => messages,
+        Err(error) => return invalid_request(format!("invalid batch: {error}")),
+    };
+    if messages.is_empty() {
+        return invalid_request("an empty batch holds nothing to do");
+    }
+    if messages
+        .iter()
+        .any(|m| method_of(m.get().as_bytes()).as_deref() == Some("initialize"))
+    {
+        return invalid_request("initialize must not be part of a batch");
+    }
+    let calls = messages.iter().map(|message| {
+        let mut request = Request::new(Body::from(message.get().to_string()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = parts.headers.clone();
+        *request.extensions_mut() = parts.extensions.clone();
+        let next = next.clone();
+        async move { responses_of(next.run(request).await).await }
+    });
+    let replies: Vec<Value> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if replies.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Value::Array(replies).to_string(),
+    )
+        .into_response()
+}
+
+/// The JSON-RPC responses in one answer (a JSON body, or the SSE stream's
+/// response events). Notifications sent on a batched request's stream are
+/// not carried into the batch reply.
+async fn responses_of(response: Response) -> Vec<Value> {
+    let is_sse = header_str(response.headers(), header::CONTENT_TYPE.as_str())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let status = response.status();
+    let Ok(body) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&body);
+    let candidates: Vec<Value> = if is_sse {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str(data.trim()).ok())
+            .collect()
+    } else if status == StatusCode::ACCEPTED || body.is_empty() {
+        Vec::new()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => vec![value],
+            Err(_) => vec![json!({"jsonrpc": "2.0", "id": null, "error": {
+                "code": -32603, "message": format!("HTTP {status}: {}", text.trim())
+            }})],
+        }
+    };
+    candidates
+        .into_iter()
+        .filter(|m| {
+            m.get("id").is_some() && (m.get("result").is_some() || m.get("error").is_some())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_origins_pass_by_default_and_others_do_not() {
+        let origins = AllowedOrigins::from_config(None, Some("https://mcp.example.com/".into()));
+        for ok in [
+            "http://localhost:6274",
+            "http://127.0.0.1",
+            "http://[::1]:3000",
+            "https://localhost",
+            "https://mcp.example.com",
+            "https://MCP.example.com:443",
+        ] {
+            assert!(origins.allows(ok), "{ok}");
+        }
+        for refused in [
+            "http://evil.example",
+            "null",
+            "http://localhost.evil.example",
+            "https://mcp.example.com:8443",
+            "file://localhost",
+        ] {
+            assert!(!origins.allows(refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_configured_list_replaces_the_default_and_star_allows_all() {
+        let only = AllowedOrigins::from_config(Some(&["https://app.example".into()]), None);
+        assert!(only.allows("https://app.example"));
+        assert!(!only.allows("http://localhost:1"));
+        let any = AllowedOrigins::from_config(Some(&["*".into()]), None);
+        assert!(any.allows("http://evil.example"));
+    }
+
+    #[test]
+    fn only_the_method_is_peeked() {
+        assert_eq!(
+            method_of(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":1.50}}"#)
+                .as_deref(),
+            Some("initialize")
+        );
+        assert_eq!(method_of(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! What the gateway changes in what passes through it: the whole list of
+//! rewrites between a client and an upstream, and how a result is carried
+//! from the upstream's MCP revision to the client's. Anything not listed
+//! here reaches the other side as it was sent.
+//!
+//! Rewrites on every relayed request and its answer:
+//!
+//! | what | client → upstream | upstream → client |
+//! |---|---|---|
+//! | tool / prompt name | exposed name → upstream name | (names in lists: the catalog's `x_<server>_<tool>` or folded `x_<family>_<tool>`) |
+//! | instance argument of a folded tool | removed | - |
+//! | JSON-RPC request id | the gateway's own per upstream session | the client's |
+//! | progress token | the gateway's own | the client's |
+//! | `_meta["io.modelcontextprotocol/serverInfo"]` | - | removed (the client gets the gateway's) |
+//! | relayed elicitation / sampling / log from a fan-out member | - | prefixed with the instance name |
+//!
+//! Revision table (client revision × what the upstream's result carries):
+//!
+//! | field | 2025-03-26 / 2025-06-18 / 2025-11-25 client | 2026-07-28 client |
+//! |---|---|---|
+//! | `resultType` | never present (`"complete"` stripped) | always present: an upstream result without it is `"complete"` |
+//! | `ttlMs`, `cacheScope` on `resources/read` | removed | kept; filled with `0` / `"private"` when absent |
+//! | `input_required` result | not expressible: refused with an error naming the revision | passed through |
+
+use rmcp::model::{ResultType, ServerResult};
+
+/// What the client's negotiated revision needs from a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRevision {
+    /// 2025-03-26, 2025-06-18 or 2025-11-25 (the initialize handshake).
+    Session,
+    /// 2026-07-28: stateless, self-describing results.
+    Stateless,
+}
+
+/// Carries an upstream's result to a client of `revision`.
+pub fn to_client(result: &mut ServerResult, revision: ClientRevision) {
+    match revision {
+        ClientRevision::Stateless => {
+            if let Some(result_type) = result_type_mut(result)
+                && result_type.is_none()
+            {
+                *result_type = Some(ResultType::COMPLETE);
+            }
+        }
+        ClientRevision::Session => {
+            if let ServerResult::ReadResourceResult(read) = result {
+                // Cache hints exist from 2026-07-28 on; older clients never see them.
+                read.ttl_ms = None;
+                read.cache_scope = None;
+            }
+        }
+    }
+}
+
+/// The `resultType` of the results the gateway relays from one upstream.
+fn result_type_mut(result: &mut ServerResult) -> Option<&mut Option<ResultType>> {
+    Some(match result {
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::{CallToolResult, CompleteResult, GetPromptResult, ReadResourceResult};
+    use serde_json::{Value, json};
+
+    /// Decodes `wire` as the typed result an upstream's answer becomes.
+    fn decoded<T: serde::de::DeserializeOwned>(wire: Value) -> T {
+        serde_json::from_value(wire).expect("a valid result")
+    }
+
+    fn sent(result: ServerResult, revision: ClientRevision) -> Value {
+        let mut result = result;
+        to_client(&mut result, revision);
+        serde_json::to_value(result).expect("serializes")
+    }
+
+    #[test]
+    fn a_2025_result_reaching_a_2026_client_says_it_is_complete() {
+        let call: CallToolResult = decoded(json!({"content": [{"type": "text", "text": "hi"}]}));
+        let prompt: GetPromptResult = decoded(json!({"messages": []}));
+        let read: ReadResourceResult = decoded(json!({"contents": []}));
+        let complete: CompleteResult = decoded(json!({"completion": {"values": ["a"]}}));
+        for result in [
+            ServerResult::CallToolResult(call),
+            ServerResult::GetPromptResult(prompt),
+            ServerResult::ReadResourceResult(read),
+            ServerResult::CompleteResult(complete),
+        ] {
+            let wire = sent(result, ClientRevision::Stateless);
+            assert_eq!(wire["resultType"], "complete", "{wire}");
+        }
+    }
+
+    #[test]
+    fn cache_hints_never_reach_a_2025_client() {
+        let read: ReadResourceResult = decoded(json!({
+            "contents": [], "resultType": "complete", "ttlMs": 5000, "cacheScope": "public"
+        }));
+        let wire = sent(
+            ServerResult::ReadResourceResult(read),
+            ClientRevision::Session,
+        );
+        assert!(
+            wire.get("ttlMs").is_none() && wire.get("cacheScope").is_none(),
+            "{wire}"
+        );
+    }
+}

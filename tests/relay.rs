@@ -1,0 +1,426 @@
+//! The relay core, seen from outside: what a client gets through the gateway
+//! against what it gets from the upstream directly (after the documented
+//! rewrites of `src/gateway/revision.rs`), across MCP revisions, and the
+//! HTTP behaviour the Streamable HTTP transport requires of `/mcp`.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+/// server-everything over Streamable HTTP on a port it picked; returns it and its URL.
+fn everything_http(logs: &Path) -> (Proc, String) {
+    let p = peers();
+    let mut cmd = std::process::Command::new(p.get("NODE22"));
+    cmd.env("PORT", "0")
+        .arg("--require")
+        .arg(p.get("LOOPBACK_PRELOAD"))
+        .arg(p.get("EVERYTHING_JS"))
+        .arg("streamableHttp");
+    let proc = Proc::spawn("everything-relay", cmd, logs);
+    // The preload prints `LISTENING <host>:<port>` on stderr (the log) once bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(address) = proc
+            .log_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("LISTENING "))
+        {
+            return (proc, format!("http://{}/mcp", address.trim()));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server-everything did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs tests/peers/py_client.py with `args`; returns its JSON document.
+fn py_client(url: &str, args: &[&str]) -> Value {
+    let peers = peers();
+    let out = std::process::Command::new(peers.get("PY"))
+        .arg(peers.get("PY_CLIENT"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("running py_client.py");
+    assert!(
+        out.status.success(),
+        "py_client {args:?} against {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("py_client prints JSON")
+}
+
+/// What a result says apart from the fields the revisions differ in.
+fn payload(mut result: Value) -> Value {
+    if let Some(object) = result.as_object_mut() {
+        for key in [
+            "protocolVersion",
+            "resultType",
+            "ttlMs",
+            "cacheScope",
+            "_meta",
+        ] {
+            object.remove(key);
+        }
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_directly() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, url) = everything_http(logs.path());
+    write_manifest(
+        manifests.path(),
+        "everything.yaml",
+        &http_manifest("everything", &url, ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let via = gateway.url();
+    let resource = "demo://resource/static/document/architecture.md";
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["call", "echo", r#"{"message": "hi"}"#],
+            &["call", "x_everything_echo", r#"{"message": "hi"}"#],
+        ),
+        (&["read", resource], &["read", resource]),
+        (
+            &["prompt", "simple-prompt", "{}"],
+            &["prompt", "x_everything_simple-prompt", "{}"],
+        ),
+    ];
+    for (direct_args, gateway_args) in cases {
+        let direct = py_client(&url, direct_args);
+        assert_eq!(direct["protocolVersion"], "2025-11-25");
+        // The Python SDK refuses a 2026-07-28 result without resultType.
+        let through = py_client(&via, gateway_args);
+        assert_eq!(through["protocolVersion"], "2026-07-28", "{through}");
+        assert_eq!(through["resultType"], "complete", "{through}");
+        assert_eq!(payload(through), payload(direct), "{gateway_args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_messages_reach_the_client_at_the_level_it_asked_for_naming_the_server() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("py", "Connected", Duration::from_secs(20));
+    let data = |result: &Value| -> Vec<String> {
+        result["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .map(|l| format!("{} {} {}", l["level"], l["logger"], l["data"]))
+            .collect()
+    };
+    // Directly, a 2026-07-28 client asking for info gets info and warning.
+    let direct = py_client(&py_url, &["--log-level", "info", "call", "chatty"]);
+    assert_eq!(data(&direct).len(), 2, "{direct}");
+    // A 2025 session that sets info with logging/setLevel, through the gateway
+    // (which speaks 2026-07-28 to this upstream).
+    let legacy = py_client(
+        &gateway.url(),
+        &["--legacy", "--log-level", "info", "call", "x_py_chatty"],
+    );
+    assert_eq!(
+        data(&legacy),
+        vec![
+            r#""info" "py/chatty" "chatty info""#,
+            r#""warning" "py/chatty" "chatty warning""#
+        ],
+        "{legacy}"
+    );
+    // A 2026-07-28 client asking for warnings only.
+    let stateless = py_client(
+        &gateway.url(),
+        &["--log-level", "warning", "call", "x_py_chatty"],
+    );
+    assert_eq!(
+        data(&stateless),
+        vec![r#""warning" "py/chatty" "chatty warning""#],
+        "{stateless}"
+    );
+}
+
+/// One raw HTTP exchange with `/mcp`.
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut request = client
+        .request(method, url)
+        .header("accept", "application/json, text/event-stream");
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.expect("request to /mcp");
+    let status = response.status().as_u16();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, session, response.text().await.unwrap_or_default())
+}
+
+fn initialize(version: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {},
+        "clientInfo": {"name": "relay-tests", "version": "1"}}})
+    .to_string()
+}
+
+/// The JSON-RPC messages of a JSON or SSE body.
+fn messages(body: &str) -> Vec<Value> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(value) => vec![value],
+        Err(_) => body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect(),
+    }
+}
+
+/// Opens a session of `version`: initialize, then notifications/initialized.
+async fn open_session(client: &reqwest::Client, url: &str, version: &str) -> String {
+    let (status, session, body) = send(
+        client,
+        reqwest::Method::POST,
+        url,
+        &[],
+        Some(&initialize(version)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session = session.expect("a session id");
+    let mut headers = vec![("mcp-session-id", session.as_str())];
+    if version != "2025-03-26" {
+        headers.push(("mcp-protocol-version", version));
+    }
+    let (status, _, _) = send(
+        client,
+        reqwest::Method::POST,
+        url,
+        &headers,
+        Some(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+    )
+    .await;
+    assert_eq!(status, 202);
+    session
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
+    let (manifests, logs) = tempdirs();
+    write_manifest(
+        manifests.path(),
+        "sim.yaml",
+        &sim_manifest("sim-a", "edge-a", ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    let url = gateway.url();
+    let http = reqwest::Client::new();
+    let post = reqwest::Method::POST;
+
+    // Origin: a foreign one is refused before anything else, loopback passes.
+    let (status, _, body) = send(
+        &http,
+        post.clone(),
+        &url,
+        &[("origin", "http://evil.example")],
+        Some(&initialize("2025-11-25")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("allowedOrigins"), "{body}");
+    let (status, _, body) = send(
+        &http,
+        post.clone(),
+        &url,
+        &[("origin", "http://localhost:6274")],
+        Some(&initialize("2025-11-25")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A body that is not JSON: 400 with a parse error.
+    let (status, _, body) = send(&http, post.clone(), &url, &[], Some("{\"jsonrpc\": ")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(messages(&body)[0]["error"]["code"], -32700, "{body}");
+
+    // initialize again on a live session: 400; the session still works.
+    let session = open_session(&http, &url, "2025-11-25").await;
+    let on_session = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let (status, _, body) = send(
+        &http,
+        post.clone(),
+        &url,
+        &on_session,
+        Some(&initialize("2025-11-25")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(messages(&body)[0]["error"]["code"], -32600, "{body}");
+    let ping = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+    let (status, _, body) = send(&http, post.clone(), &url, &on_session, Some(ping)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Batches are refused on 2025-11-25 ...
+    let batch = r#"[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","id":"b","method":"tools/list"}]"#;
+    let (status, _, body) = send(&http, post.clone(), &url, &on_session, Some(batch)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("2025-11-25"), "{body}");
+
+    // ... and answered as one array on 2025-03-26.
+    let old = open_session(&http, &url, "2025-03-26").await;
+    let (status, _, body) = send(
+        &http,
+        post.clone(),
+        &url,
+        &[("mcp-session-id", old.as_str())],
+        Some(batch),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut replies = messages(&body);
+    replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string());
+    assert_eq!(replies.len(), 2, "{body}");
+    assert_eq!(replies[0]["id"], "a");
+    assert_eq!(replies[0]["result"], json!({}));
+    let tools = replies[1]["result"]["tools"].as_array().expect("tools");
+    assert!(
+        tools.iter().any(|t| t["name"] == "x_sim-a_list_pods"),
+        "{body}"
+    );
+    // A batch of notifications only: 202.
+    let (status, _, _) = send(
+        &http,
+        post.clone(),
+        &url,
+        &[("mcp-session-id", old.as_str())],
+        Some(r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // DELETE: 204 for the live session, then 404 for it and for a made-up one.
+    let (status, _, body) = send(&http, reqwest::Method::DELETE, &url, &on_session, None).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _, _) = send(&http, reqwest::Method::DELETE, &url, &on_session, None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(&http, post, &url, &on_session, Some(ping)).await;
+    assert_eq!(status, 404, "a deleted session is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_progress_notification_of_every_call_reaches_the_client() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, url) = everything_http(logs.path());
+    write_manifest(
+        manifests.path(),
+        "everything.yaml",
+        &http_manifest("everything", &url, ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    for round in 1..=20 {
+        // rmcp clients attach a progress token to every request.
+        let result = call(
+            &client,
+            "x_everything_trigger-long-running-operation",
+            json!({"duration": 0.1, "steps": 3}),
+        )
+        .await;
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        // The client handles notifications on their own tasks: let them land.
+        let seen = eventually(Duration::from_secs(2), "this call's progress", || async {
+            let seen = handler.progress.lock().unwrap().len();
+            (seen >= 3 * round).then_some(seen)
+        })
+        .await;
+        assert_eq!(seen, 3 * round, "call {round} got every step, no more");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_session_client_gets_every_progress_step_of_twenty_calls() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, url) = everything_http(logs.path());
+    write_manifest(
+        manifests.path(),
+        "everything.yaml",
+        &http_manifest("everything", &url, ""),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let args = r#"{"duration": 0.1, "steps": 3}"#;
+    for (mode, target, tool) in [
+        ("--legacy", url.as_str(), "trigger-long-running-operation"),
+        (
+            "--legacy",
+            gateway.url().as_str(),
+            "x_everything_trigger-long-running-operation",
+        ),
+        (
+            "--progress-calls=20",
+            gateway.url().as_str(),
+            "x_everything_trigger-long-running-operation",
+        ),
+    ] {
+        let mut flags = vec!["--progress-calls=20"];
+        if mode == "--legacy" {
+            flags.push(mode);
+        }
+        flags.extend(["call", tool, args]);
+        let result = py_client(target, &flags);
+        let progress = result["progress"].as_array().expect("progress").clone();
+        assert_eq!(progress.len(), 20);
+        for (i, steps) in progress.iter().enumerate() {
+            let steps: Vec<f64> = steps
+                .as_array()
+                .expect("steps")
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect();
+            assert_eq!(
+                steps,
+                [1.0, 2.0, 3.0],
+                "call {i} of {flags:?} against {target}"
+            );
+        }
+    }
+}
