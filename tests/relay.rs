@@ -43,6 +43,18 @@ fn everything_http(logs: &Path) -> (Proc, String) {
     }
 }
 
+/// A gateway in front of one upstream named `name` at `url`, once it is connected.
+fn gateway_for(name: &str, url: &str, manifests: &Path, logs: &Path) -> Gateway {
+    write_manifest(
+        manifests,
+        &format!("{name}.yaml"),
+        &http_manifest(name, url, ""),
+    );
+    let gateway = Gateway::start(manifests, logs);
+    gateway.wait_state(name, "Connected", Duration::from_secs(20));
+    gateway
+}
+
 /// Runs tests/peers/py_client.py with `args`; returns its JSON document.
 fn py_client(url: &str, args: &[&str]) -> Value {
     let peers = peers();
@@ -81,13 +93,7 @@ fn payload(mut result: Value) -> Value {
 async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_directly() {
     let (manifests, logs) = tempdirs();
     let (_everything, url) = everything_http(logs.path());
-    write_manifest(
-        manifests.path(),
-        "everything.yaml",
-        &http_manifest("everything", &url, ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
     let via = gateway.url();
     let resource = "demo://resource/static/document/architecture.md";
     let cases: [(&[&str], &[&str]); 3] = [
@@ -116,13 +122,7 @@ async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_direc
 async fn log_messages_reach_the_client_at_the_level_it_asked_for_naming_the_server() {
     let (manifests, logs) = tempdirs();
     let (_py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("py", "Connected", Duration::from_secs(20));
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
     let data = |result: &Value| -> Vec<String> {
         result["logs"]
             .as_array()
@@ -134,8 +134,7 @@ async fn log_messages_reach_the_client_at_the_level_it_asked_for_naming_the_serv
     // Directly, a 2026-07-28 client asking for info gets info and warning.
     let direct = py_client(&py_url, &["--log-level", "info", "call", "chatty"]);
     assert_eq!(data(&direct).len(), 2, "{direct}");
-    // A 2025 session that sets info with logging/setLevel, through the gateway
-    // (which speaks 2026-07-28 to this upstream).
+    // A 2025 session that sets info with logging/setLevel, through the gateway.
     let legacy = py_client(
         &gateway.url(),
         &["--legacy", "--log-level", "info", "call", "x_py_chatty"],
@@ -348,13 +347,7 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
 async fn every_progress_notification_of_every_call_reaches_the_client() {
     let (manifests, logs) = tempdirs();
     let (_everything, url) = everything_http(logs.path());
-    write_manifest(
-        manifests.path(),
-        "everything.yaml",
-        &http_manifest("everything", &url, ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     for round in 1..=20 {
@@ -380,13 +373,7 @@ async fn every_progress_notification_of_every_call_reaches_the_client() {
 async fn a_python_session_client_gets_every_progress_step_of_twenty_calls() {
     let (manifests, logs) = tempdirs();
     let (_everything, url) = everything_http(logs.path());
-    write_manifest(
-        manifests.path(),
-        "everything.yaml",
-        &http_manifest("everything", &url, ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
     let args = r#"{"duration": 0.1, "steps": 3}"#;
     for (mode, target, tool) in [
         ("--legacy", url.as_str(), "trigger-long-running-operation"),
@@ -423,4 +410,22 @@ async fn a_python_session_client_gets_every_progress_step_of_twenty_calls() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    // The gateway holds a session with this server (it has the handshake),
+    // so the server has a channel to ask on.
+    assert_eq!(gateway.server_status("py")["protocolVersion"], "2025-11-25");
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    let result = call(&client, "x_py_ask", json!({})).await;
+    assert_eq!(text_of(&result), "hello Ada", "{result:?}");
+    assert_eq!(
+        handler.asked.lock().unwrap().clone(),
+        ["elicit: [py] What is your name?"]
+    );
 }

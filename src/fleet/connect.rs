@@ -44,8 +44,8 @@ pub enum ConnectError {
     Timeout(u64),
     #[error("{0}")]
     Legacy(#[from] super::legacy_sse::LegacySseError),
-    #[error("the server has no usable server/discover ({0})")]
-    NoDiscover(String),
+    #[error("the server refused the initialize handshake ({0})")]
+    NoHandshake(String),
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
 }
@@ -163,15 +163,19 @@ fn header_map(desired: &DesiredServer) -> Result<HeaderMap, ConnectError> {
     Ok(headers)
 }
 
-/// Prefers the stateless 2026-07-28 revision; falls back to the newest
-/// handshake revision when the server does not offer it.
-fn auto_lifecycle() -> ClientLifecycleMode {
-    ClientLifecycleMode::Auto {
+/// The stateless revision, for servers that refuse the handshake.
+fn discover_lifecycle() -> ClientLifecycleMode {
+    ClientLifecycleMode::Discover {
         preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
     }
 }
 
+/// Opens a session in the revision this server is best spoken to in: the
+/// initialize handshake (2025-11-25, or the older one the server picks)
+/// wherever the server has it, because a session keeps the server's state
+/// between calls, carries its requests to the user (elicitation, sampling,
+/// roots) and its connection-wide logs; the stateless 2026-07-28 revision
+/// (`server/discover`) only when the server refuses the handshake.
 pub async fn connect(
     desired: &DesiredServer,
     handler: UpstreamClient,
@@ -180,25 +184,17 @@ pub async fn connect(
 ) -> Result<Connected, ConnectError> {
     let timeout = desired.spec.timeout();
     let attempt = async {
-        let lifecycle = match desired.spec.server_type {
-            ServerType::Sse => ClientLifecycleMode::Initialize,
-            _ => auto_lifecycle(),
-        };
-        match open(desired, handler.clone(), http, credential, lifecycle).await {
-            // Some servers answer server/discover but list only handshake
-            // versions (kubernetes-mcp-server does), or answer it with an
-            // empty result; rmcp's Auto mode treats that as final, so fall
-            // back to initialize on a fresh transport, as the reference SDKs do.
-            Err(ConnectError::NoDiscover(why)) => {
-                tracing::debug!(server = %desired.name, why, "no server/discover: using initialize");
-                open(
-                    desired,
-                    handler,
-                    http,
-                    credential,
-                    ClientLifecycleMode::Initialize,
-                )
-                .await
+        let handshake = open(
+            desired,
+            handler.clone(),
+            http,
+            credential,
+            ClientLifecycleMode::Initialize,
+        );
+        match handshake.await {
+            Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
+                tracing::debug!(server = %desired.name, why, "no initialize handshake: using server/discover");
+                open(desired, handler, http, credential, discover_lifecycle()).await
             }
             other => other,
         }
@@ -243,7 +239,7 @@ async fn open(
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
 ) -> Result<Running, ConnectError> {
-    let discovering = matches!(lifecycle, ClientLifecycleMode::Auto { .. });
+    let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
             let transport = Counted::new(spawn_stdio(desired, &handler.server)?, &handler);
@@ -286,27 +282,23 @@ async fn open(
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
     };
-    result.map_err(|error| match discover_unusable(&error) {
-        Some(why) if discovering => ConnectError::NoDiscover(why.into()),
+    result.map_err(|error| match handshake_refused(&error) {
+        true if handshaking => ConnectError::NoHandshake(error_chain(&error)),
         _ => ConnectError::Handshake(error_chain(&error)),
     })
 }
 
-/// Why a failed discovery should be retried with `initialize`, if it should:
-/// the server listed only handshake versions, or answered with something
-/// other than a discovery result (e.g. `{}`).
-fn discover_unusable(error: &ClientInitializeError) -> Option<&'static str> {
-    match error {
-        ClientInitializeError::NoCompatibleProtocolVersion {
-            server_supported, ..
-        } if server_supported.iter().all(|v| v.has_initialize()) => {
-            Some("it lists only handshake versions")
-        }
-        ClientInitializeError::ExpectedInitResult(_) => {
-            Some("it answered with something other than a discovery result")
-        }
-        _ => None,
-    }
+/// Whether the server answered `initialize` without accepting it (an error,
+/// or something other than an initialize result): a server that may speak
+/// only the stateless revision. Transport failures are not refusals.
+fn handshake_refused(error: &ClientInitializeError) -> bool {
+    matches!(
+        error,
+        ClientInitializeError::JsonRpcError(_)
+            | ClientInitializeError::ExpectedInitResult(_)
+            | ClientInitializeError::ExpectedInitResponse(_)
+            | ClientInitializeError::NoCompatibleProtocolVersion { .. }
+    )
 }
 
 fn spawn_stdio(
@@ -354,28 +346,28 @@ fn spawn_stdio(
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientInitializeError, FailureKind, discover_unusable};
+    use super::{ClientInitializeError, FailureKind, handshake_refused};
     use rmcp::model::{ErrorData, ProtocolVersion, ServerResult};
 
     #[test]
-    fn an_empty_or_handshake_only_discovery_falls_back_to_initialize() {
+    fn only_a_refused_handshake_tries_the_stateless_revision() {
         let empty: ServerResult = serde_json::from_str("{}").expect("an empty result decodes");
-        let falls_back = [
+        let refused = [
+            ClientInitializeError::JsonRpcError(ErrorData::method_not_found::<
+                rmcp::model::InitializeResultMethod,
+            >()),
             ClientInitializeError::ExpectedInitResult(Some(empty)),
             ClientInitializeError::NoCompatibleProtocolVersion {
-                client_supported: vec![ProtocolVersion::V_2026_07_28],
-                server_supported: vec![ProtocolVersion::V_2025_03_26],
+                client_supported: vec![ProtocolVersion::LATEST_WITH_INITIALIZE],
+                server_supported: vec![ProtocolVersion::V_2026_07_28],
             },
         ];
-        for error in &falls_back {
-            assert!(discover_unusable(error).is_some(), "{error}");
+        for error in &refused {
+            assert!(handshake_refused(error), "{error}");
         }
-        let fails = [
-            ClientInitializeError::JsonRpcError(ErrorData::internal_error("boom", None)),
-            ClientInitializeError::ConnectionClosed("eof".into()),
-        ];
-        for error in &fails {
-            assert!(discover_unusable(error).is_none(), "{error}");
+        let failed = [ClientInitializeError::ConnectionClosed("eof".into())];
+        for error in &failed {
+            assert!(!handshake_refused(error), "{error}");
         }
     }
 

@@ -13,9 +13,11 @@ Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [
   GET /stats then answers {"unauthorized": n, "authorized": n} (counts of /mcp requests).
 Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str),
   slow(seconds:float) (sleeps, then returns "slept <s>"), fail(message:str) (ToolError -> isError=true, text=message),
-  grow(name:str) (adds tool `name` at runtime and sends tools/list_changed),
+  grow(name:str) (adds tool `name` at runtime and announces it: to subscriptions/listen, and on 2025 sessions
+    as notifications/tools/list_changed),
   auth_header() (returns the Authorization header received, or <none>),
-  chatty() (logs one debug, one info and one warning message through the SDK's Context, then returns "logged").
+  chatty() (logs one debug, one info and one warning message through the SDK's Context, then returns "logged"),
+  ask() (asks the client for {"name": str} by form elicitation; returns "hello <name>", or "<action>" when not accepted).
 Resource: py://info (text/plain). Prompt: greet(name).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import urllib.request
 
 import anyio
 import uvicorn
+from pydantic import BaseModel
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -63,7 +66,11 @@ async def grow(name: str, ctx: Context) -> str:
         return f"grown {name}"
 
     mcp.add_tool(grown, name=name, description=f"Added at runtime by grow({name!r}).")
+    # 2026-07-28 listeners hear it through subscriptions/listen; sessions of
+    # the handshake revisions through notifications/tools/list_changed.
     await ctx.notify_tools_changed()
+    if (ctx.protocol_version or "") < "2026-07-28":
+        await ctx.session.send_tool_list_changed()
     return f"added {name}"
 
 
@@ -79,6 +86,18 @@ async def chatty(ctx: Context) -> str:
     await ctx.info("chatty info", logger_name="chatty")
     await ctx.warning("chatty warning", logger_name="chatty")
     return "logged"
+
+
+class Name(BaseModel):
+    name: str
+
+
+@mcp.tool(description="Ask the user for a name (form elicitation), then greet them.")
+async def ask(ctx: Context) -> str:
+    answer = await ctx.elicit("What is your name?", Name)
+    if answer.action == "accept":
+        return f"hello {answer.data.name}"
+    return answer.action
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")
