@@ -429,3 +429,63 @@ async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
         ["elicit: [py] What is your name?"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let http = reqwest::Client::new();
+    // Python integers have no size limit; a JSON number this large is not
+    // an i64, u64 or f64, so a re-encoding gateway would change it.
+    let call = |name: &str| {
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": name, "arguments": {"a": 1, "b": 1}}})
+        .to_string()
+        .replace(r#""a":1"#, r#""a":123456789012345678901234567890"#)
+    };
+    let mut answers = Vec::new();
+    for (url, name) in [
+        (py_url.as_str(), "add"),
+        (gateway.url().as_str(), "x_py_add"),
+    ] {
+        let session = open_session(&http, url, "2025-11-25").await;
+        let headers = [
+            ("mcp-session-id", session.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ];
+        let (status, _, body) = send(
+            &http,
+            reqwest::Method::POST,
+            url,
+            &headers,
+            Some(&call(name)),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answer = body
+            .lines()
+            .map(|l| l.strip_prefix("data:").unwrap_or(l).trim())
+            .find(|l| l.contains("\"result\""))
+            .unwrap_or_else(|| panic!("no result in {body}"))
+            .to_string();
+        answers.push(answer);
+    }
+    let [direct, through] = &answers[..] else {
+        unreachable!()
+    };
+    assert!(
+        direct.contains("123456789012345678901234567891"),
+        "{direct}"
+    );
+    assert!(
+        through.contains(r#""structuredContent":{"result":123456789012345678901234567891}"#),
+        "{through}"
+    );
+    let direct: Value =
+        serde_json::from_str(&direct.replace("123456789012345678901234567891", "0")).unwrap();
+    let through: Value =
+        serde_json::from_str(&through.replace("123456789012345678901234567891", "0")).unwrap();
+    assert_eq!(through, direct, "the same answer, the same id");
+    assert!(gateway.proc.log_text().contains("relaying tools/call"));
+}

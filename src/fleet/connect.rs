@@ -21,6 +21,7 @@ use super::credential::CredentialRef;
 use super::delivery::Counted;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
+use super::wire::{SessionSlot, Wire};
 use crate::api::ServerType;
 use crate::source::DesiredServer;
 
@@ -138,6 +139,8 @@ impl FailureKind {
 pub struct Connected {
     pub running: RunningService<RoleClient, UpstreamClient>,
     pub protocol: ProtocolVersion,
+    /// The relay's raw line on this session (Streamable HTTP sessions only).
+    pub wire: Option<Wire>,
 }
 
 fn header_map(desired: &DesiredServer) -> Result<HeaderMap, ConnectError> {
@@ -183,6 +186,8 @@ pub async fn connect(
     credential: Option<&CredentialRef>,
 ) -> Result<Connected, ConnectError> {
     let timeout = desired.spec.timeout();
+    let session: SessionSlot = Default::default();
+    let refresh = handler.refresh.clone();
     let attempt = async {
         let handshake = open(
             desired,
@@ -190,11 +195,20 @@ pub async fn connect(
             http,
             credential,
             ClientLifecycleMode::Initialize,
+            &session,
         );
         match handshake.await {
             Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
                 tracing::debug!(server = %desired.name, why, "no initialize handshake: using server/discover");
-                open(desired, handler, http, credential, discover_lifecycle()).await
+                open(
+                    desired,
+                    handler,
+                    http,
+                    credential,
+                    discover_lifecycle(),
+                    &session,
+                )
+                .await
             }
             other => other,
         }
@@ -219,7 +233,23 @@ pub async fn connect(
         .peer_info()
         .map(|info| info.protocol_version.clone())
         .unwrap_or(ProtocolVersion::V_2025_03_26);
-    Ok(Connected { running, protocol })
+    let wire = match (desired.spec.server_type, desired.spec.url.as_deref()) {
+        (ServerType::StreamableHttp, Some(url)) if protocol.has_initialize() => Some(Wire {
+            url: url.into(),
+            http: http.clone(),
+            headers: header_map(desired)?,
+            credential: credential.cloned(),
+            session,
+            protocol: protocol.to_string().into(),
+            refresh,
+        }),
+        _ => None,
+    };
+    Ok(Connected {
+        running,
+        protocol,
+        wire,
+    })
 }
 
 type Running = RunningService<RoleClient, UpstreamClient>;
@@ -238,6 +268,7 @@ async fn open(
     http: &reqwest::Client,
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
+    session: &SessionSlot,
 ) -> Result<Running, ConnectError> {
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
@@ -259,7 +290,7 @@ async fn open(
                     .collect(),
             );
             let transport = StreamableHttpClientTransport::with_client(
-                UpstreamHttpClient::new(http.clone(), credential.cloned()),
+                UpstreamHttpClient::new(http.clone(), credential.cloned(), session.clone()),
                 config,
             );
             let transport = Counted::new(transport, &handler);

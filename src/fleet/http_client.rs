@@ -22,6 +22,7 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::{Error as SseError, Sse};
 
 use super::credential::CredentialRef;
+use super::wire::SessionSlot;
 use crate::source::SecretValue;
 
 /// Builds the shared reqwest client for upstream traffic.
@@ -42,13 +43,32 @@ pub fn build_reqwest() -> reqwest::Client {
 pub struct UpstreamHttpClient {
     inner: reqwest::Client,
     credential: Option<CredentialRef>,
+    /// The session id rmcp last used, for the relay's own requests.
+    session: SessionSlot,
 }
 
 type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
 
 impl UpstreamHttpClient {
-    pub fn new(inner: reqwest::Client, credential: Option<CredentialRef>) -> Self {
-        Self { inner, credential }
+    pub fn new(
+        inner: reqwest::Client,
+        credential: Option<CredentialRef>,
+        session: SessionSlot,
+    ) -> Self {
+        Self {
+            inner,
+            credential,
+            session,
+        }
+    }
+
+    fn note_session(&self, session_id: &Option<Arc<str>>) {
+        if let Some(id) = session_id
+            && let Ok(mut known) = self.session.lock()
+            && known.as_ref() != Some(id)
+        {
+            *known = Some(id.clone());
+        }
     }
 
     /// The header to send: the credential's token, else what rmcp passed.
@@ -131,6 +151,7 @@ impl StreamableHttpClient for UpstreamHttpClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let had_session = session_id.is_some();
+        self.note_session(&session_id);
         let result = self
             .post_with_credential(auth_header, |header| {
                 self.inner.post_message(
@@ -158,6 +179,7 @@ impl StreamableHttpClient for UpstreamHttpClient {
         max_sse_event_size: usize,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let had_session = session_id.is_some();
+        self.note_session(&session_id);
         let result = self
             .post_with_credential(auth_header, |header| {
                 self.inner.post_message_with_max_sse_event_size(

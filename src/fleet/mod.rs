@@ -10,6 +10,7 @@ pub mod http_client;
 mod legacy_sse;
 mod upstream;
 mod user_sessions;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +21,7 @@ use rmcp::model::ErrorData;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client_handler::ListKind;
+pub use client_handler::{ListKind, severity};
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessions};

@@ -29,6 +29,7 @@ use super::client_handler::{
 use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
+use super::wire::Wire;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
@@ -83,6 +84,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     desired: ArcSwap<DesiredServer>,
     peer: ArcSwapOption<Peer<RoleClient>>,
+    /// The relay's raw line on the live session, when it has one.
+    wire: ArcSwapOption<Wire>,
     inventory: ArcSwap<Inventory>,
     health: Mutex<Health>,
     progress: ProgressRoutes,
@@ -111,6 +114,7 @@ impl Upstream {
             name: desired.name.as_str().into(),
             desired: ArcSwap::from_pointee(desired),
             peer: ArcSwapOption::empty(),
+            wire: ArcSwapOption::empty(),
             inventory: ArcSwap::new(inventory),
             health: Mutex::new(Health::default()),
             progress: Default::default(),
@@ -244,6 +248,7 @@ impl Upstream {
             }
         }
         self.peer.store(None);
+        self.wire.store(None);
         self.set_health(ServerState::Stopped, None, None);
     }
 
@@ -255,7 +260,11 @@ impl Upstream {
         mut refresh: mpsc::UnboundedReceiver<ListKind>,
         settings: &FleetSettings,
     ) -> String {
-        let Connected { running, protocol } = connected;
+        let Connected {
+            running,
+            protocol,
+            wire,
+        } = connected;
         let peer = running.peer().clone();
         let timeout = self.desired().spec.timeout();
         let stop = running.cancellation_token();
@@ -273,6 +282,7 @@ impl Upstream {
             health.protocol_version = Some(protocol.to_string());
         }
         self.peer.store(Some(Arc::new(peer.clone())));
+        self.wire.store(wire.map(Arc::new));
         self.set_health(ServerState::Connected, None, None);
         tracing::info!(server = %self.name, protocol = %protocol, tools = self.inventory().tools.len(), "upstream connected");
         let stateless = !protocol.has_initialize();
@@ -327,6 +337,7 @@ impl Upstream {
             }
         };
         self.peer.store(None);
+        self.wire.store(None);
         // Give the transport a moment to close cleanly (stdio: SIGTERM, then kill).
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
         reason
@@ -449,9 +460,7 @@ impl Upstream {
             result = handle.await_response() => {
                 // What the upstream sent before the response reaches the client before it.
                 tally.settle().await;
-                result
-                    .map(strip_hop_meta)
-                    .map_err(|e| self.service_error(e, timeout))
+                result.map_err(|e| self.service_error(e, timeout))
             }
             _ = cancelled => {
                 let _ = peer
@@ -463,6 +472,17 @@ impl Upstream {
                 Err(UpstreamError::Cancelled)
             }
         }
+    }
+
+    /// The raw line for relaying a request on the live session, if the
+    /// session has one (Streamable HTTP with a handshake revision).
+    pub fn wire(&self) -> Option<Arc<Wire>> {
+        self.wire.load_full()
+    }
+
+    /// The spec's call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.desired().spec.timeout()
     }
 
     /// Whether this upstream's session has `logging/setLevel` (a 2025
@@ -508,28 +528,6 @@ impl Upstream {
 fn speaks_stateless(peer: &Peer<RoleClient>) -> bool {
     peer.peer_info()
         .is_some_and(|info| !info.protocol_version.has_initialize())
-}
-
-/// Metadata an upstream attaches for its own client (the gateway) about
-/// itself; the gateway's clients get the gateway's, never an upstream's.
-const HOP_META_KEYS: &[&str] = &["io.modelcontextprotocol/serverInfo"];
-
-fn strip_hop_meta(mut result: ServerResult) -> ServerResult {
-    let meta = match &mut result {
-        ServerResult::CallToolResult(r) => &mut r.meta,
-        ServerResult::ReadResourceResult(r) => &mut r.meta,
-        ServerResult::GetPromptResult(r) => &mut r.meta,
-        _ => return result,
-    };
-    if let Some(object) = meta.as_mut() {
-        for key in HOP_META_KEYS {
-            object.remove(*key);
-        }
-        if object.is_empty() {
-            *meta = None;
-        }
-    }
-    result
 }
 
 /// Removes an in-flight call when its request ends.

@@ -34,8 +34,6 @@ pub struct GatewayHandler {
     state: Arc<GatewayState>,
     /// Distinguishes client sessions (e.g. whose subscription is whose).
     session: u64,
-    /// The level this session asked for with `logging/setLevel`.
-    log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
 }
 
 impl GatewayHandler {
@@ -44,7 +42,6 @@ impl GatewayHandler {
         Self {
             state,
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
-            log_level: Default::default(),
         }
     }
 
@@ -66,10 +63,8 @@ impl GatewayHandler {
         match client_revision(context) {
             ClientRevision::Stateless => None,
             ClientRevision::Session => Some(
-                self.log_level
-                    .lock()
-                    .ok()
-                    .and_then(|level| *level)
+                session_id(context)
+                    .and_then(|session| self.state.session_log_level(session))
                     .unwrap_or(LoggingLevel::Debug),
             ),
         }
@@ -85,6 +80,17 @@ impl GatewayHandler {
             ErrorData::internal_error(format!("server {server:?} was just removed"), None)
         })
     }
+}
+
+/// The gateway session id the request came with (2025 revisions).
+fn session_id(context: &RequestContext<RoleServer>) -> Option<&str> {
+    context
+        .extensions
+        .get::<http::request::Parts>()?
+        .headers
+        .get("mcp-session-id")?
+        .to_str()
+        .ok()
 }
 
 /// Maps a failed upstream request to the protocol error a client should see.
@@ -469,8 +475,8 @@ impl GatewayHandler {
         request: SetLevelRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        if let Ok(mut level) = self.log_level.lock() {
-            *level = Some(request.level);
+        if let Some(session) = session_id(context) {
+            self.state.set_session_log_level(session, request.level);
         }
         let view = self.view(&context.extensions).await;
         let upstreams: Vec<Arc<Upstream>> = self

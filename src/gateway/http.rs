@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::edge::{AllowedOrigins, Edge, edge};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
+use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
 use crate::api::ServerState;
@@ -57,26 +58,27 @@ pub fn router(
         origins,
         sessions: sessions.clone(),
     };
+    let relay = Relay::new(state.clone(), sessions.clone());
     let fast = FastList {
         state: state.clone(),
         sessions,
         hosts,
     };
+    // Calls are relayed as JSON where the relay takes them; the relay sits
+    // inside the bearer check (it routes by the caller's view).
+    let mcp = Router::new()
+        .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(relay, relay_call));
     let mcp = match &auth {
-        // Each user sees their own tools: no shared tools/list fast path.
-        Some(auth) => {
-            Router::new()
-                .fallback_service(mcp)
-                .layer(axum::middleware::from_fn_with_state(
-                    auth.clone(),
-                    require_user,
-                ))
-        }
-        None => Router::new()
-            .fallback_service(mcp)
-            .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list)),
+        Some(auth) => mcp.layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            require_user,
+        )),
+        // Each user sees their own tools: the shared tools/list fast path
+        // is for gateways without auth.
+        None => mcp.layer(axum::middleware::from_fn_with_state(fast, fast_tools_list)),
     };
-    // Outermost: transport-level checks come before any other answer.
+    // Outermost: the transport's own checks come before any other answer.
     let mcp = mcp.layer(axum::middleware::from_fn_with_state(edge_checks, edge));
     let routes = Router::new()
         .nest_service("/mcp", mcp)

@@ -9,6 +9,7 @@ mod forward;
 mod handler;
 mod http;
 mod overview;
+mod relay;
 mod revision;
 mod state;
 pub mod status;

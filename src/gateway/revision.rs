@@ -11,7 +11,8 @@
 //! | instance argument of a folded tool | removed | - |
 //! | JSON-RPC request id | the gateway's own per upstream session | the client's |
 //! | progress token | the gateway's own | the client's |
-//! | `_meta["io.modelcontextprotocol/serverInfo"]` | - | removed (the client gets the gateway's) |
+//! | `_meta["io.modelcontextprotocol/serverInfo"]` ([`HOP_META_KEYS`]) | - | removed (the client gets the gateway's) |
+//! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own) | - |
 //! | relayed elicitation / sampling / log from a fan-out member | - | prefixed with the instance name |
 //!
 //! Revision table (client revision × what the upstream's result carries):
@@ -24,6 +25,19 @@
 
 use rmcp::model::{ResultType, ServerResult};
 
+/// Result `_meta` keys an upstream writes for its own client (the gateway)
+/// about itself; the gateway's clients get the gateway's, never an upstream's.
+pub const HOP_META_KEYS: &[&str] = &["io.modelcontextprotocol/serverInfo"];
+
+/// Request `_meta` keys that describe the client's own hop (its 2026-07-28
+/// lifecycle); an upstream session has its own, negotiated by the gateway.
+pub const REQUEST_HOP_META_KEYS: &[&str] = &[
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientInfo",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/logLevel",
+];
+
 /// What the client's negotiated revision needs from a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientRevision {
@@ -35,6 +49,16 @@ pub enum ClientRevision {
 
 /// Carries an upstream's result to a client of `revision`.
 pub fn to_client(result: &mut ServerResult, revision: ClientRevision) {
+    if let Some(meta) = meta_mut(result)
+        && let Some(object) = meta.as_mut()
+    {
+        for key in HOP_META_KEYS {
+            object.remove(*key);
+        }
+        if object.is_empty() {
+            *meta = None;
+        }
+    }
     match revision {
         ClientRevision::Stateless => {
             if let Some(result_type) = result_type_mut(result)
@@ -51,6 +75,17 @@ pub fn to_client(result: &mut ServerResult, revision: ClientRevision) {
             }
         }
     }
+}
+
+/// The `_meta` of the results the gateway relays from one upstream.
+fn meta_mut(result: &mut ServerResult) -> Option<&mut Option<rmcp::model::MetaObject>> {
+    Some(match result {
+        ServerResult::CallToolResult(r) => &mut r.meta,
+        ServerResult::ReadResourceResult(r) => &mut r.meta,
+        ServerResult::GetPromptResult(r) => &mut r.meta,
+        ServerResult::CompleteResult(r) => &mut r.meta,
+        _ => return None,
+    })
 }
 
 /// The `resultType` of the results the gateway relays from one upstream.

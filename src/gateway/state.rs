@@ -2,10 +2,13 @@
 //! snapshot, and the connected clients to notify when lists change. The
 //! catalog task rebuilds the snapshot whenever the fleet reports a change.
 
+#![allow(deprecated)] // log levels (SEP-2577) are still spoken by 2025 clients
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use rmcp::model::LoggingLevel;
 use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
@@ -152,6 +155,8 @@ pub struct GatewayState {
     source_ready: std::sync::atomic::AtomicBool,
     /// Logged-in users' views (see `user_view`), rebuilt when the fleet changes.
     pub(super) user_views: moka::sync::Cache<UserKey, Arc<CachedView>>,
+    /// The level each 2025 session set with `logging/setLevel`, by session id.
+    log_levels: moka::sync::Cache<String, LoggingLevel>,
 }
 
 impl GatewayState {
@@ -171,7 +176,20 @@ impl GatewayState {
                 .max_capacity(10_000)
                 .time_to_idle(Duration::from_secs(900))
                 .build(),
+            log_levels: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
         })
+    }
+
+    /// The level a 2025 session set with `logging/setLevel`, if it did.
+    pub fn session_log_level(&self, session: &str) -> Option<LoggingLevel> {
+        self.log_levels.get(session)
+    }
+
+    pub(super) fn set_session_log_level(&self, session: &str, level: LoggingLevel) {
+        self.log_levels.insert(session.to_string(), level);
     }
 
     pub fn set_source_ready(&self) {

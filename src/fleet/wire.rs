@@ -1,0 +1,168 @@
+//! The relay's own line to a Streamable HTTP upstream: raw JSON-RPC over the
+//! session rmcp opened (its session id, negotiated revision, the server's
+//! headers and the user's credential), on the fleet's pooled keep-alive
+//! connections. A relayed request is sent as the bytes the gateway composed
+//! and its answer read as the bytes the upstream sent; nothing is decoded
+//! into rmcp's model on the way.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use sse_stream::{Sse, SseStream};
+use tokio::sync::mpsc;
+
+use super::client_handler::ListKind;
+use super::credential::CredentialRef;
+use crate::source::SecretValue;
+
+/// What an upstream answered to a relayed request.
+pub enum WireReply {
+    /// One JSON-RPC message.
+    Json(Bytes),
+    /// An SSE stream of JSON-RPC messages, the answer last.
+    Events(BoxStream<'static, Result<Sse, sse_stream::Error>>),
+}
+
+/// Why a relayed message got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The server never took the request (no connection, no live session,
+    /// session refused): it may be sent again another way.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
+    /// The server took the request and failed it at the HTTP level.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The session id rmcp's transport uses with one upstream, as last seen.
+pub type SessionSlot = Arc<Mutex<Option<Arc<str>>>>;
+
+/// A raw channel on one upstream session.
+pub struct Wire {
+    pub(super) url: Arc<str>,
+    pub(super) http: reqwest::Client,
+    pub(super) headers: HeaderMap,
+    pub(super) credential: Option<CredentialRef>,
+    pub(super) session: SessionSlot,
+    /// The negotiated revision (a handshake one: only sessions have a wire).
+    pub protocol: Arc<str>,
+    /// Where list changes seen on a relayed stream are reported.
+    pub(super) refresh: mpsc::UnboundedSender<ListKind>,
+}
+
+impl Wire {
+    /// A list change the upstream announced on a relayed request's stream.
+    pub fn list_changed(&self, kind: ListKind) {
+        let _ = self.refresh.send(kind);
+    }
+
+    fn request(&self, body: Bytes, token: Option<&SecretValue>) -> Option<reqwest::RequestBuilder> {
+        let session = self.session.lock().ok()?.clone()?;
+        let mut request = self
+            .http
+            .post(&*self.url)
+            .headers(self.headers.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-session-id", &*session)
+            .header("mcp-protocol-version", &*self.protocol)
+            .body(body);
+        if let Some(token) = token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        {
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        Some(request)
+    }
+
+    /// Sends one message with the session's credential (retried once with a
+    /// fresh token after a 401).
+    async fn send(&self, body: Bytes) -> Result<reqwest::Response, WireError> {
+        let token = match &self.credential {
+            None => None,
+            Some(credential) => Some(
+                credential
+                    .bearer()
+                    .await
+                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?,
+            ),
+        };
+        let no_session = || WireError::NotDelivered("no session yet".into());
+        let first = self
+            .request(body.clone(), token.as_ref())
+            .ok_or_else(no_session)?
+            .send()
+            .await
+            .map_err(not_delivered)?;
+        match (&self.credential, token) {
+            (Some(credential), Some(token)) if first.status() == StatusCode::UNAUTHORIZED => {
+                let fresh = credential
+                    .after_rejection(&token)
+                    .await
+                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
+                self.request(body, Some(&fresh))
+                    .ok_or_else(no_session)?
+                    .send()
+                    .await
+                    .map_err(not_delivered)
+            }
+            _ => Ok(first),
+        }
+    }
+
+    /// Sends a request and returns the upstream's answer as it comes.
+    pub async fn post(&self, body: Bytes) -> Result<WireReply, WireError> {
+        let response = self.send(body).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
+            // An unknown session (404, or 400 from the TypeScript SDK): the
+            // request did not run; rmcp's session re-initializes on its next use.
+            let text = response.text().await.unwrap_or_default();
+            return Err(WireError::NotDelivered(format!("HTTP {status}: {text}")));
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(WireError::Failed(format!("HTTP {status}: {}", text.trim())));
+        }
+        let is_sse = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            return Ok(WireReply::Events(events));
+        }
+        response
+            .bytes()
+            .await
+            .map(WireReply::Json)
+            .map_err(|e| WireError::Failed(e.to_string()))
+    }
+
+    /// Sends a notification or a response (the upstream answers 202).
+    pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
+        let response = self.send(body).await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(WireError::Failed(format!("HTTP {}", response.status())))
+        }
+    }
+}
+
+/// A failed send: only a connection that was never made is known not to
+/// have delivered the request (a request may not run twice).
+fn not_delivered(error: reqwest::Error) -> WireError {
+    let text = super::connect::error_chain(&error);
+    if error.is_connect() {
+        WireError::NotDelivered(text)
+    } else {
+        WireError::Failed(text)
+    }
+}

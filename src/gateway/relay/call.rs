@@ -1,0 +1,388 @@
+//! One relayed `tools/call`: routed by the catalog, sent on the upstream's
+//! wire, answered as JSON or as an SSE stream that the upstream's events
+//! drive (no task of its own: the client's connection polls it, and a
+//! client that goes away cancels the upstream request).
+
+#![allow(deprecated)] // log levels (SEP-2577) are still spoken by 2025 servers and clients
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rmcp::model::LoggingLevel;
+use serde_json::Value;
+use sse_stream::Sse;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{self, Message};
+use super::{ASK_PREFIX, Asked, ClientSide, Relay, Running, json_response};
+use crate::auth::UserIdentity;
+use crate::fleet::wire::{Wire, WireError, WireReply};
+use crate::fleet::{ListKind, severity};
+use crate::gateway::overview;
+use crate::gateway::revision::ClientRevision;
+
+/// Relays `message` (a `tools/call`) if the relay takes it; `None` hands
+/// it to rmcp's handler untouched.
+pub(super) async fn relay_call(
+    relay: &Arc<Relay>,
+    client: &ClientSide,
+    parts: &Parts,
+    message: &Message<'_>,
+) -> Option<Response> {
+    let call = message::peek_call(message.params)?;
+    if call.name == overview::TOOL_NAME {
+        return None;
+    }
+    let user = parts.extensions.get::<Arc<UserIdentity>>();
+    let view = relay.state.view(user).await;
+    if view.catalog.family_tool(&call.name).is_some() {
+        return None;
+    }
+    let route = view.catalog.tool(&call.name)?;
+    let upstream = view.upstream(&relay.state, &route.server)?;
+    let wire = upstream.wire()?;
+    let client_id = message.id.clone()?;
+    let upstream_id = relay.next_id("flotilla-");
+    let upstream_token = call
+        .progress_token
+        .as_ref()
+        .map(|_| Value::String(relay.next_id("flotilla-progress-")));
+    let body = message::request_upstream(
+        "tools/call",
+        message.params,
+        &upstream_id,
+        Some(&route.name),
+        upstream_token.as_ref(),
+    )?;
+    let label: Arc<str> = route.server.clone();
+    tracing::debug!(server = %label, tool = %route.name, "relaying tools/call");
+    let reply = match wire.post(Bytes::from(body)).await {
+        Ok(reply) => reply,
+        Err(WireError::NotDelivered(why)) => {
+            tracing::debug!(server = %label, why, "relay: not delivered; rmcp's path takes the call");
+            return None;
+        }
+        Err(WireError::Failed(why)) => {
+            let text = format!("server {label:?} failed the call: {why}");
+            return Some(json_response(tool_error(
+                &client_id,
+                &text,
+                client.revision,
+            )));
+        }
+    };
+    match reply {
+        WireReply::Json(bytes) => {
+            let text = std::str::from_utf8(&bytes).ok()?;
+            let answer = Message::parse(text)?;
+            Some(json_response(message::response_to_client(
+                &answer,
+                &client_id,
+                client.revision,
+            )?))
+        }
+        WireReply::Events(events) => {
+            let key = (
+                client.session.clone().unwrap_or_default(),
+                client_id.to_string(),
+            );
+            let cancel = CancellationToken::new();
+            relay.start(
+                key.clone(),
+                Running {
+                    wire: wire.clone(),
+                    upstream_id: upstream_id.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+            let stream = Stream {
+                relay: relay.clone(),
+                key,
+                wire,
+                events,
+                upstream_id,
+                client_id,
+                client: client.clone(),
+                client_token: call.progress_token,
+                upstream_token,
+                label,
+                log_level: wanted_log_level(relay, client, call.log_level.as_deref()),
+                timeout: upstream.timeout(),
+                cancel,
+                done: false,
+                asks: Vec::new(),
+            };
+            Some(sse_response(stream.into_body()))
+        }
+    }
+}
+
+/// The least severe level the client wants relayed (`None`: no logs).
+fn wanted_log_level(relay: &Relay, client: &ClientSide, asked: Option<&str>) -> Option<u8> {
+    let level = |name: &str| {
+        serde_json::from_value::<LoggingLevel>(Value::String(name.to_string()))
+            .ok()
+            .map(severity)
+    };
+    if let Some(asked) = asked {
+        return level(asked);
+    }
+    match (&client.session, client.revision) {
+        (Some(session), ClientRevision::Session) => {
+            Some(relay.state.session_log_level(session).map_or(0, severity))
+        }
+        _ => None,
+    }
+}
+
+/// A tool error result (the call could not run) for the client.
+fn tool_error(client_id: &Value, text: &str, revision: ClientRevision) -> String {
+    let mut result = serde_json::json!({
+        "content": [{"type": "text", "text": text}],
+        "isError": true,
+    });
+    if revision == ClientRevision::Stateless {
+        result["resultType"] = "complete".into();
+    }
+    serde_json::json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string()
+}
+
+fn sse_response(body: Body) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn sse_event(json: &str) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {json}\n\n"))
+}
+
+/// Tells an upstream to stop working on a request (bounded wait).
+pub(super) async fn cancel_upstream(wire: &Wire, upstream_id: &str, reason: &str) {
+    let note = serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": upstream_id, "reason": reason},
+    });
+    let sent = tokio::time::timeout(
+        Duration::from_secs(5),
+        wire.deliver(Bytes::from(note.to_string())),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!(
+            upstream_id,
+            "relay: the upstream did not take the cancellation"
+        );
+    }
+}
+
+/// One relayed call's SSE answer, read from the upstream as the client reads it.
+struct Stream {
+    relay: Arc<Relay>,
+    key: (String, String),
+    wire: Arc<Wire>,
+    events: BoxStream<'static, Result<Sse, sse_stream::Error>>,
+    upstream_id: String,
+    client_id: Value,
+    client: ClientSide,
+    client_token: Option<Value>,
+    upstream_token: Option<Value>,
+    label: Arc<str>,
+    log_level: Option<u8>,
+    timeout: Duration,
+    cancel: CancellationToken,
+    done: bool,
+    /// Ids of requests put to the client for this call.
+    asks: Vec<String>,
+}
+
+/// What one upstream event becomes.
+enum Step {
+    Send(String),
+    Skip,
+    Last(String),
+}
+
+impl Stream {
+    fn into_body(self) -> Body {
+        let events = futures::stream::unfold(self, |mut stream| async move {
+            let event = stream.next_event().await?;
+            Some((Ok::<_, std::convert::Infallible>(sse_event(&event)), stream))
+        });
+        Body::from_stream(events)
+    }
+
+    /// The next event for the client; `None` once the call is over.
+    async fn next_event(&mut self) -> Option<String> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    // Cancelled by the client: no answer follows.
+                    self.done = true;
+                    self.end();
+                    return None;
+                }
+                next = tokio::time::timeout(self.timeout, self.events.next()) => next,
+            };
+            let step = match next {
+                Err(_) => {
+                    cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway")
+                        .await;
+                    let text = format!(
+                        "server {:?} did not answer within {}s (spec.timeout)",
+                        self.label,
+                        self.timeout.as_secs()
+                    );
+                    Step::Last(tool_error(&self.client_id, &text, self.client.revision))
+                }
+                Ok(None) | Ok(Some(Err(_))) => {
+                    let text = format!(
+                        "server {:?} closed the call's stream without answering",
+                        self.label
+                    );
+                    Step::Last(tool_error(&self.client_id, &text, self.client.revision))
+                }
+                Ok(Some(Ok(event))) => match event.data {
+                    Some(data) => self.step(&data).await,
+                    None => Step::Skip,
+                },
+            };
+            match step {
+                Step::Skip => continue,
+                Step::Send(json) => return Some(json),
+                Step::Last(json) => {
+                    self.done = true;
+                    self.end();
+                    return Some(json);
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self, data: &str) -> Step {
+        let Some(message) = Message::parse(data) else {
+            return Step::Skip;
+        };
+        if message.is_response() {
+            let ours = matches!(&message.id, Some(Value::String(id)) if *id == self.upstream_id);
+            return match message::response_to_client(
+                &message,
+                &self.client_id,
+                self.client.revision,
+            ) {
+                Some(json) if ours => Step::Last(json),
+                _ => Step::Skip,
+            };
+        }
+        let Some(method) = message.method.as_deref() else {
+            return Step::Skip;
+        };
+        if let Some(id) = &message.id {
+            return self.ask_client(method, &message, id.clone()).await;
+        }
+        match method {
+            "notifications/progress" => {
+                let ours = message::progress_token(message.params) == self.upstream_token;
+                match (&self.client_token, ours) {
+                    (Some(token), true) => message::progress_to_client(message.params, token)
+                        .map_or(Step::Skip, Step::Send),
+                    _ => Step::Skip,
+                }
+            }
+            "notifications/message" => {
+                let level = message::log_level(message.params)
+                    .and_then(|l| serde_json::from_value::<LoggingLevel>(Value::String(l)).ok())
+                    .map(severity);
+                match (self.log_level, level) {
+                    (Some(wanted), Some(level)) if level >= wanted => {
+                        message::log_to_client(message.params, &self.label)
+                            .map_or(Step::Skip, Step::Send)
+                    }
+                    _ => Step::Skip,
+                }
+            }
+            "notifications/tools/list_changed" => self.refresh(ListKind::Tools),
+            "notifications/resources/list_changed" => self.refresh(ListKind::Resources),
+            "notifications/prompts/list_changed" => self.refresh(ListKind::Prompts),
+            _ => Step::Skip,
+        }
+    }
+
+    /// The call is over: nothing of it stays registered.
+    fn end(&mut self) {
+        self.relay.finish(&self.key);
+        self.relay.forget_asks(&self.asks);
+    }
+
+    fn refresh(&self, kind: ListKind) -> Step {
+        self.wire.list_changed(kind);
+        Step::Skip
+    }
+
+    /// The upstream asks the user something mid-call.
+    async fn ask_client(
+        &mut self,
+        method: &str,
+        message: &Message<'_>,
+        upstream_id: Value,
+    ) -> Step {
+        if method == "ping" {
+            let pong = format!(r#"{{"jsonrpc":"2.0","id":{upstream_id},"result":{{}}}}"#);
+            let _ = self.wire.deliver(Bytes::from(pong)).await;
+            return Step::Skip;
+        }
+        if self.client.revision == ClientRevision::Stateless {
+            let refusal = message::refuse_upstream(
+                &upstream_id,
+                "the gateway's client uses MCP 2026-07-28, which has no way to ask it mid-call",
+            );
+            let _ = self.wire.deliver(Bytes::from(refusal)).await;
+            return Step::Skip;
+        }
+        let id = self.relay.next_id(ASK_PREFIX);
+        let Some(json) = message::request_to_client(method, message.params, &id, &self.label)
+        else {
+            return Step::Skip;
+        };
+        self.asks.push(id.clone());
+        self.relay.remember_ask(
+            id,
+            Asked {
+                wire: self.wire.clone(),
+                upstream_id,
+                session: self.client.session.clone(),
+            },
+        );
+        Step::Send(json)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The client went away mid-call: the upstream stops working on it.
+        self.end();
+        let (wire, id) = (self.wire.clone(), self.upstream_id.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { cancel_upstream(&wire, &id, "the client went away").await });
+        }
+    }
+}

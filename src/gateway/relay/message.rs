@@ -1,0 +1,452 @@
+//! The relay's message rewrites, on raw JSON: each function changes only
+//! the members the rewrite list of `gateway::revision` names (ids, progress
+//! tokens, names, `_meta` hop keys, `resultType`) and copies every other
+//! member as the bytes it arrived as, so unknown fields pass through and no
+//! number is re-typed.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::gateway::revision::{ClientRevision, HOP_META_KEYS, REQUEST_HOP_META_KEYS};
+
+/// A JSON-RPC message as the relay reads it: the members it may rewrite
+/// decoded, the rest kept raw.
+#[derive(Deserialize)]
+pub struct Message<'a> {
+    pub id: Option<Value>,
+    pub method: Option<String>,
+    #[serde(borrow)]
+    pub params: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+impl<'a> Message<'a> {
+    pub fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    pub fn is_request(&self) -> bool {
+        self.method.is_some() && self.id.is_some()
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.method.is_none() && (self.result.is_some() || self.error.is_some())
+    }
+}
+
+/// What the relay reads of a `tools/call`'s params.
+pub struct CallPeek {
+    pub name: String,
+    pub progress_token: Option<Value>,
+    /// `_meta["io.modelcontextprotocol/logLevel"]` (2026-07-28).
+    pub log_level: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CallParams {
+    name: String,
+    #[serde(rename = "_meta")]
+    meta: Option<CallMeta>,
+}
+
+#[derive(Deserialize)]
+struct CallMeta {
+    #[serde(rename = "progressToken")]
+    progress_token: Option<Value>,
+    #[serde(rename = "io.modelcontextprotocol/logLevel")]
+    log_level: Option<String>,
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<String>,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
+    client_capabilities: Option<Map<String, Value>>,
+}
+
+pub fn peek_call(params: Option<&RawValue>) -> Option<CallPeek> {
+    let params: CallParams = serde_json::from_str(params?.get()).ok()?;
+    let meta = params.meta;
+    Some(CallPeek {
+        name: params.name,
+        progress_token: meta.as_ref().and_then(|m| m.progress_token.clone()),
+        log_level: meta.and_then(|m| m.log_level),
+    })
+}
+
+/// Whether a request's params carry the 2026-07-28 lifecycle `_meta` and
+/// its name matches the `Mcp-Name` header.
+pub fn declares_stateless(params: Option<&RawValue>, mcp_name: Option<&str>) -> bool {
+    let Some(params) = params.and_then(|p| serde_json::from_str::<CallParams>(p.get()).ok()) else {
+        return false;
+    };
+    let Some(meta) = params.meta else {
+        return false;
+    };
+    mcp_name == Some(params.name.as_str())
+        && meta.protocol_version.as_deref() == Some("2026-07-28")
+        && meta.client_capabilities.is_some()
+}
+
+/// The `requestId` a `notifications/cancelled` names.
+pub fn cancelled_request(params: Option<&RawValue>) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct Cancelled {
+        #[serde(rename = "requestId")]
+        request_id: Value,
+    }
+    serde_json::from_str::<Cancelled>(params?.get())
+        .ok()
+        .map(|c| c.request_id)
+}
+
+/// An object's members, each kept as its raw JSON.
+type RawObject<'a> = BTreeMap<String, &'a RawValue>;
+
+fn object(raw: Option<&RawValue>) -> Option<RawObject<'_>> {
+    match raw {
+        None => Some(RawObject::new()),
+        Some(raw) => serde_json::from_str(raw.get()).ok(),
+    }
+}
+
+/// Writes `{"k":v,...}` from raw members plus replaced ones.
+fn write_object(members: &RawObject<'_>, replaced: &[(&str, Option<String>)]) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut first = true;
+    let mut push = |key: &str, value: &str| {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&Value::String(key.to_string()).to_string());
+        out.push(':');
+        out.push_str(value);
+    };
+    for (key, value) in members {
+        if replaced.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        push(key, value.get());
+    }
+    for (key, value) in replaced {
+        if let Some(value) = value {
+            push(key, value);
+        }
+    }
+    out.push('}');
+    out
+}
+
+fn envelope(id: &str, body_key: &str, body: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"{body_key}":{body}}}"#)
+}
+
+/// `_meta` with `progressToken` set to `token` (or removed) and the keys in
+/// `hop` dropped; `None` when nothing is left.
+fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Option<String> {
+    let mut meta: Map<String, Value> = meta
+        .and_then(|m| serde_json::from_str(m.get()).ok())
+        .unwrap_or_default();
+    for key in hop {
+        meta.remove(*key);
+    }
+    match token {
+        Some(token) => {
+            meta.insert("progressToken".into(), token.clone());
+        }
+        None => {
+            meta.remove("progressToken");
+        }
+    }
+    (!meta.is_empty()).then(|| Value::Object(meta).to_string())
+}
+
+/// A client's request as the upstream gets it: the upstream's id, the
+/// upstream's name for the tool or prompt, the gateway's progress token;
+/// the 2026-07-28 lifecycle `_meta` keys describe the client's hop and are
+/// not carried to the upstream's session.
+pub fn request_upstream(
+    method: &str,
+    params: Option<&RawValue>,
+    upstream_id: &str,
+    upstream_name: Option<&str>,
+    progress_token: Option<&Value>,
+) -> Option<String> {
+    let members = object(params)?;
+    let meta = meta_with(
+        members.get("_meta").copied(),
+        REQUEST_HOP_META_KEYS,
+        progress_token,
+    );
+    let name = upstream_name.map(|n| Value::String(n.to_string()).to_string());
+    let mut replaced = vec![("_meta", meta)];
+    if name.is_some() {
+        replaced.push(("name", name));
+    }
+    let params = write_object(&members, &replaced);
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params}}}"#,
+        Value::String(upstream_id.to_string()),
+        Value::String(method.to_string())
+    ))
+}
+
+/// The upstream's answer as the client gets it: the client's id, and the
+/// result carried to the client's revision.
+pub fn response_to_client(
+    message: &Message<'_>,
+    client_id: &Value,
+    revision: ClientRevision,
+) -> Option<String> {
+    let id = client_id.to_string();
+    if let Some(error) = message.error {
+        return Some(envelope(&id, "error", error.get()));
+    }
+    let members = object(message.result)?;
+    let meta = meta_with(members.get("_meta").copied(), HOP_META_KEYS, None);
+    let result_type = match revision {
+        ClientRevision::Stateless => Some(
+            members
+                .get("resultType")
+                .map(|r| r.get().to_string())
+                .unwrap_or_else(|| r#""complete""#.to_string()),
+        ),
+        ClientRevision::Session => members
+            .get("resultType")
+            .map(|r| r.get())
+            .filter(|r| *r != r#""complete""#)
+            .map(str::to_string),
+    };
+    let mut replaced = vec![("_meta", meta), ("resultType", result_type)];
+    if revision == ClientRevision::Session {
+        // Cache hints exist from 2026-07-28 on.
+        replaced.push(("ttlMs", None));
+        replaced.push(("cacheScope", None));
+    }
+    Some(envelope(&id, "result", &write_object(&members, &replaced)))
+}
+
+/// A notification's params with `progressToken` replaced by the client's.
+pub fn progress_to_client(params: Option<&RawValue>, client_token: &Value) -> Option<String> {
+    let members = object(params)?;
+    let token = client_token.to_string();
+    let params = write_object(&members, &[("progressToken", Some(token))]);
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{params}}}"#
+    ))
+}
+
+/// A log message for the client, its `logger` prefixed with `label`.
+pub fn log_to_client(params: Option<&RawValue>, label: &str) -> Option<String> {
+    let members = object(params)?;
+    let logger = match members
+        .get("logger")
+        .and_then(|l| serde_json::from_str::<String>(l.get()).ok())
+    {
+        Some(logger) => format!("{label}/{logger}"),
+        None => label.to_string(),
+    };
+    let params = write_object(
+        &members,
+        &[("logger", Some(Value::String(logger).to_string()))],
+    );
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{params}}}"#
+    ))
+}
+
+/// The level (`params.level`) of a log message.
+pub fn log_level(params: Option<&RawValue>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Level {
+        level: String,
+    }
+    serde_json::from_str::<Level>(params?.get())
+        .ok()
+        .map(|l| l.level)
+}
+
+/// The progress token of a progress notification.
+pub fn progress_token(params: Option<&RawValue>) -> Option<Value> {
+    #[derive(Deserialize)]
+    struct Token {
+        #[serde(rename = "progressToken")]
+        token: Value,
+    }
+    serde_json::from_str::<Token>(params?.get())
+        .ok()
+        .map(|t| t.token)
+}
+
+/// An upstream's request to the user as the client gets it: the gateway's
+/// id for it, and for elicitation the server named in front of the message.
+pub fn request_to_client(
+    method: &str,
+    params: Option<&RawValue>,
+    id: &str,
+    label: &str,
+) -> Option<String> {
+    let members = object(params)?;
+    let mut replaced = Vec::new();
+    if method == "elicitation/create"
+        && let Some(message) = members
+            .get("message")
+            .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
+    {
+        replaced.push((
+            "message",
+            Some(Value::String(format!("[{label}] {message}")).to_string()),
+        ));
+    }
+    let params = write_object(&members, &replaced);
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params}}}"#,
+        Value::String(id.to_string()),
+        Value::String(method.to_string())
+    ))
+}
+
+/// The client's answer to a relayed request, sent back under the upstream's id.
+pub fn answer_upstream(message: &Message<'_>, upstream_id: &Value) -> Option<String> {
+    let id = upstream_id.to_string();
+    match (message.result, message.error) {
+        (Some(result), _) => Some(envelope(&id, "result", result.get())),
+        (None, Some(error)) => Some(envelope(&id, "error", error.get())),
+        _ => None,
+    }
+}
+
+/// An error answer to an upstream request no client can take.
+pub fn refuse_upstream(upstream_id: &Value, message: &str) -> String {
+    let error = serde_json::json!({"code": -32601, "message": message});
+    envelope(&upstream_id.to_string(), "error", &error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_call_reaches_the_upstream_with_only_id_name_and_token_changed() {
+        let params = raw(
+            r#"{"name":"x_py_add","arguments":{"a":0.7,"b":1.0,"big":123456789012345678901234567890},"_meta":{"progressToken":"client-7","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c"},"vendor/trace":"t1"},"task":{"ttl":5}}"#,
+        );
+        let sent = request_upstream(
+            "tools/call",
+            Some(&params),
+            "flotilla-1",
+            Some("add"),
+            Some(&json!("flotilla-p1")),
+        )
+        .unwrap();
+        // Numbers stay the bytes they were.
+        assert!(
+            sent.contains(r#""arguments":{"a":0.7,"b":1.0,"big":123456789012345678901234567890}"#),
+            "{sent}"
+        );
+        let sent: Value =
+            serde_json::from_str(&sent.replace("123456789012345678901234567890", "0")).unwrap();
+        assert_eq!(sent["id"], "flotilla-1");
+        assert_eq!(sent["params"]["name"], "add");
+        assert_eq!(sent["params"]["task"], json!({"ttl": 5}));
+        assert_eq!(
+            sent["params"]["_meta"],
+            json!({"progressToken": "flotilla-p1", "vendor/trace": "t1"})
+        );
+    }
+
+    #[test]
+    fn a_result_reaches_each_revision_as_it_requires_and_unknown_fields_pass() {
+        let text = r#"{"jsonrpc":"2.0","id":"flotilla-1","result":{"content":[{"type":"text","text":"hi"}],"structuredContent":{"t":0.699999988079071},"x-vendor":{"k":1},"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"up"},"vendor/m":2}}}"#;
+        let message = Message::parse(text).unwrap();
+        let stateless = response_to_client(&message, &json!(7), ClientRevision::Stateless).unwrap();
+        assert!(stateless.contains(r#""structuredContent":{"t":0.699999988079071}"#));
+        let stateless: Value = serde_json::from_str(&stateless).unwrap();
+        assert_eq!(stateless["id"], 7);
+        assert_eq!(stateless["result"]["resultType"], "complete");
+        assert_eq!(stateless["result"]["x-vendor"], json!({"k": 1}));
+        assert_eq!(stateless["result"]["_meta"], json!({"vendor/m": 2}));
+
+        let text = r#"{"jsonrpc":"2.0","id":"flotilla-2","result":{"contents":[],"resultType":"complete","ttlMs":5,"cacheScope":"public"}}"#;
+        let message = Message::parse(text).unwrap();
+        let session: Value = serde_json::from_str(
+            &response_to_client(&message, &json!("a"), ClientRevision::Session).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(session["result"], json!({"contents": []}));
+    }
+
+    #[test]
+    fn errors_pass_with_the_clients_id() {
+        let text = r#"{"jsonrpc":"2.0","id":"flotilla-3","error":{"code":-32602,"message":"bad","data":{"x":1}}}"#;
+        let message = Message::parse(text).unwrap();
+        let out: Value = serde_json::from_str(
+            &response_to_client(&message, &json!(9), ClientRevision::Session).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"bad","data":{"x":1}}})
+        );
+    }
+
+    #[test]
+    fn progress_logs_and_requests_reach_the_client_in_its_terms() {
+        let progress =
+            raw(r#"{"progressToken":"flotilla-p1","progress":1,"total":3,"message":"step"}"#);
+        let out = progress_to_client(Some(&progress), &json!(42)).unwrap();
+        assert!(
+            out.contains(r#""progress":1,"#) && out.contains(r#""progressToken":42"#),
+            "{out}"
+        );
+
+        let log = raw(r#"{"level":"info","logger":"chatty","data":{"n":1.50}}"#);
+        let out = log_to_client(Some(&log), "py").unwrap();
+        assert!(
+            out.contains(r#""logger":"py/chatty""#) && out.contains(r#""data":{"n":1.50}"#),
+            "{out}"
+        );
+        assert_eq!(log_level(Some(&log)).as_deref(), Some("info"));
+
+        let elicit =
+            raw(r#"{"mode":"form","message":"Name?","requestedSchema":{"type":"object"}}"#);
+        let out: Value = serde_json::from_str(
+            &request_to_client("elicitation/create", Some(&elicit), "flotilla-r1", "py").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["id"], "flotilla-r1");
+        assert_eq!(out["params"]["message"], "[py] Name?");
+        assert_eq!(out["params"]["mode"], "form");
+
+        let sampling = raw(r#"{"messages":[],"maxTokens":10,"temperature":0.7}"#);
+        let out = request_to_client(
+            "sampling/createMessage",
+            Some(&sampling),
+            "flotilla-r2",
+            "py",
+        )
+        .unwrap();
+        assert!(out.contains(r#""temperature":0.7"#), "{out}");
+    }
+
+    #[test]
+    fn the_clients_answer_returns_under_the_upstreams_id() {
+        let answer = Message::parse(r#"{"jsonrpc":"2.0","id":"flotilla-r1","result":{"action":"accept","content":{"name":"Ada"}}}"#).unwrap();
+        let out: Value =
+            serde_json::from_str(&answer_upstream(&answer, &json!(0)).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({"jsonrpc":"2.0","id":0,"result":{"action":"accept","content":{"name":"Ada"}}})
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The relay: a `tools/call` for one upstream is forwarded as JSON, not
+//! decoded into rmcp's model and encoded again. The client's request goes
+//! to the upstream's session on the fleet's pooled connections with only the
+//! rewrites of `gateway::revision`; the upstream's answer comes back the
+//! same way, as JSON or as an SSE stream whose progress, log messages and
+//! requests to the user reach the client in the order the upstream sent
+//! them, before the answer.
+//!
+//! Taken here: `tools/call` of a catalog tool (not a folded family tool,
+//! not the gateway's own) whose upstream has a Streamable HTTP session, from
+//! a 2025 session client or a well-formed 2026-07-28 request. Everything
+//! else, and any request the upstream never received (no connection, a
+//! session it no longer knows), goes to rmcp's handler unchanged.
+//!
+//! A request an upstream sends to the user mid-call (elicitation, sampling,
+//! roots) reaches a 2025 session client on the call's stream under an id of
+//! the gateway's; the client's answer, POSTed back, is routed to the
+//! upstream under the upstream's id. A 2026-07-28 client cannot be asked
+//! mid-call: the upstream gets an error saying so (no hang).
+
+mod call;
+mod message;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::edge::MAX_BODY;
+use super::revision::ClientRevision;
+use super::state::GatewayState;
+use crate::fleet::wire::Wire;
+use message::Message;
+
+/// The revision a 2026-07-28 request declares (header and `_meta`).
+const STATELESS: &str = "2026-07-28";
+/// The revision of a session whose client sends no `MCP-Protocol-Version`.
+const OLDEST_SESSION: &str = "2025-03-26";
+/// Prefix of the ids the gateway gives requests it relays to clients.
+const ASK_PREFIX: &str = "flotilla-ask-";
+
+/// The calling client, as far as the relay needs to know it.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientSide {
+    /// The gateway session id (2025 revisions); `None` for 2026-07-28.
+    pub session: Option<String>,
+    pub revision: ClientRevision,
+}
+
+/// An upstream request to the user, waiting for the client's answer.
+struct Asked {
+    wire: Arc<Wire>,
+    upstream_id: Value,
+    session: Option<String>,
+}
+
+/// A relayed call in flight (for the client's cancellation).
+struct Running {
+    wire: Arc<Wire>,
+    upstream_id: String,
+    cancel: CancellationToken,
+}
+
+/// The relay's shared state: what is waiting on clients and what runs.
+pub struct Relay {
+    pub(crate) state: Arc<GatewayState>,
+    sessions: Arc<LocalSessionManager>,
+    asked: Mutex<HashMap<String, Asked>>,
+    running: Mutex<HashMap<(String, String), Running>>,
+    ids: AtomicU64,
+}
+
+impl Relay {
+    pub fn new(state: Arc<GatewayState>, sessions: Arc<LocalSessionManager>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            sessions,
+            asked: Mutex::default(),
+            running: Mutex::default(),
+            ids: AtomicU64::new(1),
+        })
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Who sends `message` with `headers`, when the relay may serve it.
+    async fn client_side(&self, headers: &HeaderMap, message: &Message<'_>) -> Option<ClientSide> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(session) = header("mcp-session-id") {
+            let known = self.sessions.sessions.read().await.contains_key(session);
+            let revision = header("mcp-protocol-version").unwrap_or(OLDEST_SESSION);
+            return (known && revision != STATELESS).then(|| ClientSide {
+                session: Some(session.to_string()),
+                revision: ClientRevision::Session,
+            });
+        }
+        // A 2026-07-28 request must say so in its headers and its _meta, as
+        // rmcp's handler checks; anything less is left to rmcp's errors.
+        let declared = header("mcp-protocol-version") == Some(STATELESS)
+            && header("mcp-method") == message.method.as_deref()
+            && message::declares_stateless(message.params, header("mcp-name"));
+        declared.then_some(ClientSide {
+            session: None,
+            revision: ClientRevision::Stateless,
+        })
+    }
+
+    fn remember_ask(&self, id: String, asked: Asked) {
+        if let Ok(mut map) = self.asked.lock() {
+            map.insert(id, asked);
+        }
+    }
+
+    fn forget_asks(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(mut map) = self.asked.lock() {
+            for id in ids {
+                map.remove(id);
+            }
+        }
+    }
+
+    /// The client answered a request the relay put to it.
+    async fn answer(&self, client: &ClientSide, message: &Message<'_>) -> bool {
+        let Some(Value::String(id)) = &message.id else {
+            return false;
+        };
+        let asked = match self.asked.lock() {
+            Ok(mut map) => match map.get(id) {
+                Some(asked) if asked.session == client.session => map.remove(id),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(asked) = asked else {
+            return false;
+        };
+        if let Some(body) = message::answer_upstream(message, &asked.upstream_id)
+            && let Err(error) = asked.wire.deliver(Bytes::from(body)).await
+        {
+            tracing::warn!(%error, "relaying a client's answer to its upstream failed");
+        }
+        true
+    }
+
+    fn start(&self, key: (String, String), running: Running) {
+        if let Ok(mut map) = self.running.lock() {
+            map.insert(key, running);
+        }
+    }
+
+    fn finish(&self, key: &(String, String)) {
+        if let Ok(mut map) = self.running.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// The client cancelled a relayed call: tell its upstream.
+    async fn cancel(&self, client: &ClientSide, message: &Message<'_>) -> bool {
+        let Some(request) = message::cancelled_request(message.params) else {
+            return false;
+        };
+        let key = (
+            client.session.clone().unwrap_or_default(),
+            request.to_string(),
+        );
+        let running = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut map| map.remove(&key));
+        let Some(running) = running else {
+            return false;
+        };
+        running.cancel.cancel();
+        call::cancel_upstream(
+            &running.wire,
+            &running.upstream_id,
+            "cancelled by the client",
+        )
+        .await;
+        true
+    }
+}
+
+/// Middleware on `/mcp`: serves what the relay takes, passes the rest on.
+pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let pass = |parts, bytes: Bytes| next.run(Request::from_parts(parts, Body::from(bytes)));
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return pass(parts, bytes).await;
+    };
+    let Some(message) = Message::parse(text) else {
+        return pass(parts, bytes).await;
+    };
+    let worth_a_look = message.is_response()
+        || matches!(
+            message.method.as_deref(),
+            Some("tools/call" | "notifications/cancelled")
+        );
+    if !worth_a_look {
+        return pass(parts, bytes).await;
+    }
+    let Some(client) = relay.client_side(&parts.headers, &message).await else {
+        return pass(parts, bytes).await;
+    };
+    if message.is_response() {
+        let ours = matches!(&message.id, Some(Value::String(id)) if id.starts_with(ASK_PREFIX));
+        if ours && relay.answer(&client, &message).await {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        return pass(parts, bytes).await;
+    }
+    if message.method.as_deref() == Some("notifications/cancelled") {
+        if relay.cancel(&client, &message).await {
+            return StatusCode::ACCEPTED.into_response();
+        }
+        return pass(parts, bytes).await;
+    }
+    if !message.is_request() {
+        return pass(parts, bytes).await;
+    }
+    match call::relay_call(&relay, &client, &parts, &message).await {
+        Some(response) => response,
+        None => pass(parts, bytes).await,
+    }
+}
+
+fn json_response(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
