@@ -116,6 +116,13 @@ async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_direc
         assert_eq!(through["resultType"], "complete", "{through}");
         assert_eq!(payload(through), payload(direct), "{gateway_args:?}");
     }
+    let log = gateway.proc.log_text();
+    for method in ["tools/call", "resources/read", "prompts/get"] {
+        assert!(
+            log.contains(&format!("relaying {method}")),
+            "{method} was relayed"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,6 +435,8 @@ async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
         handler.asked.lock().unwrap().clone(),
         ["elicit: [py] What is your name?"]
     );
+    // The call, its question and the answer went through the relay.
+    assert!(gateway.proc.log_text().contains("relaying tools/call"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -488,4 +497,103 @@ async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
         serde_json::from_str(&through.replace("123456789012345678901234567891", "0")).unwrap();
     assert_eq!(through, direct, "the same answer, the same id");
     assert!(gateway.proc.log_text().contains("relaying tools/call"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_relayed_call_ends_at_once_without_an_answer() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let http = reqwest::Client::new();
+    let url = gateway.url();
+    let session = open_session(&http, &url, "2025-11-25").await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let slow = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+        "params": {"name": "x_py_slow", "arguments": {"seconds": 5}}})
+    .to_string();
+    let started = Instant::now();
+    let call = {
+        let (http, url, headers) = (http.clone(), url.clone(), headers);
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            send(&http, reqwest::Method::POST, &url, &headers, Some(&slow)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 11, "reason": "changed my mind"}})
+    .to_string();
+    let (status, _, _) = send(&http, reqwest::Method::POST, &url, &headers, Some(&cancel)).await;
+    assert_eq!(status, 202);
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .expect("the cancelled call ends well before the tool would")
+        .expect("call task");
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("slept"),
+        "no answer after cancellation: {body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The session and the upstream still serve the next call.
+    let add = json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+        "params": {"name": "x_py_add", "arguments": {"a": 2, "b": 3}}})
+    .to_string();
+    let (_, _, body) = send(&http, reqwest::Method::POST, &url, &headers, Some(&add)).await;
+    assert!(body.contains(r#""result":5"#), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_instance_of_a_folded_tool_is_relayed_without_the_instance_argument() {
+    let (manifests, logs) = tempdirs();
+    let (_pa, url_a) = python_server(0, logs.path());
+    let (_pb, url_b) = python_server(0, logs.path());
+    for (name, url) in [("a-mcp-py", &url_a), ("b-mcp-py", &url_b)] {
+        write_manifest(
+            manifests.path(),
+            &format!("{name}.yaml"),
+            &http_manifest(name, url, "  family: {name: py}\n"),
+        );
+    }
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("b-mcp-py", "Connected", Duration::from_secs(20));
+    let http = reqwest::Client::new();
+    let url = gateway.url();
+    let session = open_session(&http, &url, "2025-11-25").await;
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    // Exact digits: relayed, not re-encoded (the instance argument is taken
+    // out on the way: see the relay's message tests).
+    let add = r#"{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"x_py_add","arguments":{"instance":"b","a":123456789012345678901234567890,"b":1}}}"#;
+    let (status, _, body) = send(&http, reqwest::Method::POST, &url, &headers, Some(add)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""structuredContent":{"result":123456789012345678901234567891}"#),
+        "{body}"
+    );
+    // Log messages name the instance.
+    let chatty = py_client(
+        &url,
+        &[
+            "--legacy",
+            "--log-level",
+            "warning",
+            "call",
+            "x_py_chatty",
+            r#"{"instance": "a"}"#,
+        ],
+    );
+    assert_eq!(chatty["logs"][0]["logger"], "a/chatty", "{chatty}");
 }

@@ -61,16 +61,20 @@ impl Wire {
     }
 
     fn request(&self, body: Bytes, token: Option<&SecretValue>) -> Option<reqwest::RequestBuilder> {
-        let session = self.session.lock().ok()?.clone()?;
+        // A server that gave no session id at the handshake keeps none
+        // (sessions are optional in the handshake revisions).
+        let session = self.session.lock().ok()?.clone();
         let mut request = self
             .http
             .post(&*self.url)
             .headers(self.headers.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
-            .header("mcp-session-id", &*session)
             .header("mcp-protocol-version", &*self.protocol)
             .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", &*session);
+        }
         if let Some(token) = token
             && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         {
@@ -92,7 +96,7 @@ impl Wire {
                     .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?,
             ),
         };
-        let no_session = || WireError::NotDelivered("no session yet".into());
+        let no_session = || WireError::NotDelivered("the session is gone".into());
         let first = self
             .request(body.clone(), token.as_ref())
             .ok_or_else(no_session)?

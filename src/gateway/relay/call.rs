@@ -1,4 +1,5 @@
-//! One relayed `tools/call`: routed by the catalog, sent on the upstream's
+//! One relayed request (`tools/call`, `prompts/get`, `resources/read`):
+//! routed by the catalog, sent on the upstream's
 //! wire, answered as JSON or as an SSE stream that the upstream's events
 //! drive (no task of its own: the client's connection polls it, and a
 //! client that goes away cancels the upstream request).
@@ -22,30 +23,31 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Running, json_response};
 use crate::auth::UserIdentity;
+use crate::catalog::Catalog;
+use crate::catalog::select::{Selection, select};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{ListKind, severity};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
 
-/// Relays `message` (a `tools/call`) if the relay takes it; `None` hands
-/// it to rmcp's handler untouched.
+/// The methods the relay forwards, each to one upstream.
+pub(super) const RELAYED: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+
+/// Relays `message` if the relay takes it; `None` hands it to rmcp's
+/// handler untouched.
 pub(super) async fn relay_call(
     relay: &Arc<Relay>,
     client: &ClientSide,
     parts: &Parts,
     message: &Message<'_>,
 ) -> Option<Response> {
+    let method = message.method.as_deref()?;
     let call = message::peek_call(message.params)?;
-    if call.name == overview::TOOL_NAME {
-        return None;
-    }
     let user = parts.extensions.get::<Arc<UserIdentity>>();
     let view = relay.state.view(user).await;
-    if view.catalog.family_tool(&call.name).is_some() {
-        return None;
-    }
-    let route = view.catalog.tool(&call.name)?;
-    let upstream = view.upstream(&relay.state, &route.server)?;
+    let catalog = &view.catalog;
+    let target = target(catalog, method, &call, message)?;
+    let upstream = view.upstream(&relay.state, &target.server)?;
     let wire = upstream.wire()?;
     let client_id = message.id.clone()?;
     let upstream_id = relay.next_id("flotilla-");
@@ -53,15 +55,15 @@ pub(super) async fn relay_call(
         .progress_token
         .as_ref()
         .map(|_| Value::String(relay.next_id("flotilla-progress-")));
-    let body = message::request_upstream(
-        "tools/call",
-        message.params,
-        &upstream_id,
-        Some(&route.name),
-        upstream_token.as_ref(),
-    )?;
-    let label: Arc<str> = route.server.clone();
-    tracing::debug!(server = %label, tool = %route.name, "relaying tools/call");
+    let outgoing = message::Outgoing {
+        upstream_id: &upstream_id,
+        name: target.name,
+        progress_token: upstream_token.as_ref(),
+        drop_argument: target.drop_argument,
+    };
+    let body = message::request_upstream(method, message.params, &outgoing)?;
+    let label = target.label;
+    tracing::debug!(server = %label, method, "relaying {method}");
     let reply = match wire.post(Bytes::from(body)).await {
         Ok(reply) => reply,
         Err(WireError::NotDelivered(why)) => {
@@ -70,7 +72,8 @@ pub(super) async fn relay_call(
         }
         Err(WireError::Failed(why)) => {
             let text = format!("server {label:?} failed the call: {why}");
-            return Some(json_response(tool_error(
+            return Some(json_response(failure(
+                method,
                 &client_id,
                 &text,
                 client.revision,
@@ -83,6 +86,7 @@ pub(super) async fn relay_call(
             let answer = Message::parse(text)?;
             Some(json_response(message::response_to_client(
                 &answer,
+                method,
                 &client_id,
                 client.revision,
             )?))
@@ -103,6 +107,7 @@ pub(super) async fn relay_call(
             );
             let stream = Stream {
                 relay: relay.clone(),
+                method: method.to_string(),
                 key,
                 wire,
                 events,
@@ -123,6 +128,64 @@ pub(super) async fn relay_call(
     }
 }
 
+/// Where a relayed request goes.
+struct Target<'c> {
+    server: Arc<str>,
+    /// The upstream's name for the tool or prompt.
+    name: Option<&'c str>,
+    /// A folded tool's instance argument, not sent on.
+    drop_argument: Option<&'c str>,
+    /// Who is named in relayed logs and questions: the server, or the instance.
+    label: Arc<str>,
+}
+
+/// The one upstream a request is for, by the catalog; `None` for what the
+/// relay does not take (the gateway's own tool, a fan-out, an unknown name).
+fn target<'c>(
+    catalog: &'c Catalog,
+    method: &str,
+    call: &message::CallPeek,
+    message: &Message<'_>,
+) -> Option<Target<'c>> {
+    let plain = |server: &Arc<str>, name: Option<&'c str>| Target {
+        server: server.clone(),
+        name,
+        drop_argument: None,
+        label: server.clone(),
+    };
+    match method {
+        "tools/call" => {
+            let name = call.name.as_deref()?;
+            if name == overview::TOOL_NAME {
+                return None;
+            }
+            if let Some(family) = catalog.family_tool(name) {
+                let value = message::argument(message.params, &family.instance_arg);
+                let Ok(Selection::One(index)) =
+                    select(&family.members, value.as_ref(), &family.instance_arg)
+                else {
+                    return None;
+                };
+                let member = family.members.get(index)?;
+                return Some(Target {
+                    server: member.server.clone(),
+                    name: Some(family.tool.as_str()),
+                    drop_argument: Some(family.instance_arg.as_str()),
+                    label: member.instance.as_str().into(),
+                });
+            }
+            let route = catalog.tool(name)?;
+            Some(plain(&route.server, Some(route.name.as_str())))
+        }
+        "prompts/get" => {
+            let route = catalog.prompt(call.name.as_deref()?)?;
+            Some(plain(&route.server, Some(route.name.as_str())))
+        }
+        "resources/read" => Some(plain(catalog.resource_server(call.uri.as_deref()?)?, None)),
+        _ => None,
+    }
+}
+
 /// The least severe level the client wants relayed (`None`: no logs).
 fn wanted_log_level(relay: &Relay, client: &ClientSide, asked: Option<&str>) -> Option<u8> {
     let level = |name: &str| {
@@ -139,6 +202,17 @@ fn wanted_log_level(relay: &Relay, client: &ClientSide, asked: Option<&str>) -> 
         }
         _ => None,
     }
+}
+
+/// What the client gets when the upstream could not serve `method`: a
+/// tool error for a call (so an agent reads why), else a JSON-RPC error.
+fn failure(method: &str, client_id: &Value, text: &str, revision: ClientRevision) -> String {
+    if method != "tools/call" {
+        return serde_json::json!({"jsonrpc": "2.0", "id": client_id,
+            "error": {"code": -32603, "message": text}})
+        .to_string();
+    }
+    tool_error(client_id, text, revision)
 }
 
 /// A tool error result (the call could not run) for the client.
@@ -192,6 +266,7 @@ pub(super) async fn cancel_upstream(wire: &Wire, upstream_id: &str, reason: &str
 /// One relayed call's SSE answer, read from the upstream as the client reads it.
 struct Stream {
     relay: Arc<Relay>,
+    method: String,
     key: (String, String),
     wire: Arc<Wire>,
     events: BoxStream<'static, Result<Sse, sse_stream::Error>>,
@@ -249,14 +324,24 @@ impl Stream {
                         self.label,
                         self.timeout.as_secs()
                     );
-                    Step::Last(tool_error(&self.client_id, &text, self.client.revision))
+                    Step::Last(failure(
+                        &self.method,
+                        &self.client_id,
+                        &text,
+                        self.client.revision,
+                    ))
                 }
                 Ok(None) | Ok(Some(Err(_))) => {
                     let text = format!(
                         "server {:?} closed the call's stream without answering",
                         self.label
                     );
-                    Step::Last(tool_error(&self.client_id, &text, self.client.revision))
+                    Step::Last(failure(
+                        &self.method,
+                        &self.client_id,
+                        &text,
+                        self.client.revision,
+                    ))
                 }
                 Ok(Some(Ok(event))) => match event.data {
                     Some(data) => self.step(&data).await,
@@ -283,6 +368,7 @@ impl Stream {
             let ours = matches!(&message.id, Some(Value::String(id)) if *id == self.upstream_id);
             return match message::response_to_client(
                 &message,
+                &self.method,
                 &self.client_id,
                 self.client.revision,
             ) {

@@ -40,9 +40,12 @@ impl<'a> Message<'a> {
     }
 }
 
-/// What the relay reads of a `tools/call`'s params.
+/// What the relay reads of a request's params.
 pub struct CallPeek {
-    pub name: String,
+    /// The tool or prompt (`tools/call`, `prompts/get`).
+    pub name: Option<String>,
+    /// The resource (`resources/read`).
+    pub uri: Option<String>,
     pub progress_token: Option<Value>,
     /// `_meta["io.modelcontextprotocol/logLevel"]` (2026-07-28).
     pub log_level: Option<String>,
@@ -50,7 +53,8 @@ pub struct CallPeek {
 
 #[derive(Deserialize)]
 struct CallParams {
-    name: String,
+    name: Option<String>,
+    uri: Option<String>,
     #[serde(rename = "_meta")]
     meta: Option<CallMeta>,
 }
@@ -72,6 +76,7 @@ pub fn peek_call(params: Option<&RawValue>) -> Option<CallPeek> {
     let meta = params.meta;
     Some(CallPeek {
         name: params.name,
+        uri: params.uri,
         progress_token: meta.as_ref().and_then(|m| m.progress_token.clone()),
         log_level: meta.and_then(|m| m.log_level),
     })
@@ -86,7 +91,9 @@ pub fn declares_stateless(params: Option<&RawValue>, mcp_name: Option<&str>) -> 
     let Some(meta) = params.meta else {
         return false;
     };
-    mcp_name == Some(params.name.as_str())
+    let named = params.name.as_deref().or(params.uri.as_deref());
+    named.is_some()
+        && mcp_name == named
         && meta.protocol_version.as_deref() == Some("2026-07-28")
         && meta.client_capabilities.is_some()
 }
@@ -166,28 +173,48 @@ fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Op
     (!meta.is_empty()).then(|| Value::Object(meta).to_string())
 }
 
+/// The value of one argument of a `tools/call`.
+pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
+    let members = object(params)?;
+    let arguments = object(members.get("arguments").copied())?;
+    serde_json::from_str(arguments.get(key)?.get()).ok()
+}
+
+/// Where a client's request goes: the upstream's id, name and progress
+/// token, and the argument that picked the instance (a folded tool's).
+pub struct Outgoing<'a> {
+    pub upstream_id: &'a str,
+    pub name: Option<&'a str>,
+    pub progress_token: Option<&'a Value>,
+    pub drop_argument: Option<&'a str>,
+}
+
 /// A client's request as the upstream gets it: the upstream's id, the
-/// upstream's name for the tool or prompt, the gateway's progress token;
-/// the 2026-07-28 lifecycle `_meta` keys describe the client's hop and are
-/// not carried to the upstream's session.
+/// upstream's name for the tool or prompt, the gateway's progress token,
+/// without the instance argument; the 2026-07-28 lifecycle `_meta` keys
+/// describe the client's hop and are not carried to the upstream's session.
 pub fn request_upstream(
     method: &str,
     params: Option<&RawValue>,
-    upstream_id: &str,
-    upstream_name: Option<&str>,
-    progress_token: Option<&Value>,
+    out: &Outgoing<'_>,
 ) -> Option<String> {
     let members = object(params)?;
     let meta = meta_with(
         members.get("_meta").copied(),
         REQUEST_HOP_META_KEYS,
-        progress_token,
+        out.progress_token,
     );
-    let name = upstream_name.map(|n| Value::String(n.to_string()).to_string());
+    let name = out.name.map(|n| Value::String(n.to_string()).to_string());
     let mut replaced = vec![("_meta", meta)];
     if name.is_some() {
         replaced.push(("name", name));
     }
+    if let Some(drop) = out.drop_argument {
+        let mut arguments = object(members.get("arguments").copied())?;
+        arguments.remove(drop);
+        replaced.push(("arguments", Some(write_object(&arguments, &[]))));
+    }
+    let upstream_id = out.upstream_id;
     let params = write_object(&members, &replaced);
     Some(format!(
         r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params}}}"#,
@@ -196,10 +223,11 @@ pub fn request_upstream(
     ))
 }
 
-/// The upstream's answer as the client gets it: the client's id, and the
-/// result carried to the client's revision.
+/// The upstream's answer to `method` as the client gets it: the client's
+/// id, and the result carried to the client's revision.
 pub fn response_to_client(
     message: &Message<'_>,
+    method: &str,
     client_id: &Value,
     revision: ClientRevision,
 ) -> Option<String> {
@@ -223,10 +251,26 @@ pub fn response_to_client(
             .map(str::to_string),
     };
     let mut replaced = vec![("_meta", meta), ("resultType", result_type)];
-    if revision == ClientRevision::Session {
+    match revision {
         // Cache hints exist from 2026-07-28 on.
-        replaced.push(("ttlMs", None));
-        replaced.push(("cacheScope", None));
+        ClientRevision::Session => {
+            replaced.push(("ttlMs", None));
+            replaced.push(("cacheScope", None));
+        }
+        // ... where a read result must carry them (the most cautious values
+        // when the upstream, of an older revision, gave none).
+        ClientRevision::Stateless if method == "resources/read" => {
+            let keep = |key: &str, default: &str| {
+                Some(
+                    members
+                        .get(key)
+                        .map_or(default.to_string(), |v| v.get().to_string()),
+                )
+            };
+            replaced.push(("ttlMs", keep("ttlMs", "0")));
+            replaced.push(("cacheScope", keep("cacheScope", r#""private""#)));
+        }
+        ClientRevision::Stateless => {}
     }
     Some(envelope(&id, "result", &write_object(&members, &replaced)))
 }
@@ -341,14 +385,14 @@ mod tests {
         let params = raw(
             r#"{"name":"x_py_add","arguments":{"a":0.7,"b":1.0,"big":123456789012345678901234567890},"_meta":{"progressToken":"client-7","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c"},"vendor/trace":"t1"},"task":{"ttl":5}}"#,
         );
-        let sent = request_upstream(
-            "tools/call",
-            Some(&params),
-            "flotilla-1",
-            Some("add"),
-            Some(&json!("flotilla-p1")),
-        )
-        .unwrap();
+        let token = json!("flotilla-p1");
+        let out = Outgoing {
+            upstream_id: "flotilla-1",
+            name: Some("add"),
+            progress_token: Some(&token),
+            drop_argument: None,
+        };
+        let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         // Numbers stay the bytes they were.
         assert!(
             sent.contains(r#""arguments":{"a":0.7,"b":1.0,"big":123456789012345678901234567890}"#),
@@ -366,10 +410,31 @@ mod tests {
     }
 
     #[test]
+    fn a_folded_tools_instance_argument_is_not_sent_on() {
+        let params = raw(
+            r#"{"name":"x_k_list_pods","arguments":{"cluster":"c7","namespace":"default","limit":1.50}}"#,
+        );
+        assert_eq!(argument(Some(&params), "cluster"), Some(json!("c7")));
+        let out = Outgoing {
+            upstream_id: "flotilla-2",
+            name: Some("list_pods"),
+            progress_token: None,
+            drop_argument: Some("cluster"),
+        };
+        let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
+        assert!(
+            sent.contains(r#""arguments":{"limit":1.50,"namespace":"default"}"#),
+            "{sent}"
+        );
+    }
+
+    #[test]
     fn a_result_reaches_each_revision_as_it_requires_and_unknown_fields_pass() {
         let text = r#"{"jsonrpc":"2.0","id":"flotilla-1","result":{"content":[{"type":"text","text":"hi"}],"structuredContent":{"t":0.699999988079071},"x-vendor":{"k":1},"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"up"},"vendor/m":2}}}"#;
         let message = Message::parse(text).unwrap();
-        let stateless = response_to_client(&message, &json!(7), ClientRevision::Stateless).unwrap();
+        let stateless =
+            response_to_client(&message, "tools/call", &json!(7), ClientRevision::Stateless)
+                .unwrap();
         assert!(stateless.contains(r#""structuredContent":{"t":0.699999988079071}"#));
         let stateless: Value = serde_json::from_str(&stateless).unwrap();
         assert_eq!(stateless["id"], 7);
@@ -380,10 +445,33 @@ mod tests {
         let text = r#"{"jsonrpc":"2.0","id":"flotilla-2","result":{"contents":[],"resultType":"complete","ttlMs":5,"cacheScope":"public"}}"#;
         let message = Message::parse(text).unwrap();
         let session: Value = serde_json::from_str(
-            &response_to_client(&message, &json!("a"), ClientRevision::Session).unwrap(),
+            &response_to_client(
+                &message,
+                "resources/read",
+                &json!("a"),
+                ClientRevision::Session,
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(session["result"], json!({"contents": []}));
+
+        let text = r#"{"jsonrpc":"2.0","id":"flotilla-4","result":{"contents":[]}}"#;
+        let message = Message::parse(text).unwrap();
+        let stateless: Value = serde_json::from_str(
+            &response_to_client(
+                &message,
+                "resources/read",
+                &json!("b"),
+                ClientRevision::Stateless,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            stateless["result"],
+            json!({"contents": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private"})
+        );
     }
 
     #[test]
@@ -391,7 +479,8 @@ mod tests {
         let text = r#"{"jsonrpc":"2.0","id":"flotilla-3","error":{"code":-32602,"message":"bad","data":{"x":1}}}"#;
         let message = Message::parse(text).unwrap();
         let out: Value = serde_json::from_str(
-            &response_to_client(&message, &json!(9), ClientRevision::Session).unwrap(),
+            &response_to_client(&message, "tools/call", &json!(9), ClientRevision::Session)
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(

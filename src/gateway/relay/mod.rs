@@ -1,13 +1,15 @@
-//! The relay: a `tools/call` for one upstream is forwarded as JSON, not
-//! decoded into rmcp's model and encoded again. The client's request goes
+//! The relay: a request for one upstream (`tools/call`, `prompts/get`,
+//! `resources/read`) is forwarded as JSON, not decoded into rmcp's model and
+//! encoded again. The client's request goes
 //! to the upstream's session on the fleet's pooled connections with only the
 //! rewrites of `gateway::revision`; the upstream's answer comes back the
 //! same way, as JSON or as an SSE stream whose progress, log messages and
 //! requests to the user reach the client in the order the upstream sent
 //! them, before the answer.
 //!
-//! Taken here: `tools/call` of a catalog tool (not a folded family tool,
-//! not the gateway's own) whose upstream has a Streamable HTTP session, from
+//! Taken here: those requests for a catalog tool (a folded family tool when
+//! it names one instance; not the gateway's own), prompt or resource whose
+//! upstream has a Streamable HTTP session, from
 //! a 2025 session client or a well-formed 2026-07-28 request. Everything
 //! else, and any request the upstream never received (no connection, a
 //! session it no longer knows), goes to rmcp's handler unchanged.
@@ -212,10 +214,10 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
         return pass(parts, bytes).await;
     };
     let worth_a_look = message.is_response()
-        || matches!(
-            message.method.as_deref(),
-            Some("tools/call" | "notifications/cancelled")
-        );
+        || message
+            .method
+            .as_deref()
+            .is_some_and(|m| m == "notifications/cancelled" || call::RELAYED.contains(&m));
     if !worth_a_look {
         return pass(parts, bytes).await;
     }
