@@ -14,14 +14,14 @@ use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
     ElicitResult, Extensions, GetExtensions, Implementation, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam, RequestId,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion, RequestId,
     ResourceUpdatedNotificationParam, ServerRequest,
 };
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext,
 };
 use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use super::delivery::{ProgressRoute, ProgressRoutes, Tally};
 
@@ -33,10 +33,26 @@ pub enum ListKind {
     Prompts,
 }
 
+/// How the gateway reaches the client of an in-flight call.
+#[derive(Clone)]
+pub enum ClientLine {
+    /// Through rmcp's server session (the call went through rmcp's handler).
+    Peer(Peer<RoleServer>),
+    /// Into a relayed call's answer stream (`gateway::relay`).
+    Relayed(mpsc::Sender<LineMessage>),
+}
+
+/// A message for a relayed call's client: a request (`method` and
+/// `params`, answered through `answer`) or a notification (no `answer`).
+pub struct LineMessage {
+    pub message: serde_json::Value,
+    pub answer: Option<oneshot::Sender<Result<serde_json::Value, String>>>,
+}
+
 /// A client request being served through this upstream right now.
 #[derive(Clone)]
 pub struct InflightCall {
-    pub client: Peer<RoleServer>,
+    pub client: ClientLine,
     /// The client's own id for the request, so relayed requests reach the
     /// client on that request's stream.
     pub client_request: RequestId,
@@ -101,22 +117,50 @@ impl UpstreamClient {
             .unwrap_or_else(|| self.server.to_string())
     }
 
-    /// Sends a request to the calling client on its request's stream.
-    async fn relay(
+    /// Sends a request to the calling client on its request's stream and
+    /// returns its answer, as `pick` finds it in rmcp's result (or decoded
+    /// from the JSON a relayed call's client sent).
+    async fn relay<T: serde::de::DeserializeOwned>(
         &self,
         call: &InflightCall,
         request: ServerRequest,
-    ) -> Result<ClientResult, McpError> {
-        let mut request = request;
-        request
-            .extensions_mut()
-            .insert(OriginatingRequestId(call.client_request.clone()));
-        call.client.send_request(request).await.map_err(|error| {
+        pick: fn(ClientResult) -> Option<T>,
+    ) -> Result<T, McpError> {
+        let failed = |error: String| {
             McpError::internal_error(
                 format!("relaying to the gateway's client failed: {error}"),
                 None,
             )
-        })
+        };
+        let other = || McpError::internal_error("the client answered with something else", None);
+        match &call.client {
+            ClientLine::Peer(peer) => {
+                let mut request = request;
+                request
+                    .extensions_mut()
+                    .insert(OriginatingRequestId(call.client_request.clone()));
+                let result = peer
+                    .send_request(request)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                pick(result).ok_or_else(other)
+            }
+            ClientLine::Relayed(line) => {
+                let message = serde_json::to_value(&request).map_err(|e| failed(e.to_string()))?;
+                let (answer, answered) = oneshot::channel();
+                line.send(LineMessage {
+                    message,
+                    answer: Some(answer),
+                })
+                .await
+                .map_err(|_| failed("the call has ended".into()))?;
+                let value = answered
+                    .await
+                    .map_err(|_| failed("the call has ended".into()))?
+                    .map_err(failed)?;
+                serde_json::from_value(value).map_err(|_| other())
+            }
+        }
     }
 
     fn no_caller(&self, what: &str) -> McpError {
@@ -136,10 +180,13 @@ impl ClientHandler for UpstreamClient {
         let mut capabilities = ClientCapabilities::default();
         capabilities.sampling = Some(Default::default());
         capabilities.elicitation = Some(Default::default());
+        // `initialize` offers the newest handshake revision (2026-07-28 has
+        // no handshake; a server that speaks it is reached by server/discover).
         ClientConfig::new(
             capabilities,
             Implementation::new("flotilla", env!("CARGO_PKG_VERSION")),
         )
+        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
     }
 
     async fn create_elicitation(
@@ -158,19 +205,15 @@ impl ClientHandler for UpstreamClient {
             }
             _ => {}
         }
-        match self
-            .relay(
-                &call,
-                ServerRequest::ElicitRequest(ElicitRequest::new(request)),
-            )
-            .await?
-        {
-            ClientResult::ElicitResult(result) => Ok(result),
-            _ => Err(McpError::internal_error(
-                "the client answered elicitation with something else",
-                None,
-            )),
-        }
+        self.relay(
+            &call,
+            ServerRequest::ElicitRequest(ElicitRequest::new(request)),
+            |result| match result {
+                ClientResult::ElicitResult(result) => Some(result),
+                _ => None,
+            },
+        )
+        .await
     }
 
     async fn create_message(
@@ -191,19 +234,15 @@ impl ClientHandler for UpstreamClient {
                 None => note,
             });
         }
-        match self
-            .relay(
-                &call,
-                ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params)),
-            )
-            .await?
-        {
-            ClientResult::CreateMessageResult(result) => Ok(*result),
-            _ => Err(McpError::internal_error(
-                "the client answered sampling with something else",
-                None,
-            )),
-        }
+        self.relay(
+            &call,
+            ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params)),
+            |result| match result {
+                ClientResult::CreateMessageResult(result) => Some(*result),
+                _ => None,
+            },
+        )
+        .await
     }
 
     async fn on_progress(
@@ -256,9 +295,18 @@ impl ClientHandler for UpstreamClient {
                 Some(logger) => format!("{label}/{logger}"),
                 None => label,
             });
-            let sent = call.client.notify_logging_message(relayed).await;
+            let sent = match &call.client {
+                ClientLine::Peer(peer) => peer.notify_logging_message(relayed).await.is_ok(),
+                ClientLine::Relayed(line) => serde_json::to_value(&relayed)
+                    .ok()
+                    .map(|params| LineMessage {
+                        message: serde_json::json!({"method": "notifications/message", "params": params}),
+                        answer: None,
+                    })
+                    .is_some_and(|message| line.try_send(message).is_ok()),
+            };
             call.tally.handled_one();
-            if sent.is_ok() {
+            if sent {
                 return;
             }
         }

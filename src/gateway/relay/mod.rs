@@ -34,6 +34,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::edge::MAX_BODY;
@@ -57,10 +58,19 @@ pub(crate) struct ClientSide {
     pub revision: ClientRevision,
 }
 
+/// Where a client's answer to a relayed request goes.
+enum Reply {
+    /// Back to the upstream, on the wire, under the upstream's id (asked
+    /// on the call's own stream).
+    Upstream { wire: Arc<Wire>, upstream_id: Value },
+    /// To rmcp's session with the upstream, which answers it (asked on the
+    /// session's standalone stream).
+    Waiting(oneshot::Sender<Result<Value, String>>),
+}
+
 /// An upstream request to the user, waiting for the client's answer.
 struct Asked {
-    wire: Arc<Wire>,
-    upstream_id: Value,
+    reply: Reply,
     session: Option<String>,
 }
 
@@ -149,10 +159,24 @@ impl Relay {
         let Some(asked) = asked else {
             return false;
         };
-        if let Some(body) = message::answer_upstream(message, &asked.upstream_id)
-            && let Err(error) = asked.wire.deliver(Bytes::from(body)).await
-        {
-            tracing::warn!(%error, "relaying a client's answer to its upstream failed");
+        match asked.reply {
+            Reply::Upstream { wire, upstream_id } => {
+                if let Some(body) = message::answer_upstream(message, &upstream_id)
+                    && let Err(error) = wire.deliver(Bytes::from(body)).await
+                {
+                    tracing::warn!(%error, "relaying a client's answer to its upstream failed");
+                }
+            }
+            Reply::Waiting(answer) => {
+                let outcome = match (message.result, message.error) {
+                    (Some(result), _) => {
+                        serde_json::from_str(result.get()).map_err(|e| e.to_string())
+                    }
+                    (None, Some(error)) => Err(format!("the client refused: {}", error.get())),
+                    (None, None) => Err("the client sent no result".into()),
+                };
+                let _ = answer.send(outcome);
+            }
         }
         true
     }
