@@ -257,6 +257,22 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
     let http = reqwest::Client::new();
     let post = reqwest::Method::POST;
 
+    // A Host the gateway does not answer to (DNS rebinding) is refused on
+    // every path, the relayed calls included.
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "x_sim-a_cluster_info", "arguments": {}}})
+    .to_string();
+    let (status, _, body) = send(
+        &http,
+        post.clone(),
+        &url,
+        &[("host", "rebind.evil.example")],
+        Some(&call),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("allowedHosts"), "{body}");
+
     // Origin: a foreign one is refused before anything else, loopback passes.
     let (status, _, body) = send(
         &http,
@@ -596,4 +612,37 @@ async fn one_instance_of_a_folded_tool_is_relayed_without_the_instance_argument(
         ],
     );
     assert_eq!(chatty["logs"][0]["logger"], "a/chatty", "{chatty}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_asks_the_calling_client_for_its_roots_as_it_would_directly() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, url) = everything_http(logs.path());
+    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
+    let mut answers = Vec::new();
+    for (target, tool) in [
+        (url.as_str(), "get-roots-list"),
+        (gateway.url().as_str(), "x_everything_get-roots-list"),
+    ] {
+        let handler = TestClient::default();
+        let client = connect_with(target, handler.clone()).await;
+        // server-everything offers this tool only to clients that have roots.
+        let result = call(&client, tool, json!({})).await;
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        assert_eq!(
+            handler.asked.lock().unwrap().clone(),
+            ["roots"],
+            "the client was asked for its roots, once"
+        );
+        answers.push(text_of(&result));
+    }
+    assert!(
+        answers[1].contains("file:///srv/flotilla-test"),
+        "{}",
+        answers[1]
+    );
+    assert_eq!(
+        answers[0], answers[1],
+        "the same answer through the gateway"
+    );
 }

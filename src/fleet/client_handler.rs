@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
-    ElicitResult, Extensions, GetExtensions, Implementation, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion, RequestId,
-    ResourceUpdatedNotificationParam, ServerRequest,
+    ElicitResult, ElicitationCapability, Extensions, GetExtensions, Implementation,
+    ListRootsRequest, ListRootsResult, LoggingLevel, LoggingMessageNotificationParam,
+    ProgressNotificationParam, ProtocolVersion, RequestId, ResourceUpdatedNotificationParam,
+    RootsCapabilities, ServerRequest, UrlElicitationCapability,
 };
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext,
@@ -176,10 +177,20 @@ impl UpstreamClient {
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        // Sampling and elicitation are relayed to the client whose call caused them.
+        // What an upstream may ask of a user is relayed to the client whose
+        // call caused it: sampling, elicitation (form and URL), roots. The
+        // session is shared, so it announces what any client may answer; a
+        // client without the capability answers with its own error.
         let mut capabilities = ClientCapabilities::default();
         capabilities.sampling = Some(Default::default());
-        capabilities.elicitation = Some(Default::default());
+        capabilities.elicitation = Some(
+            ElicitationCapability::new()
+                .with_form(Default::default())
+                .with_url(UrlElicitationCapability::new()),
+        );
+        let mut roots = RootsCapabilities::default();
+        roots.list_changed = Some(true);
+        capabilities.roots = Some(roots);
         // `initialize` offers the newest handshake revision (2026-07-28 has
         // no handshake; a server that speaks it is reached by server/discover).
         ClientConfig::new(
@@ -210,6 +221,24 @@ impl ClientHandler for UpstreamClient {
             ServerRequest::ElicitRequest(ElicitRequest::new(request)),
             |result| match result {
                 ClientResult::ElicitResult(result) => Some(result),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, McpError> {
+        let call = self
+            .caller_of(&context.extensions)
+            .ok_or_else(|| self.no_caller("a roots/list request"))?;
+        self.relay(
+            &call,
+            ServerRequest::ListRootsRequest(ListRootsRequest::default()),
+            |result| match result {
+                ClientResult::ListRootsResult(result) => Some(result),
                 _ => None,
             },
         )

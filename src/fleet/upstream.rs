@@ -515,6 +515,15 @@ impl Upstream {
         self.desired().spec.timeout()
     }
 
+    /// Tells the upstream that the roots changed (where it has a session).
+    pub async fn notify_roots_changed(&self) {
+        if let Some(peer) = self.peer.load_full()
+            && let Err(error) = peer.notify_roots_list_changed().await
+        {
+            tracing::debug!(server = %self.name, %error, "roots/list_changed not delivered");
+        }
+    }
+
     /// Whether this upstream's session has `logging/setLevel` (a 2025
     /// revision that announced the logging capability).
     pub fn takes_log_level(&self) -> bool {

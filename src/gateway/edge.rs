@@ -4,6 +4,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `Host` not allowed (DNS-rebinding protection; `allowedHosts`) | 403, JSON-RPC error without id |
 //! | `Origin` present and not allowed | 403, JSON-RPC error without id |
 //! | POST body that is not JSON | 400, -32700 (parse error) |
 //! | POST body over the size limit | 413, -32600 |
@@ -26,6 +27,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+
+use super::http::AllowedHosts;
 use serde_json::{Value, json};
 
 /// The largest request body accepted (rmcp's own limit).
@@ -88,8 +91,25 @@ fn is_loopback_origin(origin: &str) -> bool {
 
 #[derive(Clone)]
 pub struct Edge {
+    pub hosts: AllowedHosts,
     pub origins: AllowedOrigins,
     pub sessions: Arc<LocalSessionManager>,
+}
+
+/// Whether the request's `Host` is one `/mcp` answers to.
+pub fn host_allowed(hosts: &AllowedHosts, headers: &HeaderMap) -> bool {
+    let AllowedHosts::Only(allowed) = hosts else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    allowed.iter().any(|a| a == host || a == name)
 }
 
 /// A JSON-RPC error as an HTTP response.
@@ -113,6 +133,15 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Middleware on `/mcp`, outermost.
 pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
+    if !host_allowed(&edge.hosts, request.headers()) {
+        tracing::warn!(host = ?request.headers().get(header::HOST), "refused a request for a host name that is not allowed");
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            -32600,
+            "this Host may not call the gateway (add it to allowedHosts in the config file)".into(),
+        );
+    }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| edge.origins.allows(o));
         if !allowed {
@@ -287,6 +316,21 @@ async fn responses_of(response: Response) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_matched_with_or_without_port() {
+        let hosts = AllowedHosts::Only(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+        let with = |h: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, h.parse().unwrap());
+            host_allowed(&hosts, &map)
+        };
+        assert!(with("127.0.0.1:8080"));
+        assert!(with("localhost"));
+        assert!(with("[::1]:80"));
+        assert!(!with("evil.example:8080"));
+        assert!(!host_allowed(&hosts, &HeaderMap::new()));
+    }
 
     #[test]
     fn loopback_origins_pass_by_default_and_others_do_not() {

@@ -6,7 +6,8 @@
 //!
 //! Only plain, well-formed requests take this path: a single `tools/list`
 //! without a cursor, accepting JSON, on a known session (2025 revisions) or
-//! carrying complete 2026-07-28 request metadata, from an allowed Host.
+//! carrying complete 2026-07-28 request metadata (the Host was checked by
+//! `edge`).
 //! Everything else, including every malformed request, falls through to
 //! rmcp untouched, so errors stay rmcp's.
 
@@ -21,7 +22,6 @@ use rmcp::model::Tool;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
 
-use super::http::AllowedHosts;
 use super::state::GatewayState;
 
 use super::edge::MAX_BODY;
@@ -46,22 +46,6 @@ impl ToolsJson {
 pub struct FastList {
     pub state: Arc<GatewayState>,
     pub sessions: Arc<LocalSessionManager>,
-    pub hosts: AllowedHosts,
-}
-
-fn host_allowed(hosts: &AllowedHosts, headers: &HeaderMap) -> bool {
-    let AllowedHosts::Only(allowed) = hosts else {
-        return true;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    allowed.iter().any(|a| a == host || a == name)
 }
 
 fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
@@ -79,9 +63,6 @@ enum Mode {
 
 /// The request's id when it is a plain tools/list this path may answer.
 async fn eligible(fast: &FastList, headers: &HeaderMap, body: &[u8]) -> Option<(Value, Mode)> {
-    if !host_allowed(&fast.hosts, headers) {
-        return None;
-    }
     let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
     if !accept.contains("application/json") && !accept.contains("*/*") {
         return None;
@@ -167,24 +148,4 @@ pub async fn fast_tools_list(
 
 fn memchr_tools_list(bytes: &[u8]) -> bool {
     bytes.windows(10).any(|w| w == b"tools/list")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_are_matched_with_or_without_port() {
-        let hosts = AllowedHosts::Only(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]);
-        let with = |h: &str| {
-            let mut map = HeaderMap::new();
-            map.insert(header::HOST, h.parse().unwrap());
-            host_allowed(&hosts, &map)
-        };
-        assert!(with("127.0.0.1:8080"));
-        assert!(with("localhost"));
-        assert!(with("[::1]:80"));
-        assert!(!with("evil.example:8080"));
-        assert!(!host_allowed(&hosts, &HeaderMap::new()));
-    }
 }

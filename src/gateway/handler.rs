@@ -127,6 +127,17 @@ impl ServerHandler for GatewayHandler {
         )
     }
 
+    /// A client's roots changed: its upstreams hear it and ask again (the
+    /// question reaches whichever client has a call in flight there).
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        let view = self.view(&context.extensions).await;
+        for shared in self.state.fleet.upstreams() {
+            if let Some(upstream) = view.upstream(&self.state, &shared.name) {
+                upstream.notify_roots_changed().await;
+            }
+        }
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         let user = caller(&context.extensions);
         let tools = match &user {

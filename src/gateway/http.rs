@@ -55,6 +55,7 @@ pub fn router(
         config,
     );
     let edge_checks = Edge {
+        hosts: hosts.clone(),
         origins,
         sessions: sessions.clone(),
     };
@@ -62,7 +63,6 @@ pub fn router(
     let fast = FastList {
         state: state.clone(),
         sessions,
-        hosts,
     };
     // Calls are relayed as JSON where the relay takes them; the relay sits
     // inside the bearer check (it routes by the caller's view).

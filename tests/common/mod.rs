@@ -405,8 +405,9 @@ pub fn sim_manifest(name: &str, cluster: &str, extra_spec: &str) -> String {
 }
 
 /// A test MCP client: counts `tools/list_changed`, records progress, and
-/// answers elicitation (accepting `{"name": "Ada"}`) and sampling (a canned
-/// reply), recording what it was asked.
+/// answers elicitation (accepting `{"name": "Ada"}`), sampling (a canned
+/// reply) and roots/list (one root, `file:///srv/flotilla-test`), recording
+/// what it was asked.
 #[derive(Clone, Default)]
 pub struct TestClient {
     pub tool_list_changes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -419,7 +420,14 @@ impl ClientHandler for TestClient {
     fn get_info(&self) -> rmcp::model::ClientConfig {
         let mut capabilities = rmcp::model::ClientCapabilities::default();
         capabilities.sampling = Some(Default::default());
-        capabilities.elicitation = Some(Default::default());
+        capabilities.elicitation = Some(
+            rmcp::model::ElicitationCapability::new()
+                .with_form(Default::default())
+                .with_url(rmcp::model::UrlElicitationCapability::new()),
+        );
+        let mut roots = rmcp::model::RootsCapabilities::default();
+        roots.list_changed = Some(true);
+        capabilities.roots = Some(roots);
         rmcp::model::ClientConfig::new(
             capabilities,
             rmcp::model::Implementation::new("flotilla-tests", "1"),
@@ -440,6 +448,17 @@ impl ClientHandler for TestClient {
         let mut result = rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept);
         result.content = Some(serde_json::json!({"name": "Ada"}));
         Ok(result)
+    }
+
+    async fn list_roots(
+        &self,
+        _context: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, rmcp::ErrorData> {
+        self.asked.lock().unwrap().push("roots".into());
+        let root = serde_json::json!({"uri": "file:///srv/flotilla-test", "name": "flotilla-test"});
+        Ok(rmcp::model::ListRootsResult::new(vec![
+            serde_json::from_value(root).expect("a root"),
+        ]))
     }
 
     async fn create_message(
