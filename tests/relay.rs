@@ -646,3 +646,71 @@ async fn an_upstream_asks_the_calling_client_for_its_roots_as_it_would_directly(
         "the same answer through the gateway"
     );
 }
+
+/// Runs tests/peers/ts_client.mjs (TypeScript SDK v2 client) with `args`.
+fn ts_client(url: &str, args: &[&str]) -> Value {
+    let peers = peers();
+    let out = std::process::Command::new(peers.get("NODE22"))
+        .arg(peers.get("TS_CLIENT"))
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("running ts_client.mjs");
+    assert!(
+        out.status.success(),
+        "ts_client {args:?} against {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ts_client prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directly() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, ev_url) = everything_http(logs.path());
+    let (_py, py_url) = python_server(0, logs.path());
+    write_manifest(
+        manifests.path(),
+        "py.yaml",
+        &http_manifest("py", &py_url, ""),
+    );
+    let gateway = gateway_for("everything", &ev_url, manifests.path(), logs.path());
+    gateway.wait_state("py", "Connected", Duration::from_secs(20));
+    let via = gateway.url();
+    let cases: [(&str, &str, &str, &str); 4] = [
+        (&ev_url, "echo", "x_everything_echo", r#"{"message": "hi"}"#),
+        (
+            &ev_url,
+            "trigger-long-running-operation",
+            "x_everything_trigger-long-running-operation",
+            r#"{"duration": 0.2, "steps": 4}"#,
+        ),
+        (
+            &ev_url,
+            "get-roots-list",
+            "x_everything_get-roots-list",
+            "{}",
+        ),
+        (&py_url, "ask", "x_py_ask", "{}"),
+    ];
+    for (direct_url, tool, exposed, args) in cases {
+        let direct = ts_client(direct_url, &["call", tool, args]);
+        let through = ts_client(&via, &["call", exposed, args]);
+        assert_eq!(through["protocolVersion"], direct["protocolVersion"]);
+        assert_eq!(through["result"], direct["result"], "{tool}");
+        assert_eq!(
+            through["progress"], direct["progress"],
+            "{tool}: every step"
+        );
+        // Questions name the server that asks; otherwise the same.
+        let asked = |v: &Value| {
+            v["asked"]
+                .as_array()
+                .expect("asked")
+                .iter()
+                .map(|a| a.as_str().unwrap_or("").replace("[py] ", ""))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(asked(&through), asked(&direct), "{tool}");
+    }
+}

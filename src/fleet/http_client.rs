@@ -22,8 +22,11 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::{Error as SseError, Sse};
 
 use super::credential::CredentialRef;
-use super::wire::SessionSlot;
 use crate::source::SecretValue;
+
+/// The session id rmcp's transport uses with one upstream, as last seen
+/// (the relay's wire sends on the same session).
+pub type SessionSlot = Arc<std::sync::Mutex<Option<Arc<str>>>>;
 
 /// Builds the shared reqwest client for upstream traffic.
 pub fn build_reqwest() -> reqwest::Client {

@@ -5,7 +5,7 @@
 //! and its answer read as the bytes the upstream sent; nothing is decoded
 //! into rmcp's model on the way.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use futures::StreamExt;
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::client_handler::ListKind;
 use super::credential::CredentialRef;
+pub use super::http_client::SessionSlot;
 use crate::source::SecretValue;
 
 /// What an upstream answered to a relayed request.
@@ -37,9 +38,6 @@ pub enum WireError {
     #[error("{0}")]
     Failed(String),
 }
-
-/// The session id rmcp's transport uses with one upstream, as last seen.
-pub type SessionSlot = Arc<Mutex<Option<Arc<str>>>>;
 
 /// A raw channel on one upstream session.
 pub struct Wire {
@@ -194,7 +192,14 @@ impl Wire {
 /// A failed send: only a connection that was never made is known not to
 /// have delivered the request (a request may not run twice).
 fn not_delivered(error: reqwest::Error) -> WireError {
-    let text = super::connect::error_chain(&error);
+    // reqwest keeps the cause (refused, reset, TLS) in the source chain.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
     if error.is_connect() {
         WireError::NotDelivered(text)
     } else {

@@ -28,13 +28,19 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-use super::http::AllowedHosts;
 use serde_json::{Value, json};
 
 /// The largest request body accepted (rmcp's own limit).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// The only revision whose transport carries JSON-RPC batches.
 const BATCH_REVISION: &str = "2025-03-26";
+
+/// Which `Host` headers `/mcp` accepts (DNS-rebinding protection).
+#[derive(Clone, Debug)]
+pub enum AllowedHosts {
+    Any,
+    Only(Vec<String>),
+}
 
 /// Which browser origins may call `/mcp` (DNS-rebinding and cross-site protection).
 #[derive(Clone, Debug)]

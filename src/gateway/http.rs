@@ -16,7 +16,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::edge::{AllowedOrigins, Edge, edge};
+use super::edge::{AllowedHosts, AllowedOrigins, Edge, edge};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
 use super::relay::{Relay, relay as relay_call};
@@ -24,13 +24,6 @@ use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
 use crate::api::ServerState;
 use crate::auth::server::AuthServer;
-
-/// Which `Host` headers `/mcp` accepts (DNS-rebinding protection).
-#[derive(Clone, Debug)]
-pub enum AllowedHosts {
-    Any,
-    Only(Vec<String>),
-}
 
 pub fn router(
     state: Arc<GatewayState>,

@@ -15,8 +15,8 @@ mod state;
 pub mod status;
 mod user_view;
 
-pub use edge::AllowedOrigins;
+pub use edge::{AllowedHosts, AllowedOrigins};
 pub use fanout::FanOutSettings;
 pub use handler::GatewayHandler;
-pub use http::{AllowedHosts, router};
+pub use http::router;
 pub use state::{GatewaySettings, GatewayState};

@@ -1,32 +1,29 @@
 //! One relayed request (`tools/call`, `prompts/get`, `resources/read`):
-//! routed by the catalog, sent on the upstream's
-//! wire, answered as JSON or as an SSE stream that the upstream's events
-//! drive (no task of its own: the client's connection polls it, and a
-//! client that goes away cancels the upstream request).
+//! routed by the catalog to one upstream, sent on its wire, answered as
+//! JSON, or as the SSE stream of `stream` when the upstream streams or asks
+//! something first.
 
 #![allow(deprecated)] // log levels (SEP-2577) are still spoken by 2025 servers and clients
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use rmcp::model::LoggingLevel;
 use serde_json::Value;
-use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Message};
-use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, Running, json_response};
+use super::stream::Stream;
+use super::{ClientSide, Relay, Running, json_response};
 use crate::auth::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
-use crate::fleet::wire::{Wire, WireError, WireReply};
-use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
+use crate::fleet::wire::{WireError, WireReply};
+use crate::fleet::{LineMessage, severity};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
 
@@ -149,7 +146,7 @@ pub(super) async fn relay_call(
 }
 
 /// The upstream's reply to a relayed request, not yet in.
-type Pending = futures::future::BoxFuture<'static, Result<WireReply, WireError>>;
+pub(super) type Pending = futures::future::BoxFuture<'static, Result<WireReply, WireError>>;
 
 /// What came first: the upstream's reply, or a message for the client.
 enum First {
@@ -241,7 +238,12 @@ fn wanted_log_level(
 
 /// What the client gets when the upstream could not serve `method`: a
 /// tool error for a call (so an agent reads why), else a JSON-RPC error.
-fn failure(method: &str, client_id: &Value, text: &str, revision: ClientRevision) -> String {
+pub(super) fn failure(
+    method: &str,
+    client_id: &Value,
+    text: &str,
+    revision: ClientRevision,
+) -> String {
     if method != "tools/call" {
         return serde_json::json!({"jsonrpc": "2.0", "id": client_id,
             "error": {"code": -32603, "message": text}})
@@ -272,370 +274,4 @@ fn sse_response(body: Body) -> Response {
         body,
     )
         .into_response()
-}
-
-fn sse_event(json: &str) -> Bytes {
-    Bytes::from(format!("event: message\ndata: {json}\n\n"))
-}
-
-/// Tells an upstream to stop working on a request (bounded wait).
-pub(super) async fn cancel_upstream(wire: &Wire, upstream_id: &str, reason: &str) {
-    let note = serde_json::json!({
-        "jsonrpc": "2.0",
-        "method": "notifications/cancelled",
-        "params": {"requestId": upstream_id, "reason": reason},
-    });
-    let sent = tokio::time::timeout(
-        Duration::from_secs(5),
-        wire.deliver(Bytes::from(note.to_string())),
-    )
-    .await;
-    if !matches!(sent, Ok(Ok(()))) {
-        tracing::debug!(
-            upstream_id,
-            "relay: the upstream did not take the cancellation"
-        );
-    }
-}
-
-/// One relayed call's SSE answer, read from the upstream as the client reads it.
-struct Stream {
-    relay: Arc<Relay>,
-    method: String,
-    key: (String, String),
-    wire: Arc<Wire>,
-    events: BoxStream<'static, Result<Sse, sse_stream::Error>>,
-    /// The upstream's reply, while it has not come (it asked something first).
-    pending: Option<Pending>,
-    /// A message for the client that came before the reply.
-    first_line: Option<LineMessage>,
-    /// The call as registered on the upstream (session clients).
-    tracked: Option<RelayedCall>,
-    upstream_id: String,
-    client_id: Value,
-    client: ClientSide,
-    client_token: Option<Value>,
-    upstream_token: Option<Value>,
-    label: Arc<str>,
-    log_level: Option<u8>,
-    timeout: Duration,
-    cancel: CancellationToken,
-    done: bool,
-    /// Ids of requests put to the client for this call.
-    asks: Vec<String>,
-    /// The last event id and retry delay the upstream gave, for resuming.
-    last_event: Option<String>,
-    retry: Option<Duration>,
-    resumed: u32,
-}
-
-/// How often a call's stream is picked up again after the upstream closed it.
-const MAX_RESUMES: u32 = 3;
-
-/// What one upstream event becomes.
-enum Step {
-    Send(String),
-    Skip,
-    Last(String),
-}
-
-impl Stream {
-    fn into_body(self) -> Body {
-        let events = futures::stream::unfold(self, |mut stream| async move {
-            let event = stream.next_event().await?;
-            Some((Ok::<_, std::convert::Infallible>(sse_event(&event)), stream))
-        });
-        Body::from_stream(events)
-    }
-
-    /// The next event for the client; `None` once the call is over.
-    async fn next_event(&mut self) -> Option<String> {
-        loop {
-            if self.done {
-                return None;
-            }
-            if let Some(message) = self.first_line.take() {
-                return Some(self.line_message(message));
-            }
-            let step = tokio::select! {
-                _ = self.cancel.cancelled() => {
-                    // Cancelled by the client: no answer follows.
-                    self.done = true;
-                    self.end();
-                    return None;
-                }
-                Some(message) = next_line(&mut self.tracked) => Step::Send(self.line_message(message)),
-                reply = next_reply(&mut self.pending) => {
-                    self.pending = None;
-                    self.on_reply(reply)
-                }
-                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out().await,
-                next = tokio::time::timeout(self.timeout, self.events.next()), if self.pending.is_none() => {
-                    match next {
-                        Err(_) => self.timed_out().await,
-                        Ok(None) | Ok(Some(Err(_))) if self.resume().await => Step::Skip,
-                        Ok(None) | Ok(Some(Err(_))) => {
-                            let text = format!("server {:?} closed the call's stream without answering", self.label);
-                            Step::Last(failure(&self.method, &self.client_id, &text, self.client.revision))
-                        }
-                        Ok(Some(Ok(event))) => {
-                            if event.id.is_some() {
-                                self.last_event = event.id;
-                            }
-                            if let Some(retry) = event.retry {
-                                self.retry = Some(Duration::from_millis(retry.min(10_000)));
-                            }
-                            match event.data {
-                                Some(data) if !data.is_empty() => self.step(&data).await,
-                                _ => Step::Skip,
-                            }
-                        }
-                    }
-                }
-            };
-            match step {
-                Step::Skip => continue,
-                Step::Send(json) => return Some(json),
-                Step::Last(json) => {
-                    self.done = true;
-                    self.end();
-                    return Some(json);
-                }
-            }
-        }
-    }
-
-    async fn step(&mut self, data: &str) -> Step {
-        let Some(message) = Message::parse(data) else {
-            return Step::Skip;
-        };
-        if message.is_response() {
-            let ours = matches!(&message.id, Some(Value::String(id)) if *id == self.upstream_id);
-            return match message::response_to_client(
-                &message,
-                &self.method,
-                &self.client_id,
-                self.client.revision,
-            ) {
-                Some(json) if ours => Step::Last(json),
-                _ => Step::Skip,
-            };
-        }
-        let Some(method) = message.method.as_deref() else {
-            return Step::Skip;
-        };
-        if let Some(id) = &message.id {
-            return self.ask_client(method, &message, id.clone()).await;
-        }
-        match method {
-            "notifications/progress" => {
-                let ours = message::progress_token(message.params) == self.upstream_token;
-                match (&self.client_token, ours) {
-                    (Some(token), true) => message::progress_to_client(message.params, token)
-                        .map_or(Step::Skip, Step::Send),
-                    _ => Step::Skip,
-                }
-            }
-            "notifications/message" => {
-                let level = message::log_level(message.params)
-                    .and_then(|l| serde_json::from_value::<LoggingLevel>(Value::String(l)).ok())
-                    .map(severity);
-                match (self.log_level, level) {
-                    (Some(wanted), Some(level)) if level >= wanted => {
-                        message::log_to_client(message.params, &self.label)
-                            .map_or(Step::Skip, Step::Send)
-                    }
-                    _ => Step::Skip,
-                }
-            }
-            "notifications/tools/list_changed" => self.refresh(ListKind::Tools),
-            "notifications/resources/list_changed" => self.refresh(ListKind::Resources),
-            "notifications/prompts/list_changed" => self.refresh(ListKind::Prompts),
-            _ => Step::Skip,
-        }
-    }
-
-    /// No word from the upstream within the call's timeout: it is cancelled.
-    async fn timed_out(&mut self) -> Step {
-        cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway").await;
-        let text = format!(
-            "server {:?} did not answer within {}s (spec.timeout)",
-            self.label,
-            self.timeout.as_secs()
-        );
-        Step::Last(failure(
-            &self.method,
-            &self.client_id,
-            &text,
-            self.client.revision,
-        ))
-    }
-
-    /// The upstream's reply came in after it had asked something.
-    fn on_reply(&mut self, reply: Result<WireReply, WireError>) -> Step {
-        match reply {
-            Ok(WireReply::Events(events)) => {
-                self.events = events;
-                Step::Skip
-            }
-            Ok(WireReply::Json(bytes)) => {
-                let answer = std::str::from_utf8(&bytes).ok().and_then(Message::parse);
-                let json = answer.and_then(|answer| {
-                    message::response_to_client(
-                        &answer,
-                        &self.method,
-                        &self.client_id,
-                        self.client.revision,
-                    )
-                });
-                match json {
-                    Some(json) => Step::Last(json),
-                    None => {
-                        let text = format!(
-                            "server {:?} sent an answer that is not JSON-RPC",
-                            self.label
-                        );
-                        Step::Last(failure(
-                            &self.method,
-                            &self.client_id,
-                            &text,
-                            self.client.revision,
-                        ))
-                    }
-                }
-            }
-            Err(error) => {
-                let text = format!("server {:?} failed the request: {error}", self.label);
-                Step::Last(failure(
-                    &self.method,
-                    &self.client_id,
-                    &text,
-                    self.client.revision,
-                ))
-            }
-        }
-    }
-
-    /// A message the upstream sent this call's client outside the call's
-    /// stream (a request is answered through the relay's waiting list).
-    fn line_message(&mut self, line: LineMessage) -> String {
-        let LineMessage {
-            mut message,
-            answer,
-        } = line;
-        message["jsonrpc"] = "2.0".into();
-        if let Some(answer) = answer {
-            let id = self.relay.next_id(ASK_PREFIX);
-            self.asks.push(id.clone());
-            self.relay.remember_ask(
-                id.clone(),
-                Asked {
-                    reply: Reply::Waiting(answer),
-                    session: self.client.session.clone(),
-                },
-            );
-            message["id"] = id.into();
-        }
-        message.to_string()
-    }
-
-    /// The upstream closed the call's stream before answering: pick it up
-    /// again from the last event it numbered, as the transport allows.
-    async fn resume(&mut self) -> bool {
-        let Some(last) = self.last_event.clone() else {
-            return false;
-        };
-        if self.resumed >= MAX_RESUMES {
-            return false;
-        }
-        self.resumed += 1;
-        tokio::time::sleep(self.retry.unwrap_or(Duration::from_secs(1))).await;
-        match self.wire.resume(&last).await {
-            Ok(WireReply::Events(events)) => {
-                self.events = events;
-                true
-            }
-            Ok(WireReply::Json(_)) | Err(_) => false,
-        }
-    }
-
-    /// The call is over: nothing of it stays registered.
-    fn end(&mut self) {
-        self.relay.finish(&self.key);
-        self.relay.forget_asks(&self.asks);
-    }
-
-    fn refresh(&self, kind: ListKind) -> Step {
-        self.wire.list_changed(kind);
-        Step::Skip
-    }
-
-    /// The upstream asks the user something mid-call.
-    async fn ask_client(
-        &mut self,
-        method: &str,
-        message: &Message<'_>,
-        upstream_id: Value,
-    ) -> Step {
-        if method == "ping" {
-            let pong = format!(r#"{{"jsonrpc":"2.0","id":{upstream_id},"result":{{}}}}"#);
-            let _ = self.wire.deliver(Bytes::from(pong)).await;
-            return Step::Skip;
-        }
-        if self.client.revision == ClientRevision::Stateless {
-            let refusal = message::refuse_upstream(
-                &upstream_id,
-                "the gateway's client uses MCP 2026-07-28, which has no way to ask it mid-call",
-            );
-            let _ = self.wire.deliver(Bytes::from(refusal)).await;
-            return Step::Skip;
-        }
-        let id = self.relay.next_id(ASK_PREFIX);
-        let Some(json) = message::request_to_client(method, message.params, &id, &self.label)
-        else {
-            return Step::Skip;
-        };
-        self.asks.push(id.clone());
-        self.relay.remember_ask(
-            id,
-            Asked {
-                reply: Reply::Upstream {
-                    wire: self.wire.clone(),
-                    upstream_id,
-                },
-                session: self.client.session.clone(),
-            },
-        );
-        Step::Send(json)
-    }
-}
-
-/// The next message for the client from outside the call's stream.
-async fn next_line(tracked: &mut Option<RelayedCall>) -> Option<LineMessage> {
-    match tracked {
-        Some(call) => call.messages.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The upstream's reply, once it comes.
-async fn next_reply(pending: &mut Option<Pending>) -> Result<WireReply, WireError> {
-    match pending {
-        Some(reply) => reply.await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        // The client went away mid-call: the upstream stops working on it.
-        self.end();
-        let (wire, id) = (self.wire.clone(), self.upstream_id.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { cancel_upstream(&wire, &id, "the client went away").await });
-        }
-    }
 }

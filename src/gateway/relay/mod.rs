@@ -22,6 +22,7 @@
 
 mod call;
 mod message;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,7 +212,7 @@ impl Relay {
             return false;
         };
         running.cancel.cancel();
-        call::cancel_upstream(
+        stream::cancel_upstream(
             &running.wire,
             &running.upstream_id,
             "cancelled by the client",
