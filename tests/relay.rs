@@ -714,3 +714,38 @@ async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directl
         assert_eq!(asked(&through), asked(&direct), "{tool}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_clients_of_every_revision_use_a_typescript_stdio_server() {
+    let (manifests, logs) = tempdirs();
+    let p = peers();
+    let memory = logs.path().join("memory.jsonl");
+    write_manifest(
+        manifests.path(),
+        "memory.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: memory\nspec:\n  type: stdio\n  command: {}\n  args: [{}]\n  env: {{MEMORY_FILE_PATH: {}}}\n  timeout: 10\n",
+            p.get("NODE22"),
+            p.get("MEMORY_JS"),
+            memory.display()
+        ),
+    );
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("memory", "Connected", Duration::from_secs(20));
+    let url = gateway.url();
+    let entity = r#"{"entities": [{"name": "berlin", "entityType": "cluster", "observations": ["runs kubernetes"]}]}"#;
+    // The default (2026-07-28) client needs resultType on every result.
+    let created = py_client(&url, &["call", "x_memory_create_entities", entity]);
+    assert_eq!(created["protocolVersion"], "2026-07-28");
+    assert_eq!(created["resultType"], "complete", "{created}");
+    assert_ne!(created["isError"], true, "{created}");
+    for mode in [None, Some("--legacy")] {
+        let mut args: Vec<&str> = mode.into_iter().collect();
+        args.extend(["call", "x_memory_read_graph", "{}"]);
+        let graph = py_client(&url, &args);
+        assert_eq!(
+            graph["structuredContent"]["entities"][0]["name"], "berlin",
+            "{mode:?}: {graph}"
+        );
+    }
+}

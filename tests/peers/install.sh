@@ -70,7 +70,7 @@ CONFORMANCE="$DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 OIDC_PROVIDER_JS="$DIR/oidc_provider.mjs"
 HELM_LIBS=("$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so)
 for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$CONFORMANCE" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}" \
-         "$OIDC_PROVIDER_JS" "$DIR/node_modules/@modelcontextprotocol/client/package.json" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json"; do
+         "$OIDC_PROVIDER_JS" "$DIR/node_modules/@modelcontextprotocol/client/package.json" "$DIR/node_modules/@modelcontextprotocol/server-memory/dist/index.js" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json"; do
   [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
 done
 "$NODE22" --version >/dev/null
@@ -84,6 +84,7 @@ INSPECTOR_JS=$INSPECTOR
 CONFORMANCE_JS=$CONFORMANCE
 CONFORMANCE_CLIENT=$DIR/conformance_client.py
 TS_CLIENT=$DIR/ts_client.mjs
+MEMORY_JS=$DIR/node_modules/@modelcontextprotocol/server-memory/dist/index.js
 VIA_GATEWAY=$DIR/via_gateway.sh
 KUBERNETES_MCP_SERVER=$KMCP
 KUBECONFIG_FAKE=$DIR/kubeconfig.yaml
