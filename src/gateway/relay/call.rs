@@ -110,14 +110,18 @@ pub(super) async fn relay_call(
         client_id.to_string(),
     );
     let cancel = CancellationToken::new();
-    relay.start(
-        key.clone(),
-        Running {
-            wire: wire.clone(),
-            upstream_id: upstream_id.clone(),
-            cancel: cancel.clone(),
-        },
-    );
+    // A session client may cancel by notification; a 2026-07-28 request has
+    // no session to tie such a notification to it, and cancels by leaving.
+    if client.session.is_some() {
+        relay.start(
+            key.clone(),
+            Running {
+                wire: wire.clone(),
+                upstream_id: upstream_id.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+    }
     let stream = Stream {
         relay: relay.clone(),
         method: method.to_string(),

@@ -194,15 +194,15 @@ impl Relay {
         }
     }
 
-    /// The client cancelled a relayed call: tell its upstream.
+    /// The client cancelled a relayed call of its session: tell its upstream.
     async fn cancel(&self, client: &ClientSide, message: &Message<'_>) -> bool {
-        let Some(request) = message::cancelled_request(message.params) else {
+        let (Some(session), Some(request)) = (
+            &client.session,
+            message::cancelled_request(message.params),
+        ) else {
             return false;
         };
-        let key = (
-            client.session.clone().unwrap_or_default(),
-            request.to_string(),
-        );
+        let key = (session.clone(), request.to_string());
         let running = self
             .running
             .lock()
