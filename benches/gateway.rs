@@ -53,6 +53,9 @@ struct Config {
     fleet_runs: usize,
     settle: Duration,
     upstream_threads: usize,
+    /// `FLOTILLA_BENCH_UPSTREAM=sessions`: the echo upstream keeps 2025
+    /// sessions (the gateway holds one), else it is stateless.
+    upstream_sessions: bool,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             fleet_runs: if quick { 1 } else { 3 },
             settle: Duration::from_millis(if quick { 500 } else { 1500 }),
             upstream_threads: threads,
+            upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM").is_ok_and(|v| v == "sessions"),
         }
     }
 }
@@ -87,7 +91,13 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
-        upstream::run(get("--servers", 1), get("--tools", 1), get("--threads", 2));
+        let sessions = args.iter().any(|a| a == "--sessions");
+        upstream::run(
+            get("--servers", 1),
+            get("--tools", 1),
+            get("--threads", 2),
+            sessions,
+        );
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--profile") {
@@ -263,6 +273,9 @@ fn spawn_upstream(
         &tools.to_string(),
     ])
     .args(["--threads", &cfg.upstream_threads.to_string()]);
+    if cfg.upstream_sessions {
+        cmd.arg("--sessions");
+    }
     let mut proc = Proc::spawn(name, cmd, logs)?;
     let line = proc.wait_line("READY", Duration::from_secs(30))?;
     let port = line
@@ -891,9 +904,14 @@ fn report(
             .into_owned()),
         calls.protocol
     );
+    let mode = if cfg.upstream_sessions {
+        "session mode: the gateway holds a 2025 session, the bench client's 2026-07-28 requests are served statelessly"
+    } else {
+        "stateless mode"
+    };
     let _ = writeln!(
         md,
-        "- Upstream: rmcp 3.9 echo server in its own process (Streamable HTTP, stateless 2026-07-28, JSON responses)"
+        "- Upstream: rmcp 3.9 echo server in its own process (Streamable HTTP, {mode}, JSON responses)"
     );
     match (&calls.nginx_version, &calls.nginx_note) {
         (_, Some(note)) => {

@@ -31,7 +31,7 @@ const DEX_SECRET: &str = "bench-dex-secret";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--upstream") {
-        upstream::run(2, 1, 1);
+        upstream::run(2, 1, 1, false);
         return;
     }
     if let Err(error) = run() {

@@ -89,7 +89,9 @@ impl ServerHandler for Echo {
 }
 
 /// Runs the upstream until killed; prints `READY <port>` once listening.
-pub fn run(servers: usize, tools: usize, threads: usize) {
+/// `sessions`: clients that initialize get a 2025 session (rmcp's session
+/// mode); stateless 2026-07-28 requests are served either way.
+pub fn run(servers: usize, tools: usize, threads: usize, sessions: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -100,7 +102,7 @@ pub fn run(servers: usize, tools: usize, threads: usize) {
         for i in 0..servers {
             let tools = Arc::new(make_tools(i, tools));
             let config = StreamableHttpServerConfig::default()
-                .with_legacy_session_mode(false)
+                .with_legacy_session_mode(sessions)
                 .with_json_response(true)
                 .with_sse_keep_alive(None)
                 .disable_allowed_hosts();

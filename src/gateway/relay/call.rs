@@ -146,7 +146,18 @@ pub(super) async fn relay_call(
         retry: None,
         resumed: 0,
     };
-    Some(sse_response(stream.into_body()))
+    let mut stream = stream;
+    // An answer with nothing before it goes back as plain JSON, as the
+    // transport allows (the framing is per hop); anything else streams.
+    let first = stream.next_event().await;
+    if stream.is_over() {
+        // None: cancelled by the client before anything came; nothing follows.
+        return Some(match first {
+            Some(answer) => json_response(answer),
+            None => sse_response(Body::empty()),
+        });
+    }
+    Some(sse_response(stream.into_body(first)))
 }
 
 /// The upstream's reply to a relayed request, not yet in.

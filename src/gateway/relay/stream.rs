@@ -90,16 +90,26 @@ enum Step {
 }
 
 impl Stream {
-    pub(super) fn into_body(self) -> Body {
-        let events = futures::stream::unfold(self, |mut stream| async move {
+    /// The SSE body: `first` (an event already read), then the rest.
+    pub(super) fn into_body(self, first: Option<String>) -> Body {
+        let first = futures::stream::iter(first);
+        let rest = futures::stream::unfold(self, |mut stream| async move {
             let event = stream.next_event().await?;
-            Some((Ok::<_, std::convert::Infallible>(sse_event(&event)), stream))
+            Some((event, stream))
         });
+        let events = first
+            .chain(rest)
+            .map(|event| Ok::<_, std::convert::Infallible>(sse_event(&event)));
         Body::from_stream(events)
     }
 
+    /// Whether the call's answer has been read (nothing more follows).
+    pub(super) fn is_over(&self) -> bool {
+        self.done
+    }
+
     /// The next event for the client; `None` once the call is over.
-    async fn next_event(&mut self) -> Option<String> {
+    pub(super) async fn next_event(&mut self) -> Option<String> {
         loop {
             if self.done {
                 return None;
