@@ -76,7 +76,8 @@ impl Config {
             fleet_runs: if quick { 1 } else { 3 },
             settle: Duration::from_millis(if quick { 500 } else { 1500 }),
             upstream_threads: threads,
-            upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM").is_ok_and(|v| v == "sessions"),
+            upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM")
+                .is_ok_and(|v| v == "sessions"),
         }
     }
 }

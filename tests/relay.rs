@@ -629,10 +629,13 @@ async fn an_upstream_asks_the_calling_client_for_its_roots_as_it_would_directly(
         // server-everything offers this tool only to clients that have roots.
         let result = call(&client, tool, json!({})).await;
         assert_ne!(result.is_error, Some(true), "{result:?}");
-        assert_eq!(
-            handler.asked.lock().unwrap().clone(),
-            ["roots"],
-            "the client was asked for its roots, once"
+        // (Through the gateway, the roots request server-everything makes of
+        // its session at start may reach this client too, if its call is the
+        // only one in flight then.)
+        assert!(
+            handler.asked.lock().unwrap().iter().all(|a| a == "roots")
+                && !handler.asked.lock().unwrap().is_empty(),
+            "the client was asked for its roots, and nothing else"
         );
         answers.push(text_of(&result));
     }
@@ -702,16 +705,23 @@ async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directl
             through["progress"], direct["progress"],
             "{tool}: every step"
         );
-        // Questions name the server that asks; otherwise the same.
+        // Questions name the server that asks; otherwise the same. Roots are
+        // compared apart: server-everything asks each session for them 350 ms
+        // after it starts, and through the gateway that standalone request
+        // reaches whichever client has the only call in flight then.
         let asked = |v: &Value| {
             v["asked"]
                 .as_array()
                 .expect("asked")
                 .iter()
                 .map(|a| a.as_str().unwrap_or("").replace("[py] ", ""))
+                .filter(|a| a != "roots")
                 .collect::<Vec<_>>()
         };
         assert_eq!(asked(&through), asked(&direct), "{tool}");
+        if tool == "get-roots-list" {
+            assert!(through["asked"].to_string().contains("roots"), "{through}");
+        }
     }
 }
 

@@ -196,10 +196,9 @@ impl Relay {
 
     /// The client cancelled a relayed call of its session: tell its upstream.
     async fn cancel(&self, client: &ClientSide, message: &Message<'_>) -> bool {
-        let (Some(session), Some(request)) = (
-            &client.session,
-            message::cancelled_request(message.params),
-        ) else {
+        let (Some(session), Some(request)) =
+            (&client.session, message::cancelled_request(message.params))
+        else {
             return false;
         };
         let key = (session.clone(), request.to_string());
