@@ -98,16 +98,14 @@ pub fn declares_stateless(params: Option<&RawValue>, mcp_name: Option<&str>) -> 
         && meta.client_capabilities.is_some()
 }
 
+/// One member of a message's params, decoded.
+fn member<T: serde::de::DeserializeOwned>(params: Option<&RawValue>, key: &str) -> Option<T> {
+    serde_json::from_str(object(params)?.get(key)?.get()).ok()
+}
+
 /// The `requestId` a `notifications/cancelled` names.
 pub fn cancelled_request(params: Option<&RawValue>) -> Option<Value> {
-    #[derive(Deserialize)]
-    struct Cancelled {
-        #[serde(rename = "requestId")]
-        request_id: Value,
-    }
-    serde_json::from_str::<Cancelled>(params?.get())
-        .ok()
-        .map(|c| c.request_id)
+    member(params, "requestId")
 }
 
 /// An object's members, each kept as its raw JSON.
@@ -176,8 +174,7 @@ fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Op
 /// The value of one argument of a `tools/call`.
 pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
     let members = object(params)?;
-    let arguments = object(members.get("arguments").copied())?;
-    serde_json::from_str(arguments.get(key)?.get()).ok()
+    member(members.get("arguments").copied(), key)
 }
 
 /// Where a client's request goes: the upstream's id, name and progress
@@ -306,25 +303,12 @@ pub fn log_to_client(params: Option<&RawValue>, label: &str) -> Option<String> {
 
 /// The level (`params.level`) of a log message.
 pub fn log_level(params: Option<&RawValue>) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Level {
-        level: String,
-    }
-    serde_json::from_str::<Level>(params?.get())
-        .ok()
-        .map(|l| l.level)
+    member(params, "level")
 }
 
 /// The progress token of a progress notification.
 pub fn progress_token(params: Option<&RawValue>) -> Option<Value> {
-    #[derive(Deserialize)]
-    struct Token {
-        #[serde(rename = "progressToken")]
-        token: Value,
-    }
-    serde_json::from_str::<Token>(params?.get())
-        .ok()
-        .map(|t| t.token)
+    member(params, "progressToken")
 }
 
 /// An upstream's request to the user as the client gets it: the gateway's
