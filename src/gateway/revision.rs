@@ -49,52 +49,41 @@ pub enum ClientRevision {
 
 /// Carries an upstream's result to a client of `revision`.
 pub fn to_client(result: &mut ServerResult, revision: ClientRevision) {
-    if let Some(meta) = meta_mut(result)
-        && let Some(object) = meta.as_mut()
+    if let Some((meta, result_type)) = relayed_parts(result) {
+        if let Some(object) = meta.as_mut() {
+            for key in HOP_META_KEYS {
+                object.remove(*key);
+            }
+            if object.is_empty() {
+                *meta = None;
+            }
+        }
+        if revision == ClientRevision::Stateless && result_type.is_none() {
+            *result_type = Some(ResultType::COMPLETE);
+        }
+    }
+    if revision == ClientRevision::Session
+        && let ServerResult::ReadResourceResult(read) = result
     {
-        for key in HOP_META_KEYS {
-            object.remove(*key);
-        }
-        if object.is_empty() {
-            *meta = None;
-        }
-    }
-    match revision {
-        ClientRevision::Stateless => {
-            if let Some(result_type) = result_type_mut(result)
-                && result_type.is_none()
-            {
-                *result_type = Some(ResultType::COMPLETE);
-            }
-        }
-        ClientRevision::Session => {
-            if let ServerResult::ReadResourceResult(read) = result {
-                // Cache hints exist from 2026-07-28 on; older clients never see them.
-                read.ttl_ms = None;
-                read.cache_scope = None;
-            }
-        }
+        // Cache hints exist from 2026-07-28 on; older clients never see them.
+        read.ttl_ms = None;
+        read.cache_scope = None;
     }
 }
 
-/// The `_meta` of the results the gateway relays from one upstream.
-fn meta_mut(result: &mut ServerResult) -> Option<&mut Option<rmcp::model::MetaObject>> {
+/// The `_meta` and `resultType` of the results the gateway relays from
+/// one upstream (other results are the gateway's own).
+fn relayed_parts(
+    result: &mut ServerResult,
+) -> Option<(
+    &mut Option<rmcp::model::MetaObject>,
+    &mut Option<ResultType>,
+)> {
     Some(match result {
-        ServerResult::CallToolResult(r) => &mut r.meta,
-        ServerResult::ReadResourceResult(r) => &mut r.meta,
-        ServerResult::GetPromptResult(r) => &mut r.meta,
-        ServerResult::CompleteResult(r) => &mut r.meta,
-        _ => return None,
-    })
-}
-
-/// The `resultType` of the results the gateway relays from one upstream.
-fn result_type_mut(result: &mut ServerResult) -> Option<&mut Option<ResultType>> {
-    Some(match result {
-        ServerResult::CallToolResult(r) => &mut r.result_type,
-        ServerResult::ReadResourceResult(r) => &mut r.result_type,
-        ServerResult::GetPromptResult(r) => &mut r.result_type,
-        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => (&mut r.meta, &mut r.result_type),
+        ServerResult::ReadResourceResult(r) => (&mut r.meta, &mut r.result_type),
+        ServerResult::GetPromptResult(r) => (&mut r.meta, &mut r.result_type),
+        ServerResult::CompleteResult(r) => (&mut r.meta, &mut r.result_type),
         _ => return None,
     })
 }

@@ -238,7 +238,7 @@ fn wanted_log_level(
     asked: Option<&str>,
 ) -> Option<LoggingLevel> {
     if let Some(asked) = asked {
-        return serde_json::from_value::<LoggingLevel>(Value::String(asked.to_string())).ok();
+        return message::level_named(asked);
     }
     match (&client.session, client.revision) {
         (Some(session), ClientRevision::Session) => Some(

@@ -4,8 +4,11 @@
 //! member as the bytes it arrived as, so unknown fields pass through and no
 //! number is re-typed.
 
+#![allow(deprecated)] // log levels (SEP-2577) are still spoken by 2025 servers and clients
+
 use std::collections::BTreeMap;
 
+use rmcp::model::LoggingLevel;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -302,8 +305,13 @@ pub fn log_to_client(params: Option<&RawValue>, label: &str) -> Option<String> {
 }
 
 /// The level (`params.level`) of a log message.
-pub fn log_level(params: Option<&RawValue>) -> Option<String> {
+pub fn log_level(params: Option<&RawValue>) -> Option<LoggingLevel> {
     member(params, "level")
+}
+
+/// A log level by its name (`None` for a name the protocol does not have).
+pub fn level_named(name: &str) -> Option<LoggingLevel> {
+    serde_json::from_value(Value::String(name.to_string())).ok()
 }
 
 /// The progress token of a progress notification.
@@ -489,7 +497,9 @@ mod tests {
             out.contains(r#""logger":"py/chatty""#) && out.contains(r#""data":{"n":1.50}"#),
             "{out}"
         );
-        assert_eq!(log_level(Some(&log)).as_deref(), Some("info"));
+        assert_eq!(log_level(Some(&log)), Some(LoggingLevel::Info));
+        assert_eq!(level_named("warning"), Some(LoggingLevel::Warning));
+        assert_eq!(level_named("loud"), None);
 
         let elicit =
             raw(r#"{"mode":"form","message":"Name?","requestedSchema":{"type":"object"}}"#);

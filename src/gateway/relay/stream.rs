@@ -4,15 +4,12 @@
 //! upstream's standalone stream join it, a stream the upstream closes early
 //! is resumed, and a client that goes away cancels the upstream request.
 
-#![allow(deprecated)] // log levels (SEP-2577) are still spoken by 2025 servers and clients
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use rmcp::model::LoggingLevel;
 use serde_json::Value;
 use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
@@ -197,9 +194,7 @@ impl Stream {
                 }
             }
             "notifications/message" => {
-                let level = message::log_level(message.params)
-                    .and_then(|l| serde_json::from_value::<LoggingLevel>(Value::String(l)).ok())
-                    .map(severity);
+                let level = message::log_level(message.params).map(severity);
                 match (self.log_level, level) {
                     (Some(wanted), Some(level)) if level >= wanted => {
                         message::log_to_client(message.params, &self.label)
