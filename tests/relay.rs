@@ -759,3 +759,77 @@ async fn python_clients_of_every_revision_use_a_typescript_stdio_server() {
         );
     }
 }
+
+fn ts_tasks(url: &str, tool: &str, args: &str) -> Value {
+    let peers = peers();
+    let out = std::process::Command::new(peers.get("NODE22"))
+        .arg(peers.get("TS_TASKS"))
+        .args([url, tool, args])
+        .output()
+        .expect("running ts_tasks.mjs");
+    assert!(
+        out.status.success(),
+        "ts_tasks {tool} against {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ts_tasks prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_through_the_gateway_as_directly_and_stays_with_its_caller() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, ev_url) = everything_http(logs.path());
+    let gateway = gateway_for("everything", &ev_url, manifests.path(), logs.path());
+    let args = r#"{"topic": "rust", "ambiguous": true}"#;
+    let direct = tokio::task::spawn_blocking({
+        let ev_url = ev_url.clone();
+        move || ts_tasks(&ev_url, "simulate-research-query", args)
+    });
+    let through = ts_tasks(&gateway.url(), "x_everything_simulate-research-query", args);
+    let direct = direct.await.unwrap();
+    // The tool is listed with its execution; the gateway offers tasks.
+    assert_eq!(direct["execution"], json!({"taskSupport": "required"}));
+    assert_eq!(through["execution"], direct["execution"], "{through}");
+    assert_eq!(
+        through["tasks"]["requests"]["tools"]["call"],
+        json!({}),
+        "{through}"
+    );
+    // Created, polled through input_required (the question reached the
+    // client on tasks/result), and the report came back the same.
+    assert_eq!(through["kinds"][0], "taskCreated", "{through}");
+    assert_eq!(
+        through["kinds"].as_array().unwrap().last(),
+        Some(&json!("result"))
+    );
+    assert!(
+        through["statuses"].to_string().contains("input_required"),
+        "{through}"
+    );
+    // The question names the server that asks (a documented rewrite).
+    assert_eq!(
+        through["asked"].to_string().replace("[everything] ", ""),
+        direct["asked"].to_string()
+    );
+    assert_eq!(
+        through["result"]["content"], direct["result"]["content"],
+        "{through}"
+    );
+    assert!(
+        through["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"].is_string(),
+        "{through}"
+    );
+    // Another session cannot read the task, directly or through the gateway.
+    assert!(
+        direct["otherSession"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not found"),
+        "{direct}"
+    );
+    let refused = through["otherSession"]["error"].as_str().unwrap_or("");
+    assert!(
+        refused.contains("-32602") && refused.contains("not found"),
+        "{through}"
+    );
+}

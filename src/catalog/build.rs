@@ -77,8 +77,40 @@ fn family_owner(family: &str) -> Arc<str> {
 }
 
 enum ToolEntry {
-    Direct(Tool, Route),
-    Family(Tool, Arc<FamilyTool>),
+    Direct(Tool, Route, Option<Extras>),
+    Family(Tool, Arc<FamilyTool>, Option<Extras>),
+}
+
+/// Members of a tool's listing beyond rmcp's model (see `fleet::listing`).
+type Extras = Arc<serde_json::Map<String, serde_json::Value>>;
+
+/// Members rmcp's `Tool` writes itself; a folded tool builds these anew.
+const MODELLED: &[&str] = &[
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+    "icons",
+    "_meta",
+];
+
+/// What a folded tool keeps of its copies' extras: the members rmcp's model
+/// has no place for (`execution`, ...) on which every copy agrees.
+fn shared_extras(copies: &[Option<&Extras>]) -> Option<Extras> {
+    let (first, rest) = copies.split_first()?;
+    let shared: serde_json::Map<_, _> = first
+        .as_ref()?
+        .iter()
+        .filter(|(key, _)| !MODELLED.contains(&key.as_str()))
+        .filter(|(key, value)| {
+            rest.iter()
+                .all(|other| other.and_then(|o| o.get(key.as_str())) == Some(*value))
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    (!shared.is_empty()).then(|| Arc::new(shared))
 }
 
 pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
@@ -152,6 +184,7 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
                 members: vec![],
             });
         let mut names: BTreeMap<&str, Vec<MemberTool>> = BTreeMap::new();
+        let mut copy_extras: BTreeMap<&str, Vec<Option<&Extras>>> = BTreeMap::new();
         for member in group {
             let Some(membership) = &member.family else {
                 continue;
@@ -169,6 +202,10 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
                 });
             }
             for tool in &member.inventory.tools {
+                copy_extras
+                    .entry(tool.name.as_ref())
+                    .or_default()
+                    .push(member.inventory.tool_extras.get(tool.name.as_ref()));
                 names
                     .entry(tool.name.as_ref())
                     .or_default()
@@ -190,7 +227,8 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
             if let Some((tool, route)) = result.folded
                 && tool_claims.claim(&exposed, &family_owner(family)).is_ok()
             {
-                tools.insert(exposed, ToolEntry::Family(tool, Arc::new(route)));
+                let extras = copy_extras.get(name).and_then(|c| shared_extras(c));
+                tools.insert(exposed, ToolEntry::Family(tool, Arc::new(route), extras));
             }
         }
     }
@@ -216,7 +254,12 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
                     server: member.server.clone(),
                     name: tool.name.to_string(),
                 };
-                tools.insert(exposed, ToolEntry::Direct(shown, route));
+                let extras = member
+                    .inventory
+                    .tool_extras
+                    .get(tool.name.as_ref())
+                    .cloned();
+                tools.insert(exposed, ToolEntry::Direct(shown, route, extras));
             }
         }
         for prompt in &member.inventory.prompts {
@@ -270,14 +313,19 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
     let mut tool_routes = HashMap::new();
     let mut family_routes = HashMap::new();
     let mut exposed_tools = Vec::with_capacity(tool_list.len());
+    let mut tool_extras = HashMap::new();
     for (name, entry) in tool_list {
+        let (ToolEntry::Direct(_, _, extras) | ToolEntry::Family(_, _, extras)) = &entry;
+        if let Some(extras) = extras {
+            tool_extras.insert(name.clone(), extras.clone());
+        }
         match entry {
-            ToolEntry::Direct(tool, route) => {
+            ToolEntry::Direct(tool, route, _) => {
                 *tool_counts.entry(route.server.to_string()).or_default() += 1;
                 tool_routes.insert(name, route);
                 exposed_tools.push(tool);
             }
-            ToolEntry::Family(tool, route) => {
+            ToolEntry::Family(tool, route, _) => {
                 for member in &route.members {
                     *tool_counts.entry(member.server.to_string()).or_default() += 1;
                 }
@@ -292,6 +340,7 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
 
     Catalog {
         tools: Arc::new(exposed_tools),
+        tool_extras,
         tool_routes,
         family_routes,
         families,
@@ -380,5 +429,65 @@ mod tests {
         let fresh = build(&both, &Catalog::default());
         assert_eq!(&*fresh.tool("echo").unwrap().server, "alpha");
         assert_eq!(fresh.tool_counts["zeta"], 0);
+    }
+
+    fn with_extras(mut member: Member, extras: &[(&str, serde_json::Value)]) -> Member {
+        let inventory = Arc::get_mut(&mut member.inventory).expect("fresh inventory");
+        for tool in &inventory.tools {
+            let mut map = serde_json::Map::new();
+            for (key, value) in extras {
+                map.insert(key.to_string(), value.clone());
+            }
+            inventory
+                .tool_extras
+                .insert(tool.name.to_string(), Arc::new(map));
+        }
+        member
+    }
+
+    fn in_family(mut member: Member, instance: &str) -> Member {
+        member.family = Some(Membership {
+            family: "k8s".into(),
+            instance_arg: "cluster".into(),
+            instance: Instance {
+                server: member.server.clone(),
+                instance: instance.into(),
+                aliases: vec![],
+                labels: Default::default(),
+            },
+        });
+        member
+    }
+
+    #[test]
+    fn listed_members_beyond_the_model_follow_each_tool_and_folded_tools_keep_the_agreed_ones() {
+        let task = serde_json::json!({"taskSupport": "optional"});
+        let direct = with_extras(
+            member("solo", None, &["run"]),
+            &[("execution", task.clone())],
+        );
+        let a = with_extras(
+            in_family(member("a", None, &["pods"]), "a"),
+            &[
+                ("execution", task.clone()),
+                ("x-only-a", 1.into()),
+                ("description", "A".into()),
+            ],
+        );
+        let b = with_extras(
+            in_family(member("b", None, &["pods"]), "b"),
+            &[("execution", task.clone())],
+        );
+        let catalog = build(&[direct, a, b], &Catalog::default());
+        assert_eq!(catalog.tool_extras["x_solo_run"]["execution"], task);
+        assert!(catalog.supports_tasks("x_solo_run"));
+        // Folded: what every copy agrees on and the model does not build anew.
+        let folded = &catalog.tool_extras["x_k8s_pods"];
+        assert_eq!(folded.keys().collect::<Vec<_>>(), ["execution"]);
+        assert!(catalog.supports_tasks("x_k8s_pods"));
+        assert!(!catalog.same_tools(&build(
+            &[member("solo", None, &["run"])],
+            &Catalog::default()
+        )));
     }
 }

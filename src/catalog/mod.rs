@@ -56,6 +56,9 @@ pub struct FamilySummary {
 pub struct Catalog {
     /// Sorted by exposed name.
     pub tools: Arc<Vec<Tool>>,
+    /// What each exposed tool's listing holds beyond rmcp's model (the
+    /// upstream's own members, such as `execution`), by exposed name.
+    pub tool_extras: HashMap<String, Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Tools served by one server.
     pub tool_routes: HashMap<String, Route>,
     /// Folded tools served by a family.
@@ -79,6 +82,23 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Whether two snapshots list the same tools, every member alike.
+    pub fn same_tools(&self, other: &Catalog) -> bool {
+        self.tools == other.tools && self.tool_extras == other.tool_extras
+    }
+
+    /// Whether a tool may be called as a task (2025-11-25: its `execution`
+    /// says `taskSupport` optional or required).
+    pub fn supports_tasks(&self, exposed: &str) -> bool {
+        let support = self
+            .tool_extras
+            .get(exposed)
+            .and_then(|e| e.get("execution"))
+            .and_then(|e| e.get("taskSupport"))
+            .and_then(|s| s.as_str());
+        matches!(support, Some("optional" | "required"))
+    }
+
     pub fn tool(&self, exposed: &str) -> Option<&Route> {
         self.tool_routes.get(exposed)
     }

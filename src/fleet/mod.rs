@@ -8,6 +8,7 @@ pub mod credential;
 mod delivery;
 pub mod http_client;
 mod legacy_sse;
+pub mod listing;
 mod upstream;
 mod user_sessions;
 pub mod wire;

@@ -29,6 +29,7 @@ use super::client_handler::{
 use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
+use super::listing::{ToolExtras, list_tools};
 use super::wire::Wire;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
@@ -62,6 +63,8 @@ impl<'a> Caller<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     pub tools: Vec<Tool>,
+    /// What rmcp's `Tool` drops or writes differently, for tools listed raw.
+    pub tool_extras: ToolExtras,
     pub resources: Vec<Resource>,
     pub resource_templates: Vec<ResourceTemplate>,
     pub prompts: Vec<Prompt>,
@@ -270,7 +273,7 @@ impl Upstream {
         let stop = running.cancellation_token();
         let closed = running.waiting();
         tokio::pin!(closed);
-        match fetch_inventory(&peer, timeout).await {
+        match fetch_inventory(&peer, wire.as_ref(), timeout).await {
             Ok(inventory) => self.inventory.store(Arc::new(inventory)),
             Err(error) => {
                 stop.cancel();
@@ -320,6 +323,7 @@ impl Upstream {
                         Ok(Some(tools)) if tools != self.inventory().tools => {
                             let mut next = (*self.inventory()).clone();
                             next.tools = tools;
+                            next.tool_extras.clear();
                             self.inventory.store(Arc::new(next));
                             self.bump();
                         }
@@ -377,7 +381,8 @@ impl Upstream {
     ) -> Result<(), ServiceError> {
         let mut next = (*self.inventory()).clone();
         if kinds.contains(&ListKind::Tools) {
-            next.tools = with_timeout(timeout, peer.list_all_tools()).await?;
+            let wire = self.wire.load_full();
+            (next.tools, next.tool_extras) = tools(peer, wire.as_deref(), timeout).await?;
         }
         if kinds.contains(&ListKind::Resources) {
             next.resources = with_timeout(timeout, peer.list_all_resources()).await?;
@@ -644,13 +649,14 @@ async fn with_timeout<T>(
 /// Lists everything the server's capabilities say it offers.
 async fn fetch_inventory(
     peer: &Peer<RoleClient>,
+    wire: Option<&Wire>,
     timeout: Duration,
 ) -> Result<Inventory, ServiceError> {
     let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| capabilities.as_ref().is_none_or(f);
     let mut inventory = Inventory::default();
     if has(|c| c.tools.is_some()) {
-        inventory.tools = with_timeout(timeout, peer.list_all_tools()).await?;
+        (inventory.tools, inventory.tool_extras) = tools(peer, wire, timeout).await?;
     }
     if has(|c| c.resources.is_some()) {
         inventory.resources = with_timeout(timeout, peer.list_all_resources()).await?;
@@ -661,6 +667,23 @@ async fn fetch_inventory(
         inventory.prompts = with_timeout(timeout, peer.list_all_prompts()).await?;
     }
     Ok(inventory)
+}
+
+/// The server's tools: raw on its wire where it has one (keeping what
+/// rmcp's model drops), else through rmcp.
+async fn tools(
+    peer: &Peer<RoleClient>,
+    wire: Option<&Wire>,
+    timeout: Duration,
+) -> Result<(Vec<Tool>, ToolExtras), ServiceError> {
+    if let Some(wire) = wire {
+        match list_tools(wire, timeout).await {
+            Ok(listed) => return Ok(listed),
+            Err(error) => tracing::debug!(%error, "raw tools/list failed; listing through rmcp"),
+        }
+    }
+    let tools = with_timeout(timeout, peer.list_all_tools()).await?;
+    Ok((tools, ToolExtras::new()))
 }
 
 /// Health probe: `ping` where the protocol has it; 2026-07-28 removed ping,

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::Value;
 use sse_stream::{Sse, SseStream};
 use tokio::sync::mpsc;
 
@@ -176,6 +177,35 @@ impl Wire {
             .await
             .map(WireReply::Json)
             .map_err(|e| WireError::Failed(e.to_string()))
+    }
+
+    /// Sends a request of the gateway's own and reads its answer (the
+    /// response with `id`), skipping whatever the upstream sends before it.
+    pub async fn call(&self, body: Bytes, id: &str) -> Result<Value, WireError> {
+        let broken =
+            |e: &dyn std::fmt::Display| WireError::Failed(format!("unreadable answer: {e}"));
+        match self.post(body).await? {
+            WireReply::Json(bytes) => serde_json::from_slice(&bytes).map_err(|e| broken(&e)),
+            WireReply::Events(mut events) => {
+                while let Some(event) = events.next().await {
+                    let event = event.map_err(|e| broken(&e))?;
+                    let Some(message) = event
+                        .data
+                        .and_then(|data| serde_json::from_str::<Value>(&data).ok())
+                    else {
+                        continue;
+                    };
+                    let answers = message.get("method").is_none()
+                        && message.get("id").and_then(Value::as_str) == Some(id);
+                    if answers {
+                        return Ok(message);
+                    }
+                }
+                Err(WireError::Failed(
+                    "the upstream closed the stream before it answered".into(),
+                ))
+            }
+        }
     }
 
     /// Sends a notification or a response (the upstream answers 202).

@@ -4,10 +4,15 @@
 //! handler, every request would clone and serialize every tool: about 20 ms
 //! of CPU for 10,000 tools.)
 //!
+//! The cached list is the caller's view's (each logged-in user's own when
+//! SSO servers give users different tools), and it is the faithful one:
+//! each tool as its upstream listed it (with the members rmcp's model
+//! drops, see `fleet::listing`), renamed.
+//!
 //! Only plain, well-formed requests take this path: a single `tools/list`
 //! without a cursor, accepting JSON, on a known session (2025 revisions) or
 //! carrying complete 2026-07-28 request metadata (the Host was checked by
-//! `edge`).
+//! `edge`, the bearer by the auth layer).
 //! Everything else, including every malformed request, falls through to
 //! rmcp untouched, so errors stay rmcp's.
 
@@ -18,11 +23,13 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::model::Tool;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
 
+use super::overview;
 use super::state::GatewayState;
+use crate::auth::UserIdentity;
+use crate::catalog::Catalog;
 
 use super::edge::MAX_BODY;
 const STATELESS_VERSION: &str = "2026-07-28";
@@ -34,8 +41,25 @@ pub struct ToolsJson {
 }
 
 impl ToolsJson {
-    pub fn new(tools: &[Tool]) -> Self {
-        let array = serde_json::to_vec(tools).unwrap_or_else(|_| b"[]".to_vec());
+    /// The gateway's own tool, then the catalog's, each with the members
+    /// its upstream listed beyond rmcp's model.
+    pub fn of(catalog: &Catalog) -> Self {
+        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
+        tools.push(serde_json::to_value(overview::tool()).unwrap_or(Value::Null));
+        for tool in catalog.tools.iter() {
+            let mut value = serde_json::to_value(tool).unwrap_or(Value::Null);
+            if let (Value::Object(object), Some(extras)) =
+                (&mut value, catalog.tool_extras.get(tool.name.as_ref()))
+            {
+                for (key, member) in extras.iter() {
+                    if key != "name" {
+                        object.insert(key.clone(), member.clone());
+                    }
+                }
+            }
+            tools.push(value);
+        }
+        let array = serde_json::to_vec(&tools).unwrap_or_else(|_| b"[]".to_vec());
         Self {
             array: Bytes::from(array),
         }
@@ -140,7 +164,9 @@ pub async fn fast_tools_list(
     if memchr_tools_list(&bytes)
         && let Some((id, mode)) = eligible(&fast, &parts.headers, &bytes).await
     {
-        return response(&id, mode, &fast.state.tools_json());
+        let user = parts.extensions.get::<Arc<UserIdentity>>();
+        let view = fast.state.view(user).await;
+        return response(&id, mode, &view.tools_json());
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

@@ -59,17 +59,17 @@ pub fn router(
     };
     // Calls are relayed as JSON where the relay takes them; the relay sits
     // inside the bearer check (it routes by the caller's view).
+    // tools/list is answered from the caller's view, also inside it.
     let mcp = Router::new()
         .fallback_service(mcp)
-        .layer(axum::middleware::from_fn_with_state(relay, relay_call));
+        .layer(axum::middleware::from_fn_with_state(relay, relay_call))
+        .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list));
     let mcp = match &auth {
         Some(auth) => mcp.layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             require_user,
         )),
-        // Each user sees their own tools: the shared tools/list fast path
-        // is for gateways without auth.
-        None => mcp.layer(axum::middleware::from_fn_with_state(fast, fast_tools_list)),
+        None => mcp,
     };
     // Outermost: the transport's own checks come before any other answer.
     let mcp = mcp.layer(axum::middleware::from_fn_with_state(edge_checks, edge));

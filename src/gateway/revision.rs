@@ -13,7 +13,15 @@
 //! | progress token | the gateway's own | the client's |
 //! | `_meta["io.modelcontextprotocol/serverInfo"]` ([`HOP_META_KEYS`]) | - | removed (the client gets the gateway's) |
 //! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own) | - |
-//! | relayed elicitation / sampling / log from a fan-out member | - | prefixed with the instance name |
+//! | elicitation `message`, log `logger` | - | name the server (or family instance) that asks or logs |
+//! | request ids in `tasks/*` | - (task ids are the upstream's, unchanged) | - |
+//!
+//! Rewrites of the gateway's own answers:
+//!
+//! | what | change |
+//! |---|---|
+//! | `tools/list` | each tool as its upstream listed it (every member, `execution` included), renamed; a folded tool is built anew and keeps the members beyond rmcp's model that all its copies agree on |
+//! | `initialize` capabilities | `tasks` (cancel, task-augmented `tools/call`) added when the caller's view has a tool whose `execution` allows tasks (rmcp's model has no member for it) |
 //!
 //! Revision table (client revision × what the upstream's result carries):
 //!

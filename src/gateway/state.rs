@@ -13,7 +13,6 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::FanOutSettings;
-use super::fast_list::ToolsJson;
 use super::overview;
 use super::user_view::{CachedView, View};
 use crate::auth::{UserIdentity, UserKey};
@@ -145,8 +144,6 @@ pub struct GatewayState {
     pub clients: ClientRegistry,
     /// Stateless 2026-07-28 clients listen here through subscriptions/listen.
     list_changes: tokio::sync::broadcast::Sender<ListChange>,
-    /// `tools/list`'s answer, serialized once per catalog snapshot.
-    tools_json: ArcSwap<ToolsJson>,
     /// Set once start-up completed (see `/readyz`).
     ready: std::sync::atomic::AtomicBool,
     /// The fleet change counter the current catalog was built from.
@@ -171,7 +168,6 @@ impl GatewayState {
             source_ready: std::sync::atomic::AtomicBool::new(false),
             built_from: std::sync::atomic::AtomicU64::new(u64::MAX),
             ready: std::sync::atomic::AtomicBool::new(false),
-            tools_json: ArcSwap::from_pointee(ToolsJson::new(&[overview::tool()])),
             user_views: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_idle(Duration::from_secs(900))
@@ -227,11 +223,6 @@ impl GatewayState {
         tools
     }
 
-    /// The serialized tool list of the current catalog.
-    pub fn tools_json(&self) -> Arc<ToolsJson> {
-        self.tools_json.load_full()
-    }
-
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.load_full()
     }
@@ -251,15 +242,16 @@ impl GatewayState {
                 tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");
             }
         }
-        if previous.tools != next.tools {
-            self.tools_json
-                .store(Arc::new(ToolsJson::new(&self.exposed_tools(&next))));
+        let view = View::of(next.clone());
+        if previous.same_tools(&next) {
+            // The serialized list still holds: keep it (10,000 tools cost ms).
+            let kept = self.shared_view.load().tools_json.get().cloned();
+            if let Some(kept) = kept {
+                let _ = view.tools_json.set(kept);
+            }
         }
         self.catalog.store(next.clone());
-        self.shared_view.store(Arc::new(View {
-            catalog: next.clone(),
-            ..Default::default()
-        }));
+        self.shared_view.store(Arc::new(view));
         next
     }
 
@@ -308,7 +300,7 @@ impl GatewayState {
     }
 
     async fn notify_changes(&self, previous: &Catalog, next: &Catalog) {
-        let tools = previous.tools != next.tools;
+        let tools = !previous.same_tools(next);
         let resources = previous.resources != next.resources
             || previous.resource_templates != next.resource_templates;
         let prompts = previous.prompts != next.prompts;

@@ -5,13 +5,14 @@
 //! routed through sessions that carry only that user's token.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::auth::UserIdentity;
 use crate::catalog::Catalog;
 use crate::fleet::credential::CredentialError;
 use crate::fleet::{Access, Upstream};
 
+use super::fast_list::ToolsJson;
 use super::state::GatewayState;
 
 /// The user an MCP request was authenticated as (set by the `/mcp` auth
@@ -32,9 +33,26 @@ pub struct View {
     pub own: HashMap<Arc<str>, Arc<Upstream>>,
     /// SSO servers the caller has no session to, and why.
     pub unavailable: HashMap<Arc<str>, CredentialError>,
+    /// `tools/list`'s answer, serialized on first use.
+    pub(super) tools_json: OnceLock<Arc<ToolsJson>>,
 }
 
 impl View {
+    /// A view of `catalog` with no sessions of its own.
+    pub fn of(catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            ..Default::default()
+        }
+    }
+
+    /// The view's tool list as JSON, serialized once.
+    pub fn tools_json(&self) -> Arc<ToolsJson> {
+        self.tools_json
+            .get_or_init(|| Arc::new(ToolsJson::of(&self.catalog)))
+            .clone()
+    }
+
     /// The upstream serving `server` for this caller.
     pub fn upstream(&self, state: &GatewayState, server: &str) -> Option<Arc<Upstream>> {
         self.own
@@ -123,6 +141,7 @@ impl GatewayState {
             catalog,
             own,
             unavailable,
+            tools_json: OnceLock::new(),
         });
         self.user_views.insert(
             user.key.clone(),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Message};
 use super::stream::Stream;
-use super::{ClientSide, Relay, Running, json_response};
+use super::{ClientSide, Relay, Running, json_response, tasks};
 use crate::auth::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
@@ -43,7 +43,32 @@ pub(super) async fn relay_call(
     let user = parts.extensions.get::<Arc<UserIdentity>>();
     let view = relay.state.view(user).await;
     let catalog = &view.catalog;
-    let target = target(catalog, method, &call, message)?;
+    let owner = tasks::owner(user, client);
+    let target = if tasks::TASK_METHODS.contains(&method) {
+        let task = tasks::task_id(message.params)?;
+        let Some(server) = relay.tasks.server(owner.as_deref()?, &task) else {
+            // Unknown here, or another caller's: as an upstream answers it.
+            let text = format!("Task not found: no task {task:?} of this caller");
+            return Some(json_response(
+                serde_json::json!({"jsonrpc": "2.0", "id": message.id,
+                    "error": {"code": -32602, "message": text}})
+                .to_string(),
+            ));
+        };
+        Target {
+            server: server.clone(),
+            instance: None,
+            name: None,
+            drop_argument: None,
+            label: server,
+        }
+    } else {
+        target(catalog, method, &call, message)?
+    };
+    // Where a task this call creates will be found again.
+    let task_owner = owner
+        .filter(|_| method == "tools/call")
+        .map(|owner| (owner, target.server.clone()));
     let upstream = view.upstream(&relay.state, &target.server)?;
     let wire = upstream.wire()?;
     let client_id = message.id.clone()?;
@@ -93,12 +118,11 @@ pub(super) async fn relay_call(
         First::Reply(Ok(WireReply::Json(bytes))) => {
             let text = std::str::from_utf8(&bytes).ok()?;
             let answer = Message::parse(text)?;
-            return Some(json_response(message::response_to_client(
-                &answer,
-                method,
-                &client_id,
-                client.revision,
-            )?));
+            let answer = message::response_to_client(&answer, method, &client_id, client.revision)?;
+            if let Some((owner, server)) = &task_owner {
+                relay.tasks.note(owner, server, &answer);
+            }
+            return Some(json_response(answer));
         }
         First::Reply(Ok(WireReply::Events(events))) => (events, None, None),
         // The upstream asks something before it answers: the client's
@@ -135,6 +159,7 @@ pub(super) async fn relay_call(
         client_id,
         client: client.clone(),
         client_token: call.progress_token,
+        task_owner,
         upstream_token,
         label,
         log_level: log_level.map(severity),

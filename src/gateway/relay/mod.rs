@@ -14,6 +14,10 @@
 //! else, and any request the upstream never received (no connection, a
 //! session it no longer knows), goes to rmcp's handler unchanged.
 //!
+//! Tasks (2025-11-25): `tasks/get`, `tasks/result` and `tasks/cancel` go
+//! to the upstream that created the task, for the caller that created it
+//! (see `tasks`).
+//!
 //! A request an upstream sends to the user mid-call (elicitation, sampling,
 //! roots) reaches a 2025 session client on the call's stream under an id of
 //! the gateway's; the client's answer, POSTed back, is routed to the
@@ -23,6 +27,7 @@
 mod call;
 mod message;
 mod stream;
+mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +53,8 @@ use message::Message;
 const STATELESS: &str = "2026-07-28";
 /// The revision of a session whose client sends no `MCP-Protocol-Version`.
 const OLDEST_SESSION: &str = "2025-03-26";
+/// How long rmcp's initialize answer may take to end (it is a few hundred bytes).
+const INITIALIZE_READ: std::time::Duration = std::time::Duration::from_secs(10);
 /// Prefix of the ids the gateway gives requests it relays to clients.
 const ASK_PREFIX: &str = "flotilla-ask-";
 
@@ -88,6 +95,7 @@ pub struct Relay {
     sessions: Arc<LocalSessionManager>,
     asked: Mutex<HashMap<String, Asked>>,
     running: Mutex<HashMap<(String, String), Running>>,
+    tasks: tasks::TaskOwners,
     ids: AtomicU64,
 }
 
@@ -98,6 +106,7 @@ impl Relay {
             sessions,
             asked: Mutex::default(),
             running: Mutex::default(),
+            tasks: tasks::TaskOwners::default(),
             ids: AtomicU64::new(1),
         })
     }
@@ -237,11 +246,20 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     let Some(message) = Message::parse(text) else {
         return pass(parts, bytes).await;
     };
+    if message.method.as_deref() == Some("initialize") {
+        let user = parts
+            .extensions
+            .get::<Arc<crate::auth::UserIdentity>>()
+            .cloned();
+        let answer = pass(parts, bytes).await;
+        return offer_tasks(&relay, user.as_ref(), answer).await;
+    }
     let worth_a_look = message.is_response()
-        || message
-            .method
-            .as_deref()
-            .is_some_and(|m| m == "notifications/cancelled" || call::RELAYED.contains(&m));
+        || message.method.as_deref().is_some_and(|m| {
+            m == "notifications/cancelled"
+                || call::RELAYED.contains(&m)
+                || tasks::TASK_METHODS.contains(&m)
+        });
     if !worth_a_look {
         return pass(parts, bytes).await;
     }
@@ -268,6 +286,46 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
         Some(response) => response,
         None => pass(parts, bytes).await,
     }
+}
+
+/// rmcp's `initialize` answer, offering tasks when the caller's view has a
+/// tool that supports them.
+async fn offer_tasks(
+    relay: &Relay,
+    user: Option<&Arc<crate::auth::UserIdentity>>,
+    answer: Response,
+) -> Response {
+    let view = relay.state.view(user).await;
+    let catalog = &view.catalog;
+    let any = catalog
+        .tool_extras
+        .keys()
+        .any(|name| catalog.supports_tasks(name));
+    let content_type = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let sse = content_type.starts_with("text/event-stream");
+    if !any
+        || answer.status() != StatusCode::OK
+        || !(sse || content_type.starts_with("application/json"))
+    {
+        return answer;
+    }
+    let (mut parts, body) = answer.into_parts();
+    // rmcp ends an initialize answer's stream after the answer.
+    let read = tokio::time::timeout(INITIALIZE_READ, axum::body::to_bytes(body, MAX_BODY));
+    let Ok(Ok(bytes)) = read.await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the initialize answer did not end",
+        )
+            .into_response();
+    };
+    let body = tasks::offer_tasks_in(&bytes, sse).map_or(bytes, Bytes::from);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn json_response(body: String) -> Response {

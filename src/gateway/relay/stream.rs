@@ -62,6 +62,8 @@ pub(super) struct Stream {
     pub(super) client_id: Value,
     pub(super) client: ClientSide,
     pub(super) client_token: Option<Value>,
+    /// Who a task this call creates belongs to, and its upstream.
+    pub(super) task_owner: Option<(String, Arc<str>)>,
     pub(super) upstream_token: Option<Value>,
     pub(super) label: Arc<str>,
     pub(super) log_level: Option<u8>,
@@ -156,6 +158,9 @@ impl Stream {
                 Step::Last(json) => {
                     self.done = true;
                     self.end();
+                    if let Some((owner, server)) = &self.task_owner {
+                        self.relay.tasks.note(owner, server, &json);
+                    }
                     return Some(json);
                 }
             }
@@ -206,7 +211,11 @@ impl Stream {
             "notifications/tools/list_changed" => self.refresh(ListKind::Tools),
             "notifications/resources/list_changed" => self.refresh(ListKind::Resources),
             "notifications/prompts/list_changed" => self.refresh(ListKind::Prompts),
-            _ => Step::Skip,
+            // Names an upstream request id the client never saw.
+            "notifications/cancelled" => Step::Skip,
+            // Anything else the upstream tells the caller on its call's
+            // stream (task status, later revisions' notifications) passes.
+            _ => Step::Send(data.to_string()),
         }
     }
 

@@ -1,0 +1,184 @@
+//! Tasks of the 2025-11-25 revision through the gateway.
+//!
+//! A task-augmented `tools/call` is relayed like any call: its `task` member
+//! passes through, and the upstream answers with a `CreateTaskResult` whose
+//! task id it made up. The relay notes which upstream owns that id and for
+//! whom, so `tasks/get`, `tasks/result` and `tasks/cancel` reach that
+//! upstream, and only for the caller that created the task: an upstream
+//! session may be shared by every user of the gateway, and another caller's
+//! id is answered as an unknown task, as the upstream would. `tasks/list` is
+//! not offered (an upstream's list holds every caller's tasks).
+//!
+//! A client is offered `tasks` (cancel, task-augmented `tools/call`) in its
+//! `initialize` answer when its view has a tool whose `execution` allows
+//! tasks; rmcp's model of capabilities has no place for it, so the member is
+//! added to the JSON answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::ClientSide;
+use crate::auth::UserIdentity;
+
+/// The methods that name a task, routed to its upstream.
+pub(super) const TASK_METHODS: &[&str] = &["tasks/get", "tasks/result", "tasks/cancel"];
+
+/// How long a task is remembered at most (an upstream's `ttl` may be shorter).
+const REMEMBERED: Duration = Duration::from_secs(24 * 3600);
+
+/// Who may see a task: a logged-in user, or (without auth) a session.
+pub(super) fn owner(user: Option<&Arc<UserIdentity>>, client: &ClientSide) -> Option<String> {
+    match (user, &client.session) {
+        (Some(user), _) => Some(format!("user\0{}\0{}", user.key.issuer, user.key.subject)),
+        (None, Some(session)) => Some(format!("session\0{session}")),
+        (None, None) => None,
+    }
+}
+
+/// Which upstream owns each task, per owner (bounded).
+pub(super) struct TaskOwners {
+    servers: moka::sync::Cache<(String, String), Arc<str>>,
+}
+
+impl Default for TaskOwners {
+    fn default() -> Self {
+        Self {
+            servers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(REMEMBERED)
+                .build(),
+        }
+    }
+}
+
+impl TaskOwners {
+    /// Remembers the task a `tools/call` answer (as sent to the client) created.
+    pub(super) fn note(&self, owner: &str, server: &Arc<str>, answer: &str) {
+        if !answer.contains("\"taskId\"") {
+            return;
+        }
+        let Ok(answer) = serde_json::from_str::<Value>(answer) else {
+            return;
+        };
+        if let Some(id) = answer
+            .pointer("/result/task/taskId")
+            .and_then(Value::as_str)
+        {
+            self.servers
+                .insert((owner.to_string(), id.to_string()), server.clone());
+        }
+    }
+
+    /// The upstream that owns `task_id` for `owner`.
+    pub(super) fn server(&self, owner: &str, task_id: &str) -> Option<Arc<str>> {
+        self.servers.get(&(owner.to_string(), task_id.to_string()))
+    }
+}
+
+/// The `taskId` a tasks request names.
+pub(super) fn task_id(params: Option<&RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "taskId")]
+        task_id: String,
+    }
+    serde_json::from_str::<Named>(params?.get())
+        .ok()
+        .map(|n| n.task_id)
+}
+
+/// An `initialize` answer, as JSON or as the SSE events rmcp frames it in,
+/// offering tasks.
+pub(super) fn offer_tasks_in(body: &[u8], sse: bool) -> Option<Vec<u8>> {
+    if !sse {
+        return offer_tasks(body);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let offered = line
+            .strip_prefix("data:")
+            .filter(|data| data.contains("\"capabilities\""))
+            .and_then(|data| offer_tasks(data.trim().as_bytes()))
+            .and_then(|json| String::from_utf8(json).ok());
+        match offered {
+            Some(json) => {
+                out.push_str("data: ");
+                out.push_str(&json);
+                out.push('\n');
+            }
+            None => out.push_str(line),
+        }
+    }
+    Some(out.into_bytes())
+}
+
+/// An `initialize` answer offering tasks; `None` when it is not one.
+fn offer_tasks(answer: &[u8]) -> Option<Vec<u8>> {
+    let mut answer: Value = serde_json::from_slice(answer).ok()?;
+    let capabilities = answer
+        .pointer_mut("/result/capabilities")?
+        .as_object_mut()?;
+    capabilities.insert(
+        "tasks".into(),
+        serde_json::json!({"cancel": {}, "requests": {"tools": {"call": {}}}}),
+    );
+    serde_json::to_vec(&answer).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_found_only_by_the_owner_that_created_it() {
+        let owners = TaskOwners::default();
+        let server: Arc<str> = "everything".into();
+        let created =
+            r#"{"jsonrpc":"2.0","id":3,"result":{"task":{"taskId":"t-1","status":"working"}}}"#;
+        owners.note("alice", &server, created);
+        owners.note(
+            "alice",
+            &server,
+            r#"{"jsonrpc":"2.0","id":4,"result":{"content":[]}}"#,
+        );
+        assert_eq!(owners.server("alice", "t-1").as_deref(), Some("everything"));
+        assert_eq!(owners.server("bob", "t-1"), None);
+        assert_eq!(owners.server("alice", "t-2"), None);
+    }
+
+    #[test]
+    fn tasks_are_offered_in_an_initialize_answer_and_nothing_else_changes() {
+        let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{"listChanged":true}},"serverInfo":{"name":"flotilla","version":"1"}}}"#;
+        let offered: Value = serde_json::from_slice(&offer_tasks(answer).unwrap()).unwrap();
+        assert_eq!(
+            offered["result"]["capabilities"]["tasks"]["requests"]["tools"]["call"],
+            serde_json::json!({})
+        );
+        assert_eq!(
+            offered["result"]["capabilities"]["tools"]["listChanged"],
+            true
+        );
+        assert_eq!(offered["result"]["serverInfo"]["name"], "flotilla");
+        assert!(
+            offer_tasks(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#).is_none()
+        );
+        // rmcp frames a session's initialize answer as SSE, after a priming event.
+        let sse = format!(
+            "data: \nid: 0\nretry: 3000\n\ndata: {}\n\n",
+            std::str::from_utf8(answer).unwrap()
+        );
+        let offered = String::from_utf8(offer_tasks_in(sse.as_bytes(), true).unwrap()).unwrap();
+        assert!(
+            offered.starts_with("data: \nid: 0\nretry: 3000\n\ndata: {"),
+            "{offered}"
+        );
+        assert!(
+            offered.contains(r#""tasks":{"#) && offered.ends_with("}\n\n"),
+            "{offered}"
+        );
+    }
+}
