@@ -230,6 +230,86 @@ async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_resta
     gateway.wait_state("ev", "Connected", Duration::from_secs(10));
 }
 
+/// The gateway's child processes (its stdio upstreams).
+fn children_of(pid: i32) -> Vec<i32> {
+    // Each thread lists the children it forked (tokio forks on any worker).
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc");
+    let mut children: Vec<i32> = tasks
+        .flatten()
+        .flat_map(|task| {
+            std::fs::read_to_string(task.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    children.sort();
+    children
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_stdio_upstream_is_reported_at_once_and_respawned() {
+    let (manifests, logs) = tempdirs();
+    let manifest =
+        sim_manifest("sim-a", "cluster-a", "").replace("cluster-a]", "cluster-a, --test-tools]");
+    write_manifest(manifests.path(), "sim.yaml", &manifest);
+    let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("sim-a", "Connected", Duration::from_secs(20));
+    let client = connect(&gateway.url()).await;
+    let before = children_of(gateway.proc.pid());
+    assert_eq!(before.len(), 1, "one sim-cluster child: {before:?}");
+    // Killed mid-call: the call ends at once with an error naming the server.
+    let started = std::time::Instant::now();
+    let caller = connect(&gateway.url()).await;
+    let pending =
+        tokio::spawn(async move { call(&caller, "x_sim-a_sleep", json!({"seconds": 30})).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &before[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let cut = pending.await.expect("the call returns");
+    assert_eq!(cut.is_error, Some(true), "{cut:?}");
+    assert!(text_of(&cut).contains("sim-a"), "{}", text_of(&cut));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not the 30 s of the call"
+    );
+    // Seen at once: the server leaves Connected within a second or two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let state = gateway.server_status("sim-a")["status"]["state"].clone();
+        if state != "Connected" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a killed child is still reported Connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... then respawned with backoff, and serving again.
+    let back = eventually(Duration::from_secs(30), "the child to be respawned", || {
+        let client = &client;
+        async move {
+            let r = call(client, "x_sim-a_cluster_info", json!({})).await;
+            (r.is_error != Some(true)).then_some(r)
+        }
+    })
+    .await;
+    assert!(text_of(&back).contains("cluster: cluster-a"));
+    let after = children_of(gateway.proc.pid());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "a new child");
+    assert!(
+        !gateway.proc.log_text().contains("panicked"),
+        "{}",
+        gateway.proc.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others() {
     let (manifests, logs) = tempdirs();

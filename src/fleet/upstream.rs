@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use futures::FutureExt;
+use futures::future::FusedFuture;
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, LoggingLevel, PingRequest, Prompt,
     RequestMetaObject, Resource, ResourceTemplate, ServerNotification, ServerResult,
@@ -203,6 +205,7 @@ impl Upstream {
     }
 
     async fn supervise(self: Arc<Self>, http: reqwest::Client, settings: FleetSettings) {
+        let _reported = PanicReport(self.clone());
         let mut backoff = settings.backoff();
         loop {
             if self.cancel.is_cancelled() {
@@ -271,7 +274,9 @@ impl Upstream {
         let peer = running.peer().clone();
         let timeout = self.desired().spec.timeout();
         let stop = running.cancellation_token();
-        let closed = running.waiting();
+        // Fused: once the session has ended (a crashed child, a closed
+        // stream) the wait below must not poll it again.
+        let closed = running.waiting().fuse();
         tokio::pin!(closed);
         match fetch_inventory(&peer, wire.as_ref(), timeout).await {
             Ok(inventory) => self.inventory.store(Arc::new(inventory)),
@@ -343,7 +348,9 @@ impl Upstream {
         self.peer.store(None);
         self.wire.store(None);
         // Give the transport a moment to close cleanly (stdio: SIGTERM, then kill).
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+        if !closed.is_terminated() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+        }
         reason
     }
 
@@ -633,6 +640,22 @@ impl Drop for RouteGuard {
     fn drop(&mut self) {
         if let Ok(mut map) = self.routes.lock() {
             map.remove(&self.token);
+        }
+    }
+}
+
+/// Reports a supervisor that ended in a panic (a bug) as a failure, so the
+/// server's status never goes on showing a session that nobody serves.
+struct PanicReport(Arc<Upstream>);
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.peer.store(None);
+            self.0.wire.store(None);
+            let why = "internal error: this server's supervisor stopped; re-apply the server or restart the gateway";
+            self.0
+                .set_health(ServerState::Failed, Some(why.to_string()), None);
         }
     }
 }
