@@ -80,6 +80,9 @@ async fn one_login_reaches_three_sso_servers_each_with_the_right_token() {
     assert_eq!(claims["iss"], world.central.issuer.as_str());
     assert_eq!(claims["sub"], "alice");
     assert!(claims["aud"].to_string().contains("cluster-a"), "{claims}");
+    // What cluster A received is no key to the gateway.
+    let (status, _, _) = blocking_get(&format!("{base}/mcp"), Some(&forwarded));
+    assert_eq!(status, 401, "a forwarded token replayed at /mcp");
     // Exchanged: a token from cluster B's Dex for cluster B.
     let exchanged = token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
     let claims = jwt_claims(&exchanged);

@@ -29,6 +29,8 @@ pub enum JwtError {
     KeysUnavailable { issuer: String, message: String },
     #[error("signed with key {kid:?}, which {issuer} does not publish")]
     UnknownKey { issuer: String, kid: String },
+    #[error("the token has expired")]
+    Expired,
     #[error("rejected: {0}")]
     Invalid(String),
 }
@@ -107,15 +109,22 @@ impl JwksCache {
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECONDS;
         validation.set_issuer(&[&expect.issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.validate_nbf = true;
         if expect.audiences.is_empty() {
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
             validation.validate_aud = false;
         } else {
+            // A token with no audience was meant for no one in particular:
+            // where audiences are configured, it is refused.
+            validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
             validation.set_audience(&expect.audiences);
         }
         jsonwebtoken::decode::<C>(token, &key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| JwtError::Invalid(e.to_string()))
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
+                _ => JwtError::Invalid(rejection_reason(&e)),
+            })
     }
 
     /// `jwks_uri` from `<issuer>/.well-known/openid-configuration`.
@@ -216,6 +225,25 @@ pub fn unverified_issuer(token: &str) -> Result<String, JwtError> {
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| JwtError::Malformed("no iss claim".into()))
+}
+
+/// Why a JWT failed its checks, in words (not the library's names).
+fn rejection_reason(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ImmatureSignature => {
+            "the token is not valid yet (its nbf is in the future)".into()
+        }
+        ErrorKind::InvalidAudience => {
+            "its aud names none of the accepted audiences (auth.trustedIssuers[].audiences)".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("it has no {claim:?} claim, which this issuer's tokens must carry")
+        }
+        ErrorKind::InvalidSignature => "its signature does not verify".into(),
+        ErrorKind::InvalidIssuer => "its iss is not the expected issuer".into(),
+        _ => "it does not verify".into(),
+    }
 }
 
 #[cfg(test)]

@@ -164,11 +164,27 @@ fn error_response(
     }
 }
 
+/// Three dot-separated parts whose first is a JSON object naming an `alg`.
+fn looks_like_jwt(token: &str) -> bool {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|header| header.get("alg").is_some())
+}
+
 /// A JWT must name the expected issuer and verify against that issuer's keys
-/// (no audience check: the token is for the downstream, not for us). When the
-/// keys cannot be fetched the token is accepted with a warning; the
-/// downstream verifies it anyway. Opaque tokens are accepted as they are.
-/// Returns the JWT's `exp`, if any.
+/// (no audience check: the token is for the downstream, not for us). It
+/// fails closed: a JWT whose keys cannot be fetched, or whose header names
+/// no usable algorithm (`alg: none`), is not used. Opaque tokens (not shaped
+/// like a JWT) are accepted as they are. Returns the JWT's `exp`, if any.
 async fn check_issued_token(
     token: &str,
     target: &ExchangeTarget,
@@ -176,6 +192,11 @@ async fn check_issued_token(
     user: &UserKey,
 ) -> Result<Option<i64>, ExchangeError> {
     if jsonwebtoken::decode_header(token).is_err() {
+        if looks_like_jwt(token) {
+            return Err(ExchangeError::Unverified(
+                "the issued token is a JWT without a usable signature algorithm (alg none or unknown); it is not used".into(),
+            ));
+        }
         tracing::debug!(
             user = %user.subject,
             endpoint = %target.endpoint,
@@ -207,14 +228,20 @@ async fn check_issued_token(
     };
     match jwks.verify::<serde_json::Value>(token, &expect).await {
         Ok(_) => {}
+        // Fail closed: a token whose signature cannot be checked is not
+        // sent downstream (it could be anyone's, `alg: none` included).
         Err(e) if e.is_unreachable() => {
             tracing::warn!(
                 user = %user.subject,
                 endpoint = %target.endpoint,
                 issuer = %target.expected_issuer,
                 error = %e,
-                "cannot fetch the issuer's signing keys; accepting the exchanged token unverified"
+                "cannot fetch the issuer's signing keys; the exchanged token is not used"
             );
+            return Err(ExchangeError::Unverified(format!(
+                "{}; the gateway sends no token it cannot verify: make the issuer's keys reachable from the gateway",
+                quote(&e.to_string(), &[token], MAX_QUOTED_CHARS)
+            )));
         }
         Err(e) => {
             let secrets = [token, target.client.client_secret.expose()];

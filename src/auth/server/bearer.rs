@@ -85,6 +85,10 @@ struct JwtClaims {
     iss: String,
     sub: String,
     exp: Option<i64>,
+    /// One audience or several.
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    azp: Option<String>,
     preferred_username: Option<String>,
     email: Option<String>,
     name: Option<String>,
@@ -104,13 +108,22 @@ async fn trusted_jwt(server: &AuthServer, token: &str) -> Result<UserIdentity, R
         audiences: trusted.audiences.clone(),
         jwks_uri: trusted.jwks_uri.clone(),
     };
-    let claims: JwtClaims = server.jwks.verify(token, &expect).await.map_err(|e| {
-        if e.to_string().contains("ExpiredSignature") {
-            Rejection::Expired
-        } else {
-            Rejection::Invalid(format!("the JWT was rejected: {e}"))
-        }
-    })?;
+    let claims: JwtClaims = server
+        .jwks
+        .verify(token, &expect)
+        .await
+        .map_err(|e| match e {
+            crate::auth::jwks::JwtError::Expired => Rejection::Expired,
+            e => Rejection::Invalid(format!("the JWT was rejected: {e}")),
+        })?;
+    if let Some((provider, client_id)) = &server.login_client
+        && super::same_issuer(&claims.iss, provider)
+        && issued_to(&claims, client_id)
+    {
+        return Err(Rejection::Invalid(format!(
+            "this is an ID token issued to the gateway's own client {client_id:?}; the gateway forwards such tokens to servers and never accepts them back: log in through the gateway"
+        )));
+    }
     Ok(UserIdentity {
         key: UserKey {
             issuer: claims.iss,
@@ -123,6 +136,17 @@ async fn trusted_jwt(server: &AuthServer, token: &str) -> Result<UserIdentity, R
             .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0)),
         source: IdentitySource::TrustedJwt,
     })
+}
+
+/// Whether a JWT was issued to `client_id` (its audience, or the party it
+/// was authorized for).
+fn issued_to(claims: &JwtClaims, client_id: &str) -> bool {
+    let in_audience = match &claims.aud {
+        Some(serde_json::Value::String(aud)) => aud == client_id,
+        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a == client_id),
+        _ => false,
+    };
+    in_audience || claims.azp.as_deref() == Some(client_id)
 }
 
 /// The 401 for `/mcp`.
@@ -288,43 +312,17 @@ mod tests {
 
     #[tokio::test]
     async fn trusted_issuers_jwts_are_verified_against_their_keys() {
-        use base64::Engine as _;
-        use jsonwebtoken::{EncodingKey, Header, encode};
-        let secret = b"a-shared-test-secret-of-some-length";
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "oct", "kid": "k1", "alg": "HS256",
-            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
-        }]});
-        let router = axum::Router::new().route(
-            "/keys",
-            axum::routing::get(move || {
-                let jwks = jwks.clone();
-                async move { Json(jwks) }
-            }),
-        );
-        let keys_server = test_support::serve(router).await;
-        let mut options = test_support::options(true);
-        options.config.trusted_issuers = vec![crate::auth::settings::TrustedIssuerConfig {
-            issuer: "https://sa.example".into(),
-            audiences: vec!["flotilla".into()],
-            jwks_uri: Some(format!("{}/keys", keys_server.base)),
-        }];
+        let (options, _keys, sign_claims) =
+            trusted_setup("https://sa.example", &["flotilla-api"]).await;
         let server = AuthServer::start(options).await.unwrap();
         let sign = |aud: &str, exp: i64| {
-            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-            header.kid = Some("k1".into());
-            encode(
-                &header,
-                &serde_json::json!({
-                    "iss": "https://sa.example", "sub": "system:serviceaccount:ci:bot",
-                    "aud": aud, "exp": exp, "email": "bot@example.com",
-                }),
-                &EncodingKey::from_secret(secret),
-            )
-            .unwrap()
+            sign_claims(serde_json::json!({
+                "iss": "https://sa.example", "sub": "system:serviceaccount:ci:bot",
+                "aud": aud, "exp": exp, "email": "bot@example.com",
+            }))
         };
         let now = Utc::now().timestamp();
-        let token = sign("flotilla", now + 600);
+        let token = sign("flotilla-api", now + 600);
         let identity = server.authenticate(&bearer(&token)).await.unwrap();
         assert_eq!(identity.key.subject, "system:serviceaccount:ci:bot");
         assert_eq!(identity.display_name.as_deref(), Some("bot@example.com"));
@@ -342,7 +340,7 @@ mod tests {
         assert!(message.contains("rejected"), "{message}");
         assert!(matches!(
             server
-                .authenticate(&bearer(&sign("flotilla", now - 600)))
+                .authenticate(&bearer(&sign("flotilla-api", now - 600)))
                 .await,
             Err(Rejection::Expired)
         ));
@@ -387,5 +385,110 @@ mod tests {
             .to_str()
             .unwrap();
         assert!(challenge.contains("has expired"), "{challenge}");
+    }
+
+    /// A trusted issuer at `issuer` whose HS256 key is served; returns the
+    /// server's options and a signer of claims.
+    async fn trusted_setup(
+        issuer: &str,
+        audiences: &[&str],
+    ) -> (
+        super::super::AuthServerOptions,
+        test_support::Served,
+        impl Fn(serde_json::Value) -> String,
+    ) {
+        use base64::Engine as _;
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = b"another-shared-test-secret-of-length";
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "oct", "kid": "k1", "alg": "HS256",
+            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+        }]});
+        let router = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { Json(jwks) }
+            }),
+        );
+        let keys_server = test_support::serve(router).await;
+        let mut options = test_support::options(true);
+        options.config.trusted_issuers = vec![crate::auth::settings::TrustedIssuerConfig {
+            issuer: issuer.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            jwks_uri: Some(format!("{}/keys", keys_server.base)),
+        }];
+        let sign = move |claims: serde_json::Value| {
+            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+            header.kid = Some("k1".into());
+            encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+        };
+        (options, keys_server, sign)
+    }
+
+    #[tokio::test]
+    async fn a_trusted_jwt_needs_an_audience_and_to_be_valid_already() {
+        let (options, _keys, sign) = trusted_setup("https://sa.example", &["flotilla-api"]).await;
+        let server = AuthServer::start(options).await.unwrap();
+        let now = Utc::now().timestamp();
+        let claims = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "iss": "https://sa.example", "sub": "bot", "exp": now + 600,
+            });
+            for (key, value) in extra.as_object().unwrap() {
+                claims[key] = value.clone();
+            }
+            sign(claims)
+        };
+        let good = claims(serde_json::json!({"aud": "flotilla-api"}));
+        assert!(server.authenticate(&bearer(&good)).await.is_ok());
+        let no_audience = claims(serde_json::json!({}));
+        let message = invalid_message(server.authenticate(&bearer(&no_audience)).await);
+        assert!(message.contains("aud"), "{message}");
+        let not_yet = claims(serde_json::json!({"aud": "flotilla-api", "nbf": now + 300}));
+        let message = invalid_message(server.authenticate(&bearer(&not_yet)).await);
+        assert!(message.contains("not valid yet"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_id_token_the_gateway_forwards_is_never_accepted_back() {
+        // The provider itself is trusted for machine clients (audience
+        // "direct") and, carelessly, for a downstream's audience too.
+        let provider = "http://127.0.0.1:9/issuer";
+        let (options, _keys, sign) = trusted_setup(provider, &["direct", "cluster-a"]).await;
+        let server = AuthServer::start(options).await.unwrap();
+        let now = Utc::now().timestamp();
+        let token = |aud: serde_json::Value, azp: Option<&str>| {
+            let mut claims = serde_json::json!({
+                "iss": provider, "sub": "alice", "exp": now + 600, "aud": aud,
+            });
+            if let Some(azp) = azp {
+                claims["azp"] = azp.into();
+            }
+            sign(claims)
+        };
+        // What a forwardToken server receives: the user's ID token from the
+        // gateway's login, with the server's audience added.
+        let forwarded = token(
+            serde_json::json!(["flotilla", "cluster-a"]),
+            Some("flotilla"),
+        );
+        let message = invalid_message(server.authenticate(&bearer(&forwarded)).await);
+        assert!(message.contains("never accepts them back"), "{message}");
+        let authorized_for_gateway = token(serde_json::json!("cluster-a"), Some("flotilla"));
+        assert!(
+            server
+                .authenticate(&bearer(&authorized_for_gateway))
+                .await
+                .is_err()
+        );
+        // A machine client's own token still works.
+        let machine = token(serde_json::json!("direct"), Some("direct"));
+        assert!(server.authenticate(&bearer(&machine)).await.is_ok());
+
+        // Trusting the gateway's own client as an audience is refused at start.
+        let (options, _keys, _) = trusted_setup(&format!("{provider}/"), &["flotilla"]).await;
+        let error = AuthServer::start(options).await.err().expect("refused");
+        assert!(error.to_string().contains("forwardToken"), "{error}");
     }
 }

@@ -129,13 +129,26 @@ async fn check_request(
             }
         },
     };
-    // From here on the redirect URI is trusted: errors go back to the client.
+    // The redirect URI is registered. Errors go back to it only when it is
+    // a loopback one (the user's own machine); any other one may belong to
+    // whoever registered the client, and before the user has consented the
+    // gateway never sends the browser there (no open redirect): the error
+    // is shown on the gateway's own page.
     let state = get("state").map(str::to_string);
-    let refuse = |error: &'static str, description: String| Refusal::Redirect {
-        redirect_uri: redirect_uri.clone(),
-        state: state.clone().filter(|s| s.len() <= MAX_STATE_LEN),
-        error,
-        description,
+    let trusted = !needs_consent(&redirect_uri);
+    let refuse = |error: &'static str, description: String| {
+        if trusted {
+            Refusal::Redirect {
+                redirect_uri: redirect_uri.clone(),
+                state: state.clone().filter(|s| s.len() <= MAX_STATE_LEN),
+                error,
+                description,
+            }
+        } else {
+            Refusal::Page(format!(
+                "the authorization request was refused ({error}): {description}"
+            ))
+        }
     };
     if state.as_ref().is_some_and(|s| s.len() > MAX_STATE_LEN) {
         return Err(refuse(
@@ -569,6 +582,38 @@ mod tests {
             assert_eq!(response.status(), StatusCode::BAD_REQUEST);
             let text = response.text().await.unwrap();
             assert!(text.contains(expected), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_for_a_redirect_the_user_has_not_consented_to_stay_on_the_gateway() {
+        let server = test_support::server().await;
+        let served = test_support::serve(server.routes()).await;
+        let http = test_support::http();
+        let id = client_id(&server, &["https://evil.example/cb"]);
+        for extra in [
+            vec![("response_type", "token")],
+            vec![("response_type", "code")],
+        ] {
+            let mut params = vec![
+                ("client_id", id.as_str()),
+                ("redirect_uri", "https://evil.example/cb"),
+                ("state", "st"),
+            ];
+            params.extend(extra);
+            let response = http
+                .get(authorize_url(&served.base, &params))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{params:?}");
+            assert!(response.headers().get(header::LOCATION).is_none());
+            let text = response.text().await.unwrap();
+            assert!(!text.contains("evil.example/cb?"), "{text}");
+            assert!(
+                text.contains("unsupported_response_type") || text.contains("code_challenge"),
+                "{text}"
+            );
         }
     }
 

@@ -153,6 +153,11 @@ impl Urls {
     }
 }
 
+/// Whether two issuer URLs name the same issuer (a trailing `/` aside).
+pub(crate) fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
 /// The authorization server and bearer validator.
 pub struct AuthServer {
     urls: Urls,
@@ -162,6 +167,10 @@ pub struct AuthServer {
     clients: ClientDirectory,
     jwks: JwksCache,
     trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// The provider's issuer and the gateway's client there: ID tokens
+    /// issued to that client are what `forwardToken` hands downstream, and
+    /// are never accepted back at `/mcp`.
+    login_client: Option<(String, String)>,
     /// Scopes requested at the provider (configured or default), without the extras.
     scopes: Vec<String>,
     access_lifetime: Duration,
@@ -187,6 +196,21 @@ impl AuthServer {
             }
         };
         let urls = Urls::new(&options.public_url);
+        let login_client = config
+            .oidc
+            .as_ref()
+            .map(|oidc| (oidc.issuer.clone(), oidc.client_id.clone()));
+        if let Some((issuer, client_id)) = &login_client
+            && let Some(trusted) = config.trusted_issuers.iter().find(|t| {
+                same_issuer(&t.issuer, issuer) && t.audiences.iter().any(|a| a == client_id)
+            })
+        {
+            anyhow::bail!(
+                "auth.trustedIssuers: issuer {:?} with audience {client_id:?} would accept the ID tokens the gateway itself obtains at login and forwards to servers with forwardToken, so any such server could act as the user here; give machine clients their own audience (e.g. {:?})",
+                trusted.issuer,
+                format!("{client_id}-api")
+            );
+        }
         let provider = match &config.oidc {
             Some(oidc) => Some(
                 Provider::new(oidc, &urls.callback, options.http.clone())
@@ -212,6 +236,7 @@ impl AuthServer {
             ),
             jwks: JwksCache::new(options.http.clone()),
             trusted_issuers: config.trusted_issuers.clone(),
+            login_client,
             access_lifetime: seconds(
                 config.access_token_lifetime_seconds,
                 DEFAULT_ACCESS_LIFETIME,

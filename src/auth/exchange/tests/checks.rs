@@ -57,21 +57,29 @@ async fn jwt_whose_signature_does_not_verify_is_rejected() {
 }
 
 #[tokio::test]
-async fn jwt_is_accepted_when_the_issuers_keys_are_unreachable() {
+async fn a_jwt_is_refused_while_the_issuers_keys_are_unreachable() {
     let stub = Stub::start().await;
     // Nothing listens on port 1: discovery fails to connect.
     let issuer = "http://127.0.0.1:1/dex".to_string();
-    stub.reply(Reply::Jwt {
-        iss: issuer.clone(),
-        signer: Signer::Hs256,
-    });
-    let mut target = stub.target();
-    target.expected_issuer = issuer;
-    let token = exchanger(settings())
-        .token(&user("alice", "idt-alice"), &target)
-        .await
-        .expect("accepted with a warning");
-    assert_eq!(token.expose().split('.').count(), 3);
+    for signer in [Signer::Hs256, Signer::None] {
+        stub.reply(Reply::Jwt {
+            iss: issuer.clone(),
+            signer,
+        });
+        let mut target = stub.target();
+        target.expected_issuer = issuer.clone();
+        let err = exchanger(settings())
+            .token(&user("alice", "idt-alice"), &target)
+            .await
+            .expect_err("an unverifiable token is not used");
+        assert_eq!(err.kind(), "unverified", "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("could not fetch the signing keys") && text.contains("reachable")
+                || text.contains("alg none"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -55,6 +55,8 @@ enum Signer {
     Es256,
     /// ES256, then the payload swapped, so the signature no longer matches.
     Es256Tampered,
+    /// `alg: none`, no signature, claiming `sub: forged-admin`.
+    None,
 }
 
 struct Seen {
@@ -238,6 +240,17 @@ fn mint_jwt(iss: &str, sub: &str, signer: Signer) -> String {
     let now = chrono::Utc::now().timestamp();
     let claims = serde_json::json!({"iss": iss, "sub": sub, "aud": "downstream", "exp": now + 3600, "iat": now});
     match signer {
+        Signer::None => {
+            let b64 = |v: serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            let forged = serde_json::json!({"iss": iss, "sub": "forged-admin", "aud": "downstream", "exp": now + 3600});
+            format!(
+                "{}.{}.",
+                b64(serde_json::json!({"alg": "none"})),
+                b64(forged)
+            )
+        }
         Signer::Hs256 => jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
