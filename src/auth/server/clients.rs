@@ -76,7 +76,7 @@ impl ClientDirectory {
         }
         match keys.unseal::<RegisteredClient>(Purpose::Client, client_id) {
             Ok(registered) => Ok(Arc::new(ClientInfo {
-                name: registered.client_name,
+                name: registered.client_name.as_deref().and_then(shown_name),
                 redirect_uris: registered.redirect_uris,
             })),
             Err(SealError::UnknownKey) => Err(
@@ -139,6 +139,20 @@ struct MetadataDocument {
     token_endpoint_auth_method: Option<String>,
 }
 
+/// A client's name as the consent page and logs show it: trimmed, without
+/// control or bidirectional-formatting characters (a right-to-left override
+/// could make `evil.example` read as something else); `None` when nothing
+/// is left.
+fn shown_name(name: &str) -> Option<String> {
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{061C}');
+    let name: String = name
+        .chars()
+        .filter(|&c| !c.is_control() && !bidi(c))
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 async fn fetch_document(
     http: &reqwest::Client,
     url: &Url,
@@ -174,8 +188,11 @@ async fn fetch_document(
             return Err(format!("it is larger than {MAX_DOCUMENT_BYTES} bytes"));
         }
     }
-    let doc: MetadataDocument = serde_json::from_slice(&body)
-        .map_err(|e| format!("it is not valid client metadata: {e}"))?;
+    // The parser's words would echo the remote document's shape back.
+    let doc: MetadataDocument = serde_json::from_slice(&body).map_err(|_| {
+        "it is not a client metadata document (a JSON object with client_id and redirect_uris)"
+            .to_string()
+    })?;
     if doc.client_id != client_id {
         return Err(format!(
             "its client_id {:?} differs from the URL it was fetched from",
@@ -197,7 +214,7 @@ async fn fetch_document(
         check_redirect_uri(uri)?;
     }
     Ok(ClientInfo {
-        name: doc.client_name,
+        name: doc.client_name.as_deref().and_then(shown_name),
         redirect_uris: doc.redirect_uris,
     })
 }
@@ -593,10 +610,31 @@ mod tests {
         assert!(err.contains("public clients"), "{err}");
         task.abort();
 
+        // Not metadata: a generic error, nothing of the remote's shape.
+        let (url, task) =
+            serve_document(|_| serde_json::json!({"secret_field": 1, "n": [1, 2]})).await;
+        let err = lenient.resolve(&keys, &url).await.unwrap_err();
+        assert!(err.contains("not a client metadata document"), "{err}");
+        assert!(
+            !err.contains("line") && !err.contains("missing field"),
+            "{err}"
+        );
+        task.abort();
+
         let err = lenient
             .resolve(&keys, "https://app.example/")
             .await
             .unwrap_err();
         assert!(err.contains("path"), "{err}");
+    }
+
+    #[test]
+    fn client_names_lose_bidi_and_control_characters() {
+        assert_eq!(
+            shown_name("Good \u{202E}elpmaxe.live\u{202C} app\n").as_deref(),
+            Some("Good elpmaxe.live app")
+        );
+        assert_eq!(shown_name("\u{2066}\u{200F} ").as_deref(), None);
+        assert_eq!(shown_name("Claude").as_deref(), Some("Claude"));
     }
 }
