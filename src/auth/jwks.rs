@@ -62,6 +62,10 @@ pub struct JwksCache {
     http: reqwest::Client,
     sets: moka::future::Cache<String, Arc<Mutex<Option<CachedSet>>>>,
     discovered: moka::future::Cache<String, String>,
+    /// The last `jwks_uri` each issuer's discovery gave: used when discovery
+    /// fails after `discovered` lapsed, so a short provider outage does not
+    /// refuse tokens whose keys are still cached.
+    last_discovered: moka::sync::Cache<String, String>,
 }
 
 impl JwksCache {
@@ -73,6 +77,7 @@ impl JwksCache {
                 .max_capacity(1_000)
                 .time_to_live(JWKS_TTL)
                 .build(),
+            last_discovered: moka::sync::Cache::new(1_000),
         }
     }
 
@@ -144,9 +149,16 @@ impl JwksCache {
                     .ok_or_else(|| format!("{url} has no jwks_uri"))
             })
             .await
-            .map_err(|message: Arc<String>| JwtError::KeysUnavailable {
-                issuer: issuer.to_string(),
-                message: message.to_string(),
+            .inspect(|uri| self.last_discovered.insert(issuer.to_string(), uri.clone()))
+            .or_else(|message: Arc<String>| match self.last_discovered.get(issuer) {
+                Some(uri) => {
+                    tracing::warn!(%issuer, %message, "discovery failed; using the jwks_uri it gave last");
+                    Ok(uri)
+                }
+                None => Err(JwtError::KeysUnavailable {
+                    issuer: issuer.to_string(),
+                    message: message.to_string(),
+                }),
             })
     }
 
@@ -266,5 +278,63 @@ mod tests {
         ));
         let no_iss = format!("{}.{}.sig", b64("{}"), b64(r#"{"sub":"x"}"#));
         assert!(unverified_issuer(&no_iss).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_provider_outage_is_bridged_by_the_cached_keys() {
+        use base64::Engine as _;
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = b"a-secret-for-the-outage-test-1234";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let jwks = serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256",
+            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)}]});
+        let discovery = serde_json::json!({"issuer": base, "jwks_uri": format!("{base}/keys")});
+        let router = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/keys",
+                axum::routing::get(move || async move { axum::Json(jwks) }),
+            );
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let now = chrono::Utc::now().timestamp();
+        let token = encode(
+            &header,
+            &serde_json::json!({"iss": base, "sub": "bot", "aud": "api", "exp": now + 600}),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        let cache = JwksCache::new(reqwest::Client::new());
+        let expect = JwtExpectations {
+            issuer: base.clone(),
+            audiences: vec!["api".into()],
+            jwks_uri: None,
+        };
+        assert!(
+            cache
+                .verify::<serde_json::Value>(&token, &expect)
+                .await
+                .is_ok()
+        );
+        // The provider goes away and the discovery cache lapses.
+        server.abort();
+        let _ = server.await;
+        cache.discovered.invalidate(&base).await;
+        cache
+            .verify::<serde_json::Value>(&token, &expect)
+            .await
+            .expect("served from the cached keys");
+        // With nothing cached, the outage is reported as such.
+        let fresh = JwksCache::new(reqwest::Client::new());
+        let error = fresh
+            .verify::<serde_json::Value>(&token, &expect)
+            .await
+            .unwrap_err();
+        assert!(error.is_unreachable(), "{error}");
     }
 }
