@@ -87,6 +87,13 @@ impl Catalog {
         self.tools == other.tools && self.tool_extras == other.tool_extras
     }
 
+    /// Whether any tool may be called as a task (so clients are offered tasks).
+    pub fn has_task_tools(&self) -> bool {
+        self.tool_extras
+            .keys()
+            .any(|name| self.supports_tasks(name))
+    }
+
     /// Whether a tool may be called as a task (2025-11-25: its `execution`
     /// says `taskSupport` optional or required).
     pub fn supports_tasks(&self, exposed: &str) -> bool {

@@ -44,9 +44,9 @@ impl ToolsJson {
     /// The gateway's own tool, then the catalog's, each with the members
     /// its upstream listed beyond rmcp's model.
     pub fn of(catalog: &Catalog) -> Self {
-        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
-        tools.push(serde_json::to_value(overview::tool()).unwrap_or(Value::Null));
-        for tool in catalog.tools.iter() {
+        let exposed = overview::exposed_tools(catalog);
+        let mut tools = Vec::with_capacity(exposed.len());
+        for tool in &exposed {
             let mut value = serde_json::to_value(tool).unwrap_or(Value::Null);
             if let (Value::Object(object), Some(extras)) =
                 (&mut value, catalog.tool_extras.get(tool.name.as_ref()))

@@ -153,9 +153,9 @@ impl ServerHandler for GatewayHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let catalog = self.view(&context.extensions).await.catalog.clone();
-        Ok(ListToolsResult::with_all_items(
-            self.state.exposed_tools(&catalog),
-        ))
+        Ok(ListToolsResult::with_all_items(overview::exposed_tools(
+            &catalog,
+        )))
     }
 
     async fn call_tool(

@@ -12,6 +12,14 @@ use crate::catalog::family::default_instance;
 
 pub const TOOL_NAME: &str = "flotilla_list_fleet";
 
+/// Every tool clients see: the gateway's own, then the catalog's.
+pub fn exposed_tools(catalog: &crate::catalog::Catalog) -> Vec<Tool> {
+    let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
+    tools.push(tool());
+    tools.extend(catalog.tools.iter().cloned());
+    tools
+}
+
 pub fn tool() -> Tool {
     let schema = json!({
         "type": "object",

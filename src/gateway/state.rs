@@ -13,7 +13,6 @@ use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
 use super::fanout::FanOutSettings;
-use super::overview;
 use super::user_view::{CachedView, View};
 use crate::auth::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
@@ -213,14 +212,6 @@ impl GatewayState {
 
     pub fn list_changes(&self) -> tokio::sync::broadcast::Receiver<ListChange> {
         self.list_changes.subscribe()
-    }
-
-    /// Every tool clients see: the gateway's own, then the catalog's.
-    pub fn exposed_tools(&self, catalog: &Catalog) -> Vec<rmcp::model::Tool> {
-        let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
-        tools.push(overview::tool());
-        tools.extend(catalog.tools.iter().cloned());
-        tools
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::edge::MAX_BODY;
 use super::revision::ClientRevision;
 use super::state::GatewayState;
+use crate::auth::UserIdentity;
 use crate::fleet::wire::Wire;
 use message::Message;
 
@@ -247,10 +248,7 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
         return pass(parts, bytes).await;
     };
     if message.method.as_deref() == Some("initialize") {
-        let user = parts
-            .extensions
-            .get::<Arc<crate::auth::UserIdentity>>()
-            .cloned();
+        let user = parts.extensions.get::<Arc<UserIdentity>>().cloned();
         let answer = pass(parts, bytes).await;
         return offer_tasks(&relay, user.as_ref(), answer).await;
     }
@@ -292,24 +290,18 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
 /// tool that supports them.
 async fn offer_tasks(
     relay: &Relay,
-    user: Option<&Arc<crate::auth::UserIdentity>>,
+    user: Option<&Arc<UserIdentity>>,
     answer: Response,
 ) -> Response {
-    let view = relay.state.view(user).await;
-    let catalog = &view.catalog;
-    let any = catalog
-        .tool_extras
-        .keys()
-        .any(|name| catalog.supports_tasks(name));
     let content_type = answer
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let sse = content_type.starts_with("text/event-stream");
-    if !any
-        || answer.status() != StatusCode::OK
+    if answer.status() != StatusCode::OK
         || !(sse || content_type.starts_with("application/json"))
+        || !relay.state.view(user).await.catalog.has_task_tools()
     {
         return answer;
     }
