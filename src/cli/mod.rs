@@ -65,8 +65,8 @@ pub enum Command {
     Crd,
     /// Check manifests without starting anything; exit 1 if any is invalid.
     Validate {
-        /// Directory of MCPServer manifests.
-        dir: PathBuf,
+        /// A directory of MCPServer manifests, or one manifest file.
+        path: PathBuf,
     },
     /// Serve a simulated Kubernetes cluster's MCP tools on stdio (for demos and tests).
     SimCluster {
@@ -133,8 +133,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::crd_yaml()?);
             Ok(())
         }
-        Command::Validate { dir } => {
-            let fleet = crate::source::load_dir(&dir, &mut Default::default());
+        Command::Validate { path } => {
+            let fleet = if path.is_dir() {
+                crate::source::load_dir(&path, &mut Default::default())
+            } else {
+                crate::source::load_file(&path)
+            };
             for server in fleet.servers.values() {
                 println!("ok\t{}\t{}", server.origin, server.name);
             }

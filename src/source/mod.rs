@@ -8,7 +8,7 @@ mod manifest_dir;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use manifest_dir::{ManifestDir, load_dir, parse_manifests};
+pub use manifest_dir::{LastLoad, ManifestDir, load_dir, load_file, parse_manifests};
 
 use crate::api::MCPServerSpec;
 
@@ -69,7 +69,7 @@ pub struct ClientCredentials {
 /// A manifest that could not be used, with where and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestProblem {
-    /// `file#document` (documents count from 0).
+    /// `file#document` (documents count from 0; empty documents are not counted).
     pub origin: String,
     /// The server's name when it could be read, so status can name it.
     pub server: Option<String>,

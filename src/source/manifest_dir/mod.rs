@@ -1,0 +1,516 @@
+//! The manifest-directory source: every `*.yaml`/`*.yml` file in a directory,
+//! each holding one or more MCPServer documents (the YAML a user would
+//! `kubectl apply`). The directory is watched; every change re-reads it and
+//! publishes a new [`DesiredFleet`].
+//!
+//! Bad input loses nothing: a file that stops parsing keeps its last good
+//! servers, and a broken document keeps the last good version of its server,
+//! while the problem (file, document index, field) is reported.
+//!
+//! Secrets (`kind: Secret`, `apiVersion: v1`) in the directory are read too,
+//! so `headersFrom` and `clientCredentialsSecretRef` work as in a cluster.
+
+mod parse;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use super::kubernetes::{SecretLookup, resolve_secret_refs};
+use super::{DesiredFleet, ManifestProblem};
+pub use parse::{ParsedFile, parse_manifests};
+pub use watch::ManifestDir;
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    ) && !path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// What the last load of a directory knew about each file, so the next load
+/// re-reads only files that changed and keeps the last good servers of a file
+/// that broke.
+#[derive(Debug, Default)]
+pub struct LastLoad(HashMap<PathBuf, KnownFile>);
+
+#[derive(Debug, Clone)]
+struct KnownFile {
+    /// Size and modification time when it was read; `None` when unknown.
+    stamp: Option<Stamp>,
+    /// What it declared, with the last good servers and Secrets it kept.
+    parsed: ParsedFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: SystemTime,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
+/// Reads a directory once: files unchanged since `last` are not read again.
+pub fn load_dir(dir: &Path, last: &mut LastLoad) -> DesiredFleet {
+    let mut fleet = DesiredFleet::default();
+    let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_manifest(p))
+            .collect(),
+        Err(e) => {
+            fleet.problems.push(ManifestProblem {
+                origin: dir.display().to_string(),
+                server: None,
+                message: format!("cannot read manifest directory: {e}"),
+            });
+            return fleet;
+        }
+    };
+    paths.sort();
+    load_files(paths, last)
+}
+
+/// Reads one manifest file (`flotilla validate FILE`); its Secret references
+/// resolve against the Secrets in the same file.
+pub fn load_file(path: &Path) -> DesiredFleet {
+    load_files(vec![path.to_path_buf()], &mut LastLoad::default())
+}
+
+fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
+    let mut fleet = DesiredFleet::default();
+    let mut current = HashMap::new();
+    for path in paths {
+        let stamp = Stamp::of(&path);
+        let known = last.0.remove(&path);
+        let parsed = match known {
+            Some(known) if stamp.is_some() && known.stamp == stamp => known.parsed,
+            known => keep_last_good(read_file(&path), known.map(|k| k.parsed)),
+        };
+        for server in &parsed.servers {
+            if let Some(existing) = fleet.servers.get(&server.name) {
+                fleet.problems.push(ManifestProblem {
+                    origin: server.origin.clone(),
+                    server: Some(server.name.clone()),
+                    message: format!(
+                        "metadata.name: {:?} is already declared in {}; this copy is ignored",
+                        server.name, existing.origin
+                    ),
+                });
+            } else {
+                fleet.servers.insert(server.name.clone(), server.clone());
+            }
+        }
+        fleet.problems.extend(parsed.problems.iter().cloned());
+        current.insert(path, KnownFile { stamp, parsed });
+    }
+    resolve_secrets(&mut fleet, &current);
+    last.0 = current;
+    fleet
+}
+
+fn read_file(path: &Path) -> ParsedFile {
+    let origin = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unreadable = |message: String| ParsedFile {
+        problems: vec![ManifestProblem {
+            origin: origin.clone(),
+            server: None,
+            message,
+        }],
+        unreadable: true,
+        ..Default::default()
+    };
+    // Checked before reading, so a huge file is never loaded into memory.
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > parse::MAX_FILE_BYTES as u64 => {
+            return unreadable(parse::too_large(meta.len() as usize));
+        }
+        _ => {}
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_manifests(&origin, &text),
+        Err(e) => unreadable(format!("cannot read file: {e}")),
+    }
+}
+
+/// Bad input loses nothing. A server leaves only when its file is deleted or
+/// the file, read whole, no longer declares it. While a file is broken,
+/// half-written or empty, the servers and Secrets it declared before stay, each
+/// server marked with the problem (shown as InvalidSpec); a document that
+/// names its server keeps that server's last good version.
+fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> ParsedFile {
+    let Some(last_good) = last_good else {
+        return parsed;
+    };
+    let declares_nothing = parsed.servers.is_empty()
+        && parsed.secrets.is_empty()
+        && parsed.problems.is_empty()
+        && !last_good.servers.is_empty();
+    if declares_nothing {
+        let origin = last_good.servers[0].origin.split('#').next().unwrap_or("");
+        parsed.problems.push(ManifestProblem {
+            origin: origin.to_string(),
+            server: None,
+            message: "the file declares nothing now (half-written?); its servers stay until \
+                      the file is deleted or declares other servers"
+                .into(),
+        });
+    }
+    // A problem that names no server may hide any of the file's servers.
+    let unnamed = parsed.problems.iter().find(|p| p.server.is_none()).cloned();
+    for old in last_good.servers {
+        if parsed.servers.iter().any(|s| s.name == old.name) {
+            continue;
+        }
+        let named = parsed
+            .problems
+            .iter()
+            .any(|p| p.server.as_deref() == Some(&*old.name));
+        if let Some(problem) = &unnamed
+            && !named
+        {
+            parsed.problems.push(ManifestProblem {
+                origin: old.origin.clone(),
+                server: Some(old.name.clone()),
+                message: format!("its file is not valid now ({problem})"),
+            });
+        } else if !named {
+            continue;
+        }
+        parsed.servers.push(old);
+    }
+    if unnamed.is_some() {
+        for old in last_good.secrets {
+            if !parsed.secrets.iter().any(|s| {
+                s.metadata.name == old.metadata.name
+                    && s.metadata.namespace == old.metadata.namespace
+            }) {
+                parsed.secrets.push(old);
+            }
+        }
+    }
+    parsed
+}
+
+/// Secrets declared in the directory, by (namespace, name).
+struct DirSecrets(HashMap<(String, String), Arc<Secret>>);
+
+impl SecretLookup for DirSecrets {
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+}
+
+/// Fills in Secret references; a server whose Secret is missing is dropped
+/// and reported, and the others are unaffected.
+fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, KnownFile>) {
+    let secrets = DirSecrets(
+        files
+            .values()
+            .flat_map(|f| f.parsed.secrets.iter())
+            .map(|s| {
+                let namespace = s
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let name = s.metadata.name.clone().unwrap_or_default();
+                ((namespace, name), s.clone())
+            })
+            .collect(),
+    );
+    let mut broken = Vec::new();
+    for server in fleet.servers.values_mut() {
+        match resolve_secret_refs(&server.spec, &server.namespace, &secrets) {
+            Ok((headers, credentials)) => {
+                server.secret_headers = headers;
+                server.client_credentials = credentials;
+            }
+            Err(message) => broken.push(ManifestProblem {
+                origin: server.origin.clone(),
+                server: Some(server.name.clone()),
+                message,
+            }),
+        }
+    }
+    for problem in broken {
+        if let Some(name) = &problem.server {
+            fleet.servers.remove(name);
+        }
+        fleet.problems.push(problem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: MCPServer
+metadata: {name: a}
+spec: {type: stdio, command: /bin/true}
+---
+apiVersion: flotilla.dev/v1alpha1
+kind: MCPServer
+metadata: {name: b}
+spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
+"#;
+
+    #[test]
+    fn multi_document_files_yield_every_server() {
+        let parsed = parse_manifests("f.yaml", GOOD);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        let names: Vec<_> = parsed.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(parsed.servers[1].spec.tool_prefix.as_deref(), Some("bee"));
+    }
+
+    #[test]
+    fn secrets_in_the_directory_resolve_references_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sso/fleet");
+        for file in ["cluster-a.yaml", "cluster-b.yaml"] {
+            std::fs::copy(example.join(file), dir.path().join(file)).unwrap();
+        }
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+        let exchanging = &fleet.servers["cluster-b-echo"];
+        let credentials = exchanging.client_credentials.as_ref().expect("resolved");
+        assert_eq!(credentials.client_id, "flotilla-gateway");
+        assert_eq!(
+            credentials.client_secret.expose(),
+            "example-only-cluster-b-secret"
+        );
+        assert!(!format!("{exchanging:?}").contains("example-only-cluster-b-secret"));
+        // Without the Secret, only that server is reported (by field and Secret).
+        let text = std::fs::read_to_string(dir.path().join("cluster-b.yaml")).unwrap();
+        let without = text.split("---").nth(1).unwrap().to_string();
+        std::fs::write(dir.path().join("cluster-b.yaml"), without).unwrap();
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert!(fleet.servers.contains_key("cluster-a-echo"));
+        assert!(!fleet.servers.contains_key("cluster-b-echo"));
+        let problem = &fleet.problems[0];
+        assert!(
+            problem.message.starts_with(
+                "spec.auth.tokenExchange.clientCredentialsSecretRef: Secret default/cluster-b-dex-client not found"
+            ),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn a_bad_document_names_file_index_and_field_and_spares_the_others() {
+        let text = format!(
+            "{GOOD}---\napiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: c}}\nspec: {{type: stdio, comand: x}}\n---\napiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: d}}\nspec: {{timeout: soon, url: 'http://x'}}\n"
+        );
+        let parsed = parse_manifests("f.yaml", &text);
+        assert_eq!(parsed.servers.len(), 2);
+        assert_eq!(parsed.problems.len(), 2);
+        assert_eq!(parsed.problems[0].origin, "f.yaml#2");
+        assert!(
+            parsed.problems[0].message.contains("spec.comand"),
+            "{}",
+            parsed.problems[0]
+        );
+        assert_eq!(parsed.problems[1].origin, "f.yaml#3");
+        assert!(
+            parsed.problems[1].message.starts_with("spec.timeout"),
+            "{}",
+            parsed.problems[1]
+        );
+        assert_eq!(parsed.problems[1].server.as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_file_that_breaks_keeps_its_last_good_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fleet.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut files = LastLoad::default();
+        assert_eq!(load_dir(dir.path(), &mut files).servers.len(), 2);
+        std::fs::write(&file, "apiVersion: [unclosed\n").unwrap();
+        let fleet = load_dir(dir.path(), &mut files);
+        assert_eq!(
+            fleet.servers.len(),
+            2,
+            "servers kept while the file is broken"
+        );
+        // The file's problem, and each kept server marked with it.
+        assert_eq!(fleet.problems.len(), 3, "{:?}", fleet.problems);
+        assert!(fleet.problems[0].message.contains("invalid YAML"));
+        assert_eq!(fleet.problems[1].server.as_deref(), Some("a"));
+        assert_eq!(fleet.problems[2].server.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn duplicate_names_across_files_keep_the_first_and_report_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("2.yml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert_eq!(fleet.servers["a"].origin, "1.yaml#0");
+        assert_eq!(fleet.problems.len(), 2);
+        assert!(
+            fleet.problems[0]
+                .message
+                .contains("already declared in 1.yaml#0")
+        );
+    }
+
+    /// Two servers from GOOD in `fleet.yaml`, loaded once.
+    fn loaded_good() -> (tempfile::TempDir, PathBuf, LastLoad) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fleet.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let mut last = LastLoad::default();
+        assert_eq!(load_dir(dir.path(), &mut last).servers.len(), 2);
+        (dir, file, last)
+    }
+
+    #[test]
+    fn a_half_written_file_keeps_its_servers_and_marks_them_invalid() {
+        let (dir, file, mut last) = loaded_good();
+        // A writer that has written only the first line so far.
+        std::fs::write(&file, "apiVersion: flotilla.dev/v1alpha1\n").unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.keys().collect::<Vec<_>>(), ["a", "b"]);
+        for name in ["a", "b"] {
+            let marked = fleet
+                .problems
+                .iter()
+                .find(|p| p.server.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{name} is marked: {:?}", fleet.problems));
+            assert!(marked.message.contains("kind: is required"), "{marked}");
+        }
+        // Truncated to nothing: still kept, and said so.
+        std::fs::write(&file, "").unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.len(), 2);
+        assert!(
+            fleet
+                .problems
+                .iter()
+                .any(|p| p.message.contains("declares nothing")),
+            "{:?}",
+            fleet.problems
+        );
+        // Written out in full again: clean.
+        std::fs::write(&file, GOOD).unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.len(), 2);
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+    }
+
+    #[test]
+    fn a_server_leaves_when_its_file_is_deleted_or_no_longer_declares_it() {
+        let (dir, file, mut last) = loaded_good();
+        let only_b = GOOD.split("---").nth(1).unwrap();
+        std::fs::write(&file, only_b).unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+        std::fs::remove_file(&file).unwrap();
+        assert!(load_dir(dir.path(), &mut last).servers.is_empty());
+    }
+
+    #[test]
+    fn a_broken_file_keeps_the_secrets_its_servers_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sso/fleet");
+        let file = dir.path().join("cluster-b.yaml");
+        std::fs::copy(example.join("cluster-b.yaml"), &file).unwrap();
+        let mut last = LastLoad::default();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert!(fleet.servers["cluster-b-echo"].client_credentials.is_some());
+        std::fs::write(&file, "kind: [unclosed\n").unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        let kept = &fleet.servers["cluster-b-echo"];
+        assert!(kept.client_credentials.is_some(), "{:?}", fleet.problems);
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_read_again() {
+        let (dir, file, mut last) = loaded_good();
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        // Same length and modification time, different content: proof that
+        // the second load reused the first parse instead of reading.
+        let renamed = GOOD.replace("name: a}", "name: z}");
+        assert_eq!(renamed.len(), GOOD.len());
+        std::fs::write(&file, &renamed).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert!(load_dir(dir.path(), &mut last).servers.contains_key("a"));
+        // A real change (new modification time) is read.
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert!(load_dir(dir.path(), &mut last).servers.contains_key("z"));
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_files_are_refused_early_with_the_limit_named() {
+        // Unclosed flow collections: serde_yaml scanned all of them before its
+        // depth limit applied, in time quadratic in their number.
+        for text in [
+            format!("a: {}\n", "[".repeat(100_000)),
+            format!("a: {}\n", "{a: ".repeat(25_000)),
+        ] {
+            let parsed = parse_manifests("deep.yaml", &text);
+            assert!(parsed.unreadable);
+            let message = &parsed.problems[0].message;
+            assert!(
+                message.starts_with("invalid YAML: nested deeper than 64 levels"),
+                "{message}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let huge = format!("{GOOD}# {}\n", "x".repeat(parse::MAX_FILE_BYTES));
+        std::fs::write(dir.path().join("huge.yaml"), huge).unwrap();
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert!(fleet.servers.is_empty());
+        assert!(
+            fleet.problems[0].message.contains("limited to 1024 KiB"),
+            "{}",
+            fleet.problems[0]
+        );
+    }
+
+    #[test]
+    fn validate_reads_a_single_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("one.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let fleet = load_file(&file);
+        assert_eq!(fleet.servers.len(), 2);
+        assert_eq!(fleet.servers["a"].origin, "one.yaml#0");
+    }
+}
