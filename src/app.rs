@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +18,9 @@ use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings}
 use crate::auth::status::SsoMode;
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
-use crate::gateway::{AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, router};
+use crate::gateway::{
+    AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, router, serve,
+};
 use crate::source::kubernetes::{
     KubernetesSource, LeaderElection, LeaseConfig, SourceConfig, StatusWriter,
 };
@@ -51,6 +52,7 @@ pub struct App {
     allowed_hosts: AllowedHosts,
     allowed_origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
+    limits: HttpLimits,
     cancel: CancellationToken,
 }
 
@@ -113,6 +115,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            limits: settings.limits.clone(),
             cancel,
         })
     }
@@ -130,6 +133,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            limits,
             cancel,
         } = self;
         match &source {
@@ -175,18 +179,10 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            &limits,
             cancel.child_token(),
         );
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let shutdown = cancel.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+        serve(listener, app, limits, cancel.clone()).await;
         drop(source);
         Ok(())
     }

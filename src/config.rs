@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::auth::settings::AuthConfig;
-use crate::gateway::FanOutSettings;
+use crate::gateway::{FanOutSettings, HttpLimits};
 
 /// The config file (`--config`), every field optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -33,6 +33,54 @@ pub struct ConfigFile {
     pub fan_out: Option<FanOutConfig>,
     /// Single sign-on; without it `/mcp` is open (see README "SSO").
     pub auth: Option<AuthConfig>,
+    /// Caps on sessions, connections and slow clients.
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `limits` in the config file (defaults in [`HttpLimits`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client sessions (2025 revisions) held at once (default 10000).
+    pub max_sessions: Option<usize>,
+    /// Seconds an unused client session lives (default 300).
+    pub session_idle_timeout_seconds: Option<u64>,
+    /// Open connections in all (default 10000).
+    pub max_connections: Option<usize>,
+    /// Open connections from one IP address (default 1000; 0 = no limit).
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds to send request headers, and to stay idle between requests (default 30).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Seconds, from the request's start, to send its body (default 30).
+    pub body_read_timeout_seconds: Option<u64>,
+}
+
+impl LimitsConfig {
+    fn resolve(self) -> HttpLimits {
+        let defaults = HttpLimits::default();
+        let seconds = |given: Option<u64>, default: Duration| {
+            given.map_or(default, |s| Duration::from_secs(s.max(1)))
+        };
+        HttpLimits {
+            max_sessions: self.max_sessions.unwrap_or(defaults.max_sessions).max(1),
+            session_idle_timeout: seconds(
+                self.session_idle_timeout_seconds,
+                defaults.session_idle_timeout,
+            ),
+            max_connections: self
+                .max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+            header_read_timeout: seconds(
+                self.header_read_timeout_seconds,
+                defaults.header_read_timeout,
+            ),
+            body_read_timeout: seconds(self.body_read_timeout_seconds, defaults.body_read_timeout),
+        }
+    }
 }
 
 /// `fanOut` in the config file.
@@ -113,6 +161,7 @@ pub struct ServeSettings {
     pub ping_interval: Duration,
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
+    pub limits: HttpLimits,
 }
 
 impl ServeSettings {
@@ -140,6 +189,7 @@ impl ServeSettings {
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
             auth: file.auth,
+            limits: file.limits.unwrap_or_default().resolve(),
             source,
             allowed_hosts: file.allowed_hosts,
             allowed_origins: file.allowed_origins,

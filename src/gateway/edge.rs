@@ -8,6 +8,8 @@
 //! | `Origin` present and not allowed | 403, JSON-RPC error without id |
 //! | POST body that is not JSON | 400, -32700 (parse error) |
 //! | POST body over the size limit | 413, -32600 |
+//! | POST body not received in time (`limits.bodyReadTimeoutSeconds`) | 408, -32600 |
+//! | `initialize` without a session while `limits.maxSessions` are open | 503 with `Retry-After`, -32000 |
 //! | `initialize` on an existing session (`Mcp-Session-Id` set) | 400, -32600 |
 //! | a JSON-RPC batch where the revision allows it (2025-03-26) | each message handled, the responses as one JSON array (202 when there are none) |
 //! | a batch on any later revision, an empty batch, or one holding `initialize` | 400, -32600 |
@@ -29,6 +31,8 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 use serde_json::{Value, json};
+
+use super::listener::body_timed_out;
 
 /// The largest request body accepted (rmcp's own limit).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -100,6 +104,8 @@ pub struct Edge {
     pub hosts: AllowedHosts,
     pub origins: AllowedOrigins,
     pub sessions: Arc<LocalSessionManager>,
+    /// Client sessions held at once (`limits.maxSessions`).
+    pub max_sessions: usize,
 }
 
 /// Whether the request's `Host` is one `/mcp` answers to.
@@ -162,7 +168,7 @@ pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Res
         }
     }
     match *request.method() {
-        Method::POST => post(request, next).await,
+        Method::POST => post(&edge, request, next).await,
         Method::DELETE => delete(&edge, request, next).await,
         _ => next.run(request).await,
     }
@@ -199,19 +205,30 @@ fn method_of(message: &[u8]) -> Option<String> {
     serde_json::from_slice::<Peek>(message).ok()?.method
 }
 
-async fn post(request: Request, next: Next) -> Response {
+async fn post(edge: &Edge, request: Request, next: Next) -> Response {
     // Other content types get the transport's own 415.
     if !is_json(request.headers()) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Value::Null,
-            -32600,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        );
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(error) if body_timed_out(&error) => {
+            return rpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                Value::Null,
+                -32600,
+                error.to_string(),
+            );
+        }
+        Err(_) => {
+            return rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Value::Null,
+                -32600,
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            );
+        }
     };
     let message: &serde_json::value::RawValue = match serde_json::from_slice(&bytes) {
         Ok(message) => message,
@@ -234,8 +251,42 @@ async fn post(request: Request, next: Next) -> Response {
             "this session is already initialized; to start a new one, send initialize without Mcp-Session-Id",
         );
     }
+    if !parts.headers.contains_key("mcp-session-id")
+        && opens_session(&bytes)
+        && edge.sessions.sessions.read().await.len() >= edge.max_sessions
+    {
+        return sessions_full(edge.max_sessions);
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Whether a message is an `initialize` (the substring test keeps the JSON
+/// parse off every other sessionless request).
+fn opens_session(message: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"initialize";
+    message.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+        && method_of(message).as_deref() == Some("initialize")
+}
+
+fn sessions_full(max: usize) -> Response {
+    tracing::warn!(
+        limit = max,
+        "client session limit reached; initialize refused (raise limits.maxSessions)"
+    );
+    let mut response = rpc_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Value::Null,
+        -32000,
+        format!(
+            "the gateway holds its maximum of {max} client sessions; retry shortly (idle sessions expire)"
+        ),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
 }
 
 /// A JSON-RPC batch: only 2025-03-26 has them. Each message goes through

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, edge};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
+use super::listener::HttpLimits;
 use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
@@ -30,6 +31,7 @@ pub fn router(
     hosts: AllowedHosts,
     origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
+    limits: &HttpLimits,
     cancel: CancellationToken,
 ) -> Router {
     // JSON replies where a request produces nothing else first: no SSE framing on the hot path.
@@ -41,7 +43,9 @@ pub fn router(
         AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts.clone()),
     };
     let handler_state = state.clone();
-    let sessions = Arc::new(LocalSessionManager::default());
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(limits.session_idle_timeout);
+    let sessions = Arc::new(sessions);
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayHandler::new(handler_state.clone())),
         sessions.clone(),
@@ -51,6 +55,7 @@ pub fn router(
         hosts: hosts.clone(),
         origins,
         sessions: sessions.clone(),
+        max_sessions: limits.max_sessions,
     };
     let relay = Relay::new(state.clone(), sessions.clone());
     let fast = FastList {

@@ -28,6 +28,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 /// ...and kept this long.
 const DOCUMENT_TTL: Duration = Duration::from_secs(300);
+/// All cached metadata documents together (what they keep, in bytes).
+const MAX_CACHED_DOCUMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Limits that keep sealed client ids (and so every token) small.
 const MAX_REDIRECT_URIS: usize = 10;
 const MAX_URI_LEN: usize = 2000;
@@ -39,6 +41,15 @@ const MAX_REGISTRATION_BYTES: usize = 64 * 1024;
 pub struct ClientInfo {
     pub name: Option<String>,
     pub redirect_uris: Vec<String>,
+}
+
+impl ClientInfo {
+    /// Roughly the bytes it keeps in memory.
+    fn weight(&self) -> usize {
+        let strings = self.name.as_ref().map_or(0, String::len)
+            + self.redirect_uris.iter().map(String::len).sum::<usize>();
+        std::mem::size_of::<Self>() + strings + self.redirect_uris.len() * 24
+    }
 }
 
 /// Resolves `client_id`s; caches metadata documents.
@@ -54,7 +65,12 @@ impl ClientDirectory {
             http,
             allow_loopback_http,
             documents: moka::future::Cache::builder()
-                .max_capacity(10_000)
+                // Weighed by what is kept, so unauthenticated callers naming
+                // many large documents cannot hold more than this much memory.
+                .weigher(|client_id: &String, info: &Arc<ClientInfo>| {
+                    u32::try_from(client_id.len() + info.weight()).unwrap_or(u32::MAX)
+                })
+                .max_capacity(MAX_CACHED_DOCUMENT_BYTES)
                 .time_to_live(DOCUMENT_TTL)
                 .build(),
         }
@@ -560,6 +576,52 @@ mod tests {
             let _ = axum::serve(listener, router).await;
         });
         (url, task)
+    }
+
+    #[tokio::test]
+    async fn cached_metadata_documents_are_bounded_by_bytes_not_count() {
+        // 200 documents of ~50 KB each (10 MB), as anyone could make the
+        // gateway fetch by naming them, without logging in.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = axum::Router::new().route(
+            "/c/{n}",
+            axum::routing::get(
+                move |axum::extract::Path(n): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap| async move {
+                    let host = headers["host"].to_str().unwrap().to_string();
+                    let uris: Vec<String> = (0..500)
+                        .map(|i| format!("http://127.0.0.1:3000/callback/{i:0>80}"))
+                        .collect();
+                    Json(serde_json::json!({
+                        "client_id": format!("http://{host}/c/{n}"),
+                        "redirect_uris": uris,
+                    }))
+                },
+            ),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let keys = SealingKeys::ephemeral();
+        let directory = ClientDirectory::new(reqwest::Client::new(), true);
+        for n in 0..200 {
+            let client = directory.resolve(&keys, &format!("{base}/c/{n}")).await;
+            assert_eq!(client.expect("resolves").redirect_uris.len(), 500);
+        }
+        directory.documents.run_pending_tasks().await;
+        let one = 500 * 100;
+        assert!(
+            directory.documents.weighted_size() <= MAX_CACHED_DOCUMENT_BYTES,
+            "{}",
+            directory.documents.weighted_size()
+        );
+        assert!(
+            directory.documents.entry_count() <= MAX_CACHED_DOCUMENT_BYTES / one + 1,
+            "{} documents kept",
+            directory.documents.entry_count()
+        );
+        server.abort();
     }
 
     #[tokio::test]

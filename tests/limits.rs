@@ -1,0 +1,173 @@
+//! What a client can hold open at the gateway, and for how long: slow and idle
+//! connections are cut off, one address cannot take every connection, and
+//! client sessions are capped with an answer that says so. Each test runs its
+//! own gateway with small limits in its config file.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A gateway on an empty fleet with `limits` as its config's `limits:` block.
+fn gateway_with_limits(limits: &str) -> (Gateway, tempfile::TempDir, tempfile::TempDir) {
+    let manifests = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let config = logs.path().join("gateway.yaml");
+    std::fs::write(&config, format!("limits: {limits}\n")).unwrap();
+    let gateway = Gateway::start_with(
+        manifests.path(),
+        logs.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    (gateway, manifests, logs)
+}
+
+fn connect(gateway: &Gateway) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the peer closes; the text read and how long it took.
+fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the gateway kept the connection open: {e}"),
+        }
+    }
+    (
+        String::from_utf8_lossy(&text).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn idle_connections_dripped_headers_and_slow_bodies_are_cut_off() {
+    let (gateway, _m, _l) =
+        gateway_with_limits("{headerReadTimeoutSeconds: 1, bodyReadTimeoutSeconds: 1}");
+
+    // A socket that never sends anything.
+    let mut idle = connect(&gateway);
+    let (_, waited) = read_until_closed(&mut idle);
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+
+    // Headers dripped one line at a time, never finished.
+    let mut drip = connect(&gateway);
+    drip.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        if drip.write_all(b"X-Drip: 1\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        drip.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let read = drip.read(&mut byte);
+        drip.set_nonblocking(false).unwrap();
+        if matches!(read, Ok(0)) || matches!(&read, Err(e) if e.kind() != ErrorKind::WouldBlock) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a client dripping headers kept its connection");
+
+    // A body that stops halfway gets 408 and a JSON-RPC error saying why.
+    let mut slow = connect(&gateway);
+    slow.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\":",
+    )
+    .unwrap();
+    let (answer, waited) = read_until_closed(&mut slow);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // A client that behaves is served on a fresh connection.
+    assert_eq!(http_get(gateway.port, "/healthz").0, 200);
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let (gateway, _m, _l) = gateway_with_limits("{maxConnectionsPerIp: 3}");
+    let held: Vec<TcpStream> = (0..3).map(|_| connect(&gateway)).collect();
+    // Give the gateway time to accept all three before the fourth.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = connect(&gateway);
+    let (answer, _) = read_until_closed(&mut fourth);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(gateway.port, "/healthz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "slots are freed when connections close"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn initialize(client: &reqwest::blocking::Client, url: &str) -> reqwest::blocking::Response {
+    client
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "limits-test", "version": "1"}}
+        }))
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn client_sessions_are_capped_with_an_answer_that_says_so() {
+    let (gateway, _m, _l) = gateway_with_limits("{maxSessions: 2}");
+    let client = reqwest::blocking::Client::new();
+    let url = gateway.url();
+    let sessions: Vec<String> = (0..2)
+        .map(|_| {
+            let response = initialize(&client, &url);
+            assert_eq!(response.status(), 200);
+            response.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let refused = initialize(&client, &url);
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: Value = refused.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maximum of 2 client sessions"),
+        "{message}"
+    );
+    // Ending a session frees its place.
+    let ended = client
+        .delete(&url)
+        .header("mcp-session-id", &sessions[0])
+        .send()
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    assert_eq!(initialize(&client, &url).status(), 200);
+}
