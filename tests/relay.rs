@@ -272,6 +272,30 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("allowedHosts"), "{body}");
+    // So are the other routes (the fleet's status names servers and errors);
+    // the probes answer any Host, as the kubelet calls them by address.
+    let base = url.trim_end_matches("/mcp");
+    let get = reqwest::Method::GET;
+    for (path, want) in [("/status", 403), ("/healthz", 200), ("/readyz", 200)] {
+        let (status, _, body) = send(
+            &http,
+            get.clone(),
+            &format!("{base}{path}"),
+            &[("host", "rebind.evil.example")],
+            None,
+        )
+        .await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let (status, _, _) = send(
+        &http,
+        get.clone(),
+        &format!("{base}/status"),
+        &[("origin", "http://evil.example")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "a foreign Origin is refused on /status too");
 
     // Origin: a foreign one is refused before anything else, loopback passes.
     let (status, _, body) = send(

@@ -574,16 +574,39 @@ async fn a_users_idle_sessions_close_and_reopen_on_use_without_a_new_exchange() 
     let login = gateway_login(&world.base(), "alice");
     let client = connect_as(&world.gateway.url(), &login.access_token).await;
     token_seen_by(&client, "x_cluster-b-echo_auth_header").await;
-    let open = || {
-        world.gateway.get_json("/status")["userSessions"]
-            .as_u64()
-            .unwrap_or(0)
+    let status_url = format!("{}/status", world.base());
+    let http = reqwest::Client::new();
+    let open = || async {
+        let response = http
+            .get(&status_url)
+            .bearer_auth(&login.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let report: serde_json::Value = response.json().await.unwrap();
+        report["userSessions"].as_u64().unwrap_or(0)
     };
-    assert_eq!(open(), 3, "one session per SSO server for alice");
+    assert_eq!(open().await, 3, "one session per SSO server for alice");
+    // With auth on, the fleet's status is for logged-in callers only.
+    let anonymous = http.get(&status_url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    // The authorization server's routes check Host like /mcp does.
+    let metadata = format!("{}/.well-known/oauth-authorization-server", world.base());
+    let foreign = http
+        .get(&metadata)
+        .header("host", "rebind.evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let own = http.get(&metadata).send().await.unwrap();
+    assert_eq!(own.status(), 200);
     eventually(
         Duration::from_secs(15),
         "idle sessions to close",
-        || async { (open() == 0).then_some(()) },
+        || async { (open().await == 0).then_some(()) },
     )
     .await;
     // The next call reopens the session; the cached exchanged token is reused.

@@ -1,11 +1,13 @@
-//! The HTTP edge of `/mcp`: what the Streamable HTTP transport requires of
-//! a server before any message is handled, enforced in front of every path
-//! (the cached `tools/list`, the bearer check, rmcp's service).
+//! The HTTP edge: what the Streamable HTTP transport requires of a server
+//! before any message is handled, enforced in front of every path (the
+//! cached `tools/list`, the bearer check, rmcp's service). The `Host` and
+//! `Origin` checks ([`guard`]) cover every route but the probes (`/status`,
+//! `/auth/status` and the OAuth routes included); the rest ([`edge`]) is `/mcp`'s.
 //!
 //! | request | answer |
 //! |---|---|
-//! | `Host` not allowed (DNS-rebinding protection; `allowedHosts`) | 403, JSON-RPC error without id |
-//! | `Origin` present and not allowed | 403, JSON-RPC error without id |
+//! | `Host` not allowed (DNS-rebinding protection; `allowedHosts`) | 403 (on `/mcp` a JSON-RPC error without id) |
+//! | `Origin` present and not allowed | 403 (the same) |
 //! | POST body that is not JSON | 400, -32700 (parse error) |
 //! | POST body over the size limit | 413, -32600 |
 //! | POST body not received in time (`limits.bodyReadTimeoutSeconds`) | 408, -32600 |
@@ -101,8 +103,6 @@ fn is_loopback_origin(origin: &str) -> bool {
 
 #[derive(Clone)]
 pub struct Edge {
-    pub hosts: AllowedHosts,
-    pub origins: AllowedOrigins,
     pub sessions: Arc<LocalSessionManager>,
     /// Client sessions held at once (`limits.maxSessions`).
     pub max_sessions: usize,
@@ -143,30 +143,44 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Middleware on `/mcp`, outermost.
-pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
-    if !host_allowed(&edge.hosts, request.headers()) {
-        tracing::warn!(host = ?request.headers().get(header::HOST), "refused a request for a host name that is not allowed");
-        return rpc_error(
-            StatusCode::FORBIDDEN,
-            Value::Null,
-            -32600,
-            "this Host may not call the gateway (add it to allowedHosts in the config file)".into(),
+/// Which hosts and browser origins may reach the gateway.
+#[derive(Clone)]
+pub struct Reach {
+    pub hosts: AllowedHosts,
+    pub origins: AllowedOrigins,
+}
+
+/// Middleware on every route but the probes (`/healthz`, `/readyz`):
+/// the `Host` (DNS rebinding) and `Origin` (cross-site) checks.
+pub async fn guard(State(reach): State<Reach>, request: Request, next: Next) -> Response {
+    let on_mcp = request.uri().path().starts_with("/mcp");
+    let refuse = |message: &str| {
+        if on_mcp {
+            rpc_error(StatusCode::FORBIDDEN, Value::Null, -32600, message.into())
+        } else {
+            (StatusCode::FORBIDDEN, message.to_string()).into_response()
+        }
+    };
+    if !host_allowed(&reach.hosts, request.headers()) {
+        tracing::warn!(host = ?request.headers().get(header::HOST), path = request.uri().path(), "refused a request for a host name that is not allowed");
+        return refuse(
+            "this Host may not call the gateway (add it to allowedHosts in the config file)",
         );
     }
     if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let allowed = origin.to_str().is_ok_and(|o| edge.origins.allows(o));
+        let allowed = origin.to_str().is_ok_and(|o| reach.origins.allows(o));
         if !allowed {
-            tracing::warn!(origin = ?origin, "refused a request from a browser origin that is not allowed");
-            return rpc_error(
-                StatusCode::FORBIDDEN,
-                Value::Null,
-                -32600,
-                "this Origin may not call the gateway (add it to allowedOrigins in the config file)"
-                    .into(),
+            tracing::warn!(origin = ?origin, path = request.uri().path(), "refused a request from a browser origin that is not allowed");
+            return refuse(
+                "this Origin may not call the gateway (add it to allowedOrigins in the config file)",
             );
         }
     }
+    next.run(request).await
+}
+
+/// Middleware on `/mcp`, outermost (inside [`guard`]).
+pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
     match *request.method() {
         Method::POST => post(&edge, request, next).await,
         Method::DELETE => delete(&edge, request, next).await,

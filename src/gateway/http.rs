@@ -16,7 +16,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::edge::{AllowedHosts, AllowedOrigins, Edge, edge};
+use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
 use super::listener::HttpLimits;
@@ -51,9 +51,11 @@ pub fn router(
         sessions.clone(),
         config,
     );
-    let edge_checks = Edge {
+    let reach = Reach {
         hosts: hosts.clone(),
         origins,
+    };
+    let edge_checks = Edge {
         sessions: sessions.clone(),
         max_sessions: limits.max_sessions,
     };
@@ -78,20 +80,27 @@ pub fn router(
     };
     // Outermost: the transport's own checks come before any other answer.
     let mcp = mcp.layer(axum::middleware::from_fn_with_state(edge_checks, edge));
+    let app_state = AppState {
+        gateway: state,
+        auth: auth.clone(),
+    };
     let routes = Router::new()
         .nest_service("/mcp", mcp)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/auth/status", get(auth_status_report))
-        .with_state(AppState {
-            gateway: state,
-            auth: auth.clone(),
-        });
-    match auth {
+        .with_state(app_state.clone());
+    let routes = match auth {
         Some(auth) => routes.merge(auth.routes()),
         None => routes,
-    }
+    };
+    // Probes answer any Host: the kubelet calls them by the pod's address.
+    let probes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(app_state);
+    routes
+        .layer(axum::middleware::from_fn_with_state(reach, guard))
+        .merge(probes)
 }
 
 #[derive(Clone)]
@@ -175,7 +184,18 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
     (code, Json(body))
 }
 
-async fn status(State(state): State<Arc<GatewayState>>) -> Json<FleetReport> {
+/// `GET /status`: the fleet as the gateway sees it; with auth on, for
+/// logged-in callers only (it names servers, manifests and errors).
+async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(auth) = &app.auth
+        && let Err(rejection) = auth.authenticate(&headers).await
+    {
+        return auth.unauthorized(&rejection);
+    }
+    Json(fleet_report(&app.gateway)).into_response()
+}
+
+fn fleet_report(state: &GatewayState) -> FleetReport {
     let catalog = state.catalog();
     let problems = state.fleet.problems();
     let servers = state
@@ -193,11 +213,11 @@ async fn status(State(state): State<Arc<GatewayState>>) -> Json<FleetReport> {
             }
         })
         .collect();
-    Json(FleetReport {
+    FleetReport {
         servers,
         invalid_manifests: problems.iter().map(|p| p.to_string()).collect(),
         tools: catalog.tools.len(),
         clients: state.clients.count(),
         user_sessions: state.fleet.user_sessions().map_or(0, |s| s.count()),
-    })
+    }
 }

@@ -114,6 +114,9 @@ async fn trusted_jwt(server: &AuthServer, token: &str) -> Result<UserIdentity, R
         .await
         .map_err(|e| match e {
             crate::auth::jwks::JwtError::Expired => Rejection::Expired,
+            e if e.is_unreachable() => Rejection::Unavailable(format!(
+                "the token cannot be checked now ({e}); retry shortly"
+            )),
             e => Rejection::Invalid(format!("the JWT was rejected: {e}")),
         })?;
     if let Some((provider, client_id)) = &server.login_client
@@ -152,6 +155,19 @@ fn issued_to(claims: &JwtClaims, client_id: &str) -> bool {
 /// The 401 for `/mcp`.
 pub fn unauthorized(urls: &Urls, scopes: &[String], rejection: &Rejection) -> Response {
     let message = rejection.to_string();
+    if let Rejection::Unavailable(_) = rejection {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "error": "temporarily_unavailable", "error_description": message,
+            })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return response;
+    }
     let mut challenge = format!(r#"Bearer resource_metadata="{}""#, urls.resource_metadata);
     if !scopes.is_empty() {
         challenge.push_str(&format!(r#", scope="{}""#, header_safe(&scopes.join(" "))));
@@ -159,7 +175,7 @@ pub fn unauthorized(urls: &Urls, scopes: &[String], rejection: &Rejection) -> Re
     // RFC 6750 §3.1: no error code when the request carried no token at all.
     let error = match rejection {
         Rejection::Missing => "unauthorized",
-        Rejection::Invalid(_) | Rejection::Expired => {
+        Rejection::Invalid(_) | Rejection::Expired | Rejection::Unavailable(_) => {
             challenge.push_str(&format!(
                 r#", error="invalid_token", error_description="{}""#,
                 header_safe(&message)
@@ -448,6 +464,28 @@ mod tests {
         let not_yet = claims(serde_json::json!({"aud": "flotilla-api", "nbf": now + 300}));
         let message = invalid_message(server.authenticate(&bearer(&not_yet)).await);
         assert!(message.contains("not valid yet"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_jwt_whose_issuer_keys_are_out_of_reach_gets_503_to_retry_not_401() {
+        let (mut options, _keys, sign) =
+            trusted_setup("https://sa.example", &["flotilla-api"]).await;
+        // Nothing listens here, and no keys were ever cached.
+        options.config.trusted_issuers[0].jwks_uri = Some("http://127.0.0.1:9/keys".into());
+        let server = AuthServer::start(options).await.unwrap();
+        let now = Utc::now().timestamp();
+        let token = sign(serde_json::json!({
+            "iss": "https://sa.example", "sub": "bot", "exp": now + 600, "aud": "flotilla-api",
+        }));
+        let rejection = server.authenticate(&bearer(&token)).await.unwrap_err();
+        assert!(
+            matches!(rejection, Rejection::Unavailable(_)),
+            "{rejection}"
+        );
+        let response = server.unauthorized(&rejection);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "10");
+        assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[tokio::test]

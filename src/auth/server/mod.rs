@@ -113,6 +113,10 @@ pub enum Rejection {
     Invalid(String),
     #[error("the access token has expired: refresh it or log in again")]
     Expired,
+    /// The token could not be checked now (its issuer's keys are out of
+    /// reach and none are cached): a 503 to retry, not a 401 to log in again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The gateway's own URLs, derived from `public_url`.
