@@ -270,3 +270,112 @@ async fn auth_and_tls_failures_are_told_apart_in_status() {
         gateway.server_status("tls")
     );
 }
+
+/// Kills an upstream in the middle of a 30 s call and checks what the
+/// client sees: the call ends within seconds with an error naming the
+/// server (never the whole 30 s, never a hang); the server is reported
+/// down; once the upstream is back on its address, calls work again.
+async fn a_killed_upstream_mid_call(
+    gateway: &Gateway,
+    name: &str,
+    slow_tool: &str,
+    slow_args: serde_json::Value,
+    quick_tool: &str,
+    quick_args: serde_json::Value,
+    kill: impl FnOnce(),
+    restart: impl FnOnce(),
+) {
+    gateway.wait_state(name, "Connected", Duration::from_secs(20));
+    let caller = connect(&gateway.url()).await;
+    let started = std::time::Instant::now();
+    let slow = slow_tool.to_string();
+    let pending = tokio::spawn(async move { call(&caller, &slow, slow_args).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    kill();
+    let cut = tokio::time::timeout(Duration::from_secs(15), pending)
+        .await
+        .expect("the call ends instead of hanging")
+        .expect("the call returns");
+    assert_eq!(cut.is_error, Some(true), "{cut:?}");
+    assert!(text_of(&cut).contains(name), "{}", text_of(&cut));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "not the 30 s of the call: {:?}",
+        started.elapsed()
+    );
+    gateway.wait_state(name, "Failed", Duration::from_secs(15));
+    restart();
+    gateway.wait_state(name, "Connected", Duration::from_secs(40));
+    let client = connect(&gateway.url()).await;
+    let back = call(&client, quick_tool, quick_args).await;
+    assert_ne!(back.is_error, Some(true), "{back:?}");
+    assert!(
+        !gateway.proc.log_text().contains("panicked"),
+        "{}",
+        gateway.proc.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers() {
+    let (manifests, logs) = tempdirs();
+    let (py, url) = python_server(0, logs.path());
+    let port: u16 = url
+        .trim_end_matches("/mcp")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port in the URL");
+    write_manifest(manifests.path(), "py.yaml", &http_manifest("py", &url, ""));
+    let config = logs.path().join("gateway.yaml");
+    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
+    let gateway = Gateway::start_with(
+        manifests.path(),
+        logs.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let py = std::sync::Mutex::new(py);
+    let revived = std::sync::Mutex::new(None);
+    a_killed_upstream_mid_call(
+        &gateway,
+        "py",
+        "x_py_slow",
+        json!({"seconds": 30}),
+        "x_py_echo",
+        json!({"text": "back"}),
+        || py.lock().unwrap().kill(),
+        || *revived.lock().unwrap() = Some(python_server(port, logs.path())),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
+    let (manifests, logs) = tempdirs();
+    let port = free_port();
+    let everything_sse = everything("sse", port, logs.path());
+    let yaml = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: 'http://127.0.0.1:{port}/sse', timeout: 10}}\n"
+    );
+    write_manifest(manifests.path(), "legacy.yaml", &yaml);
+    let config = logs.path().join("gateway.yaml");
+    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
+    let gateway = Gateway::start_with(
+        manifests.path(),
+        logs.path(),
+        &["--config", config.to_str().unwrap()],
+    );
+    let upstream = std::sync::Mutex::new(everything_sse);
+    let revived = std::sync::Mutex::new(None);
+    a_killed_upstream_mid_call(
+        &gateway,
+        "legacy",
+        "x_legacy_trigger-long-running-operation",
+        json!({"duration": 30, "steps": 30}),
+        "x_legacy_get-sum",
+        json!({"a": 1, "b": 2}),
+        || upstream.lock().unwrap().kill(),
+        || *revived.lock().unwrap() = Some(everything("sse", port, logs.path())),
+    )
+    .await;
+}
