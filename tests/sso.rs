@@ -558,11 +558,77 @@ async fn flotilla_auth_login_status_and_logout() {
     );
     assert_eq!(code, Some(4), "{text}");
 
+    let stored_login = &saved["endpoints"][&endpoint];
+    let stored_refresh = stored_login["refresh_token"].as_str().unwrap().to_string();
+    let stored_client = stored_login["client_id"].as_str().unwrap().to_string();
     let logout = cli(&["logout"]).output().unwrap();
     assert!(logout.status.success());
+    let said = String::from_utf8_lossy(&logout.stdout);
+    assert!(said.contains("Revoked the login"), "{said}");
+    // What the CLI held can no longer be refreshed.
+    let (status, body) = token_request(
+        &format!("{}/oauth/token", world.base()),
+        None,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &stored_refresh),
+            ("client_id", &stored_client),
+        ],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
     let after = cli(&["status"]).output().unwrap();
     assert_eq!(after.status.code(), Some(3), "not logged in after logout");
     assert_absent(&world.gateway_log(), &[&access]);
+}
+
+/// RFC 7009 at the gateway: revoking a refresh token revokes the provider's
+/// refresh token inside it, so the login cannot be refreshed anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_login_cannot_be_refreshed() {
+    let world = World::start(Options::default());
+    let base = world.base();
+    let login = gateway_login(&base, "alice");
+    let bob = gateway_login(&base, "bob");
+    let revoke = |token: &str, client_id: &str| {
+        token_request(
+            &format!("{base}/oauth/revoke"),
+            None,
+            &[("token", token), ("client_id", client_id)],
+        )
+    };
+    let refresh_bob = |token: &str| {
+        token_request(
+            &format!("{base}/oauth/token"),
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+                ("client_id", &bob.client_id),
+            ],
+        )
+    };
+    let (status, body) = refresh_bob(&bob.refresh_token);
+    assert_eq!(status, 200, "{body}");
+    let live = body["refresh_token"].as_str().unwrap().to_string();
+    let (status, body) = revoke(&bob.access_token, &bob.client_id);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "unsupported_token_type");
+    let (status, body) = revoke(&live, &login.client_id);
+    assert_eq!(
+        status, 400,
+        "only the client it was issued to may revoke it: {body}"
+    );
+    let (status, _) = revoke("not-a-token", &bob.client_id);
+    assert_eq!(
+        status, 200,
+        "an unknown token is not an error (RFC 7009 2.2)"
+    );
+    let (status, body) = revoke(&live, &bob.client_id);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = refresh_bob(&live);
+    assert_eq!(status, 400, "a revoked login cannot be refreshed: {body}");
+    assert_eq!(body["error"], "invalid_grant");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

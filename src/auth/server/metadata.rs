@@ -50,6 +50,8 @@ pub fn authorization_server_document(urls: &Urls, scopes: &[String]) -> Value {
         "authorization_endpoint": urls.authorization_endpoint,
         "token_endpoint": urls.token_endpoint,
         "registration_endpoint": urls.registration_endpoint,
+        "revocation_endpoint": urls.revocation_endpoint,
+        "revocation_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": scopes,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -145,6 +147,10 @@ mod tests {
             "http://gw.test:8080/oauth/authorize"
         );
         assert_eq!(doc["token_endpoint"], "http://gw.test:8080/oauth/token");
+        assert_eq!(
+            doc["revocation_endpoint"],
+            "http://gw.test:8080/oauth/revoke"
+        );
         assert_eq!(
             doc["registration_endpoint"],
             "http://gw.test:8080/oauth/register"

@@ -31,7 +31,8 @@
 //! provider with the gateway's own PKCE and nonce. `/oauth/callback` exchanges
 //! the provider's code, verifies the ID token and redirects to the client with
 //! a sealed code (and RFC 9207 `iss`). `/oauth/token` turns codes and refresh
-//! tokens into sealed access/refresh token pairs.
+//! tokens into sealed access/refresh token pairs. `/oauth/revoke` (RFC 7009)
+//! ends a login by revoking the provider refresh token sealed in it.
 //!
 //! Replay: a code is single-use per replica (a short-lived set of used-code
 //! digests); across replicas a replay within its 60 s also needs the PKCE
@@ -41,7 +42,8 @@
 //! e.g. Dex's 30 s `reuseInterval`, a replay still succeeds; a provider that
 //! does not rotate gives no replay protection; one that detects reuse, like
 //! oidc-provider, also ends the session). Revocation is at the provider (the
-//! next refresh fails) or by removing a sealing key (everything it sealed dies).
+//! next refresh fails; `/oauth/revoke` does it for a client) or by removing
+//! a sealing key (everything it sealed dies).
 //!
 //! Limitations: access tokens cannot be revoked before they expire; a client
 //! registered dynamically becomes unknown when the key that sealed its id is
@@ -66,6 +68,7 @@ mod login;
 mod metadata;
 mod payloads;
 mod provider;
+mod revoke;
 mod token;
 
 use std::sync::Arc;
@@ -130,6 +133,7 @@ pub(crate) struct Urls {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub registration_endpoint: String,
+    pub revocation_endpoint: String,
     pub callback: String,
     /// Cookies get `Secure` when the gateway is served over https.
     pub https: bool,
@@ -144,6 +148,7 @@ impl Urls {
             authorization_endpoint: format!("{issuer}/oauth/authorize"),
             token_endpoint: format!("{issuer}/oauth/token"),
             registration_endpoint: format!("{issuer}/oauth/register"),
+            revocation_endpoint: format!("{issuer}/oauth/revoke"),
             callback: format!("{issuer}/oauth/callback"),
             https: public_url.scheme() == "https",
             issuer,
@@ -289,7 +294,8 @@ impl AuthServer {
                     get(metadata::authorization_server),
                 )
                 .route("/oauth/register", post(clients::register))
-                .route("/oauth/token", post(token::token));
+                .route("/oauth/token", post(token::token))
+                .route("/oauth/revoke", post(revoke::revoke));
             pages = pages
                 .route(
                     "/oauth/authorize",

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreIdToken, CoreProviderMetadata,
-    CoreTokenResponse,
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGrantType, CoreIdToken, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
 };
 use openidconnect::{
-    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IssuerUrl, Nonce,
-    OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardErrorResponse, TokenResponse as _,
+    AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IssuerUrl,
+    Nonce, OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse, TokenResponse as _,
 };
 
 use super::payloads::{ProviderTokens, UserClaims};
@@ -41,6 +43,31 @@ type OidcClient = CoreClient<
     EndpointMaybeSet,
 >;
 
+/// The RFC 7009 endpoint, which OpenID discovery documents may list
+/// (RFC 8414 metadata) but openidconnect's core metadata does not model.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+struct RevocationMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revocation_endpoint: Option<String>,
+}
+
+impl AdditionalProviderMetadata for RevocationMetadata {}
+
+type DiscoveredMetadata = ProviderMetadata<
+    RevocationMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
 /// What went wrong at the provider. Messages never contain tokens.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
@@ -59,6 +86,8 @@ pub struct HttpError(String);
 
 struct Discovered {
     client: OidcClient,
+    /// RFC 7009 revocation, when the provider lists it.
+    revocation: Option<url::Url>,
 }
 
 #[derive(Default)]
@@ -161,9 +190,14 @@ impl Provider {
     async fn discover(&self) -> Result<Discovered, String> {
         let http = oauth_http(self.http.clone());
         let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
+        let metadata = DiscoveredMetadata::discover_async(issuer, &http)
             .await
             .map_err(|e| format!("discovery: {}", error_chain(&e)))?;
+        let revocation = metadata
+            .additional_metadata()
+            .revocation_endpoint
+            .as_deref()
+            .and_then(|url| url::Url::parse(url).ok());
         let token_url = metadata
             .token_endpoint()
             .cloned()
@@ -180,7 +214,7 @@ impl Provider {
         .set_token_uri(token_url)
         .set_redirect_uri(self.redirect.clone());
         tracing::info!(issuer = %self.issuer, "identity provider discovered");
-        Ok(Discovered { client })
+        Ok(Discovered { client, revocation })
     }
 
     /// Where to send the user's browser to log in at the provider.
@@ -258,6 +292,51 @@ impl Provider {
                 .unwrap_or_else(|| refresh_token.to_string()),
         );
         Ok(tokens)
+    }
+
+    /// Revokes a refresh token at the provider (RFC 7009), ending the login
+    /// it carries. `Ok(false)` when the provider offers no revocation.
+    /// (openidconnect's client types revocation only when its endpoint is
+    /// known at build time; the provider's is known after discovery, so
+    /// this small form POST is written here.)
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, ProviderError> {
+        let discovered = self.discovered(false).await?;
+        let Some(endpoint) = discovered.revocation.clone() else {
+            return Ok(false);
+        };
+        let mut form = vec![
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let mut request = self.http.post(endpoint).timeout(HTTP_TIMEOUT);
+        match &self.client_secret {
+            Some(secret) => {
+                request = request.basic_auth(
+                    form_urlencode(&self.client_id),
+                    Some(form_urlencode(secret.expose())),
+                );
+            }
+            None => form.push(("client_id", &self.client_id)),
+        }
+        let response =
+            request
+                .form(&form)
+                .send()
+                .await
+                .map_err(|e| ProviderError::Unavailable {
+                    issuer: self.issuer.clone(),
+                    message: error_chain(&e),
+                })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        // The body is an OAuth error document; it never holds the token.
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let error = body["error"].as_str().unwrap_or("no error code");
+        Err(ProviderError::Refused(format!(
+            "revocation answered {status}: {error}"
+        )))
     }
 
     /// The ID token of `response`, verified; on a signature failure the
@@ -374,6 +453,11 @@ fn oauth_http(http: reqwest::Client) -> impl Fn(HttpRequest) -> HttpFuture {
             Ok(out)
         }) as HttpFuture
     }
+}
+
+/// RFC 6749 §2.3.1: client credentials are form-encoded before Basic auth.
+fn form_urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 #[cfg(test)]

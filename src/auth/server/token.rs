@@ -298,7 +298,7 @@ impl AuthServer {
 }
 
 /// The client id of `Authorization: Basic base64(client_id:secret)`.
-fn basic_client_id(headers: &HeaderMap) -> Option<String> {
+pub(super) fn basic_client_id(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

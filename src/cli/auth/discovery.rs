@@ -28,6 +28,9 @@ pub(super) struct AuthorizationServerMetadata {
     pub token_endpoint: String,
     #[serde(default)]
     pub registration_endpoint: Option<String>,
+    /// RFC 7009, where `flotilla auth logout` ends the login.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
     #[serde(default)]
     pub code_challenge_methods_supported: Vec<String>,
     /// RFC 9207: the redirect carries `iss`.
@@ -371,6 +374,25 @@ pub(super) async fn discover(http: &reqwest::Client, endpoint: &Url) -> anyhow::
         scope,
         metadata,
     }))
+}
+
+/// The metadata `issuer` publishes (RFC 8414), checked to name itself.
+pub(super) async fn authorization_server_metadata(
+    http: &reqwest::Client,
+    issuer: &str,
+) -> anyhow::Result<AuthorizationServerMetadata> {
+    let issuer_url =
+        Url::parse(issuer).with_context(|| format!("the stored issuer {issuer:?} is not a URL"))?;
+    let candidates = authorization_server_metadata_urls(&issuer_url);
+    let metadata = first_json::<AuthorizationServerMetadata>(http, &candidates)
+        .await?
+        .with_context(|| format!("{issuer} publishes no authorization server metadata"))?;
+    anyhow::ensure!(
+        same_issuer(&metadata.issuer, issuer),
+        "the authorization server {issuer} calls itself {} in its metadata",
+        metadata.issuer
+    );
+    Ok(metadata)
 }
 
 /// The first candidate that answers 200 with the expected JSON; `None` when

@@ -1,17 +1,30 @@
-//! `flotilla auth logout`: forget one gateway's stored login (the tokens
-//! stay valid at the server until they expire).
+//! `flotilla auth logout`: revoke one gateway's login where the gateway
+//! offers revocation (RFC 7009: the refresh token, which ends the session at
+//! the identity provider too), then forget the stored tokens. Forgetting
+//! happens whether or not revocation worked; the output says which.
 
 use url::Url;
 
 use super::EXIT_OK;
-use super::credentials::Store;
+use super::credentials::{EndpointCredentials, Store};
+use super::{discovery, oauth};
 
 pub(super) async fn run(store: &Store, endpoint: &Url) -> anyhow::Result<i32> {
     let key = endpoint.as_str().to_string();
     let path = store.path();
-    if !store.load()?.endpoints.contains_key(&key) {
+    let Some(login) = store.load()?.endpoints.get(&key).cloned() else {
         println!("No stored login for {key}; nothing to do.");
         return Ok(EXIT_OK);
+    };
+    match revoke(&login).await {
+        Ok(()) => println!(
+            "Revoked the login at {} (the refresh token, and the identity provider's session behind it).",
+            login.issuer
+        ),
+        Err(why) => eprintln!(
+            "Could not revoke the login at {}: {why}. The stored tokens are removed; what was issued stays valid until it expires.",
+            login.issuer
+        ),
     }
     let forget = key.clone();
     let left = store
@@ -35,4 +48,16 @@ pub(super) async fn run(store: &Store, endpoint: &Url) -> anyhow::Result<i32> {
         );
     }
     Ok(EXIT_OK)
+}
+
+async fn revoke(login: &EndpointCredentials) -> anyhow::Result<()> {
+    let Some(refresh) = &login.refresh_token else {
+        anyhow::bail!("no refresh token was issued, so there is nothing to revoke");
+    };
+    let http = oauth::http_client()?;
+    let metadata = discovery::authorization_server_metadata(&http, &login.issuer).await?;
+    let Some(revocation) = &metadata.revocation_endpoint else {
+        anyhow::bail!("the gateway offers no revocation endpoint");
+    };
+    oauth::revoke(revocation, &login.client_id, refresh).await
 }

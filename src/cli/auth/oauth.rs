@@ -179,6 +179,31 @@ pub(super) async fn refresh(login: &EndpointCredentials) -> Result<Tokens, Grant
     Ok(fresh)
 }
 
+/// RFC 7009: revokes `token` (a refresh token) at `endpoint` as the public
+/// client `client_id`. The error says what the server answered.
+pub(super) async fn revoke(endpoint: &str, client_id: &str, token: &Token) -> anyhow::Result<()> {
+    let response = token_client()?
+        .post(endpoint)
+        .form(&[
+            ("token", token.expose()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let error = body["error"].as_str().unwrap_or("no error code");
+    match body["error_description"].as_str() {
+        Some(description) => anyhow::bail!("{status} {error}: {description}"),
+        None => anyhow::bail!("{status} {error}"),
+    }
+}
+
 fn token_url(endpoint: &str) -> Result<TokenUrl, GrantError> {
     TokenUrl::new(endpoint.to_string())
         .with_context(|| format!("the token endpoint {endpoint:?} is not a URL"))
