@@ -278,10 +278,8 @@ async fn auth_and_tls_failures_are_told_apart_in_status() {
 async fn a_killed_upstream_mid_call(
     gateway: &Gateway,
     name: &str,
-    slow_tool: &str,
-    slow_args: serde_json::Value,
-    quick_tool: &str,
-    quick_args: serde_json::Value,
+    (slow_tool, slow_args): (&str, serde_json::Value),
+    (quick_tool, quick_args): (&str, serde_json::Value),
     kill: impl FnOnce(),
     restart: impl FnOnce(),
 ) {
@@ -339,10 +337,8 @@ async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers()
     a_killed_upstream_mid_call(
         &gateway,
         "py",
-        "x_py_slow",
-        json!({"seconds": 30}),
-        "x_py_echo",
-        json!({"text": "back"}),
+        ("x_py_slow", json!({"seconds": 30})),
+        ("x_py_echo", json!({"text": "back"})),
         || py.lock().unwrap().kill(),
         || *revived.lock().unwrap() = Some(python_server(port, logs.path())),
     )
@@ -370,10 +366,11 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
     a_killed_upstream_mid_call(
         &gateway,
         "legacy",
-        "x_legacy_trigger-long-running-operation",
-        json!({"duration": 30, "steps": 30}),
-        "x_legacy_get-sum",
-        json!({"a": 1, "b": 2}),
+        (
+            "x_legacy_trigger-long-running-operation",
+            json!({"duration": 30, "steps": 30}),
+        ),
+        ("x_legacy_get-sum", json!({"a": 1, "b": 2})),
         || upstream.lock().unwrap().kill(),
         || *revived.lock().unwrap() = Some(everything("sse", port, logs.path())),
     )

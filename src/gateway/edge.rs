@@ -9,6 +9,7 @@
 //! | `Host` not allowed (DNS-rebinding protection; `allowedHosts`) | 403 (on `/mcp` a JSON-RPC error without id) |
 //! | `Origin` present and not allowed | 403 (the same) |
 //! | POST body that is not JSON | 400, -32700 (parse error) |
+//! | JSON that is not a JSON-RPC message (see `envelope`) | 400, -32600, the message's id when it has a valid one |
 //! | POST body over the size limit | 413, -32600 |
 //! | POST body not received in time (`limits.bodyReadTimeoutSeconds`) | 408, -32600 |
 //! | `initialize` without a session while `limits.maxSessions` are open | 503 with `Retry-After`, -32000 |
@@ -23,6 +24,7 @@
 //! plus the public URL's origin. A request without `Origin` (every
 //! non-browser client) passes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -34,6 +36,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 
 use serde_json::{Value, json};
 
+use super::envelope;
 use super::listener::body_timed_out;
 
 /// The largest request body accepted (rmcp's own limit).
@@ -210,15 +213,6 @@ fn is_json(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The `method` of a single JSON-RPC message (nothing else is decoded).
-fn method_of(message: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        method: Option<String>,
-    }
-    serde_json::from_slice::<Peek>(message).ok()?.method
-}
-
 async fn post(edge: &Edge, request: Request, next: Next) -> Response {
     // Other content types get the transport's own 415.
     if !is_json(request.headers()) {
@@ -244,9 +238,18 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
             );
         }
     };
-    let message: &serde_json::value::RawValue = match serde_json::from_slice(&bytes) {
-        Ok(message) => message,
-        Err(error) => {
+    let (method, id) = match envelope::read(&bytes) {
+        envelope::Body::Message(message) => (
+            message.method.map(Cow::into_owned),
+            message
+                .id
+                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()),
+        ),
+        envelope::Body::Batch => {
+            let array = String::from_utf8_lossy(&bytes).into_owned();
+            return batch(parts, &array, next).await;
+        }
+        envelope::Body::NotJson(error) => {
             return rpc_error(
                 StatusCode::BAD_REQUEST,
                 Value::Null,
@@ -254,33 +257,68 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
                 format!("parse error: the body is not valid JSON ({error})"),
             );
         }
+        envelope::Body::Invalid(invalid) => {
+            return rpc_error(StatusCode::BAD_REQUEST, invalid.id, -32600, invalid.message);
+        }
     };
-    if message.get().starts_with('[') {
-        return batch(parts, message.get(), next).await;
+    let initialize = method.as_deref() == Some("initialize");
+    if initialize && id.is_none() {
+        return invalid_request("initialize is a request: it needs an id");
     }
-    if parts.headers.contains_key("mcp-session-id")
-        && method_of(&bytes).as_deref() == Some("initialize")
-    {
+    let in_session = parts.headers.contains_key("mcp-session-id");
+    if in_session && initialize {
         return invalid_request(
             "this session is already initialized; to start a new one, send initialize without Mcp-Session-Id",
         );
     }
-    if !parts.headers.contains_key("mcp-session-id")
-        && opens_session(&bytes)
-        && edge.sessions.sessions.read().await.len() >= edge.max_sessions
-    {
+    if !in_session && initialize && edge.sessions.sessions.read().await.len() >= edge.max_sessions {
         return sessions_full(edge.max_sessions);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        // The body is JSON with a valid envelope (checked above): what the
+        // transport could not read is the method's params.
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            id.unwrap_or(Value::Null),
+            -32602,
+            format!(
+                "invalid params: this {} does not match the MCP schema",
+                method.as_deref().unwrap_or("response")
+            ),
+        );
+    }
+    as_json_rpc(response).await
 }
 
-/// Whether a message is an `initialize` (the substring test keeps the JSON
-/// parse off every other sessionless request).
-fn opens_session(message: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"initialize";
-    message.windows(NEEDLE.len()).any(|w| w == NEEDLE)
-        && method_of(message).as_deref() == Some("initialize")
+/// The transport's own refusals (a missing or unknown session, a wrong
+/// `Accept`) come as plain text; a client reads them as JSON-RPC errors,
+/// with the same status and words.
+async fn as_json_rpc(response: Response) -> Response {
+    let status = response.status();
+    let plain = !header_str(response.headers(), header::CONTENT_TYPE.as_str())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/event-stream"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        text
+    };
+    // -32001: the code the SDKs use for "session not found".
+    let code = if status == StatusCode::NOT_FOUND {
+        -32001
+    } else {
+        -32600
+    };
+    rpc_error(status, Value::Null, code, message)
 }
 
 fn sessions_full(max: usize) -> Response {
@@ -319,20 +357,31 @@ async fn batch(parts: axum::http::request::Parts, array: &str, next: Next) -> Re
     if messages.is_empty() {
         return invalid_request("an empty batch holds nothing to do");
     }
-    if messages
-        .iter()
-        .any(|m| method_of(m.get().as_bytes()).as_deref() == Some("initialize"))
-    {
+    let checked: Vec<_> = messages.iter().map(|m| envelope::check(m)).collect();
+    if checked.iter().any(|c| {
+        c.as_ref()
+            .is_ok_and(|m| m.method.as_deref() == Some("initialize"))
+    }) {
         return invalid_request("initialize must not be part of a batch");
     }
-    let calls = messages.iter().map(|message| {
+    let calls = messages.iter().zip(checked).map(|(message, checked)| {
+        // A member that is not JSON-RPC gets its error in the reply array.
+        let refused = checked.err().map(|invalid| {
+            json!({"jsonrpc": "2.0", "id": invalid.id,
+                   "error": {"code": -32600, "message": invalid.message}})
+        });
         let mut request = Request::new(Body::from(message.get().to_string()));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.headers_mut() = parts.headers.clone();
         *request.extensions_mut() = parts.extensions.clone();
         let next = next.clone();
-        async move { responses_of(next.run(request).await).await }
+        async move {
+            match refused {
+                Some(error) => vec![error],
+                None => responses_of(next.run(request).await).await,
+            }
+        }
     });
     let replies: Vec<Value> = futures::future::join_all(calls)
         .await
@@ -434,15 +483,5 @@ mod tests {
         assert!(!only.allows("http://localhost:1"));
         let any = AllowedOrigins::from_config(Some(&["*".into()]), None);
         assert!(any.allows("http://evil.example"));
-    }
-
-    #[test]
-    fn only_the_method_is_peeked() {
-        assert_eq!(
-            method_of(br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"x":1.50}}"#)
-                .as_deref(),
-            Some("initialize")
-        );
-        assert_eq!(method_of(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#), None);
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth_status;
 mod edge;
+mod envelope;
 mod fanout;
 mod fast_list;
 mod forward;

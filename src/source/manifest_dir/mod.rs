@@ -513,4 +513,103 @@ spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
         assert_eq!(fleet.servers.len(), 2);
         assert_eq!(fleet.servers["a"].origin, "one.yaml#0");
     }
+
+    mod fuzz {
+        //! Bounded fuzzing: YAML-shaped noise never panics, is parsed the same
+        //! way twice, and never costs a server that was declared before.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const FRAGMENTS: &[&str] = &[
+            "apiVersion: flotilla.dev/v1alpha1\n",
+            "kind: MCPServer\n",
+            "kind: Secret\n",
+            "apiVersion: v1\n",
+            "metadata:\n",
+            "  name: a\n",
+            "  name: b\n",
+            "spec:\n",
+            "  type: stdio\n",
+            "  command: /bin/true\n",
+            "  url: 'http://x/mcp'\n",
+            "  headersFrom: [{secretRef: {name: s}}]\n",
+            "stringData: {k: v}\n",
+            "---\n",
+            "[",
+            "]",
+            "{",
+            "}",
+            ": ",
+            ", ",
+            "- ",
+            "? ",
+            "\n",
+            "  ",
+            "\t",
+            "\"",
+            "'",
+            "#",
+            "&x ",
+            "*x ",
+            "!!str ",
+            "!!binary ",
+            "<<: *x\n",
+            "|\n",
+            ">-\n",
+            "~",
+            "null",
+            "0x1F",
+            "1e400",
+            "-.inf",
+            "\u{202e}",
+            "\u{feff}",
+            "\\",
+            "%YAML 1.2\n",
+            "...\n",
+        ];
+
+        fn yamlish() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                4 => prop::sample::select(FRAGMENTS).prop_map(str::to_string),
+                1 => any::<char>().prop_map(String::from),
+            ];
+            prop::collection::vec(piece, 0..80).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+            #[test]
+            fn noise_is_reported_never_panics_and_parses_the_same_twice(text in yamlish()) {
+                let first = parse_manifests("f.yaml", &text);
+                let second = parse_manifests("f.yaml", &text);
+                prop_assert_eq!(&first.servers, &second.servers);
+                prop_assert_eq!(&first.problems, &second.problems);
+                for problem in &first.problems {
+                    prop_assert!(problem.origin.starts_with("f.yaml"), "{}", problem);
+                    prop_assert!(!problem.message.contains("serde"), "{}", problem);
+                }
+            }
+
+            #[test]
+            fn a_broken_edit_never_costs_a_declared_server(text in yamlish()) {
+                let dir = tempfile::tempdir().unwrap();
+                let file = dir.path().join("fleet.yaml");
+                std::fs::write(&file, GOOD).unwrap();
+                let mut last = LastLoad::default();
+                load_dir(dir.path(), &mut last);
+                std::fs::write(&file, &text).unwrap();
+                let parsed = parse_manifests("fleet.yaml", &text);
+                let fleet = load_dir(dir.path(), &mut last);
+                // Broken, half-written or emptied: everything stays.
+                let declares_nothing = parsed.servers.is_empty() && parsed.secrets.is_empty();
+                if !parsed.problems.is_empty() || declares_nothing {
+                    prop_assert!(fleet.servers.contains_key("a"), "{:?}", fleet.problems);
+                    prop_assert!(fleet.servers.contains_key("b"), "{:?}", fleet.problems);
+                }
+            }
+        }
+    }
 }
