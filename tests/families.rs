@@ -77,9 +77,8 @@ async fn a_family_is_folded_into_one_tool_per_name_with_an_instance_enum() {
     let (manifests, logs) = tempdirs();
     standard_fleet(manifests.path());
     // Two instances of a third-party server join the same family with other tools.
-    let (px, py) = (free_port(), free_port());
-    let _kx = kubernetes_mcp_server(px, logs.path());
-    let _ky = kubernetes_mcp_server(py, logs.path());
+    let (_kx, px) = kubernetes_mcp_server(0, logs.path());
+    let (_ky, py) = kubernetes_mcp_server(0, logs.path());
     for (name, port) in [("kx", px), ("ky", py)] {
         let yaml = http_manifest(
             &format!("{name}-mcp-kubernetes"),
@@ -571,9 +570,8 @@ async fn the_fleet_overview_tool_describes_servers_families_and_instances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn elicitation_and_sampling_from_an_upstream_reach_the_calling_client() {
     let (manifests, logs) = tempdirs();
-    let (pa, pb) = (free_port(), free_port());
-    let _ea = everything("streamableHttp", pa, logs.path());
-    let _eb = everything("streamableHttp", pb, logs.path());
+    let (_ea, pa) = everything("streamableHttp", 0, logs.path());
+    let (_eb, pb) = everything("streamableHttp", 0, logs.path());
     let family = "  family: {name: ev, instanceArg: site}\n";
     write_manifest(
         manifests.path(),

@@ -18,10 +18,9 @@ fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_list_is_the_union_of_upstream_tools_under_exposed_names() {
     let (manifests, logs) = tempdirs();
-    let (ev_port, k_port) = (free_port(), free_port());
-    let _everything = everything("streamableHttp", ev_port, logs.path());
+    let (_everything, ev_port) = everything("streamableHttp", 0, logs.path());
     let (_py, py_url) = python_server(0, logs.path());
-    let _kube = kubernetes_mcp_server(k_port, logs.path());
+    let (_kube, k_port) = kubernetes_mcp_server(0, logs.path());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
     let k_url = format!("http://127.0.0.1:{k_port}/mcp");
     write_manifest(
@@ -103,8 +102,7 @@ async fn tools_list_is_the_union_of_upstream_tools_under_exposed_names() {
 async fn a_call_returns_exactly_the_upstreams_result() {
     let (manifests, logs) = tempdirs();
     let (_py, py_url) = python_server(0, logs.path());
-    let ev_port = free_port();
-    let _everything = everything("streamableHttp", ev_port, logs.path());
+    let (_everything, ev_port) = everything("streamableHttp", 0, logs.path());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
     write_manifest(
         manifests.path(),
@@ -172,8 +170,7 @@ async fn a_call_returns_exactly_the_upstreams_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_restart() {
     let (manifests, logs) = tempdirs();
-    let ev_port = free_port();
-    let mut ev = everything("streamableHttp", ev_port, logs.path());
+    let (mut ev, ev_port) = everything("streamableHttp", 0, logs.path());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
     write_manifest(
         manifests.path(),
@@ -217,7 +214,7 @@ async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_resta
 
     // The restarted server has forgotten the old session; server-everything
     // answers 400 for it, and the gateway re-initializes transparently.
-    let _ev = everything("streamableHttp", ev_port, logs.path());
+    let _ev = everything("streamableHttp", ev_port, logs.path()).0;
     let back = eventually(Duration::from_secs(30), "the upstream to come back", || {
         let client = &client;
         async move {
@@ -469,8 +466,7 @@ async fn a_name_collision_is_reported_and_never_overwrites() {
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_sse_upstreams_are_served() {
     let (manifests, logs) = tempdirs();
-    let port = free_port();
-    let _ev = everything("sse", port, logs.path());
+    let (_ev, port) = everything("sse", 0, logs.path());
     let url = format!("http://127.0.0.1:{port}/sse");
     let yaml = format!(
         "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: '{url}', timeout: 10}}\n"
@@ -486,8 +482,7 @@ async fn legacy_sse_upstreams_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_the_calling_client() {
     let (manifests, logs) = tempdirs();
-    let port = free_port();
-    let _ev = everything("streamableHttp", port, logs.path());
+    let (_ev, port) = everything("streamableHttp", 0, logs.path());
     write_manifest(
         manifests.path(),
         "ev.yaml",
@@ -707,8 +702,7 @@ async fn upstream_list_changes_reach_session_and_stateless_clients() {
 async fn resources_templates_and_prompts_are_proxied_to_their_owner() {
     let (manifests, logs) = tempdirs();
     let (_py, py_url) = python_server(0, logs.path());
-    let port = free_port();
-    let _ev = everything("streamableHttp", port, logs.path());
+    let (_ev, port) = everything("streamableHttp", 0, logs.path());
     let ev_url = format!("http://127.0.0.1:{port}/mcp");
     write_manifest(
         manifests.path(),

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::idp::{self, Idp};
-use common::{Proc, free_port, peers};
+use common::{Proc, peers, unserved_port};
 use serde_json::{Value, json};
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"idp-peers","version":"1"}}}"#;
@@ -79,7 +79,7 @@ fn oidc_peers_login_refresh_exchange_and_bearer_guard() {
     let kube_a = start_cluster("kube-a", "kube-a", 600, None);
     let kube_b = start_cluster("kube-b", "", 5, Some(3600));
     // Loopback redirect URIs match on any port; nothing listens on this one.
-    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", unserved_port());
     let (verifier, challenge) = idp::pkce();
     let authorize = central.authorize_url(
         "cli",
@@ -162,7 +162,7 @@ fn oidc_peers_login_refresh_exchange_and_bearer_guard() {
     // ---- confidential client (Basic auth): PKCE is enforced; without
     // offline_access there is no refresh token; aud is the plain client id ----
     let gateway = ("gateway", "gw-secret");
-    let callback = gateway_callback.replace("127.0.0.1", &format!("127.0.0.1:{}", free_port()));
+    let callback = gateway_callback.replace("127.0.0.1", &format!("127.0.0.1:{}", unserved_port()));
     let (verifier, challenge) = idp::pkce();
     let authorize = central.authorize_url("gateway", &callback, "openid profile", "s2", &challenge);
     let code =

@@ -370,11 +370,19 @@ async fn watch_expiry_and_relist_lose_no_change() {
         Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
     let client = connect(&gateway.url()).await;
     wait_tool(&client, "x_sim-a_cluster_info").await;
-    // History is compacted, so resuming watches get 410 Gone and must relist.
+    // A change no open watch hears of, then history compacted: resuming a
+    // watch gets 410 Gone, and only a relist can show the change.
     api.compact();
-    api.apply_object(sim_object("team-a", "sim-b", "cluster-b", json!({})));
+    api.apply_object_unseen(sim_object("team-a", "sim-b", "cluster-b", json!({})));
     api.compact();
+    let lists = api.request_count("list", "mcpservers", "");
+    api.end_watches();
     wait_tool(&client, "x_sim-b_cluster_info").await;
+    assert!(
+        api.request_count("list", "mcpservers", "") > lists,
+        "a relist happened: {:?}",
+        api.request_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

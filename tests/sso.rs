@@ -690,7 +690,20 @@ async fn a_client_id_metadata_document_client_logs_in() {
     let world = World::start(Options::default());
     let base = world.base();
     let docs = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // Python's own http.server on a port of the kernel's choice; the
+    // document (which names its own URL) is written once the port is known.
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(docs.path());
+    let docs_server = Proc::spawn("client-metadata", cmd, world.logs.path());
+    let port = listening_port(&docs_server, Duration::from_secs(10));
     let client_id = format!("http://127.0.0.1:{port}/client.json");
     std::fs::write(
         docs.path().join("client.json"),
@@ -705,18 +718,6 @@ async fn a_client_id_metadata_document_client_logs_in() {
         .to_string(),
     )
     .unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "http.server",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-    ])
-    .arg(docs.path());
-    let _docs_server = Proc::spawn("client-metadata", cmd, world.logs.path());
-    wait_port(port, Duration::from_secs(10));
     let login = login_as_client(&base, &client_id, "frank");
     let token = login.access_token.as_str();
     let (status, _, report) = blocking_get(&format!("{base}/auth/status"), Some(token));

@@ -238,9 +238,8 @@ async fn auth_and_tls_failures_are_told_apart_in_status() {
         "require_oauth = true\noauth_audience = \"kmcp\"\nskip_jwt_verification = true\n",
     )
     .unwrap();
-    let port = free_port();
-    let _kube =
-        kubernetes_mcp_server_with(port, logs.path(), &["--config", config.to_str().unwrap()]);
+    let (_kube, port) =
+        kubernetes_mcp_server_with(0, logs.path(), &["--config", config.to_str().unwrap()]);
     write_manifest(
         manifests.path(),
         "locked.yaml",
@@ -348,8 +347,7 @@ async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
     let (manifests, logs) = tempdirs();
-    let port = free_port();
-    let everything_sse = everything("sse", port, logs.path());
+    let (everything_sse, port) = everything("sse", 0, logs.path());
     let yaml = format!(
         "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: 'http://127.0.0.1:{port}/sse', timeout: 10}}\n"
     );
@@ -372,7 +370,7 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
         ),
         ("x_legacy_get-sum", json!({"a": 1, "b": 2})),
         || upstream.lock().unwrap().kill(),
-        || *revived.lock().unwrap() = Some(everything("sse", port, logs.path())),
+        || *revived.lock().unwrap() = Some(everything("sse", port, logs.path()).0),
     )
     .await;
 }

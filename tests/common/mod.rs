@@ -57,7 +57,10 @@ pub fn peers() -> &'static Peers {
     })
 }
 
-pub fn free_port() -> u16 {
+/// A port nothing listens on now, for URLs that are never served (a
+/// loopback redirect URI the test reads from the browser's last hop). Never
+/// for a process to bind: give it port 0 and read it back ([`listening_port`]).
+pub fn unserved_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -91,7 +94,13 @@ impl Proc {
     }
 
     fn spawn_with(name: &str, mut cmd: Command, log_dir: &Path, stdin: Stdio) -> Proc {
-        let log = log_dir.join(format!("{name}.log"));
+        // Two peers of one kind (port 0 in their names) get their own logs.
+        let mut log = log_dir.join(format!("{name}.log"));
+        let mut copy = 1;
+        while log.exists() {
+            copy += 1;
+            log = log_dir.join(format!("{name}-{copy}.log"));
+        }
         let log_file = std::fs::File::create(&log).expect("log file");
         cmd.process_group(0)
             .stdin(stdin)
@@ -192,7 +201,9 @@ pub fn wait_port(port: u16, timeout: Duration) {
 }
 
 /// `@modelcontextprotocol/server-everything` in `streamableHttp` or `sse` mode.
-pub fn everything(mode: &str, port: u16, logs: &Path) -> Proc {
+/// server-everything in `mode` on `port` (0: a port of the kernel's choice,
+/// read back from the process); returns it and the port it listens on.
+pub fn everything(mode: &str, port: u16, logs: &Path) -> (Proc, u16) {
     let p = peers();
     let mut cmd = Command::new(p.get("NODE22"));
     cmd.env("PORT", port.to_string())
@@ -201,8 +212,55 @@ pub fn everything(mode: &str, port: u16, logs: &Path) -> Proc {
         .arg(p.get("EVERYTHING_JS"))
         .arg(mode);
     let proc = Proc::spawn(&format!("everything-{mode}-{port}"), cmd, logs);
-    wait_port(port, Duration::from_secs(30));
-    proc
+    let port = listening_port(&proc, Duration::from_secs(30));
+    (proc, port)
+}
+
+/// The TCP port a process listens on, from /proc: the socket inodes among
+/// its open files, matched against the LISTEN rows of its /proc/net/tcp.
+/// So a test lets the peer bind port 0 instead of picking a port and
+/// releasing it (which another process may take in between).
+pub fn listening_port(proc: &Proc, timeout: Duration) -> u16 {
+    let deadline = Instant::now() + timeout;
+    let pid = proc.pid();
+    loop {
+        let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|target| {
+                        let text = target.to_string_lossy().into_owned();
+                        text.strip_prefix("socket:[")?
+                            .strip_suffix(']')
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for table in ["tcp", "tcp6"] {
+            let text =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            for row in text.lines().skip(1) {
+                let columns: Vec<&str> = row.split_whitespace().collect();
+                // local_address is column 1 (ADDR:PORT in hex), st column 3 (0A = LISTEN), inode column 9.
+                if columns.len() > 9
+                    && columns[3] == "0A"
+                    && sockets.iter().any(|s| s == columns[9])
+                {
+                    let port = columns[1].rsplit(':').next().unwrap_or("0");
+                    if let Ok(port) = u16::from_str_radix(port, 16) {
+                        return port;
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} is not listening; log:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The Python `mcp` 2.x SDK server (tests/peers/py_server.py); returns it and its /mcp URL.
@@ -218,13 +276,14 @@ pub fn python_server(port: u16, logs: &Path) -> (Proc, String) {
     (proc, url)
 }
 
-/// `kubernetes-mcp-server` over HTTP with a kubeconfig pointing nowhere.
-pub fn kubernetes_mcp_server(port: u16, logs: &Path) -> Proc {
+/// `kubernetes-mcp-server` over HTTP with a kubeconfig pointing nowhere, on
+/// `port` (0: the kernel's choice); returns it and its port.
+pub fn kubernetes_mcp_server(port: u16, logs: &Path) -> (Proc, u16) {
     kubernetes_mcp_server_with(port, logs, &[])
 }
 
 /// `kubernetes-mcp-server` with extra arguments (e.g. `--config` for OAuth).
-pub fn kubernetes_mcp_server_with(port: u16, logs: &Path, extra: &[&str]) -> Proc {
+pub fn kubernetes_mcp_server_with(port: u16, logs: &Path, extra: &[&str]) -> (Proc, u16) {
     let p = peers();
     let mut cmd = Command::new(p.get("KUBERNETES_MCP_SERVER"));
     cmd.arg("--port")
@@ -236,8 +295,8 @@ pub fn kubernetes_mcp_server_with(port: u16, logs: &Path, extra: &[&str]) -> Pro
         .args(extra)
         .env("HOME", logs);
     let proc = Proc::spawn(&format!("kubernetes-mcp-server-{port}"), cmd, logs);
-    wait_port(port, Duration::from_secs(30));
-    proc
+    let port = listening_port(&proc, Duration::from_secs(30));
+    (proc, port)
 }
 
 /// A running gateway on a free port, over a manifest directory.

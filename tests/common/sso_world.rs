@@ -125,9 +125,8 @@ impl World {
             ),
         )
         .unwrap();
-        let kmcp_port = free_port();
-        let kmcp = kubernetes_mcp_server_with(
-            kmcp_port,
+        let (kmcp, kmcp_port) = kubernetes_mcp_server_with(
+            0,
             logs.path(),
             &["--config", kmcp_config.to_str().unwrap()],
         );

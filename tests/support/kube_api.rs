@@ -110,6 +110,8 @@ impl Res {
 struct Shared {
     store: Mutex<Store>,
     bookmark_interval: Duration,
+    /// Bumped by [`KubeApiServer::end_watches`]: every open watch ends.
+    ends: tokio::sync::watch::Sender<u64>,
 }
 
 /// One stored change, replayed and streamed to watchers.
@@ -135,6 +137,8 @@ struct Store {
     history: Vec<History>,
     history_limit: usize,
     tx: broadcast::Sender<Change>,
+    /// Writes are kept from open watches (see [`KubeApiServer::apply_object_unseen`]).
+    unseen: bool,
     requests: RequestCounts,
     log: Vec<String>,
     unmatched: Vec<String>,
@@ -224,6 +228,7 @@ impl KubeApiServer {
             history: RESOURCES.iter().map(|_| History::default()).collect(),
             history_limit: opts.history_limit,
             tx: broadcast::channel(4096).0,
+            unseen: false,
             requests: RequestCounts::new(),
             log: Vec::new(),
             unmatched: Vec::new(),
@@ -232,6 +237,7 @@ impl KubeApiServer {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             bookmark_interval,
+            ends: tokio::sync::watch::channel(0).0,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -277,6 +283,22 @@ impl KubeApiServer {
         let merged = apply(old.as_ref(), obj, &t, "kubectl", true)
             .unwrap_or_else(|f| panic!("apply_object: {f:?}"));
         st.commit(&t, old.as_ref(), merged, None)
+    }
+
+    /// Like [`Self::apply_object`], but no open watch hears of it (events
+    /// lost, as across a network partition): only a list, or a watch resumed
+    /// from history, shows it.
+    pub fn apply_object_unseen(&self, obj: Value) -> Value {
+        self.store().unseen = true;
+        let stored = self.apply_object(obj);
+        self.store().unseen = false;
+        stored
+    }
+
+    /// Ends every open watch, as an API server does at its watch timeout or
+    /// on restart; clients resume from their last resourceVersion.
+    pub fn end_watches(&self) {
+        self.shared.ends.send_modify(|generation| *generation += 1);
     }
 
     /// Like `kubectl delete` of the object that apiVersion, kind and metadata
@@ -581,6 +603,7 @@ fn watch(
         .and_then(|v| v.parse().ok())
         .unwrap_or(1800);
     let mut live = st.tx.subscribe();
+    let mut ends = s.ends.subscribe();
     let initial: Vec<Value> = match q.get("resourceVersion").map(String::as_str) {
         None | Some("" | "0") => st
             .objects
@@ -626,6 +649,7 @@ fn watch(
             }
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = ends.changed() => return,
                 _ = out.closed() => return,
                 // On lag, end the stream: the client resumes from its last resourceVersion.
                 c = live.recv() => match c {
@@ -849,7 +873,9 @@ impl Store {
         while h.events.len() > self.history_limit {
             h.floor = h.events.pop_front().map_or(h.floor, |c| c.rv);
         }
-        let _ = self.tx.send(change);
+        if !self.unseen {
+            let _ = self.tx.send(change);
+        }
         obj
     }
 }
