@@ -149,6 +149,7 @@ impl App {
             }
         }
         tokio::spawn(state.fleet.clone().follow(source.subscribe()));
+        let mut election = None;
         if let Source::Kubernetes {
             source,
             client,
@@ -164,6 +165,7 @@ impl App {
                 },
                 cancel.child_token(),
             );
+            election = Some(leader.clone());
             let writer = StatusWriter::new(
                 client.clone(),
                 source.clone(),
@@ -183,6 +185,15 @@ impl App {
             cancel.child_token(),
         );
         serve(listener, app, limits, cancel.clone()).await;
+        if let Some(election) = election {
+            // The Lease goes to the next replica now, not after it expires.
+            if tokio::time::timeout(std::time::Duration::from_secs(5), election.ended())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the lease was not released within 5 s; it will expire instead");
+            }
+        }
         drop(source);
         Ok(())
     }

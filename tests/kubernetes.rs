@@ -386,10 +386,150 @@ async fn watch_expiry_and_relist_lose_no_change() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
+async fn a_namespace_the_gateway_may_not_read_degrades_only_what_depends_on_it() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    // No RoleBinding for Secrets in team-b.
+    api.forbid("team-b", "secrets");
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    api.apply_object(sim_object(
+        "team-b",
+        "needs-creds",
+        "cluster-b",
+        json!({"headersFrom": [{"secretName": "creds", "key": "token", "header": "Authorization"}]}),
+    ));
+    api.apply_object(sim_object("team-b", "sim-b", "cluster-b", json!({})));
+    let gateway = Gateway::start_kubernetes(
+        &kubeconfig(&api, logs.path()),
+        "gw-1",
+        &["--namespace", "team-a", "--namespace", "team-b"],
+        logs.path(),
+    );
+    // Ready, and serving what needs no Secret, in both namespaces.
+    let client = connect(&gateway.url()).await;
+    wait_tool(&client, "x_sim-a_cluster_info").await;
+    wait_tool(&client, "x_sim-b_cluster_info").await;
+    // The server that needs one says why, on its status.
+    let status = wait_status(
+        &api,
+        "team-b",
+        "needs-creds",
+        "Invalid with the reason",
+        |s| {
+            s["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("may not read Secrets in namespace team-b"))
+        },
+    )
+    .await;
+    assert_eq!(status["state"], "Invalid", "{status}");
+    // The log says what to do, once.
+    let log = gateway.proc.log_text();
+    let advice = "grant its service account get, list and watch on secrets there";
+    assert_eq!(log.matches(advice).count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_crd_is_logged_with_the_fix() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.set_served("mcpservers", false);
+    let kubeconfig = kubeconfig(&api, logs.path());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(["serve", "--port", "0", "--kubernetes"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "gw-1")
+        .env("POD_NAMESPACE", "flotilla-system");
+    let gateway = Proc::spawn("gateway-no-crd", cmd, logs.path());
+    let line = gateway.wait_line("listening on", Duration::from_secs(30));
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches("/mcp").parse().ok())
+        .unwrap();
+    let logged = eventually(
+        Duration::from_secs(10),
+        "the missing CRD in the log",
+        || {
+            let log = gateway.log_text();
+            async move {
+                log.contains("CustomResourceDefinition is not installed")
+                    .then_some(log)
+            }
+        },
+    )
+    .await;
+    assert!(
+        logged.contains("flotilla crd | kubectl apply -f -"),
+        "{logged}"
+    );
+    assert_eq!(
+        http_get(port, "/readyz").0,
+        503,
+        "not ready without the CRD"
+    );
+    // Installed: the gateway becomes ready without a restart.
+    api.set_served("mcpservers", true);
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    eventually(
+        Duration::from_secs(60),
+        "ready once the CRD exists",
+        || async { (http_get(port, "/readyz").0 == 200).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_shutdown_hands_the_lease_over_at_once() {
     let logs = tempfile::tempdir().unwrap();
     let api = KubeApiServer::start();
     api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let kubeconfig = kubeconfig(&api, logs.path());
+    // A long Lease: waiting it out would take a minute.
+    let mut gateway = Gateway::start_kubernetes(
+        &kubeconfig,
+        "gw-1",
+        &["--lease-duration", "60"],
+        logs.path(),
+    );
+    let lease_key = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "flotilla-status-writer", "namespace": "flotilla-system"}});
+    let holder = || {
+        api.get_object(&lease_key)
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    eventually(Duration::from_secs(10), "gw-1 to lead", || {
+        let h = holder().filter(|h| h == "gw-1");
+        async move { h }
+    })
+    .await;
+    // SIGTERM, as a rolling update sends: the Lease is free when the process is gone.
+    gateway.proc.stop();
+    assert_eq!(holder(), None, "{}", gateway.proc.log_text());
+    let next = Gateway::start_kubernetes(
+        &kubeconfig,
+        "gw-2",
+        &["--lease-duration", "60"],
+        logs.path(),
+    );
+    eventually(Duration::from_secs(10), "gw-2 to lead at once", || {
+        let h = holder().filter(|h| h == "gw-2");
+        async move { h }
+    })
+    .await;
+    drop(next);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    for (name, cluster) in [
+        ("sim-a", "cluster-a"),
+        ("sim-b", "cluster-b"),
+        ("sim-c", "cluster-c"),
+    ] {
+        api.apply_object(sim_object("team-a", name, cluster, json!({})));
+    }
     let kubeconfig = kubeconfig(&api, logs.path());
     let args = ["--lease-duration", "3"];
     let mut replicas = [
@@ -415,6 +555,17 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
         let client = connect(&gateway.url()).await;
         wait_tool(&client, "x_sim-a_cluster_info").await;
     }
+    for name in ["sim-b", "sim-c"] {
+        wait_status(&api, "team-a", name, "Connected", |s| {
+            s["state"] == "Connected"
+        })
+        .await;
+    }
+    // Let the leader's last writes land, then count what it wrote.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let patches = || api.request_count("patch", "mcpservers", "status");
+    let events = || api.request_count("create", "events", "");
+    let (patched, announced) = (patches(), events());
     let (dead, alive) = if first == "gw-1" { (0, 1) } else { (1, 0) };
     replicas[dead].proc.kill();
     let second = eventually(
@@ -427,6 +578,11 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
     )
     .await;
     assert_eq!(second, if alive == 0 { "gw-1" } else { "gw-2" });
+    // The new leader finds every status already right: it writes nothing
+    // and announces nothing again (its own lastConnected is no difference).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(patches(), patched, "{:?}", api.request_log());
+    assert_eq!(events(), announced, "no duplicate events");
     // The new leader writes status for changes made after the failover.
     api.apply_object(sim_object(
         "team-a",
@@ -440,6 +596,42 @@ async fn when_the_leader_dies_the_other_replica_takes_over_status_writes() {
     .await;
     let client = connect(&replicas[alive].url()).await;
     wait_tool(&client, "x_after_cluster_info").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_someone_else_overwrote_is_written_back() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let _gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    wait_status(&api, "team-a", "sim-a", "Connected", |s| {
+        s["state"] == "Connected"
+    })
+    .await;
+    // `kubectl patch --subresource=status` by someone else.
+    let client = api.client();
+    let servers: kube::Api<flotilla::api::MCPServer> = kube::Api::namespaced(client, "team-a");
+    servers
+        .patch_status(
+            "sim-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"status": {"state": "Failed", "lastError": "set by hand"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_of(&api, "team-a", "sim-a")["state"], "Failed");
+    let status = wait_status(
+        &api,
+        "team-a",
+        "sim-a",
+        "the leader to write it back",
+        |s| s["state"] == "Connected",
+    )
+    .await;
+    assert!(status["lastError"].is_null(), "{status}");
 }
 
 /// SSO in Kubernetes mode: the exchange's client credentials come from a

@@ -268,6 +268,14 @@ async fn auth_and_tls_failures_are_told_apart_in_status() {
         "{}",
         gateway.server_status("tls")
     );
+    // The messages say what failed, never the gateway's Rust types.
+    for name in ["locked", "tls"] {
+        let error = gateway.server_status(name)["status"]["lastError"].to_string();
+        assert!(
+            !error.contains("::") && !error.contains("Transport ["),
+            "{error}"
+        );
+    }
 }
 
 /// Kills an upstream in the middle of a 30 s call and checks what the

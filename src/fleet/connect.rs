@@ -52,7 +52,8 @@ pub enum ConnectError {
 }
 
 /// An error and its causes on one line (reqwest puts TLS and connection
-/// details in the source chain, not in the top-level message).
+/// details in the source chain, not in the top-level message), without the
+/// Rust type names rmcp puts in its transport errors.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -64,7 +65,43 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    without_type_names(&text)
+}
+
+/// rmcp names a transport by its Rust type in messages ("Send message
+/// error Transport [rmcp::transport::worker::WorkerTransport<...>] error:
+/// ..."); operators need the cause, not our types.
+fn without_type_names(text: &str) -> String {
+    const OPEN: &str = "Transport [";
+    const CLOSE: &str = "] error: ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let Some(len) = rest[start..].find(CLOSE) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str("transport error: ");
+        rest = &rest[start + len + CLOSE.len()..];
+    }
+    out.push_str(rest);
+    out.replace("Send message error transport error: ", "sending failed: ")
+        .replace(", when send initialize request", " (initialize)")
+}
+
+/// The handshake's failure in words: rmcp prints some of these with Rust's
+/// debug formatting (whole message structs), which says nothing to an operator.
+fn handshake_failure(error: &ClientInitializeError) -> String {
+    match error {
+        ClientInitializeError::ExpectedInitResponse(_) | ClientInitializeError::ExpectedInitResult(_) => {
+            "the server answered initialize with something other than an initialize result (is this an MCP endpoint?)".into()
+        }
+        ClientInitializeError::JsonRpcError(data) => format!(
+            "the server refused initialize: {} (code {})",
+            data.message, data.code.0
+        ),
+        other => error_chain(other),
+    }
 }
 
 /// What kind of failure a connection error is, for status reasons.
@@ -222,7 +259,7 @@ pub async fn connect(
                 None => None,
             };
             return Err(ConnectError::Handshake(match cause {
-                Some(cause) => format!("{message} ({cause})"),
+                Some(cause) => format!("sending initialize failed: {cause}"),
                 None => message,
             }));
         }
@@ -314,8 +351,8 @@ async fn open(
         }
     };
     result.map_err(|error| match handshake_refused(&error) {
-        true if handshaking => ConnectError::NoHandshake(error_chain(&error)),
-        _ => ConnectError::Handshake(error_chain(&error)),
+        true if handshaking => ConnectError::NoHandshake(handshake_failure(&error)),
+        _ => ConnectError::Handshake(handshake_failure(&error)),
     })
 }
 
@@ -377,7 +414,10 @@ fn spawn_stdio(
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientInitializeError, FailureKind, handshake_refused};
+    use super::{
+        ClientInitializeError, FailureKind, handshake_failure, handshake_refused,
+        without_type_names,
+    };
     use rmcp::model::{ErrorData, ProtocolVersion, ServerResult};
 
     #[test]
@@ -400,6 +440,22 @@ mod tests {
         for error in &failed {
             assert!(!handshake_refused(error), "{error}");
         }
+    }
+
+    #[test]
+    fn messages_name_the_cause_and_never_our_types() {
+        let rmcp = "Send message error Transport [flotilla::fleet::delivery::Counted<rmcp::transport::worker::WorkerTransport<rmcp::transport::streamable_http_client::StreamableHttpClientWorker<X>>>] error: Client error: connection refused, when send initialize request";
+        let plain = without_type_names(rmcp);
+        assert_eq!(
+            plain,
+            "sending failed: Client error: connection refused (initialize)"
+        );
+        let odd = handshake_failure(&ClientInitializeError::ExpectedInitResult(None));
+        assert!(
+            odd.contains("something other than an initialize result"),
+            "{odd}"
+        );
+        assert!(!odd.contains("None") && !odd.contains("::"), "{odd}");
     }
 
     #[test]

@@ -139,6 +139,10 @@ struct Store {
     tx: broadcast::Sender<Change>,
     /// Writes are kept from open watches (see [`KubeApiServer::apply_object_unseen`]).
     unseen: bool,
+    /// (namespace, plural) pairs the client may not touch: 403, as RBAC answers.
+    forbidden: Vec<(String, String)>,
+    /// Plurals the server does not serve: 404, as when a CRD is not installed.
+    unserved: Vec<String>,
     requests: RequestCounts,
     log: Vec<String>,
     unmatched: Vec<String>,
@@ -229,6 +233,8 @@ impl KubeApiServer {
             history_limit: opts.history_limit,
             tx: broadcast::channel(4096).0,
             unseen: false,
+            forbidden: Vec::new(),
+            unserved: Vec::new(),
             requests: RequestCounts::new(),
             log: Vec::new(),
             unmatched: Vec::new(),
@@ -293,6 +299,24 @@ impl KubeApiServer {
         let stored = self.apply_object(obj);
         self.store().unseen = false;
         stored
+    }
+
+    /// Refuses every request for `plural` in `namespace` with 403 Forbidden,
+    /// as the API server does for a client without a RoleBinding there.
+    pub fn forbid(&self, namespace: &str, plural: &str) {
+        self.store()
+            .forbidden
+            .push((namespace.to_string(), plural.to_string()));
+    }
+
+    /// Answers every request for `plural` with 404 (`serve = false`), as
+    /// before its CRD is installed; `serve = true` serves it again.
+    pub fn set_served(&self, plural: &str, serve: bool) {
+        let mut st = self.store();
+        st.unserved.retain(|p| p != plural);
+        if !serve {
+            st.unserved.push(plural.to_string());
+        }
     }
 
     /// Ends every open watch, as an API server does at its watch timeout or
@@ -454,6 +478,25 @@ async fn handle(
         );
     }
     let mut st = s.store.lock().unwrap();
+    let plural = t.r().2;
+    if st.unserved.iter().any(|p| p == plural) {
+        st.log.push(line);
+        let msg = "the server could not find the requested resource";
+        return fail(404, "NotFound", msg).into_response();
+    }
+    if st
+        .forbidden
+        .iter()
+        .any(|(ns, p)| *ns == t.ns && p == plural)
+    {
+        st.log.push(line);
+        let msg = format!(
+            "{plural} is forbidden: User \"system:serviceaccount:flotilla-system:flotilla\" cannot {verb} resource \"{plural}\" in API group \"{}\" in the namespace \"{}\"",
+            t.r().0,
+            t.ns
+        );
+        return fail(403, "Forbidden", msg).into_response();
+    }
     let key = (
         verb.into(),
         t.r().2.into(),

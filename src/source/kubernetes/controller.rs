@@ -5,7 +5,7 @@
 //! the fleet diffs it, so a spec change reconnects only that server and a
 //! label change reconnects nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,12 +39,52 @@ pub struct SourceConfig {
 
 type GuardedServer = DeserializeGuard<MCPServer>;
 
-struct SecretStores(Vec<Store<Secret>>);
+struct SecretStores {
+    stores: Vec<Store<Secret>>,
+    /// Namespaces whose Secrets the API refuses to list, with the fix.
+    unreadable: Mutex<BTreeMap<String, String>>,
+}
 
 impl SecretLookup for SecretStores {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         let key = ObjectRef::new(name).within(namespace);
-        self.0.iter().find_map(|store| store.get(&key))
+        self.stores.iter().find_map(|store| store.get(&key))
+    }
+
+    fn unreadable(&self, namespace: &str) -> Option<String> {
+        self.unreadable.lock().ok()?.get(namespace).cloned()
+    }
+}
+
+/// What a failed list or watch means for an operator, in words with the
+/// fix; `None` for passing faults (connection errors: the watcher retries).
+fn watch_refusal(error: &watcher::Error, what: &str, scope: &str) -> Option<(u16, String)> {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status,
+        _ => return None,
+    };
+    let message = match (status.code, what) {
+        (403, "secrets") => format!(
+            "the gateway may not read Secrets in namespace {scope} (403): grant its service account get, list and watch on secrets there (a Role and RoleBinding), or drop the namespace from --secret-namespace"
+        ),
+        (403, _) => format!(
+            "the gateway may not read MCPServers in {scope} (403): grant its service account get, list and watch on mcpservers.flotilla.dev there"
+        ),
+        (404, "mcpservers") => "the MCPServer CustomResourceDefinition is not installed (the API has no mcpservers.flotilla.dev): install it with `flotilla crd | kubectl apply -f -` or the Helm chart".to_string(),
+        (code, _) => format!("listing {what} in {scope} failed ({code}): {}", status.message),
+    };
+    Some((status.code, message))
+}
+
+/// Logs a refusal once per distinct message (the watcher retries with
+/// backoff; the same words every 30 s help nobody).
+fn report_refusal(last: &Mutex<Option<String>>, message: &str) {
+    let Ok(mut last) = last.lock() else { return };
+    if last.as_deref() != Some(message) {
+        tracing::error!("{message}");
+        *last = Some(message.to_string());
     }
 }
 
@@ -60,6 +100,10 @@ struct Shared {
     /// readiness wakes only one waiter, and the Controller is that waiter.)
     unlisted: std::sync::atomic::AtomicUsize,
     listed: std::sync::atomic::AtomicBool,
+    /// True once the first full snapshot is published.
+    ready: watch::Sender<bool>,
+    /// Counts MCPServer watch events (status changes included).
+    touched: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -153,23 +197,51 @@ impl KubernetesSource {
         }
         let shared = Arc::new(Shared {
             servers: server_parts.iter().map(|(_, r, _)| r.clone()).collect(),
-            secrets: SecretStores(secret_parts.iter().map(|(_, r, _)| r.clone()).collect()),
+            secrets: SecretStores {
+                stores: secret_parts.iter().map(|(_, r, _)| r.clone()).collect(),
+                unreadable: Mutex::new(BTreeMap::new()),
+            },
             last_good: Mutex::new(HashMap::new()),
             tx,
             changed: Notify::new(),
             unlisted: std::sync::atomic::AtomicUsize::new(server_parts.len() + secret_parts.len()),
             listed: std::sync::atomic::AtomicBool::new(false),
+            ready: watch::channel(false).0,
+            touched: watch::channel(0).0,
         });
         let wc = watcher::Config::default().any_semantic();
-        for (api, reader, writer) in server_parts {
+        for ((api, reader, writer), scope) in server_parts.into_iter().zip(&scopes) {
             let notify = shared.clone();
             let done = std::sync::atomic::AtomicBool::new(false);
+            let scope = scope
+                .as_ref()
+                .map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
+            let last_refusal = Mutex::new(None);
             let events = reflector::reflector(writer, watcher(api, wc.clone()))
                 .default_backoff()
                 .inspect(move |event| {
-                    if matches!(event, Ok(watcher::Event::InitDone)) {
-                        notify.listed_once(&done);
+                    match event {
+                        Ok(watcher::Event::InitDone) => {
+                            notify.listed_once(&done);
+                            if let Ok(mut last) = last_refusal.lock() {
+                                *last = None;
+                            }
+                        }
+                        Err(error) => match watch_refusal(error, "mcpservers", &scope) {
+                            Some((code, message)) => {
+                                report_refusal(&last_refusal, &message);
+                                // A namespace we may not read serves nothing
+                                // and holds up no other (a missing CRD, 404,
+                                // keeps the gateway unready).
+                                if code == 403 {
+                                    notify.listed_once(&done);
+                                }
+                            }
+                            None => tracing::warn!(%error, %scope, "watching MCPServers failed; retrying"),
+                        },
+                        Ok(_) => {}
                     }
+                    notify.touched.send_modify(|n| *n = n.wrapping_add(1));
                     notify.changed.notify_one();
                 })
                 .touched_objects();
@@ -179,10 +251,11 @@ impl KubernetesSource {
                 .for_each(|_| std::future::ready(()));
             tokio::spawn(controller);
         }
-        for (api, _reader, writer) in secret_parts {
+        for ((api, _reader, writer), namespace) in secret_parts.into_iter().zip(secret_scopes) {
             let notify = shared.clone();
             let cancel = cancel.clone();
             let done = std::sync::atomic::AtomicBool::new(false);
+            let last_refusal = Mutex::new(None);
             tokio::spawn(async move {
                 let events = reflector::reflector(
                     writer,
@@ -190,9 +263,33 @@ impl KubernetesSource {
                 )
                 .default_backoff()
                 .for_each(|event| {
+                    let mark = |why: Option<String>| {
+                        if let Ok(mut unreadable) = notify.secrets.unreadable.lock() {
+                            match why {
+                                Some(why) => unreadable.insert(namespace.clone(), why),
+                                None => unreadable.remove(&namespace),
+                            };
+                        }
+                    };
                     match event {
-                        Err(error) => tracing::warn!(%error, "watching Secrets failed; retrying"),
-                        Ok(watcher::Event::InitDone) => notify.listed_once(&done),
+                        Err(error) => match watch_refusal(&error, "secrets", &namespace) {
+                            // Only the servers that use Secrets here are
+                            // affected; the rest are served.
+                            Some((403, message)) => {
+                                report_refusal(&last_refusal, &message);
+                                mark(Some(format!("the gateway may not read Secrets in namespace {namespace}")));
+                                notify.listed_once(&done);
+                            }
+                            Some((_, message)) => report_refusal(&last_refusal, &message),
+                            None => tracing::warn!(%error, %namespace, "watching Secrets failed; retrying"),
+                        },
+                        Ok(watcher::Event::InitDone) => {
+                            mark(None);
+                            if let Ok(mut last) = last_refusal.lock() {
+                                *last = None;
+                            }
+                            notify.listed_once(&done);
+                        }
                         Ok(_) => {}
                     }
                     notify.changed.notify_one();
@@ -221,6 +318,7 @@ impl KubernetesSource {
                 .listed
                 .store(true, std::sync::atomic::Ordering::Release);
             publisher.publish();
+            publisher.ready.send_replace(true);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -238,6 +336,12 @@ impl KubernetesSource {
         self.shared.tx.subscribe()
     }
 
+    /// Ticks on every MCPServer watch event, status changes included (for
+    /// the status writer, which must see a status someone else wrote).
+    pub fn touched(&self) -> watch::Receiver<u64> {
+        self.shared.touched.subscribe()
+    }
+
     /// Every watched object, valid or not (for the status writer).
     pub fn objects(&self) -> Vec<Arc<DeserializeGuard<MCPServer>>> {
         self.shared.objects()
@@ -246,12 +350,7 @@ impl KubernetesSource {
     /// Waits until every reflector has listed once and the first full
     /// snapshot is published.
     pub async fn wait_ready(&self) {
-        while !self
-            .shared
-            .listed
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut ready = self.shared.ready.subscribe();
+        let _ = ready.wait_for(|ready| *ready).await;
     }
 }

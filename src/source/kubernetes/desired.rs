@@ -19,6 +19,12 @@ use crate::source::{ClientCredentials, DesiredFleet, DesiredServer, ManifestProb
 /// Finds a Secret by (namespace, name) in the gateway's Secret caches.
 pub trait SecretLookup {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
+
+    /// Why Secrets in `namespace` cannot be read at all (e.g. no RoleBinding
+    /// there), if that is so.
+    fn unreadable(&self, _namespace: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Where an object came from, for messages: `MCPServer team-a/cluster-a`.
@@ -34,7 +40,10 @@ fn secret_key(
     key: &str,
 ) -> Result<SecretValue, String> {
     let secret = secrets.secret(namespace, name).ok_or_else(|| {
-        format!("Secret {namespace}/{name} not found (or the gateway may not read Secrets in namespace {namespace})")
+        match secrets.unreadable(namespace) {
+            Some(why) => format!("Secret {namespace}/{name} cannot be read: {why}"),
+            None => format!("Secret {namespace}/{name} not found (or the gateway may not read Secrets in namespace {namespace})"),
+        }
     })?;
     let bytes = secret
         .data

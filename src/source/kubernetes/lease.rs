@@ -43,13 +43,18 @@ impl LeaseConfig {
 #[derive(Clone)]
 pub struct LeaderElection {
     rx: watch::Receiver<bool>,
+    /// Cancelled when the election has ended (the Lease released if it was ours).
+    ended: CancellationToken,
 }
 
 impl LeaderElection {
     pub fn start(client: Client, config: LeaseConfig, cancel: CancellationToken) -> Self {
         let (tx, rx) = watch::channel(false);
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+        let ended = CancellationToken::new();
+        let _ended = ended.clone().drop_guard();
         tokio::spawn(async move {
+            let _ended = _ended;
             loop {
                 let leading = match try_acquire_or_renew(&api, &config).await {
                     Ok(leading) => leading,
@@ -70,9 +75,17 @@ impl LeaderElection {
             if *tx.borrow() {
                 release(&api, &config).await;
                 tx.send_replace(false);
+                tracing::info!(identity = %config.identity, "lease released");
             }
         });
-        Self { rx }
+        Self { rx, ended }
+    }
+
+    /// Waits until the election has ended after its cancellation, the Lease
+    /// released if this replica held it (so shutdown can wait for that
+    /// instead of leaving the next leader to wait out the Lease).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
     }
 
     pub fn is_leader(&self) -> bool {

@@ -1,8 +1,12 @@
 //! Writing MCPServer status through the status subresource (server-side
 //! apply, field manager `flotilla`) and Events on connect, disconnect and
-//! auth failures. Only the Lease holder writes, and only what changed: the
-//! last written status is remembered and compared with the object's own, so
-//! a healthy fleet makes close to zero API writes per minute.
+//! auth failures. Only the Lease holder writes, and only what differs from
+//! the object as stored (the watch cache), so a healthy fleet makes close to
+//! zero API writes per minute, a new leader writes nothing that is already
+//! right (each replica connects on its own, so `lastConnected` alone is not
+//! a difference), and a status someone else overwrote is written back as
+//! soon as the watch shows it. Events follow the stored state too: a new
+//! leader does not announce again what its predecessor announced.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,7 +106,9 @@ pub struct StatusWriter {
     leader: LeaderElection,
     live: Arc<dyn LiveStatus>,
     recorder: Recorder,
-    written: HashMap<(String, String), MCPServerStatus>,
+    /// Per object, the resourceVersion it had when we last patched it: while
+    /// the watch cache still shows that version, our write is not in it yet.
+    written: HashMap<(String, String), String>,
     states: HashMap<(String, String), ServerState>,
 }
 
@@ -136,12 +142,15 @@ impl StatusWriter {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut changes = self.live.changes();
         let mut desired = self.source.subscribe();
+        let mut touched = self.source.touched();
         let mut leading = self.leader.subscribe();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = changes.changed() => {}
                 _ = desired.changed() => {}
+                // An object changed, its status included (someone else's write).
+                _ = touched.changed() => {}
                 _ = leading.changed() => {
                     // A new leader cannot trust what another replica wrote.
                     self.written.clear();
@@ -151,6 +160,7 @@ impl StatusWriter {
             tokio::time::sleep(SETTLE).await;
             changes.borrow_and_update();
             desired.borrow_and_update();
+            touched.borrow_and_update();
             if self.leader.is_leader() {
                 self.write_all().await;
             }
@@ -176,27 +186,48 @@ impl StatusWriter {
                 current.as_ref(),
                 &now,
             );
-            self.record_transition(&object, &key, &status).await;
-            if current.as_ref() == Some(&status) || self.written.get(&key) == Some(&status) {
+            self.record_transition(&object, &key, &status, current.as_ref())
+                .await;
+            let stored_version = object.meta().resource_version.clone().unwrap_or_default();
+            let cache_behind = self.written.get(&key) == Some(&stored_version);
+            if current.as_ref().is_some_and(|c| equivalent(c, &status)) || cache_behind {
                 continue;
             }
             let api: Api<DeserializeGuard<MCPServer>> =
                 Api::namespaced(self.client.clone(), &namespace);
-            let patch = json!({
-                "apiVersion": "flotilla.dev/v1alpha1",
-                "kind": "MCPServer",
-                "status": status,
-            });
-            match api
-                .patch_status(
+            let stale = stale_fields(current.as_ref(), &status);
+            let written = if stale.is_empty() {
+                let patch = json!({
+                    "apiVersion": "flotilla.dev/v1alpha1",
+                    "kind": "MCPServer",
+                    "status": status,
+                });
+                api.patch_status(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&patch),
                 )
                 .await
-            {
+            } else {
+                // Fields someone else set that ours lacks (a hand-written
+                // lastError): server-side apply leaves another manager's
+                // fields, so a merge patch removes them (null deletes).
+                let mut body = serde_json::to_value(&status).unwrap_or_default();
+                if let Some(fields) = body.as_object_mut() {
+                    for field in stale {
+                        fields.insert(field, serde_json::Value::Null);
+                    }
+                }
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                api.patch_status(&name, &params, &Patch::Merge(json!({"status": body})))
+                    .await
+            };
+            match written {
                 Ok(_) => {
-                    self.written.insert(key, status);
+                    self.written.insert(key, stored_version);
                 }
                 Err(error) => {
                     tracing::warn!(%error, object = %origin_of(&namespace, &name), "writing status failed")
@@ -213,8 +244,14 @@ impl StatusWriter {
         object: &DeserializeGuard<MCPServer>,
         key: &(String, String),
         status: &MCPServerStatus,
+        stored: Option<&MCPServerStatus>,
     ) {
-        let before = self.states.insert(key.clone(), status.state);
+        // Unknown to this replica (a new leader): the stored state is the
+        // one already announced.
+        let before = self
+            .states
+            .insert(key.clone(), status.state)
+            .or(stored.map(|s| s.state));
         if before == Some(status.state) {
             return;
         }
@@ -244,6 +281,39 @@ impl StatusWriter {
             tracing::debug!(%error, "publishing an event failed");
         }
     }
+}
+
+/// Whether the stored status already says what `desired` says. Each
+/// replica connects to every server itself, so a status that differs only
+/// in `lastConnected` (both connected) is not rewritten.
+fn equivalent(stored: &MCPServerStatus, desired: &MCPServerStatus) -> bool {
+    if stored == desired {
+        return true;
+    }
+    let both_connected =
+        stored.state == ServerState::Connected && desired.state == ServerState::Connected;
+    both_connected
+        && MCPServerStatus {
+            last_connected: stored.last_connected.clone(),
+            ..desired.clone()
+        } == *stored
+}
+
+/// Top-level status fields the stored status has and `desired` does not.
+fn stale_fields(stored: Option<&MCPServerStatus>, desired: &MCPServerStatus) -> Vec<String> {
+    let keys = |status: &MCPServerStatus| -> Vec<String> {
+        serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default()
+    };
+    let wanted = keys(desired);
+    stored
+        .map(keys)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| !wanted.contains(k))
+        .collect()
 }
 
 /// True when the running server of that name comes from this very object
@@ -303,5 +373,23 @@ mod tests {
             flipped.conditions[0].last_transition_time.as_deref(),
             Some("2026-02-02T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn a_connect_time_alone_is_not_a_difference_but_anything_else_is() {
+        let connected = |at: &str, tools: u32| MCPServerStatus {
+            state: ServerState::Connected,
+            last_connected: Some(at.into()),
+            tool_count: tools,
+            ..Default::default()
+        };
+        let stored = connected("2026-01-01T00:00:00Z", 4);
+        assert!(equivalent(&stored, &connected("2026-01-01T00:05:00Z", 4)));
+        assert!(!equivalent(&stored, &connected("2026-01-01T00:05:00Z", 5)));
+        let failed = MCPServerStatus {
+            state: ServerState::Failed,
+            ..stored.clone()
+        };
+        assert!(!equivalent(&failed, &stored));
     }
 }
