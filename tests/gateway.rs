@@ -628,6 +628,11 @@ fn the_committed_crd_is_exactly_what_flotilla_crd_prints() {
         flotilla::crd_yaml().unwrap(),
         "run `flotilla crd > crds/mcpserver.yaml`"
     );
+    // What the API server would warn about on every apply, or show in
+    // `kubectl explain mcps`.
+    for unknown in ["format: uint", "Auto-generated derived type"] {
+        assert!(!committed.contains(unknown), "the CRD has {unknown:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -131,8 +131,9 @@ async fn status_conditions_printer_columns_and_events_are_written_for_each_objec
         "team-a",
         "cluster-a-mcp-kubernetes",
         "cluster-a",
+        // No family.instance: the INSTANCE column shows the derived one.
         json!({
-            "family": {"name": "kubernetes", "instance": "cluster-a"}
+            "family": {"name": "kubernetes"}
         }),
     );
     good["metadata"]["labels"] = json!({"env": "prod"});

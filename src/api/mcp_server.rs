@@ -47,9 +47,10 @@ impl ServerType {
     shortname = "mcps",
     namespaced,
     status = "MCPServerStatus",
+    doc = "One downstream MCP server the Flotilla gateway connects to and serves behind its single endpoint (spec: how to reach it; status: written by the gateway's leader).",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Family","type":"string","jsonPath":".spec.family.name"}"#,
-    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.family.instance"}"#,
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".status.instance"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Tools","type":"integer","jsonPath":".status.toolCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -90,6 +91,8 @@ pub struct MCPServerSpec {
     pub description: Option<String>,
     /// Timeout in seconds for connecting and for each request (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Kubernetes knows the formats int32 and int64 only (uint64 draws a warning on every apply).
+    #[schemars(extend("format" = "int64"))]
     pub timeout: Option<u64>,
     /// Membership in a family of equivalent servers (one per cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +132,33 @@ pub struct FamilySpec {
     /// Other names accepted for this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+}
+
+impl FamilySpec {
+    /// The instance name the member `server` answers to: `instance`, else
+    /// the server name minus `-mcp-<family>`, `-<family>` or `-mcp`.
+    pub fn instance_name(&self, server: &str) -> String {
+        self.instance
+            .clone()
+            .unwrap_or_else(|| default_instance(server, &self.name))
+    }
+}
+
+/// The instance name when `family.instance` is unset: the server name minus
+/// `-mcp-<family>`, `-<family>` or `-mcp`.
+pub fn default_instance(server: &str, family: &str) -> String {
+    for suffix in [
+        format!("-mcp-{family}"),
+        format!("-{family}"),
+        "-mcp".to_string(),
+    ] {
+        if let Some(stem) = server.strip_suffix(suffix.as_str())
+            && !stem.is_empty()
+        {
+            return stem.to_string();
+        }
+    }
+    server.to_string()
 }
 
 /// Per-server credentials (field names as in Muster).
@@ -222,7 +252,12 @@ pub struct MCPServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_connected: Option<String>,
     #[serde(default)]
+    #[schemars(extend("format" = "int32"))]
     pub tool_count: u32,
+    /// The instance name this server answers to in its family
+    /// (`family.instance`, or the server name minus the family suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Kubernetes-style conditions; `Ready` summarises the server.

@@ -60,22 +60,7 @@ impl std::fmt::Display for Divergence {
     }
 }
 
-/// The instance name a member answers to when `family.instance` is unset:
-/// the server name minus `-mcp-<family>`, `-<family>` or `-mcp`.
-pub fn default_instance(server: &str, family: &str) -> String {
-    for suffix in [
-        format!("-mcp-{family}"),
-        format!("-{family}"),
-        "-mcp".to_string(),
-    ] {
-        if let Some(stem) = server.strip_suffix(suffix.as_str())
-            && !stem.is_empty()
-        {
-            return stem.to_string();
-        }
-    }
-    server.to_string()
-}
+pub use crate::api::default_instance;
 
 /// A family member's tool, as input to folding.
 pub struct MemberTool<'a> {

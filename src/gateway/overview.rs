@@ -8,7 +8,6 @@ use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotation
 use serde_json::{Value, json};
 
 use super::state::GatewayState;
-use crate::catalog::family::default_instance;
 
 pub const TOOL_NAME: &str = "flotilla_list_fleet";
 
@@ -57,11 +56,7 @@ pub fn call(state: &GatewayState, arguments: Option<&JsonObject>) -> CallToolRes
             continue;
         }
         let health = upstream.health();
-        let instance = family.map(|f| {
-            f.instance
-                .clone()
-                .unwrap_or_else(|| default_instance(&upstream.name, &f.name))
-        });
+        let instance = family.map(|f| f.instance_name(&upstream.name));
         let aliases = family.map(|f| f.aliases.clone()).unwrap_or_default();
         let tools = catalog
             .tool_counts

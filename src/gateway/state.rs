@@ -16,7 +16,7 @@ use super::fanout::FanOutSettings;
 use super::user_view::{CachedView, View};
 use crate::auth::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
-use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance, default_instance};
+use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance};
 use crate::catalog::{self, Catalog};
 use crate::fleet::Fleet;
 use crate::source::DesiredServer;
@@ -35,10 +35,7 @@ fn membership(server: &Arc<str>, desired: &DesiredServer) -> Option<Membership> 
             .unwrap_or_else(|| DEFAULT_INSTANCE_ARG.to_string()),
         instance: Instance {
             server: server.clone(),
-            instance: family
-                .instance
-                .clone()
-                .unwrap_or_else(|| default_instance(server, &family.name)),
+            instance: family.instance_name(server),
             aliases: family.aliases.clone(),
             labels: desired.labels.clone(),
         },

@@ -116,6 +116,11 @@ pub fn server_status(
             .copied()
             .unwrap_or(0),
         observed_generation: generation,
+        instance: desired
+            .spec
+            .family
+            .as_ref()
+            .map(|family| family.instance_name(&upstream.name)),
         conditions,
     }
 }

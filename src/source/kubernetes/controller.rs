@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
@@ -25,6 +27,22 @@ use crate::source::{DesiredFleet, DesiredServer};
 
 /// Bursts of watch events are folded into one re-derivation.
 const SETTLE: Duration = Duration::from_millis(50);
+
+/// Watch retries: from 0.5 s, doubling, with jitter, at most 5 s apart,
+/// reset after 2 minutes of health. (kube's default waits up to 30 s, so a
+/// change made just after an API outage could wait that long.)
+fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(
+        ExponentialBackoff::from(exponential),
+        Duration::from_secs(120),
+    )
+}
 
 /// Which namespaces to watch.
 #[derive(Clone, Debug, Default)]
@@ -218,7 +236,7 @@ impl KubernetesSource {
                 .map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
             let last_refusal = Mutex::new(None);
             let events = reflector::reflector(writer, watcher(api, wc.clone()))
-                .default_backoff()
+                .backoff(watch_backoff())
                 .inspect(move |event| {
                     match event {
                         Ok(watcher::Event::InitDone) => {
@@ -261,7 +279,7 @@ impl KubernetesSource {
                     writer,
                     watcher(api, watcher::Config::default().any_semantic()),
                 )
-                .default_backoff()
+                .backoff(watch_backoff())
                 .for_each(|event| {
                     let mark = |why: Option<String>| {
                         if let Ok(mut unreadable) = notify.secrets.unreadable.lock() {

@@ -73,6 +73,13 @@ pub fn desired_status(
         }
     };
     status.observed_generation = generation;
+    status.instance = object.0.as_ref().ok().and_then(|server| {
+        server
+            .spec
+            .family
+            .as_ref()
+            .map(|family| family.instance_name(&object.name_any()))
+    });
     for condition in &mut status.conditions {
         condition.observed_generation = generation;
     }
