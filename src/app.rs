@@ -176,6 +176,7 @@ impl App {
             tokio::spawn(writer.run(cancel.child_token()));
         }
         tokio::spawn(state.clone().run_catalog(cancel.child_token()));
+        let metrics = state.metrics.clone();
         let app = router(
             state,
             allowed_hosts,
@@ -184,7 +185,7 @@ impl App {
             &limits,
             cancel.child_token(),
         );
-        serve(listener, app, limits, cancel.clone()).await;
+        serve(listener, app, limits, metrics, cancel.clone()).await;
         if let Some(election) = election {
             // The Lease goes to the next replica now, not after it expires.
             if tokio::time::timeout(std::time::Duration::from_secs(5), election.ended())

@@ -26,6 +26,18 @@ fn gateway_with_limits(limits: &str) -> (Gateway, tempfile::TempDir, tempfile::T
     (gateway, manifests, logs)
 }
 
+/// One sample's value from `/metrics` (`name` with its labels as printed).
+fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let response =
+        reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", gateway.port)).unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
 fn connect(gateway: &Gateway) -> TcpStream {
     let stream = TcpStream::connect(("127.0.0.1", gateway.port)).unwrap();
     stream
@@ -96,6 +108,10 @@ fn idle_connections_dripped_headers_and_slow_bodies_are_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(
+        metric(&gateway, "flotilla_request_body_timeouts_total"),
+        1.0
+    );
 
     // A client that behaves is served on a fresh connection.
     assert_eq!(http_get(gateway.port, "/healthz").0, 200);
@@ -123,6 +139,12 @@ fn one_address_cannot_take_every_connection() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Counted (the fourth, and any probe above that came before a slot was free).
+    let refused = metric(
+        &gateway,
+        r#"flotilla_connections_refused_total{reason="per_address"}"#,
+    );
+    assert!(refused >= 1.0, "{refused}");
 }
 
 fn initialize(client: &reqwest::blocking::Client, url: &str) -> reqwest::blocking::Response {
@@ -162,6 +184,11 @@ fn client_sessions_are_capped_with_an_answer_that_says_so() {
         message.contains("maximum of 2 client sessions"),
         "{message}"
     );
+    assert_eq!(
+        metric(&gateway, "flotilla_client_sessions_refused_total"),
+        1.0
+    );
+    assert_eq!(metric(&gateway, "flotilla_client_sessions"), 2.0);
     // Ending a session frees its place.
     let ended = client
         .delete(&url)

@@ -12,6 +12,14 @@ fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
     (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
 }
 
+/// A gateway that health-checks its upstreams every second, so a dead or
+/// hung one is noticed within the test's patience.
+fn pinging_every_second(manifests: &std::path::Path, logs: &std::path::Path) -> Gateway {
+    let config = logs.join("gateway.yaml");
+    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
+    Gateway::start_with(manifests, logs, &["--config", config.to_str().unwrap()])
+}
+
 fn sim_with_test_tools(name: &str, cluster: &str) -> String {
     sim_manifest(name, cluster, "").replace(
         "args: [sim-cluster, --cluster,",
@@ -90,13 +98,7 @@ async fn a_hung_upstream_fails_its_health_check_and_recovers_when_it_wakes() {
         "py.yaml",
         &http_manifest("py", &py_url, "  timeout: 2\n"),
     );
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let gateway = pinging_every_second(manifests.path(), logs.path());
     gateway.wait_state("py", "Connected", Duration::from_secs(10));
     unsafe { libc::kill(-py.pid(), libc::SIGSTOP) };
     gateway.wait_state("py", "Failed", Duration::from_secs(15));
@@ -332,13 +334,7 @@ async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers()
         .and_then(|p| p.parse().ok())
         .expect("port in the URL");
     write_manifest(manifests.path(), "py.yaml", &http_manifest("py", &url, ""));
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let gateway = pinging_every_second(manifests.path(), logs.path());
     let py = std::sync::Mutex::new(py);
     let revived = std::sync::Mutex::new(None);
     a_killed_upstream_mid_call(
@@ -360,13 +356,7 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
         "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: 'http://127.0.0.1:{port}/sse', timeout: 10}}\n"
     );
     write_manifest(manifests.path(), "legacy.yaml", &yaml);
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let gateway = pinging_every_second(manifests.path(), logs.path());
     let upstream = std::sync::Mutex::new(everything_sse);
     let revived = std::sync::Mutex::new(None);
     a_killed_upstream_mid_call(

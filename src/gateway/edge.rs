@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 
 use super::envelope;
 use super::listener::body_timed_out;
+use super::metrics::Metrics;
 
 /// The largest request body accepted (rmcp's own limit).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -109,6 +110,7 @@ pub struct Edge {
     pub sessions: Arc<LocalSessionManager>,
     /// Client sessions held at once (`limits.maxSessions`).
     pub max_sessions: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Whether the request's `Host` is one `/mcp` answers to.
@@ -222,6 +224,7 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(error) if body_timed_out(&error) => {
+            edge.metrics.body_timeouts.inc();
             return rpc_error(
                 StatusCode::REQUEST_TIMEOUT,
                 Value::Null,
@@ -272,6 +275,7 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
         );
     }
     if !in_session && initialize && edge.sessions.sessions.read().await.len() >= edge.max_sessions {
+        edge.metrics.sessions_refused.inc();
         return sessions_full(edge.max_sessions);
     }
     let response = next

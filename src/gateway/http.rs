@@ -20,6 +20,7 @@ use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
 use super::listener::HttpLimits;
+use super::metrics::{self, Metrics};
 use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
@@ -58,11 +59,12 @@ pub fn router(
     let edge_checks = Edge {
         sessions: sessions.clone(),
         max_sessions: limits.max_sessions,
+        metrics: state.metrics.clone(),
     };
     let relay = Relay::new(state.clone(), sessions.clone());
     let fast = FastList {
         state: state.clone(),
-        sessions,
+        sessions: sessions.clone(),
     };
     // Calls are relayed as JSON where the relay takes them; the relay sits
     // inside the bearer check (it routes by the caller's view).
@@ -93,10 +95,16 @@ pub fn router(
         Some(auth) => routes.merge(auth.routes()),
         None => routes,
     };
-    // Probes answer any Host: the kubelet calls them by the pod's address.
+    // Probes and metrics answer any Host: the kubelet and Prometheus call
+    // them by the pod's address.
+    let metrics = app_state.gateway.metrics.clone();
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(move || exposition(metrics.clone(), sessions.clone())),
+        )
         .with_state(app_state);
     routes
         .layer(axum::middleware::from_fn_with_state(reach, guard))
@@ -182,6 +190,19 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// `GET /metrics`: the Prometheus exposition (see `metrics`).
+async fn exposition(metrics: Arc<Metrics>, sessions: Arc<LocalSessionManager>) -> Response {
+    let open = sessions.sessions.read().await.len();
+    metrics
+        .client_sessions
+        .set(i64::try_from(open).unwrap_or(i64::MAX));
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 /// `GET /status`: the fleet as the gateway sees it; with auth on, for

@@ -35,6 +35,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::metrics::{Metrics, RefusalReason};
+
 /// Connection and request limits (`limits` in the config file).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpLimits {
@@ -74,6 +76,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -106,6 +109,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = all.clone().try_acquire_owned() else {
+            metrics.refused(RefusalReason::MaxConnections);
             warnings.warn(1, || {
                 tracing::warn!(
                     limit = limits.max_connections,
@@ -116,6 +120,7 @@ pub async fn serve(
             continue;
         };
         let Some(slot) = per_ip.claim(peer.ip()) else {
+            metrics.refused(RefusalReason::PerAddress);
             warnings.warn(2, || {
                 tracing::warn!(
                     peer = %peer.ip(),

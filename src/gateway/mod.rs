@@ -10,6 +10,7 @@ mod forward;
 mod handler;
 mod http;
 mod listener;
+pub mod metrics;
 mod overview;
 mod relay;
 mod revision;

@@ -150,6 +150,8 @@ pub struct GatewayState {
     pub(super) user_views: moka::sync::Cache<UserKey, Arc<CachedView>>,
     /// The level each 2025 session set with `logging/setLevel`, by session id.
     log_levels: moka::sync::Cache<String, LoggingLevel>,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl GatewayState {
@@ -172,6 +174,7 @@ impl GatewayState {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            metrics: Arc::default(),
         })
     }
 
