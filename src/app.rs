@@ -9,13 +9,13 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::UserIdentity;
+use crate::api::SsoMode;
+use crate::api::UserIdentity;
 use crate::auth::exchange::TokenExchanger;
 use crate::auth::jwks::JwksCache;
 use crate::auth::outbound::SsoCredentials;
 use crate::auth::server::{AuthServer, AuthServerOptions};
 use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings};
-use crate::auth::status::SsoMode;
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::gateway::{

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod fleet;
 pub mod gateway;
+mod layers;
 pub mod sim;
 pub mod source;
 

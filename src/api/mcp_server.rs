@@ -291,8 +291,7 @@ impl MCPServerSpec {
 
     /// How users' tokens reach this server: `None` unless `spec.auth` asks
     /// for forwarding or exchange (no token passthrough by default).
-    pub fn sso_mode(&self) -> Option<crate::auth::status::SsoMode> {
-        use crate::auth::status::SsoMode;
+    pub fn sso_mode(&self) -> Option<SsoMode> {
         let auth = self.auth.as_ref()?;
         if auth.auth_type.as_deref() == Some("none") {
             return None;
@@ -305,4 +304,11 @@ impl MCPServerSpec {
             None
         }
     }
+}
+
+/// How the gateway authenticates to a server for a user (`spec.auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SsoMode {
+    Forwarded,
+    Exchanged,
 }

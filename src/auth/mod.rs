@@ -5,7 +5,7 @@
 //! through a token cache.
 //!
 //! Module map:
-//! - [`identity`]: who is calling ([`UserIdentity`]), shared by both sides.
+//! - who is calling ([`UserIdentity`], in `api`, the bottom floor), shared by both sides.
 //! - [`settings`]: the `auth:` section of the config file.
 //! - [`jwks`]: JWKS discovery, caching and JWT signature checks.
 //! - [`seal`]: authenticated encryption of the gateway's own tokens.
@@ -18,7 +18,6 @@
 
 pub mod exchange;
 pub mod html;
-pub mod identity;
 pub mod jwks;
 pub mod outbound;
 pub mod seal;
@@ -26,4 +25,4 @@ pub mod server;
 pub mod settings;
 pub mod status;
 
-pub use identity::{UserIdentity, UserKey};
+pub use crate::api::{IdentitySource, UserIdentity, UserKey};

@@ -13,9 +13,10 @@ use super::UserIdentity;
 use super::exchange::{ExchangeTarget, TokenExchanger};
 use super::jwks::unverified_claims;
 use super::status::SsoMode;
+use crate::api::SecretValue;
 use crate::fleet::CredentialFactory;
 use crate::fleet::credential::{CredentialError, CredentialRef, UpstreamCredential};
-use crate::source::{DesiredServer, SecretValue};
+use crate::source::DesiredServer;
 
 /// Builds per-user credentials for SSO servers.
 pub struct SsoCredentials {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::fleet::UserSessionSettings;
+
 /// `auth:` in the config file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -127,24 +129,7 @@ impl From<&TokenCacheConfig> for TokenCacheSettings {
     }
 }
 
-/// Resolved per-user session settings.
-#[derive(Clone, Debug)]
-pub struct UserSessionSettings {
-    pub idle: Duration,
-    pub warmup: Duration,
-    pub max_sessions: u64,
-}
-
-impl Default for UserSessionSettings {
-    fn default() -> Self {
-        Self {
-            idle: Duration::from_secs(900),
-            warmup: Duration::from_secs(5),
-            max_sessions: 10_000,
-        }
-    }
-}
-
+/// The config file's `userSessions`, resolved (the settings are the fleet's).
 impl From<&UserSessionsConfig> for UserSessionSettings {
     fn from(given: &UserSessionsConfig) -> Self {
         let d = Self::default();

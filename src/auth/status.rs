@@ -26,12 +26,7 @@ pub struct ReportUser {
     pub via: String,
 }
 
-/// How the gateway authenticates to a server for this user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SsoMode {
-    Forwarded,
-    Exchanged,
-}
+pub use crate::api::SsoMode;
 
 /// One server's line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

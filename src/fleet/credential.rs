@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::auth::UserIdentity;
-use crate::auth::status::SsoMode;
-use crate::source::SecretValue;
+use crate::api::SecretValue;
+use crate::api::SsoMode;
+use crate::api::UserIdentity;
 
 /// Why no token could be had for a request. The message is shown to the
 /// user (status lines, tool errors) and never contains a token.

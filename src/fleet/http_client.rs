@@ -22,7 +22,7 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::{Error as SseError, Sse};
 
 use super::credential::CredentialRef;
-use crate::source::SecretValue;
+use crate::api::SecretValue;
 
 /// The session id rmcp's transport uses with one upstream, as last seen
 /// (the relay's wire sends on the same session).

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use client_handler::{LineMessage, ListKind, severity};
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, RelayedCall, Upstream};
-pub use user_sessions::{Access, CredentialFactory, UserSessions};
+pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSessions};
 
 use crate::api::ServerState;
 use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};
@@ -128,7 +128,7 @@ impl Fleet {
     pub fn enable_user_sessions(
         &self,
         factory: Arc<dyn CredentialFactory>,
-        settings: crate::auth::settings::UserSessionSettings,
+        settings: UserSessionSettings,
     ) -> Arc<UserSessions> {
         self.inner
             .user_sessions

@@ -15,9 +15,26 @@ use tokio_util::sync::CancellationToken;
 use super::credential::{CredentialError, CredentialRef};
 use super::{FleetSettings, Upstream};
 use crate::api::ServerState;
-use crate::auth::settings::UserSessionSettings;
-use crate::auth::{UserIdentity, UserKey};
+use crate::api::{UserIdentity, UserKey};
 use crate::source::{DesiredFleet, DesiredServer};
+
+/// Resolved per-user session settings.
+#[derive(Clone, Debug)]
+pub struct UserSessionSettings {
+    pub idle: Duration,
+    pub warmup: Duration,
+    pub max_sessions: u64,
+}
+
+impl Default for UserSessionSettings {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(900),
+            warmup: Duration::from_secs(5),
+            max_sessions: 10_000,
+        }
+    }
+}
 
 /// Builds the credential a user's session to a server presents.
 pub trait CredentialFactory: Send + Sync {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::client_handler::ListKind;
 use super::credential::CredentialRef;
 pub use super::http_client::SessionSlot;
-use crate::source::SecretValue;
+use crate::api::SecretValue;
 
 /// What an upstream answered to a relayed request.
 pub enum WireReply {

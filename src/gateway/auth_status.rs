@@ -7,9 +7,9 @@ use std::sync::Arc;
 use rmcp::model::{ReadResourceResult, Resource, ResourceContents};
 
 use super::state::GatewayState;
+use crate::api::IdentitySource;
 use crate::api::ServerState;
-use crate::auth::UserIdentity;
-use crate::auth::identity::IdentitySource;
+use crate::api::UserIdentity;
 use crate::auth::status::{AuthStatusReport, ConnectionState, ReportUser, ServerAuthStatus};
 use crate::fleet::{FailureKind, Health};
 

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::overview;
 use super::state::GatewayState;
-use crate::auth::UserIdentity;
+use crate::api::UserIdentity;
 use crate::catalog::Catalog;
 
 use super::edge::MAX_BODY;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fanout::FanOutSettings;
 use super::user_view::{CachedView, View};
-use crate::auth::{UserIdentity, UserKey};
+use crate::api::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance};
 use crate::catalog::{self, Catalog};

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::auth::UserIdentity;
+use crate::api::UserIdentity;
 use crate::catalog::Catalog;
 use crate::fleet::credential::CredentialError;
 use crate::fleet::{Access, Upstream};

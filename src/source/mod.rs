@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use manifest_dir::{LastLoad, ManifestDir, load_dir, load_file, parse_manifests};
 
-use crate::api::MCPServerSpec;
+use crate::api::{MCPServerSpec, SecretValue};
 
 /// One server the fleet should run, as declared by its manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,27 +35,6 @@ impl DesiredServer {
         self.spec == other.spec
             && self.secret_headers == other.secret_headers
             && self.client_credentials == other.client_credentials
-    }
-}
-
-/// A value read from a Secret. It prints as `<redacted>` and cannot be
-/// serialized, so it never reaches a log line, a status or an error.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 

@@ -12,9 +12,9 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use super::{ExchangeError, ExchangeTarget};
-use crate::auth::identity::UserKey;
+use crate::api::SecretValue;
+use crate::api::UserKey;
 use crate::auth::settings::TokenCacheSettings;
-use crate::source::SecretValue;
 
 /// Failure records outlive the longest backoff by this factor, so a key that
 /// keeps failing keeps doubling, and one that stopped failing starts over.

@@ -19,11 +19,12 @@ use moka::ops::compute::{CompResult, Op};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::cache::{CacheKey, CachedToken, Failures, UntilStale};
+use crate::api::SecretValue;
 use crate::api::TokenExchangeSpec;
-use crate::auth::identity::{UserIdentity, UserKey};
+use crate::api::{UserIdentity, UserKey};
 use crate::auth::jwks::JwksCache;
 use crate::auth::settings::TokenCacheSettings;
-use crate::source::{ClientCredentials, SecretValue};
+use crate::source::ClientCredentials;
 
 /// Scopes asked for when the spec names none (Muster's default).
 pub const DEFAULT_SCOPES: &str = "openid profile email groups";

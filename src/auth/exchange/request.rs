@@ -9,9 +9,9 @@ use base64::Engine as _;
 use http::HeaderValue;
 
 use super::{ExchangeError, ExchangeTarget};
-use crate::auth::identity::UserKey;
+use crate::api::SecretValue;
+use crate::api::UserKey;
 use crate::auth::jwks::{JwksCache, JwtExpectations, unverified_claims};
-use crate::source::SecretValue;
 
 pub(super) const GRANT_TYPE_TOKEN_EXCHANGE: &str =
     "urn:ietf:params:oauth:grant-type:token-exchange";

@@ -13,11 +13,11 @@ use serde::Deserialize;
 
 use super::payloads::{Access, identity};
 use super::{AuthServer, Rejection, Urls};
-use crate::auth::identity::IdentitySource;
+use crate::api::IdentitySource;
+use crate::api::SecretValue;
+use crate::api::{UserIdentity, UserKey};
 use crate::auth::jwks::{self, JwtExpectations};
 use crate::auth::seal::{self, Purpose, SealError};
-use crate::auth::{UserIdentity, UserKey};
-use crate::source::SecretValue;
 
 pub async fn authenticate(
     server: &AuthServer,

@@ -8,8 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{UserIdentity, UserKey};
-use crate::source::SecretValue;
+use crate::api::SecretValue;
+use crate::api::{UserIdentity, UserKey};
 
 /// A dynamically registered client: its `client_id` is this, sealed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,6 +126,6 @@ pub fn identity(user: &UserClaims, id_token: &str, id_token_exp: i64) -> UserIde
         display_name: user.name.clone(),
         id_token: Some(SecretValue::new(id_token.to_string())),
         expires_at: chrono::DateTime::from_timestamp(id_token_exp, 0),
-        source: crate::auth::identity::IdentitySource::GatewayLogin,
+        source: crate::api::IdentitySource::GatewayLogin,
     }
 }

@@ -23,9 +23,9 @@ use openidconnect::{
 };
 
 use super::payloads::{ProviderTokens, UserClaims};
+use crate::api::SecretValue;
 use crate::auth::settings::OidcConfig;
 use crate::fleet::error_chain;
-use crate::source::SecretValue;
 
 /// Discovery (and the key set in it) is refreshed this often.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(600);

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, Message};
 use super::stream::Stream;
 use super::{ClientSide, Relay, Running, json_response, tasks};
-use crate::auth::UserIdentity;
+use crate::api::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::wire::{WireError, WireReply};

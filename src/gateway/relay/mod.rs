@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use super::edge::MAX_BODY;
 use super::revision::ClientRevision;
 use super::state::GatewayState;
-use crate::auth::UserIdentity;
+use crate::api::UserIdentity;
 use crate::fleet::wire::Wire;
 use message::Message;
 

@@ -21,7 +21,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ClientSide;
-use crate::auth::UserIdentity;
+use crate::api::UserIdentity;
 
 /// The methods that name a task, routed to its upstream.
 pub(super) const TASK_METHODS: &[&str] = &["tasks/get", "tasks/result", "tasks/cancel"];

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use super::*;
-use crate::auth::identity::IdentitySource;
+use crate::api::IdentitySource;
 
 const SUBJECT_SECRET: &str = "SUBJECT-TOKEN-ZX81";
 const CLIENT_SECRET: &str = "CLIENT-SECRET-QV93:+/&";

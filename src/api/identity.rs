@@ -1,12 +1,32 @@
-//! Who is calling: the identity the inbound side proves and the outbound side
-//! acts as. Tokens inside are [`SecretValue`]s, so an identity can be logged
-//! (`{:?}`) without leaking them.
+//! Shared vocabulary at the bottom floor: who is calling (the identity the
+//! inbound side proves and the outbound side acts as) and secret values.
+//! Tokens and Secret values are [`SecretValue`]s, so an identity can be
+//! logged (`{:?}`) without leaking them.
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::source::SecretValue;
+/// A value read from a Secret. It prints as `<redacted>` and cannot be
+/// serialized, so it never reaches a log line, a status or an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// A user as the central provider (or a trusted issuer) names them. Issuer and
 /// subject together are the user's key; nothing else identifies a user.
