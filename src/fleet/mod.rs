@@ -9,6 +9,7 @@ mod delivery;
 pub mod http_client;
 mod legacy_sse;
 pub mod listing;
+mod plan;
 mod upstream;
 mod user_sessions;
 pub mod wire;
@@ -172,23 +173,30 @@ impl Fleet {
             Ok(servers) => servers,
             Err(poisoned) => poisoned.into_inner(),
         };
-        servers.retain(|name, upstream| {
-            let keep = desired.servers.contains_key(name);
-            if !keep {
-                tracing::info!(server = %name, "server removed");
-                upstream.stop();
-            }
-            keep
-        });
-        for (name, want) in &desired.servers {
-            match servers.get(name) {
-                Some(running) if running.desired().same_connection(want) => {
-                    if *running.desired() != *want {
-                        running.update_metadata(want.clone());
+        let running = servers
+            .iter()
+            .map(|(name, upstream)| (name.clone(), upstream.desired()))
+            .collect();
+        for change in plan::plan(&running, desired) {
+            match change {
+                plan::Change::Remove(name) => {
+                    tracing::info!(server = %name, "server removed");
+                    if let Some(upstream) = servers.remove(&name) {
+                        upstream.stop();
                     }
                 }
-                existing => {
-                    let inventory = match existing {
+                plan::Change::Relabel(name) => {
+                    if let (Some(upstream), Some(want)) =
+                        (servers.get(&name), desired.servers.get(&name))
+                    {
+                        upstream.update_metadata(want.clone());
+                    }
+                }
+                plan::Change::Add(name) | plan::Change::Reconnect(name) => {
+                    let Some(want) = desired.servers.get(&name) else {
+                        continue;
+                    };
+                    let inventory = match servers.get(&name) {
                         Some(old) => {
                             tracing::info!(server = %name, "server spec changed; reconnecting it");
                             old.stop();
@@ -208,7 +216,7 @@ impl Fleet {
                         &self.inner.cancel,
                         None,
                     );
-                    servers.insert(name.clone(), upstream);
+                    servers.insert(name, upstream);
                 }
             }
         }
