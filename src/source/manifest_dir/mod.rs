@@ -100,7 +100,7 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
         let known = last.0.remove(&path);
         let parsed = match known {
             Some(known) if stamp.is_some() && known.stamp == stamp => known.parsed,
-            known => keep_last_good(read_file(&path), known.map(|k| k.parsed)),
+            known => keep_last_good(read_file(&path, stamp), known.map(|k| k.parsed)),
         };
         for server in &parsed.servers {
             if let Some(existing) = fleet.servers.get(&server.name) {
@@ -124,7 +124,8 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
     fleet
 }
 
-fn read_file(path: &Path) -> ParsedFile {
+/// Reads and parses one file; `stamp` is its size as just seen (if known).
+fn read_file(path: &Path, stamp: Option<Stamp>) -> ParsedFile {
     let origin = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -135,15 +136,14 @@ fn read_file(path: &Path) -> ParsedFile {
             server: None,
             message,
         }],
-        unreadable: true,
         ..Default::default()
     };
-    // Checked before reading, so a huge file is never loaded into memory.
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.len() > parse::MAX_FILE_BYTES as u64 => {
-            return unreadable(parse::too_large(meta.len() as usize));
-        }
-        _ => {}
+    // Checked before reading, so a huge file is never loaded into memory
+    // (parse_manifests checks the text again, for a file that grew since).
+    if let Some(stamp) = stamp
+        && stamp.len > parse::MAX_FILE_BYTES as u64
+    {
+        return unreadable(parse::too_large(stamp.len as usize));
     }
     match std::fs::read_to_string(path) {
         Ok(text) => parse_manifests(&origin, &text),
@@ -485,7 +485,9 @@ spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
             format!("a: {}\n", "{a: ".repeat(25_000)),
         ] {
             let parsed = parse_manifests("deep.yaml", &text);
-            assert!(parsed.unreadable);
+            // Refused as a whole: no server, a problem that names none.
+            assert!(parsed.servers.is_empty());
+            assert_eq!(parsed.problems[0].server, None);
             let message = &parsed.problems[0].message;
             assert!(
                 message.starts_with("invalid YAML: nested deeper than 64 levels"),

@@ -21,9 +21,9 @@ pub struct ParsedFile {
     /// Secrets declared beside the servers (for `headersFrom` and
     /// `clientCredentialsSecretRef`, as in a cluster).
     pub secrets: Vec<Arc<Secret>>,
+    /// What could not be used. A problem that names no server (unreadable,
+    /// too large, broken YAML) makes the file keep its last good servers.
     pub problems: Vec<ManifestProblem>,
-    /// The file as a whole could not be read or split into documents.
-    pub unreadable: bool,
 }
 
 /// Parses the MCPServer documents of one file. `origin` names the file in messages.
@@ -38,7 +38,6 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
             server: None,
             message: too_large(text.len()),
         });
-        out.unreadable = true;
         return out;
     }
     let mut reader = text.as_bytes();
@@ -56,7 +55,6 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
                 });
                 // The reader ends after a syntax error or a breached limit;
                 // a document it could not type (a non-string key) is skipped.
-                out.unreadable |= !matches!(e, serde_saphyr::Error::Message { .. });
                 continue;
             }
         };
