@@ -480,6 +480,176 @@ async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_2026_client_answers_a_2025_servers_question_as_input_required() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let (_everything, everything_url) = everything_http(logs.path());
+    write_manifest(
+        manifests.path(),
+        "everything.yaml",
+        &http_manifest("everything", &everything_url, ""),
+    );
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let via = gateway.url();
+    let answer = ["--elicit-answer", r#"{"name": "Ada"}"#];
+    // Directly, the Python server can put its question (`ctx.elicit`) only
+    // to a session client: a 2026-07-28 client gets "no back-channel". The
+    // gateway holds a 2025 session with it and turns the question into an
+    // input_required result, so the 2026-07-28 client gets what a session
+    // client gets directly.
+    let legacy = ["--legacy", "--elicit-answer", r#"{"name": "Ada"}"#];
+    let direct = py_client(&py_url, &[&legacy[..], &["call", "ask"]].concat());
+    let through = py_client(&via, &[&answer[..], &["call", "x_py_ask"]].concat());
+    assert_eq!(direct["protocolVersion"], "2025-11-25");
+    assert_eq!(through["protocolVersion"], "2026-07-28", "{through}");
+    assert_eq!(payload(through.clone()), {
+        let mut expected = payload(direct.clone());
+        expected["asked"] = json!(["[py] What is your name?"]);
+        expected
+    });
+    assert_eq!(through["content"][0]["text"], "hello Ada", "{through}");
+    // A TypeScript server speaks only 2025 sessions: directly this client
+    // falls back to one, through the gateway it stays on 2026-07-28.
+    let direct = py_client(
+        &everything_url,
+        &[&answer[..], &["call", "trigger-elicitation-request"]].concat(),
+    );
+    let through = py_client(
+        &via,
+        &[
+            &answer[..],
+            &["call", "x_everything_trigger-elicitation-request"],
+        ]
+        .concat(),
+    );
+    assert_ne!(direct["protocolVersion"], "2026-07-28");
+    assert_eq!(through["protocolVersion"], "2026-07-28", "{through}");
+    assert_eq!(
+        through["asked"],
+        json!(["[everything] Please provide inputs for the following fields:"])
+    );
+    // The same answer, after the one documented rewrite (who asks).
+    let mut expected = payload(direct);
+    expected["asked"] = through["asked"].clone();
+    assert_eq!(payload(through), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2025_client_answers_a_2026_only_servers_input_required() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server_with(0, logs.path(), &["--modern-only"]);
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    assert_eq!(gateway.server_status("py")["protocolVersion"], "2026-07-28");
+    let via = gateway.url();
+    let answer = ["--elicit-answer", r#"{"name": "Ada"}"#];
+    let direct = py_client(
+        &py_url,
+        &[&answer[..], &["call", "ask_round_trip"]].concat(),
+    );
+    assert_eq!(
+        direct["content"][0]["text"], "hello Ada (state round-1)",
+        "{direct}"
+    );
+    // A 2025 session client cannot read input_required: the gateway asks it
+    // on the call's stream and sends the call again with its answer.
+    let session = py_client(
+        &via,
+        &[&["--legacy"], &answer[..], &["call", "x_py_ask_round_trip"]].concat(),
+    );
+    assert_eq!(session["protocolVersion"], "2025-11-25");
+    // A 2026-07-28 client gets the input_required result and retries itself.
+    let stateless = py_client(
+        &via,
+        &[&answer[..], &["call", "x_py_ask_round_trip"]].concat(),
+    );
+    assert_eq!(stateless["protocolVersion"], "2026-07-28");
+    let mut expected = payload(direct);
+    expected["asked"] = json!(["[py] What is your name?"]);
+    assert_eq!(payload(session), expected);
+    assert_eq!(payload(stateless), expected);
+    // A client that cannot answer gets a tool error that says why.
+    let unable = py_client(&via, &["--legacy", "call", "x_py_ask_round_trip"]);
+    assert_eq!(unable["isError"], true, "{unable}");
+    assert_eq!(
+        unable["content"][0]["text"],
+        "server \"py\" needed input from the client: it asked for elicitation, which this client does not offer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_state_is_honoured_only_for_its_own_call() {
+    let (manifests, logs) = tempdirs();
+    let (_py, py_url) = python_server(0, logs.path());
+    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let client = reqwest::Client::new();
+    let call = |tool: &str, extra: Value| {
+        let mut params = json!({"name": tool, "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        }});
+        for (key, value) in extra.as_object().cloned().unwrap_or_default() {
+            params[key] = value;
+        }
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params})
+    };
+    let post = |body: Value, name: &str| {
+        client
+            .post(gateway.url())
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", name.to_string())
+            .json(&body)
+            .send()
+    };
+    let first = post(call("x_py_ask", json!({})), "x_py_ask").await.unwrap();
+    let first: Value = messages(&first.text().await.unwrap()).pop().unwrap();
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let state = result["requestState"].as_str().unwrap().to_string();
+    let (key, request) = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    assert_eq!(request["method"], "elicitation/create");
+    assert_eq!(request["params"]["message"], "[py] What is your name?");
+    // A made-up state is refused with a message saying what to do.
+    let forged = call(
+        "x_py_ask",
+        json!({"requestState": "flotilla-input:00000000000000000000000000000000", "inputResponses": {}}),
+    );
+    let refused: Value = post(forged, "x_py_ask")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without inputResponses")
+    );
+    // The real state with the answer finishes the call, once.
+    let answers = json!({ key.clone(): {"action": "accept", "content": {"name": "Grace"}} });
+    let retry = call(
+        "x_py_ask",
+        json!({"requestState": state, "inputResponses": answers}),
+    );
+    let done = post(retry.clone(), "x_py_ask").await.unwrap();
+    let done: Value = messages(&done.text().await.unwrap()).pop().unwrap();
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert_eq!(done["result"]["content"][0]["text"], "hello Grace");
+    let again: Value = post(retry, "x_py_ask").await.unwrap().json().await.unwrap();
+    assert_eq!(again["error"]["code"], -32602, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
     let (manifests, logs) = tempdirs();
     let (_py, py_url) = python_server(0, logs.path());

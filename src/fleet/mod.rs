@@ -81,6 +81,9 @@ pub enum UpstreamError {
     Rejected(ErrorData),
     #[error("the request was cancelled")]
     Cancelled,
+    /// The upstream asked the client for input the client could not give.
+    #[error("server {server:?} needed input from the client: {message}")]
+    Unanswered { server: String, message: String },
 }
 
 /// [`ServerState`] for messages ("Connecting", "Failed", ...).

@@ -6,6 +6,7 @@ use rmcp::RoleServer;
 use rmcp::model::{CallToolResponse, ClientRequest, ServerResult};
 use rmcp::service::RequestContext;
 
+use super::input_rounds;
 use super::revision::{self, ClientRevision};
 use crate::fleet::{Caller, Upstream, UpstreamError};
 
@@ -17,15 +18,45 @@ pub fn client_revision(context: &RequestContext<RoleServer>) -> ClientRevision {
     }
 }
 
-/// Sends `request` through `upstream` for the client of `caller`.
+/// Sends `request` through `upstream` for the client of `caller`; a 2025
+/// session client is asked what a 2026-07-28 upstream's `input_required`
+/// result needs, and the request sent again (see `input_rounds`).
 pub async fn forward(
     upstream: &Upstream,
     request: ClientRequest,
     caller: Caller<'_>,
 ) -> Result<ServerResult, UpstreamError> {
-    let mut result = upstream.request(request, Some(caller)).await?;
-    revision::to_client(&mut result, client_revision(caller.context));
-    Ok(result)
+    let revision = client_revision(caller.context);
+    let label = caller.instance.unwrap_or(&upstream.name);
+    let mut request = request;
+    for _ in 0..=input_rounds::MAX_ROUNDS {
+        let mut result = upstream.request(request.clone(), Some(caller)).await?;
+        if let (ClientRevision::Session, ServerResult::InputRequiredResult(asked)) =
+            (revision, &result)
+        {
+            let answers = input_rounds::ask_client(caller.context, label, asked).await?;
+            let state = asked.request_state.clone();
+            request = input_rounds::with_answers(request, answers, state).ok_or_else(|| {
+                UpstreamError::Unanswered {
+                    server: label.to_string(),
+                    message: "it asked for input on a request that cannot carry answers".into(),
+                }
+            })?;
+            continue;
+        }
+        if let ServerResult::InputRequiredResult(asked) = &mut result {
+            input_rounds::name_asker(asked, label);
+        }
+        revision::to_client(&mut result, revision);
+        return Ok(result);
+    }
+    Err(UpstreamError::Unanswered {
+        server: label.to_string(),
+        message: format!(
+            "it still asked for input after {} rounds",
+            input_rounds::MAX_ROUNDS
+        ),
+    })
 }
 
 /// A `tools/call` answer as the client's response.

@@ -207,7 +207,8 @@ impl ServerHandler for GatewayHandler {
             Err(
                 error @ (UpstreamError::Unavailable { .. }
                 | UpstreamError::Timeout { .. }
-                | UpstreamError::Transport { .. }),
+                | UpstreamError::Transport { .. }
+                | UpstreamError::Unanswered { .. }),
             ) => Ok(CallToolResponse::Complete(CallToolResult::error(vec![
                 ContentBlock::text(error.to_string()),
             ]))),

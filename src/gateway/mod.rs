@@ -9,6 +9,7 @@ mod fast_list;
 mod forward;
 mod handler;
 mod http;
+mod input_rounds;
 mod listener;
 pub mod metrics;
 mod overview;

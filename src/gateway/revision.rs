@@ -29,7 +29,8 @@
 //! |---|---|---|
 //! | `resultType` | never present (`"complete"` stripped) | always present: an upstream result without it is `"complete"` |
 //! | `ttlMs`, `cacheScope` on `resources/read` | removed | kept; filled with `0` / `"private"` when absent |
-//! | `input_required` result | not expressible: refused with an error naming the revision | passed through |
+//! | `input_required` result of a 2026-07-28 upstream | each request asked on the call's stream, the call re-sent with the answers (`gateway::input_rounds`) | passed through, elicitations naming who asks |
+//! | a 2025 upstream's request mid-call | relayed as a request on the call's stream | an `input_required` result with the gateway's `requestState`; the call waits parked (`relay::input`) |
 
 use rmcp::model::{ResultType, ServerResult};
 

@@ -265,11 +265,17 @@ pub fn listening_port(proc: &Proc, timeout: Duration) -> u16 {
 
 /// The Python `mcp` 2.x SDK server (tests/peers/py_server.py); returns it and its /mcp URL.
 pub fn python_server(port: u16, logs: &Path) -> (Proc, String) {
+    python_server_with(port, logs, &[])
+}
+
+/// tests/peers/py_server.py with extra flags (e.g. `--modern-only`).
+pub fn python_server_with(port: u16, logs: &Path, extra: &[&str]) -> (Proc, String) {
     let p = peers();
     let mut cmd = Command::new(p.get("PY"));
     cmd.arg(p.get("PY_SERVER"))
         .arg("--port")
-        .arg(port.to_string());
+        .arg(port.to_string())
+        .args(extra);
     let proc = Proc::spawn(&format!("py-server-{port}"), cmd, logs);
     let line = proc.wait_line("READY", Duration::from_secs(30));
     let url = line.trim_start_matches("READY ").trim().to_string();

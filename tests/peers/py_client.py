@@ -11,6 +11,9 @@ Usage (Streamable HTTP only):
   --progress-calls N (call only): make the call N times in one session with a progress callback;
   the document gets "progress": [[progress values of call 1], [... of call 2], ...].
   .venv/bin/python py_client.py --url URL --oauth [--redirect-uri URI] ... list-tools | call TOOL JSON_ARGS
+--elicit-answer JSON: declare elicitation and accept every form elicitation with JSON as its
+content; the document gets "asked": [the message of each elicitation, in order]. Without it
+the client declares no elicitation capability.
 Any mode: --repeat-after S runs the command a second time S seconds later in the same
 session (same client, same tokens) and prints only the second result.
 Default mode is the SDK default, Client(mode="auto"): probe `server/discover` at
@@ -50,6 +53,7 @@ import threading
 from urllib.parse import parse_qs, urlparse
 
 import anyio
+import mcp_types as types
 from mcp import Client
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider, OAuthFlowError
 from mcp.client.streamable_http import streamable_http_client
@@ -179,6 +183,14 @@ async def run(args: argparse.Namespace) -> dict:
     options = {}
     if args.log_level:
         options = {"log_level": args.log_level, "logging_callback": on_log}
+    asked: list[str] = []
+    if args.elicit_answer is not None:
+
+        async def on_elicit(context, params):
+            asked.append(params.message)
+            return types.ElicitResult(action="accept", content=args.elicit_answer)
+
+        options["elicitation_callback"] = on_elicit
     with anyio.fail_after(args.timeout):
         async with Client(
             transport, mode="legacy" if args.legacy else "auto", read_timeout_seconds=args.timeout, **options
@@ -188,6 +200,8 @@ async def run(args: argparse.Namespace) -> dict:
             out = await command(c, args)
             if args.log_level:
                 out["logs"] = logs
+            if args.elicit_answer is not None:
+                out["asked"] = asked
             if args.repeat_after is not None:
                 await anyio.sleep(args.repeat_after)
                 out = await command(c, args)
@@ -221,6 +235,7 @@ def main() -> int:
         help="run the command again S seconds later in the same session; print only that result",
     )
     p.add_argument("--log-level", help="opt in to log messages at this level and above")
+    p.add_argument("--elicit-answer", type=json.loads, help="accept every elicitation with this JSON content")
     p.add_argument("--progress-calls", type=int, default=0, help="call N times, recording progress")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-tools")

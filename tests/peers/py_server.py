@@ -18,6 +18,11 @@ Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str)
   auth_header() (returns the Authorization header received, or <none>),
   chatty() (logs one debug, one info and one warning message through the SDK's Context, then returns "logged"),
   ask() (asks the client for {"name": str} by form elicitation; returns "hello <name>", or "<action>" when not accepted).
+  ask_round_trip() (the 2026-07-28 way: answers input_required with one form elicitation under key
+    "name" and requestState "round-1"; on the retry carrying that state and an accepted answer returns
+    "hello <name> (state round-1)"; declined or cancelled: "<action>").
+  --modern-only: `initialize` is answered with a JSON-RPC error (-32600), as a server that speaks
+    only 2026-07-28 answers it; everything else is served as usual.
 Resource: py://info (text/plain). Prompt: greet(name).
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ import urllib.request
 import anyio
 import uvicorn
 from pydantic import BaseModel
+import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -98,6 +104,60 @@ async def ask(ctx: Context) -> str:
     if answer.action == "accept":
         return f"hello {answer.data.name}"
     return answer.action
+
+
+@mcp.tool(description="Ask the user for a name in one 2026-07-28 round trip, then greet them.")
+async def ask_round_trip(ctx: Context) -> str | types.InputRequiredResult:
+    answer = (ctx.input_responses or {}).get("name")
+    if answer is None or ctx.request_state != "round-1":
+        question = types.ElicitRequest(
+            params=types.ElicitRequestFormParams(
+                message="What is your name?",
+                requested_schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+            )
+        )
+        return types.InputRequiredResult(input_requests={"name": question}, request_state="round-1")
+    if answer.action != "accept":
+        return answer.action
+    return f"hello {answer.content['name']} (state {ctx.request_state})"
+
+
+class ModernOnly:
+    """ASGI middleware for --modern-only: refuses the initialize handshake."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and request.get("method") == "initialize":
+            error = {"jsonrpc": "2.0", "id": request.get("id"),
+                     "error": {"code": -32600, "message": "this server speaks only MCP 2026-07-28"}}
+            await BearerGate._respond(send, 400, error)
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")
@@ -226,6 +286,7 @@ async def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--stateless", action="store_true", help="stateless Streamable HTTP (no Mcp-Session-Id)")
+    p.add_argument("--modern-only", action="store_true", help="refuse the initialize handshake (2026-07-28 only)")
     p.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     p.add_argument("--require-bearer", metavar="ISSUER", help="401 for /mcp requests without a valid JWT from ISSUER")
     p.add_argument("--audience", metavar="AUD", help="with --require-bearer: the JWT aud must contain AUD")
@@ -244,6 +305,8 @@ async def main() -> None:
         json_response=args.json_response,
         host=args.host,
     )
+    if args.modern_only:
+        app = ModernOnly(app)
     if args.require_bearer:
         app = BearerGate(app, args.require_bearer, args.audience, not args.insecure_skip_signature)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1))

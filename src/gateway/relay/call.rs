@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::{self, Message};
 use super::stream::Stream;
-use super::{ClientSide, Relay, Running, json_response, tasks};
+use super::{ClientSide, Relay, Running, input, json_response, tasks};
 use crate::api::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
@@ -44,6 +44,14 @@ pub(super) async fn relay_call(
     let view = relay.state.view(user).await;
     let catalog = &view.catalog;
     let owner = tasks::owner(user, client);
+    if client.revision == ClientRevision::Stateless
+        && let Some(state) = message::request_state(message.params)
+        && input::is_ours(&state)
+    {
+        let caller = owner.as_deref();
+        return Some(input::resume(relay, client, caller, method, message, &state).await);
+    }
+    let owner_of_call = owner.clone();
     let target = if tasks::TASK_METHODS.contains(&method) {
         let task = tasks::task_id(message.params)?;
         let Some(server) = relay.tasks.server(owner.as_deref()?, &task) else {
@@ -160,6 +168,8 @@ pub(super) async fn relay_call(
         client: client.clone(),
         client_token: call.progress_token,
         task_owner,
+        caller: owner_of_call,
+        waiting: None,
         upstream_token,
         label,
         log_level: log_level.map(severity),
@@ -171,18 +181,7 @@ pub(super) async fn relay_call(
         retry: None,
         resumed: 0,
     };
-    let mut stream = stream;
-    // An answer with nothing before it goes back as plain JSON, as the
-    // transport allows (the framing is per hop); anything else streams.
-    let first = stream.next_event().await;
-    if stream.is_over() {
-        // None: cancelled by the client before anything came; nothing follows.
-        return Some(match first {
-            Some(answer) => json_response(answer),
-            None => sse_response(Body::empty()),
-        });
-    }
-    Some(sse_response(stream.into_body(first)))
+    Some(stream.respond().await)
 }
 
 /// The upstream's reply to a relayed request, not yet in.
@@ -304,7 +303,7 @@ fn tool_error(client_id: &Value, text: &str, revision: ClientRevision) -> String
     serde_json::json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string()
 }
 
-fn sse_response(body: Body) -> Response {
+pub(super) fn sse_response(body: Body) -> Response {
     (
         StatusCode::OK,
         [

@@ -327,6 +327,27 @@ pub fn request_to_client(
     id: &str,
     label: &str,
 ) -> Option<String> {
+    let params = params_to_client(method, params, label)?;
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params}}}"#,
+        Value::String(id.to_string()),
+        Value::String(method.to_string())
+    ))
+}
+
+/// An upstream's request to the user as one entry of a 2026-07-28
+/// `inputRequests` map: `{"method", "params"}`, params as the client gets
+/// them.
+pub fn input_request(method: &str, params: Option<&RawValue>, label: &str) -> Option<String> {
+    let params = params_to_client(method, params, label)?;
+    Some(format!(
+        r#"{{"method":{},"params":{params}}}"#,
+        Value::String(method.to_string())
+    ))
+}
+
+/// A request's params as the user sees them: an elicitation names who asks.
+fn params_to_client(method: &str, params: Option<&RawValue>, label: &str) -> Option<String> {
     let members = object(params)?;
     let mut replaced = Vec::new();
     if method == "elicitation/create"
@@ -339,12 +360,47 @@ pub fn request_to_client(
             Some(Value::String(format!("[{label}] {message}")).to_string()),
         ));
     }
-    let params = write_object(&members, &replaced);
-    Some(format!(
-        r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params}}}"#,
-        Value::String(id.to_string()),
-        Value::String(method.to_string())
-    ))
+    Some(write_object(&members, &replaced))
+}
+
+/// A 2026-07-28 `input_required` result for the client: the upstream's
+/// requests (`(key, entry)` from [`input_request`]) and the state that
+/// finds the waiting call again.
+pub fn input_required_to_client(
+    client_id: &Value,
+    requests: &[(String, String)],
+    request_state: &str,
+) -> String {
+    let mut map = String::from("{");
+    for (i, (key, entry)) in requests.iter().enumerate() {
+        if i > 0 {
+            map.push(',');
+        }
+        map.push_str(&Value::String(key.clone()).to_string());
+        map.push(':');
+        map.push_str(entry);
+    }
+    map.push('}');
+    let result = format!(
+        r#"{{"resultType":"input_required","inputRequests":{map},"requestState":{}}}"#,
+        Value::String(request_state.to_string())
+    );
+    envelope(&client_id.to_string(), "result", &result)
+}
+
+/// The `requestState` a retried 2026-07-28 request carries.
+pub fn request_state(params: Option<&RawValue>) -> Option<String> {
+    member(params, "requestState")
+}
+
+/// The `inputResponses` of a retried 2026-07-28 request, each kept raw.
+pub fn input_responses(params: Option<&RawValue>) -> BTreeMap<String, Box<RawValue>> {
+    member(params, "inputResponses").unwrap_or_default()
+}
+
+/// The client's answer (a result, raw) sent to the upstream under its id.
+pub fn result_upstream(upstream_id: &Value, result: &RawValue) -> String {
+    envelope(&upstream_id.to_string(), "result", result.get())
 }
 
 /// The client's answer to a relayed request, sent back under the upstream's id.

@@ -21,10 +21,12 @@
 //! A request an upstream sends to the user mid-call (elicitation, sampling,
 //! roots) reaches a 2025 session client on the call's stream under an id of
 //! the gateway's; the client's answer, POSTed back, is routed to the
-//! upstream under the upstream's id. A 2026-07-28 client cannot be asked
-//! mid-call: the upstream gets an error saying so (no hang).
+//! upstream under the upstream's id. A 2026-07-28 client is asked with an
+//! `input_required` result instead, the call parked until it retries with
+//! its answers (see `input`).
 
 mod call;
+mod input;
 mod message;
 mod stream;
 mod tasks;
@@ -97,6 +99,7 @@ pub struct Relay {
     asked: Mutex<HashMap<String, Asked>>,
     running: Mutex<HashMap<(String, String), Running>>,
     tasks: tasks::TaskOwners,
+    parked: input::ParkedCalls,
     ids: AtomicU64,
 }
 
@@ -108,6 +111,7 @@ impl Relay {
             asked: Mutex::default(),
             running: Mutex::default(),
             tasks: tasks::TaskOwners::default(),
+            parked: input::ParkedCalls::default(),
             ids: AtomicU64::new(1),
         })
     }

@@ -14,9 +14,12 @@ use serde_json::Value;
 use sse_stream::Sse;
 use tokio_util::sync::CancellationToken;
 
-use super::call::{Pending, failure};
+use axum::response::Response;
+
+use super::call::{Pending, failure, sse_response};
+use super::input::{MAX_PARKED, WAIT, Waiting};
 use super::message::{self, Message};
-use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply};
+use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
 use crate::gateway::revision::ClientRevision;
@@ -64,6 +67,10 @@ pub(super) struct Stream {
     pub(super) client_token: Option<Value>,
     /// Who a task this call creates belongs to, and its upstream.
     pub(super) task_owner: Option<(String, Arc<str>)>,
+    /// Who made the call (see `tasks::owner`), for a call parked for input.
+    pub(super) caller: Option<String>,
+    /// Set when the call has asked a 2026-07-28 client for input (`input`).
+    pub(super) waiting: Option<Waiting>,
     pub(super) upstream_token: Option<Value>,
     pub(super) label: Arc<str>,
     pub(super) log_level: Option<u8>,
@@ -86,15 +93,41 @@ enum Step {
     Send(String),
     Skip,
     Last(String),
+    /// `input_required` sent; the call waits for the client's retry.
+    Park(String),
 }
 
 impl Stream {
-    /// The SSE body: `first` (an event already read), then the rest.
-    pub(super) fn into_body(self, first: Option<String>) -> Body {
+    /// The client's answer to the call: plain JSON when the answer (or a
+    /// request for input) comes with nothing before it, as the transport
+    /// allows (the framing is per hop); else an SSE stream.
+    pub(super) async fn respond(mut self) -> Response {
+        let first = self.next_event().await;
+        if self.waiting.is_some() {
+            let relay = self.relay.clone();
+            relay.parked.park(self);
+            return first.map_or_else(|| sse_response(Body::empty()), json_response);
+        }
+        if self.is_over() {
+            // None: cancelled by the client before anything came; nothing follows.
+            return first.map_or_else(|| sse_response(Body::empty()), json_response);
+        }
+        sse_response(self.into_body(first))
+    }
+
+    /// The SSE body: `first` (an event already read), then the rest; a
+    /// call that asks a 2026-07-28 client for input is parked after it.
+    fn into_body(self, first: Option<String>) -> Body {
         let first = futures::stream::iter(first);
-        let rest = futures::stream::unfold(self, |mut stream| async move {
+        let rest = futures::stream::unfold(Some(self), |stream| async move {
+            let mut stream = stream?;
             let event = stream.next_event().await?;
-            Some((event, stream))
+            if stream.waiting.is_some() {
+                let relay = stream.relay.clone();
+                relay.parked.park(stream);
+                return Some((event, None));
+            }
+            Some((event, Some(stream)))
         });
         let events = first
             .chain(rest)
@@ -154,7 +187,7 @@ impl Stream {
             };
             match step {
                 Step::Skip => continue,
-                Step::Send(json) => return Some(json),
+                Step::Send(json) | Step::Park(json) => return Some(json),
                 Step::Last(json) => {
                     self.done = true;
                     self.end();
@@ -347,12 +380,7 @@ impl Stream {
             return Step::Skip;
         }
         if self.client.revision == ClientRevision::Stateless {
-            let refusal = message::refuse_upstream(
-                &upstream_id,
-                "the gateway's client uses MCP 2026-07-28, which has no way to ask it mid-call",
-            );
-            let _ = self.wire.deliver(Bytes::from(refusal)).await;
-            return Step::Skip;
+            return self.ask_for_input(method, message, upstream_id).await;
         }
         let id = self.relay.next_id(ASK_PREFIX);
         let Some(json) = message::request_to_client(method, message.params, &id, &self.label)
@@ -371,6 +399,40 @@ impl Stream {
             },
         );
         Step::Send(json)
+    }
+}
+
+impl Stream {
+    /// Asks a 2026-07-28 client the 2026 way: the call ends with an
+    /// `input_required` result and is parked until the client retries.
+    async fn ask_for_input(
+        &mut self,
+        method: &str,
+        message: &Message<'_>,
+        upstream_id: Value,
+    ) -> Step {
+        let Some(entry) = message::input_request(method, message.params, &self.label) else {
+            return Step::Skip;
+        };
+        if !self.relay.parked.has_room() {
+            let text = format!(
+                "{MAX_PARKED} calls already wait for their clients' input at the gateway; try again later"
+            );
+            let refusal = message::refuse_upstream(&upstream_id, &text);
+            let _ = self.wire.deliver(Bytes::from(refusal)).await;
+            return Step::Skip;
+        }
+        let mut waiting = Waiting::new();
+        let key = self.relay.next_id("input-");
+        let json = message::input_required_to_client(
+            &self.client_id,
+            &[(key.clone(), entry)],
+            &waiting.handle,
+        );
+        waiting.asks.push((key, upstream_id));
+        tracing::debug!(server = %self.label, method, wait_secs = WAIT.as_secs(), "relay: asking a 2026-07-28 client for input");
+        self.waiting = Some(waiting);
+        Step::Park(json)
     }
 }
 
