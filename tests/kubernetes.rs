@@ -387,6 +387,52 @@ async fn watch_expiry_and_relist_lose_no_change() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_change_after_an_api_outage_is_picked_up_within_seconds() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("fleet", "sim-a", "cluster-a", json!({})));
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let client = connect(&gateway.url()).await;
+    wait_tool(&client, "x_sim-a_cluster_info").await;
+    // 20 s down: the watch retries back off meanwhile, never more than 5 s
+    // apart (kube's default backoff would wait 6.4, then 12.8 s).
+    let tries = || {
+        api.request_log()
+            .iter()
+            .filter(|line| line.starts_with("GET ") && line.contains("/mcpservers?"))
+            .count()
+    };
+    api.set_down(true);
+    let down = std::time::Instant::now();
+    let (mut seen, mut times) = (tries(), Vec::new());
+    while down.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tries();
+        if now > seen {
+            times.push(down.elapsed());
+            seen = now;
+        }
+    }
+    api.set_down(false);
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(times.len() >= 4, "retried during the outage: {times:?}");
+    assert!(
+        gaps.iter().all(|gap| *gap < Duration::from_millis(6500)),
+        "retries at most 5 s (plus jitter) apart: {times:?}"
+    );
+    // And a change made once it is back is served within seconds.
+    let back = std::time::Instant::now();
+    api.apply_object(sim_object("fleet", "sim-b", "cluster-b", json!({})));
+    wait_tool(&client, "x_sim-b_cluster_info").await;
+    assert!(
+        back.elapsed() < Duration::from_secs(9),
+        "picked up {:?} after the API came back",
+        back.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_namespace_the_gateway_may_not_read_degrades_only_what_depends_on_it() {
     let logs = tempfile::tempdir().unwrap();
     let api = KubeApiServer::start();

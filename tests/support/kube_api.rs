@@ -143,6 +143,8 @@ struct Store {
     forbidden: Vec<(String, String)>,
     /// Plurals the server does not serve: 404, as when a CRD is not installed.
     unserved: Vec<String>,
+    /// Every request is answered 503 (the API server is down).
+    down: bool,
     requests: RequestCounts,
     log: Vec<String>,
     unmatched: Vec<String>,
@@ -235,6 +237,7 @@ impl KubeApiServer {
             unseen: false,
             forbidden: Vec::new(),
             unserved: Vec::new(),
+            down: false,
             requests: RequestCounts::new(),
             log: Vec::new(),
             unmatched: Vec::new(),
@@ -316,6 +319,15 @@ impl KubeApiServer {
         st.unserved.retain(|p| p != plural);
         if !serve {
             st.unserved.push(plural.to_string());
+        }
+    }
+
+    /// An outage (`down = true`): open watches end and every request is
+    /// answered 503 until `down = false`.
+    pub fn set_down(&self, down: bool) {
+        self.store().down = down;
+        if down {
+            self.end_watches();
         }
     }
 
@@ -478,6 +490,10 @@ async fn handle(
         );
     }
     let mut st = s.store.lock().unwrap();
+    if st.down {
+        st.log.push(line);
+        return fail(503, "ServiceUnavailable", "the API server is down").into_response();
+    }
     let plural = t.r().2;
     if st.unserved.iter().any(|p| p == plural) {
         st.log.push(line);
