@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::raw_tools::RawTools;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
@@ -41,6 +42,13 @@ pub enum ClientLine {
     Peer(Peer<RoleServer>),
     /// Into a relayed call's answer stream (`gateway::relay`).
     Relayed(mpsc::Sender<LineMessage>),
+    /// A 2026-07-28 client served through rmcp's handler: notifications
+    /// through its peer; requests, which that revision cannot carry, into
+    /// `line`, for the gateway to put to it as `input_required`.
+    Asking {
+        peer: Peer<RoleServer>,
+        line: mpsc::Sender<LineMessage>,
+    },
 }
 
 /// A message for a relayed call's client: a request (`method` and
@@ -103,6 +111,8 @@ pub struct UpstreamClient {
     pub subscribers: ResourceSubscribers,
     pub inflight: InflightCalls,
     pub refresh: mpsc::UnboundedSender<ListKind>,
+    /// Tool lists as the upstream wrote them (stdio and legacy SSE).
+    pub raw_tools: RawTools,
 }
 
 impl UpstreamClient {
@@ -146,7 +156,7 @@ impl UpstreamClient {
                     .map_err(|e| failed(e.to_string()))?;
                 pick(result).ok_or_else(other)
             }
-            ClientLine::Relayed(line) => {
+            ClientLine::Relayed(line) | ClientLine::Asking { line, .. } => {
                 let message = serde_json::to_value(&request).map_err(|e| failed(e.to_string()))?;
                 let (answer, answered) = oneshot::channel();
                 line.send(LineMessage {
@@ -325,7 +335,9 @@ impl ClientHandler for UpstreamClient {
                 None => label,
             });
             let sent = match &call.client {
-                ClientLine::Peer(peer) => peer.notify_logging_message(relayed).await.is_ok(),
+                ClientLine::Peer(peer) | ClientLine::Asking { peer, .. } => {
+                    peer.notify_logging_message(relayed).await.is_ok()
+                }
                 ClientLine::Relayed(line) => serde_json::to_value(&relayed)
                     .ok()
                     .map(|params| LineMessage {

@@ -2,7 +2,6 @@
 //! child process, Streamable HTTP (stateless 2026-07-28 where the server
 //! offers it, else the initialize handshake), or legacy HTTP+SSE.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use rmcp::model::ProtocolVersion;
 use rmcp::service::{
     ClientInitializeError, ClientLifecycleMode, RunningService, serve_client_with_lifecycle,
 };
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::AsyncBufReadExt;
 
 use super::client_handler::UpstreamClient;
@@ -21,6 +20,8 @@ use super::credential::CredentialRef;
 use super::delivery::Counted;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
+use super::raw_tools::RawTools;
+use super::stdio::StdioTransport;
 use super::wire::{SessionSlot, Wire};
 use crate::api::ServerType;
 use crate::source::DesiredServer;
@@ -310,7 +311,8 @@ async fn open(
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
-            let transport = Counted::new(spawn_stdio(desired, &handler.server)?, &handler);
+            let transport = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
+            let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::StreamableHttp => {
@@ -344,6 +346,7 @@ async fn open(
                 url,
                 header_map(desired)?,
                 desired.spec.timeout(),
+                handler.raw_tools.clone(),
             )
             .await?;
             let transport = Counted::new(transport, &handler);
@@ -372,7 +375,8 @@ fn handshake_refused(error: &ClientInitializeError) -> bool {
 fn spawn_stdio(
     desired: &DesiredServer,
     server: &Arc<str>,
-) -> Result<TokioChildProcess, ConnectError> {
+    raw: RawTools,
+) -> Result<StdioTransport, ConnectError> {
     let program = desired
         .spec
         .command
@@ -386,10 +390,8 @@ fn spawn_stdio(
     };
     let mut command = tokio::process::Command::new(program_path);
     command.args(&desired.spec.args).envs(&desired.spec.env);
-    let (transport, stderr) = TokioChildProcess::builder(command)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ConnectError::Spawn {
+    let (transport, stderr) =
+        StdioTransport::spawn(command, raw).map_err(|source| ConnectError::Spawn {
             command: program.to_string(),
             source,
         })?;

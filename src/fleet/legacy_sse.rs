@@ -15,6 +15,8 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 
+use super::raw_tools::RawTools;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LegacySseError {
     #[error("opening the event stream failed: {0}")]
@@ -37,6 +39,8 @@ pub struct LegacySseTransport {
     post_url: url::Url,
     headers: HeaderMap,
     events: Option<BoxStream<'static, Result<Sse, sse_stream::Error>>>,
+    /// Sees each message before rmcp decodes it (tool lists, raw).
+    raw: RawTools,
 }
 
 impl LegacySseTransport {
@@ -46,6 +50,7 @@ impl LegacySseTransport {
         url: &str,
         headers: HeaderMap,
         timeout: Duration,
+        raw: RawTools,
     ) -> Result<Self, LegacySseError> {
         let base = url::Url::parse(url).map_err(|e| LegacySseError::BadEndpoint(e.to_string()))?;
         let open = async {
@@ -80,6 +85,7 @@ impl LegacySseTransport {
             post_url,
             headers,
             events: Some(events),
+            raw,
         })
     }
 }
@@ -115,6 +121,7 @@ impl Transport<RoleClient> for LegacySseTransport {
                 continue;
             }
             let Some(data) = event.data else { continue };
+            self.raw.observe(data.as_bytes());
             match serde_json::from_str(&data) {
                 Ok(message) => return Some(message),
                 Err(error) => tracing::warn!(%error, "skipping undecodable legacy SSE message"),

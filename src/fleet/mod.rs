@@ -10,6 +10,8 @@ pub mod http_client;
 mod legacy_sse;
 pub mod listing;
 mod plan;
+mod raw_tools;
+mod stdio;
 mod upstream;
 mod user_sessions;
 pub mod wire;

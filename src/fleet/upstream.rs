@@ -32,6 +32,7 @@ use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
 use super::listing::{ToolExtras, list_tools};
+use super::raw_tools::RawTools;
 use super::wire::Wire;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
@@ -48,6 +49,9 @@ pub struct Caller<'a> {
     pub instance: Option<&'a str>,
     /// The least severe log level the client wants relayed (`None`: no logs).
     pub log_level: Option<LoggingLevel>,
+    /// Where the upstream's requests to a client that cannot be sent any
+    /// (2026-07-28) go instead (see `ClientLine::Asking`).
+    pub asking: Option<&'a mpsc::Sender<LineMessage>>,
 }
 
 impl<'a> Caller<'a> {
@@ -57,6 +61,7 @@ impl<'a> Caller<'a> {
             relay_progress: true,
             instance: None,
             log_level: None,
+            asking: None,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct Upstream {
     cancel: CancellationToken,
     /// Set for a user's own session to an SSO server: that user's token.
     credential: Option<CredentialRef>,
+    /// Tool lists as written, where rmcp's transport reads them (stdio, SSE).
+    raw_tools: RawTools,
 }
 
 impl Upstream {
@@ -123,6 +130,7 @@ impl Upstream {
             inventory: ArcSwap::new(inventory),
             health: Mutex::new(Health::default()),
             progress: Default::default(),
+            raw_tools: Default::default(),
             subscribers: Default::default(),
             inflight: Default::default(),
             changed,
@@ -219,6 +227,7 @@ impl Upstream {
                 subscribers: self.subscribers.clone(),
                 inflight: self.inflight.clone(),
                 refresh: refresh_tx,
+                raw_tools: self.raw_tools.clone(),
             };
             let desired = self.desired();
             let attempt = tokio::select! {
@@ -278,7 +287,7 @@ impl Upstream {
         // stream) the wait below must not poll it again.
         let closed = running.waiting().fuse();
         tokio::pin!(closed);
-        match fetch_inventory(&peer, wire.as_ref(), timeout).await {
+        match fetch_inventory(&peer, wire.as_ref(), &self.raw_tools, timeout).await {
             Ok(inventory) => self.inventory.store(Arc::new(inventory)),
             Err(error) => {
                 stop.cancel();
@@ -389,7 +398,8 @@ impl Upstream {
         let mut next = (*self.inventory()).clone();
         if kinds.contains(&ListKind::Tools) {
             let wire = self.wire.load_full();
-            (next.tools, next.tool_extras) = tools(peer, wire.as_deref(), timeout).await?;
+            (next.tools, next.tool_extras) =
+                tools(peer, wire.as_deref(), &self.raw_tools, timeout).await?;
         }
         if kinds.contains(&ListKind::Resources) {
             next.resources = with_timeout(timeout, peer.list_all_resources()).await?;
@@ -454,7 +464,13 @@ impl Upstream {
                 &self.inflight,
                 request_id.clone(),
                 InflightCall {
-                    client: ClientLine::Peer(c.context.peer.clone()),
+                    client: match c.asking {
+                        Some(line) => ClientLine::Asking {
+                            peer: c.context.peer.clone(),
+                            line: line.clone(),
+                        },
+                        None => ClientLine::Peer(c.context.peer.clone()),
+                    },
                     client_request: c.context.id.clone(),
                     instance: c.instance.map(str::to_string),
                     log_level: c.log_level,
@@ -673,13 +689,14 @@ async fn with_timeout<T>(
 async fn fetch_inventory(
     peer: &Peer<RoleClient>,
     wire: Option<&Wire>,
+    raw: &RawTools,
     timeout: Duration,
 ) -> Result<Inventory, ServiceError> {
     let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| capabilities.as_ref().is_none_or(f);
     let mut inventory = Inventory::default();
     if has(|c| c.tools.is_some()) {
-        (inventory.tools, inventory.tool_extras) = tools(peer, wire, timeout).await?;
+        (inventory.tools, inventory.tool_extras) = tools(peer, wire, raw, timeout).await?;
     }
     if has(|c| c.resources.is_some()) {
         inventory.resources = with_timeout(timeout, peer.list_all_resources()).await?;
@@ -697,6 +714,7 @@ async fn fetch_inventory(
 async fn tools(
     peer: &Peer<RoleClient>,
     wire: Option<&Wire>,
+    raw: &RawTools,
     timeout: Duration,
 ) -> Result<(Vec<Tool>, ToolExtras), ServiceError> {
     if let Some(wire) = wire {
@@ -706,7 +724,9 @@ async fn tools(
         }
     }
     let tools = with_timeout(timeout, peer.list_all_tools()).await?;
-    Ok((tools, ToolExtras::new()))
+    // Stdio and legacy-SSE transports showed the raw answers to `raw`.
+    let extras = raw.extras(&tools);
+    Ok((tools, extras))
 }
 
 /// Health probe: `ping` where the protocol has it; 2026-07-28 removed ping,

@@ -22,6 +22,7 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::forward::{call_response, client_revision, forward};
+use super::input_wait::forward_or_wait;
 use super::revision::ClientRevision;
 use super::state::{GatewayState, ListChange};
 use super::user_view::{View, caller};
@@ -198,7 +199,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        let answer = forward(&upstream, sent, self.caller(&context))
+        let answer = forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
             .await
             .and_then(|result| call_response(&upstream.name, result));
         match answer {
@@ -336,7 +337,7 @@ impl ServerHandler for GatewayHandler {
             .resource_owner(&context.extensions, &request.uri)
             .await?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
-        match forward(&upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
@@ -426,7 +427,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
-        match forward(&upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {

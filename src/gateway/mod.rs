@@ -10,6 +10,7 @@ mod forward;
 mod handler;
 mod http;
 mod input_rounds;
+mod input_wait;
 mod listener;
 pub mod metrics;
 mod overview;

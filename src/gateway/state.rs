@@ -152,6 +152,8 @@ pub struct GatewayState {
     log_levels: moka::sync::Cache<String, LoggingLevel>,
     /// What `/metrics` exposes.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Calls waiting for a 2026-07-28 client's input (`input_wait`).
+    pub waiting: super::input_wait::WaitingCalls,
 }
 
 impl GatewayState {
@@ -175,6 +177,7 @@ impl GatewayState {
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
             metrics: Arc::default(),
+            waiting: Default::default(),
         })
     }
 

@@ -70,7 +70,8 @@ CONFORMANCE="$DIR/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 OIDC_PROVIDER_JS="$DIR/oidc_provider.mjs"
 HELM_LIBS=("$DIR"/.venv/lib/python*/site-packages/helm_python/lib/libhelm_c.so)
 for f in "$NODE22" "$KMCP" "$EVERYTHING" "$INSPECTOR" "$CONFORMANCE" "$DIR/.venv/bin/python" "${HELM_LIBS[0]}" \
-         "$OIDC_PROVIDER_JS" "$DIR/node_modules/@modelcontextprotocol/client/package.json" "$DIR/node_modules/@modelcontextprotocol/server-memory/dist/index.js" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json"; do
+         "$OIDC_PROVIDER_JS" "$DIR/node_modules/@modelcontextprotocol/client/package.json" "$DIR/node_modules/@modelcontextprotocol/server-memory/dist/index.js" "$DIR/node_modules/oidc-provider/package.json" "$DIR/node_modules/jose/package.json" \
+         "$DIR/.venv/bin/mcp-server-time"; do
   [[ -e "$f" ]] || { log "missing after install: $f (try PEERS_FORCE=1)"; exit 1; }
 done
 "$NODE22" --version >/dev/null
@@ -92,6 +93,9 @@ KUBECONFIG_FAKE=$DIR/kubeconfig.yaml
 PY=$DIR/.venv/bin/python
 PY_SERVER=$DIR/py_server.py
 PY_CLIENT=$DIR/py_client.py
+PROBE=$DIR/probe.py
+FASTMCP_SERVER=$DIR/fastmcp_server.py
+MCP_SERVER_TIME=$DIR/.venv/bin/mcp-server-time
 HELM_RENDER=$DIR/helm_render.py
 OIDC_PROVIDER_JS=$OIDC_PROVIDER_JS
 EOF

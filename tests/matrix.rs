@@ -1,0 +1,443 @@
+//! The client x upstream matrix: for each upstream (real third-party
+//! servers, over each transport they offer), each client SDK exercises
+//! everything the upstream offers directly and through the gateway, and
+//! the two documents must match after the gateway's documented rewrites
+//! (`src/gateway/revision.rs`): tool and prompt names carry the
+//! `x_<server>_` prefix (the probe strips it), an elicitation's message
+//! names the server, and the fields the revisions differ in (`_meta`,
+//! `resultType`, `ttlMs`, `cacheScope`) are compared only where both sides
+//! spoke the same revision.
+//!
+//! Clients (tests/peers/probe.py): the Python `mcp` SDK Client in its
+//! default mode (2026-07-28 where the server has it) and forced to the
+//! 2025-11-25 handshake, and the `fastmcp` Client. Each upstream gets one
+//! gateway, shared by every client of its test.
+//!
+//! Differences that are not the gateway's (kept out of the plans, with the
+//! reason): `ping` does not exist in 2026-07-28, so it is compared only when
+//! both sides spoke a handshake revision; server-everything asks for roots
+//! once per session, outside any call, so a 2026-07-28 client (which can be
+//! asked only within a call) never gives them to it through the gateway's
+//! shared session: `get-roots-list` is compared for session clients only.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// The client SDKs of the matrix, as probe.py names them.
+const CLIENTS: &[&str] = &["mcp", "mcp-legacy", "fastmcp"];
+
+/// Where the probe finds an upstream directly.
+enum Direct {
+    Url(String),
+    /// A legacy HTTP+SSE server's `/sse` URL.
+    Sse(String),
+    Stdio(Vec<String>),
+}
+
+/// Runs probe.py with `sdk` against `target` (a URL, or `--stdio` argv).
+fn probe(sdk: &str, target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
+    let p = peers();
+    let mut cmd = std::process::Command::new(p.get("PY"));
+    cmd.arg(p.get("PROBE")).args(["--sdk", sdk]);
+    match target {
+        Direct::Url(url) => cmd.args(["--url", url]),
+        Direct::Sse(url) => cmd.args(["--sse", url]),
+        Direct::Stdio(argv) => cmd.args(["--stdio", &serde_json::to_string(argv).unwrap()]),
+    };
+    if let Some(prefix) = prefix {
+        cmd.args(["--prefix", prefix]);
+    }
+    let out = cmd
+        .arg(plan.to_string())
+        .output()
+        .expect("running probe.py");
+    assert!(
+        out.status.success(),
+        "probe --sdk {sdk} {}: {}",
+        match target {
+            Direct::Url(url) | Direct::Sse(url) => url.clone(),
+            Direct::Stdio(argv) => argv.join(" "),
+        },
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("probe prints JSON")
+}
+
+/// Whether a probe's session used a handshake revision.
+fn session(document: &Value) -> bool {
+    document["protocolVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("2025"))
+}
+
+/// A probe document with the documented rewrites undone and the fields the
+/// revisions differ in removed (kept when `same_revision`).
+fn normalized(document: &Value, label: &str, same_revision: bool) -> Value {
+    fn strip(value: &Value, same_revision: bool) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .filter(|(key, _)| {
+                        key.as_str() != "protocolVersion"
+                            && (same_revision
+                                || !["_meta", "resultType", "ttlMs", "cacheScope"]
+                                    .contains(&key.as_str()))
+                    })
+                    .map(|(key, value)| (key.clone(), strip(value, same_revision)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| strip(item, same_revision))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let mut document = strip(document, same_revision);
+    strip_hop_meta(&mut document);
+    // The gateway's lists are its own: an upstream without prompts (or
+    // resources) contributes an empty list where, directly, the method is
+    // not found.
+    for list in ["resources", "templates", "prompts"] {
+        if document[list]["error"] == "Method not found" {
+            document[list] = json!([]);
+        }
+    }
+    if let Some(asked) = document.get_mut("asked").and_then(Value::as_array_mut) {
+        for entry in asked.iter_mut() {
+            if let Some(text) = entry.as_str() {
+                *entry = text.replacen(&format!("[{label}] "), "", 1).into();
+            }
+        }
+    }
+    // `ping` is compared for working or not (SDKs word "method not found"
+    // each their own way), and only between handshake revisions: 2026-07-28
+    // has no ping.
+    if let Some(object) = document.as_object_mut() {
+        if !same_revision {
+            object.remove("ping");
+        } else if let Some(ping) = object.get_mut("ping") {
+            *ping = (*ping == Value::Bool(true)).into();
+        }
+    }
+    document
+}
+
+/// Removes `_meta["io.modelcontextprotocol/serverInfo"]` wherever it is
+/// (the gateway's clients get the gateway's; a documented rewrite).
+fn strip_hop_meta(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(meta)) = map.get_mut("_meta") {
+                meta.remove("io.modelcontextprotocol/serverInfo");
+                if meta.is_empty() {
+                    map.remove("_meta");
+                }
+            }
+            map.values_mut().for_each(strip_hop_meta);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_hop_meta),
+        _ => {}
+    }
+}
+
+/// Every client, directly and through `gateway`, compared member by member.
+fn compare_all(name: &str, gateway: &Gateway, direct: &Direct, plan: &Value, session_only: &Value) {
+    let via = Direct::Url(gateway.url());
+    let prefix = format!("x_{name}_");
+    for sdk in CLIENTS {
+        let direct_doc = probe(sdk, direct, None, plan);
+        let through_doc = probe(sdk, &via, Some(&prefix), plan);
+        let same = direct_doc["protocolVersion"] == through_doc["protocolVersion"];
+        let (a, b) = (
+            normalized(&direct_doc, name, same),
+            normalized(&through_doc, name, same),
+        );
+        for key in a.as_object().unwrap().keys() {
+            assert_eq!(
+                b[key], a[key],
+                "{name}, client {sdk}: {key} differs (left: through the gateway, right: directly; \
+                 revisions {} / {})",
+                through_doc["protocolVersion"], direct_doc["protocolVersion"]
+            );
+        }
+        assert!(
+            a["tools"].as_array().is_some_and(|t| !t.is_empty()),
+            "{name}: no tools listed directly: {direct_doc}"
+        );
+        if session(&direct_doc) && session(&through_doc) && !session_only.is_null() {
+            let direct_doc = probe(sdk, direct, None, session_only);
+            let through_doc = probe(sdk, &via, Some(&prefix), session_only);
+            assert_eq!(
+                normalized(&through_doc, name, false)["calls"],
+                normalized(&direct_doc, name, false)["calls"],
+                "{name}, client {sdk}: session-only calls differ"
+            );
+        }
+    }
+}
+
+fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
+}
+
+fn gateway_with(name: &str, manifest: &str, manifests: &Path, logs: &Path) -> Gateway {
+    write_manifest(manifests, &format!("{name}.yaml"), manifest);
+    let gateway = Gateway::start(manifests, logs);
+    gateway.wait_state(name, "Connected", Duration::from_secs(30));
+    gateway
+}
+
+/// What server-everything offers, in the probe's plan.
+fn everything_plan() -> (Value, Value) {
+    let plan = json!({
+        "calls": [
+            {"tool": "echo", "args": {"message": "hi"}},
+            {"tool": "get-sum", "args": {"a": 1, "b": 2.5}},
+            {"tool": "get-structured-content", "args": {"location": "New York"}},
+            {"tool": "get-annotated-message", "args": {"messageType": "error", "includeImage": true}},
+            {"tool": "get-resource-links", "args": {"count": 2}},
+            {"tool": "get-tiny-image"},
+            {"tool": "trigger-elicitation-request"},
+            {"tool": "trigger-sampling-request", "args": {"prompt": "hello"}},
+            {"tool": "get-sum", "args": {"a": "not a number"}},
+        ],
+        // Dynamic resources carry the time they were made: static ones only.
+        "reads": [
+            "demo://resource/static/document/architecture.md",
+            "demo://resource/static/document/features.md",
+        ],
+        "prompts": [
+            {"name": "simple-prompt"},
+            {"name": "args-prompt", "args": {"city": "Berlin", "state": "BE"}},
+        ],
+        "ping": true,
+    });
+    let session_only = json!({"calls": [{"tool": "get-roots-list"}]});
+    (plan, session_only)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_everything_over_streamable_http() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, port) = everything("streamableHttp", 0, logs.path());
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let gateway = gateway_with(
+        "everything",
+        &http_manifest("everything", &url, ""),
+        manifests.path(),
+        logs.path(),
+    );
+    let (plan, session_only) = everything_plan();
+    compare_all(
+        "everything",
+        &gateway,
+        &Direct::Url(url),
+        &plan,
+        &session_only,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_everything_over_legacy_sse() {
+    let (manifests, logs) = tempdirs();
+    let (_everything, port) = everything("sse", 0, logs.path());
+    let url = format!("http://127.0.0.1:{port}/sse");
+    let gateway = gateway_with(
+        "everything",
+        &format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: everything}}\nspec: {{type: sse, url: '{url}', timeout: 10}}\n"
+        ),
+        manifests.path(),
+        logs.path(),
+    );
+    let (plan, session_only) = everything_plan();
+    compare_all(
+        "everything",
+        &gateway,
+        &Direct::Sse(url),
+        &plan,
+        &session_only,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_mcp_server_over_streamable_http() {
+    let (manifests, logs) = tempdirs();
+    let (_kmcp, port) = kubernetes_mcp_server(0, logs.path());
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let gateway = gateway_with(
+        "kube",
+        &http_manifest("kube", &url, ""),
+        manifests.path(),
+        logs.path(),
+    );
+    // Its kubeconfig points at no cluster: what works offline, and errors.
+    let plan = json!({
+        "calls": [
+            {"tool": "configuration_view", "args": {"minified": true}},
+            {"tool": "namespaces_list"},
+            {"tool": "pods_get", "args": {"name": "missing"}},
+        ],
+        "ping": true,
+    });
+    compare_all("kube", &gateway, &Direct::Url(url), &plan, &Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_everything_over_stdio() {
+    let (manifests, logs) = tempdirs();
+    let p = peers();
+    let argv = vec![
+        p.get("NODE22").to_string(),
+        p.get("EVERYTHING_JS").to_string(),
+        "stdio".to_string(),
+    ];
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 10\n",
+        argv[0], argv[1]
+    );
+    let gateway = gateway_with("everything", &manifest, manifests.path(), logs.path());
+    let (plan, session_only) = everything_plan();
+    compare_all(
+        "everything",
+        &gateway,
+        &Direct::Stdio(argv),
+        &plan,
+        &session_only,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_sdk_server_over_streamable_http() {
+    let (manifests, logs) = tempdirs();
+    let (_py, url) = python_server(0, logs.path());
+    let gateway = gateway_with(
+        "py",
+        &http_manifest("py", &url, ""),
+        manifests.path(),
+        logs.path(),
+    );
+    let plan = json!({
+        "calls": [
+            {"tool": "add", "args": {"a": 2, "b": 3}},
+            {"tool": "echo", "args": {"text": "0.7 and 1.0"}},
+            {"tool": "fail", "args": {"message": "no"}},
+            {"tool": "chatty"},
+        ],
+        "reads": ["py://info"],
+        "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
+        "ping": true,
+    });
+    // Directly, this server can ask only a session client (`ctx.elicit`
+    // has no back-channel on 2026-07-28); through the gateway every client
+    // can answer it (tests/relay.rs), so it is compared for session clients.
+    let session_only = json!({"calls": [{"tool": "ask"}]});
+    compare_all("py", &gateway, &Direct::Url(url), &plan, &session_only);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fastmcp_server_over_streamable_http() {
+    let (manifests, logs) = tempdirs();
+    let p = peers();
+    let mut cmd = std::process::Command::new(p.get("PY"));
+    cmd.arg(p.get("FASTMCP_SERVER"));
+    let server = Proc::spawn("fastmcp-server", cmd, logs.path());
+    let line = server.wait_line("READY", Duration::from_secs(30));
+    let url = line.trim_start_matches("READY ").trim().to_string();
+    let gateway = gateway_with(
+        "fast",
+        &http_manifest("fast", &url, ""),
+        manifests.path(),
+        logs.path(),
+    );
+    let plan = json!({
+        "calls": [
+            {"tool": "echo", "args": {"text": "hi"}},
+            {"tool": "add", "args": {"a": 1, "b": 0.7}},
+            {"tool": "steps", "args": {"n": 3}},
+            {"tool": "fail"},
+        ],
+        "reads": ["fast://info"],
+        "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
+        "ping": true,
+    });
+    // As with the Python SDK server: asking needs a session directly.
+    let session_only = json!({"calls": [{"tool": "ask"}]});
+    compare_all("fast", &gateway, &Direct::Url(url), &plan, &session_only);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_memory_over_stdio() {
+    let (manifests, logs) = tempdirs();
+    let p = peers();
+    // Each side gets its own graph file, so both start empty.
+    let direct_file = logs.path().join("direct.jsonl");
+    let gateway_file = logs.path().join("gateway.jsonl");
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: memory\nspec:\n  type: stdio\n  command: {}\n  args: [{}]\n  env: {{MEMORY_FILE_PATH: {}}}\n  timeout: 10\n",
+        p.get("NODE22"),
+        p.get("MEMORY_JS"),
+        gateway_file.display()
+    );
+    let gateway = gateway_with("memory", &manifest, manifests.path(), logs.path());
+    // The probe's child inherits the environment: a wrapper sets the file.
+    let argv = vec![
+        "env".to_string(),
+        format!("MEMORY_FILE_PATH={}", direct_file.display()),
+        p.get("NODE22").to_string(),
+        p.get("MEMORY_JS").to_string(),
+    ];
+    let plan = json!({
+        "calls": [
+            {"tool": "create_entities", "args": {"entities": [
+                {"name": "berlin", "entityType": "cluster", "observations": ["runs kubernetes"]}]}},
+            {"tool": "add_observations", "args": {"observations": [
+                {"entityName": "berlin", "contents": ["has 3 nodes"]}]}},
+            {"tool": "search_nodes", "args": {"query": "berlin"}},
+            {"tool": "delete_entities", "args": {"entityNames": ["berlin"]}},
+            {"tool": "read_graph"},
+        ],
+        "ping": true,
+    });
+    compare_all(
+        "memory",
+        &gateway,
+        &Direct::Stdio(argv),
+        &plan,
+        &Value::Null,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_server_time_over_stdio() {
+    let (manifests, logs) = tempdirs();
+    let p = peers();
+    let argv = vec![
+        p.get("MCP_SERVER_TIME").to_string(),
+        "--local-timezone".to_string(),
+        "Europe/Berlin".to_string(),
+    ];
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: time\nspec:\n  type: stdio\n  command: {}\n  args: [--local-timezone, Europe/Berlin]\n  timeout: 10\n",
+        argv[0]
+    );
+    let gateway = gateway_with("time", &manifest, manifests.path(), logs.path());
+    let plan = json!({
+        "calls": [
+            {"tool": "convert_time", "args": {"source_timezone": "Europe/Berlin", "time": "12:30",
+                "target_timezone": "Asia/Tokyo"}},
+            {"tool": "convert_time", "args": {"source_timezone": "Nowhere/City", "time": "12:30",
+                "target_timezone": "Asia/Tokyo"}},
+        ],
+        "ping": true,
+    });
+    compare_all("time", &gateway, &Direct::Stdio(argv), &plan, &Value::Null);
+}
