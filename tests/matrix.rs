@@ -8,9 +8,10 @@
 //! `resultType`, `ttlMs`, `cacheScope`) are compared only where both sides
 //! spoke the same revision.
 //!
-//! Clients (tests/peers/probe.py): the Python `mcp` SDK Client in its
-//! default mode (2026-07-28 where the server has it) and forced to the
-//! 2025-11-25 handshake, and the `fastmcp` Client. Each upstream gets one
+//! Clients (tests/peers/probe.py, ts_probe.mjs): the Python `mcp` SDK
+//! Client in its default mode (2026-07-28 where the server has it) and
+//! forced to the 2025-11-25 handshake, the `fastmcp` Client, and the
+//! TypeScript SDK Client (`@modelcontextprotocol/client`). Each upstream gets one
 //! gateway, shared by every client of its test.
 //!
 //! Differences that are not the gateway's (kept out of the plans, with the
@@ -28,8 +29,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// The client SDKs of the matrix, as probe.py names them.
-const CLIENTS: &[&str] = &["mcp", "mcp-legacy", "fastmcp"];
+/// The client SDKs of the matrix, as probe.py names them (`ts`: the
+/// TypeScript SDK client, tests/peers/ts_probe.mjs).
+const CLIENTS: &[&str] = &["mcp", "mcp-legacy", "fastmcp", "ts"];
 
 /// Where the probe finds an upstream directly.
 enum Direct {
@@ -42,8 +44,18 @@ enum Direct {
 /// Runs probe.py with `sdk` against `target` (a URL, or `--stdio` argv).
 fn probe(sdk: &str, target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
     let p = peers();
-    let mut cmd = std::process::Command::new(p.get("PY"));
-    cmd.arg(p.get("PROBE")).args(["--sdk", sdk]);
+    let mut cmd = match sdk {
+        "ts" => {
+            let mut cmd = std::process::Command::new(p.get("NODE22"));
+            cmd.arg(p.get("TS_PROBE"));
+            cmd
+        }
+        _ => {
+            let mut cmd = std::process::Command::new(p.get("PY"));
+            cmd.arg(p.get("PROBE")).args(["--sdk", sdk]);
+            cmd
+        }
+    };
     match target {
         Direct::Url(url) => cmd.args(["--url", url]),
         Direct::Sse(url) => cmd.args(["--sse", url]),
@@ -150,9 +162,21 @@ fn strip_hop_meta(value: &mut Value) {
 
 /// Every client, directly and through `gateway`, compared member by member.
 fn compare_all(name: &str, gateway: &Gateway, direct: &Direct, plan: &Value, session_only: &Value) {
+    compare_clients(CLIENTS, name, gateway, direct, plan, session_only);
+}
+
+/// [`compare_all`] for the `clients` that can reach the upstream directly.
+fn compare_clients(
+    clients: &[&str],
+    name: &str,
+    gateway: &Gateway,
+    direct: &Direct,
+    plan: &Value,
+    session_only: &Value,
+) {
     let via = Direct::Url(gateway.url());
     let prefix = format!("x_{name}_");
-    for sdk in CLIENTS {
+    for sdk in clients {
         let direct_doc = probe(sdk, direct, None, plan);
         let through_doc = probe(sdk, &via, Some(&prefix), plan);
         let same = direct_doc["protocolVersion"] == through_doc["protocolVersion"];
@@ -341,6 +365,48 @@ async fn a_python_sdk_server_over_streamable_http() {
     // can answer it (tests/relay.rs), so it is compared for session clients.
     let session_only = json!({"calls": [{"tool": "ask"}]});
     compare_all("py", &gateway, &Direct::Url(url), &plan, &session_only);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
+    let (manifests, logs) = tempdirs();
+    let (_py, url) = python_server_with(0, logs.path(), &["--modern-only"]);
+    let gateway = gateway_with(
+        "py",
+        &http_manifest("py", &url, ""),
+        manifests.path(),
+        logs.path(),
+    );
+    let plan = json!({
+        "calls": [
+            {"tool": "add", "args": {"a": 2, "b": 3}},
+            {"tool": "echo", "args": {"text": "0.7 and 1.0"}},
+            {"tool": "fail", "args": {"message": "no"}},
+            {"tool": "ask_round_trip"},
+        ],
+        "reads": ["py://info"],
+        "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
+    });
+    // Clients that begin with the handshake (the Python client forced to
+    // it, the TypeScript client, which tries `initialize` first) cannot
+    // reach this server directly; through the gateway they can
+    // (tests/relay.rs).
+    let clients = ["mcp", "fastmcp"];
+    compare_clients(
+        &clients,
+        "py",
+        &gateway,
+        &Direct::Url(url),
+        &plan,
+        &Value::Null,
+    );
+    let through = probe("ts", &Direct::Url(gateway.url()), Some("x_py_"), &plan);
+    assert_eq!(through["protocolVersion"], "2025-11-25");
+    assert_eq!(
+        through["calls"][3]["content"][0]["text"], "hello Ada (state round-1)",
+        "{through}"
+    );
+    assert_eq!(through["asked"], json!(["elicit: [py] What is your name?"]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
