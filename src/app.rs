@@ -66,9 +66,17 @@ impl App {
                 Source::Manifests(ManifestDir::watch(dir.clone(), cancel.child_token())?)
             }
             SourceSettings::Kubernetes(kubernetes) => {
-                let client = kube::Client::try_default().await.context(
+                let mut config = kube::Config::infer().await.context(
                     "connecting to the Kubernetes API (in-cluster config, or KUBECONFIG)",
                 )?;
+                // kube's default client retries a 429, 503 or 504 up to 15
+                // times, its delays doubling towards minutes: after an API
+                // outage a watch could sit in those retries long after the
+                // API is back. The watches retry with their own backoff
+                // (at most 5 s apart) and the status writer on its next pass.
+                config.default_retry = false;
+                let client =
+                    kube::Client::try_from(config).context("building the Kubernetes API client")?;
                 let source = KubernetesSource::start(
                     client.clone(),
                     SourceConfig {

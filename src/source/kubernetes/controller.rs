@@ -28,13 +28,14 @@ use crate::source::{DesiredFleet, DesiredServer};
 /// Bursts of watch events are folded into one re-derivation.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// Watch retries: from 0.5 s, doubling, with jitter, at most 5 s apart,
-/// reset after 2 minutes of health. (kube's default waits up to 30 s, so a
-/// change made just after an API outage could wait that long.)
+/// Watch retries: from 0.5 s, doubling, at most 5 s apart, reset after 2
+/// minutes of health. (kube's default waits up to 30 s, so a change made
+/// just after an API outage could wait that long.) The jitter adds up to
+/// the delay itself, so the delay is capped at half of those 5 s.
 fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     let exponential = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(5))
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_millis(2500))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times();
@@ -235,8 +236,10 @@ impl KubernetesSource {
                 .as_ref()
                 .map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
             let last_refusal = Mutex::new(None);
+            // The Controller backs its trigger stream off itself (kube's
+            // default: up to 30 s, which stacked on a backoff here made a
+            // change after an outage wait ~50 s): the one backoff is set there.
             let events = reflector::reflector(writer, watcher(api, wc.clone()))
-                .backoff(watch_backoff())
                 .inspect(move |event| {
                     match event {
                         Ok(watcher::Event::InitDone) => {
@@ -264,6 +267,7 @@ impl KubernetesSource {
                 })
                 .touched_objects();
             let controller = Controller::for_stream(events, reader)
+                .trigger_backoff(watch_backoff())
                 .graceful_shutdown_on(cancel.clone().cancelled_owned())
                 .run(reconcile, error_policy, shared.clone())
                 .for_each(|_| std::future::ready(()));
