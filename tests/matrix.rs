@@ -4,7 +4,7 @@
 //! the two documents must match after the gateway's documented rewrites
 //! (`src/gateway/revision.rs`): tool and prompt names carry the
 //! `x_<server>_` prefix (the probe strips it), an elicitation's message
-//! names the server, and the fields the revisions differ in (`_meta`,
+//! and a log message's logger name the server, and the fields the revisions differ in (`_meta`,
 //! `resultType`, `ttlMs`, `cacheScope`) are compared only where both sides
 //! spoke the same revision.
 //!
@@ -17,9 +17,10 @@
 //! Differences that are not the gateway's (kept out of the plans, with the
 //! reason): `ping` does not exist in 2026-07-28, so it is compared only when
 //! both sides spoke a handshake revision; server-everything asks for roots
-//! once per session, outside any call, so a 2026-07-28 client (which can be
-//! asked only within a call) never gives them to it through the gateway's
-//! shared session: `get-roots-list` is compared for session clients only.
+//! on its own, outside any call, which the gateway's shared session answers
+//! only while a call is in flight: whether it was asked is not compared,
+//! whether it got the client's roots is (`get-roots-list`, for session
+//! clients: a 2026-07-28 client can be asked only within a call).
 
 mod common;
 
@@ -123,9 +124,33 @@ fn normalized(document: &Value, label: &str, same_revision: bool) -> Value {
         }
     }
     if let Some(asked) = document.get_mut("asked").and_then(Value::as_array_mut) {
+        // When a server asks for roots on its own (after `initialized`, or
+        // on roots/list_changed: outside any call) it asks the gateway's
+        // shared session, which answers only while a call is in flight;
+        // whether the server got the roots is compared by `get-roots-list`.
+        asked.retain(|entry| entry != "roots");
         for entry in asked.iter_mut() {
             if let Some(text) = entry.as_str() {
                 *entry = text.replacen(&format!("[{label}] "), "", 1).into();
+            }
+        }
+    }
+    // A relayed log message's logger names the server first.
+    if let Some(calls) = document.get_mut("logs").and_then(Value::as_array_mut) {
+        for message in calls
+            .iter_mut()
+            .filter_map(|call| call.get_mut("messages").and_then(Value::as_array_mut))
+            .flatten()
+        {
+            let logger = message["logger"].as_str().map(str::to_string);
+            let prefix = format!("{label}/");
+            if let Some(rest) = logger.as_deref().and_then(|l| l.strip_prefix(&prefix)) {
+                message["logger"] = rest.into();
+            } else if logger.as_deref().is_none_or(|l| l == label) {
+                // No logger (null, absent, or the label alone stands for none).
+                if let Some(message) = message.as_object_mut() {
+                    message.remove("logger");
+                }
             }
         }
     }
@@ -180,10 +205,29 @@ fn compare_clients(
         let direct_doc = probe(sdk, direct, None, plan);
         let through_doc = probe(sdk, &via, Some(&prefix), plan);
         let same = direct_doc["protocolVersion"] == through_doc["protocolVersion"];
-        let (a, b) = (
+        let (mut a, b) = (
             normalized(&direct_doc, name, same),
             normalized(&through_doc, name, same),
         );
+        // Progress: the gateway relays every step before the result; some
+        // clients drop a step that arrives just before the result when
+        // they talk to the server directly (the TypeScript client over
+        // legacy SSE and stdio drops the last one). What comes through
+        // must start with everything that came directly.
+        if let (Some(direct), Some(through)) =
+            (a["progress"].as_array_mut(), b["progress"].as_array())
+        {
+            for (d, t) in direct.iter_mut().zip(through) {
+                let (ds, ts) = (d["steps"].as_array(), t["steps"].as_array());
+                if let (Some(ds), Some(ts)) = (ds, ts) {
+                    assert!(
+                        ts.starts_with(ds),
+                        "{name}, client {sdk}: progress through the gateway {ts:?}, directly {ds:?}"
+                    );
+                }
+                d["steps"] = t["steps"].clone();
+            }
+        }
         for key in a.as_object().unwrap().keys() {
             assert_eq!(
                 b[key], a[key],
@@ -196,6 +240,21 @@ fn compare_clients(
             a["tools"].as_array().is_some_and(|t| !t.is_empty()),
             "{name}: no tools listed directly: {direct_doc}"
         );
+        // What is compared is there at all (not two empty lists).
+        for call in through_doc["progress"].as_array().into_iter().flatten() {
+            assert!(
+                call["steps"].as_array().is_some_and(|s| !s.is_empty()),
+                "{name}, client {sdk}: no progress through the gateway: {call}"
+            );
+        }
+        if session(&through_doc) {
+            for call in through_doc["logs"].as_array().into_iter().flatten() {
+                assert!(
+                    call["messages"].as_array().is_some_and(|m| !m.is_empty()),
+                    "{name}, client {sdk}: no log messages through the gateway: {call}"
+                );
+            }
+        }
         if session(&direct_doc) && session(&through_doc) && !session_only.is_null() {
             let direct_doc = probe(sdk, direct, None, session_only);
             let through_doc = probe(sdk, &via, Some(&prefix), session_only);
@@ -243,6 +302,11 @@ fn everything_plan() -> (Value, Value) {
             {"name": "args-prompt", "args": {"city": "Berlin", "state": "BE"}},
         ],
         "ping": true,
+        "progress": [{"tool": "trigger-long-running-operation", "args": {"duration": 1, "steps": 4}}],
+        "complete": [
+            {"ref": {"type": "ref/prompt", "name": "completable-prompt"},
+             "argument": {"name": "department", "value": "E"}},
+        ],
     });
     let session_only = json!({"calls": [{"tool": "get-roots-list"}]});
     (plan, session_only)
@@ -354,11 +418,11 @@ async fn a_python_sdk_server_over_streamable_http() {
             {"tool": "add", "args": {"a": 2, "b": 3}},
             {"tool": "echo", "args": {"text": "0.7 and 1.0"}},
             {"tool": "fail", "args": {"message": "no"}},
-            {"tool": "chatty"},
         ],
         "reads": ["py://info"],
         "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
         "ping": true,
+        "logged": [{"tool": "chatty"}],
     });
     // Directly, this server can ask only a session client (`ctx.elicit`
     // has no back-channel on 2026-07-28); through the gateway every client
@@ -428,9 +492,10 @@ async fn a_fastmcp_server_over_streamable_http() {
         "calls": [
             {"tool": "echo", "args": {"text": "hi"}},
             {"tool": "add", "args": {"a": 1, "b": 0.7}},
-            {"tool": "steps", "args": {"n": 3}},
             {"tool": "fail"},
         ],
+        "progress": [{"tool": "steps", "args": {"n": 3}}],
+        "logged": [{"tool": "steps", "args": {"n": 2}}],
         "reads": ["fast://info"],
         "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
         "ping": true,

@@ -13,13 +13,17 @@ it gets through the gateway. Usage:
   `x_<server>_`); listed names without it are left out (the gateway's own tool) and P is
   stripped, calls and prompts get it added, so both sides print the upstream's names.
 PLAN_JSON: {"calls": [{"tool": NAME, "args": {...}}...], "reads": [URI...],
-  "prompts": [{"name": NAME, "args": {...}}...], "ping": true}
+  "prompts": [{"name": NAME, "args": {...}}...], "ping": true,
+  "progress": [{"tool", "args"}...]   (each called with a progress callback),
+  "logged": [{"tool", "args"}...]     (each called with logs asked for at "debug"),
+  "complete": [{"ref": {...}, "argument": {"name", "value"}}...]}
 The client declares elicitation (accepting every form with {"name": "Ada"}), sampling
 (answering "sampled: <first message text>") and roots (file:///srv/flotilla-matrix), and
 records the messages it is asked.
 Prints one JSON document: {"protocolVersion", "tools", "resources", "templates", "prompts",
   "calls": [result or {"error": message}], "reads": [...], "prompt_results": [...],
-  "ping": true|error, "asked": [...]}; lists are sorted by name (or uri). A list the server
+  "ping": true|error, "asked": [...], "progress": [{"result", "steps": [progress...]}],
+  "logs": [{"result", "messages": [{level, logger, data}]}], "completions": [...]}; lists are sorted by name (or uri). A list the server
   does not offer is {"error": message}. Exit 1 with a message on stderr if the client cannot
   connect at all.
 """
@@ -49,6 +53,10 @@ def error_text(e: BaseException) -> str:
 class Recorder:
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.logs: list[dict] = []
+
+    async def log(self, level, logger, data) -> None:
+        self.logs.append({"level": level, "logger": logger, "data": data})
 
     async def elicit(self, message: str) -> None:
         self.asked.append(f"elicit: {message}")
@@ -94,9 +102,15 @@ def mcp_client(args, rec: Recorder):
         server = args.url
     else:
         server = StdioServerParameters(command=args.stdio[0], args=args.stdio[1:])
+
+    async def on_log(params):
+        await rec.log(params.level, params.logger, params.data)
+
     return Client(
         server,
         mode="legacy" if args.sdk == "mcp-legacy" else "auto",
+        log_level="debug" if args.sdk == "mcp" else None,
+        logging_callback=on_log,
         read_timeout_seconds=args.timeout,
         elicitation_callback=on_elicit,
         sampling_callback=on_sample,
@@ -134,8 +148,15 @@ class McpOps:
     async def prompts(self):
         return await self.pages("list_prompts", "prompts")
 
-    async def call(self, name, arguments):
-        return await self.c.call_tool(name, arguments)
+    async def call(self, name, arguments, on_progress=None):
+        return await self.c.call_tool(name, arguments, progress_callback=on_progress)
+
+    async def want_logs(self):
+        # A 2026-07-28 client names its level on every request instead.
+        await self.c.set_logging_level("debug")
+
+    async def complete(self, ref, argument):
+        return await self.c.complete(ref, argument)
 
     async def read(self, uri):
         return await self.c.read_resource(uri)
@@ -162,6 +183,9 @@ def fastmcp_client(args, rec: Recorder):
         await rec.roots()
         return [types.Root(uri=ROOT, name="matrix")]
 
+    async def on_log(message):
+        await rec.log(message.level, message.logger, message.data)
+
     if args.sse:
         from fastmcp.client.transports import SSETransport
 
@@ -176,6 +200,7 @@ def fastmcp_client(args, rec: Recorder):
         elicitation_handler=on_elicit,
         sampling_handler=on_sample,
         roots=on_roots,
+        log_handler=on_log,
     )
 
 
@@ -201,8 +226,14 @@ class FastOps:
     async def prompts(self):
         return (await self.c.list_prompts_mcp()).prompts
 
-    async def call(self, name, arguments):
-        return await self.c.call_tool_mcp(name, arguments)
+    async def call(self, name, arguments, on_progress=None):
+        return await self.c.call_tool_mcp(name, arguments, progress_handler=on_progress)
+
+    async def want_logs(self):
+        await self.c.set_logging_level("debug")
+
+    async def complete(self, ref, argument):
+        return await self.c.complete_mcp(ref, argument)
 
     async def read(self, uri):
         return await self.c.read_resource_mcp(uri)
@@ -258,6 +289,36 @@ async def run(args, plan: dict) -> dict:
                     out["ping"] = True
                 except Exception as e:  # noqa: BLE001
                     out["ping"] = {"error": error_text(e)}
+            out["progress"] = []
+            for k in plan.get("progress", []):
+                steps: list[float] = []
+
+                async def on_progress(progress, total=None, message=None):
+                    steps.append(progress)
+
+                result = await attempt(o.call(prefix + k["tool"], k.get("args", {}), on_progress))
+                out["progress"].append({"result": result, "steps": steps})
+            if plan.get("logged") and str(o.version() or "").startswith("2025"):
+                # A session asks once (a server without logging/setLevel
+                # refuses; its logs, if any, are compared all the same).
+                try:
+                    await o.want_logs()
+                except Exception:  # noqa: BLE001
+                    pass
+            out["logs"] = []
+            for k in plan.get("logged", []):
+                rec.logs.clear()
+                result = await attempt(o.call(prefix + k["tool"], k.get("args", {})))
+                out["logs"].append({"result": result, "messages": list(rec.logs)})
+            out["completions"] = []
+            for k in plan.get("complete", []):
+                ref = dict(k["ref"])
+                if ref.get("type") == "ref/prompt":
+                    ref["name"] = prefix + ref["name"]
+                ref_model = (
+                    types.PromptReference(**ref) if ref["type"] == "ref/prompt" else types.ResourceTemplateReference(**ref)
+                )
+                out["completions"].append(await attempt(o.complete(ref_model, k["argument"])))
             out["asked"] = rec.asked
     return out
 

@@ -48,6 +48,12 @@ client.setRequestHandler("roots/list", async () => {
   return { roots: [{ uri: "file:///srv/flotilla-matrix", name: "matrix" }] };
 });
 
+const logs = [];
+client.setNotificationHandler("notifications/message", async (note) => {
+  const { level, logger, data } = note.params;
+  logs.push({ level, logger, data });
+});
+
 const message = (error) => String(error?.message ?? error);
 
 async function listed(fetch, attr, key, named) {
@@ -110,6 +116,33 @@ try {
     } catch (error) {
       out.ping = { error: message(error) };
     }
+  }
+  out.progress = [];
+  for (const call of plan.progress ?? []) {
+    const steps = [];
+    const result = await attempt(
+      client.callTool(
+        { name: name(call.tool), arguments: call.args ?? {} },
+        { onprogress: (p) => steps.push(p.progress) },
+      ),
+    );
+    out.progress.push({ result, steps });
+  }
+  if ((plan.logged ?? []).length && String(out.protocolVersion).startsWith("2025")) {
+    // A server without logging/setLevel refuses; its logs are compared all the same.
+    await client.setLoggingLevel("debug").catch(() => {});
+  }
+  out.logs = [];
+  for (const call of plan.logged ?? []) {
+    logs.length = 0;
+    const result = await attempt(client.callTool({ name: name(call.tool), arguments: call.args ?? {} }));
+    out.logs.push({ result, messages: [...logs] });
+  }
+  out.completions = [];
+  for (const k of plan.complete ?? []) {
+    const ref = { ...k.ref };
+    if (ref.type === "ref/prompt") ref.name = name(ref.name);
+    out.completions.push(await attempt(client.complete({ ref, argument: k.argument })));
   }
   out.asked = asked;
   process.stdout.write(JSON.stringify(out) + "\n");
