@@ -10,7 +10,7 @@
 #[path = "support/client.rs"]
 #[allow(dead_code)] // shared with the gateway bench, which uses the rest
 mod client;
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 #[path = "support/upstream.rs"]
 mod upstream;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Owns: the fastmcp test server used by tests/matrix.rs (a fastmcp 4.x server, Streamable HTTP).
+"""Owns: the fastmcp test server used by tests/integration/matrix.rs (a fastmcp 4.x server, Streamable HTTP).
 
 Usage: .venv/bin/python fastmcp_server.py
   Listens on 127.0.0.1, on a port the kernel picks; once listening prints exactly one line

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Owns: the matrix probe: one MCP client SDK exercising one server, printing what it saw.
 
-Used by tests/matrix.rs to compare what a client gets from an upstream directly with what
+Used by tests/integration/matrix.rs to compare what a client gets from an upstream directly with what
 it gets through the gateway. Usage:
   .venv/bin/python probe.py --sdk mcp|mcp-legacy|fastmcp (--url URL | --stdio JSON_ARGV)
       [--prefix P] [--timeout S] PLAN_JSON       (or --sse URL: a legacy HTTP+SSE server)

@@ -45,11 +45,11 @@ pub(super) async fn relay_call(
     let catalog = &view.catalog;
     let owner = tasks::owner(user, client);
     if client.revision == ClientRevision::Stateless
-        && let Some(state) = message::request_state(message.params)
-        && input::is_ours(&state)
+        && let Some(state) = call.request_state.as_deref()
+        && input::is_ours(state)
     {
         let caller = owner.as_deref();
-        return Some(input::resume(relay, client, caller, method, message, &state).await);
+        return Some(input::resume(relay, client, caller, method, message, state).await);
     }
     let owner_of_call = owner.clone();
     let target = if tasks::TASK_METHODS.contains(&method) {

@@ -52,12 +52,16 @@ pub struct CallPeek {
     pub progress_token: Option<Value>,
     /// `_meta["io.modelcontextprotocol/logLevel"]` (2026-07-28).
     pub log_level: Option<String>,
+    /// The `requestState` a retried 2026-07-28 request carries.
+    pub request_state: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct CallParams {
     name: Option<String>,
     uri: Option<String>,
+    #[serde(rename = "requestState")]
+    request_state: Option<String>,
     #[serde(rename = "_meta")]
     meta: Option<CallMeta>,
 }
@@ -82,6 +86,7 @@ pub fn peek_call(params: Option<&RawValue>) -> Option<CallPeek> {
         uri: params.uri,
         progress_token: meta.as_ref().and_then(|m| m.progress_token.clone()),
         log_level: meta.and_then(|m| m.log_level),
+        request_state: params.request_state,
     })
 }
 
@@ -386,11 +391,6 @@ pub fn input_required_to_client(
         Value::String(request_state.to_string())
     );
     envelope(&client_id.to_string(), "result", &result)
-}
-
-/// The `requestState` a retried 2026-07-28 request carries.
-pub fn request_state(params: Option<&RawValue>) -> Option<String> {
-    member(params, "requestState")
 }
 
 /// The `inputResponses` of a retried 2026-07-28 request, each kept raw.

@@ -1,16 +1,14 @@
 //! Self-test of the OpenID provider test peers (tests/peers/oidc_provider.mjs
-//! via tests/common/idp.rs, and py_server.py --require-bearer): auth code +
+//! via tests/integration/common/idp.rs, and py_server.py --require-bearer): auth code +
 //! PKCE with the headless browser login, refresh token rotation, Dex
 //! cross-client audiences, Dex-shaped RFC 8693 token exchange and its errors,
 //! and a bearer-guarded MCP server accepting the exchanged token.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::idp::{self, Idp};
-use common::{Proc, peers, unserved_port};
+use crate::common::idp::{self, Idp};
+use crate::common::{Proc, peers, unserved_port};
 use serde_json::{Value, json};
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"idp-peers","version":"1"}}}"#;

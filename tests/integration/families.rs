@@ -3,11 +3,9 @@
 //! timeouts, output budget, destructive guard), the fleet overview tool, and
 //! upstream-initiated requests relayed to the calling client.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {

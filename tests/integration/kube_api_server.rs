@@ -1,12 +1,10 @@
-//! Tests of the in-process Kubernetes API test server (tests/support/kube_api.rs)
+//! Tests of the in-process Kubernetes API test server (tests/integration/kube_api.rs)
 //! driven by the real kube client, watcher, reflector and event recorder, so
 //! the controller's tests can trust it.
 
-#[path = "support/kube_api.rs"]
-mod kube_api;
-
 use std::time::{Duration, Instant};
 
+use crate::kube_api::{KubeApiServer, Options};
 use flotilla::api::{MCPServer, MCPServerSpec, MCPServerStatus, ServerState};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -19,7 +17,6 @@ use kube::api::{
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
-use kube_api::{KubeApiServer, Options};
 use serde_json::{Value, json};
 
 fn server() -> KubeApiServer {

@@ -1,16 +1,12 @@
 //! The Kubernetes source end to end: the real gateway binary, with the real
 //! kube client, against the project's in-process Kubernetes API test server
-//! (tests/support/kube_api.rs; no kube-apiserver installs here).
-
-mod common;
-#[path = "support/kube_api.rs"]
-mod kube_api;
+//! (tests/integration/kube_api.rs; no kube-apiserver installs here).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
-use kube_api::KubeApiServer;
+use crate::common::*;
+use crate::kube_api::KubeApiServer;
 use serde_json::{Value, json};
 
 fn kubeconfig(api: &KubeApiServer, dir: &Path) -> PathBuf {
@@ -686,16 +682,16 @@ async fn a_status_someone_else_overwrote_is_written_back() {
 /// exchanges; the MCPServer's status says it connects per user.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exchanging_mcpserver_uses_client_credentials_from_its_secret() {
+    use crate::common::idp::{Idp, gateway_login, jwt_claims};
+    use crate::common::sso_world::{connect_as, py_server_with, token_seen_by, write_config};
     use base64::Engine as _;
-    use common::idp::{Idp, gateway_login, jwt_claims};
-    use common::sso_world::{connect_as, py_server_with, token_seen_by, write_config};
     let logs = tempfile::tempdir().unwrap();
     let api = KubeApiServer::start();
     let central = Idp::central(
         logs.path(),
         &[(
             "flotilla",
-            common::sso_world::GW_SECRET,
+            crate::common::sso_world::GW_SECRET,
             &["http://127.0.0.1/oauth/callback"],
         )],
         3600,

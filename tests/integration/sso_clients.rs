@@ -6,15 +6,13 @@
 //! plays the browser (a headless login at the central provider) and hands
 //! the final redirect URL back to the client.
 
-mod common;
-
 use std::io::Write;
 use std::process::{ChildStdin, Command};
 use std::time::{Duration, Instant};
 
-use common::idp::{browser_login, jwt_claims, query_param};
-use common::sso_world::*;
-use common::*;
+use crate::common::idp::{browser_login, jwt_claims, query_param};
+use crate::common::sso_world::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// How long one client run (registration, login, MCP call) may take.

@@ -3,12 +3,10 @@
 //! project's simulated clusters, and real clients (rmcp, the Python SDK in
 //! both modes, the MCP Inspector CLI).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {

@@ -6,13 +6,11 @@
 //! own `--set` values and asserts on the parsed manifests; nothing is shared
 //! but the read-only chart, so the tests run in parallel.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{peers, repo};
+use crate::common::{peers, repo};
 
 use serde::Deserialize as _;
 use serde_yaml::Value;

@@ -1,11 +1,9 @@
 //! Upstream session behaviour: cancellation and ids across the hop, health
 //! checks, connect timeouts, crashes, and stdio children reaped on removal.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {

@@ -5,17 +5,15 @@
 //! `kubernetes-mcp-server` with `require_oauth`), and the gateway's own
 //! OAuth endpoints driven by a headless browser.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::idp::{
+use crate::common::idp::{
     Idp, TEST_REDIRECT, browser_login, gateway_login, jwt_claims, login_as_client, pkce,
     query_param, token_request,
 };
-use common::sso_world::*;
-use common::*;
+use crate::common::sso_world::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

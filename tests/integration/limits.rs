@@ -3,13 +3,11 @@
 //! client sessions are capped with an answer that says so. Each test runs its
 //! own gateway with small limits in its config file.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// A gateway on an empty fleet with `limits` as its config's `limits:` block.

@@ -3,12 +3,10 @@
 //! rewrites of `src/gateway/revision.rs`), across MCP revisions, and the
 //! HTTP behaviour the Streamable HTTP transport requires of `/mcp`.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {

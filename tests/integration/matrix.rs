@@ -22,12 +22,10 @@
 //! whether it got the client's roots is (`get-roots-list`, for session
 //! clients: a 2026-07-28 client can be asked only within a call).
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// The client SDKs of the matrix, as probe.py names them (`ts`: the
@@ -426,7 +424,7 @@ async fn a_python_sdk_server_over_streamable_http() {
     });
     // Directly, this server can ask only a session client (`ctx.elicit`
     // has no back-channel on 2026-07-28); through the gateway every client
-    // can answer it (tests/relay.rs), so it is compared for session clients.
+    // can answer it (`relay`), so it is compared for session clients.
     let session_only = json!({"calls": [{"tool": "ask"}]});
     compare_all("py", &gateway, &Direct::Url(url), &plan, &session_only);
 }
@@ -454,7 +452,7 @@ async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
     // Clients that begin with the handshake (the Python client forced to
     // it, the TypeScript client, which tries `initialize` first) cannot
     // reach this server directly; through the gateway they can
-    // (tests/relay.rs).
+    // (`relay`).
     let clients = ["mcp", "fastmcp"];
     compare_clients(
         &clients,

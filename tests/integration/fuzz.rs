@@ -6,11 +6,9 @@
 //! and a well-formed call must still work afterwards. Manifests are fuzzed
 //! in `source::manifest_dir`'s unit tests.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};

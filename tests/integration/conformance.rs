@@ -8,14 +8,12 @@
 //! a client's login to its server; the gateway's upstream auth is per-server
 //! configuration and is not in this list.)
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::peers;
+use crate::common::peers;
 
 /// Runs the suite for `scenario` with `client` as the client under test;
 /// returns whether it passed and what it printed.
