@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::SsoMode;
 use crate::api::UserIdentity;
-use crate::auth::exchange::TokenExchanger;
+use crate::auth::inbound::{AuthServer, AuthServerOptions};
 use crate::auth::jwks::JwksCache;
 use crate::auth::outbound::SsoCredentials;
-use crate::auth::server::{AuthServer, AuthServerOptions};
+use crate::auth::outbound::exchange::TokenExchanger;
 use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings};
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};

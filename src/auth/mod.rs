@@ -6,22 +6,22 @@
 //!
 //! Module map:
 //! - who is calling ([`UserIdentity`], in `api`, the bottom floor), shared by both sides.
-//! - [`settings`]: the `auth:` section of the config file.
-//! - [`jwks`]: JWKS discovery, caching and JWT signature checks.
-//! - [`seal`]: authenticated encryption of the gateway's own tokens.
-//! - [`server`]: the authorization-server endpoints (metadata, registration,
-//!   authorize, callback, token) and bearer validation for `/mcp`.
-//! - [`exchange`]: the RFC 8693 exchange and its cache.
-//! - [`html`]: escaping for the login flows' small HTML pages.
-//! - [`outbound`]: per-user credentials for SSO servers (forward or exchange).
-//! - [`status`]: the per-user auth status report (`flotilla auth status`).
+//! - [`inbound`]: who may call the gateway. The authorization-server
+//!   endpoints (metadata, registration, authorize, callback, token,
+//!   revocation), bearer validation for `/mcp`, and the sealing of the
+//!   gateway's own tokens ([`inbound::seal`]).
+//! - [`outbound`]: what the gateway presents downstream. Per-user credentials
+//!   for SSO servers (forward or exchange), the RFC 8693 exchange and its
+//!   cache ([`outbound::exchange`]).
+//! - shared by both: [`settings`] (the `auth:` section of the config file),
+//!   [`jwks`] (JWKS discovery, caching, JWT signature checks), [`html`]
+//!   (escaping for the small HTML pages of the login flows), [`status`] (the
+//!   per-user auth status report, `flotilla auth status`).
 
-pub mod exchange;
 pub mod html;
+pub mod inbound;
 pub mod jwks;
 pub mod outbound;
-pub mod seal;
-pub mod server;
 pub mod settings;
 pub mod status;
 

@@ -25,7 +25,7 @@ use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
 use crate::api::ServerState;
-use crate::auth::server::AuthServer;
+use crate::auth::inbound::AuthServer;
 
 pub fn router(
     state: Arc<GatewayState>,

@@ -21,7 +21,7 @@ use super::AuthServer;
 use super::errors::{OAuthError, no_store};
 use super::payloads::{Access, Code, ProviderTokens, Refresh, RegisteredClient, client_digest};
 use super::provider::ProviderError;
-use crate::auth::seal::{self, Purpose, SealError};
+use crate::auth::inbound::seal::{self, Purpose, SealError};
 
 /// Codes live this long.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(60);

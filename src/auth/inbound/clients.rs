@@ -19,7 +19,7 @@ use url::{Host, Url};
 use super::AuthServer;
 use super::errors::OAuthError;
 use super::payloads::RegisteredClient;
-use crate::auth::seal::{self, Purpose, SealError, SealingKeys};
+use crate::auth::inbound::seal::{self, Purpose, SealError, SealingKeys};
 use crate::fleet::error_chain;
 
 /// Metadata documents are fetched with this timeout...

@@ -5,7 +5,7 @@
 //!
 //! Stateless: no database, nothing in memory that a login depends on, so
 //! logins survive restarts and work on every replica without stickiness.
-//! Whatever the gateway must remember travels *sealed* ([`crate::auth::seal`]:
+//! Whatever the gateway must remember travels *sealed* ([`crate::auth::inbound::seal`]:
 //! AES-256-GCM, the token's purpose as AAD, keys from `sealingKeyFile`) inside
 //! the very strings it hands out:
 //!
@@ -69,6 +69,7 @@ mod metadata;
 mod payloads;
 mod provider;
 mod revoke;
+pub mod seal;
 mod token;
 
 use std::sync::Arc;
@@ -80,10 +81,10 @@ use axum::routing::{get, post};
 
 use super::UserIdentity;
 use super::jwks::JwksCache;
-use super::seal::SealingKeys;
 use super::settings::{AuthConfig, TrustedIssuerConfig};
 use clients::ClientDirectory;
 use provider::Provider;
+use seal::SealingKeys;
 
 /// Default scopes requested at the provider.
 const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];

@@ -16,8 +16,8 @@ use super::{AuthServer, Rejection, Urls};
 use crate::api::IdentitySource;
 use crate::api::SecretValue;
 use crate::api::{UserIdentity, UserKey};
+use crate::auth::inbound::seal::{self, Purpose, SealError};
 use crate::auth::jwks::{self, JwtExpectations};
-use crate::auth::seal::{self, Purpose, SealError};
 
 pub async fn authenticate(
     server: &AuthServer,
@@ -306,7 +306,7 @@ mod tests {
         assert!(message.contains("does not verify"), "{message}");
 
         // Another gateway's token.
-        let foreign = crate::auth::seal::SealingKeys::ephemeral().seal(
+        let foreign = crate::auth::inbound::seal::SealingKeys::ephemeral().seal(
             Purpose::Access,
             &access("http://gw.test:8080/mcp"),
             None,

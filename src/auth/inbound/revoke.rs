@@ -21,7 +21,7 @@ use super::errors::{OAuthError, no_store};
 use super::payloads::{Access, Refresh, client_digest};
 use super::provider::ProviderError;
 use super::token::{basic_client_id, parse_form};
-use crate::auth::seal::Purpose;
+use crate::auth::inbound::seal::Purpose;
 
 pub async fn revoke(
     State(server): State<Arc<AuthServer>>,

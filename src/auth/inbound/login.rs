@@ -26,7 +26,7 @@ use super::payloads::{ClientRequest, Code, ConsentForm, LoginState, client_diges
 use super::provider::ProviderError;
 use super::token::{CODE_LIFETIME, is_pkce_string, parse_form};
 use crate::auth::html::escape as html_escape;
-use crate::auth::seal::{Purpose, SealError};
+use crate::auth::inbound::seal::{Purpose, SealError};
 
 /// A login (provider round trip or consent page) must finish within this.
 const LOGIN_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);

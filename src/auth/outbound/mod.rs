@@ -1,7 +1,9 @@
 //! Outbound credentials: what a user's session to an SSO server presents.
 //! `forwardToken` sends the user's own ID token; `tokenExchange` sends a
-//! token exchanged for it at the server's Dex (through the exchange cache).
-//! A server without either never sees a user's token.
+//! token exchanged for it at the server's Dex (through the exchange cache,
+//! [`exchange`]). A server without either never sees a user's token.
+
+pub mod exchange;
 
 use std::sync::Arc;
 
@@ -10,13 +12,13 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
 use super::UserIdentity;
-use super::exchange::{ExchangeTarget, TokenExchanger};
 use super::jwks::unverified_claims;
 use super::status::SsoMode;
 use crate::api::SecretValue;
 use crate::fleet::CredentialFactory;
 use crate::fleet::credential::{CredentialError, CredentialRef, UpstreamCredential};
 use crate::source::DesiredServer;
+use exchange::{ExchangeTarget, TokenExchanger};
 
 /// Builds per-user credentials for SSO servers.
 pub struct SsoCredentials {
