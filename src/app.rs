@@ -148,10 +148,17 @@ impl App {
             Source::Manifests(_) => state.set_source_ready(),
             Source::Kubernetes { source, .. } => {
                 let (source, state) = (source.clone(), state.clone());
+                let cancel = cancel.clone();
                 tokio::spawn(async move {
-                    source.wait_ready().await;
-                    // Let the fleet pick up the first listing before reporting ready.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = source.wait_ready() => {}
+                    }
+                    // The first complete listing is in the fleet before
+                    // readiness is reported (the fleet's follower applies it
+                    // too; the second apply changes nothing).
+                    let listed = source.subscribe().borrow().clone();
+                    state.fleet.apply(&listed);
                     state.set_source_ready();
                 });
             }
