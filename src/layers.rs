@@ -4,6 +4,11 @@
 //! so it may use the floors up to `fleet`, and only the gateway (and the
 //! wiring at the top) uses `auth`. The test reads every file's `crate::`
 //! paths, doc comments excluded.
+//!
+//! Inside the gateway the same holds between its files: each uses only
+//! files below it (`src/gateway/README.md` lists the floors), so the
+//! `super::` and `crate::gateway::` paths between them form no cycle (the
+//! `relay/` folder counts as one file).
 
 #[cfg(test)]
 mod tests {
@@ -76,6 +81,137 @@ mod tests {
         assert!(
             found.is_empty(),
             "modules used from below (move the shared type down instead): {found:#?}"
+        );
+    }
+
+    /// The gateway file each gateway file names (`super::x`,
+    /// `crate::gateway::x`), comments excluded; `relay/` is one node.
+    fn gateway_graph(dir: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut paths = Vec::new();
+        files(dir, &mut paths);
+        let node = |path: &Path| -> String {
+            let relative = path.strip_prefix(dir).unwrap_or(path);
+            let first = relative
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().to_string());
+            first
+                .unwrap_or_default()
+                .trim_end_matches(".rs")
+                .to_string()
+        };
+        let nodes: std::collections::BTreeSet<String> = paths.iter().map(|p| node(p)).collect();
+        let mut graph = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for path in &paths {
+            let from = node(path);
+            let in_relay = from == "relay";
+            let text = std::fs::read_to_string(path).unwrap();
+            for line in text.lines() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                // In relay/, `super::` is relay itself; its way out is `super::super::`.
+                let prefixes: &[&str] = if in_relay {
+                    &["super::super::", "crate::gateway::"]
+                } else {
+                    &["super::", "crate::gateway::"]
+                };
+                for prefix in prefixes {
+                    for (at, _) in code.match_indices(prefix) {
+                        let rest = &code[at + prefix.len()..];
+                        let name: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if name != from && nodes.contains(&name) {
+                            let edges = graph.entry(from.clone()).or_default();
+                            if !edges.contains(&name) {
+                                edges.push(name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    /// A cycle in `graph`, as the files along it, if there is one.
+    fn cycle(graph: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+        fn visit(
+            node: &str,
+            graph: &std::collections::BTreeMap<String, Vec<String>>,
+            path: &mut Vec<String>,
+            done: &mut std::collections::BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|n| n == node) {
+                let mut found = path[at..].to_vec();
+                found.push(node.to_string());
+                return Some(found);
+            }
+            if done.contains(node) {
+                return None;
+            }
+            path.push(node.to_string());
+            for next in graph.get(node).into_iter().flatten() {
+                if let Some(found) = visit(next, graph, path, done) {
+                    return Some(found);
+                }
+            }
+            path.pop();
+            done.insert(node.to_string());
+            None
+        }
+        let mut done = std::collections::BTreeSet::new();
+        graph
+            .keys()
+            .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn the_gateway_folder_has_no_cycle() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gateway");
+        let graph = gateway_graph(&dir);
+        assert!(
+            graph.contains_key("handler"),
+            "the graph was read: {graph:?}"
+        );
+        assert_eq!(cycle(&graph), None, "files that use each other: {graph:#?}");
+    }
+
+    #[test]
+    fn a_cycle_between_gateway_files_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("relay")).unwrap();
+        std::fs::write(dir.path().join("state.rs"), "use super::view::View;\n").unwrap();
+        std::fs::write(
+            dir.path().join("view.rs"),
+            "// super::relay in a comment\nuse super::settings::S;\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("settings.rs"), "").unwrap();
+        std::fs::write(
+            dir.path().join("relay/mod.rs"),
+            "use super::super::state::GatewayState;\nuse super::call;\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("relay/call.rs"), "").unwrap();
+        assert_eq!(cycle(&gateway_graph(dir.path())), None);
+        std::fs::write(
+            dir.path().join("settings.rs"),
+            "use crate::gateway::relay::Relay;\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cycle(&gateway_graph(dir.path())),
+            Some(vec![
+                "relay".into(),
+                "state".into(),
+                "view".into(),
+                "settings".into(),
+                "relay".into()
+            ])
         );
     }
 

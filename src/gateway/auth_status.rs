@@ -123,7 +123,7 @@ pub async fn report(state: &GatewayState, user: Option<&Arc<UserIdentity>>) -> A
 /// SSO server the caller cannot reach, say which and why.
 pub fn unreachable_tool(
     state: &GatewayState,
-    view: &super::user_view::View,
+    view: &super::view::View,
     tool: &str,
 ) -> Option<String> {
     for shared in state.fleet.upstreams() {

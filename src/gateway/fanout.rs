@@ -17,32 +17,11 @@ use rmcp::model::{
 use serde_json::{Map, Value, json};
 
 use super::forward::{call_response, forward};
-use super::state::GatewayState;
-use super::user_view::View;
+use super::settings::FanOutSettings;
+use super::view::View;
 use crate::catalog::FamilyTool;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::{Caller, UpstreamError};
-
-/// Fan-out limits, from the gateway's config.
-#[derive(Clone, Debug)]
-pub struct FanOutSettings {
-    /// Members called at once.
-    pub max_concurrency: usize,
-    /// Upper bound on the merged text, in bytes.
-    pub output_budget: usize,
-    /// Allow tools not marked read-only to run on several instances at once.
-    pub allow_destructive: bool,
-}
-
-impl Default for FanOutSettings {
-    fn default() -> Self {
-        Self {
-            max_concurrency: 100,
-            output_budget: 100 * 1024,
-            allow_destructive: false,
-        }
-    }
-}
 
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text)]))
@@ -50,7 +29,7 @@ fn tool_error(text: String) -> CallToolResponse {
 
 /// Handles a `tools/call` of a folded tool.
 pub async fn call_family_tool(
-    state: &GatewayState,
+    settings: &FanOutSettings,
     view: &View,
     route: &Arc<FamilyTool>,
     mut request: CallToolRequestParams,
@@ -71,14 +50,13 @@ pub async fn call_family_tool(
                 instance: Some(member.instance.as_str()),
                 ..caller
             };
-            match call_member(state, view, &member.server, request, caller).await {
+            match call_member(view, &member.server, request, caller).await {
                 Ok(response) => Ok(response),
                 Err(UpstreamError::Rejected(data)) => Err(data),
                 Err(error) => Ok(tool_error(error.to_string())),
             }
         }
         Selection::Many(indices) => {
-            let settings = &state.settings.fan_out;
             if route.destructive && !settings.allow_destructive && indices.len() > 1 {
                 let names: Vec<&str> = indices
                     .iter()
@@ -101,7 +79,7 @@ pub async fn call_family_tool(
                         ..caller
                     };
                     async move {
-                        let outcome = match call_member(state, view, &member.server, request, caller).await
+                        let outcome = match call_member(view, &member.server, request, caller).await
                         {
                             Ok(CallToolResponse::Complete(result)) => Ok(result),
                             Ok(_) => Err(
@@ -125,13 +103,12 @@ pub async fn call_family_tool(
 }
 
 async fn call_member(
-    state: &GatewayState,
     view: &View,
     server: &str,
     request: CallToolRequestParams,
     caller: Caller<'_>,
 ) -> Result<CallToolResponse, UpstreamError> {
-    let Some(upstream) = view.upstream(state, server) else {
+    let Some(upstream) = view.upstream(server) else {
         return Err(UpstreamError::Transport {
             server: server.to_string(),
             message: "it was removed from the fleet".into(),

@@ -26,45 +26,12 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
 
-use super::overview;
 use super::state::GatewayState;
+use super::view::ToolsJson;
 use crate::api::UserIdentity;
-use crate::catalog::Catalog;
 
 use super::edge::MAX_BODY;
 const STATELESS_VERSION: &str = "2026-07-28";
-
-/// The serialized tool list of one catalog snapshot.
-pub struct ToolsJson {
-    /// `[...]`: every tool, as JSON.
-    pub array: Bytes,
-}
-
-impl ToolsJson {
-    /// The gateway's own tool, then the catalog's, each with the members
-    /// its upstream listed beyond rmcp's model.
-    pub fn of(catalog: &Catalog) -> Self {
-        let exposed = overview::exposed_tools(catalog);
-        let mut tools = Vec::with_capacity(exposed.len());
-        for tool in &exposed {
-            let mut value = serde_json::to_value(tool).unwrap_or(Value::Null);
-            if let (Value::Object(object), Some(extras)) =
-                (&mut value, catalog.tool_extras.get(tool.name.as_ref()))
-            {
-                for (key, member) in extras.iter() {
-                    if key != "name" {
-                        object.insert(key.clone(), member.clone());
-                    }
-                }
-            }
-            tools.push(value);
-        }
-        let array = serde_json::to_vec(&tools).unwrap_or_else(|_| b"[]".to_vec());
-        Self {
-            array: Bytes::from(array),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct FastList {

@@ -22,10 +22,10 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::forward::{call_response, client_revision, forward};
-use super::input_wait::forward_or_wait;
+use super::input_wait::{WaitingCalls, forward_or_wait};
 use super::revision::ClientRevision;
 use super::state::{GatewayState, ListChange};
-use super::user_view::{View, caller};
+use super::view::{View, caller};
 use super::{auth_status, fanout, overview};
 use crate::fleet::{Caller, Upstream, UpstreamError};
 
@@ -33,15 +33,18 @@ use crate::fleet::{Caller, Upstream, UpstreamError};
 #[derive(Clone)]
 pub struct GatewayHandler {
     state: Arc<GatewayState>,
+    /// Calls waiting for a 2026-07-28 client's input, shared by every handler.
+    waiting: Arc<WaitingCalls>,
     /// Distinguishes client sessions (e.g. whose subscription is whose).
     session: u64,
 }
 
 impl GatewayHandler {
-    pub fn new(state: Arc<GatewayState>) -> Self {
+    pub fn new(state: Arc<GatewayState>, waiting: Arc<WaitingCalls>) -> Self {
         static SESSIONS: AtomicU64 = AtomicU64::new(1);
         Self {
             state,
+            waiting,
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -77,7 +80,7 @@ impl GatewayHandler {
     }
 
     fn upstream(&self, view: &View, server: &str) -> Result<Arc<Upstream>, ErrorData> {
-        view.upstream(&self.state, server).ok_or_else(|| {
+        view.upstream(server).ok_or_else(|| {
             ErrorData::internal_error(format!("server {server:?} was just removed"), None)
         })
     }
@@ -133,7 +136,7 @@ impl ServerHandler for GatewayHandler {
     async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
         let view = self.view(&context.extensions).await;
         for shared in self.state.fleet.upstreams() {
-            if let Some(upstream) = view.upstream(&self.state, &shared.name) {
+            if let Some(upstream) = view.upstream(&shared.name) {
                 upstream.notify_roots_changed().await;
             }
         }
@@ -168,7 +171,7 @@ impl ServerHandler for GatewayHandler {
         let catalog = &view.catalog;
         if let Some(family_tool) = catalog.family_tool(&request.name) {
             return fanout::call_family_tool(
-                &self.state,
+                &self.state.settings.fan_out,
                 &view,
                 family_tool,
                 request,
@@ -178,7 +181,8 @@ impl ServerHandler for GatewayHandler {
         }
         if request.name == overview::TOOL_NAME {
             return Ok(CallToolResponse::Complete(overview::call(
-                &self.state,
+                &self.state.fleet,
+                &self.state.catalog(),
                 request.arguments.as_ref(),
             )));
         }
@@ -199,7 +203,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        let answer = forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
+        let answer = forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
             .await
             .and_then(|result| call_response(&upstream.name, result));
         match answer {
@@ -337,7 +341,7 @@ impl ServerHandler for GatewayHandler {
             .resource_owner(&context.extensions, &request.uri)
             .await?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
-        match forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
@@ -427,7 +431,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
-        match forward_or_wait(&self.state.waiting, &upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
             .await
             .map_err(protocol_error)?
         {
@@ -497,7 +501,7 @@ impl GatewayHandler {
             .fleet
             .upstreams()
             .iter()
-            .filter_map(|shared| view.upstream(&self.state, &shared.name))
+            .filter_map(|shared| view.upstream(&shared.name))
             .filter(|upstream| upstream.takes_log_level())
             .collect();
         let sent = upstreams.iter().map(|upstream| {

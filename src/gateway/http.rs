@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
+use super::input_wait::WaitingCalls;
 use super::listener::HttpLimits;
 use super::metrics::{self, Metrics};
 use super::relay::{Relay, relay as relay_call};
@@ -44,11 +45,12 @@ pub fn router(
         AllowedHosts::Only(hosts) => config.with_allowed_hosts(hosts.clone()),
     };
     let handler_state = state.clone();
+    let waiting = Arc::new(WaitingCalls::default());
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(limits.session_idle_timeout);
     let sessions = Arc::new(sessions);
     let mcp = StreamableHttpService::new(
-        move || Ok(GatewayHandler::new(handler_state.clone())),
+        move || Ok(GatewayHandler::new(handler_state.clone(), waiting.clone())),
         sessions.clone(),
         config,
     );

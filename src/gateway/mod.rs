@@ -16,13 +16,15 @@ pub mod metrics;
 mod overview;
 mod relay;
 mod revision;
+mod settings;
 mod state;
 pub mod status;
 mod user_view;
+mod view;
 
 pub use edge::{AllowedHosts, AllowedOrigins};
-pub use fanout::FanOutSettings;
 pub use handler::GatewayHandler;
 pub use http::router;
 pub use listener::{HttpLimits, serve};
-pub use state::{GatewaySettings, GatewayState};
+pub use settings::{FanOutSettings, GatewaySettings};
+pub use state::GatewayState;

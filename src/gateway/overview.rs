@@ -7,12 +7,13 @@ use std::sync::Arc;
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
 use serde_json::{Value, json};
 
-use super::state::GatewayState;
+use crate::catalog::Catalog;
+use crate::fleet::Fleet;
 
 pub const TOOL_NAME: &str = "flotilla_list_fleet";
 
 /// Every tool clients see: the gateway's own, then the catalog's.
-pub fn exposed_tools(catalog: &crate::catalog::Catalog) -> Vec<Tool> {
+pub fn exposed_tools(catalog: &Catalog) -> Vec<Tool> {
     let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
     tools.push(tool());
     tools.extend(catalog.tools.iter().cloned());
@@ -41,15 +42,14 @@ pub fn tool() -> Tool {
     tool
 }
 
-pub fn call(state: &GatewayState, arguments: Option<&JsonObject>) -> CallToolResult {
+pub fn call(fleet: &Fleet, catalog: &Catalog, arguments: Option<&JsonObject>) -> CallToolResult {
     let wanted = arguments
         .and_then(|a| a.get("family"))
         .and_then(Value::as_str);
-    let catalog = state.catalog();
     let mut servers = Vec::new();
     let mut lines =
         vec!["server\tfamily\tinstance\taliases\tlabels\tstate\ttools\tlast error".to_string()];
-    for upstream in state.fleet.upstreams() {
+    for upstream in fleet.upstreams() {
         let desired = upstream.desired();
         let family = desired.spec.family.as_ref();
         if wanted.is_some_and(|w| family.map(|f| f.name.as_str()) != Some(w)) {

@@ -12,8 +12,8 @@ use rmcp::model::LoggingLevel;
 use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::FanOutSettings;
-use super::user_view::{CachedView, View};
+use super::settings::GatewaySettings;
+use super::view::{CachedView, View};
 use crate::api::{UserIdentity, UserKey};
 use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance};
@@ -121,14 +121,6 @@ pub struct ListChange {
     pub prompts: bool,
 }
 
-/// Behaviour settings of the MCP endpoint.
-#[derive(Clone, Debug, Default)]
-pub struct GatewaySettings {
-    pub fan_out: FanOutSettings,
-    /// The MCP endpoint as clients reach it (for reports).
-    pub endpoint: String,
-}
-
 pub struct GatewayState {
     pub fleet: Fleet,
     pub settings: GatewaySettings,
@@ -152,17 +144,16 @@ pub struct GatewayState {
     log_levels: moka::sync::Cache<String, LoggingLevel>,
     /// What `/metrics` exposes.
     pub metrics: Arc<super::metrics::Metrics>,
-    /// Calls waiting for a 2026-07-28 client's input (`input_wait`).
-    pub waiting: super::input_wait::WaitingCalls,
 }
 
 impl GatewayState {
     pub fn new(fleet: Fleet, settings: GatewaySettings) -> Arc<Self> {
+        let shared_view = ArcSwap::from_pointee(View::of(Arc::default(), fleet.clone()));
         Arc::new(Self {
             fleet,
             settings,
             catalog: ArcSwap::from_pointee(Catalog::default()),
-            shared_view: ArcSwap::from_pointee(View::default()),
+            shared_view,
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
             source_ready: std::sync::atomic::AtomicBool::new(false),
@@ -177,7 +168,6 @@ impl GatewayState {
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
             metrics: Arc::default(),
-            waiting: Default::default(),
         })
     }
 
@@ -236,7 +226,7 @@ impl GatewayState {
                 tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");
             }
         }
-        let view = View::of(next.clone());
+        let view = View::of(next.clone(), self.fleet.clone());
         if previous.same_tools(&next) {
             // The serialized list still holds: keep it (10,000 tools cost ms).
             let kept = self.shared_view.load().tools_json.get().cloned();

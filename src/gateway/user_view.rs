@@ -8,65 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::api::UserIdentity;
-use crate::catalog::Catalog;
-use crate::fleet::credential::CredentialError;
 use crate::fleet::{Access, Upstream};
 
-use super::fast_list::ToolsJson;
 use super::state::GatewayState;
-
-/// The user an MCP request was authenticated as (set by the `/mcp` auth
-/// layer into the HTTP request's extensions, which rmcp hands through).
-pub fn caller(extensions: &rmcp::model::Extensions) -> Option<Arc<UserIdentity>> {
-    extensions
-        .get::<http::request::Parts>()?
-        .extensions
-        .get::<Arc<UserIdentity>>()
-        .cloned()
-}
-
-/// One caller's catalog and the upstreams behind it.
-#[derive(Clone, Default)]
-pub struct View {
-    pub catalog: Arc<Catalog>,
-    /// The caller's own sessions to SSO servers, by server name.
-    pub own: HashMap<Arc<str>, Arc<Upstream>>,
-    /// SSO servers the caller has no session to, and why.
-    pub unavailable: HashMap<Arc<str>, CredentialError>,
-    /// `tools/list`'s answer, serialized on first use.
-    pub(super) tools_json: OnceLock<Arc<ToolsJson>>,
-}
-
-impl View {
-    /// A view of `catalog` with no sessions of its own.
-    pub fn of(catalog: Arc<Catalog>) -> Self {
-        Self {
-            catalog,
-            ..Default::default()
-        }
-    }
-
-    /// The view's tool list as JSON, serialized once.
-    pub fn tools_json(&self) -> Arc<ToolsJson> {
-        self.tools_json
-            .get_or_init(|| Arc::new(ToolsJson::of(&self.catalog)))
-            .clone()
-    }
-
-    /// The upstream serving `server` for this caller.
-    pub fn upstream(&self, state: &GatewayState, server: &str) -> Option<Arc<Upstream>> {
-        self.own
-            .get(server)
-            .cloned()
-            .or_else(|| state.fleet.get(server))
-    }
-}
-
-/// A user's cached view and the fleet version it was built at.
-pub(super) struct CachedView {
-    pub version: u64,
-    pub view: Arc<View>,
-}
+use super::view::{CachedView, View};
 
 impl GatewayState {
     /// The view of `user` (the shared one for anonymous callers), as the
@@ -142,6 +87,7 @@ impl GatewayState {
             own,
             unavailable,
             tools_json: OnceLock::new(),
+            fleet: self.fleet.clone(),
         });
         self.user_views.insert(
             user.key.clone(),

@@ -77,7 +77,7 @@ pub(super) async fn relay_call(
     let task_owner = owner
         .filter(|_| method == "tools/call")
         .map(|owner| (owner, target.server.clone()));
-    let upstream = view.upstream(&relay.state, &target.server)?;
+    let upstream = view.upstream(&target.server)?;
     let wire = upstream.wire()?;
     let client_id = message.id.clone()?;
     let upstream_id = relay.next_id("flotilla-");

@@ -1,0 +1,31 @@
+//! What the config file sets for the MCP endpoint's behaviour. The bottom
+//! of the gateway folder: it names nothing else of it.
+
+/// Behaviour settings of the MCP endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct GatewaySettings {
+    pub fan_out: FanOutSettings,
+    /// The MCP endpoint as clients reach it (for reports).
+    pub endpoint: String,
+}
+
+/// Fan-out limits, from the gateway's config.
+#[derive(Clone, Debug)]
+pub struct FanOutSettings {
+    /// Members called at once.
+    pub max_concurrency: usize,
+    /// Upper bound on the merged text, in bytes.
+    pub output_budget: usize,
+    /// Allow tools not marked read-only to run on several instances at once.
+    pub allow_destructive: bool,
+}
+
+impl Default for FanOutSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 100,
+            output_budget: 100 * 1024,
+            allow_destructive: false,
+        }
+    }
+}
