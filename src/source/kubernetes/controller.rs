@@ -1,9 +1,11 @@
-//! Watching MCPServers and Secrets: one kube-runtime Controller per watched
-//! scope (all namespaces, or each listed namespace) over a reflector that
-//! tolerates malformed objects (`DeserializeGuard`), plus a reflector per
-//! Secret scope. Any change re-derives the whole desired fleet (cheap), and
-//! the fleet diffs it, so a spec change reconnects only that server and a
-//! label change reconnects nothing.
+//! Watching MCPServers and Secrets: a reflector per watched scope (all
+//! namespaces, or each listed namespace) that tolerates malformed objects
+//! (`DeserializeGuard`), plus a reflector per Secret scope, each driven by a
+//! task of its own with one backoff. Any change re-derives the whole desired
+//! fleet (cheap) and publishes it, as does a resync every [`RESYNC`] (a
+//! Secret granted later, or any missed event); the fleet diffs it, so a spec
+//! change reconnects only that server and a label change reconnects nothing.
+//! There is no per-object reconcile: the whole fleet is the unit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,11 +14,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::ExponentialBackoff;
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,8 @@ use crate::source::{DesiredFleet, DesiredServer};
 
 /// Bursts of watch events are folded into one re-derivation.
 const SETTLE: Duration = Duration::from_millis(50);
+/// The desired fleet is re-derived this often without any event.
+const RESYNC: Duration = Duration::from_secs(300);
 
 /// Watch retries: from 0.5 s, doubling, at most 5 s apart, reset after 2
 /// minutes of health. (kube's default waits up to 30 s, so a change made
@@ -115,8 +118,8 @@ struct Shared {
     changed: Notify,
     /// Reflectors that have not completed their first listing. Until all
     /// have, a snapshot would be partial (e.g. Secrets not yet known) and is
-    /// not published. (Counted from the watch events: a store's own
-    /// readiness wakes only one waiter, and the Controller is that waiter.)
+    /// not published. (Counted from the watch events, which also say when
+    /// a namespace refuses the gateway: that one counts as listed.)
     unlisted: std::sync::atomic::AtomicUsize,
     listed: std::sync::atomic::AtomicBool,
     /// True once the first full snapshot is published.
@@ -171,20 +174,6 @@ pub struct KubernetesSource {
     shared: Arc<Shared>,
 }
 
-async fn reconcile(object: Arc<GuardedServer>, shared: Arc<Shared>) -> Result<Action, kube::Error> {
-    if let Err(invalid) = &object.0 {
-        tracing::debug!(error = %invalid.error, "reconciling an invalid MCPServer");
-    }
-    shared.publish();
-    // Periodic resync: a Secret granted later, or any missed event, is picked up.
-    Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-fn error_policy(_object: Arc<GuardedServer>, error: &kube::Error, _shared: Arc<Shared>) -> Action {
-    tracing::warn!(%error, "reconcile failed");
-    Action::requeue(Duration::from_secs(10))
-}
-
 impl KubernetesSource {
     /// Starts watching; runs until `cancel`.
     pub fn start(client: Client, config: SourceConfig, cancel: CancellationToken) -> Self {
@@ -229,18 +218,18 @@ impl KubernetesSource {
             touched: watch::channel(0).0,
         });
         let wc = watcher::Config::default().any_semantic();
-        for ((api, reader, writer), scope) in server_parts.into_iter().zip(&scopes) {
+        for ((api, _reader, writer), scope) in server_parts.into_iter().zip(&scopes) {
             let notify = shared.clone();
             let done = std::sync::atomic::AtomicBool::new(false);
             let scope = scope
                 .as_ref()
                 .map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
             let last_refusal = Mutex::new(None);
-            // The Controller backs its trigger stream off itself (kube's
-            // default: up to 30 s, which stacked on a backoff here made a
-            // change after an outage wait ~50 s): the one backoff is set there.
+            // One backoff (a second one stacked on it, as kube-runtime's
+            // Controller adds, made a change after an outage wait ~50 s).
             let events = reflector::reflector(writer, watcher(api, wc.clone()))
-                .inspect(move |event| {
+                .backoff(watch_backoff())
+                .for_each(move |event| {
                     match event {
                         Ok(watcher::Event::InitDone) => {
                             notify.listed_once(&done);
@@ -248,7 +237,7 @@ impl KubernetesSource {
                                 *last = None;
                             }
                         }
-                        Err(error) => match watch_refusal(error, "mcpservers", &scope) {
+                        Err(error) => match watch_refusal(&error, "mcpservers", &scope) {
                             Some((code, message)) => {
                                 report_refusal(&last_refusal, &message);
                                 // A namespace we may not read serves nothing
@@ -264,14 +253,15 @@ impl KubernetesSource {
                     }
                     notify.touched.send_modify(|n| *n = n.wrapping_add(1));
                     notify.changed.notify_one();
-                })
-                .touched_objects();
-            let controller = Controller::for_stream(events, reader)
-                .trigger_backoff(watch_backoff())
-                .graceful_shutdown_on(cancel.clone().cancelled_owned())
-                .run(reconcile, error_policy, shared.clone())
-                .for_each(|_| std::future::ready(()));
-            tokio::spawn(controller);
+                    std::future::ready(())
+                });
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = events => {}
+                }
+            });
         }
         for ((api, _reader, writer), namespace) in secret_parts.into_iter().zip(secret_scopes) {
             let notify = shared.clone();
@@ -344,9 +334,9 @@ impl KubernetesSource {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = publisher.changed.notified() => {}
+                    _ = publisher.changed.notified() => tokio::time::sleep(SETTLE).await,
+                    _ = tokio::time::sleep(RESYNC) => {}
                 }
-                tokio::time::sleep(SETTLE).await;
                 publisher.publish();
             }
         });
