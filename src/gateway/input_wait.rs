@@ -12,16 +12,13 @@
 //! state answers the upstream, and the retry waits for what comes next:
 //! the result, or the next question.
 //!
-//! A waiting call belongs to its caller (the logged-in user; without auth
-//! the state alone finds it), waits at most [`WAIT`], and at most
-//! [`MAX_WAITING`] wait at once; one that is dropped (not picked up in
+//! A waiting call stays in a `parking` table, bound to its caller and
+//! method, for at most 10 minutes; one that is dropped (not picked up in
 //! time, or the gateway stops) cancels its upstream request. Fan-out calls
 //! do not wait: several instances could ask at once, and the upstream gets
 //! an error saying the client cannot be asked.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rmcp::RoleServer;
 use rmcp::model::{ClientRequest, ErrorData, InputRequest, InputRequiredResult, ServerResult};
@@ -31,21 +28,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{client_revision, forward};
+use super::parking::{MAX_WAITING, Parking};
 use super::revision::ClientRevision;
-use crate::api::UserIdentity;
+use super::view::caller;
 use crate::fleet::{Caller, LineMessage, Upstream, UpstreamError};
-
-/// How a `requestState` of a waiting call starts.
-const PREFIX: &str = "flotilla-wait:";
-/// How long a call waits for its client to come back.
-const WAIT: Duration = Duration::from_secs(600);
-/// How many calls may wait at once (each holds an upstream request).
-const MAX_WAITING: usize = 1024;
 
 type Outcome = Result<ServerResult, UpstreamError>;
 
 /// A call whose upstream asked its client something.
-struct Waiting {
+pub struct Waiting {
     /// The call, running on its own (its result, or its next question).
     task: tokio::task::JoinHandle<Outcome>,
     questions: mpsc::Receiver<LineMessage>,
@@ -53,8 +44,6 @@ struct Waiting {
     answer: Option<(String, oneshot::Sender<Result<Value, String>>)>,
     /// Cancels the call's upstream request.
     cancel: CancellationToken,
-    caller: Option<String>,
-    until: Instant,
     finished: bool,
 }
 
@@ -68,47 +57,26 @@ impl Drop for Waiting {
     }
 }
 
-/// The calls waiting for a 2026-07-28 client's input, by state.
-#[derive(Default)]
-pub struct WaitingCalls {
-    calls: Mutex<HashMap<String, Waiting>>,
-}
+/// The calls waiting for a 2026-07-28 client's input (states start
+/// `flotilla-wait:`).
+pub struct WaitingCalls(Parking<Waiting>);
 
-impl WaitingCalls {
-    /// Parks `waiting` under a new state; `None` when too many wait.
-    fn park(&self, mut waiting: Waiting) -> Option<String> {
-        let now = Instant::now();
-        let mut calls = self.calls.lock().ok()?;
-        // Calls not picked up in time go (their upstream requests end).
-        calls.retain(|_, call| call.until > now);
-        if calls.len() >= MAX_WAITING {
-            return None;
-        }
-        let state = format!("{PREFIX}{:032x}", rand::random::<u128>());
-        waiting.until = now + WAIT;
-        calls.insert(state.clone(), waiting);
-        Some(state)
-    }
-
-    /// The call waiting under `state`, for its own caller only.
-    fn take(&self, state: &str, caller: Option<&str>) -> Option<Waiting> {
-        let mut calls = self.calls.lock().ok()?;
-        let call = calls.get(state)?;
-        let fits = call.caller.as_deref() == caller && call.until > Instant::now();
-        fits.then(|| calls.remove(state)).flatten()
+impl Default for WaitingCalls {
+    fn default() -> Self {
+        Self(Parking::new("flotilla-wait:"))
     }
 }
 
 /// Who may pick a waiting call up: the logged-in user, if any.
 fn caller_key(context: &RequestContext<RoleServer>) -> Option<String> {
-    context
-        .extensions
-        .get::<Arc<UserIdentity>>()
-        .map(|user| format!("{}\0{}", user.key.issuer, user.key.subject))
+    caller(&context.extensions).map(|user| format!("{}\0{}", user.key.issuer, user.key.subject))
 }
 
 /// The `requestState` and `inputResponses` a retried request carries.
-fn retry_of(request: &ClientRequest) -> Option<(&str, Option<&rmcp::model::InputResponses>)> {
+fn retry_of<'r>(
+    calls: &WaitingCalls,
+    request: &'r ClientRequest,
+) -> Option<(&'r str, Option<&'r rmcp::model::InputResponses>)> {
     let (state, answers) = match request {
         ClientRequest::CallToolRequest(r) => (&r.params.request_state, &r.params.input_responses),
         ClientRequest::GetPromptRequest(r) => (&r.params.request_state, &r.params.input_responses),
@@ -119,7 +87,7 @@ fn retry_of(request: &ClientRequest) -> Option<(&str, Option<&rmcp::model::Input
     };
     state
         .as_deref()
-        .filter(|s| s.starts_with(PREFIX))
+        .filter(|s| calls.0.is_ours(s))
         .map(|s| (s, answers.as_ref()))
 }
 
@@ -135,8 +103,9 @@ pub async fn forward_or_wait(
         return forward(upstream, request, caller).await;
     }
     let who = caller_key(caller.context);
-    if let Some((state, answers)) = retry_of(&request) {
-        let Some(mut waiting) = calls.take(state, who.as_deref()) else {
+    let method = request.method().to_string();
+    if let Some((state, answers)) = retry_of(calls, &request) {
+        let Some(mut waiting) = calls.0.take(state, who.as_deref(), &method) else {
             return Err(UpstreamError::Rejected(ErrorData::invalid_params(
                 "requestState names no call waiting for input at this gateway (it waits 10 \
                  minutes, for the caller that started it): send the request again without \
@@ -151,7 +120,7 @@ pub async fn forward_or_wait(
                     "the client retried without answering this request".to_string()
                 }));
         }
-        return wait(calls, waiting).await;
+        return wait(calls, waiting, who, &method).await;
     }
     let (line, questions) = mpsc::channel(4);
     let cancel = CancellationToken::new();
@@ -176,15 +145,18 @@ pub async fn forward_or_wait(
         questions,
         answer: None,
         cancel,
-        caller: who,
-        until: Instant::now(),
         finished: false,
     };
-    wait(calls, waiting).await
+    wait(calls, waiting, who, &method).await
 }
 
 /// Waits for the call's result, or parks it at its next question.
-async fn wait(calls: &WaitingCalls, mut waiting: Waiting) -> Outcome {
+async fn wait(
+    calls: &WaitingCalls,
+    mut waiting: Waiting,
+    caller: Option<String>,
+    method: &str,
+) -> Outcome {
     loop {
         tokio::select! {
             joined = &mut waiting.task => {
@@ -202,13 +174,14 @@ async fn wait(calls: &WaitingCalls, mut waiting: Waiting) -> Outcome {
                 };
                 let key = "input".to_string();
                 waiting.answer = Some((key.clone(), answer));
-                let Some(state) = calls.park(waiting) else {
+                let state = calls.0.new_state();
+                if calls.0.park(state.clone(), waiting, caller, method).is_err() {
                     // Dropped: the upstream request ends, the client is told.
                     return Err(UpstreamError::Unanswered {
                         server: "the gateway".into(),
                         message: format!("{MAX_WAITING} calls already wait for their clients' input; try again later"),
                     });
-                };
+                }
                 let asked = InputRequiredResult::new(
                     Some([(key, request)].into_iter().collect()),
                     Some(state),

@@ -14,6 +14,7 @@ mod input_wait;
 mod listener;
 pub mod metrics;
 mod overview;
+mod parking;
 mod relay;
 mod revision;
 mod settings;

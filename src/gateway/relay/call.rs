@@ -46,7 +46,7 @@ pub(super) async fn relay_call(
     let owner = tasks::owner(user, client);
     if client.revision == ClientRevision::Stateless
         && let Some(state) = call.request_state.as_deref()
-        && input::is_ours(state)
+        && relay.parked.is_ours(state)
     {
         let caller = owner.as_deref();
         return Some(input::resume(relay, client, caller, method, message, state).await);

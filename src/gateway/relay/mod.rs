@@ -111,7 +111,7 @@ impl Relay {
             asked: Mutex::default(),
             running: Mutex::default(),
             tasks: tasks::TaskOwners::default(),
-            parked: input::ParkedCalls::default(),
+            parked: input::parked_calls(),
             ids: AtomicU64::new(1),
         })
     }

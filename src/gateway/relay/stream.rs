@@ -17,11 +17,12 @@ use tokio_util::sync::CancellationToken;
 use axum::response::Response;
 
 use super::call::{Pending, failure, sse_response};
-use super::input::{MAX_PARKED, WAIT, Waiting};
+use super::input::{self, Waiting};
 use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
+use crate::gateway::parking::{MAX_WAITING, WAIT};
 use crate::gateway::revision::ClientRevision;
 
 fn sse_event(json: &str) -> Bytes {
@@ -105,7 +106,7 @@ impl Stream {
         let first = self.next_event().await;
         if self.waiting.is_some() {
             let relay = self.relay.clone();
-            relay.parked.park(self);
+            input::park(&relay, self);
             return first.map_or_else(|| sse_response(Body::empty()), json_response);
         }
         if self.is_over() {
@@ -124,7 +125,7 @@ impl Stream {
             let event = stream.next_event().await?;
             if stream.waiting.is_some() {
                 let relay = stream.relay.clone();
-                relay.parked.park(stream);
+                input::park(&relay, stream);
                 return Some((event, None));
             }
             Some((event, Some(stream)))
@@ -416,13 +417,13 @@ impl Stream {
         };
         if !self.relay.parked.has_room() {
             let text = format!(
-                "{MAX_PARKED} calls already wait for their clients' input at the gateway; try again later"
+                "{MAX_WAITING} calls already wait for their clients' input at the gateway; try again later"
             );
             let refusal = message::refuse_upstream(&upstream_id, &text);
             let _ = self.wire.deliver(Bytes::from(refusal)).await;
             return Step::Skip;
         }
-        let mut waiting = Waiting::new();
+        let mut waiting = Waiting::new(self.relay.parked.new_state());
         let key = self.relay.next_id("input-");
         let json = message::input_required_to_client(
             &self.client_id,
