@@ -438,11 +438,35 @@ impl Upstream {
             meta.set_log_level(level);
             options = options.with_meta(meta);
         }
+        let tally = Arc::new(Tally::default());
+        // The call is registered before it is sent: a server may ask its
+        // client something (on stdio or legacy SSE, attributed to the only
+        // call in flight) before the send has returned the request's id.
+        static PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut inflight = caller.as_ref().map(|c| {
+            let n = PENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            InflightGuard::insert(
+                &self.inflight,
+                rmcp::model::RequestId::String(format!("flotilla-pending-{n}").into()),
+                InflightCall {
+                    client: match c.asking {
+                        Some(line) => ClientLine::Asking {
+                            peer: c.context.peer.clone(),
+                            line: line.clone(),
+                        },
+                        None => ClientLine::Peer(c.context.peer.clone()),
+                    },
+                    client_request: c.context.id.clone(),
+                    instance: c.instance.map(str::to_string),
+                    log_level: c.log_level,
+                    tally: tally.clone(),
+                },
+            )
+        });
         let handle = peer
             .send_request_with_option(request, options)
             .await
             .map_err(|e| self.service_error(e, timeout))?;
-        let tally = Arc::new(Tally::default());
         let _route = caller
             .as_ref()
             .filter(|c| c.relay_progress)
@@ -459,25 +483,10 @@ impl Upstream {
                 )
             });
         let request_id = handle.id.clone();
-        let _inflight = caller.as_ref().map(|c| {
-            InflightGuard::insert(
-                &self.inflight,
-                request_id.clone(),
-                InflightCall {
-                    client: match c.asking {
-                        Some(line) => ClientLine::Asking {
-                            peer: c.context.peer.clone(),
-                            line: line.clone(),
-                        },
-                        None => ClientLine::Peer(c.context.peer.clone()),
-                    },
-                    client_request: c.context.id.clone(),
-                    instance: c.instance.map(str::to_string),
-                    log_level: c.log_level,
-                    tally: tally.clone(),
-                },
-            )
-        });
+        // Now under its id, which the messages on its own stream name.
+        if let Some(guard) = inflight.as_mut() {
+            guard.rekey(request_id.clone());
+        }
         let cancelled = async {
             match client {
                 Some(ctx) => ctx.ct.cancelled().await,
@@ -619,6 +628,17 @@ impl InflightGuard {
             calls: calls.clone(),
             id,
         }
+    }
+
+    /// Files the call under `id` instead, in one step (it is never absent
+    /// or there twice in between).
+    fn rekey(&mut self, id: rmcp::model::RequestId) {
+        if let Ok(mut map) = self.calls.lock()
+            && let Some(call) = map.remove(&self.id)
+        {
+            map.insert(id.clone(), call);
+        }
+        self.id = id;
     }
 }
 

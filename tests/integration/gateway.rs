@@ -487,8 +487,11 @@ async fn progress_reaches_the_calling_client() {
         &http_manifest("ev", &format!("http://127.0.0.1:{port}/mcp"), ""),
     );
     let gateway = Gateway::start(manifests.path(), logs.path());
+    gateway.wait_state("ev", "Connected", Duration::from_secs(20));
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
+    // server-everything registers some tools once a client has initialized.
+    wait_tool(&client, "x_ev_trigger-long-running-operation").await;
     // rmcp clients attach a progress token to every request.
     let result = call(
         &client,
