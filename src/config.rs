@@ -99,7 +99,7 @@ impl ConfigFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        let mut config: ConfigFile = serde_yaml::from_str(&text)
+        let mut config: ConfigFile = serde_saphyr::from_str(&text)
             .with_context(|| format!("config file {} is invalid", path.display()))?;
         if let Some(dir) = path.parent() {
             let relative_to_config = |file: &mut PathBuf| {
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_misspelt_auth_field_is_named() {
-        let error = serde_yaml::from_str::<ConfigFile>("auth:\n  sealingKeyFlie: x\n")
+        let error = serde_saphyr::from_str::<ConfigFile>("auth:\n  sealingKeyFlie: x\n")
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

@@ -16,5 +16,5 @@ pub mod source;
 /// The MCPServer CRD as YAML, exactly what `crds/` holds.
 pub fn crd_yaml() -> anyhow::Result<String> {
     use kube::CustomResourceExt;
-    Ok(serde_yaml::to_string(&api::MCPServer::crd())?)
+    Ok(serde_saphyr::to_string(&api::MCPServer::crd())?)
 }

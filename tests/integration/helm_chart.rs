@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::common::{peers, repo};
 
-use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_json::Value;
 
 fn chart() -> PathBuf {
     repo().join("charts/flotilla")
@@ -41,8 +40,10 @@ fn helm(args: &[&str]) -> Result<String, String> {
 /// `args` say otherwise); panics with Helm's error if lint or render fails.
 fn render(args: &[&str]) -> Manifests {
     let text = helm(args).unwrap_or_else(|e| panic!("helm_render.py {args:?} failed:\n{e}"));
-    let docs = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).expect("rendered manifest is YAML"))
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(&text).expect("rendered manifests are YAML");
+    let docs = docs
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect::<Vec<_>>();
     assert!(!docs.is_empty(), "nothing rendered for {args:?}");
@@ -80,7 +81,7 @@ impl Manifests {
 
     fn container(&self) -> &Value {
         let containers = self.deployment()["spec"]["template"]["spec"]["containers"]
-            .as_sequence()
+            .as_array()
             .expect("containers");
         assert_eq!(containers.len(), 1);
         &containers[0]
@@ -123,7 +124,7 @@ impl Manifests {
         );
         assert_eq!(bindings[0]["roleRef"]["kind"], role["kind"]);
         bindings[0]["subjects"]
-            .as_sequence()
+            .as_array()
             .expect("subjects")
             .clone()
     }
@@ -137,7 +138,7 @@ struct Rule {
 
 fn rules(role: &Value) -> Vec<Rule> {
     role["rules"]
-        .as_sequence()
+        .as_array()
         .expect("rules")
         .iter()
         .map(|r| Rule {
@@ -149,7 +150,7 @@ fn rules(role: &Value) -> Vec<Rule> {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
+    v.as_array()
         .map(|s| s.iter().map(str_of).collect())
         .unwrap_or_default()
 }
@@ -168,7 +169,7 @@ fn set(words: &[&str]) -> BTreeSet<String> {
 }
 
 fn the_service_account(ns: &str) -> Value {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "{{kind: ServiceAccount, name: flotilla, namespace: {ns}}}"
     ))
     .unwrap()
@@ -241,7 +242,7 @@ fn the_deployment_runs_non_root_read_only_with_probes_on_healthz_and_readyz() {
             "/etc/flotilla/config.yaml"
         ]
     );
-    let env = c["env"].as_sequence().expect("env");
+    let env = c["env"].as_array().expect("env");
     let field = |name: &str| {
         env.iter()
             .find(|e| e["name"] == name)
@@ -254,13 +255,13 @@ fn the_deployment_runs_non_root_read_only_with_probes_on_healthz_and_readyz() {
     // /etc/flotilla/config.yaml comes from the chart's ConfigMap.
     let cm = m.one("ConfigMap");
     let mount = c["volumeMounts"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|v| v["mountPath"] == "/etc/flotilla")
         .expect("config mount");
     let volume = pod["volumes"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|v| v["name"] == mount["name"])
@@ -271,7 +272,7 @@ fn the_deployment_runs_non_root_read_only_with_probes_on_healthz_and_readyz() {
     // The Service selects these pods on the named port.
     let svc = m.one("Service");
     let labels = &m.deployment()["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in svc["spec"]["selector"].as_mapping().expect("selector") {
+    for (k, v) in svc["spec"]["selector"].as_object().expect("selector") {
         assert_eq!(&labels[k], v, "selector {k:?}");
     }
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
@@ -292,7 +293,7 @@ fn the_config_map_holds_a_config_file_the_gateway_accepts() {
     ]);
     let text = str_of(&m.one("ConfigMap")["data"]["config.yaml"]);
     // The binary's own parser (it denies unknown keys).
-    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text)
+    let parsed: flotilla::config::ConfigFile = serde_saphyr::from_str(&text)
         .unwrap_or_else(|e| panic!("flotilla rejects the chart's config.yaml: {e}\n{text}"));
     assert_eq!(parsed.public_url.as_deref(), Some("http://mcp.example.com"));
     assert_eq!(
@@ -312,7 +313,7 @@ fn the_config_map_holds_a_config_file_the_gateway_accepts() {
     // Defaults parse too, with no publicUrl and no allowedHosts.
     let defaults = render(&[]);
     let text = str_of(&defaults.one("ConfigMap")["data"]["config.yaml"]);
-    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text).expect("defaults");
+    let parsed: flotilla::config::ConfigFile = serde_saphyr::from_str(&text).expect("defaults");
     assert!(parsed.public_url.is_none() && parsed.allowed_hosts.is_none());
     assert_eq!(
         parsed.fan_out.expect("fanOut").allow_destructive,
@@ -331,7 +332,7 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
         "auth.userSessions.idleSeconds=600",
     ]);
     let text = str_of(&m.one("ConfigMap")["data"]["config.yaml"]);
-    let parsed: flotilla::config::ConfigFile = serde_yaml::from_str(&text)
+    let parsed: flotilla::config::ConfigFile = serde_saphyr::from_str(&text)
         .unwrap_or_else(|e| panic!("flotilla rejects the chart's config.yaml: {e}\n{text}"));
     let auth = parsed.auth.expect("auth section");
     let oidc = auth.oidc.expect("oidc");
@@ -353,14 +354,14 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
     assert_eq!(auth.user_sessions.and_then(|u| u.idle_seconds), Some(600));
     let pod = &m.deployment()["spec"]["template"]["spec"];
     let volume = pod["volumes"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|v| v["name"] == "auth")
         .expect("auth volume");
     assert_eq!(volume["secret"]["secretName"], "flotilla-auth");
     let mounted = m.container()["volumeMounts"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .any(|v| v["name"] == "auth" && v["mountPath"] == mount && v["readOnly"] == true);

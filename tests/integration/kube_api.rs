@@ -813,7 +813,7 @@ impl Store {
             let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
                 return Err(bad("PATCH /apply requires fieldManager"));
             };
-            let applied = serde_yaml::from_slice(body).map_err(bad_body)?;
+            let applied = serde_saphyr::from_slice(body).map_err(bad_body)?;
             let applied = strip_nulls(parse_object(t, applied)?);
             match &old {
                 Some(old) => precondition(t, old, &applied)?,

@@ -178,9 +178,10 @@ async fn status_conditions_printer_columns_and_events_are_written_for_each_objec
     assert_eq!(broken["conditions"][0]["reason"], "InvalidSpec");
 
     // `kubectl get mcps` columns: every printer column's jsonPath resolves.
-    let crd: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo().join("crds/mcpserver.yaml")).unwrap())
-            .unwrap();
+    let crd: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo().join("crds/mcpserver.yaml")).unwrap(),
+    )
+    .unwrap();
     let columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
         .as_array()
         .unwrap()

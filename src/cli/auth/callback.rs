@@ -1,26 +1,30 @@
-//! The loopback redirect target (RFC 8252 §7.3): a small HTTP/1.1 listener
+//! The loopback redirect target (RFC 8252 §7.3): a one-route axum server
 //! on 127.0.0.1, port chosen by the OS, that waits for the browser to come
 //! back to `/callback`, checks `state` (and `iss`, RFC 9207), answers the tab
 //! with a short page and hands the authorization code to the login.
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse as _, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::html::escape as escape_html;
 
 pub(super) const CALLBACK_PATH: &str = "/callback";
 
-/// How long one connection may take to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+/// How long the tab's page may take to finish once the login has its answer.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the redirect must carry to be this login's answer.
 #[derive(Clone, Debug)]
@@ -49,6 +53,8 @@ pub(super) enum CallbackError {
     IssuerMismatch,
     #[error("the redirect carries no authorization code")]
     MissingCode,
+    #[error("the loopback listener for the redirect stopped before the browser came back")]
+    ListenerStopped,
 }
 
 fn in_parens(text: &Option<String>) -> String {
@@ -98,6 +104,13 @@ pub(super) struct CallbackListener {
     redirect_uri: String,
 }
 
+/// What the `/callback` route needs: the login's expectations and where
+/// to report the outcome.
+struct Tab {
+    expected: Expected,
+    outcomes: mpsc::Sender<Result<String, CallbackError>>,
+}
+
 impl CallbackListener {
     pub async fn bind() -> anyhow::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -119,131 +132,73 @@ impl CallbackListener {
     }
 
     /// Serves until a request reaches `/callback`, answers it, and returns
-    /// its outcome. Other paths get 404 (favicons); connections that send
-    /// nothing (browser preconnects) do not hold the others up.
+    /// its outcome. Other paths get 404 (favicons), other methods 405;
+    /// connections that send nothing (browser preconnects) do not hold the
+    /// others up, nor the end of the login.
     pub async fn receive(self, expected: &Expected) -> Result<String, CallbackError> {
         let (outcomes, mut outcome) = mpsc::channel(1);
-        // Dropped on return, which aborts connections still open.
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        connections.spawn(serve(stream, expected.clone(), outcomes.clone()));
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "accepting a redirect connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(answer) = outcome.recv() => return answer,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        let tab = Arc::new(Tab {
+            expected: expected.clone(),
+            outcomes,
+        });
+        let router = Router::new()
+            .route(CALLBACK_PATH, get(answer_tab))
+            .with_state(tab);
+        let stop = CancellationToken::new();
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        let answer = tokio::select! {
+            Some(answer) = outcome.recv() => answer,
+            served = &mut server => {
+                // Accepting only fails for the whole listener: nothing to wait for.
+                tracing::debug!(?served, "the redirect listener stopped");
+                return Err(CallbackError::ListenerStopped);
             }
-        }
+        };
+        // Let the tab's page finish; a silent preconnect must not hold us.
+        stop.cancel();
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, server).await;
+        answer
     }
 }
 
-/// Answers one connection; reports the outcome if it was the redirect.
-async fn serve(
-    mut stream: TcpStream,
-    expected: Expected,
-    outcomes: mpsc::Sender<Result<String, CallbackError>>,
-) {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
-        _ => return,
+/// `GET /callback`: judges the redirect, tells the login, answers the tab.
+async fn answer_tab(State(tab): State<Arc<Tab>>, RawQuery(query): RawQuery) -> Response {
+    let outcome = callback_outcome(query.as_deref().unwrap_or(""), &tab.expected);
+    let page = match &outcome {
+        Ok(_) => page(
+            StatusCode::OK,
+            "Logged in, you can close this tab",
+            "flotilla has your login; the terminal takes it from here.",
+        ),
+        Err(error) => page(
+            StatusCode::BAD_REQUEST,
+            "Login failed",
+            &format!("{error}. Run `flotilla auth login` again."),
+        ),
     };
-    let Some((method, target)) = request_target(&head) else {
-        let _ = respond(&mut stream, "400 Bad Request", "Bad request", "").await;
-        return;
-    };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path != CALLBACK_PATH {
-        let _ = respond(&mut stream, "404 Not Found", "Not found", "").await;
-        return;
-    }
-    if method != "GET" {
-        let _ = respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "Method not allowed",
-            "",
-        )
-        .await;
-        return;
-    }
-    let outcome = callback_outcome(query, &expected);
-    let _ = match &outcome {
-        Ok(_) => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "Logged in, you can close this tab",
-                "flotilla has your login; the terminal takes it from here.",
-            )
-            .await
-        }
-        Err(error) => {
-            respond(
-                &mut stream,
-                "400 Bad Request",
-                "Login failed",
-                &format!("{error}. Run `flotilla auth login` again."),
-            )
-            .await
-        }
-    };
-    let _ = outcomes.send(outcome).await;
+    // Only the first redirect counts; a second tab finds the login over.
+    let _ = tab.outcomes.try_send(outcome);
+    page
 }
 
-/// Reads up to the end of the request head; `None` if the peer closed first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Ok(None);
-        }
-        head.extend_from_slice(&chunk[..read]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-/// Method and target of the request line (`GET /callback?code=... HTTP/1.1`).
-fn request_target(head: &str) -> Option<(&str, &str)> {
-    let mut parts = head.lines().next()?.split_whitespace();
-    let method = parts.next()?;
-    let target = parts.next()?;
-    parts
-        .next()?
-        .starts_with("HTTP/")
-        .then_some((method, target))
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    title: &str,
-    detail: &str,
-) -> std::io::Result<()> {
+fn page(status: StatusCode, title: &str, detail: &str) -> Response {
     let body = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>flotilla: {title}</title></head>\n\
          <body style=\"font-family: sans-serif; margin: 3em\"><h1>{title}</h1><p>{}</p></body></html>\n",
         escape_html(detail),
     );
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    (
+        status,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(body),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -334,16 +289,6 @@ mod tests {
     }
 
     #[test]
-    fn request_lines_are_split_into_method_and_target() {
-        assert_eq!(
-            request_target("GET /callback?code=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(("GET", "/callback?code=1"))
-        );
-        assert_eq!(request_target("garbage\r\n\r\n"), None);
-        assert_eq!(request_target(""), None);
-    }
-
-    #[test]
     fn error_pages_escape_html() {
         assert_eq!(escape_html("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
     }
@@ -368,10 +313,12 @@ mod tests {
         let authority = redirect_uri
             .trim_start_matches("http://")
             .trim_end_matches(CALLBACK_PATH);
-        let _silent = TcpStream::connect(authority).await.unwrap();
+        let _silent = tokio::net::TcpStream::connect(authority).await.unwrap();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let origin = redirect_uri.trim_end_matches(CALLBACK_PATH);
         assert_eq!(get(&client, format!("{origin}/favicon.ico")).await.0, 404);
+        let posted = client.post(&redirect_uri).send().await.unwrap();
+        assert_eq!(posted.status().as_u16(), 405);
 
         let (status, page) =
             get(&client, format!("{redirect_uri}?code=the-code&state=s-123")).await;

@@ -231,7 +231,7 @@ mod tests {
     }
 
     fn object(ns: &str, yaml: &str) -> Arc<DeserializeGuard<MCPServer>> {
-        let mut value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
         value["metadata"]["namespace"] = ns.into();
         Arc::new(serde_json::from_value(value).unwrap())
     }

@@ -6,6 +6,23 @@
 //! Failover: the holder renews every `renew` interval; if it dies, another
 //! replica takes the Lease once `duration` has passed since the last renewal.
 //! A replica shutting down cleanly gives the Lease up at once.
+//!
+//! Why not the `kube-lease-manager` crate (0.13, same kube 5): it was read
+//! and measured against what this loop must guarantee, and it differs where
+//! it matters here:
+//! - its renewals are strategic-merge patches with no resourceVersion
+//!   precondition, and taking an expired Lease is two writes (a forced
+//!   release, then a server-side apply arbitrated by managedFields
+//!   ownership). Here every write is a replace conditioned on the version we
+//!   read, the rule client-go's leader election follows, so of two replicas
+//!   only one can win and a stale holder's renewal is refused;
+//! - when its API calls fail it keeps reporting the last state it saw, so a
+//!   replica cut off from the API server keeps believing it leads after the
+//!   Lease has passed to another and both write status. Here leadership ends
+//!   as soon as our last renewal can no longer be shown valid (fail closed).
+//!
+//! The loop is small (one function to take or renew, one to release) and its
+//! failover and outage behaviour are tested against the fake API server.
 
 use std::time::Duration;
 

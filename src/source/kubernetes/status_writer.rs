@@ -337,7 +337,7 @@ mod tests {
     use super::*;
 
     fn object(yaml: &str) -> DeserializeGuard<MCPServer> {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

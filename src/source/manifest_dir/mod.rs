@@ -174,8 +174,16 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
                 .into(),
         });
     }
-    // A problem that names no server may hide any of the file's servers.
-    let unnamed = parsed.problems.iter().find(|p| p.server.is_none()).cloned();
+    // A file with a problem may be half-written: a server it no longer
+    // declares may be one its writer has not reached yet, so it stays. (A
+    // problem that names no server may hide any of them; one that names a
+    // server hides that one, and says nothing of the file's end.)
+    let unnamed = parsed
+        .problems
+        .iter()
+        .find(|p| p.server.is_none())
+        .or(parsed.problems.first())
+        .cloned();
     for old in last_good.servers {
         if parsed.servers.iter().any(|s| s.name == old.name) {
             continue;

@@ -90,7 +90,7 @@ fn options() -> serde_saphyr::Options {
             max_aliases: 1_000,
             max_anchors: 1_000,
         },
-        // YAML 1.2 booleans only (`true`/`false`), as serde_yaml and the CRD schema expect.
+        // YAML 1.2 booleans only (`true`/`false`), as the CRD schema expects.
         strict_booleans: true,
         // A snippet would quote the file's text, Secret values included.
         with_snippet: false,
