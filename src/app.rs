@@ -18,6 +18,9 @@ use crate::auth::outbound::exchange::TokenExchanger;
 use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings};
 use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
+use crate::gateway::audit::AuditLog;
+use crate::gateway::metrics::Metrics;
+use crate::gateway::scrape::{FleetCollector, KubernetesStats};
 use crate::gateway::{
     AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, router, serve,
 };
@@ -52,6 +55,8 @@ pub struct App {
     allowed_hosts: AllowedHosts,
     allowed_origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
+    /// The token-exchange cache (with `auth`), for `/metrics`.
+    exchanger: Option<Arc<TokenExchanger>>,
     limits: HttpLimits,
     cancel: CancellationToken,
 }
@@ -106,23 +111,32 @@ impl App {
             settings.public_url.clone(),
         );
         let base_url = base_url(&settings, local)?;
-        let auth = match &settings.auth {
-            Some(config) => Some(start_auth(config, &base_url, &fleet).await?),
-            None => None,
+        let (auth, exchanger) = match &settings.auth {
+            Some(config) => {
+                let (auth, exchanger) = start_auth(config, &base_url, &fleet).await?;
+                (Some(auth), Some(exchanger))
+            }
+            None => (None, None),
         };
+        let metrics = Arc::new(Metrics::default());
+        let audit = AuditLog::start(&settings.audit, metrics.audit_dropped.clone())?;
+        let state = GatewayState::new(
+            fleet,
+            GatewaySettings {
+                fan_out: settings.fan_out.clone(),
+                endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
+            },
+            metrics,
+            audit,
+        );
         Ok(Self {
             listener,
             source,
-            state: GatewayState::new(
-                fleet,
-                GatewaySettings {
-                    fan_out: settings.fan_out.clone(),
-                    endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
-                },
-            ),
+            state,
             allowed_hosts,
             allowed_origins,
             auth,
+            exchanger,
             limits: settings.limits.clone(),
             cancel,
         })
@@ -141,6 +155,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            exchanger,
             limits,
             cancel,
         } = self;
@@ -165,6 +180,7 @@ impl App {
         }
         tokio::spawn(state.fleet.clone().follow(source.subscribe()));
         let mut election = None;
+        let mut kubernetes_stats = None;
         if let Source::Kubernetes {
             source,
             client,
@@ -184,12 +200,23 @@ impl App {
             let writer = StatusWriter::new(
                 client.clone(),
                 source.clone(),
-                leader,
+                leader.clone(),
                 state.clone(),
                 settings.identity.clone(),
             );
+            kubernetes_stats = Some(KubernetesStats {
+                leader,
+                status_writes: writer.counts(),
+            });
             tokio::spawn(writer.run(cancel.child_token()));
         }
+        state
+            .metrics
+            .register_collector(Box::new(FleetCollector::new(
+                &state,
+                exchanger,
+                kubernetes_stats,
+            )));
         tokio::spawn(state.clone().run_catalog(cancel.child_token()));
         let metrics = state.metrics.clone();
         let app = router(
@@ -234,7 +261,7 @@ async fn start_auth(
     config: &AuthConfig,
     base_url: &url::Url,
     fleet: &Fleet,
-) -> anyhow::Result<Arc<AuthServer>> {
+) -> anyhow::Result<(Arc<AuthServer>, Arc<TokenExchanger>)> {
     // Requests carrying users' tokens and client secrets never follow a redirect.
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -248,7 +275,7 @@ async fn start_auth(
         jwks,
     ));
     let sessions = fleet.enable_user_sessions(
-        Arc::new(SsoCredentials::new(exchanger)),
+        Arc::new(SsoCredentials::new(exchanger.clone())),
         UserSessionSettings::from(&config.user_sessions.clone().unwrap_or_default()),
     );
     let extra_login_scopes = {
@@ -282,7 +309,7 @@ async fn start_auth(
             tracing::info!(user = %user.key.subject, servers = opened.len(), failed, "login: opening the user's sessions");
         })
     };
-    AuthServer::start(AuthServerOptions {
+    let server = AuthServer::start(AuthServerOptions {
         config: config.clone(),
         public_url: base_url.clone(),
         http,
@@ -290,7 +317,8 @@ async fn start_auth(
         on_login,
     })
     .await
-    .context("starting single sign-on (auth: in the config file)")
+    .context("starting single sign-on (auth: in the config file)")?;
+    Ok((server, exchanger))
 }
 
 /// Loopback-only by default (DNS-rebinding protection); the public URL's

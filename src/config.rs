@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::auth::settings::AuthConfig;
+use crate::gateway::audit::AuditSettings;
 use crate::gateway::{FanOutSettings, HttpLimits};
 
 /// The config file (`--config`), every field optional.
@@ -35,6 +36,20 @@ pub struct ConfigFile {
     pub auth: Option<AuthConfig>,
     /// Caps on sessions, connections and slow clients.
     pub limits: Option<LimitsConfig>,
+    /// The audit log of tool calls (default: on, to stdout).
+    pub audit: Option<AuditConfig>,
+}
+
+/// `audit` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Write audit lines at all (default true).
+    pub enabled: Option<bool>,
+    /// Append lines to this file (relative to the config file) instead of stdout.
+    pub file: Option<PathBuf>,
+    /// Put each call's arguments in its line, not only their hash (default false).
+    pub include_arguments: Option<bool>,
 }
 
 /// `limits` in the config file (defaults in [`HttpLimits`]).
@@ -110,6 +125,9 @@ impl ConfigFile {
             if let Some(manifests) = config.manifests.as_mut() {
                 relative_to_config(manifests);
             }
+            if let Some(file) = config.audit.as_mut().and_then(|a| a.file.as_mut()) {
+                relative_to_config(file);
+            }
             if let Some(auth) = config.auth.as_mut() {
                 if let Some(key) = auth.sealing_key_file.as_mut() {
                     relative_to_config(key);
@@ -162,6 +180,7 @@ pub struct ServeSettings {
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
     pub limits: HttpLimits,
+    pub audit: AuditSettings,
 }
 
 impl ServeSettings {
@@ -190,6 +209,17 @@ impl ServeSettings {
             public_url: public_url.or(file.public_url),
             auth: file.auth,
             limits: file.limits.unwrap_or_default().resolve(),
+            audit: {
+                let given = file.audit.unwrap_or_default();
+                let defaults = AuditSettings::default();
+                AuditSettings {
+                    enabled: given.enabled.unwrap_or(defaults.enabled),
+                    file: given.file,
+                    include_arguments: given
+                        .include_arguments
+                        .unwrap_or(defaults.include_arguments),
+                }
+            },
             source,
             allowed_hosts: file.allowed_hosts,
             allowed_origins: file.allowed_origins,

@@ -63,6 +63,12 @@ pub struct UserIdentity {
     /// When `id_token` (and so this identity) expires.
     pub expires_at: Option<DateTime<Utc>>,
     pub source: IdentitySource,
+    /// The OAuth client the caller's token was issued to, when known (a
+    /// trusted JWT's `azp` or `client_id`; the name a client registered
+    /// with the gateway under).
+    pub client: Option<String>,
+    /// The caller's groups, when the token names them (`groups`).
+    pub groups: Vec<String>,
 }
 
 impl UserIdentity {

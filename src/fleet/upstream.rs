@@ -87,6 +87,9 @@ pub struct Health {
     pub protocol_version: Option<String>,
     /// What the last failure was, when the state is a failure.
     pub failure: Option<FailureKind>,
+    /// Sessions established since the server was added (the first, then
+    /// every reconnect).
+    pub connects: u64,
 }
 
 /// A supervised downstream server.
@@ -202,6 +205,7 @@ impl Upstream {
             if state == ServerState::Connected {
                 health.last_connected = Some(chrono::Utc::now());
                 health.failure = None;
+                health.connects += 1;
             }
             health.state = state;
             if error.is_some() || state == ServerState::Connected {

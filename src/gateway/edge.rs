@@ -265,6 +265,11 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
             return rpc_error(StatusCode::BAD_REQUEST, invalid.id, -32600, invalid.message);
         }
     };
+    if id.is_some()
+        && let Some(method) = method.as_deref()
+    {
+        edge.metrics.request(method);
+    }
     let initialize = method.as_deref() == Some("initialize");
     if initialize && id.is_none() {
         return invalid_request("initialize is a request: it needs an id");

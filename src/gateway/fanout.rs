@@ -16,7 +16,9 @@ use rmcp::model::{
 };
 use serde_json::{Map, Value, json};
 
+use super::call_record::{CallRecord, member_target, outcome_of, outcome_of_result};
 use super::forward::{call_response, forward};
+use super::metrics::Outcome;
 use super::settings::FanOutSettings;
 use super::view::View;
 use crate::catalog::FamilyTool;
@@ -34,23 +36,31 @@ pub async fn call_family_tool(
     route: &Arc<FamilyTool>,
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
+    mut record: CallRecord,
 ) -> Result<CallToolResponse, ErrorData> {
+    let exposed = request.name.to_string();
     let mut arguments = request.arguments.take().unwrap_or_default();
     let value = arguments.remove(&route.instance_arg);
     let selection = match select(&route.members, value.as_ref(), &route.instance_arg) {
         Ok(selection) => selection,
-        Err(error) => return Ok(tool_error(error.0)),
+        Err(error) => {
+            record.finish(Outcome::ToolError);
+            return Ok(tool_error(error.0));
+        }
     };
     request.name = route.tool.clone().into();
     request.arguments = Some(arguments);
     match selection {
         Selection::One(index) => {
             let member = &route.members[index];
+            let record = record.to(member_target(&exposed, route, member));
             let caller = Caller {
                 instance: Some(member.instance.as_str()),
                 ..caller
             };
-            match call_member(view, &member.server, request, caller).await {
+            let answer = call_member(view, &member.server, request, caller).await;
+            record.finish(outcome_of(&answer));
+            match answer {
                 Ok(response) => Ok(response),
                 Err(UpstreamError::Rejected(data)) => Err(data),
                 Err(error) => Ok(tool_error(error.to_string())),
@@ -62,6 +72,7 @@ pub async fn call_family_tool(
                     .iter()
                     .map(|i| route.members[*i].instance.as_str())
                     .collect();
+                record.finish(Outcome::Denied);
                 return Ok(tool_error(format!(
                     "{} may change state (it is not annotated readOnlyHint, or is destructiveHint), so the gateway does not run it on several instances at once. Call it once per instance, naming one of: {}.",
                     route.tool,
@@ -69,6 +80,9 @@ pub async fn call_family_tool(
                 )));
             }
 
+            record.fan_out(indices.len());
+            let shared = &record;
+            let exposed = exposed.as_str();
             let outcomes: Vec<(usize, Result<CallToolResult, String>)> =
                 futures::stream::iter(indices.into_iter().map(|index| {
                     let member = &route.members[index];
@@ -79,7 +93,14 @@ pub async fn call_family_tool(
                         ..caller
                     };
                     async move {
-                        let outcome = match call_member(view, &member.server, request, caller).await
+                        let started = std::time::Instant::now();
+                        let answer = call_member(view, &member.server, request, caller).await;
+                        shared.target_done(
+                            &member_target(exposed, route, member),
+                            outcome_of(&answer),
+                            started.elapsed(),
+                        );
+                        let outcome = match answer
                         {
                             Ok(CallToolResponse::Complete(result)) => Ok(result),
                             Ok(_) => Err(
@@ -93,11 +114,10 @@ pub async fn call_family_tool(
                 .buffer_unordered(settings.max_concurrency.max(1))
                 .collect()
                 .await;
-            Ok(CallToolResponse::Complete(merge(
-                route,
-                outcomes,
-                settings.output_budget,
-            )))
+            let merged = merge(route, outcomes, settings.output_budget);
+            let outcome = outcome_of_result(&merged);
+            record.finish(outcome);
+            Ok(CallToolResponse::Complete(merged))
         }
     }
 }

@@ -21,6 +21,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
 
+use super::call_record::{CallRecord, outcome_of, outcome_of_result, plain_target};
 use super::forward::{call_response, client_revision, forward};
 use super::input_wait::{WaitingCalls, forward_or_wait};
 use super::revision::ClientRevision;
@@ -169,22 +170,31 @@ impl ServerHandler for GatewayHandler {
     ) -> Result<CallToolResponse, ErrorData> {
         let view = self.view(&context.extensions).await;
         let catalog = &view.catalog;
+        let user = caller(&context.extensions);
+        let record = |name: &str, arguments: Option<&rmcp::model::JsonObject>| {
+            CallRecord::start(&self.state.calls, name, user.as_deref(), arguments)
+        };
         if let Some(family_tool) = catalog.family_tool(&request.name) {
+            let record = record(&request.name, request.arguments.as_ref());
             return fanout::call_family_tool(
                 &self.state.settings.fan_out,
                 &view,
                 family_tool,
                 request,
                 self.caller(&context),
+                record,
             )
             .await;
         }
         if request.name == overview::TOOL_NAME {
-            return Ok(CallToolResponse::Complete(overview::call(
+            let record = record(&request.name, request.arguments.as_ref());
+            let result = overview::call(
                 &self.state.fleet,
                 &self.state.catalog(),
                 request.arguments.as_ref(),
-            )));
+            );
+            record.finish(outcome_of_result(&result));
+            return Ok(CallToolResponse::Complete(result));
         }
         let Some(route) = catalog.tool(&request.name) else {
             if let Some(why) = auth_status::unreachable_tool(&self.state, &view, &request.name) {
@@ -200,12 +210,15 @@ impl ServerHandler for GatewayHandler {
                 None,
             ));
         };
+        let record = record(&request.name, request.arguments.as_ref())
+            .to(plain_target(&request.name, route));
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
         let answer = forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
             .await
             .and_then(|result| call_response(&upstream.name, result));
+        record.finish(outcome_of(&answer));
         match answer {
             Ok(response) => Ok(response),
             // The tool could not run: tell the agent why, in-band, so it can act on it.

@@ -105,7 +105,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(move || exposition(metrics.clone(), sessions.clone())),
+            get(move |headers: HeaderMap| exposition(metrics.clone(), sessions.clone(), headers)),
         )
         .with_state(app_state);
     routes
@@ -195,14 +195,22 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: the Prometheus exposition (see `metrics`).
-async fn exposition(metrics: Arc<Metrics>, sessions: Arc<LocalSessionManager>) -> Response {
+async fn exposition(
+    metrics: Arc<Metrics>,
+    sessions: Arc<LocalSessionManager>,
+    headers: HeaderMap,
+) -> Response {
     let open = sessions.sessions.read().await.len();
     metrics
         .client_sessions
         .set(i64::try_from(open).unwrap_or(i64::MAX));
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
     (
-        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics.encode(),
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        metrics.encode_as(format),
     )
         .into_response()
 }

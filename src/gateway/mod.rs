@@ -1,7 +1,9 @@
 //! The gateway: the MCP endpoint clients talk to, its HTTP routes, and the
 //! shared state (catalog snapshot, connected clients) behind them.
 
+pub mod audit;
 mod auth_status;
+mod call_record;
 mod edge;
 mod envelope;
 mod fanout;
@@ -17,6 +19,7 @@ mod overview;
 mod parking;
 mod relay;
 mod revision;
+pub mod scrape;
 mod settings;
 mod state;
 pub mod status;

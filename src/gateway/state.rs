@@ -12,6 +12,9 @@ use rmcp::model::LoggingLevel;
 use rmcp::{Peer, RoleServer};
 use tokio_util::sync::CancellationToken;
 
+use super::audit::AuditLog;
+use super::call_record::Observer;
+use super::metrics::Metrics;
 use super::settings::GatewaySettings;
 use super::view::{CachedView, View};
 use crate::api::{UserIdentity, UserKey};
@@ -144,10 +147,17 @@ pub struct GatewayState {
     log_levels: moka::sync::Cache<String, LoggingLevel>,
     /// What `/metrics` exposes.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Where tool calls are counted and audited.
+    pub calls: Observer,
 }
 
 impl GatewayState {
-    pub fn new(fleet: Fleet, settings: GatewaySettings) -> Arc<Self> {
+    pub fn new(
+        fleet: Fleet,
+        settings: GatewaySettings,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+    ) -> Arc<Self> {
         let shared_view = ArcSwap::from_pointee(View::of(Arc::default(), fleet.clone()));
         Arc::new(Self {
             fleet,
@@ -167,7 +177,11 @@ impl GatewayState {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
-            metrics: Arc::default(),
+            calls: Observer {
+                metrics: metrics.clone(),
+                audit: Arc::new(audit),
+            },
+            metrics,
         })
     }
 

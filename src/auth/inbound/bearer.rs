@@ -73,11 +73,11 @@ fn gateway_token(server: &AuthServer, token: &str) -> Result<UserIdentity, Rejec
             access.aud, server.urls.resource
         )));
     }
-    Ok(identity(
-        &access.user,
-        &access.id_token,
-        access.id_token_exp,
-    ))
+    Ok(UserIdentity {
+        // The name the client registered under; its id is a sealed blob.
+        client: access.client_name.clone(),
+        ..identity(&access.user, &access.id_token, access.id_token_exp)
+    })
 }
 
 #[derive(Deserialize)]
@@ -89,6 +89,9 @@ struct JwtClaims {
     #[serde(default)]
     aud: Option<serde_json::Value>,
     azp: Option<String>,
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "strings_or_nothing")]
+    groups: Vec<String>,
     preferred_username: Option<String>,
     email: Option<String>,
     name: Option<String>,
@@ -138,6 +141,23 @@ async fn trusted_jwt(server: &AuthServer, token: &str) -> Result<UserIdentity, R
             .exp
             .and_then(|exp| chrono::DateTime::from_timestamp(exp, 0)),
         source: IdentitySource::TrustedJwt,
+        client: claims.azp.or(claims.client_id),
+        groups: claims.groups,
+    })
+}
+
+/// A `groups` claim as a list of strings; anything else names no groups.
+fn strings_or_nothing<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| item.as_str().map(str::to_string))
+            .collect(),
+        serde_json::Value::String(one) => vec![one],
+        _ => Vec::new(),
     })
 }
 

@@ -127,5 +127,7 @@ pub fn identity(user: &UserClaims, id_token: &str, id_token_exp: i64) -> UserIde
         id_token: Some(SecretValue::new(id_token.to_string())),
         expires_at: chrono::DateTime::from_timestamp(id_token_exp, 0),
         source: crate::api::IdentitySource::GatewayLogin,
+        client: None,
+        groups: Vec::new(),
     }
 }

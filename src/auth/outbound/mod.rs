@@ -49,8 +49,10 @@ impl CredentialFactory for SsoCredentials {
                 let spec = auth
                     .and_then(|a| a.token_exchange.as_ref())
                     .ok_or_else(|| CredentialError("spec.auth.tokenExchange is missing".into()))?;
-                let target = ExchangeTarget::from_spec(spec, server.client_credentials.as_ref())
-                    .map_err(CredentialError)?;
+                let mut target =
+                    ExchangeTarget::from_spec(spec, server.client_credentials.as_ref())
+                        .map_err(CredentialError)?;
+                target.server = Arc::from(server.name.as_str());
                 Ok(Arc::new(Exchanged {
                     user: ArcSwap::new(user.clone()),
                     target,

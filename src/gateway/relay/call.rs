@@ -24,6 +24,8 @@ use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::wire::{WireError, WireReply};
 use crate::fleet::{LineMessage, severity};
+use crate::gateway::call_record::{CallRecord, member_target, outcome_of_json, plain_target};
+use crate::gateway::metrics::{CallTarget, Outcome};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
 
@@ -69,6 +71,7 @@ pub(super) async fn relay_call(
             name: None,
             drop_argument: None,
             label: server,
+            counted: None,
         }
     } else {
         target(catalog, method, &call, message)?
@@ -93,6 +96,15 @@ pub(super) async fn relay_call(
     };
     let body = message::request_upstream(method, message.params, &outgoing)?;
     let label = target.label;
+    let record = target.counted.map(|counted| {
+        let calls = &relay.state.calls;
+        let arguments = calls
+            .audit
+            .enabled()
+            .then(|| message::arguments(message.params))
+            .flatten();
+        CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref()).to(counted)
+    });
     tracing::debug!(server = %label, method, "relaying {method}");
     let log_level = wanted_log_level(relay, client, call.log_level.as_deref());
     // A session client can be asked mid-call: register the call, so what the
@@ -112,9 +124,16 @@ pub(super) async fn relay_call(
     let (events, pending, first_line) = match first {
         First::Reply(Err(WireError::NotDelivered(why))) => {
             tracing::debug!(server = %label, why, "relay: not delivered; rmcp's path takes the call");
+            // rmcp's path counts it.
+            if let Some(record) = record {
+                record.discard();
+            }
             return None;
         }
         First::Reply(Err(WireError::Failed(why))) => {
+            if let Some(record) = record {
+                record.finish(Outcome::Unavailable);
+            }
             let text = format!("server {label:?} failed the request: {why}");
             return Some(json_response(failure(
                 method,
@@ -129,6 +148,9 @@ pub(super) async fn relay_call(
             let answer = message::response_to_client(&answer, method, &client_id, client.revision)?;
             if let Some((owner, server)) = &task_owner {
                 relay.tasks.note(owner, server, &answer);
+            }
+            if let Some(record) = record {
+                record.finish(outcome_of_json(&answer));
             }
             return Some(json_response(answer));
         }
@@ -180,6 +202,8 @@ pub(super) async fn relay_call(
         last_event: None,
         retry: None,
         resumed: 0,
+        record,
+        failed: None,
     };
     Some(stream.respond().await)
 }
@@ -204,6 +228,8 @@ struct Target<'c> {
     drop_argument: Option<&'c str>,
     /// Who is named in relayed logs and questions: the server, or the instance.
     label: Arc<str>,
+    /// Where a tool call goes, as metrics and the audit log name it.
+    counted: Option<CallTarget>,
 }
 
 /// The one upstream a request is for, by the catalog; `None` for what the
@@ -220,6 +246,7 @@ fn target<'c>(
         name,
         drop_argument: None,
         label: server.clone(),
+        counted: None,
     };
     match method {
         "tools/call" => {
@@ -241,10 +268,14 @@ fn target<'c>(
                     name: Some(family.tool.as_str()),
                     drop_argument: Some(family.instance_arg.as_str()),
                     label: member.instance.as_str().into(),
+                    counted: Some(member_target(name, family, member)),
                 });
             }
             let route = catalog.tool(name)?;
-            Some(plain(&route.server, Some(route.name.as_str())))
+            Some(Target {
+                counted: Some(plain_target(name, route)),
+                ..plain(&route.server, Some(route.name.as_str()))
+            })
         }
         "prompts/get" => {
             let route = catalog.prompt(call.name.as_deref()?)?;

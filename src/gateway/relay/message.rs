@@ -185,6 +185,12 @@ pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
     member(members.get("arguments").copied(), key)
 }
 
+/// A call's `arguments` object, when it has one.
+pub fn arguments(params: Option<&RawValue>) -> Option<serde_json::Map<String, Value>> {
+    let members = object(params)?;
+    serde_json::from_str(members.get("arguments")?.get()).ok()
+}
+
 /// Where a client's request goes: the upstream's id, name and progress
 /// token, and the argument that picked the instance (a folded tool's).
 pub struct Outgoing<'a> {

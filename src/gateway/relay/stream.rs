@@ -22,6 +22,8 @@ use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
+use crate::gateway::call_record::{CallRecord, outcome_of_json};
+use crate::gateway::metrics::Outcome;
 use crate::gateway::parking::{MAX_WAITING, WAIT};
 use crate::gateway::revision::ClientRevision;
 
@@ -84,6 +86,11 @@ pub(super) struct Stream {
     pub(super) last_event: Option<String>,
     pub(super) retry: Option<Duration>,
     pub(super) resumed: u32,
+    /// The tool call as operators see it (`tools/call` only).
+    pub(super) record: Option<CallRecord>,
+    /// How the call failed, when the gateway ended it (the client gets a
+    /// tool error either way).
+    pub(super) failed: Option<Outcome>,
 }
 
 /// How often a call's stream is picked up again after the upstream closed it.
@@ -168,6 +175,7 @@ impl Stream {
                         Err(_) => self.timed_out().await,
                         Ok(None) | Ok(Some(Err(_))) if self.resume().await => Step::Skip,
                         Ok(None) | Ok(Some(Err(_))) => {
+                            self.failed = Some(Outcome::Unavailable);
                             let text = format!("server {:?} closed the call's stream without answering", self.label);
                             Step::Last(failure(&self.method, &self.client_id, &text, self.client.revision))
                         }
@@ -192,6 +200,9 @@ impl Stream {
                 Step::Last(json) => {
                     self.done = true;
                     self.end();
+                    if let Some(record) = self.record.take() {
+                        record.finish(self.failed.take().unwrap_or_else(|| outcome_of_json(&json)));
+                    }
                     if let Some((owner, server)) = &self.task_owner {
                         self.relay.tasks.note(owner, server, &json);
                     }
@@ -255,6 +266,7 @@ impl Stream {
 
     /// No word from the upstream within the call's timeout: it is cancelled.
     async fn timed_out(&mut self) -> Step {
+        self.failed = Some(Outcome::Timeout);
         cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway").await;
         let text = format!(
             "server {:?} did not answer within {}s (spec.timeout)",
@@ -289,6 +301,7 @@ impl Stream {
                 match json {
                     Some(json) => Step::Last(json),
                     None => {
+                        self.failed = Some(Outcome::Unavailable);
                         let text = format!(
                             "server {:?} sent an answer that is not JSON-RPC",
                             self.label
@@ -303,6 +316,7 @@ impl Stream {
                 }
             }
             Err(error) => {
+                self.failed = Some(Outcome::Unavailable);
                 let text = format!("server {:?} failed the request: {error}", self.label);
                 Step::Last(failure(
                     &self.method,

@@ -12,4 +12,4 @@ mod status_writer;
 pub use controller::{KubernetesSource, SourceConfig};
 pub use desired::{SecretLookup, desired_fleet, origin_of, resolve_secret_refs};
 pub use lease::{LeaderElection, LeaseConfig};
-pub use status_writer::{LiveStatus, StatusWriter, desired_status};
+pub use status_writer::{LiveStatus, StatusWriteCounts, StatusWriter, desired_status};

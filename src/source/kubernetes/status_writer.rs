@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
@@ -107,8 +108,18 @@ fn with_transition_times(
     status
 }
 
+/// What the status writer did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StatusWriteCounts {
+    /// Status patches the API server accepted.
+    pub written: std::sync::atomic::AtomicU64,
+    /// Status patches that failed (retried on the next pass).
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
 pub struct StatusWriter {
     client: Client,
+    counts: Arc<StatusWriteCounts>,
     source: KubernetesSource,
     leader: LeaderElection,
     live: Arc<dyn LiveStatus>,
@@ -136,6 +147,7 @@ impl StatusWriter {
         );
         Self {
             client,
+            counts: Arc::default(),
             source,
             leader,
             live,
@@ -143,6 +155,11 @@ impl StatusWriter {
             written: HashMap::new(),
             states: HashMap::new(),
         }
+    }
+
+    /// The writer's counts, readable while it runs.
+    pub fn counts(&self) -> Arc<StatusWriteCounts> {
+        self.counts.clone()
     }
 
     /// Writes status whenever something changes, while leading, until `cancel`.
@@ -234,9 +251,11 @@ impl StatusWriter {
             };
             match written {
                 Ok(_) => {
+                    self.counts.written.fetch_add(1, Ordering::Relaxed);
                     self.written.insert(key, stored_version);
                 }
                 Err(error) => {
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, object = %origin_of(&namespace, &name), "writing status failed")
                 }
             }

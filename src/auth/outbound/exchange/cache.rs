@@ -214,6 +214,7 @@ mod tests {
                 client_id: "c".into(),
                 client_secret: SecretValue::new("s".into()),
             },
+            server: "".into(),
         }
     }
 

@@ -50,6 +50,9 @@ pub struct ExchangeTarget {
     pub requested_token_type: String,
     /// The gateway's client at the downstream Dex.
     pub client: ClientCredentials,
+    /// The server the token is for: what its counts are filed under
+    /// ([`ExchangeCounts`]); not part of the cache key.
+    pub server: Arc<str>,
 }
 
 impl ExchangeTarget {
@@ -87,6 +90,7 @@ impl ExchangeTarget {
                 .unwrap_or(DEFAULT_REQUESTED_TOKEN_TYPE)
                 .to_string(),
             client: client.clone(),
+            server: Arc::from(""),
         })
     }
 }
@@ -183,6 +187,43 @@ pub struct TokenExchanger {
     _stop_refreshes: DropGuard,
 }
 
+/// One server's exchange-cache counts (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct ExchangeCounts {
+    /// Tokens served from the cache.
+    pub hits: AtomicU64,
+    /// Requests that found no token in the cache.
+    pub misses: AtomicU64,
+    /// Exchanges the server's Dex granted (and whose token checked out).
+    pub exchanged: AtomicU64,
+    /// Exchanges that failed (refused, unreachable, or an unusable token).
+    pub failures: AtomicU64,
+}
+
+/// Counts per server; bounded by the servers that ever used an exchange.
+#[derive(Default)]
+struct CountsByServer(std::sync::Mutex<std::collections::BTreeMap<Arc<str>, Arc<ExchangeCounts>>>);
+
+impl CountsByServer {
+    fn of(&self, server: &Arc<str>) -> Arc<ExchangeCounts> {
+        let Ok(mut all) = self.0.lock() else {
+            return Arc::default();
+        };
+        all.entry(server.clone()).or_default().clone()
+    }
+
+    fn all(&self) -> Vec<(Arc<str>, Arc<ExchangeCounts>)> {
+        self.0
+            .lock()
+            .map(|all| all.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 struct Inner {
     settings: TokenCacheSettings,
     http: reqwest::Client,
@@ -190,6 +231,7 @@ struct Inner {
     tokens: moka::future::Cache<CacheKey, Arc<CachedToken>>,
     failures: Failures,
     sent: AtomicU64,
+    counts: CountsByServer,
     stop: CancellationToken,
 }
 
@@ -210,6 +252,7 @@ impl TokenExchanger {
                 tokens,
                 failures,
                 sent: AtomicU64::new(0),
+                counts: CountsByServer::default(),
                 stop,
             }),
         }
@@ -224,12 +267,15 @@ impl TokenExchanger {
         target: &ExchangeTarget,
     ) -> Result<SecretValue, ExchangeError> {
         let key = CacheKey::new(&user.key, target);
+        let counts = self.inner.counts.of(&target.server);
         if let Some(hit) = self.inner.tokens.get(&key).await {
+            bump(&counts.hits);
             if hit.refresh_due(Instant::now()) {
                 self.start_refresh(key, &hit, user, target).await;
             }
             return Ok(hit.token.clone());
         }
+        bump(&counts.misses);
         let subject = subject_token(user)?;
         // Fast path out during a backoff window, before joining any waiters.
         self.inner.failures.check(&key).await?;
@@ -300,6 +346,11 @@ impl TokenExchanger {
         self.inner.sent.load(Ordering::Relaxed)
     }
 
+    /// Each server's cache counts, by server name.
+    pub fn counts(&self) -> Vec<(Arc<str>, Arc<ExchangeCounts>)> {
+        self.inner.counts.all()
+    }
+
     /// Starts one background re-exchange for `hit` unless one runs or the
     /// key is backing off. The current token keeps being served meanwhile,
     /// and after a failed refresh until it goes stale.
@@ -359,8 +410,10 @@ impl Inner {
     ) -> Result<Arc<CachedToken>, ExchangeError> {
         self.failures.check(&key).await?;
         self.sent.fetch_add(1, Ordering::Relaxed);
+        let counts = self.counts.of(&target.server);
         match request::exchange(&self.http, &self.jwks, user, &subject.token, target).await {
             Ok(mut issued) => {
+                bump(&counts.exchanged);
                 self.failures.clear(&key).await;
                 issued.lifetime = subject.cap(issued.lifetime);
                 tracing::debug!(
@@ -376,6 +429,7 @@ impl Inner {
                 ))
             }
             Err(error) => {
+                bump(&counts.failures);
                 let backoff = self.failures.record(key, &error).await;
                 tracing::warn!(
                     user = %user.subject,

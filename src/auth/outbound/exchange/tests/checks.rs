@@ -184,6 +184,7 @@ fn from_spec_fills_muster_defaults_and_derives_the_issuer() {
             scopes: "openid profile email groups".into(),
             requested_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
             client: client(),
+            server: "".into(),
         }
     );
 }

@@ -291,6 +291,8 @@ fn user(subject: &str, id_token: &str) -> UserIdentity {
         id_token: Some(SecretValue::new(id_token.into())),
         expires_at: None,
         source: IdentitySource::GatewayLogin,
+        client: None,
+        groups: Vec::new(),
     }
 }
 

@@ -1,0 +1,305 @@
+//! The audit log: one JSON line per tool call, written off the call's path
+//! to stdout (default) or to a file (`audit.file`, appended, mode 0600).
+//!
+//! A line (fields absent when unknown; see the README's "Audit log"):
+//!
+//! ```json
+//! {"time":"2026-11-26T07:30:00.123Z","kind":"tool_call",
+//!  "caller":{"issuer":"https://dex.example","subject":"CgR1c2Vy","name":"ana","client":"claude"},
+//!  "tool":"x_kubernetes_pods_list","outcome":"ok","durationMs":12.5,
+//!  (and "fanOut":true when a family tool ran on several instances)
+//!  "targets":[{"server":"kubernetes-a","family":"kubernetes","instance":"a",
+//!              "upstreamTool":"pods_list","outcome":"ok","durationMs":12.1}],
+//!  "argumentsSha256":"9f86d0…","traceId":"4bf92f3577b34da6a3ce929d0e0e4736"}
+//! ```
+//!
+//! `caller` is null when the gateway runs without `auth`. `argumentsSha256`
+//! is the SHA-256 of the arguments as compact JSON with keys sorted, so equal
+//! arguments hash equally whatever order a client sent them in; the
+//! arguments themselves appear (`arguments`) only with
+//! `audit.includeArguments: true`. No line carries a token or a Secret value.
+//!
+//! Lines queue in a bounded channel (65,536) drained by one writer task; a
+//! line that finds the queue full is dropped, counted in
+//! `flotilla_audit_lines_dropped_total` and warned about, rather than slowing
+//! calls down behind a stalled disk.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+/// Lines waiting to be written, at most.
+const QUEUE: usize = 65_536;
+
+/// Where audit lines go, from the config file's `audit` section.
+#[derive(Clone, Debug)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    /// Append to this file; `None` writes to stdout.
+    pub file: Option<PathBuf>,
+    /// Put the call's arguments in the line, not only their hash.
+    pub include_arguments: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+            include_arguments: false,
+        }
+    }
+}
+
+/// Who made a call, as the audit line names them.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditCaller {
+    pub issuer: String,
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The OAuth client the caller's token was issued to, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// One upstream a call reached.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditTarget {
+    pub server: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub family: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    pub upstream_tool: String,
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+}
+
+/// One audit line.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditLine<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub caller: Option<&'a AuditCaller>,
+    pub tool: &'a str,
+    /// A family tool called on several instances at once.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fan_out: bool,
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+    pub targets: &'a [AuditTarget],
+    pub arguments_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+}
+
+/// The SHA-256 (hex) of `arguments` as compact JSON with sorted keys
+/// (serde_json's maps are ordered by key in this build).
+pub fn arguments_hash(arguments: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
+    let empty = serde_json::Map::new();
+    let text = serde_json::to_vec(arguments.unwrap_or(&empty)).unwrap_or_default();
+    hex(&Sha256::digest(&text))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// The audit log's writing end. Cheap to share; the writer task ends when
+/// the last handle is gone, after writing what is queued.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: Option<mpsc::Sender<String>>,
+    include_arguments: bool,
+    dropped: Counter,
+}
+
+impl AuditLog {
+    /// No audit log (tests, or `audit.enabled: false`).
+    pub fn off() -> Self {
+        Self {
+            queue: None,
+            include_arguments: false,
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Opens the destination and starts the writer. `dropped` counts lines
+    /// lost to a full queue.
+    pub fn start(settings: &AuditSettings, dropped: Counter) -> anyhow::Result<Self> {
+        if !settings.enabled {
+            return Ok(Self::off());
+        }
+        let sink: Box<dyn std::io::Write + Send> = match &settings.file {
+            Some(path) => Box::new(open_append(path)?),
+            None => Box::new(std::io::stdout()),
+        };
+        let (queue, lines) = mpsc::channel(QUEUE);
+        // Owned by the queue: it ends when every sender is dropped.
+        std::thread::Builder::new()
+            .name("flotilla-audit".into())
+            .spawn(move || write_lines(lines, sink))?;
+        Ok(Self {
+            queue: Some(queue),
+            include_arguments: settings.include_arguments,
+            dropped,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    pub fn include_arguments(&self) -> bool {
+        self.include_arguments
+    }
+
+    /// Queues one line.
+    pub fn write(&self, line: &AuditLine<'_>) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let Ok(mut text) = serde_json::to_string(line) else {
+            return;
+        };
+        text.push('\n');
+        if queue.try_send(text).is_err() {
+            self.dropped.inc();
+            tracing::warn!(
+                tool = line.tool,
+                "audit queue full; an audit line was dropped"
+            );
+        }
+    }
+}
+
+fn open_append(path: &PathBuf) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path).with_context(|| {
+        format!(
+            "cannot open the audit file {} for appending",
+            path.display()
+        )
+    })
+}
+
+/// The writer: a blocking thread, so a slow disk never holds a runtime
+/// worker. Writes each batch of queued lines, then flushes.
+fn write_lines(mut lines: mpsc::Receiver<String>, sink: Box<dyn std::io::Write + Send>) {
+    let mut out = std::io::BufWriter::new(sink);
+    while let Some(line) = lines.blocking_recv() {
+        let mut failed = out.write_all(line.as_bytes()).is_err();
+        while let Ok(line) = lines.try_recv() {
+            failed |= out.write_all(line.as_bytes()).is_err();
+        }
+        failed |= out.flush().is_err();
+        if failed {
+            eprintln!("flotilla: writing the audit log failed");
+        }
+    }
+}
+
+/// The audit log as the gateway state holds it.
+pub type SharedAudit = Arc<AuditLog>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_arguments_hash_equally_whatever_their_order() {
+        type Map = serde_json::Map<String, serde_json::Value>;
+        let a: Map = serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":[1,2]}}"#).unwrap();
+        let b: Map = serde_json::from_str(r#"{ "a": {"x":[1,2],"y":2}, "b": 1 }"#).unwrap();
+        let c: Map = serde_json::from_str(r#"{"b":2}"#).unwrap();
+        assert_eq!(arguments_hash(Some(&a)), arguments_hash(Some(&b)));
+        assert_ne!(arguments_hash(Some(&a)), arguments_hash(Some(&c)));
+        // No arguments hash as an empty object does.
+        assert_eq!(arguments_hash(None), arguments_hash(Some(&Map::new())));
+        assert_eq!(arguments_hash(None).len(), 64);
+    }
+
+    #[test]
+    fn lines_reach_the_file_one_json_object_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(
+            &AuditSettings {
+                enabled: true,
+                file: Some(path.clone()),
+                include_arguments: false,
+            },
+            Counter::default(),
+        )
+        .unwrap();
+        let caller = AuditCaller {
+            issuer: "https://idp".into(),
+            subject: "u1".into(),
+            name: None,
+            client: None,
+            groups: vec![],
+        };
+        for tool in ["a", "b"] {
+            log.write(&AuditLine {
+                time: "t".into(),
+                kind: "tool_call",
+                caller: Some(&caller),
+                tool,
+                fan_out: false,
+                outcome: "ok",
+                duration_ms: 1.0,
+                targets: &[],
+                arguments_sha256: "h",
+                arguments: None,
+                trace_id: None,
+            });
+        }
+        drop(log);
+        let text = (0..200)
+            .find_map(|_| {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() == 2 {
+                    return Some(text);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                None
+            })
+            .expect("two lines written");
+        let tools: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tool"].to_string())
+            .collect();
+        assert_eq!(tools, [r#""a""#, r#""b""#]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
