@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 
-fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
-}
-
 /// A simulated cluster in family `kubernetes` (instance arg `management_cluster`).
 fn member(cluster: &str, aliases: &[&str], labels: &[(&str, &str)], flags: &str) -> String {
     let labels: String = labels
@@ -26,37 +22,37 @@ fn member(cluster: &str, aliases: &[&str], labels: &[(&str, &str)], flags: &str)
     .replace("[sim-cluster,  --cluster", "[sim-cluster, --cluster")
 }
 
-fn standard_fleet(dir: &std::path::Path) {
-    write_manifest(
-        dir,
-        "a.yaml",
-        &member(
-            "cluster-a",
-            &["prod-eu", "production"],
-            &[("env", "prod"), ("region", "eu")],
-            "--test-tools,",
-        ),
-    );
-    write_manifest(
-        dir,
-        "b.yaml",
-        &member(
-            "cluster-b",
-            &["prod-us"],
-            &[("env", "prod"), ("region", "us")],
-            "--test-tools,",
-        ),
-    );
-    write_manifest(
-        dir,
-        "c.yaml",
-        &member(
-            "cluster-c",
-            &["staging"],
-            &[("env", "staging"), ("region", "eu")],
-            "--test-tools,",
-        ),
-    );
+/// Three members with test tools: cluster-a (prod, eu), cluster-b (prod,
+/// us) and cluster-c (staging, eu), in a.yaml, b.yaml and c.yaml.
+fn standard_fleet() -> Fleet {
+    Fleet::new()
+        .manifest(
+            "a.yaml",
+            &member(
+                "cluster-a",
+                &["prod-eu", "production"],
+                &[("env", "prod"), ("region", "eu")],
+                "--test-tools,",
+            ),
+        )
+        .manifest(
+            "b.yaml",
+            &member(
+                "cluster-b",
+                &["prod-us"],
+                &[("env", "prod"), ("region", "us")],
+                "--test-tools,",
+            ),
+        )
+        .manifest(
+            "c.yaml",
+            &member(
+                "cluster-c",
+                &["staging"],
+                &[("env", "staging"), ("region", "eu")],
+                "--test-tools,",
+            ),
+        )
 }
 
 fn tool<'a>(tools: &'a [rmcp::model::Tool], name: &str) -> &'a rmcp::model::Tool {
@@ -72,20 +68,16 @@ fn instance_enum(tool: &rmcp::model::Tool, arg: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_family_is_folded_into_one_tool_per_name_with_an_instance_enum() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
+    let fleet = standard_fleet();
     // Two instances of a third-party server join the same family with other tools.
-    let (_kx, px) = kubernetes_mcp_server(0, logs.path());
-    let (_ky, py) = kubernetes_mcp_server(0, logs.path());
-    for (name, port) in [("kx", px), ("ky", py)] {
-        let yaml = http_manifest(
-            &format!("{name}-mcp-kubernetes"),
-            &format!("http://127.0.0.1:{port}/mcp"),
-            "  family: {name: kubernetes, instanceArg: management_cluster}\n",
-        );
-        write_manifest(manifests.path(), &format!("{name}.yaml"), &yaml);
-    }
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let (_kx, px) = kubernetes_mcp_server(0, fleet.logs());
+    let (_ky, py) = kubernetes_mcp_server(0, fleet.logs());
+    let gateway = fleet
+        .http("kx-mcp-kubernetes", &format!("http://127.0.0.1:{px}/mcp"))
+        .family_with_arg("kubernetes", "management_cluster")
+        .http("ky-mcp-kubernetes", &format!("http://127.0.0.1:{py}/mcp"))
+        .family_with_arg("kubernetes", "management_cluster")
+        .start();
     let client = connect(&gateway.url()).await;
     let tools = list_tools(&client).await;
     let list_pods = tool(&tools, "x_kubernetes_list_pods");
@@ -136,9 +128,7 @@ async fn a_family_is_folded_into_one_tool_per_name_with_an_instance_enum() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bare_names_full_names_and_aliases_work_and_unknown_names_suggest_the_closest() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = standard_fleet().start();
     let client = connect(&gateway.url()).await;
     for value in [
         "cluster-b",
@@ -181,14 +171,9 @@ async fn bare_names_full_names_and_aliases_work_and_unknown_names_suggest_the_cl
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_divergence_is_reported_and_the_odd_member_keeps_its_own_name() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
-    write_manifest(
-        manifests.path(),
-        "c.yaml",
-        &member("cluster-c", &[], &[], "--old-schema,"),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = standard_fleet()
+        .manifest("c.yaml", &member("cluster-c", &[], &[], "--old-schema,"))
+        .start();
     let client = connect(&gateway.url()).await;
     let tools = list_tools(&client).await;
     assert_eq!(
@@ -220,18 +205,10 @@ async fn schema_divergence_is_reported_and_the_odd_member_keeps_its_own_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn members_joining_and_leaving_update_the_enum_and_notify_clients() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &member("cluster-a", &[], &[], ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &member("cluster-b", &[], &[], ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .manifest("a.yaml", &member("cluster-a", &[], &[], ""))
+        .manifest("b.yaml", &member("cluster-b", &[], &[], ""))
+        .start();
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     let enum_now = || {
@@ -244,16 +221,12 @@ async fn members_joining_and_leaving_update_the_enum_and_notify_clients() {
         }
     };
     assert_eq!(enum_now().await, json!(["cluster-a", "cluster-b"]));
-    write_manifest(
-        manifests.path(),
-        "c.yaml",
-        &member("cluster-c", &[], &[], ""),
-    );
+    gateway.write_manifest("c.yaml", &member("cluster-c", &[], &[], ""));
     eventually(Duration::from_secs(10), "cluster-c in the enum", || async {
         (enum_now().await == json!(["cluster-a", "cluster-b", "cluster-c"])).then_some(())
     })
     .await;
-    std::fs::remove_file(manifests.path().join("a.yaml")).unwrap();
+    gateway.remove_manifest("a.yaml");
     eventually(
         Duration::from_secs(10),
         "cluster-a out of the enum",
@@ -281,9 +254,7 @@ async fn members_joining_and_leaving_update_the_enum_and_notify_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fan_out_merges_every_instance_in_order_and_selectors_pick_by_label() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = standard_fleet().start();
     let client = connect(&gateway.url()).await;
     let all = call(
         &client,
@@ -355,34 +326,23 @@ async fn fan_out_merges_every_instance_in_order_and_selectors_pick_by_label() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fan_out_with_one_instance_down_and_one_slow_returns_a_partial_result_in_time() {
-    let (manifests, logs) = tempdirs();
-    let (_pa, url_a) = python_server(0, logs.path());
-    let (_pb, url_b) = python_server(0, logs.path());
-    let (mut pc, url_c) = python_server(0, logs.path());
-    let family = "  family: {name: py}\n";
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &http_manifest("a-mcp-py", &url_a, &format!("  timeout: 10\n{family}")),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &http_manifest("b-mcp-py", &url_b, &format!("  timeout: 1\n{family}")),
-    );
-    write_manifest(
-        manifests.path(),
-        "c.yaml",
-        &http_manifest("c-mcp-py", &url_c, &format!("  timeout: 10\n{family}")),
-    );
-    // The Python tools carry no readOnlyHint, so fan-out must be allowed explicitly.
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "fanOut: {allowDestructive: true}\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let fleet = Fleet::new();
+    let (_pa, url_a) = python_server(0, fleet.logs());
+    let (_pb, url_b) = python_server(0, fleet.logs());
+    let (mut pc, url_c) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("a-mcp-py", &url_a)
+        .timeout(10)
+        .family("py")
+        .http("b-mcp-py", &url_b)
+        .timeout(1)
+        .family("py")
+        .http("c-mcp-py", &url_c)
+        .timeout(10)
+        .family("py")
+        // The Python tools carry no readOnlyHint, so fan-out must be allowed explicitly.
+        .config("fanOut: {allowDestructive: true}\n")
+        .start();
     let client = connect(&gateway.url()).await;
     pc.kill();
     let started = Instant::now();
@@ -438,15 +398,9 @@ async fn fan_out_with_one_instance_down_and_one_slow_returns_a_partial_result_in
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_output_budget_truncates_each_instance_fairly_and_says_how_to_narrow() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "fanOut: {outputBudgetBytes: 600}\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let gateway = standard_fleet()
+        .config("fanOut: {outputBudgetBytes: 600}\n")
+        .start();
     let client = connect(&gateway.url()).await;
     let full = call(
         &client,
@@ -478,20 +432,15 @@ async fn the_output_budget_truncates_each_instance_fairly_and_says_how_to_narrow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_not_marked_read_only_are_never_fanned_out_by_default() {
-    let (manifests, logs) = tempdirs();
-    let (_pa, url_a) = python_server(0, logs.path());
-    let (_pb, url_b) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &http_manifest("a-mcp-py", &url_a, "  family: {name: py}\n"),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &http_manifest("b-mcp-py", &url_b, "  family: {name: py}\n"),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_pa, url_a) = python_server(0, fleet.logs());
+    let (_pb, url_b) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("a-mcp-py", &url_a)
+        .family("py")
+        .http("b-mcp-py", &url_b)
+        .family("py")
+        .start();
     let client = connect(&gateway.url()).await;
     let refused = call(
         &client,
@@ -520,14 +469,7 @@ async fn tools_not_marked_read_only_are_never_fanned_out_by_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fleet_overview_tool_describes_servers_families_and_instances() {
-    let (manifests, logs) = tempdirs();
-    standard_fleet(manifests.path());
-    write_manifest(
-        manifests.path(),
-        "solo.yaml",
-        &sim_manifest("solo", "solo", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = standard_fleet().sim("solo", "solo").start();
     let client = connect(&gateway.url()).await;
     let overview = call(&client, "flotilla_list_fleet", json!({})).await;
     let data = overview.structured_content.unwrap();
@@ -567,35 +509,16 @@ async fn the_fleet_overview_tool_describes_servers_families_and_instances() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn elicitation_and_sampling_from_an_upstream_reach_the_calling_client() {
-    let (manifests, logs) = tempdirs();
-    let (_ea, pa) = everything("streamableHttp", 0, logs.path());
-    let (_eb, pb) = everything("streamableHttp", 0, logs.path());
-    let family = "  family: {name: ev, instanceArg: site}\n";
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &http_manifest(
-            "north-mcp-ev",
-            &format!("http://127.0.0.1:{pa}/mcp"),
-            family,
-        ),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &http_manifest(
-            "south-mcp-ev",
-            &format!("http://127.0.0.1:{pb}/mcp"),
-            family,
-        ),
-    );
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, "fanOut: {allowDestructive: true}\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let fleet = Fleet::new();
+    let (_ea, pa) = everything("streamableHttp", 0, fleet.logs());
+    let (_eb, pb) = everything("streamableHttp", 0, fleet.logs());
+    let gateway = fleet
+        .http("north-mcp-ev", &format!("http://127.0.0.1:{pa}/mcp"))
+        .family_with_arg("ev", "site")
+        .http("south-mcp-ev", &format!("http://127.0.0.1:{pb}/mcp"))
+        .family_with_arg("ev", "site")
+        .config("fanOut: {allowDestructive: true}\n")
+        .start();
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
 

@@ -163,15 +163,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 #[test]
 fn fuzzed_json_rpc_gets_readable_answers_and_harms_nothing() {
-    let manifests = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim", "fuzz", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("sim", "Connected", Duration::from_secs(20));
+    let gateway = Fleet::new().sim("sim", "fuzz").connected().start();
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()

@@ -9,39 +9,21 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::json;
 
-fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_list_is_the_union_of_upstream_tools_under_exposed_names() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, ev_port) = everything("streamableHttp", 0, logs.path());
-    let (_py, py_url) = python_server(0, logs.path());
-    let (_kube, k_port) = kubernetes_mcp_server(0, logs.path());
+    let fleet = Fleet::new();
+    let (_everything, ev_port) = everything("streamableHttp", 0, fleet.logs());
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let (_kube, k_port) = kubernetes_mcp_server(0, fleet.logs());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
     let k_url = format!("http://127.0.0.1:{k_port}/mcp");
-    write_manifest(
-        manifests.path(),
-        "everything.yaml",
-        &http_manifest("everything", &ev_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, "  toolPrefix: python\n"),
-    );
-    write_manifest(
-        manifests.path(),
-        "kube.yaml",
-        &http_manifest("kube", &k_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim-a", "cluster-a", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = fleet
+        .http("everything", &ev_url)
+        .http("py", &py_url)
+        .prefix("python")
+        .http("kube", &k_url)
+        .sim("sim-a", "cluster-a")
+        .start();
 
     let mut expected = BTreeMap::new();
     for (url, prefix) in [
@@ -98,29 +80,17 @@ async fn tools_list_is_the_union_of_upstream_tools_under_exposed_names() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_returns_exactly_the_upstreams_result() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let (_everything, ev_port) = everything("streamableHttp", 0, logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let (_everything, ev_port) = everything("streamableHttp", 0, fleet.logs());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "ev.yaml",
-        &http_manifest("ev", &ev_url, ""),
-    );
-    // Accept any Host so the test can send one the Python server would refuse (421)
-    // if the gateway ever forwarded it.
-    let config = manifests.path().join("../gateway-config.yaml");
-    std::fs::write(&config, "allowedHosts: ['*']\n").unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let gateway = fleet
+        .http("py", &py_url)
+        .http("ev", &ev_url)
+        // Accept any Host so the test can send one the Python server would
+        // refuse (421) if the gateway ever forwarded it.
+        .config("allowedHosts: ['*']\n")
+        .start();
     let direct = connect(&py_url).await;
     let client = connect(&gateway.url()).await;
     for (tool, args) in [
@@ -167,20 +137,14 @@ async fn a_call_returns_exactly_the_upstreams_result() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_restart() {
-    let (manifests, logs) = tempdirs();
-    let (mut ev, ev_port) = everything("streamableHttp", 0, logs.path());
+    let fleet = Fleet::new();
+    let (mut ev, ev_port) = everything("streamableHttp", 0, fleet.logs());
     let ev_url = format!("http://127.0.0.1:{ev_port}/mcp");
-    write_manifest(
-        manifests.path(),
-        "ev.yaml",
-        &http_manifest("ev", &ev_url, "  timeout: 5\n"),
-    );
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim-a", "cluster-a", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = fleet
+        .http("ev", &ev_url)
+        .timeout(5)
+        .sim("sim-a", "cluster-a")
+        .start();
     let client = connect(&gateway.url()).await;
     let ok = call(&client, "x_ev_echo", json!({"message": "before"})).await;
     assert_eq!(text_of(&ok), "Echo: before");
@@ -212,7 +176,7 @@ async fn killing_an_upstream_errors_only_its_tools_and_it_comes_back_after_resta
 
     // The restarted server has forgotten the old session; server-everything
     // answers 400 for it, and the gateway re-initializes transparently.
-    let _ev = everything("streamableHttp", ev_port, logs.path()).0;
+    let _ev = everything("streamableHttp", ev_port, gateway.logs()).0;
     let back = eventually(Duration::from_secs(30), "the upstream to come back", || {
         let client = &client;
         async move {
@@ -245,12 +209,11 @@ fn children_of(pid: i32) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_stdio_upstream_is_reported_at_once_and_respawned() {
-    let (manifests, logs) = tempdirs();
-    let manifest =
-        sim_manifest("sim-a", "cluster-a", "").replace("cluster-a]", "cluster-a, --test-tools]");
-    write_manifest(manifests.path(), "sim.yaml", &manifest);
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("sim-a", "Connected", Duration::from_secs(20));
+    let gateway = Fleet::new()
+        .sim("sim-a", "cluster-a")
+        .flag("--test-tools")
+        .connected()
+        .start();
     let client = connect(&gateway.url()).await;
     let before = children_of(gateway.proc.pid());
     assert_eq!(before.len(), 1, "one sim-cluster child: {before:?}");
@@ -307,18 +270,12 @@ async fn a_killed_stdio_upstream_is_reported_at_once_and_respawned() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &sim_manifest("sim-a", "cluster-a", ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &sim_manifest("sim-b", "cluster-b", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .sim("sim-a", "cluster-a")
+        .file("a.yaml")
+        .sim("sim-b", "cluster-b")
+        .file("b.yaml")
+        .start();
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     assert_eq!(list_tools(&client).await.len(), 8);
@@ -326,8 +283,7 @@ async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others()
     assert!(a_connected.is_string());
 
     // Change b's prefix: its tools are renamed, a is untouched.
-    write_manifest(
-        manifests.path(),
+    gateway.write_manifest(
         "b.yaml",
         &sim_manifest("sim-b", "cluster-b", "  toolPrefix: bee\n"),
     );
@@ -355,17 +311,13 @@ async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others()
     );
 
     // Add a third server, then remove it.
-    write_manifest(
-        manifests.path(),
-        "c.yaml",
-        &sim_manifest("sim-c", "cluster-c", ""),
-    );
+    gateway.write_manifest("c.yaml", &sim_manifest("sim-c", "cluster-c", ""));
     eventually(Duration::from_secs(10), "sim-c's tools", || {
         let client = &client;
         async move { (list_tools(client).await.len() == 12).then_some(()) }
     })
     .await;
-    std::fs::remove_file(manifests.path().join("c.yaml")).unwrap();
+    gateway.remove_manifest("c.yaml");
     eventually(Duration::from_secs(10), "sim-c's tools to go", || {
         let client = &client;
         async move { (list_tools(client).await.len() == 8).then_some(()) }
@@ -385,8 +337,7 @@ async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others()
     );
 
     // A broken edit is reported with file, document and field, and loses nothing.
-    write_manifest(
-        manifests.path(),
+    gateway.write_manifest(
         "b.yaml",
         "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: sim-b}\nspec: {type: stdio, comand: x}\n",
     );
@@ -415,13 +366,7 @@ async fn editing_a_manifest_changes_tools_list_without_reconnecting_the_others()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_name_collision_is_reported_and_never_overwrites() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &sim_manifest("sim-a", "cluster-a", "  toolPrefix: \"\"\n"),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new().sim("sim-a", "cluster-a").prefix("").start();
     let client = connect(&gateway.url()).await;
     assert_eq!(
         text_of(&call(&client, "cluster_info", json!({})).await)
@@ -429,8 +374,7 @@ async fn a_name_collision_is_reported_and_never_overwrites() {
             .next(),
         Some("cluster: cluster-a")
     );
-    write_manifest(
-        manifests.path(),
+    gateway.write_manifest(
         "b.yaml",
         &sim_manifest("sim-b", "cluster-b", "  toolPrefix: \"\"\n"),
     );
@@ -463,15 +407,10 @@ async fn a_name_collision_is_reported_and_never_overwrites() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_sse_upstreams_are_served() {
-    let (manifests, logs) = tempdirs();
-    let (_ev, port) = everything("sse", 0, logs.path());
+    let fleet = Fleet::new();
+    let (_ev, port) = everything("sse", 0, fleet.logs());
     let url = format!("http://127.0.0.1:{port}/sse");
-    let yaml = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: '{url}', timeout: 10}}\n"
-    );
-    write_manifest(manifests.path(), "legacy.yaml", &yaml);
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("legacy", "Connected", Duration::from_secs(20));
+    let gateway = fleet.sse("legacy", &url).connected().start();
     let client = connect(&gateway.url()).await;
     let result = call(&client, "x_legacy_get-sum", json!({"a": 1, "b": 2})).await;
     assert_eq!(text_of(&result), "The sum of 1 and 2 is 3.");
@@ -479,15 +418,12 @@ async fn legacy_sse_upstreams_are_served() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_the_calling_client() {
-    let (manifests, logs) = tempdirs();
-    let (_ev, port) = everything("streamableHttp", 0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "ev.yaml",
-        &http_manifest("ev", &format!("http://127.0.0.1:{port}/mcp"), ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("ev", "Connected", Duration::from_secs(20));
+    let fleet = Fleet::new();
+    let (_ev, port) = everything("streamableHttp", 0, fleet.logs());
+    let gateway = fleet
+        .http("ev", &format!("http://127.0.0.1:{port}/mcp"))
+        .connected()
+        .start();
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     // server-everything registers some tools once a client has initialized.
@@ -519,19 +455,9 @@ async fn progress_reaches_the_calling_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_client_in_default_and_legacy_modes_and_the_inspector_cli_use_the_fleet() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim-a", "cluster-a", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).sim("sim-a", "cluster-a").start();
     let peers = peers();
     for mode in [None, Some("--legacy")] {
         let mut cmd = std::process::Command::new(peers.get("PY"));
@@ -597,7 +523,7 @@ async fn python_client_in_default_and_legacy_modes_and_the_inspector_cli_use_the
             .arg(gateway.url())
             .args(["--transport", "http", "--format", "json"])
             .args(args)
-            .env("HOME", logs.path())
+            .env("HOME", gateway.logs())
             .output()
             .unwrap();
         assert!(
@@ -638,17 +564,12 @@ fn the_committed_crd_is_exactly_what_flotilla_crd_prints() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_list_changes_reach_session_and_stateless_clients() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
     // The default 20 s health check is far slower than this test's waits, so
     // the change must travel as the upstream's own notification (the gateway
     // holds a 2025-11-25 session with this server).
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = fleet.http("py", &py_url).start();
     gateway.wait_state("py", "Connected", Duration::from_secs(10));
     assert_eq!(gateway.server_status("py")["protocolVersion"], "2025-11-25");
     let handler = TestClient::default();
@@ -706,26 +627,15 @@ async fn upstream_list_changes_reach_session_and_stateless_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resources_templates_and_prompts_are_proxied_to_their_owner() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let (_ev, port) = everything("streamableHttp", 0, logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let (_ev, port) = everything("streamableHttp", 0, fleet.logs());
     let ev_url = format!("http://127.0.0.1:{port}/mcp");
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "ev.yaml",
-        &http_manifest("ev", &ev_url, ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim", "res-a", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = fleet
+        .http("py", &py_url)
+        .http("ev", &ev_url)
+        .sim("sim", "res-a")
+        .start();
     let client = connect(&gateway.url()).await;
     let py = connect(&py_url).await;
     let ev = connect(&ev_url).await;
@@ -852,22 +762,11 @@ fn post(gateway: &Gateway, headers: &[&str], body: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cached_tools_list_equals_what_the_mcp_handler_answers() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "a.yaml",
-        &sim_manifest("sim-a", "cache-a", ""),
-    );
-    write_manifest(
-        manifests.path(),
-        "b.yaml",
-        &sim_manifest(
-            "sim-b",
-            "cache-b",
-            "  family: {name: k, instanceArg: cluster}\n",
-        ),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .sim("sim-a", "cache-a")
+        .sim("sim-b", "cache-b")
+        .family_with_arg("k", "cluster")
+        .start();
     let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"curl","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}"#;
     let headers = ["mcp-protocol-version: 2026-07-28", "mcp-method: tools/list"];
     // Served from the cache:

@@ -10,20 +10,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 
-/// A gateway on an empty fleet with `limits` as its config's `limits:` block.
-fn gateway_with_limits(limits: &str) -> (Gateway, tempfile::TempDir, tempfile::TempDir) {
-    let manifests = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let config = logs.path().join("gateway.yaml");
-    std::fs::write(&config, format!("limits: {limits}\n")).unwrap();
-    let gateway = Gateway::start_with(
-        manifests.path(),
-        logs.path(),
-        &["--config", config.to_str().unwrap()],
-    );
-    (gateway, manifests, logs)
-}
-
 /// One sample's value from `/metrics` (`name` with its labels as printed).
 fn metric(gateway: &Gateway, name: &str) -> f64 {
     let response =
@@ -65,8 +51,9 @@ fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
 
 #[test]
 fn idle_connections_dripped_headers_and_slow_bodies_are_cut_off() {
-    let (gateway, _m, _l) =
-        gateway_with_limits("{headerReadTimeoutSeconds: 1, bodyReadTimeoutSeconds: 1}");
+    let gateway = Fleet::new()
+        .config("limits: {headerReadTimeoutSeconds: 1, bodyReadTimeoutSeconds: 1}\n")
+        .start();
 
     // A socket that never sends anything.
     let mut idle = connect(&gateway);
@@ -117,7 +104,9 @@ fn idle_connections_dripped_headers_and_slow_bodies_are_cut_off() {
 
 #[test]
 fn one_address_cannot_take_every_connection() {
-    let (gateway, _m, _l) = gateway_with_limits("{maxConnectionsPerIp: 3}");
+    let gateway = Fleet::new()
+        .config("limits: {maxConnectionsPerIp: 3}\n")
+        .start();
     let held: Vec<TcpStream> = (0..3).map(|_| connect(&gateway)).collect();
     // Give the gateway time to accept all three before the fourth.
     std::thread::sleep(Duration::from_millis(300));
@@ -160,7 +149,7 @@ fn initialize(client: &reqwest::blocking::Client, url: &str) -> reqwest::blockin
 
 #[test]
 fn client_sessions_are_capped_with_an_answer_that_says_so() {
-    let (gateway, _m, _l) = gateway_with_limits("{maxSessions: 2}");
+    let gateway = Fleet::new().config("limits: {maxSessions: 2}\n").start();
     let client = reqwest::blocking::Client::new();
     let url = gateway.url();
     let sessions: Vec<String> = (0..2)

@@ -22,7 +22,6 @@
 //! whether it got the client's roots is (`get-roots-list`, for session
 //! clients: a 2026-07-28 client can be asked only within a call).
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -265,16 +264,8 @@ fn compare_clients(
     }
 }
 
-fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
-}
-
-fn gateway_with(name: &str, manifest: &str, manifests: &Path, logs: &Path) -> Gateway {
-    write_manifest(manifests, &format!("{name}.yaml"), manifest);
-    let gateway = Gateway::start(manifests, logs);
-    gateway.wait_state(name, "Connected", Duration::from_secs(30));
-    gateway
-}
+/// How long each test waits for its one upstream to be Connected.
+const CONNECTED_WITHIN: Duration = Duration::from_secs(30);
 
 /// What server-everything offers, in the probe's plan.
 fn everything_plan() -> (Value, Value) {
@@ -312,15 +303,13 @@ fn everything_plan() -> (Value, Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_everything_over_streamable_http() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, port) = everything("streamableHttp", 0, logs.path());
+    let fleet = Fleet::new();
+    let (_everything, port) = everything("streamableHttp", 0, fleet.logs());
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let gateway = gateway_with(
-        "everything",
-        &http_manifest("everything", &url, ""),
-        manifests.path(),
-        logs.path(),
-    );
+    let gateway = fleet
+        .http("everything", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let (plan, session_only) = everything_plan();
     compare_all(
         "everything",
@@ -333,17 +322,13 @@ async fn server_everything_over_streamable_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_everything_over_legacy_sse() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, port) = everything("sse", 0, logs.path());
+    let fleet = Fleet::new();
+    let (_everything, port) = everything("sse", 0, fleet.logs());
     let url = format!("http://127.0.0.1:{port}/sse");
-    let gateway = gateway_with(
-        "everything",
-        &format!(
-            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: everything}}\nspec: {{type: sse, url: '{url}', timeout: 10}}\n"
-        ),
-        manifests.path(),
-        logs.path(),
-    );
+    let gateway = fleet
+        .sse("everything", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let (plan, session_only) = everything_plan();
     compare_all(
         "everything",
@@ -356,15 +341,13 @@ async fn server_everything_over_legacy_sse() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_mcp_server_over_streamable_http() {
-    let (manifests, logs) = tempdirs();
-    let (_kmcp, port) = kubernetes_mcp_server(0, logs.path());
+    let fleet = Fleet::new();
+    let (_kmcp, port) = kubernetes_mcp_server(0, fleet.logs());
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let gateway = gateway_with(
-        "kube",
-        &http_manifest("kube", &url, ""),
-        manifests.path(),
-        logs.path(),
-    );
+    let gateway = fleet
+        .http("kube", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     // Its kubeconfig points at no cluster: what works offline, and errors.
     let plan = json!({
         "calls": [
@@ -379,18 +362,16 @@ async fn kubernetes_mcp_server_over_streamable_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_everything_over_stdio() {
-    let (manifests, logs) = tempdirs();
     let p = peers();
     let argv = vec![
         p.get("NODE22").to_string(),
         p.get("EVERYTHING_JS").to_string(),
         "stdio".to_string(),
     ];
-    let manifest = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 10\n",
-        argv[0], argv[1]
-    );
-    let gateway = gateway_with("everything", &manifest, manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .stdio("everything", &argv[0], &[&argv[1], "stdio"])
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let (plan, session_only) = everything_plan();
     compare_all(
         "everything",
@@ -403,14 +384,12 @@ async fn server_everything_over_stdio() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_sdk_server_over_streamable_http() {
-    let (manifests, logs) = tempdirs();
-    let (_py, url) = python_server(0, logs.path());
-    let gateway = gateway_with(
-        "py",
-        &http_manifest("py", &url, ""),
-        manifests.path(),
-        logs.path(),
-    );
+    let fleet = Fleet::new();
+    let (_py, url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("py", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let plan = json!({
         "calls": [
             {"tool": "add", "args": {"a": 2, "b": 3}},
@@ -431,14 +410,12 @@ async fn a_python_sdk_server_over_streamable_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
-    let (manifests, logs) = tempdirs();
-    let (_py, url) = python_server_with(0, logs.path(), &["--modern-only"]);
-    let gateway = gateway_with(
-        "py",
-        &http_manifest("py", &url, ""),
-        manifests.path(),
-        logs.path(),
-    );
+    let fleet = Fleet::new();
+    let (_py, url) = python_server_with(0, fleet.logs(), &["--modern-only"]);
+    let gateway = fleet
+        .http("py", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let plan = json!({
         "calls": [
             {"tool": "add", "args": {"a": 2, "b": 3}},
@@ -473,19 +450,17 @@ async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fastmcp_server_over_streamable_http() {
-    let (manifests, logs) = tempdirs();
+    let fleet = Fleet::new();
     let p = peers();
     let mut cmd = std::process::Command::new(p.get("PY"));
     cmd.arg(p.get("FASTMCP_SERVER"));
-    let server = Proc::spawn("fastmcp-server", cmd, logs.path());
+    let server = Proc::spawn("fastmcp-server", cmd, fleet.logs());
     let line = server.wait_line("READY", Duration::from_secs(30));
     let url = line.trim_start_matches("READY ").trim().to_string();
-    let gateway = gateway_with(
-        "fast",
-        &http_manifest("fast", &url, ""),
-        manifests.path(),
-        logs.path(),
-    );
+    let gateway = fleet
+        .http("fast", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let plan = json!({
         "calls": [
             {"tool": "echo", "args": {"text": "hi"}},
@@ -505,18 +480,16 @@ async fn a_fastmcp_server_over_streamable_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_memory_over_stdio() {
-    let (manifests, logs) = tempdirs();
+    let fleet = Fleet::new();
     let p = peers();
     // Each side gets its own graph file, so both start empty.
-    let direct_file = logs.path().join("direct.jsonl");
-    let gateway_file = logs.path().join("gateway.jsonl");
-    let manifest = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: memory\nspec:\n  type: stdio\n  command: {}\n  args: [{}]\n  env: {{MEMORY_FILE_PATH: {}}}\n  timeout: 10\n",
-        p.get("NODE22"),
-        p.get("MEMORY_JS"),
-        gateway_file.display()
-    );
-    let gateway = gateway_with("memory", &manifest, manifests.path(), logs.path());
+    let direct_file = fleet.logs().join("direct.jsonl");
+    let gateway_file = fleet.logs().join("gateway.jsonl");
+    let gateway = fleet
+        .stdio("memory", &p.get("NODE22"), &[&p.get("MEMORY_JS")])
+        .env("MEMORY_FILE_PATH", &gateway_file.display().to_string())
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     // The probe's child inherits the environment: a wrapper sets the file.
     let argv = vec![
         "env".to_string(),
@@ -547,18 +520,16 @@ async fn server_memory_over_stdio() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mcp_server_time_over_stdio() {
-    let (manifests, logs) = tempdirs();
     let p = peers();
     let argv = vec![
         p.get("MCP_SERVER_TIME").to_string(),
         "--local-timezone".to_string(),
         "Europe/Berlin".to_string(),
     ];
-    let manifest = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: time\nspec:\n  type: stdio\n  command: {}\n  args: [--local-timezone, Europe/Berlin]\n  timeout: 10\n",
-        argv[0]
-    );
-    let gateway = gateway_with("time", &manifest, manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .stdio("time", &argv[0], &[&argv[1], &argv[2]])
+        .connected_within(CONNECTED_WITHIN)
+        .start();
     let plan = json!({
         "calls": [
             {"tool": "convert_time", "args": {"source_timezone": "Europe/Berlin", "time": "12:30",

@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::{Value, json};
 
-fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
-}
-
 /// server-everything over Streamable HTTP on a port it picked; returns it and its URL.
 fn everything_http(logs: &Path) -> (Proc, String) {
     let p = peers();
@@ -39,18 +35,6 @@ fn everything_http(logs: &Path) -> (Proc, String) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A gateway in front of one upstream named `name` at `url`, once it is connected.
-fn gateway_for(name: &str, url: &str, manifests: &Path, logs: &Path) -> Gateway {
-    write_manifest(
-        manifests,
-        &format!("{name}.yaml"),
-        &http_manifest(name, url, ""),
-    );
-    let gateway = Gateway::start(manifests, logs);
-    gateway.wait_state(name, "Connected", Duration::from_secs(20));
-    gateway
 }
 
 /// Runs tests/peers/py_client.py with `args`; returns its JSON document.
@@ -89,9 +73,9 @@ fn payload(mut result: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_directly() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, url) = everything_http(logs.path());
-    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_everything, url) = everything_http(fleet.logs());
+    let gateway = fleet.http("everything", &url).connected().start();
     let via = gateway.url();
     let resource = "demo://resource/static/document/architecture.md";
     let cases: [(&[&str], &[&str]); 3] = [
@@ -125,9 +109,9 @@ async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_direc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn log_messages_reach_the_client_at_the_level_it_asked_for_naming_the_server() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).connected().start();
     let data = |result: &Value| -> Vec<String> {
         result["logs"]
             .as_array()
@@ -244,13 +228,7 @@ async fn open_session(client: &reqwest::Client, url: &str, version: &str) -> Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim-a", "edge-a", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new().sim("sim-a", "edge-a").start();
     let url = gateway.url();
     let http = reqwest::Client::new();
     let post = reqwest::Method::POST;
@@ -390,9 +368,9 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_progress_notification_of_every_call_reaches_the_client() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, url) = everything_http(logs.path());
-    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_everything, url) = everything_http(fleet.logs());
+    let gateway = fleet.http("everything", &url).connected().start();
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     for round in 1..=20 {
@@ -416,9 +394,9 @@ async fn every_progress_notification_of_every_call_reaches_the_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_session_client_gets_every_progress_step_of_twenty_calls() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, url) = everything_http(logs.path());
-    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_everything, url) = everything_http(fleet.logs());
+    let gateway = fleet.http("everything", &url).connected().start();
     let args = r#"{"duration": 0.1, "steps": 3}"#;
     for (mode, target, tool) in [
         ("--legacy", url.as_str(), "trigger-long-running-operation"),
@@ -459,9 +437,9 @@ async fn a_python_session_client_gets_every_progress_step_of_twenty_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).connected().start();
     // The gateway holds a session with this server (it has the handshake),
     // so the server has a channel to ask on.
     assert_eq!(gateway.server_status("py")["protocolVersion"], "2025-11-25");
@@ -479,16 +457,15 @@ async fn a_python_sdk_server_can_ask_the_user_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2026_client_answers_a_2025_servers_question_as_input_required() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let (_everything, everything_url) = everything_http(logs.path());
-    write_manifest(
-        manifests.path(),
-        "everything.yaml",
-        &http_manifest("everything", &everything_url, ""),
-    );
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
-    gateway.wait_state("everything", "Connected", Duration::from_secs(20));
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let (_everything, everything_url) = everything_http(fleet.logs());
+    let gateway = fleet
+        .http("py", &py_url)
+        .connected()
+        .http("everything", &everything_url)
+        .connected()
+        .start();
     let via = gateway.url();
     let answer = ["--elicit-answer", r#"{"name": "Ada"}"#];
     // Directly, the Python server can put its question (`ctx.elicit`) only
@@ -535,9 +512,9 @@ async fn a_2026_client_answers_a_2025_servers_question_as_input_required() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2025_client_answers_a_2026_only_servers_input_required() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server_with(0, logs.path(), &["--modern-only"]);
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server_with(0, fleet.logs(), &["--modern-only"]);
+    let gateway = fleet.http("py", &py_url).connected().start();
     assert_eq!(gateway.server_status("py")["protocolVersion"], "2026-07-28");
     let via = gateway.url();
     let answer = ["--elicit-answer", r#"{"name": "Ada"}"#];
@@ -577,9 +554,9 @@ async fn a_2025_client_answers_a_2026_only_servers_input_required() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_state_is_honoured_only_for_its_own_call() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).connected().start();
     let client = reqwest::Client::new();
     let call = |tool: &str, extra: Value| {
         let mut params = json!({"name": tool, "arguments": {}, "_meta": {
@@ -649,9 +626,9 @@ async fn a_request_state_is_honoured_only_for_its_own_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).connected().start();
     let http = reqwest::Client::new();
     // Python integers have no size limit; a JSON number this large is not
     // an i64, u64 or f64, so a re-encoding gateway would change it.
@@ -709,9 +686,9 @@ async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_relayed_call_ends_at_once_without_an_answer() {
-    let (manifests, logs) = tempdirs();
-    let (_py, py_url) = python_server(0, logs.path());
-    let gateway = gateway_for("py", &py_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet.http("py", &py_url).connected().start();
     let http = reqwest::Client::new();
     let url = gateway.url();
     let session = open_session(&http, &url, "2025-11-25").await;
@@ -763,18 +740,16 @@ async fn a_cancelled_relayed_call_ends_at_once_without_an_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_instance_of_a_folded_tool_is_relayed_without_the_instance_argument() {
-    let (manifests, logs) = tempdirs();
-    let (_pa, url_a) = python_server(0, logs.path());
-    let (_pb, url_b) = python_server(0, logs.path());
-    for (name, url) in [("a-mcp-py", &url_a), ("b-mcp-py", &url_b)] {
-        write_manifest(
-            manifests.path(),
-            &format!("{name}.yaml"),
-            &http_manifest(name, url, "  family: {name: py}\n"),
-        );
-    }
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("b-mcp-py", "Connected", Duration::from_secs(20));
+    let fleet = Fleet::new();
+    let (_pa, url_a) = python_server(0, fleet.logs());
+    let (_pb, url_b) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("a-mcp-py", &url_a)
+        .family("py")
+        .http("b-mcp-py", &url_b)
+        .family("py")
+        .connected()
+        .start();
     let http = reqwest::Client::new();
     let url = gateway.url();
     let session = open_session(&http, &url, "2025-11-25").await;
@@ -808,9 +783,9 @@ async fn one_instance_of_a_folded_tool_is_relayed_without_the_instance_argument(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_asks_the_calling_client_for_its_roots_as_it_would_directly() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, url) = everything_http(logs.path());
-    let gateway = gateway_for("everything", &url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_everything, url) = everything_http(fleet.logs());
+    let gateway = fleet.http("everything", &url).connected().start();
     let mut answers = Vec::new();
     for (target, tool) in [
         (url.as_str(), "get-roots-list"),
@@ -861,16 +836,15 @@ fn ts_client(url: &str, args: &[&str]) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directly() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, ev_url) = everything_http(logs.path());
-    let (_py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, ""),
-    );
-    let gateway = gateway_for("everything", &ev_url, manifests.path(), logs.path());
-    gateway.wait_state("py", "Connected", Duration::from_secs(20));
+    let fleet = Fleet::new();
+    let (_everything, ev_url) = everything_http(fleet.logs());
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("everything", &ev_url)
+        .connected()
+        .http("py", &py_url)
+        .connected()
+        .start();
     let via = gateway.url();
     let cases: [(&str, &str, &str, &str); 4] = [
         (&ev_url, "echo", "x_everything_echo", r#"{"message": "hi"}"#),
@@ -919,21 +893,14 @@ async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directl
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_clients_of_every_revision_use_a_typescript_stdio_server() {
-    let (manifests, logs) = tempdirs();
+    let fleet = Fleet::new();
     let p = peers();
-    let memory = logs.path().join("memory.jsonl");
-    write_manifest(
-        manifests.path(),
-        "memory.yaml",
-        &format!(
-            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: memory\nspec:\n  type: stdio\n  command: {}\n  args: [{}]\n  env: {{MEMORY_FILE_PATH: {}}}\n  timeout: 10\n",
-            p.get("NODE22"),
-            p.get("MEMORY_JS"),
-            memory.display()
-        ),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
-    gateway.wait_state("memory", "Connected", Duration::from_secs(20));
+    let memory = fleet.logs().join("memory.jsonl");
+    let gateway = fleet
+        .stdio("memory", &p.get("NODE22"), &[&p.get("MEMORY_JS")])
+        .env("MEMORY_FILE_PATH", &memory.display().to_string())
+        .connected()
+        .start();
     let url = gateway.url();
     let entity = r#"{"entities": [{"name": "berlin", "entityType": "cluster", "observations": ["runs kubernetes"]}]}"#;
     // The default (2026-07-28) client needs resultType on every result.
@@ -969,9 +936,9 @@ fn ts_tasks(url: &str, tool: &str, args: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_runs_through_the_gateway_as_directly_and_stays_with_its_caller() {
-    let (manifests, logs) = tempdirs();
-    let (_everything, ev_url) = everything_http(logs.path());
-    let gateway = gateway_for("everything", &ev_url, manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (_everything, ev_url) = everything_http(fleet.logs());
+    let gateway = fleet.http("everything", &ev_url).connected().start();
     let args = r#"{"topic": "rust", "ambiguous": true}"#;
     let direct = tokio::task::spawn_blocking({
         let ev_url = ev_url.clone();

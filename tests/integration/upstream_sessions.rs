@@ -6,34 +6,16 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::json;
 
-fn tempdirs() -> (tempfile::TempDir, tempfile::TempDir) {
-    (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap())
-}
-
-/// A gateway that health-checks its upstreams every second, so a dead or
+/// A gateway config that health-checks upstreams every second, so a dead or
 /// hung one is noticed within the test's patience.
-fn pinging_every_second(manifests: &std::path::Path, logs: &std::path::Path) -> Gateway {
-    let config = logs.join("gateway.yaml");
-    std::fs::write(&config, "pingIntervalSeconds: 1\n").unwrap();
-    Gateway::start_with(manifests, logs, &["--config", config.to_str().unwrap()])
-}
-
-fn sim_with_test_tools(name: &str, cluster: &str) -> String {
-    sim_manifest(name, cluster, "").replace(
-        "args: [sim-cluster, --cluster,",
-        "args: [sim-cluster, --test-tools, --cluster,",
-    )
-}
+const PING_EVERY_SECOND: &str = "pingIntervalSeconds: 1\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_cancellation_reaches_the_upstream() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_with_test_tools("sim", "cancel-me"),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .sim("sim", "cancel-me")
+        .flag("--test-tools")
+        .start();
     let client = connect(&gateway.url()).await;
     let params = rmcp::model::CallToolRequestParams::new("x_sim_sleep")
         .with_arguments(json!({"seconds": 30}).as_object().cloned().unwrap());
@@ -66,13 +48,7 @@ async fn a_client_cancellation_reaches_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_clients_with_the_same_request_ids_get_their_own_answers() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_with_test_tools("sim", "ids"),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new().sim("sim", "ids").flag("--test-tools").start();
     // Every fresh rmcp client numbers its requests from the same start, so
     // these calls carry identical JSON-RPC ids into the gateway at once.
     let url = gateway.url();
@@ -89,14 +65,13 @@ async fn concurrent_clients_with_the_same_request_ids_get_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_upstream_fails_its_health_check_and_recovers_when_it_wakes() {
-    let (manifests, logs) = tempdirs();
-    let (py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "py.yaml",
-        &http_manifest("py", &py_url, "  timeout: 2\n"),
-    );
-    let gateway = pinging_every_second(manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("py", &py_url)
+        .timeout(2)
+        .config(PING_EVERY_SECOND)
+        .start();
     gateway.wait_state("py", "Connected", Duration::from_secs(10));
     unsafe { libc::kill(-py.pid(), libc::SIGSTOP) };
     gateway.wait_state("py", "Failed", Duration::from_secs(15));
@@ -119,26 +94,18 @@ async fn a_hung_upstream_fails_its_health_check_and_recovers_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_upstream_times_out_at_spec_timeout_and_others_are_unaffected() {
-    let (manifests, logs) = tempdirs();
     // Accepts connections and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", silent.local_addr().unwrap());
-    write_manifest(
-        manifests.path(),
-        "silent.yaml",
-        &http_manifest("silent", &url, "  timeout: 1\n"),
-    );
-    write_manifest(
-        manifests.path(),
-        "crash.yaml",
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: crash}\nspec: {type: stdio, command: /bin/false}\n",
-    );
-    write_manifest(
-        manifests.path(),
-        "sim.yaml",
-        &sim_manifest("sim", "fine", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new()
+        .http("silent", &url)
+        .timeout(1)
+        .manifest(
+            "crash.yaml",
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: crash}\nspec: {type: stdio, command: /bin/false}\n",
+        )
+        .sim("sim", "fine")
+        .start();
     gateway.wait_state("silent", "Failed", Duration::from_secs(10));
     let silent_status = gateway.server_status("silent");
     let error = silent_status["status"]["lastError"].as_str().unwrap();
@@ -178,19 +145,9 @@ fn processes_matching(needle: &str) -> Vec<(i32, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_a_stdio_server_kills_and_reaps_its_process() {
-    let (manifests, logs) = tempdirs();
-    write_manifest(
-        manifests.path(),
-        "keep.yaml",
-        &sim_manifest("keep", "keep", ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+    let gateway = Fleet::new().sim("keep", "keep").start();
     let cluster = format!("reap-me-{}", gateway.port);
-    write_manifest(
-        manifests.path(),
-        "gone.yaml",
-        &sim_manifest("gone", &cluster, ""),
-    );
+    gateway.write_manifest("gone.yaml", &sim_manifest("gone", &cluster, ""));
     gateway.wait_state("gone", "Connected", Duration::from_secs(10));
     assert_eq!(
         processes_matching(&cluster).len(),
@@ -198,7 +155,7 @@ async fn removing_a_stdio_server_kills_and_reaps_its_process() {
         "one child process serves it"
     );
     let zombies_before = zombie_children(gateway.proc.pid());
-    std::fs::remove_file(manifests.path().join("gone.yaml")).unwrap();
+    gateway.remove_manifest("gone.yaml");
     eventually(Duration::from_secs(10), "the child to be gone", || {
         let cluster = cluster.clone();
         async move { processes_matching(&cluster).is_empty().then_some(()) }
@@ -230,29 +187,22 @@ fn zombie_children(parent: i32) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_and_tls_failures_are_told_apart_in_status() {
-    let (manifests, logs) = tempdirs();
+    let fleet = Fleet::new();
     // kubernetes-mcp-server demanding OAuth answers 401 with a Bearer challenge.
-    let config = logs.path().join("kmcp.toml");
+    let config = fleet.logs().join("kmcp.toml");
     std::fs::write(
         &config,
         "require_oauth = true\noauth_audience = \"kmcp\"\nskip_jwt_verification = true\n",
     )
     .unwrap();
     let (_kube, port) =
-        kubernetes_mcp_server_with(0, logs.path(), &["--config", config.to_str().unwrap()]);
-    write_manifest(
-        manifests.path(),
-        "locked.yaml",
-        &http_manifest("locked", &format!("http://127.0.0.1:{port}/mcp"), ""),
-    );
-    // TLS spoken to a plain-HTTP server.
-    let (_py, py_url) = python_server(0, logs.path());
-    write_manifest(
-        manifests.path(),
-        "tls.yaml",
-        &http_manifest("tls", &py_url.replace("http://", "https://"), ""),
-    );
-    let gateway = Gateway::start(manifests.path(), logs.path());
+        kubernetes_mcp_server_with(0, fleet.logs(), &["--config", config.to_str().unwrap()]);
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("locked", &format!("http://127.0.0.1:{port}/mcp"))
+        // TLS spoken to a plain-HTTP server.
+        .http("tls", &py_url.replace("http://", "https://"))
+        .start();
     gateway.wait_state("locked", "AuthRequired", Duration::from_secs(10));
     gateway.wait_state("tls", "Failed", Duration::from_secs(10));
     let reason = |name: &str| {
@@ -323,16 +273,15 @@ async fn a_killed_upstream_mid_call(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers() {
-    let (manifests, logs) = tempdirs();
-    let (py, url) = python_server(0, logs.path());
+    let fleet = Fleet::new();
+    let (py, url) = python_server(0, fleet.logs());
     let port: u16 = url
         .trim_end_matches("/mcp")
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
         .expect("port in the URL");
-    write_manifest(manifests.path(), "py.yaml", &http_manifest("py", &url, ""));
-    let gateway = pinging_every_second(manifests.path(), logs.path());
+    let gateway = fleet.http("py", &url).config(PING_EVERY_SECOND).start();
     let py = std::sync::Mutex::new(py);
     let revived = std::sync::Mutex::new(None);
     a_killed_upstream_mid_call(
@@ -341,20 +290,19 @@ async fn a_killed_streamable_http_upstream_ends_its_calls_cleanly_and_recovers()
         ("x_py_slow", json!({"seconds": 30})),
         ("x_py_echo", json!({"text": "back"})),
         || py.lock().unwrap().kill(),
-        || *revived.lock().unwrap() = Some(python_server(port, logs.path())),
+        || *revived.lock().unwrap() = Some(python_server(port, gateway.logs())),
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
-    let (manifests, logs) = tempdirs();
-    let (everything_sse, port) = everything("sse", 0, logs.path());
-    let yaml = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: legacy}}\nspec: {{type: sse, url: 'http://127.0.0.1:{port}/sse', timeout: 10}}\n"
-    );
-    write_manifest(manifests.path(), "legacy.yaml", &yaml);
-    let gateway = pinging_every_second(manifests.path(), logs.path());
+    let fleet = Fleet::new();
+    let (everything_sse, port) = everything("sse", 0, fleet.logs());
+    let gateway = fleet
+        .sse("legacy", &format!("http://127.0.0.1:{port}/sse"))
+        .config(PING_EVERY_SECOND)
+        .start();
     let upstream = std::sync::Mutex::new(everything_sse);
     let revived = std::sync::Mutex::new(None);
     a_killed_upstream_mid_call(
@@ -366,7 +314,7 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
         ),
         ("x_legacy_get-sum", json!({"a": 1, "b": 2})),
         || upstream.lock().unwrap().kill(),
-        || *revived.lock().unwrap() = Some(everything("sse", port, logs.path()).0),
+        || *revived.lock().unwrap() = Some(everything("sse", port, gateway.logs()).0),
     )
     .await;
 }

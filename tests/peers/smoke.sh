@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Owns: an end-to-end smoke check of the installed peers (not used by cargo tests).
-# Starts each server on a free 127.0.0.1 port, checks it binds loopback only,
+# Starts each server on 127.0.0.1 port 0 (reading back the port it bound:
+# never a port picked here and released for it), checks it binds loopback only,
 # lists/calls tools with curl, the Inspector CLI and py_client.py (auto + legacy),
 # then kills everything it started. Prints "N passed, N failed".
 set -euo pipefail
@@ -13,7 +14,10 @@ trap cleanup EXIT
 ok() { echo "ok   $1"; pass=$((pass+1)); }
 ko() { echo "FAIL $1"; fail=$((fail+1)); }
 check() { local name=$1; shift; if "$@" >/tmp/peers-smoke.out 2>&1; then ok "$name"; else ko "$name"; sed 's/^/     /' /tmp/peers-smoke.out | tail -5; fi; }
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The TCP port process $1 listens on (it was told port 0), within 30 s.
+port_of() { local p; for _ in $(seq 300); do
+  p=$(ss -Hltnp 2>/dev/null | awk -v pid="pid=$1," 'index($0, pid) { n = split($4, a, ":"); print a[n]; exit }')
+  [[ -n $p ]] && { echo "$p"; return 0; }; sleep 0.1; done; echo "no port for pid $1" >&2; return 1; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 loopback_only() { ! ss -Hltn "sport = :$1" | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; }
 curl_init() { curl -sSf -o /dev/null -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' "$1" \
@@ -22,13 +26,13 @@ insp() { "$NODE22" "$INSPECTOR_JS" --cli "$@" --format json; }
 has() { "$@" | grep -q "$EXPECT"; }
 
 # server-everything, streamableHttp
-P1=$(free_port); PORT=$P1 node --require "$LOOPBACK_PRELOAD" "$EVERYTHING_JS" streamableHttp >/dev/null 2>&1 & pids+=($!)
+PORT=0 node --require "$LOOPBACK_PRELOAD" "$EVERYTHING_JS" streamableHttp >/dev/null 2>&1 & pids+=($!); P1=$(port_of $!) || P1=0
 # server-everything, sse
-P2=$(free_port); PORT=$P2 node --require "$LOOPBACK_PRELOAD" "$EVERYTHING_JS" sse >/dev/null 2>&1 & pids+=($!)
+PORT=0 node --require "$LOOPBACK_PRELOAD" "$EVERYTHING_JS" sse >/dev/null 2>&1 & pids+=($!); P2=$(port_of $!) || P2=0
 # kubernetes-mcp-server
-P3=$(free_port); "$KUBERNETES_MCP_SERVER" --port "$P3" --bind-address 127.0.0.1 --kubeconfig "$KUBECONFIG_FAKE" >/dev/null 2>&1 & pids+=($!)
+"$KUBERNETES_MCP_SERVER" --port 0 --bind-address 127.0.0.1 --kubeconfig "$KUBECONFIG_FAKE" >/dev/null 2>&1 & pids+=($!); P3=$(port_of $!) || P3=0
 # python server
-P4=$(free_port); "$PY" "$PY_SERVER" --port "$P4" >/dev/null 2>&1 & pids+=($!)
+"$PY" "$PY_SERVER" --port 0 >/dev/null 2>&1 & pids+=($!); P4=$(port_of $!) || P4=0
 for p in $P1 $P2 $P3 $P4; do check "listening+loopback-only :$p" bash -c "$(declare -f wait_port loopback_only); wait_port $p && loopback_only $p"; done
 
 E=http://127.0.0.1:$P1/mcp S=http://127.0.0.1:$P2/sse K=http://127.0.0.1:$P3/mcp Y=http://127.0.0.1:$P4/mcp

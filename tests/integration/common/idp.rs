@@ -142,8 +142,9 @@ impl Idp {
         })
     }
 
-    /// Stops the provider (SIGTERM, then SIGKILL); its port stays reserved
-    /// for [`Idp::restart`].
+    /// Stops the provider (SIGTERM, then SIGKILL). [`Idp::restart`] binds its
+    /// port again (the issuer names it); nothing holds the port in between,
+    /// so a process binding port 0 meanwhile could, rarely, take it.
     pub fn stop(&mut self) {
         self.proc.stop();
     }

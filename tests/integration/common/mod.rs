@@ -4,8 +4,13 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod idp;
 pub mod sso_world;
+
+// benches/sso.rs includes this module and does not use the builder.
+#[allow(unused_imports)]
+pub use fleet::Fleet;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -305,11 +310,14 @@ pub fn kubernetes_mcp_server_with(port: u16, logs: &Path, extra: &[&str]) -> (Pr
     (proc, port)
 }
 
-/// A running gateway on a free port, over a manifest directory.
+/// A running gateway on a port of the kernel's choice, over a manifest
+/// directory (usually built with [`Fleet`]).
 pub struct Gateway {
     pub proc: Proc,
     pub port: u16,
     pub dir: PathBuf,
+    /// Directories the gateway owns (a [`Fleet`]'s), removed after it stops.
+    pub owned: Vec<tempfile::TempDir>,
 }
 
 impl Gateway {
@@ -363,6 +371,7 @@ impl Gateway {
             proc,
             port,
             dir: dir.to_path_buf(),
+            owned: Vec::new(),
         };
         gateway.wait_ready(Duration::from_secs(30));
         gateway
