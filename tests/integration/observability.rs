@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::fleet::Fleet;
 use crate::common::{
-    Gateway, Proc, call, connect, http_manifest, listening_port, peers, python_server,
-    sim_manifest, text_of, wait_tool, write_manifest,
+    Proc, call, connect, listening_port, peers, python_server, text_of, wait_tool,
 };
 
 /// `prometheus` scraping `target` (host:port) every second; returns it and
@@ -92,28 +92,19 @@ async fn wait_query(api: &str, promql: &str, by: &str, want: &[(&str, f64)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_counts_each_call_by_tool_instance_and_outcome_and_sees_an_upstream_die() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("fleet");
-    std::fs::create_dir(&manifests).unwrap();
-    let family = "  family: {name: kubernetes, instanceArg: cluster}\n";
-    for cluster in ["alpha", "beta"] {
-        write_manifest(
-            &manifests,
-            &format!("{cluster}.yaml"),
-            &sim_manifest(&format!("{cluster}-mcp-kubernetes"), cluster, family),
-        );
-    }
-    let (mut py, py_url) = python_server(0, dir.path());
-    write_manifest(&manifests, "py.yaml", &http_manifest("py", &py_url, ""));
-    let audit = dir.path().join("audit.log");
-    let config = dir.path().join("flotilla.yaml");
-    std::fs::write(&config, "audit:\n  file: audit.log\n").unwrap();
-    let gateway = Gateway::start_with(
-        &manifests,
-        dir.path(),
-        &["--config", config.to_str().unwrap()],
-    );
-    gateway.wait_state("py", "Connected", Duration::from_secs(30));
+    let fleet = Fleet::new();
+    let (mut py, py_url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .sim("alpha-mcp-kubernetes", "alpha")
+        .family_with_arg("kubernetes", "cluster")
+        .sim("beta-mcp-kubernetes", "beta")
+        .family_with_arg("kubernetes", "cluster")
+        .http("py", &py_url)
+        .connected()
+        .config("audit:\n  file: audit.log\n")
+        .start();
+    let dir = gateway.logs().to_path_buf();
+    let audit = dir.join("audit.log");
 
     let client = connect(&gateway.url()).await;
     wait_tool(&client, "x_kubernetes_cluster_info").await;
@@ -153,7 +144,7 @@ async fn prometheus_counts_each_call_by_tool_instance_and_outcome_and_sees_an_up
         .unwrap();
     assert_eq!(response.status(), 200);
     let body = response.text().await.unwrap();
-    let exposition = dir.path().join("metrics.txt");
+    let exposition = dir.join("metrics.txt");
     std::fs::write(&exposition, &body).unwrap();
     let checked = Command::new(peers().get("PROMTOOL"))
         .args(["check", "metrics"])
@@ -167,7 +158,7 @@ async fn prometheus_counts_each_call_by_tool_instance_and_outcome_and_sees_an_up
         String::from_utf8_lossy(&checked.stderr)
     );
 
-    let (_prometheus, api) = prometheus(&format!("127.0.0.1:{}", gateway.port), dir.path());
+    let (_prometheus, api) = prometheus(&format!("127.0.0.1:{}", gateway.port), &dir);
     wait_query(
         &api,
         r#"sum by (family_instance) (flotilla_tool_calls_total{tool="x_kubernetes_cluster_info",outcome="ok"})"#,
