@@ -30,6 +30,34 @@ fn connect(gateway: &Gateway) -> TcpStream {
     stream
 }
 
+/// A connection the gateway accepted and holds open. A slot of a connection
+/// that just closed (the start-up readiness probe's) is freed when the
+/// gateway's task for it ends, a moment later: a connection refused in that
+/// moment (503, closed at once) is retried.
+fn held_connection(gateway: &Gateway) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = connect(gateway);
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut first = [0u8; 1];
+        match stream.read(&mut first) {
+            // Nothing to read: the gateway waits for our request.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                return stream;
+            }
+            _ => {
+                assert!(Instant::now() < deadline, "no connection slot came free");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// Reads until the peer closes; the text read and how long it took.
 fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
     let started = Instant::now();
@@ -107,9 +135,7 @@ fn one_address_cannot_take_every_connection() {
     let gateway = Fleet::new()
         .config("limits: {maxConnectionsPerIp: 3}\n")
         .start();
-    let held: Vec<TcpStream> = (0..3).map(|_| connect(&gateway)).collect();
-    // Give the gateway time to accept all three before the fourth.
-    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..3).map(|_| held_connection(&gateway)).collect();
     let mut fourth = connect(&gateway);
     let (answer, _) = read_until_closed(&mut fourth);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
