@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::auth::settings::AuthConfig;
 use crate::gateway::audit::AuditSettings;
 use crate::gateway::{FanOutSettings, HttpLimits};
+use crate::telemetry::TracingSettings;
 
 /// The config file (`--config`), every field optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -38,6 +39,47 @@ pub struct ConfigFile {
     pub limits: Option<LimitsConfig>,
     /// The audit log of tool calls (default: on, to stdout).
     pub audit: Option<AuditConfig>,
+    /// Trace export over OTLP (default: off).
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing` in the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`;
+    /// traces go to `<otlpEndpoint>/v1/traces`. Without it nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (default `flotilla`).
+    pub service_name: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0).
+    pub sample_ratio: Option<f64>,
+}
+
+impl TracingConfig {
+    /// The settings, when an endpoint is set.
+    pub fn resolve(&self) -> anyhow::Result<Option<TracingSettings>> {
+        let Some(endpoint) = self.otlp_endpoint.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let url = url::Url::parse(endpoint)
+            .with_context(|| format!("tracing.otlpEndpoint {endpoint:?} is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!("tracing.otlpEndpoint {endpoint:?} must be an http:// or https:// URL");
+        }
+        let ratio = self.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&ratio) {
+            anyhow::bail!("tracing.sampleRatio must be between 0.0 and 1.0, not {ratio}");
+        }
+        Ok(Some(TracingSettings {
+            otlp_endpoint: endpoint.to_string(),
+            service_name: self
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "flotilla".to_string()),
+            sample_ratio: ratio,
+        }))
+    }
 }
 
 /// `audit` in the config file.

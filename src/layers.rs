@@ -25,7 +25,17 @@ mod tests {
     ];
     /// Modules of the crate a floor could name.
     const MODULES: &[&str] = &[
-        "api", "source", "fleet", "catalog", "auth", "gateway", "cli", "app", "config", "sim",
+        "api",
+        "source",
+        "fleet",
+        "catalog",
+        "auth",
+        "gateway",
+        "cli",
+        "app",
+        "config",
+        "sim",
+        "telemetry",
     ];
 
     fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

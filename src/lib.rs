@@ -12,6 +12,7 @@ pub mod gateway;
 mod layers;
 pub mod sim;
 pub mod source;
+pub mod telemetry;
 
 /// The MCPServer CRD as YAML, exactly what `crds/` holds.
 pub fn crd_yaml() -> anyhow::Result<String> {

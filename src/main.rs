@@ -1,7 +1,5 @@
 //! The `flotilla` binary: logging setup, then the CLI.
 
-use std::io::IsTerminal;
-
 use clap::Parser;
 
 #[tokio::main]
@@ -15,14 +13,9 @@ async fn main() -> anyhow::Result<()> {
         flotilla::cli::Command::SimCluster { .. } => "warn",
         _ => "info,rmcp=warn",
     };
-    // Logs go to stderr: stdout carries MCP for `sim-cluster`.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    flotilla::cli::run(cli).await
+    let tracing = flotilla::cli::tracing_settings(&cli)?;
+    let telemetry = flotilla::telemetry::Telemetry::init(default_filter, tracing.as_ref())?;
+    let result = flotilla::cli::run(cli).await;
+    telemetry.flush().await;
+    result
 }

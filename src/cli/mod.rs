@@ -88,6 +88,21 @@ pub enum Command {
     },
 }
 
+/// Trace export for `serve`, from the config file's `tracing` section (read
+/// before logging starts, so the subscriber is built once).
+pub fn tracing_settings(cli: &Cli) -> anyhow::Result<Option<crate::telemetry::TracingSettings>> {
+    let Command::Serve {
+        config: Some(path), ..
+    } = &cli.command
+    else {
+        return Ok(None);
+    };
+    match ConfigFile::load(path)?.tracing {
+        Some(tracing) => tracing.resolve(),
+        None => Ok(None),
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {

@@ -17,6 +17,15 @@ use tokio::sync::mpsc;
 
 use super::client_handler::ListKind;
 use super::credential::CredentialRef;
+
+/// W3C trace context for one request to the upstream (the gateway's span
+/// for the call), sent as the `traceparent` and `tracestate` headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceHeaders {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
 pub use super::http_client::SessionSlot;
 use crate::api::SecretValue;
 
@@ -66,6 +75,7 @@ impl Wire {
         body: Option<Bytes>,
         resume_after: Option<&str>,
         token: Option<&SecretValue>,
+        trace: Option<&TraceHeaders>,
     ) -> Option<reqwest::RequestBuilder> {
         // A server that gave no session id at the handshake keeps none
         // (sessions are optional in the handshake revisions).
@@ -87,6 +97,12 @@ impl Wire {
         if let Some(last) = resume_after {
             request = request.header("last-event-id", last);
         }
+        if let Some(trace) = trace {
+            request = request.header("traceparent", &trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
         if let Some(session) = session {
             request = request.header("mcp-session-id", &*session);
         }
@@ -105,6 +121,7 @@ impl Wire {
         &self,
         body: Option<Bytes>,
         resume_after: Option<&str>,
+        trace: Option<&TraceHeaders>,
     ) -> Result<reqwest::Response, WireError> {
         let token = match &self.credential {
             None => None,
@@ -117,7 +134,7 @@ impl Wire {
         };
         let no_session = || WireError::NotDelivered("the session is gone".into());
         let first = self
-            .request(body.clone(), resume_after, token.as_ref())
+            .request(body.clone(), resume_after, token.as_ref(), trace)
             .ok_or_else(no_session)?
             .send()
             .await
@@ -128,7 +145,7 @@ impl Wire {
                     .after_rejection(&token)
                     .await
                     .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
-                self.request(body, resume_after, Some(&fresh))
+                self.request(body, resume_after, Some(&fresh), trace)
                     .ok_or_else(no_session)?
                     .send()
                     .await
@@ -140,14 +157,24 @@ impl Wire {
 
     /// Sends a request and returns the upstream's answer as it comes.
     pub async fn post(&self, body: Bytes) -> Result<WireReply, WireError> {
-        let response = self.send(Some(body), None).await?;
+        self.post_in_trace(body, None).await
+    }
+
+    /// [`Wire::post`] with the W3C trace context headers of the gateway's
+    /// span for this call.
+    pub async fn post_in_trace(
+        &self,
+        body: Bytes,
+        trace: Option<&TraceHeaders>,
+    ) -> Result<WireReply, WireError> {
+        let response = self.send(Some(body), None, trace).await?;
         Self::reply(response).await
     }
 
     /// Picks up a request's SSE stream that the upstream closed before it
     /// answered, from the last event seen (the transport's resumption).
     pub async fn resume(&self, last_event_id: &str) -> Result<WireReply, WireError> {
-        let response = self.send(None, Some(last_event_id)).await?;
+        let response = self.send(None, Some(last_event_id), None).await?;
         Self::reply(response).await
     }
 
@@ -210,7 +237,7 @@ impl Wire {
 
     /// Sends a notification or a response (the upstream answers 202).
     pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
-        let response = self.send(Some(body), None).await?;
+        let response = self.send(Some(body), None, None).await?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -73,6 +73,12 @@ impl CallRecord {
         }
     }
 
+    /// The trace the call belongs to (named in its audit line).
+    pub fn in_trace(mut self, trace_id: Option<String>) -> Self {
+        self.trace_id = trace_id;
+        self
+    }
+
     /// The call goes to one upstream: `target`.
     pub fn to(mut self, target: CallTarget) -> Self {
         self.pending = Some(target);

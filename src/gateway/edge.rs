@@ -35,10 +35,12 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::envelope;
 use super::listener::body_timed_out;
 use super::metrics::Metrics;
+use super::trace;
 
 /// The largest request body accepted (rmcp's own limit).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -241,12 +243,13 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
             );
         }
     };
-    let (method, id) = match envelope::read(&bytes) {
+    let (method, id, meta_trace) = match envelope::read(&bytes) {
         envelope::Body::Message(message) => (
             message.method.map(Cow::into_owned),
             message
                 .id
                 .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()),
+            trace::from_meta(message.params),
         ),
         envelope::Body::Batch => {
             // Valid UTF-8 (the envelope check parsed it): borrowed, not copied.
@@ -284,8 +287,31 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
         edge.metrics.sessions_refused.inc();
         return sessions_full(edge.max_sessions);
     }
+    let mut parts = parts;
+    let span = match (&id, method.as_deref()) {
+        (Some(_), Some(method)) => {
+            // The client's `_meta` first (it names the MCP request), else its header.
+            let (traceparent, tracestate) = match meta_trace {
+                (Some(parent), state) => (Some(parent), state),
+                (None, _) => (
+                    header_str(&parts.headers, "traceparent").map(str::to_string),
+                    header_str(&parts.headers, "tracestate").map(str::to_string),
+                ),
+            };
+            let session = header_str(&parts.headers, "mcp-session-id");
+            let incoming = trace::Incoming {
+                traceparent: traceparent.as_deref(),
+                tracestate: tracestate.as_deref(),
+            };
+            let (span, trace) = trace::request_span(method, session, incoming);
+            parts.extensions.insert(trace);
+            span
+        }
+        _ => tracing::Span::none(),
+    };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
+        .instrument(span)
         .await;
     if response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         // The body is JSON with a valid envelope (checked above): what the

@@ -38,6 +38,8 @@ pub struct Message<'a> {
     pub method: Option<Cow<'a, str>>,
     /// Its `id` (a request or a response; `None` for a notification).
     pub id: Option<&'a RawValue>,
+    /// Its `params`, unread.
+    pub params: Option<&'a RawValue>,
 }
 
 /// Why a message is not JSON-RPC, and the id to answer with (null when it
@@ -148,6 +150,7 @@ impl<'a> Members<'a> {
                 Ok(method) if !method.is_empty() => Ok(Message {
                     method: Some(method),
                     id,
+                    params: self.params,
                 }),
                 Ok(_) => Err(invalid("\"method\" is empty".into())),
                 Err(_) => Err(invalid(format!(
@@ -159,6 +162,7 @@ impl<'a> Members<'a> {
                 Ok(Message {
                     method: None,
                     id,
+                    params: None,
                 })
             }
             None => Err(invalid(

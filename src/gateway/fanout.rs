@@ -15,13 +15,16 @@ use rmcp::model::{
     ContentBlock, ErrorData,
 };
 use serde_json::{Map, Value, json};
+use tracing::Instrument as _;
 
 use super::call_record::{CallRecord, member_target, outcome_of, outcome_of_result};
 use super::forward::{call_response, forward};
 use super::metrics::Outcome;
 use super::settings::FanOutSettings;
+use super::trace;
 use super::view::View;
 use crate::catalog::FamilyTool;
+use crate::catalog::family::Instance;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::{Caller, UpstreamError};
 
@@ -37,6 +40,7 @@ pub async fn call_family_tool(
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
     mut record: CallRecord,
+    parent: &tracing::Span,
 ) -> Result<CallToolResponse, ErrorData> {
     let exposed = request.name.to_string();
     let mut arguments = request.arguments.take().unwrap_or_default();
@@ -58,7 +62,7 @@ pub async fn call_family_tool(
                 instance: Some(member.instance.as_str()),
                 ..caller
             };
-            let answer = call_member(view, &member.server, request, caller).await;
+            let answer = call_member(view, member, route, request, caller, parent).await;
             record.finish(outcome_of(&answer));
             match answer {
                 Ok(response) => Ok(response),
@@ -94,7 +98,8 @@ pub async fn call_family_tool(
                     };
                     async move {
                         let started = std::time::Instant::now();
-                        let answer = call_member(view, &member.server, request, caller).await;
+                        let answer =
+                            call_member(view, member, route, request, caller, parent).await;
                         shared.target_done(
                             &member_target(exposed, route, member),
                             outcome_of(&answer),
@@ -122,20 +127,35 @@ pub async fn call_family_tool(
     }
 }
 
+/// One member's call, in a span of its own under the request's.
 async fn call_member(
     view: &View,
-    server: &str,
-    request: CallToolRequestParams,
+    member: &Instance,
+    route: &FamilyTool,
+    mut request: CallToolRequestParams,
     caller: Caller<'_>,
+    parent: &tracing::Span,
 ) -> Result<CallToolResponse, UpstreamError> {
+    let server = &*member.server;
     let Some(upstream) = view.upstream(server) else {
         return Err(UpstreamError::Transport {
             server: server.to_string(),
             message: "it was removed from the fleet".into(),
         });
     };
+    let span = trace::upstream_span(
+        parent,
+        server,
+        Some(&member.instance),
+        "tools/call",
+        Some(&route.tool),
+    );
+    if let Some(headers) = trace::outgoing(&span) {
+        trace::into_meta(&mut request.meta, &headers);
+    }
     let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-    call_response(server, forward(&upstream, sent, caller).await?)
+    let answer = forward(&upstream, sent, caller).instrument(span).await?;
+    call_response(server, answer)
 }
 
 fn text_of(result: &CallToolResult) -> (String, usize) {

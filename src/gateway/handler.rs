@@ -20,6 +20,7 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
+use tracing::Instrument as _;
 
 use super::call_record::{CallRecord, outcome_of, outcome_of_result, plain_target};
 use super::forward::{call_response, client_revision, forward};
@@ -27,7 +28,7 @@ use super::input_wait::{WaitingCalls, forward_or_wait};
 use super::revision::ClientRevision;
 use super::state::{GatewayState, ListChange};
 use super::view::{View, caller};
-use super::{auth_status, fanout, overview};
+use super::{auth_status, fanout, overview, trace};
 use crate::fleet::{Caller, Upstream, UpstreamError};
 
 /// Cheap-to-clone MCP handler; one per client session, all sharing state.
@@ -171,8 +172,14 @@ impl ServerHandler for GatewayHandler {
         let view = self.view(&context.extensions).await;
         let catalog = &view.catalog;
         let user = caller(&context.extensions);
+        let request_trace = trace::of_request(&context.extensions);
+        let parent = request_trace.map_or_else(tracing::Span::none, |t| t.span.clone());
+        if let Some(trace) = request_trace {
+            trace.tool(&request.name);
+        }
         let record = |name: &str, arguments: Option<&rmcp::model::JsonObject>| {
             CallRecord::start(&self.state.calls, name, user.as_deref(), arguments)
+                .in_trace(request_trace.map(|t| t.trace_id.clone()))
         };
         if let Some(family_tool) = catalog.family_tool(&request.name) {
             let record = record(&request.name, request.arguments.as_ref());
@@ -183,6 +190,7 @@ impl ServerHandler for GatewayHandler {
                 request,
                 self.caller(&context),
                 record,
+                &parent,
             )
             .await;
         }
@@ -214,8 +222,19 @@ impl ServerHandler for GatewayHandler {
             .to(plain_target(&request.name, route));
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
+        let span = trace::upstream_span(
+            &parent,
+            &route.server,
+            None,
+            "tools/call",
+            Some(&route.name),
+        );
+        if let Some(headers) = trace::outgoing(&span) {
+            trace::into_meta(&mut request.meta, &headers);
+        }
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
         let answer = forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
+            .instrument(span)
             .await
             .and_then(|result| call_response(&upstream.name, result));
         record.finish(outcome_of(&answer));

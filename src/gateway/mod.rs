@@ -23,6 +23,7 @@ pub mod scrape;
 mod settings;
 mod state;
 pub mod status;
+pub mod trace;
 mod user_view;
 mod view;
 

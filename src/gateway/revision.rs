@@ -15,6 +15,7 @@
 //! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own) | - |
 //! | elicitation `message`, log `logger` | - | name the server (or family instance) that asks or logs |
 //! | request ids in `tasks/*` | - (task ids are the upstream's, unchanged) | - |
+//! | `_meta.traceparent` / `tracestate` (SEP-414), only with `tracing.otlpEndpoint` set | the gateway's span for the call (same trace; the client's span is its grandparent); also sent as HTTP headers to HTTP upstreams | - |
 //!
 //! Rewrites of the gateway's own answers:
 //!

@@ -113,6 +113,7 @@ PY=$DIR/.venv/bin/python
 PY_SERVER=$DIR/py_server.py
 PY_CLIENT=$DIR/py_client.py
 PROBE=$DIR/probe.py
+OTLP_RECEIVER=$DIR/otlp_receiver.py
 TS_PROBE=$DIR/ts_probe.mjs
 FASTMCP_SERVER=$DIR/fastmcp_server.py
 MCP_SERVER_TIME=$DIR/.venv/bin/mcp-server-time

@@ -16,6 +16,7 @@ Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str)
   grow(name:str) (adds tool `name` at runtime and announces it: to subscriptions/listen, and on 2025 sessions
     as notifications/tools/list_changed),
   auth_header() (returns the Authorization header received, or <none>),
+  trace_context() (returns {"header": <traceparent header>, "meta": <_meta traceparent>} as JSON),
   chatty() (logs one debug, one info and one warning message through the SDK's Context, then returns "logged"),
   ask() (asks the client for {"name": str} by form elicitation; returns "hello <name>", or "<action>" when not accepted).
   ask_round_trip() (the 2026-07-28 way: answers input_required with one form elicitation under key
@@ -84,6 +85,13 @@ async def grow(name: str, ctx: Context) -> str:
 def auth_header(ctx: Context) -> str:
     headers = ctx.headers or {}
     return headers.get("authorization", "<none>")
+
+
+@mcp.tool(description="Return the W3C trace context this request carried, as JSON: the traceparent header and the _meta traceparent.")
+def trace_context(ctx: Context) -> str:
+    headers = ctx.headers or {}
+    meta = ctx.request_context.meta or {}
+    return json.dumps({"header": headers.get("traceparent"), "meta": meta.get("traceparent")})
 
 
 @mcp.tool(description="Log a debug, an info and a warning message, then return.")

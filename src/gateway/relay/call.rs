@@ -15,6 +15,7 @@ use futures::StreamExt;
 use rmcp::model::LoggingLevel;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::message::{self, Message};
 use super::stream::Stream;
@@ -28,6 +29,7 @@ use crate::gateway::call_record::{CallRecord, member_target, outcome_of_json, pl
 use crate::gateway::metrics::{CallTarget, Outcome};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
+use crate::gateway::trace::{self, RequestTrace};
 
 /// The methods the relay forwards, each to one upstream.
 pub(super) const RELAYED: &[&str] = &["tools/call", "prompts/get", "resources/read"];
@@ -93,6 +95,24 @@ pub(super) async fn relay_call(
         name: target.name,
         progress_token: upstream_token.as_ref(),
         drop_argument: target.drop_argument,
+        trace: None,
+    };
+    let request_trace = parts.extensions.get::<RequestTrace>();
+    let parent = request_trace.map_or_else(tracing::Span::none, |t| t.span.clone());
+    if let (Some(trace), Some(counted)) = (request_trace, &target.counted) {
+        trace.tool(&counted.tool);
+    }
+    let span = trace::upstream_span(
+        &parent,
+        &target.server,
+        target.instance,
+        method,
+        target.name,
+    );
+    let trace_headers = trace::outgoing(&span);
+    let outgoing = message::Outgoing {
+        trace: trace_headers.as_ref(),
+        ..outgoing
     };
     let body = message::request_upstream(method, message.params, &outgoing)?;
     let label = target.label;
@@ -103,7 +123,9 @@ pub(super) async fn relay_call(
             .enabled()
             .then(|| message::arguments(message.params))
             .flatten();
-        CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref()).to(counted)
+        CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
+            .in_trace(request_trace.map(|t| t.trace_id.clone()))
+            .to(counted)
     });
     tracing::debug!(server = %label, method, "relaying {method}");
     let log_level = wanted_log_level(relay, client, call.log_level.as_deref());
@@ -113,7 +135,10 @@ pub(super) async fn relay_call(
         .then(|| upstream.track_relayed(target.instance.map(str::to_string), log_level));
     let post_wire = wire.clone();
     let body = Bytes::from(body);
-    let mut post: Pending = Box::pin(async move { post_wire.post(body).await });
+    let mut post: Pending = Box::pin(
+        async move { post_wire.post_in_trace(body, trace_headers.as_ref()).await }
+            .instrument(span.clone()),
+    );
     let first = match tracked.as_mut() {
         Some(call) => tokio::select! {
             reply = &mut post => First::Reply(reply),
@@ -204,6 +229,7 @@ pub(super) async fn relay_call(
         resumed: 0,
         record,
         failed: None,
+        _span: span,
     };
     Some(stream.respond().await)
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::fleet::wire::TraceHeaders;
 use crate::gateway::revision::{ClientRevision, HOP_META_KEYS, REQUEST_HOP_META_KEYS};
 
 /// A JSON-RPC message as the relay reads it: the members it may rewrite
@@ -179,6 +180,19 @@ fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Op
     (!meta.is_empty()).then(|| Value::Object(meta).to_string())
 }
 
+/// `meta` (serialized, or absent) with the trace context of `trace`.
+fn with_trace(meta: Option<String>, trace: &TraceHeaders) -> Option<String> {
+    let mut meta: Map<String, Value> = meta
+        .and_then(|m| serde_json::from_str(&m).ok())
+        .unwrap_or_default();
+    meta.insert("traceparent".into(), trace.traceparent.clone().into());
+    match &trace.tracestate {
+        Some(state) => meta.insert("tracestate".into(), state.clone().into()),
+        None => meta.remove("tracestate"),
+    };
+    Some(Value::Object(meta).to_string())
+}
+
 /// The value of one argument of a `tools/call`.
 pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
     let members = object(params)?;
@@ -198,6 +212,9 @@ pub struct Outgoing<'a> {
     pub name: Option<&'a str>,
     pub progress_token: Option<&'a Value>,
     pub drop_argument: Option<&'a str>,
+    /// The gateway's span for the call, when traces are exported: its
+    /// context replaces the client's in `_meta` (SEP-414).
+    pub trace: Option<&'a TraceHeaders>,
 }
 
 /// A client's request as the upstream gets it: the upstream's id, the
@@ -210,11 +227,14 @@ pub fn request_upstream(
     out: &Outgoing<'_>,
 ) -> Option<String> {
     let members = object(params)?;
-    let meta = meta_with(
+    let mut meta = meta_with(
         members.get("_meta").copied(),
         REQUEST_HOP_META_KEYS,
         out.progress_token,
     );
+    if let Some(trace) = out.trace {
+        meta = with_trace(meta, trace);
+    }
     let name = out.name.map(|n| Value::String(n.to_string()).to_string());
     let mut replaced = vec![("_meta", meta)];
     if name.is_some() {
@@ -445,6 +465,7 @@ mod tests {
             name: Some("add"),
             progress_token: Some(&token),
             drop_argument: None,
+            trace: None,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         // Numbers stay the bytes they were.
@@ -474,6 +495,7 @@ mod tests {
             name: Some("list_pods"),
             progress_token: None,
             drop_argument: Some("cluster"),
+            trace: None,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         assert!(

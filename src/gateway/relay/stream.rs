@@ -91,6 +91,8 @@ pub(super) struct Stream {
     /// How the call failed, when the gateway ended it (the client gets a
     /// tool error either way).
     pub(super) failed: Option<Outcome>,
+    /// The upstream call's span: it ends when the stream does.
+    pub(super) _span: tracing::Span,
 }
 
 /// How often a call's stream is picked up again after the upstream closed it.
