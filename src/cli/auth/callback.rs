@@ -1,7 +1,9 @@
 //! The loopback redirect target (RFC 8252 §7.3): a one-route axum server
 //! on 127.0.0.1, port chosen by the OS, that waits for the browser to come
 //! back to `/callback`, checks `state` (and `iss`, RFC 9207), answers the tab
-//! with a short page and hands the authorization code to the login.
+//! with a short page and hands the authorization code to the login. rmcp
+//! checks `state` and `iss` again at the exchange; these checks are what
+//! lets the tab say what went wrong.
 
 use std::collections::HashMap;
 use std::future::IntoFuture as _;
@@ -35,6 +37,14 @@ pub(super) struct Expected {
     pub issuer_required: bool,
 }
 
+/// A redirect that is this login's successful answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Answer {
+    pub code: String,
+    /// RFC 9207 `iss`, when the redirect carries it.
+    pub issuer: Option<String>,
+}
+
 /// Why a redirect is not a usable answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(super) enum CallbackError {
@@ -63,9 +73,9 @@ fn in_parens(text: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// Judges the query of a request to `/callback`: the code when the
-/// redirect is this login's successful answer.
-pub(super) fn callback_outcome(query: &str, expected: &Expected) -> Result<String, CallbackError> {
+/// Judges the query of a request to `/callback`: the code (and `iss`)
+/// when the redirect is this login's successful answer.
+pub(super) fn callback_outcome(query: &str, expected: &Expected) -> Result<Answer, CallbackError> {
     let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
@@ -84,18 +94,21 @@ pub(super) fn callback_outcome(query: &str, expected: &Expected) -> Result<Strin
     if state.is_none() {
         return Err(CallbackError::StateMismatch);
     }
+    // RFC 9207 §2.4: simple string comparison, as rmcp's check at the exchange.
     match params.get("iss") {
-        Some(iss) if iss.trim_end_matches('/') != expected.issuer.trim_end_matches('/') => {
-            return Err(CallbackError::IssuerMismatch);
-        }
+        Some(iss) if *iss != expected.issuer => return Err(CallbackError::IssuerMismatch),
         None if expected.issuer_required => return Err(CallbackError::IssuerMismatch),
         _ => {}
     }
-    params
+    let code = params
         .get("code")
         .filter(|code| !code.is_empty())
         .cloned()
-        .ok_or(CallbackError::MissingCode)
+        .ok_or(CallbackError::MissingCode)?;
+    Ok(Answer {
+        code,
+        issuer: params.get("iss").cloned(),
+    })
 }
 
 /// The bound listener; the redirect URI is known before the browser opens.
@@ -108,7 +121,7 @@ pub(super) struct CallbackListener {
 /// to report the outcome.
 struct Tab {
     expected: Expected,
-    outcomes: mpsc::Sender<Result<String, CallbackError>>,
+    outcomes: mpsc::Sender<Result<Answer, CallbackError>>,
 }
 
 impl CallbackListener {
@@ -135,7 +148,7 @@ impl CallbackListener {
     /// its outcome. Other paths get 404 (favicons), other methods 405;
     /// connections that send nothing (browser preconnects) do not hold the
     /// others up, nor the end of the login.
-    pub async fn receive(self, expected: &Expected) -> Result<String, CallbackError> {
+    pub async fn receive(self, expected: &Expected) -> Result<Answer, CallbackError> {
         let (outcomes, mut outcome) = mpsc::channel(1);
         let tab = Arc::new(Tab {
             expected: expected.clone(),
@@ -213,18 +226,25 @@ mod tests {
         }
     }
 
+    fn answer(code: &str, issuer: Option<&str>) -> Result<Answer, CallbackError> {
+        Ok(Answer {
+            code: code.into(),
+            issuer: issuer.map(Into::into),
+        })
+    }
+
     #[test]
     fn the_right_state_yields_the_code() {
         assert_eq!(
             callback_outcome("code=abc%2F1&state=s-123", &expected()),
-            Ok("abc/1".into())
+            answer("abc/1", None)
         );
         assert_eq!(
             callback_outcome(
-                "state=s-123&code=c&iss=http%3A%2F%2F127.0.0.1%3A8080%2F",
+                "state=s-123&code=c&iss=http%3A%2F%2F127.0.0.1%3A8080",
                 &expected()
             ),
-            Ok("c".into())
+            answer("c", Some("http://127.0.0.1:8080"))
         );
     }
 
@@ -278,6 +298,14 @@ mod tests {
             callback_outcome("state=s-123&code=c&iss=https%3A%2F%2Fevil", &expected()),
             Err(CallbackError::IssuerMismatch)
         );
+        // Not even with a trailing slash (RFC 9207 §2.4; rmcp compares so too).
+        assert_eq!(
+            callback_outcome(
+                "state=s-123&code=c&iss=http%3A%2F%2F127.0.0.1%3A8080%2F",
+                &expected()
+            ),
+            Err(CallbackError::IssuerMismatch)
+        );
         let strict = Expected {
             issuer_required: true,
             ..expected()
@@ -324,7 +352,7 @@ mod tests {
             get(&client, format!("{redirect_uri}?code=the-code&state=s-123")).await;
         assert_eq!(status, 200);
         assert!(page.contains("Logged in, you can close this tab"), "{page}");
-        assert_eq!(waiting.await.unwrap(), Ok("the-code".into()));
+        assert_eq!(waiting.await.unwrap(), answer("the-code", None));
     }
 
     #[tokio::test]

@@ -4,14 +4,27 @@
 //! directory, replaced atomically (0600 temp file + rename), and every
 //! read-modify-write holds an advisory lock on `credentials.lock`, so two
 //! logins to different gateways at once both survive.
+//!
+//! [`EndpointStore`] is one endpoint's login seen as rmcp's
+//! `CredentialStore`, through which rmcp's `AuthorizationManager` saves what
+//! the code exchange and a refresh return. The file keeps its format (an
+//! expiry instant rather than rmcp's "received at" plus "expires in"), so
+//! files written before the switch to rmcp read as they are.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use oauth2::basic::BasicTokenType;
+use oauth2::{AccessToken, RefreshToken, TokenResponse as _};
+use rmcp::transport::auth::{
+    AuthError, CredentialRefreshGuard, CredentialStore, OAuthTokenResponse, StoredCredentials,
+    VendorExtraTokenFields,
+};
 use serde::{Deserialize, Serialize};
 
 const FILE_NAME: &str = "credentials.json";
@@ -193,6 +206,179 @@ impl StoreLock {
         let text = serde_json::to_vec_pretty(credentials).context("cannot encode credentials")?;
         write_atomically(&self.store.dir, &path, &text)
     }
+}
+
+/// One endpoint's login as rmcp's credential store. What rmcp does not
+/// carry (the token endpoint and the resource, needed to refresh without a
+/// new discovery) comes from here.
+pub(super) struct EndpointStore {
+    store: Store,
+    endpoint: String,
+    token_endpoint: String,
+    resource: Option<String>,
+    /// A login makes its endpoint the default for the next command; a
+    /// refresh does not.
+    make_default: bool,
+    /// The store's lock when the caller holds it (a renewal, which checks
+    /// under it whether another process renewed first): rmcp's load, its
+    /// refresh and its save then all happen under that one lock.
+    held: Option<Arc<StoreLock>>,
+}
+
+impl EndpointStore {
+    /// For a login to `endpoint`: saving the tokens makes it the default.
+    pub fn for_login(
+        store: &Store,
+        endpoint: &str,
+        token_endpoint: &str,
+        resource: Option<String>,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            endpoint: endpoint.to_string(),
+            token_endpoint: token_endpoint.to_string(),
+            resource,
+            make_default: true,
+            held: None,
+        }
+    }
+
+    /// For renewing `login` while the caller holds `lock`.
+    pub fn for_renewal(lock: Arc<StoreLock>, endpoint: &str, login: &EndpointCredentials) -> Self {
+        Self {
+            store: lock.store.clone(),
+            endpoint: endpoint.to_string(),
+            token_endpoint: login.token_endpoint.clone(),
+            resource: login.resource.clone(),
+            make_default: false,
+            held: Some(lock),
+        }
+    }
+
+    /// Applies `change` to the whole file, under the held lock or a new one.
+    async fn change(
+        &self,
+        change: impl FnOnce(&mut Credentials) + Send + 'static,
+    ) -> anyhow::Result<()> {
+        match &self.held {
+            Some(lock) => {
+                let mut credentials = lock.load()?;
+                change(&mut credentials);
+                lock.save(&credentials)
+            }
+            None => self.store.update_async(change).await,
+        }
+    }
+}
+
+fn store_error(error: anyhow::Error) -> AuthError {
+    AuthError::CredentialStoreError(format!("{error:#}"))
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for EndpointStore {
+    async fn load(&self) -> Result<Option<StoredCredentials>, AuthError> {
+        let credentials = match &self.held {
+            Some(lock) => lock.load(),
+            None => self.store.load(),
+        }
+        .map_err(store_error)?;
+        Ok(credentials
+            .endpoints
+            .get(&self.endpoint)
+            .map(|login| to_rmcp(login, Utc::now())))
+    }
+
+    async fn save(&self, stored: StoredCredentials) -> Result<(), AuthError> {
+        let Some(login) = from_rmcp(&stored, &self.token_endpoint, &self.resource, Utc::now())
+        else {
+            // rmcp saves no tokens only to drop them (another issuer).
+            return self.clear().await;
+        };
+        let key = self.endpoint.clone();
+        let make_default = self.make_default;
+        self.change(move |credentials| {
+            if make_default {
+                credentials.last_endpoint = Some(key.clone());
+            }
+            credentials.endpoints.insert(key, login);
+        })
+        .await
+        .map_err(store_error)
+    }
+
+    async fn clear(&self) -> Result<(), AuthError> {
+        let key = self.endpoint.clone();
+        self.change(move |credentials| {
+            credentials.endpoints.remove(&key);
+        })
+        .await
+        .map_err(store_error)
+    }
+
+    async fn acquire_refresh_guard(&self) -> Result<Option<CredentialRefreshGuard>, AuthError> {
+        if self.held.is_some() {
+            // The caller holds the lock; taking it again would wait for ever.
+            return Ok(None);
+        }
+        let lock = self.store.lock_async().await.map_err(store_error)?;
+        Ok(Some(CredentialRefreshGuard::new(lock)))
+    }
+}
+
+/// A stored login as rmcp's credentials: received now, expiring in what is
+/// left of its lifetime (none left: zero).
+fn to_rmcp(login: &EndpointCredentials, now: DateTime<Utc>) -> StoredCredentials {
+    let mut tokens = OAuthTokenResponse::new(
+        AccessToken::new(login.access_token.expose().to_string()),
+        BasicTokenType::Bearer,
+        VendorExtraTokenFields::default(),
+    );
+    tokens.set_refresh_token(
+        login
+            .refresh_token
+            .as_ref()
+            .map(|token| RefreshToken::new(token.expose().to_string())),
+    );
+    let left = login
+        .expires_at
+        .map(|at| (at - now).to_std().unwrap_or_default());
+    tokens.set_expires_in(left.as_ref());
+    let received_at = u64::try_from(now.timestamp()).ok();
+    StoredCredentials::new(
+        login.client_id.clone(),
+        Some(tokens),
+        Vec::new(),
+        received_at,
+    )
+    .with_issuer(Some(login.issuer.clone()))
+}
+
+/// rmcp's credentials as a stored login; `None` when they hold no tokens.
+fn from_rmcp(
+    stored: &StoredCredentials,
+    token_endpoint: &str,
+    resource: &Option<String>,
+    now: DateTime<Utc>,
+) -> Option<EndpointCredentials> {
+    let tokens = stored.token_response.as_ref()?;
+    let received_at = stored
+        .token_received_at
+        .and_then(|at| DateTime::from_timestamp(i64::try_from(at).ok()?, 0))
+        .unwrap_or(now);
+    Some(EndpointCredentials {
+        client_id: stored.client_id.clone(),
+        token_endpoint: token_endpoint.to_string(),
+        access_token: Token::new(tokens.access_token().secret().clone()),
+        refresh_token: tokens
+            .refresh_token()
+            .map(|token| Token::new(token.secret().clone())),
+        expires_at: tokens
+            .expires_in()
+            .and_then(|lifetime| super::oauth::expiry(received_at, lifetime)),
+        issuer: stored.issuer.clone().unwrap_or_default(),
+        resource: resource.clone(),
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Credentials> {
@@ -392,6 +578,97 @@ mod tests {
         let text = format!("{:?}", login("s3cr3t"));
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("<redacted>"));
+    }
+
+    #[test]
+    fn a_login_converts_to_rmcps_credentials_and_back() {
+        let now: DateTime<Utc> = "2030-01-02T02:04:05Z".parse().unwrap();
+        let stored = to_rmcp(&login("a"), now);
+        assert_eq!(stored.client_id, "client-1");
+        assert_eq!(stored.issuer.as_deref(), Some("http://127.0.0.1:8080"));
+        let tokens = stored.token_response.as_ref().unwrap();
+        assert_eq!(tokens.access_token().secret(), "access-a");
+        assert_eq!(tokens.refresh_token().unwrap().secret(), "refresh-a");
+        assert_eq!(
+            tokens.expires_in(),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let back = from_rmcp(
+            &stored,
+            "http://127.0.0.1:8080/oauth/token",
+            &Some("http://127.0.0.1:8080/mcp".into()),
+            now,
+        );
+        assert_eq!(back, Some(login("a")));
+        // An expired login has no time left, not a negative lifetime.
+        let mut expired = login("b");
+        expired.expires_at = Some("2030-01-01T00:00:00Z".parse().unwrap());
+        let stored = to_rmcp(&expired, now);
+        assert_eq!(
+            stored.token_response.as_ref().unwrap().expires_in(),
+            Some(std::time::Duration::ZERO)
+        );
+        assert!(!format!("{stored:?}").contains("access-b"));
+    }
+
+    #[tokio::test]
+    async fn rmcps_saves_keep_the_file_format_and_other_logins() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::at(root.path().join("flotilla"));
+        store
+            .update(|creds| {
+                creds
+                    .endpoints
+                    .insert("http://other/mcp".into(), login("o"))
+            })
+            .unwrap();
+        let endpoint = EndpointStore::for_login(
+            &store,
+            "http://gw/mcp",
+            "http://127.0.0.1:8080/oauth/token",
+            Some("http://127.0.0.1:8080/mcp".into()),
+        );
+        let now = Utc::now();
+        endpoint.save(to_rmcp(&login("a"), now)).await.unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.last_endpoint.as_deref(), Some("http://gw/mcp"));
+        assert_eq!(loaded.endpoints["http://other/mcp"], login("o"));
+        let saved = &loaded.endpoints["http://gw/mcp"];
+        assert_eq!(saved.access_token.expose(), "access-a");
+        assert_eq!(saved.resource.as_deref(), Some("http://127.0.0.1:8080/mcp"));
+        assert_eq!(mode(&store.path()), 0o600);
+        let text = fs::read_to_string(store.path()).unwrap();
+        assert!(!text.contains("token_response"), "{text}");
+        assert!(endpoint.load().await.unwrap().is_some());
+        endpoint.clear().await.unwrap();
+        assert!(endpoint.load().await.unwrap().is_none());
+        assert!(
+            store
+                .load()
+                .unwrap()
+                .endpoints
+                .contains_key("http://other/mcp")
+        );
+
+        // A renewal saves under the lock its caller holds, and leaves the default alone.
+        store
+            .update(|creds| {
+                creds.last_endpoint = Some("http://other/mcp".into());
+                creds.endpoints.insert("http://gw/mcp".into(), login("a"))
+            })
+            .unwrap();
+        let lock = Arc::new(store.lock().unwrap());
+        let renewal = EndpointStore::for_renewal(lock.clone(), "http://gw/mcp", &login("a"));
+        assert!(renewal.acquire_refresh_guard().await.unwrap().is_none());
+        renewal.save(to_rmcp(&login("b"), now)).await.unwrap();
+        drop(renewal);
+        drop(lock);
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded.endpoints["http://gw/mcp"].access_token.expose(),
+            "access-b"
+        );
+        assert_eq!(loaded.last_endpoint.as_deref(), Some("http://other/mcp"));
     }
 
     #[test]

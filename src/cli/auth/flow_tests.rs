@@ -40,6 +40,19 @@ struct Fake {
     refreshes: u32,
     /// `resource` of every token request.
     token_resources: Vec<String>,
+    /// The resource metadata's `resource`, when not the endpoint.
+    resource: Option<String>,
+    /// Replaces `code_challenge_methods_supported` (null: left out).
+    pkce_methods: Option<Value>,
+    /// The issuer is `base` + this (Keycloak-style `/realms/ops`), its
+    /// metadata at the RFC 8414 path-inserted URL only.
+    issuer_path: &'static str,
+}
+
+impl Fake {
+    fn issuer(&self) -> String {
+        format!("{}{}", self.base, self.issuer_path)
+    }
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -67,6 +80,10 @@ async fn gateway(auth_enabled: bool) -> Gateway {
         .route(
             "/.well-known/oauth-authorization-server",
             get(server_metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/realms/ops",
+            get(path_server_metadata),
         )
         .route("/register", post(register))
         .route("/authorize", get(authorize))
@@ -105,23 +122,50 @@ async fn resource_metadata(State(fake): State<Shared>) -> Response {
         return StatusCode::NOT_FOUND.into_response();
     }
     Json(json!({
-        "resource": format!("{}/mcp", fake.base),
-        "authorization_servers": [fake.base],
+        "resource": fake.resource.clone().unwrap_or(format!("{}/mcp", fake.base)),
+        "authorization_servers": [fake.issuer()],
         "scopes_supported": ["openid", "profile"],
     }))
     .into_response()
 }
 
-async fn server_metadata(State(fake): State<Shared>) -> Json<Value> {
-    let base = fake.lock().unwrap().base.clone();
-    Json(json!({
-        "issuer": base,
+async fn server_metadata(State(fake): State<Shared>) -> Response {
+    let fake = fake.lock().unwrap();
+    if !fake.issuer_path.is_empty() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    server_metadata_document(&fake)
+}
+
+async fn path_server_metadata(State(fake): State<Shared>) -> Response {
+    let fake = fake.lock().unwrap();
+    if fake.issuer_path != "/realms/ops" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    server_metadata_document(&fake)
+}
+
+fn server_metadata_document(fake: &Fake) -> Response {
+    let base = &fake.base;
+    let mut document = json!({
+        "issuer": fake.issuer(),
         "authorization_endpoint": format!("{base}/authorize"),
         "token_endpoint": format!("{base}/token"),
         "registration_endpoint": format!("{base}/register"),
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
-    }))
+    });
+    match &fake.pkce_methods {
+        Some(Value::Null) => {
+            document
+                .as_object_mut()
+                .unwrap()
+                .remove("code_challenge_methods_supported");
+        }
+        Some(methods) => document["code_challenge_methods_supported"] = methods.clone(),
+        None => {}
+    }
+    Json(document).into_response()
 }
 
 async fn register(State(fake): State<Shared>, Json(body): Json<Value>) -> Response {
@@ -133,8 +177,14 @@ async fn register(State(fake): State<Shared>, Json(body): Json<Value>) -> Respon
     );
     let redirect = body["redirect_uris"][0].as_str().unwrap().to_string();
     assert!(redirect.starts_with("http://127.0.0.1:") && redirect.ends_with("/callback"));
-    fake.lock().unwrap().redirect_uri = Some(redirect);
-    (StatusCode::CREATED, Json(json!({"client_id": "cli-1"}))).into_response()
+    fake.lock().unwrap().redirect_uri = Some(redirect.clone());
+    // RFC 7591 §3.2.1: the client's metadata comes back with its client_id
+    // (rmcp reads redirect_uris from the answer).
+    (
+        StatusCode::CREATED,
+        Json(json!({"client_id": "cli-1", "redirect_uris": [redirect]})),
+    )
+        .into_response()
 }
 
 async fn authorize(
@@ -156,7 +206,7 @@ async fn authorize(
     };
     back.query_pairs_mut()
         .append_pair("state", &query["state"])
-        .append_pair("iss", &fake.base);
+        .append_pair("iss", &fake.issuer());
     Redirect::to(back.as_str())
 }
 
@@ -411,4 +461,63 @@ async fn a_login_nobody_completes_times_out_with_advice() {
     let message = format!("{error:#}");
     assert!(message.contains("no answer from the browser"), "{message}");
     assert!(message.contains("--timeout"), "{message}");
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_path_is_found_by_rfc_8414_path_insertion() {
+    let gateway = gateway(true).await;
+    gateway.fake.lock().unwrap().issuer_path = "/realms/ops";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path().to_path_buf());
+    let (outcome, _) = log_in(&store, &gateway).await;
+    assert!(matches!(outcome.unwrap(), LoginOutcome::LoggedIn));
+    let stored = store.load().unwrap();
+    assert_eq!(
+        stored.endpoints[gateway.endpoint.as_str()].issuer,
+        format!("{}realms/ops", gateway.endpoint.join("/").unwrap())
+    );
+}
+
+/// RFC 9728 §3.3, RFC 8414 §3.3 and the MCP spec's PKCE rule: metadata that
+/// is not for this endpoint, or a server that does not advertise S256, ends
+/// the login before any browser is sent anywhere, with a message that says
+/// why.
+#[tokio::test]
+async fn metadata_for_another_resource_or_without_s256_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::at(dir.path().to_path_buf());
+    let http = super::oauth::http_client().unwrap();
+    let refused = |gateway: &Gateway| {
+        let http = http.clone();
+        let store = store.clone();
+        let endpoint = gateway.endpoint.clone();
+        async move {
+            let error = login(&store, &http, &endpoint, Duration::from_secs(5), |url| {
+                panic!("the browser was sent to {url}")
+            })
+            .await
+            .unwrap_err();
+            format!("{error:#}")
+        }
+    };
+
+    let other_port = gateway(true).await;
+    let elsewhere = "http://127.0.0.1:9/mcp".to_string();
+    other_port.fake.lock().unwrap().resource = Some(elsewhere.clone());
+    let message = refused(&other_port).await;
+    assert!(
+        message.contains(&format!("log in with --endpoint {elsewhere}")),
+        "{message}"
+    );
+
+    for methods in [Value::Null, json!(["plain"])] {
+        let no_s256 = gateway(true).await;
+        no_s256.fake.lock().unwrap().pkce_methods = Some(methods);
+        let message = refused(&no_s256).await;
+        assert!(
+            message.contains("does not offer PKCE with S256"),
+            "{message}"
+        );
+    }
+    assert!(!store.path().exists());
 }

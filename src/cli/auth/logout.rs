@@ -2,12 +2,14 @@
 //! offers revocation (RFC 7009: the refresh token, which ends the session at
 //! the identity provider too), then forget the stored tokens. Forgetting
 //! happens whether or not revocation worked; the output says which.
+//! rmcp has no revocation: the revocation endpoint comes from rmcp's
+//! discovery, the request itself is flotilla's ([`oauth::revoke`]).
 
 use url::Url;
 
 use super::EXIT_OK;
 use super::credentials::{EndpointCredentials, Store};
-use super::{discovery, oauth};
+use super::oauth;
 
 pub(super) async fn run(store: &Store, endpoint: &Url) -> anyhow::Result<i32> {
     let key = endpoint.as_str().to_string();
@@ -16,7 +18,7 @@ pub(super) async fn run(store: &Store, endpoint: &Url) -> anyhow::Result<i32> {
         println!("No stored login for {key}; nothing to do.");
         return Ok(EXIT_OK);
     };
-    match revoke(&login).await {
+    match revoke(endpoint, &login).await {
         Ok(()) => println!(
             "Revoked the login at {} (the refresh token, and the identity provider's session behind it).",
             login.issuer
@@ -50,13 +52,13 @@ pub(super) async fn run(store: &Store, endpoint: &Url) -> anyhow::Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn revoke(login: &EndpointCredentials) -> anyhow::Result<()> {
+async fn revoke(endpoint: &Url, login: &EndpointCredentials) -> anyhow::Result<()> {
     let Some(refresh) = &login.refresh_token else {
         anyhow::bail!("no refresh token was issued, so there is nothing to revoke");
     };
     let http = oauth::http_client()?;
-    let metadata = discovery::authorization_server_metadata(&http, &login.issuer).await?;
-    let Some(revocation) = &metadata.revocation_endpoint else {
+    let server = oauth::server_of(&http, endpoint, &login.issuer).await?;
+    let Some(revocation) = server.revocation_endpoint() else {
         anyhow::bail!("the gateway offers no revocation endpoint");
     };
     oauth::revoke(revocation, &login.client_id, refresh).await

@@ -2,16 +2,24 @@
 //! reaches, log out. The commands, their exit codes and the endpoint choice
 //! live here; each step of the flow has its own file.
 //!
-//! - [`credentials`]: the 0600 `credentials.json` store.
-//! - [`discovery`]: 401 challenge → protected resource metadata (RFC 9728) →
-//!   authorization server metadata (RFC 8414).
+//! The OAuth client is rmcp's (its `auth` feature's `AuthorizationManager`):
+//! discovery from the 401 challenge through protected resource metadata
+//! (RFC 9728) to authorization server metadata (RFC 8414 / OpenID Connect),
+//! dynamic client registration (RFC 7591), the authorization URL (PKCE S256,
+//! state, RFC 8707 resource), the code exchange with the RFC 9207 issuer
+//! check, and refresh. What rmcp 3.9 does not do stays here: the loopback
+//! listener, when to refresh, the `status` report, and revocation at logout.
+//!
+//! - [`oauth`]: rmcp's manager set up for the CLI, the checks flotilla adds
+//!   (a 401 decides whether a login is needed; S256 must be advertised),
+//!   and rmcp's errors as readable messages; revocation (RFC 7009).
+//! - [`credentials`]: the 0600 `credentials.json` store, and one endpoint's
+//!   login as rmcp's `CredentialStore`.
 //! - [`callback`]: the loopback redirect listener (RFC 8252).
-//! - [`oauth`]: the HTTP client, code exchange and refresh (oauth2 crate).
 //! - [`login`], [`status`], [`logout`]: the three commands.
 
 mod callback;
 mod credentials;
-mod discovery;
 mod login;
 mod logout;
 mod oauth;

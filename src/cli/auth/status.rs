@@ -1,6 +1,7 @@
 //! `flotilla auth status`: the gateway's `GET /auth/status` report for the
 //! stored login, renewing the access token first when it is about to expire
-//! (or when the gateway turns it away), and saving the rotated tokens.
+//! (or when the gateway turns it away), and saving the rotated tokens. When
+//! to renew is decided here; the refresh grant is rmcp's.
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -8,7 +9,9 @@ use http::StatusCode;
 use http::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use url::Url;
 
-use super::credentials::{EndpointCredentials, Store, Token};
+use std::sync::Arc;
+
+use super::credentials::{EndpointCredentials, EndpointStore, Store, Token};
 use super::oauth::{self, GrantError, has_expired, needs_refresh};
 use super::{EXIT_NOT_ALL_CONNECTED, EXIT_OK, NotLoggedIn, status_url};
 use crate::auth::status::AuthStatusReport;
@@ -76,7 +79,7 @@ async fn authorized_report(
     let mut renewed = false;
     if needs_refresh(login.expires_at, now) {
         if login.refresh_token.is_some() {
-            login = renew(store, key, &login).await?;
+            login = renew(store, endpoint, &login).await?;
             renewed = true;
         } else if has_expired(login.expires_at, now) {
             return Err(NotLoggedIn::for_endpoint(
@@ -96,7 +99,7 @@ async fn authorized_report(
     }
     // The gateway turned the token away before its time (restarted with a
     // new key, revoked): one renewal, one more try.
-    login = renew(store, key, &login).await?;
+    login = renew(store, endpoint, &login).await?;
     match fetch_report(http, endpoint, Some(&login.access_token)).await? {
         StatusAnswer::Report(report) => Ok(report),
         StatusAnswer::Unauthorized => Err(rejected(key)),
@@ -116,12 +119,12 @@ fn rejected(key: &str) -> anyhow::Error {
 /// another process renewed it meanwhile, its result is used.
 async fn renew(
     store: &Store,
-    key: &str,
+    endpoint: &Url,
     stale: &EndpointCredentials,
 ) -> anyhow::Result<EndpointCredentials> {
-    let lock = store.lock_async().await?;
-    let mut credentials = lock.load()?;
-    let Some(mut current) = credentials.endpoints.get(key).cloned() else {
+    let key = endpoint.as_str();
+    let lock = Arc::new(store.lock_async().await?);
+    let Some(current) = lock.load()?.endpoints.remove(key) else {
         return Err(
             NotLoggedIn::for_endpoint(key, format!("logged out of {key} meanwhile")).into(),
         );
@@ -131,8 +134,9 @@ async fn renew(
         return Ok(current);
     }
     tracing::debug!(endpoint = key, "renewing the access token");
-    let tokens = match oauth::refresh(&current).await {
-        Ok(tokens) => tokens,
+    let renewal = EndpointStore::for_renewal(lock.clone(), key, &current);
+    match oauth::refresh(endpoint, &current, renewal).await {
+        Ok(()) => {}
         Err(GrantError::Refused(why)) => {
             return Err(NotLoggedIn::for_endpoint(
                 key,
@@ -143,16 +147,11 @@ async fn renew(
         Err(GrantError::Failed(error)) => {
             return Err(error.context(format!("cannot renew the login to {key}")));
         }
-    };
-    current.access_token = tokens.access;
-    current.refresh_token = tokens.refresh;
-    current.expires_at = tokens.expires_at;
-    credentials
+    }
+    lock.load()?
         .endpoints
-        .insert(key.to_string(), current.clone());
-    lock.save(&credentials)
-        .context("renewed the login, but could not store the new tokens")?;
-    Ok(current)
+        .remove(key)
+        .with_context(|| format!("renewed the login to {key}, but it is no longer stored"))
 }
 
 /// `GET <origin>/auth/status`, with the token when there is one.
