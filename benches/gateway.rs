@@ -306,11 +306,29 @@ struct Gateway {
 }
 
 /// Spawns `flotilla serve --manifests DIR --port 0` and waits for its URL.
+/// Its audit log goes to a file in `logs` (as a production gateway's would
+/// go to a file or a log collector, not to this benchmark's pipe).
 fn start_gateway(bin: &Path, manifests: &Path, logs: &Path, name: &str) -> Result<Gateway, String> {
+    let config = format!("audit:\n  file: {name}-audit.log\n");
+    start_gateway_with(bin, manifests, logs, name, &config)
+}
+
+/// [`start_gateway`] with a config file of `config` (YAML).
+fn start_gateway_with(
+    bin: &Path,
+    manifests: &Path,
+    logs: &Path,
+    name: &str,
+    config: &str,
+) -> Result<Gateway, String> {
+    let config_path = logs.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--manifests")
         .arg(manifests)
+        .arg("--config")
+        .arg(&config_path)
         .args(["--port", "0"]);
     let mut proc = Proc::spawn(name, cmd, logs)?;
     let line = proc.wait_line("listening on", Duration::from_secs(30))?;
@@ -489,9 +507,36 @@ fn bench_calls(
     let manifests = work.join("manifests-calls");
     write_manifests(&manifests, &[("echo".into(), direct_url.clone())])?;
     let gateway = start_gateway(bin, &manifests, work, "flotilla-calls")?;
+    // The same gateway without its audit log, and with traces exported
+    // (to nginx, which answers OTLP exports 200): what each costs per call.
+    let quiet = start_gateway_with(
+        bin,
+        &manifests,
+        work,
+        "flotilla-no-audit",
+        "audit:\n  enabled: false\n",
+    )?;
+    let traced = match &nginx {
+        Some((_, nport)) => Some(start_gateway_with(
+            bin,
+            &manifests,
+            work,
+            "flotilla-traced",
+            &format!(
+                "audit:\n  file: flotilla-traced-audit.log\ntracing:\n  otlpEndpoint: http://127.0.0.1:{nport}\n"
+            ),
+        )?),
+        None => None,
+    };
     rt.block_on(async {
-        wait_connected(http, &gateway, 1, Duration::from_secs(30)).await?;
-        wait_tools(http, &gateway, 1, Duration::from_secs(10)).await
+        for g in std::iter::once(&gateway)
+            .chain(std::iter::once(&quiet))
+            .chain(traced.as_ref())
+        {
+            wait_connected(http, g, 1, Duration::from_secs(30)).await?;
+            wait_tools(http, g, 1, Duration::from_secs(10)).await?;
+        }
+        Ok::<_, String>(())
     })?;
     let protocol = rt.block_on(protocol_of(http, &gateway));
 
@@ -520,6 +565,20 @@ fn bench_calls(
         proxy_pids: vec![gateway.proc.pid()],
         acc: Acc::default(),
     });
+    targets.push(Target {
+        name: "flotilla, audit off",
+        request: Arc::new(Request::call(&quiet.mcp, "x_echo_echo")),
+        proxy_pids: vec![quiet.proc.pid()],
+        acc: Acc::default(),
+    });
+    if let Some(traced) = &traced {
+        targets.push(Target {
+            name: "flotilla, traced",
+            request: Arc::new(Request::call(&traced.mcp, "x_echo_echo")),
+            proxy_pids: vec![traced.proc.pid()],
+            acc: Acc::default(),
+        });
+    }
 
     rt.block_on(async {
         // Correctness first: each target really echoes.
@@ -585,6 +644,8 @@ fn bench_calls(
         .saturating_sub(procs::cpu_us_all(&ours) - ours0);
     let foreign_cores = foreign_us as f64 / 1e6 / wall0.elapsed().as_secs_f64();
     let gateway_rss_after_kib = procs::rss_kib(gateway.proc.pid());
+    drop(traced);
+    drop(quiet);
     drop(gateway);
     drop(nginx);
     drop(echo);
@@ -596,6 +657,81 @@ fn bench_calls(
         protocol,
         foreign_cores,
         loadavg,
+    })
+}
+
+// ---------------------------------------------------------- observability
+
+/// What the gateway's own bookkeeping costs per tool call, measured in
+/// this process on the gateway's code (no network, nothing else running):
+/// the metrics alone, then metrics and an audit line written to a file.
+struct ObservabilityResults {
+    calls: u32,
+    metrics_us: f64,
+    metrics_audit_us: f64,
+    audit_lines: usize,
+}
+
+fn bench_observability(work: &Path) -> Result<ObservabilityResults, String> {
+    use flotilla::gateway::audit::{AuditLog, AuditSettings};
+    use flotilla::gateway::call_record::{CallRecord, Observer};
+    use flotilla::gateway::metrics::{CallTarget, Metrics, Outcome};
+    const CALLS: u32 = 200_000;
+    const BATCH: u32 = 10_000;
+    log("observability: metrics and audit cost per call, in process");
+    let target = CallTarget {
+        tool: "x_kubernetes_list_pods".into(),
+        upstream_tool: "list_pods".into(),
+        family: "kubernetes".into(),
+        server: "cluster-a-mcp-kubernetes".into(),
+        instance: "cluster-a".into(),
+    };
+    let arguments = serde_json::json!({"management_cluster": "cluster-a", "namespace": "default"});
+    let arguments = arguments.as_object().cloned();
+    let run = |observer: &Observer| {
+        let before = procs::self_cpu_us();
+        for batch in 0..CALLS / BATCH {
+            for _ in 0..BATCH {
+                CallRecord::start(observer, &target.tool, None, arguments.as_ref())
+                    .to(target.clone())
+                    .finish(Outcome::Ok);
+            }
+            // Let the writer keep up, so no line is dropped (and its work is counted).
+            while observer.audit.queued() > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = batch;
+        }
+        (procs::self_cpu_us() - before) as f64 / f64::from(CALLS)
+    };
+    let metrics = Arc::new(Metrics::default());
+    let metrics_us = run(&Observer {
+        metrics: metrics.clone(),
+        audit: Arc::new(AuditLog::off()),
+    });
+    let file = work.join("bench-audit.log");
+    let audit = AuditLog::start(
+        &AuditSettings {
+            enabled: true,
+            file: Some(file.clone()),
+            include_arguments: false,
+        },
+        metrics.audit_dropped.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let metrics_audit_us = run(&Observer {
+        metrics,
+        audit: Arc::new(audit),
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let audit_lines = std::fs::read_to_string(&file)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    Ok(ObservabilityResults {
+        calls: CALLS,
+        metrics_us,
+        metrics_audit_us,
+        audit_lines,
     })
 }
 
@@ -883,6 +1019,43 @@ fn verdict_max(value: f64, goal: f64, unit: &str, fmt: impl Fn(f64) -> String) -
             value / goal
         )
     }
+}
+
+/// The observability section: in-process cost per call, and what the
+/// audit log and trace export add to the gateway's CPU per call under load.
+fn report_observability(md: &mut String, calls: &CallResults, o: &ObservabilityResults) {
+    let cpu = |name: &str| {
+        calls
+            .targets
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.acc.load_proxy_us as f64 / t.acc.load_calls.max(1) as f64)
+    };
+    let _ = writeln!(md, "\n### Observability cost per tool call\n");
+    let _ = writeln!(
+        md,
+        "| What | CPU per call | target |\n|---|---:|---|\n| metrics (in process, {} calls) | {:.2} µs | |\n| metrics + audit line to a file (in process; {} lines written) | {:.2} µs | {} |",
+        o.calls,
+        o.metrics_us,
+        o.audit_lines,
+        o.metrics_audit_us,
+        verdict_max(o.metrics_audit_us, 5.0, "µs", |v| format!("{v:.2}")),
+    );
+    if let (Some(on), Some(off)) = (cpu("flotilla"), cpu("flotilla, audit off")) {
+        let _ = writeln!(
+            md,
+            "| audit log, end to end (gateway CPU/call under load, audit on - off) | {:.1} µs | |",
+            on - off
+        );
+    }
+    if let (Some(traced), Some(plain)) = (cpu("flotilla, traced"), cpu("flotilla")) {
+        let _ = writeln!(
+            md,
+            "| trace export over OTLP, end to end (traced - not) | {:.1} µs | |",
+            traced - plain
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn report(
@@ -1330,7 +1503,10 @@ fn run() -> Result<(), String> {
         let calls = bench_calls(&cfg, &rt, &http, &bin, work.path())?;
         let list = bench_list(&cfg, &rt, &http, &bin, work.path())?;
         let mut fleet = bench_fleet(&cfg, &rt, &http, &bin, work.path())?;
-        Ok::<_, String>(report(&cfg, &calls, &list, &mut fleet, &bin, &provenance))
+        let observability = bench_observability(work.path())?;
+        let mut md = report(&cfg, &calls, &list, &mut fleet, &bin, &provenance);
+        report_observability(&mut md, &calls, &observability);
+        Ok::<_, String>(md)
     })();
     if keep || result.is_err() {
         let path = work.keep();

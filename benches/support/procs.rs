@@ -379,7 +379,12 @@ pub fn start_nginx(bin: &Path, dir: &Path, upstream_port: u16) -> Result<(Proc, 
         keepalive_requests 1000000;
     }}"
     );
-    let location = r#"location / {
+    // Also a trace sink: the traced gateway's OTLP exports are answered
+    // 200 and dropped.
+    let location = r#"location = /v1/traces {
+            return 200;
+        }
+        location / {
             proxy_pass http://echo_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";

@@ -168,6 +168,13 @@ impl AuditLog {
         self.queue.is_some()
     }
 
+    /// Lines queued and not yet handed to the writer.
+    pub fn queued(&self) -> usize {
+        self.queue
+            .as_ref()
+            .map_or(0, |queue| queue.max_capacity() - queue.capacity())
+    }
+
     pub fn include_arguments(&self) -> bool {
         self.include_arguments
     }

@@ -3,7 +3,7 @@
 
 pub mod audit;
 mod auth_status;
-mod call_record;
+pub mod call_record;
 mod edge;
 mod envelope;
 mod fanout;

@@ -137,7 +137,7 @@ async fn one_login_reaches_three_sso_servers_each_with_the_right_token() {
     erin.cancel().await.ok();
     client.cancel().await.ok();
     assert_absent(
-        &world.gateway_log(),
+        &(world.gateway_log() + &world.audit_log()),
         &[
             &login.access_token,
             &login.refresh_token,
@@ -150,6 +150,24 @@ async fn one_login_reaches_three_sso_servers_each_with_the_right_token() {
             SEALING_KEY,
         ],
     );
+    // The audit log (checked above for every token and secret) names each
+    // caller by issuer and subject.
+    let audit: Vec<Value> = world
+        .audit_log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["kind"] == "tool_call")
+        .collect();
+    let by = |subject: &str, tool: &str| {
+        audit.iter().any(|line| {
+            line["caller"]["subject"] == subject
+                && line["caller"]["issuer"] == world.central.issuer.as_str()
+                && line["tool"] == tool
+                && line["outcome"] == "ok"
+        })
+    };
+    assert!(by("alice", "x_cluster-a-echo_auth_header"), "{audit:#?}");
+    assert!(by("erin", "x_cluster-b-echo_auth_header"), "{audit:#?}");
 }
 
 /// An ID token straight from the central provider (auth code + PKCE).

@@ -218,7 +218,10 @@ fn python_sdk_oauth_client_logs_in_by_itself_and_reaches_the_sso_fleet() {
         std::fs::copy(world.logs.path().join(file), short_dir.path().join(file)).unwrap();
     }
     let mut config = std::fs::read_to_string(&world.config).unwrap();
-    assert!(config.starts_with("auth:\n"), "{config}");
+    assert!(
+        config.contains("\nauth:\n"),
+        "auth: is the last section: {config}"
+    );
     config.push_str("  accessTokenLifetimeSeconds: 4\n");
     let short_config = short_dir.path().join("flotilla.yaml");
     std::fs::write(&short_config, config).unwrap();

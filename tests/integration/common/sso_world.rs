@@ -189,13 +189,21 @@ impl World {
     pub fn gateway_log(&self) -> String {
         self.gateway.proc.log_text()
     }
+
+    /// The gateway's audit log (`audit.file` beside its config), one JSON line per call.
+    pub fn audit_log(&self) -> String {
+        let dir = self.config.parent().expect("the config's directory");
+        std::fs::read_to_string(dir.join("audit.log")).unwrap_or_default()
+    }
 }
 
 pub fn dex_c_issuer(dex: &Idp) -> String {
     dex.issuer.clone()
 }
 
-/// The gateway's config file: SSO against `central`, a shared sealing key.
+/// The gateway's config file: SSO against `central`, a shared sealing key,
+/// the audit log in `audit.log`; `auth:` comes last, so tests can append
+/// settings of it.
 pub fn write_config(
     dir: &Path,
     central: &Idp,
@@ -208,7 +216,7 @@ pub fn write_config(
     std::fs::write(
         &config,
         format!(
-            "auth:\n  oidc:\n    issuer: {}\n    clientId: flotilla\n    clientSecretFile: oidc-secret\n  sealingKeyFile: sealing-key\n  allowLoopbackHttpClientMetadata: true\n  trustedIssuers:\n    - issuer: {}\n      audiences: [direct]\n  tokenCache: {token_cache}\n  userSessions: {user_sessions}\n",
+            "audit:\n  file: audit.log\nauth:\n  oidc:\n    issuer: {}\n    clientId: flotilla\n    clientSecretFile: oidc-secret\n  sealingKeyFile: sealing-key\n  allowLoopbackHttpClientMetadata: true\n  trustedIssuers:\n    - issuer: {}\n      audiences: [direct]\n  tokenCache: {token_cache}\n  userSessions: {user_sessions}\n",
             central.issuer, central.issuer
         ),
     )
