@@ -165,38 +165,36 @@ async fn prometheus_counts_each_call_by_tool_instance_and_outcome_and_sees_an_up
     );
 
     let (_prometheus, api) = prometheus(&format!("127.0.0.1:{}", gateway.port), &dir);
-    wait_query(
-        &api,
-        r#"sum by (family_instance) (flotilla_tool_calls_total{tool="x_kubernetes_cluster_info",outcome="ok"})"#,
-        "family_instance",
-        &[("alpha", 4.0), ("beta", 1.0)],
-    )
-    .await;
-    wait_query(
-        &api,
-        r#"sum by (outcome) (flotilla_tool_calls_total{server="py"})"#,
-        "outcome",
-        &[("ok", 3.0), ("tool_error", 1.0)],
-    )
-    .await;
-    wait_query(
-        &api,
-        r#"flotilla_fanout_width_count{tool="x_kubernetes_cluster_info"}"#,
-        "tool",
-        &[("x_kubernetes_cluster_info", 1.0)],
-    )
-    .await;
-    wait_query(
-        &api,
-        r#"flotilla_upstream_up{job="flotilla"}"#,
-        "server",
-        &[
-            ("alpha-mcp-kubernetes", 1.0),
-            ("beta-mcp-kubernetes", 1.0),
-            ("py", 1.0),
-        ],
-    )
-    .await;
+    // What Prometheus scraped: PromQL, the label it groups by, the samples.
+    let expected: [(&str, &str, &[(&str, f64)]); 4] = [
+        (
+            r#"sum by (family_instance) (flotilla_tool_calls_total{tool="x_kubernetes_cluster_info",outcome="ok"})"#,
+            "family_instance",
+            &[("alpha", 4.0), ("beta", 1.0)],
+        ),
+        (
+            r#"sum by (outcome) (flotilla_tool_calls_total{server="py"})"#,
+            "outcome",
+            &[("ok", 3.0), ("tool_error", 1.0)],
+        ),
+        (
+            r#"flotilla_fanout_width_count{tool="x_kubernetes_cluster_info"}"#,
+            "tool",
+            &[("x_kubernetes_cluster_info", 1.0)],
+        ),
+        (
+            r#"flotilla_upstream_up{job="flotilla"}"#,
+            "server",
+            &[
+                ("alpha-mcp-kubernetes", 1.0),
+                ("beta-mcp-kubernetes", 1.0),
+                ("py", 1.0),
+            ],
+        ),
+    ];
+    for (promql, by, want) in expected {
+        wait_query(&api, promql, by, want).await;
+    }
 
     py.kill();
     wait_query(
