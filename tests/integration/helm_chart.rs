@@ -91,6 +91,37 @@ impl Manifests {
         strings(&self.container()["args"])
     }
 
+    /// The pod template's annotations.
+    fn pod_annotations(&self) -> &Value {
+        &self.deployment()["spec"]["template"]["metadata"]["annotations"]
+    }
+
+    /// The pod's volume named `name`, if any.
+    fn volume(&self, name: &str) -> Option<&Value> {
+        self.deployment()["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == name)
+    }
+
+    /// The container's mount of volume `name`, if any.
+    fn mount(&self, name: &str) -> Option<&Value> {
+        self.container()["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts")
+            .iter()
+            .find(|v| v["name"] == name)
+    }
+
+    /// The gateway's config file from the ConfigMap, parsed by the binary's
+    /// own parser (it denies unknown keys).
+    fn config_file(&self) -> flotilla::config::ConfigFile {
+        let text = str_of(&self.one("ConfigMap")["data"]["config.yaml"]);
+        serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("flotilla rejects the chart's config.yaml: {e}\n{text}"))
+    }
+
     /// (namespace, rules) of every Role/ClusterRole granting `resource`.
     fn grants(&self, kind: &str, group: &str, resource: &str) -> Vec<(String, Vec<String>)> {
         self.of_kind(kind)
@@ -188,8 +219,24 @@ fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_feature_on() {
         "config.publicUrl=https://mcp.example.com,config.allowedHosts={mcp.example.com}",
         "--set",
         "podDisruptionBudget.maxUnavailable=1",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.namespace=monitoring,metrics.serviceMonitor.labels.release=prometheus",
+        "--set",
+        "tracing.otlpEndpoint=http://otel-collector.observability:4318,tracing.sampleRatio=0.5",
+        "--set",
+        "audit.file=/var/log/flotilla/audit.log,audit.includeArguments=true,audit.persistence.existingClaim=flotilla-audit",
     ])
     .unwrap_or_else(|e| panic!("lint (all features):\n{e}"));
+    helm(&[
+        "--lint-only",
+        "--set",
+        "metrics.annotations.enabled=false,metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.interval=,metrics.serviceMonitor.scrapeTimeout=",
+        "--set",
+        "audit.enabled=false,audit.file=/var/log/flotilla/audit.log,audit.persistence.sizeLimit=1Gi",
+    ])
+    .unwrap_or_else(|e| panic!("lint (metrics and audit variants):\n{e}"));
 }
 
 #[test]
@@ -377,6 +424,241 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
     assert!(
         error.contains("existingSecret") || error.contains("issuer"),
         "{error}"
+    );
+}
+
+#[test]
+fn tracing_and_audit_values_reach_the_config_file_the_gateway_accepts() {
+    let m = render(&[
+        "--set",
+        "tracing.otlpEndpoint=http://otel-collector.observability:4318,tracing.serviceName=flotilla-prod",
+        "--set",
+        "tracing.sampleRatio=0.25",
+        "--set",
+        "audit.enabled=false,audit.includeArguments=true,audit.file=/var/log/flotilla/audit.log",
+    ]);
+    let parsed = m.config_file();
+    let tracing = parsed.tracing.expect("tracing section");
+    assert_eq!(
+        tracing.otlp_endpoint.as_deref(),
+        Some("http://otel-collector.observability:4318")
+    );
+    assert_eq!(tracing.service_name.as_deref(), Some("flotilla-prod"));
+    assert_eq!(tracing.sample_ratio, Some(0.25));
+    // The gateway's own checks (URL scheme, ratio range) accept it.
+    let settings = tracing
+        .resolve()
+        .expect("the gateway accepts the tracing section")
+        .expect("export on");
+    assert_eq!(settings.sample_ratio, 0.25);
+    let audit = parsed.audit.expect("audit section");
+    assert_eq!(audit.enabled, Some(false));
+    assert_eq!(audit.include_arguments, Some(true));
+    assert_eq!(
+        audit.file.as_deref(),
+        Some(std::path::Path::new("/var/log/flotilla/audit.log"))
+    );
+
+    // Defaults: no tracing section (export off), audit on to stdout.
+    let parsed = render(&[]).config_file();
+    assert!(parsed.tracing.is_none());
+    let audit = parsed.audit.expect("audit section");
+    assert_eq!(audit.enabled, Some(true));
+    assert_eq!(audit.include_arguments, Some(false));
+    assert!(audit.file.is_none());
+
+    // An endpoint alone: the default name and ratio (1.0, which Helm writes as 1).
+    let parsed = render(&["--set", "tracing.otlpEndpoint=https://otel.example.com"]).config_file();
+    let settings = parsed
+        .tracing
+        .expect("tracing section")
+        .resolve()
+        .expect("accepted")
+        .expect("export on");
+    assert_eq!(settings.service_name, "flotilla");
+    assert_eq!(settings.sample_ratio, 1.0);
+}
+
+#[test]
+fn an_audit_file_gets_a_writable_volume_at_its_directory() {
+    let defaults = render(&[]);
+    assert!(defaults.volume("audit").is_none() && defaults.mount("audit").is_none());
+
+    // emptyDir by default (the root filesystem is read-only).
+    let m = render(&["--set", "audit.file=/var/log/flotilla/audit.log"]);
+    assert_eq!(
+        m.container()["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    let mount = m.mount("audit").expect("audit mount");
+    assert_eq!(mount["mountPath"], "/var/log/flotilla");
+    assert!(
+        mount["readOnly"].is_null() || mount["readOnly"] == false,
+        "{mount:?}"
+    );
+    let volume = m.volume("audit").expect("audit volume");
+    assert!(volume["emptyDir"].is_object(), "{volume:?}");
+    assert!(volume["emptyDir"]["sizeLimit"].is_null());
+    let paths: Vec<_> = m.container()["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| str_of(&v["mountPath"]))
+        .collect();
+    assert_eq!(
+        paths.iter().collect::<BTreeSet<_>>().len(),
+        paths.len(),
+        "{paths:?}"
+    );
+    let sized = render(&[
+        "--set",
+        "audit.file=/var/log/flotilla/audit.log,audit.persistence.sizeLimit=1Gi",
+    ]);
+    assert_eq!(
+        sized.volume("audit").unwrap()["emptyDir"]["sizeLimit"],
+        "1Gi"
+    );
+
+    // An existing claim instead.
+    let m = render(&[
+        "--set",
+        "audit.file=/audit/calls.jsonl,audit.persistence.existingClaim=flotilla-audit",
+    ]);
+    let volume = m.volume("audit").expect("audit volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        "flotilla-audit"
+    );
+    assert!(volume["emptyDir"].is_null());
+    assert_eq!(
+        m.mount("audit").expect("audit mount")["mountPath"],
+        "/audit"
+    );
+
+    // A directory that would hide the chart's mounts or the image's files
+    // (here /tmp, the config, the binary) is refused, with the reason.
+    for file in [
+        "/tmp/audit.log",
+        "/etc/flotilla/audit.log",
+        "/usr/local/bin/audit.log",
+    ] {
+        let error = helm(&["--set", &format!("audit.file={file}")])
+            .err()
+            .unwrap_or_else(|| panic!("audit.file={file} accepted"));
+        assert!(error.contains("audit.file"), "{error}");
+    }
+}
+
+#[test]
+fn pods_carry_prometheus_scrape_annotations_unless_disabled() {
+    let m = render(&[]);
+    let ann = m.pod_annotations();
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    // The container port that serves /metrics (the same as /mcp).
+    let port = &m.container()["ports"][0];
+    assert_eq!(port["name"], "http");
+    assert_eq!(ann["prometheus.io/port"], str_of(&port["containerPort"]));
+    assert!(ann["checksum/config"].is_string());
+
+    let moved = render(&["--set", "port=9090"]);
+    assert_eq!(moved.pod_annotations()["prometheus.io/port"], "9090");
+
+    let off = render(&["--set", "metrics.annotations.enabled=false"]);
+    let ann = off.pod_annotations();
+    for key in [
+        "prometheus.io/scrape",
+        "prometheus.io/port",
+        "prometheus.io/path",
+    ] {
+        assert!(
+            ann[key].is_null(),
+            "{key} with annotations disabled: {ann:?}"
+        );
+    }
+    assert!(ann["checksum/config"].is_string());
+
+    // podAnnotations win key by key, without duplicate keys.
+    let over = render(&[
+        "--set-string",
+        "podAnnotations.prometheus\\.io/scrape=false,podAnnotations.team=mcp",
+    ]);
+    let ann = over.pod_annotations();
+    assert_eq!(ann["prometheus.io/scrape"], "false");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    assert_eq!(ann["team"], "mcp");
+}
+
+#[test]
+fn the_service_monitor_is_absent_by_default_and_scrapes_the_services_http_port_when_enabled() {
+    assert!(render(&[]).of_kind("ServiceMonitor").is_empty());
+
+    let m = render(&[
+        "--namespace",
+        "ops",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prometheus",
+        "--set",
+        "metrics.serviceMonitor.interval=15s,metrics.serviceMonitor.scrapeTimeout=5s",
+    ]);
+    let sm = m.one("ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["metadata"]["namespace"], "ops");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        sm["metadata"]["labels"]["app.kubernetes.io/name"],
+        "flotilla"
+    );
+    assert_eq!(
+        strings(&sm["spec"]["namespaceSelector"]["matchNames"]),
+        ["ops"]
+    );
+
+    // It selects the chart's Service (and only by labels that Service has)...
+    let svc = m.one("Service");
+    let matches = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(!matches.is_empty());
+    for (k, v) in matches {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "selector {k:?}");
+    }
+    // ...on a port name the Service has, which leads to the container's port.
+    let endpoints = sm["spec"]["endpoints"].as_array().expect("endpoints");
+    assert_eq!(endpoints.len(), 1);
+    let ep = &endpoints[0];
+    let port = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == ep["port"])
+        .unwrap_or_else(|| panic!("the Service has no port named {:?}", ep["port"]));
+    assert_eq!(port["targetPort"], m.container()["ports"][0]["name"]);
+    assert_eq!(ep["path"], "/metrics");
+    assert_eq!(ep["honorLabels"], false);
+    assert_eq!(ep["interval"], "15s");
+    assert_eq!(ep["scrapeTimeout"], "5s");
+
+    // In another namespace, it still looks for the Service in the release's.
+    let elsewhere = render(&[
+        "--namespace",
+        "ops",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.namespace=monitoring",
+        "--set",
+        "metrics.serviceMonitor.interval=,metrics.serviceMonitor.scrapeTimeout=",
+    ]);
+    let sm = elsewhere.one("ServiceMonitor");
+    assert_eq!(sm["metadata"]["namespace"], "monitoring");
+    assert_eq!(
+        strings(&sm["spec"]["namespaceSelector"]["matchNames"]),
+        ["ops"]
+    );
+    // Empty interval and timeout: Prometheus' own defaults.
+    let ep = &sm["spec"]["endpoints"][0];
+    assert!(
+        ep["interval"].is_null() && ep["scrapeTimeout"].is_null(),
+        "{ep:?}"
     );
 }
 
@@ -637,6 +919,17 @@ fn values_schema_rejects_bad_values() {
             &["--set", "securityContext.runAsNonRoot=false"][..],
             "runAsNonRoot",
         ),
+        (
+            &["--set", "tracing.otlpEndpoint=otel-collector:4318"][..],
+            "otlpEndpoint",
+        ),
+        (&["--set", "tracing.sampleRatio=1.5"][..], "sampleRatio"),
+        (&["--set", "audit.file=audit.log"][..], "audit/file"),
+        (
+            &["--set", "metrics.serviceMonitor.interval=soon"][..],
+            "interval",
+        ),
+        (&["--set", "metrics.scrape=true"][..], "scrape"),
     ] {
         // Both `helm lint` and the install-time schema check refuse them.
         let lint = helm(args).expect_err(&format!("lint accepted {args:?}"));

@@ -86,7 +86,53 @@ ingress host when the Ingress is enabled.
 {{- end }}
 {{- $_ := set $out "auth" $auth }}
 {{- end }}
+{{- $t := .Values.tracing }}
+{{- if $t.otlpEndpoint }}
+{{- $_ := set $out "tracing" (dict "otlpEndpoint" $t.otlpEndpoint "serviceName" $t.serviceName "sampleRatio" ($t.sampleRatio | float64)) }}
+{{- end }}
+{{- $au := .Values.audit }}
+{{- $audit := dict "enabled" $au.enabled "includeArguments" $au.includeArguments }}
+{{- if $au.file }}
+{{- $_ := set $audit "file" $au.file }}
+{{- end }}
+{{- $_ := set $out "audit" $audit }}
 {{- toYaml $out }}
+{{- end }}
+
+{{/*
+The directory of audit.file, mounted writable (the root filesystem is
+read-only). A volume there hides what the image or the chart put there, so
+the chart's own mounts (/tmp, /etc/flotilla, /etc/flotilla-auth) and the
+system trees (/etc holds the CA certificates, /usr the binary) are refused.
+*/}}
+{{- define "flotilla.auditDir" -}}
+{{- $dir := dir .Values.audit.file }}
+{{- $refused := has $dir (list "/" "/tmp") }}
+{{- range list "/etc" "/usr" "/bin" "/sbin" "/lib" "/lib64" "/proc" "/sys" "/dev" }}
+{{- if or (eq $dir .) (hasPrefix (printf "%s/" .) $dir) }}
+{{- $refused = true }}
+{{- end }}
+{{- end }}
+{{- if $refused }}
+{{- fail (printf "audit.file %q: its directory %s cannot be the audit volume (it would hide the chart's mounts or the image's files); use a directory of its own, e.g. /var/log/flotilla/audit.log" .Values.audit.file $dir) }}
+{{- end }}
+{{- $dir }}
+{{- end }}
+
+{{/*
+The pod's annotations: the Prometheus scrape hints (metrics.annotations),
+overridden key by key by podAnnotations, and the config checksum.
+*/}}
+{{- define "flotilla.podAnnotations" -}}
+{{- $ann := dict }}
+{{- if .Values.metrics.annotations.enabled }}
+{{- $_ := set $ann "prometheus.io/scrape" "true" }}
+{{- $_ := set $ann "prometheus.io/port" (toString .Values.port) }}
+{{- $_ := set $ann "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $ann = mergeOverwrite $ann (deepCopy (.Values.podAnnotations | default dict)) }}
+{{- $_ := set $ann "checksum/config" (include "flotilla.config" . | sha256sum) }}
+{{- toYaml $ann }}
 {{- end }}
 
 {{/* The rules for MCPServers and Events, shared by the ClusterRole and the per-namespace Roles. */}}
