@@ -8,6 +8,7 @@ mod edge;
 mod envelope;
 mod fanout;
 mod fast_list;
+mod fleet_page;
 mod forward;
 mod handler;
 mod http;
@@ -23,6 +24,7 @@ pub mod scrape;
 mod settings;
 mod state;
 pub mod status;
+pub mod tool_tally;
 mod user_view;
 mod view;
 
