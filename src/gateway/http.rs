@@ -1,7 +1,7 @@
 //! The HTTP surface: `/mcp` (the transport checks of `edge`, then rmcp's
 //! Streamable HTTP service: sessions for 2025 clients, stateless for
-//! 2026-07-28 ones), `/healthz`, `/readyz` and
-//! `/status`, and with auth on, `/auth/status` and the authorization
+//! 2026-07-28 ones), `/healthz`, `/readyz`,
+//! `/status` and `/ui` (the fleet page), and with auth on, `/auth/status` and the authorization
 //! server's routes (`/.well-known/...`, `/oauth/...`). The listener sets TCP_NODELAY on every accepted socket.
 
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
+use super::fleet_page;
 use super::handler::GatewayHandler;
 use super::input_wait::WaitingCalls;
 use super::listener::HttpLimits;
@@ -91,6 +92,7 @@ pub fn router(
     let routes = Router::new()
         .nest_service("/mcp", mcp)
         .route("/status", get(status))
+        .route("/ui", get(fleet_ui))
         .route("/auth/status", get(auth_status_report))
         .with_state(app_state.clone());
     let routes = match auth {
@@ -224,6 +226,32 @@ async fn status(State(app): State<AppState>, headers: HeaderMap) -> Response {
         return auth.unauthorized(&rejection);
     }
     Json(fleet_report(&app.gateway)).into_response()
+}
+
+/// What the fleet page may do in a browser: show itself with its own inline
+/// styles, nothing else (no script, no image, no frame, no form).
+const PAGE_HEADERS: [(&str, &str); 6] = [
+    ("content-type", "text/html; charset=utf-8"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("cache-control", "no-store"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+];
+
+/// `GET /ui`: the fleet page (`fleet_page.rs`), for the same callers as
+/// `/status` and answered as `/status` answers anyone else.
+async fn fleet_ui(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(auth) = &app.auth
+        && let Err(rejection) = auth.authenticate(&headers).await
+    {
+        return auth.unauthorized(&rejection);
+    }
+    let html = fleet_page::render(&fleet_page::collect(&app.gateway));
+    (PAGE_HEADERS, html).into_response()
 }
 
 fn fleet_report(state: &GatewayState) -> FleetReport {

@@ -16,6 +16,9 @@
 //! | `flotilla_request_body_timeouts_total` | counter | | request bodies not received within `limits.bodyReadTimeoutSeconds` |
 //! | `flotilla_audit_lines_dropped_total` | counter | | audit lines dropped because the writer fell behind |
 //!
+//! Each tool call is also counted per exposed tool in `tally` (see
+//! `tool_tally.rs`), which the fleet page reads back.
+//!
 //! Read at each scrape from the fleet, the catalog, the token cache and the
 //! Kubernetes source: see `scrape.rs`.
 //!
@@ -40,6 +43,8 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::tool_tally::ToolTally;
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -88,6 +93,19 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::InputRequired => "input_required",
         }
+    }
+}
+
+impl Outcome {
+    /// Whether the call counts as an error on the fleet page: it did not do
+    /// its work for a reason on the tool's or the fleet's side. A client that
+    /// cancelled, and a tool that asked the client for input, are calls but
+    /// not errors.
+    pub fn is_error(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Ok | Outcome::Cancelled | Outcome::InputRequired
+        )
     }
 }
 
@@ -185,6 +203,8 @@ pub struct Metrics {
     fanout_calls: Family<ToolLabel, Counter>,
     fanout_width: Family<ToolLabel, Histogram, Buckets>,
     requests: Family<MethodLabel, Counter>,
+    /// The same tool calls per exposed tool, readable back (the fleet page).
+    pub tally: ToolTally,
 }
 
 impl Default for Metrics {
@@ -263,6 +283,7 @@ impl Default for Metrics {
             fanout_calls,
             fanout_width,
             requests,
+            tally: ToolTally::default(),
         }
     }
 }
@@ -327,6 +348,7 @@ impl Metrics {
         self.tool_call_seconds
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+        self.tally.record(&target.tool, outcome.is_error(), took);
     }
 
     /// One fan-out call of `tool` reached `width` instances.
@@ -389,5 +411,37 @@ mod tests {
         );
         assert!(text.contains("flotilla_client_sessions 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn errors_are_outcomes_other_than_ok_cancelled_and_input_required() {
+        for (outcome, error) in [
+            (Outcome::Ok, false),
+            (Outcome::Cancelled, false),
+            (Outcome::InputRequired, false),
+            (Outcome::ToolError, true),
+            (Outcome::ProtocolError, true),
+            (Outcome::Timeout, true),
+            (Outcome::Unavailable, true),
+            (Outcome::Denied, true),
+        ] {
+            assert_eq!(outcome.is_error(), error, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn tool_calls_reach_the_per_tool_tally() {
+        let metrics = Metrics::default();
+        let target = CallTarget {
+            tool: "x_a".into(),
+            ..CallTarget::default()
+        };
+        metrics.tool_call(&target, Outcome::Ok, Duration::from_millis(1));
+        metrics.tool_call(&target, Outcome::Timeout, Duration::from_millis(3));
+        metrics.tool_call(&target, Outcome::Cancelled, Duration::from_millis(2));
+        let snapshot = metrics.tally.snapshot();
+        assert_eq!(snapshot.tools.len(), 1);
+        let counts = snapshot.tools[0].total;
+        assert_eq!((counts.calls, counts.errors), (3, 1));
     }
 }

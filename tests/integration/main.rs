@@ -22,4 +22,5 @@ mod observability;
 mod relay;
 mod sso;
 mod sso_clients;
+mod ui;
 mod upstream_sessions;

@@ -674,6 +674,22 @@ async fn a_users_idle_sessions_close_and_reopen_on_use_without_a_new_exchange() 
     let anonymous = http.get(&status_url).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("www-authenticate"));
+    // So is the fleet page, refused with the same answer.
+    let ui_url = format!("{}/ui", world.base());
+    let anonymous_ui = http.get(&ui_url).send().await.unwrap();
+    assert_eq!(anonymous_ui.status(), 401);
+    assert_eq!(
+        anonymous_ui.headers().get("www-authenticate"),
+        anonymous.headers().get("www-authenticate")
+    );
+    let page = http
+        .get(&ui_url)
+        .bearer_auth(&login.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Flotilla fleet"));
     // The authorization server's routes check Host like /mcp does.
     let metadata = format!("{}/.well-known/oauth-authorization-server", world.base());
     let foreign = http

