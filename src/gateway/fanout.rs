@@ -145,7 +145,7 @@ async fn call_member(
     };
     let span = trace::upstream_span(
         parent,
-        server,
+        &upstream,
         Some(&member.instance),
         "tools/call",
         Some(&route.tool),

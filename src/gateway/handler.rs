@@ -222,13 +222,7 @@ impl ServerHandler for GatewayHandler {
             .to(plain_target(&request.name, route));
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
-        let span = trace::upstream_span(
-            &parent,
-            &route.server,
-            None,
-            "tools/call",
-            Some(&route.name),
-        );
+        let span = trace::upstream_span(&parent, &upstream, None, "tools/call", Some(&route.name));
         if let Some(headers) = trace::outgoing(&span) {
             trace::into_meta(&mut request.meta, &headers);
         }

@@ -19,6 +19,7 @@ use rand::Rng as _;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::fleet::Upstream;
 use crate::fleet::wire::TraceHeaders;
 
 /// The trace one request belongs to, in its extensions for the handlers
@@ -104,10 +105,10 @@ pub fn request_span(
     (span.clone(), RequestTrace { trace_id, span })
 }
 
-/// A child span of `parent` (the request's) for one upstream call.
+/// A child span of `parent` (the request's) for one call to `upstream`.
 pub fn upstream_span(
     parent: &Span,
-    server: &str,
+    upstream: &Upstream,
     instance: Option<&str>,
     method: &str,
     tool: Option<&str>,
@@ -116,6 +117,8 @@ pub fn upstream_span(
         Some(tool) => format!("{method} {tool}"),
         None => method.to_string(),
     };
+    let url = upstream.desired().spec.url.clone();
+    let (host, port) = url.as_deref().map(host_and_port).unwrap_or_default();
     tracing::info_span!(
         parent: parent,
         "mcp.upstream",
@@ -123,9 +126,39 @@ pub fn upstream_span(
         otel.kind = "client",
         mcp.method.name = method,
         gen_ai.tool.name = tool,
-        flotilla.server = server,
+        server.address = host,
+        server.port = port.map(i64::from),
+        flotilla.server = &*upstream.name,
         flotilla.instance = instance,
     )
+}
+
+/// Host and port of an upstream URL (`server.address`, `server.port`),
+/// without parsing it whole; the scheme's default port when none is given.
+fn host_and_port(url: &str) -> (Option<&str>, Option<u16>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (None, None);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = match authority.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => match v6.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (v6, None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port.and_then(|p| p.parse().ok()) {
+        Some(port) => Some(port),
+        None if scheme.eq_ignore_ascii_case("https") => Some(443),
+        None if scheme.eq_ignore_ascii_case("http") => Some(80),
+        None => None,
+    };
+    ((!host.is_empty()).then_some(host), port)
 }
 
 /// The trace context to send upstream for `span`; `None` while trace
@@ -198,7 +231,24 @@ mod tests {
 
     #[test]
     fn nothing_goes_upstream_while_export_is_off() {
-        let span = upstream_span(&Span::none(), "py", None, "tools/call", Some("add"));
+        let span = tracing::info_span!("mcp.upstream");
         assert_eq!(outgoing(&span), None);
+    }
+
+    #[test]
+    fn an_upstream_url_gives_its_host_and_port() {
+        assert_eq!(
+            host_and_port("http://127.0.0.1:8081/mcp"),
+            (Some("127.0.0.1"), Some(8081))
+        );
+        assert_eq!(
+            host_and_port("https://mcp.cluster-a.example/mcp?x=1"),
+            (Some("mcp.cluster-a.example"), Some(443))
+        );
+        assert_eq!(
+            host_and_port("http://user:pw@[::1]:9000/"),
+            (Some("::1"), Some(9000))
+        );
+        assert_eq!(host_and_port("not a url"), (None, None));
     }
 }

@@ -67,6 +67,10 @@ async fn query(api: &str, promql: &str) -> Vec<(Value, f64)> {
         .unwrap_or_default()
 }
 
+/// A PromQL query, the label its result is told apart by, and the samples
+/// wanted (label value -> sample).
+type Expectation = (&'static str, &'static str, &'static [(&'static str, f64)]);
+
 /// Waits until `promql` yields `want` (label value of `by` -> sample).
 async fn wait_query(api: &str, promql: &str, by: &str, want: &[(&str, f64)]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -166,7 +170,7 @@ async fn prometheus_counts_each_call_by_tool_instance_and_outcome_and_sees_an_up
 
     let (_prometheus, api) = prometheus(&format!("127.0.0.1:{}", gateway.port), &dir);
     // What Prometheus scraped: PromQL, the label it groups by, the samples.
-    let expected: [(&str, &str, &[(&str, f64)]); 4] = [
+    let expected: [Expectation; 4] = [
         (
             r#"sum by (family_instance) (flotilla_tool_calls_total{tool="x_kubernetes_cluster_info",outcome="ok"})"#,
             "family_instance",
@@ -399,6 +403,14 @@ async fn traces_continue_the_clients_and_reach_the_collector_and_the_upstream() 
     assert_eq!(upstream["parent_span_id"], server["span_id"]);
     assert_eq!(upstream["span_id"], parts[2]);
     assert_eq!(upstream["attributes"]["flotilla.server"], "py");
+    assert_eq!(upstream["attributes"]["server.address"], "127.0.0.1");
+    let py_port: u16 = py_url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the py server's port");
+    assert_eq!(upstream["attributes"]["server.port"], py_port);
     assert_eq!(upstream["attributes"]["gen_ai.tool.name"], "trace_context");
 
     // Trace B: one client span per instance, both under the server span.

@@ -102,13 +102,7 @@ pub(super) async fn relay_call(
     if let (Some(trace), Some(counted)) = (request_trace, &target.counted) {
         trace.tool(&counted.tool);
     }
-    let span = trace::upstream_span(
-        &parent,
-        &target.server,
-        target.instance,
-        method,
-        target.name,
-    );
+    let span = trace::upstream_span(&parent, &upstream, target.instance, method, target.name);
     let trace_headers = trace::outgoing(&span);
     let outgoing = message::Outgoing {
         trace: trace_headers.as_ref(),
