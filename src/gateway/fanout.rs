@@ -21,7 +21,7 @@ use super::call_record::{CallRecord, member_target, outcome_of, outcome_of_resul
 use super::forward::{call_response, forward};
 use super::metrics::Outcome;
 use super::settings::FanOutSettings;
-use super::trace;
+use super::trace::{self, RequestTrace};
 use super::view::View;
 use crate::catalog::FamilyTool;
 use crate::catalog::family::Instance;
@@ -40,7 +40,7 @@ pub async fn call_family_tool(
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
     mut record: CallRecord,
-    parent: &tracing::Span,
+    parent: Option<&RequestTrace>,
 ) -> Result<CallToolResponse, ErrorData> {
     let exposed = request.name.to_string();
     let mut arguments = request.arguments.take().unwrap_or_default();
@@ -134,7 +134,7 @@ async fn call_member(
     route: &FamilyTool,
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
-    parent: &tracing::Span,
+    parent: Option<&RequestTrace>,
 ) -> Result<CallToolResponse, UpstreamError> {
     let server = &*member.server;
     let Some(upstream) = view.upstream(server) else {

@@ -173,7 +173,6 @@ impl ServerHandler for GatewayHandler {
         let catalog = &view.catalog;
         let user = caller(&context.extensions);
         let request_trace = trace::of_request(&context.extensions);
-        let parent = request_trace.map_or_else(tracing::Span::none, |t| t.span.clone());
         if let Some(trace) = request_trace {
             trace.tool(&request.name);
         }
@@ -190,7 +189,7 @@ impl ServerHandler for GatewayHandler {
                 request,
                 self.caller(&context),
                 record,
-                &parent,
+                request_trace,
             )
             .await;
         }
@@ -222,7 +221,13 @@ impl ServerHandler for GatewayHandler {
             .to(plain_target(&request.name, route));
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
-        let span = trace::upstream_span(&parent, &upstream, None, "tools/call", Some(&route.name));
+        let span = trace::upstream_span(
+            request_trace,
+            &upstream,
+            None,
+            "tools/call",
+            Some(&route.name),
+        );
         if let Some(headers) = trace::outgoing(&span) {
             trace::into_meta(&mut request.meta, &headers);
         }

@@ -30,6 +30,8 @@ pub struct RequestTrace {
     pub trace_id: String,
     /// The request's span, parent of its upstream calls' spans.
     pub span: Span,
+    /// Its spans are exported (OTLP on, and the trace sampled).
+    pub exported: bool,
 }
 
 impl RequestTrace {
@@ -93,26 +95,37 @@ pub fn request_span(
     if let Some(parent) = &parent {
         let _ = span.set_parent(parent.clone());
     }
-    let exported = span.context().span().span_context().clone();
-    let trace_id = if exported.is_valid() {
-        exported.trace_id().to_string()
+    let context = span.context().span().span_context().clone();
+    let exported = context.is_valid() && context.is_sampled();
+    let trace_id = if context.is_valid() {
+        context.trace_id().to_string()
     } else if let Some(parent) = &parent {
         parent.span().span_context().trace_id().to_string()
     } else {
         random_trace_id()
     };
     span.record("trace_id", trace_id.as_str());
-    (span.clone(), RequestTrace { trace_id, span })
+    let trace = RequestTrace {
+        trace_id,
+        span: span.clone(),
+        exported,
+    };
+    (span, trace)
 }
 
-/// A child span of `parent` (the request's) for one call to `upstream`.
+/// A child span of the request's for one call to `upstream`; none while
+/// the request's spans are not exported (log lines inside the call carry
+/// the request's span either way).
 pub fn upstream_span(
-    parent: &Span,
+    request: Option<&RequestTrace>,
     upstream: &Upstream,
     instance: Option<&str>,
     method: &str,
     tool: Option<&str>,
 ) -> Span {
+    let Some(parent) = request.filter(|r| r.exported).map(|r| &r.span) else {
+        return Span::none();
+    };
     let name = match tool {
         Some(tool) => format!("{method} {tool}"),
         None => method.to_string(),

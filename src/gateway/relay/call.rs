@@ -98,11 +98,16 @@ pub(super) async fn relay_call(
         trace: None,
     };
     let request_trace = parts.extensions.get::<RequestTrace>();
-    let parent = request_trace.map_or_else(tracing::Span::none, |t| t.span.clone());
     if let (Some(trace), Some(counted)) = (request_trace, &target.counted) {
         trace.tool(&counted.tool);
     }
-    let span = trace::upstream_span(&parent, &upstream, target.instance, method, target.name);
+    let span = trace::upstream_span(
+        request_trace,
+        &upstream,
+        target.instance,
+        method,
+        target.name,
+    );
     let trace_headers = trace::outgoing(&span);
     let outgoing = message::Outgoing {
         trace: trace_headers.as_ref(),
