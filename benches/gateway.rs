@@ -712,9 +712,8 @@ fn bench_observability(work: &Path) -> Result<ObservabilityResults, String> {
     let file = work.join("bench-audit.log");
     let audit = AuditLog::start(
         &AuditSettings {
-            enabled: true,
             file: Some(file.clone()),
-            include_arguments: false,
+            ..AuditSettings::default()
         },
         metrics.audit_dropped.clone(),
     )

@@ -92,6 +92,10 @@ pub struct AuditConfig {
     pub file: Option<PathBuf>,
     /// Put each call's arguments in its line, not only their hash (default false).
     pub include_arguments: Option<bool>,
+    /// Rotate `file` when it passes this many MiB (default 100).
+    pub max_file_mib: Option<u64>,
+    /// Rotated files kept beside `file` (default 5).
+    pub max_files: Option<u32>,
 }
 
 /// `limits` in the config file (defaults in [`HttpLimits`]).
@@ -260,6 +264,10 @@ impl ServeSettings {
                     include_arguments: given
                         .include_arguments
                         .unwrap_or(defaults.include_arguments),
+                    max_file_bytes: given
+                        .max_file_mib
+                        .map_or(defaults.max_file_bytes, |mib| mib.max(1) * 1024 * 1024),
+                    max_files: given.max_files.unwrap_or(defaults.max_files),
                 }
             },
             source,

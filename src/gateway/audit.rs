@@ -1,5 +1,6 @@
 //! The audit log: one JSON line per tool call, written off the call's path
-//! to stdout (default) or to a file (`audit.file`, appended, mode 0600).
+//! to stdout (default) or to a file (`audit.file`, appended, mode 0600,
+//! rotated past `audit.maxFileMib` with `audit.maxFiles` kept).
 //!
 //! A line (fields absent when unknown; see the README's "Audit log"):
 //!
@@ -47,6 +48,10 @@ pub struct AuditSettings {
     pub file: Option<PathBuf>,
     /// Put the call's arguments in the line, not only their hash.
     pub include_arguments: bool,
+    /// The file is rotated when it passes this size.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`audit.log.1` the newest); older ones are removed.
+    pub max_files: u32,
 }
 
 impl Default for AuditSettings {
@@ -55,6 +60,8 @@ impl Default for AuditSettings {
             enabled: true,
             file: None,
             include_arguments: false,
+            max_file_bytes: 100 * 1024 * 1024,
+            max_files: 5,
         }
     }
 }
@@ -151,9 +158,13 @@ impl AuditLog {
         if !settings.enabled {
             return Ok(Self::off());
         }
-        let sink: Box<dyn std::io::Write + Send> = match &settings.file {
-            Some(path) => Box::new(open_append(path)?),
-            None => Box::new(std::io::stdout()),
+        let sink = match &settings.file {
+            Some(path) => Sink::File(RotatingFile::open(
+                path.clone(),
+                settings.max_file_bytes.max(1),
+                settings.max_files,
+            )?),
+            None => Sink::Stdout(std::io::stdout()),
         };
         let (queue, lines) = mpsc::channel(QUEUE);
         // Owned by the queue: it ends when every sender is dropped.
@@ -201,7 +212,7 @@ impl AuditLog {
     }
 }
 
-fn open_append(path: &PathBuf) -> anyhow::Result<std::fs::File> {
+fn open_append(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use anyhow::Context as _;
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
@@ -218,21 +229,89 @@ fn open_append(path: &PathBuf) -> anyhow::Result<std::fs::File> {
     })
 }
 
+/// Where the writer puts lines.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File(RotatingFile),
+}
+
+/// The audit file, rotated by size: past `max_bytes` it becomes
+/// `<file>.1` (`.1` becomes `.2`, and so on up to `keep`) and a new file
+/// is started, so the log never takes more than about `(keep + 1) *
+/// max_bytes` of disk.
+struct RotatingFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    fn open(path: PathBuf, max_bytes: u64, keep: u32) -> anyhow::Result<Self> {
+        let file = open_append(&path)?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            path,
+            file,
+            written,
+            max_bytes,
+            keep,
+        })
+    }
+
+    fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        if self.written > 0 && self.written + batch.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(batch)?;
+        self.written += batch.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(numbered(self.keep));
+            for n in (1..self.keep).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = open_append(&self.path).map_err(std::io::Error::other)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
 /// The writer: a blocking thread, so a slow disk never holds a runtime
 /// worker. After the first line of a batch it waits [`GATHER`] for more, so
 /// under load it wakes (and writes) about a hundred times a second instead
 /// of once per call; a line reaches the file at most that much later.
-fn write_lines(mut lines: mpsc::Receiver<String>, sink: Box<dyn std::io::Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
+fn write_lines(mut lines: mpsc::Receiver<String>, mut sink: Sink) {
+    let mut batch = Vec::with_capacity(256 * 1024);
     while let Some(line) = lines.blocking_recv() {
         std::thread::sleep(GATHER);
-        let mut failed = out.write_all(line.as_bytes()).is_err();
+        batch.clear();
+        batch.extend_from_slice(line.as_bytes());
         while let Ok(line) = lines.try_recv() {
-            failed |= out.write_all(line.as_bytes()).is_err();
+            batch.extend_from_slice(line.as_bytes());
         }
-        failed |= out.flush().is_err();
-        if failed {
-            eprintln!("flotilla: writing the audit log failed");
+        let written = match &mut sink {
+            Sink::Stdout(out) => {
+                let mut out = out.lock();
+                out.write_all(&batch).and_then(|()| out.flush())
+            }
+            Sink::File(file) => file.write_batch(&batch),
+        };
+        if let Err(error) = written {
+            eprintln!("flotilla: writing the audit log failed: {error}");
         }
     }
 }
@@ -263,9 +342,8 @@ mod tests {
         let path = dir.path().join("audit.log");
         let log = AuditLog::start(
             &AuditSettings {
-                enabled: true,
                 file: Some(path.clone()),
-                include_arguments: false,
+                ..AuditSettings::default()
             },
             Counter::default(),
         )
@@ -314,5 +392,23 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn the_file_is_rotated_by_size_and_old_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut file = RotatingFile::open(path.clone(), 100, 2).unwrap();
+        for n in 0..7 {
+            file.write_batch(format!("{n:>59}\n").as_bytes()).unwrap();
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+        // 60 bytes a batch, 100 at most a file: one batch per file.
+        assert_eq!(read("audit.log").trim(), "6");
+        assert_eq!(read("audit.log.1").trim(), "5");
+        assert_eq!(read("audit.log.2").trim(), "4");
+        assert!(!dir.path().join("audit.log.3").exists());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 3);
     }
 }

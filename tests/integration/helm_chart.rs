@@ -435,7 +435,7 @@ fn tracing_and_audit_values_reach_the_config_file_the_gateway_accepts() {
         "--set",
         "tracing.sampleRatio=0.25",
         "--set",
-        "audit.enabled=false,audit.includeArguments=true,audit.file=/var/log/flotilla/audit.log",
+        "audit.enabled=false,audit.includeArguments=true,audit.file=/var/log/flotilla/audit.log,audit.maxFileMib=20,audit.maxFiles=3",
     ]);
     let parsed = m.config_file();
     let tracing = parsed.tracing.expect("tracing section");
@@ -458,6 +458,8 @@ fn tracing_and_audit_values_reach_the_config_file_the_gateway_accepts() {
         audit.file.as_deref(),
         Some(std::path::Path::new("/var/log/flotilla/audit.log"))
     );
+    assert_eq!(audit.max_file_mib, Some(20));
+    assert_eq!(audit.max_files, Some(3));
 
     // Defaults: no tracing section (export off), audit on to stdout.
     let parsed = render(&[]).config_file();

@@ -94,6 +94,8 @@ ingress host when the Ingress is enabled.
 {{- $audit := dict "enabled" $au.enabled "includeArguments" $au.includeArguments }}
 {{- if $au.file }}
 {{- $_ := set $audit "file" $au.file }}
+{{- $_ := set $audit "maxFileMib" ($au.maxFileMib | int) }}
+{{- $_ := set $audit "maxFiles" ($au.maxFiles | int) }}
 {{- end }}
 {{- $_ := set $out "audit" $audit }}
 {{- toYaml $out }}
