@@ -289,12 +289,8 @@ impl ClientHandler for UpstreamClient {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let route = self
-            .progress
-            .lock()
-            .ok()
-            .and_then(|routes| routes.get(&params.progress_token).cloned());
-        if let Some(route) = route {
+        // None yet: held for the route the request is about to register.
+        if let Some(route) = self.progress.route_or_hold(&params) {
             let mut forwarded = params;
             forwarded.progress_token = route.client_token.clone();
             if let Err(error) = route.client.notify_progress(forwarded).await {

@@ -9,6 +9,12 @@
 //! log messages at the level it asked for); the relay counts what it has
 //! passed on; a finished call waits (bounded) until the two agree before its
 //! response is returned. A call with nothing to relay waits not at all.
+//!
+//! The other edge: rmcp names a request's progress token only as it sends
+//! the request, so the call's route is registered a moment after the
+//! upstream may already report progress. Progress with no route is held
+//! ([`ProgressTable`], at most 2 s and 256 notifications) and relayed when
+//! the route for its token arrives.
 
 #![allow(deprecated)] // log messages (SEP-2577) are still sent by 2025 servers
 
@@ -17,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{GetExtensions, JsonRpcMessage, ProgressToken, ServerNotification};
+use rmcp::model::{
+    GetExtensions, JsonRpcMessage, ProgressNotificationParam, ProgressToken, ServerNotification,
+};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use rmcp::{Peer, RoleClient, RoleServer};
@@ -74,7 +82,98 @@ impl Tally {
 
 /// In-flight requests that asked for progress, keyed by the token the
 /// gateway gave the upstream (never the client's: two clients may pick the same).
-pub type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, ProgressRoute>>>;
+pub type ProgressRoutes = Arc<ProgressTable>;
+
+/// Progress that came before its route is held this long at most...
+const EARLY_KEEP: Duration = Duration::from_secs(2);
+/// ...and this many notifications at most.
+const EARLY_MAX: usize = 256;
+
+/// The routes, and progress that arrived before its route: rmcp names a
+/// request's progress token only as it sends the request, so the route is
+/// registered a moment after the upstream may already be reporting.
+#[derive(Default)]
+pub struct ProgressTable {
+    inner: Mutex<Routes>,
+}
+
+#[derive(Default)]
+struct Routes {
+    routes: HashMap<ProgressToken, ProgressRoute>,
+    early: Early,
+}
+
+/// Progress with no route yet, oldest first, bounded in age and number.
+#[derive(Default)]
+struct Early(std::collections::VecDeque<(std::time::Instant, ProgressNotificationParam)>);
+
+impl Early {
+    fn hold(&mut self, now: std::time::Instant, params: &ProgressNotificationParam) {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > EARLY_KEEP)
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() >= EARLY_MAX {
+            self.0.pop_front();
+        }
+        self.0.push_back((now, params.clone()));
+    }
+
+    /// The notifications held for `token`, oldest first; the rest stay.
+    fn take(&mut self, token: &ProgressToken) -> Vec<ProgressNotificationParam> {
+        let mut taken = Vec::new();
+        self.0.retain(|(_, params)| {
+            let ours = params.progress_token == *token;
+            if ours {
+                taken.push(params.clone());
+            }
+            !ours
+        });
+        taken
+    }
+}
+
+impl ProgressTable {
+    /// Where progress under `token` goes, if anywhere.
+    pub fn route(&self, token: &ProgressToken) -> Option<ProgressRoute> {
+        self.inner.lock().ok()?.routes.get(token).cloned()
+    }
+
+    /// The route for `token`, or, with none yet, the notification is held
+    /// for a route registered within [`EARLY_KEEP`].
+    pub fn route_or_hold(&self, params: &ProgressNotificationParam) -> Option<ProgressRoute> {
+        let mut inner = self.inner.lock().ok()?;
+        if let Some(route) = inner.routes.get(&params.progress_token) {
+            return Some(route.clone());
+        }
+        inner.early.hold(std::time::Instant::now(), params);
+        None
+    }
+
+    /// Registers `route` for `token`; returns the progress under `token`
+    /// that came before it, oldest first.
+    pub fn insert(
+        &self,
+        token: ProgressToken,
+        route: ProgressRoute,
+    ) -> Vec<ProgressNotificationParam> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let early = inner.early.take(&token);
+        inner.routes.insert(token, route);
+        early
+    }
+
+    pub fn remove(&self, token: &ProgressToken) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.routes.remove(token);
+        }
+    }
+}
 
 /// An upstream transport that tallies relayable notifications as they are read.
 pub struct Counted<T> {
@@ -99,13 +198,10 @@ impl<T> Counted<T> {
             return;
         };
         let tally = match &notification.notification {
-            ServerNotification::ProgressNotification(progress) => {
-                self.routes.lock().ok().and_then(|routes| {
-                    routes
-                        .get(&progress.params.progress_token)
-                        .map(|r| r.tally.clone())
-                })
-            }
+            ServerNotification::ProgressNotification(progress) => self
+                .routes
+                .route(&progress.params.progress_token)
+                .map(|r| r.tally),
             ServerNotification::LoggingMessageNotification(log) => {
                 call_of(&self.calls, notification.notification.extensions())
                     .filter(|call| call.wants_log(log.params.level))
@@ -146,6 +242,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmcp::model::NumberOrString;
 
     #[tokio::test]
     async fn a_response_waits_for_progress_read_before_it() {
@@ -171,5 +268,52 @@ mod tests {
         let started = tokio::time::Instant::now();
         Tally::default().settle().await;
         assert!(started.elapsed() < Duration::from_millis(5));
+    }
+
+    fn progress(token: i64, step: f64) -> ProgressNotificationParam {
+        ProgressNotificationParam::new(ProgressToken(NumberOrString::Number(token)), step)
+    }
+
+    #[test]
+    fn progress_before_its_route_is_held_for_it_in_order_and_bounded() {
+        let mut early = Early::default();
+        let start = std::time::Instant::now();
+        early.hold(start, &progress(1, 1.0));
+        early.hold(start, &progress(2, 1.0));
+        early.hold(start, &progress(1, 2.0));
+        let steps: Vec<f64> = early
+            .take(&ProgressToken(NumberOrString::Number(1)))
+            .iter()
+            .map(|p| p.progress)
+            .collect();
+        assert_eq!(steps, [1.0, 2.0]);
+        // The other token's stays for its own route.
+        assert_eq!(
+            early.take(&ProgressToken(NumberOrString::Number(2))).len(),
+            1
+        );
+
+        // Too old: gone when the next one is held.
+        early.hold(start, &progress(3, 1.0));
+        early.hold(
+            start + EARLY_KEEP + Duration::from_millis(1),
+            &progress(4, 1.0),
+        );
+        assert!(
+            early
+                .take(&ProgressToken(NumberOrString::Number(3)))
+                .is_empty()
+        );
+
+        // At most EARLY_MAX, the oldest dropped first.
+        for n in 0..(EARLY_MAX as i64 + 10) {
+            early.hold(start + EARLY_KEEP, &progress(100 + n, 1.0));
+        }
+        assert_eq!(early.0.len(), EARLY_MAX);
+        assert!(
+            early
+                .take(&ProgressToken(NumberOrString::Number(100)))
+                .is_empty()
+        );
     }
 }

@@ -471,21 +471,30 @@ impl Upstream {
             .send_request_with_option(request, options)
             .await
             .map_err(|e| self.service_error(e, timeout))?;
-        let _route = caller
+        let route = caller
             .as_ref()
             .filter(|c| c.relay_progress)
-            .and_then(|c| c.context.meta.get_progress_token().map(|t| (c.context, t)))
-            .map(|(ctx, client_token)| {
-                RouteGuard::insert(
+            .and_then(|c| c.context.meta.get_progress_token().map(|t| (c.context, t)));
+        let _route = match route {
+            Some((ctx, client_token)) => {
+                let (guard, early) = RouteGuard::insert(
                     &self.progress,
                     handle.progress_token.clone(),
                     ProgressRoute {
                         client: ctx.peer.clone(),
-                        client_token,
+                        client_token: client_token.clone(),
                         tally: tally.clone(),
                     },
-                )
-            });
+                );
+                // Progress the upstream sent before the route existed.
+                for mut early in early {
+                    early.progress_token = client_token.clone();
+                    let _ = ctx.peer.notify_progress(early).await;
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let request_id = handle.id.clone();
         // Now under its id, which the messages on its own stream name.
         if let Some(guard) = inflight.as_mut() {
@@ -661,26 +670,24 @@ struct RouteGuard {
 }
 
 impl RouteGuard {
+    /// Registers the route; also returns the progress that came before it.
     fn insert(
         routes: &ProgressRoutes,
         token: rmcp::model::ProgressToken,
         route: ProgressRoute,
-    ) -> Self {
-        if let Ok(mut map) = routes.lock() {
-            map.insert(token.clone(), route);
-        }
-        Self {
+    ) -> (Self, Vec<rmcp::model::ProgressNotificationParam>) {
+        let early = routes.insert(token.clone(), route);
+        let guard = Self {
             routes: routes.clone(),
             token,
-        }
+        };
+        (guard, early)
     }
 }
 
 impl Drop for RouteGuard {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.routes.lock() {
-            map.remove(&self.token);
-        }
+        self.routes.remove(&self.token);
     }
 }
 
