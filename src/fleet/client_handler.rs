@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::raw_tools::RawTools;
+use super::wire::ListKind;
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
@@ -26,14 +27,6 @@ use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::delivery::{ProgressRoute, ProgressRoutes, Tally};
-
-/// Which of an upstream's lists changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListKind {
-    Tools,
-    Resources,
-    Prompts,
-}
 
 /// How the gateway reaches the client of an in-flight call.
 #[derive(Clone)]

@@ -25,10 +25,11 @@ use rmcp::model::ErrorData;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client_handler::{LineMessage, ListKind, severity};
+pub use client_handler::{LineMessage, severity};
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, RelayedCall, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSessions};
+pub use wire::ListKind;
 
 use crate::api::ServerState;
 use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::client_handler::{
-    ClientLine, InflightCall, InflightCalls, LineMessage, ListKind, ProgressRoute, ProgressRoutes,
+    ClientLine, InflightCall, InflightCalls, LineMessage, ProgressRoute, ProgressRoutes,
     ResourceSubscribers, UpstreamClient,
 };
 use super::connect::{Connected, FailureKind, connect};
@@ -33,6 +33,7 @@ use super::credential::CredentialRef;
 use super::delivery::Tally;
 use super::listing::{ToolExtras, list_tools};
 use super::raw_tools::RawTools;
+use super::wire::ListKind;
 use super::wire::Wire;
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;

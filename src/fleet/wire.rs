@@ -15,8 +15,16 @@ use serde_json::Value;
 use sse_stream::{Sse, SseStream};
 use tokio::sync::mpsc;
 
-use super::client_handler::ListKind;
 use super::credential::CredentialRef;
+
+/// Which of an upstream's lists changed (the wire reports a change the
+/// upstream announced on a relayed call's stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Resources,
+    Prompts,
+}
 
 /// W3C trace context for one request to the upstream (the gateway's span
 /// for the call), sent as the `traceparent` and `tracestate` headers.

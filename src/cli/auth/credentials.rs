@@ -375,7 +375,7 @@ fn from_rmcp(
             .map(|token| Token::new(token.secret().clone())),
         expires_at: tokens
             .expires_in()
-            .and_then(|lifetime| super::oauth::expiry(received_at, lifetime)),
+            .and_then(|lifetime| expiry(received_at, lifetime)),
         issuer: stored.issuer.clone().unwrap_or_default(),
         resource: resource.clone(),
     })
@@ -463,6 +463,12 @@ fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `now + lifetime`, to the second.
+fn expiry(now: DateTime<Utc>, lifetime: std::time::Duration) -> Option<DateTime<Utc>> {
+    let seconds = i64::try_from(lifetime.as_secs()).ok()?;
+    DateTime::from_timestamp(now.timestamp().checked_add(seconds)?, 0)
 }
 
 #[cfg(test)]
@@ -678,5 +684,16 @@ mod tests {
         fs::write(store.path(), "{\"endpoints\": 7}").unwrap();
         let error = format!("{:#}", store.load().unwrap_err());
         assert!(error.contains("remove it and log in again"), "{error}");
+    }
+
+    #[test]
+    fn expiry_is_now_plus_lifetime_to_the_second() {
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let now = at("2030-01-01T12:00:00.700Z");
+        assert_eq!(
+            expiry(now, std::time::Duration::from_secs(3600)),
+            Some(at("2030-01-01T13:00:00Z"))
+        );
+        assert_eq!(expiry(now, std::time::Duration::from_secs(u64::MAX)), None);
     }
 }

@@ -93,12 +93,6 @@ pub(super) fn has_expired(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>)
     expires_at.is_some_and(|at| at <= now)
 }
 
-/// `now + lifetime`, to the second.
-pub(super) fn expiry(now: DateTime<Utc>, lifetime: Duration) -> Option<DateTime<Utc>> {
-    let seconds = i64::try_from(lifetime.as_secs()).ok()?;
-    DateTime::from_timestamp(now.timestamp().checked_add(seconds)?, 0)
-}
-
 /// What discovery found out about an endpoint.
 pub(super) enum Discovery {
     /// The gateway answered without asking for a token and publishes no
@@ -529,16 +523,6 @@ mod tests {
         assert!(!has_expired(None, now));
         assert!(!has_expired(Some(at("2030-01-01T12:00:01Z")), now));
         assert!(has_expired(Some(at("2030-01-01T12:00:00Z")), now));
-    }
-
-    #[test]
-    fn expiry_is_now_plus_lifetime_to_the_second() {
-        let now = at("2030-01-01T12:00:00.700Z");
-        assert_eq!(
-            expiry(now, Duration::from_secs(3600)),
-            Some(at("2030-01-01T13:00:00Z"))
-        );
-        assert_eq!(expiry(now, Duration::from_secs(u64::MAX)), None);
     }
 
     /// Keeps what rmcp stores for the exchange, to check the verifier.

@@ -7,16 +7,16 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::StreamExt;
 use rmcp::model::LoggingLevel;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::answer::{Pending, failure};
 use super::message::{self, Message};
 use super::stream::Stream;
 use super::{ClientSide, Relay, Running, input, json_response, tasks};
@@ -233,9 +233,6 @@ pub(super) async fn relay_call(
     Some(stream.respond().await)
 }
 
-/// The upstream's reply to a relayed request, not yet in.
-pub(super) type Pending = futures::future::BoxFuture<'static, Result<WireReply, WireError>>;
-
 /// What came first: the upstream's reply, or a message for the client.
 enum First {
     Reply(Result<WireReply, WireError>),
@@ -329,44 +326,4 @@ fn wanted_log_level(
         ),
         _ => None,
     }
-}
-
-/// What the client gets when the upstream could not serve `method`: a
-/// tool error for a call (so an agent reads why), else a JSON-RPC error.
-pub(super) fn failure(
-    method: &str,
-    client_id: &Value,
-    text: &str,
-    revision: ClientRevision,
-) -> String {
-    if method != "tools/call" {
-        return serde_json::json!({"jsonrpc": "2.0", "id": client_id,
-            "error": {"code": -32603, "message": text}})
-        .to_string();
-    }
-    tool_error(client_id, text, revision)
-}
-
-/// A tool error result (the call could not run) for the client.
-fn tool_error(client_id: &Value, text: &str, revision: ClientRevision) -> String {
-    let mut result = serde_json::json!({
-        "content": [{"type": "text", "text": text}],
-        "isError": true,
-    });
-    if revision == ClientRevision::Stateless {
-        result["resultType"] = "complete".into();
-    }
-    serde_json::json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string()
-}
-
-pub(super) fn sse_response(body: Body) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }

@@ -5,8 +5,9 @@
 //! `input_required` result whose `inputRequests` carry the upstream's
 //! request (elicitation, sampling, roots) and whose `requestState` is a
 //! handle of the gateway's (`flotilla-input:` and 128 random bits). The
-//! upstream's request stays open meanwhile: the call's stream is parked
-//! here, unread. The client retries its request with `inputResponses` and
+//! upstream's request stays open meanwhile: the call's stream parks itself
+//! unread (`stream.rs`) in the table kept here. The client retries its
+//! request with `inputResponses` and
 //! that `requestState`; the answers go to the upstream under its own ids,
 //! and the client's retry carries the rest of the call (more progress,
 //! another question, or the result), as if it had never stopped.
@@ -31,35 +32,6 @@ pub(super) type ParkedCalls = Parking<Stream>;
 /// The relay's table (states start `flotilla-input:`).
 pub(super) fn parked_calls() -> ParkedCalls {
     Parking::new("flotilla-input:")
-}
-
-/// A call's open questions to its client: `(key in inputRequests, the
-/// upstream's request id)`, and the state it is parked under.
-pub(super) struct Waiting {
-    pub handle: String,
-    pub asks: Vec<(String, Value)>,
-}
-
-impl Waiting {
-    pub fn new(handle: String) -> Self {
-        Self {
-            handle,
-            asks: Vec::new(),
-        }
-    }
-}
-
-/// Parks `stream`, which has just sent its client `input_required`; a
-/// stream the table cannot take is dropped, which cancels its upstream
-/// request.
-pub(super) fn park(relay: &Relay, stream: Stream) {
-    let Some(state) = stream.waiting.as_ref().map(|w| w.handle.clone()) else {
-        return;
-    };
-    let (caller, method) = (stream.caller.clone(), stream.method.clone());
-    if relay.parked.park(state, stream, caller, &method).is_err() {
-        tracing::warn!("relay: no room to park a call waiting for input; it is cancelled");
-    }
 }
 
 /// A 2026-07-28 client retries a parked call with its answers: they go to

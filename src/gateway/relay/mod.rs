@@ -25,6 +25,7 @@
 //! `input_required` result instead, the call parked until it retries with
 //! its answers (see `input`).
 
+mod answer;
 mod call;
 mod input;
 mod message;

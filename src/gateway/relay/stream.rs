@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use axum::response::Response;
 
-use super::call::{Pending, failure, sse_response};
-use super::input::{self, Waiting};
+use super::answer::{Pending, failure, sse_response};
 use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::wire::{Wire, WireError, WireReply};
@@ -115,7 +114,7 @@ impl Stream {
         let first = self.next_event().await;
         if self.waiting.is_some() {
             let relay = self.relay.clone();
-            input::park(&relay, self);
+            park(&relay, self);
             return first.map_or_else(|| sse_response(Body::empty()), json_response);
         }
         if self.is_over() {
@@ -134,7 +133,7 @@ impl Stream {
             let event = stream.next_event().await?;
             if stream.waiting.is_some() {
                 let relay = stream.relay.clone();
-                input::park(&relay, stream);
+                park(&relay, stream);
                 return Some((event, None));
             }
             Some((event, Some(stream)))
@@ -480,5 +479,34 @@ impl Drop for Stream {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { cancel_upstream(&wire, &id, "the client went away").await });
         }
+    }
+}
+
+/// A call's open questions to its client: `(key in inputRequests, the
+/// upstream's request id)`, and the state it is parked under.
+pub(super) struct Waiting {
+    pub handle: String,
+    pub asks: Vec<(String, Value)>,
+}
+
+impl Waiting {
+    pub fn new(handle: String) -> Self {
+        Self {
+            handle,
+            asks: Vec::new(),
+        }
+    }
+}
+
+/// Parks `stream`, which has just sent its client `input_required`; a
+/// stream the table cannot take is dropped, which cancels its upstream
+/// request.
+pub(super) fn park(relay: &Relay, stream: Stream) {
+    let Some(state) = stream.waiting.as_ref().map(|w| w.handle.clone()) else {
+        return;
+    };
+    let (caller, method) = (stream.caller.clone(), stream.method.clone());
+    if relay.parked.park(state, stream, caller, &method).is_err() {
+        tracing::warn!("relay: no room to park a call waiting for input; it is cancelled");
     }
 }
