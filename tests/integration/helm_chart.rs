@@ -225,6 +225,8 @@ fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_feature_on() {
         "tracing.otlpEndpoint=http://otel-collector.observability:4318,tracing.sampleRatio=0.5",
         "--set",
         "audit.file=/var/log/flotilla/audit.log,audit.includeArguments=true,audit.persistence.existingClaim=flotilla-audit",
+        "--set",
+        "config.limits.maxSessions=5000,config.limits.maxConnectionsPerIp=0",
     ])
     .unwrap_or_else(|e| panic!("lint (all features):\n{e}"));
     helm(&[
@@ -425,6 +427,26 @@ fn sso_mounts_the_auth_secret_and_configures_the_gateway_to_read_it() {
         error.contains("existingSecret") || error.contains("issuer"),
         "{error}"
     );
+}
+
+#[test]
+fn limits_reach_the_config_file_only_when_set() {
+    assert!(
+        render(&[]).config_file().limits.is_none(),
+        "defaults: the gateway's own"
+    );
+    let m = render(&[
+        "--set",
+        "config.limits.maxSessions=5000,config.limits.maxConnectionsPerIp=0,config.limits.bodyReadTimeoutSeconds=60",
+    ]);
+    let limits = m.config_file().limits.expect("limits section");
+    assert_eq!(limits.max_sessions, Some(5000));
+    assert_eq!(limits.max_connections_per_ip, Some(0));
+    assert_eq!(limits.body_read_timeout_seconds, Some(60));
+    assert_eq!(limits.max_connections, None);
+    // An unknown key or a nonsense value is refused by the schema.
+    assert!(helm(&["--set", "config.limits.maxSesions=1"]).is_err());
+    assert!(helm(&["--set", "config.limits.maxSessions=0"]).is_err());
 }
 
 #[test]

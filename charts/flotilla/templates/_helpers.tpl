@@ -72,6 +72,13 @@ ingress host when the Ingress is enabled.
 {{- end }}
 {{- $_ := set $out "pingIntervalSeconds" $c.pingIntervalSeconds }}
 {{- $_ := set $out "fanOut" (dict "maxConcurrency" $c.fanOut.maxConcurrency "outputBudgetBytes" $c.fanOut.outputBudgetBytes "allowDestructive" $c.fanOut.allowDestructive) }}
+{{- if $c.limits }}
+{{- $limits := dict }}
+{{- range $key, $value := $c.limits }}
+{{- $_ := set $limits $key ($value | int) }}
+{{- end }}
+{{- $_ := set $out "limits" $limits }}
+{{- end }}
 {{- $a := .Values.auth }}
 {{- if $a.enabled }}
 {{- $auth := dict "oidc" (dict "issuer" $a.oidc.issuer "clientId" $a.oidc.clientId "clientSecretFile" "/etc/flotilla-auth/oidc-client-secret") "sealingKeyFile" "/etc/flotilla-auth/sealing-keys" }}
