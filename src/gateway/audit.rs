@@ -28,7 +28,6 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -315,9 +314,6 @@ fn write_lines(mut lines: mpsc::Receiver<String>, mut sink: Sink) {
         }
     }
 }
-
-/// The audit log as the gateway state holds it.
-pub type SharedAudit = Arc<AuditLog>;
 
 #[cfg(test)]
 mod tests {
