@@ -734,6 +734,129 @@ fn bench_observability(work: &Path) -> Result<ObservabilityResults, String> {
     })
 }
 
+// ------------------------------------------------------------------ policy
+
+/// What a tool policy costs per tool call, in this process on the gateway's
+/// code: 100 rules (98 that do not apply to the call, after checks on every
+/// kind of condition, a readOnly and a confirm that do), the caller's class
+/// computed and the verdict decided, as each call does.
+struct PolicyResults {
+    rules: usize,
+    calls: u32,
+    per_call_us: f64,
+}
+
+fn bench_policy() -> Result<PolicyResults, String> {
+    use flotilla::api::{IdentitySource, ToolPolicySpec, UserIdentity, UserKey};
+    use flotilla::catalog::{Instance, ServerFacts};
+    use flotilla::policy::{Policy, Target, Verdict, Who};
+    use flotilla::source::DesiredPolicy;
+    const CALLS: u32 = 200_000;
+    log("policy: evaluation cost per call with 100 rules, in process");
+    let mut rules = String::from("rules:\n");
+    for i in 0..98 {
+        let condition = match i % 7 {
+            0 => format!("{{families: [family-{i}]}}"),
+            1 => format!("{{servers: [\"server-{i}-*\"]}}"),
+            2 => format!("{{labels: \"team=t{i},env!=dev\"}}"),
+            3 => format!("{{groups: [group-{i}], tools: [\"delete_*\"]}}"),
+            4 => format!("{{subjects: [\"user-{i}\"]}}"),
+            5 => {
+                format!("{{instances: [\"cluster-{i}\"], annotations: {{destructiveHint: true}}}}")
+            }
+            _ => format!("{{clients: [\"client-{i}\"]}}"),
+        };
+        rules.push_str(&format!(
+            "- {{name: r{i}, effect: deny, match: {condition}}}\n"
+        ));
+    }
+    rules.push_str(
+        "- {name: prod-ro, effect: readOnly, match: {labels: env=prod}, except: {groups: [sre]}}\n",
+    );
+    rules
+        .push_str("- {name: confirm, effect: confirm, match: {labels: env=prod, groups: [sre]}}\n");
+    let spec: ToolPolicySpec = serde_saphyr::from_str(&rules).map_err(|e| e.to_string())?;
+    let policy = Policy::compile(&[DesiredPolicy {
+        name: "bench".into(),
+        namespace: "default".into(),
+        generation: None,
+        spec,
+        origin: "bench".into(),
+    }]);
+    let labels: std::collections::BTreeMap<String, String> =
+        [("env", "prod"), ("region", "eu"), ("team", "platform")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let facts = ServerFacts {
+        labels: labels.clone(),
+        family: Some((
+            "kubernetes".into(),
+            Instance {
+                server: "cluster-a-mcp-kubernetes".into(),
+                instance: "cluster-a".into(),
+                aliases: vec!["prod-eu".into()],
+                labels,
+            },
+        )),
+    };
+    let user = UserIdentity {
+        key: UserKey {
+            issuer: "https://dex.example".into(),
+            subject: "alice".into(),
+        },
+        display_name: None,
+        id_token: None,
+        expires_at: None,
+        source: IdentitySource::GatewayLogin,
+        client: Some("claude-code".into()),
+        groups: vec!["dev".into(), "payments".into(), "oncall".into()],
+    };
+    let annotations = rmcp::model::ToolAnnotations::new()
+        .read_only(false)
+        .destructive(true);
+    let target = Target {
+        server: "cluster-a-mcp-kubernetes",
+        facts: &facts,
+        tool: "delete_pod",
+        annotations: Some(&annotations),
+    };
+    // The verdict the call gets must be the readOnly denial: every rule was walked.
+    let check = policy.decide(&policy.classify(&Who::of(Some(&user))), &target);
+    if !matches!(
+        check,
+        Verdict::Deny {
+            read_only: true,
+            ..
+        }
+    ) {
+        return Err(format!("policy bench: unexpected verdict {check:?}"));
+    }
+    let started = Instant::now();
+    for _ in 0..CALLS {
+        let who = Who::of(Some(std::hint::black_box(&user)));
+        let class = policy.classify(&who);
+        std::hint::black_box(policy.decide(&class, std::hint::black_box(&target)));
+    }
+    Ok(PolicyResults {
+        rules: policy.rule_count(),
+        calls: CALLS,
+        per_call_us: started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS),
+    })
+}
+
+fn report_policy(md: &mut String, p: &PolicyResults) {
+    let _ = writeln!(md, "\n### Policy evaluation per tool call\n");
+    let _ = writeln!(
+        md,
+        "| What | time per call | target |\n|---|---:|---|\n| caller class + verdict, {} rules (in process, {} calls) | {:.3} µs | {} |\n",
+        p.rules,
+        p.calls,
+        p.per_call_us,
+        verdict_max(p.per_call_us, 2.0, "µs", |v| format!("{v:.3}")),
+    );
+}
+
 // ------------------------------------------------------------- tools/list
 
 struct ListResults {
@@ -1503,8 +1626,10 @@ fn run() -> Result<(), String> {
         let list = bench_list(&cfg, &rt, &http, &bin, work.path())?;
         let mut fleet = bench_fleet(&cfg, &rt, &http, &bin, work.path())?;
         let observability = bench_observability(work.path())?;
+        let policy = bench_policy()?;
         let mut md = report(&cfg, &calls, &list, &mut fleet, &bin, &provenance);
         report_observability(&mut md, &calls, &observability);
+        report_policy(&mut md, &policy);
         Ok::<_, String>(md)
     })();
     if keep || result.is_err() {

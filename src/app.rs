@@ -111,6 +111,17 @@ impl App {
             settings.public_url.clone(),
         );
         let base_url = base_url(&settings, local)?;
+        if settings.demo_identity {
+            anyhow::ensure!(
+                settings.auth.is_none(),
+                "--insecure-demo-identity lets callers name themselves in headers; it cannot be \
+                 combined with the config file's `auth:` section (remove one of them)"
+            );
+            tracing::warn!(
+                "INSECURE demo mode: callers may name themselves in X-Flotilla-Demo-User / \
+                 -Groups / -Client headers; never use this where others can reach the gateway"
+            );
+        }
         let (auth, exchanger) = match &settings.auth {
             Some(config) => {
                 let (auth, exchanger) = start_auth(config, &base_url, &fleet).await?;
@@ -125,6 +136,7 @@ impl App {
             GatewaySettings {
                 fan_out: settings.fan_out.clone(),
                 endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
+                demo_identity: settings.demo_identity,
             },
             metrics,
             audit,

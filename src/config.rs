@@ -227,6 +227,8 @@ pub struct ServeSettings {
     pub auth: Option<AuthConfig>,
     pub limits: HttpLimits,
     pub audit: AuditSettings,
+    /// `--insecure-demo-identity`: callers name themselves in headers.
+    pub demo_identity: bool,
 }
 
 impl ServeSettings {
@@ -271,6 +273,7 @@ impl ServeSettings {
                 }
             },
             source,
+            demo_identity: false,
             allowed_hosts: file.allowed_hosts,
             allowed_origins: file.allowed_origins,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),

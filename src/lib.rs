@@ -10,12 +10,28 @@ pub mod config;
 pub mod fleet;
 pub mod gateway;
 mod layers;
+pub mod policy;
 pub mod sim;
 pub mod source;
 pub mod telemetry;
 
-/// The MCPServer CRD as YAML, exactly what `crds/` holds.
-pub fn crd_yaml() -> anyhow::Result<String> {
+/// Each CustomResourceDefinition as YAML, with the file `crds/` holds it in.
+pub fn crds() -> anyhow::Result<Vec<(&'static str, String)>> {
     use kube::CustomResourceExt;
-    Ok(serde_saphyr::to_string(&api::MCPServer::crd())?)
+    Ok(vec![
+        (
+            "mcpserver.yaml",
+            serde_saphyr::to_string(&api::MCPServer::crd())?,
+        ),
+        (
+            "toolpolicy.yaml",
+            serde_saphyr::to_string(&api::ToolPolicy::crd())?,
+        ),
+    ])
+}
+
+/// Every CRD as one multi-document YAML stream (`flotilla crd`).
+pub fn crd_yaml() -> anyhow::Result<String> {
+    let documents: Vec<String> = crds()?.into_iter().map(|(_, yaml)| yaml).collect();
+    Ok(documents.join("---\n"))
 }

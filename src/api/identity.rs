@@ -49,6 +49,9 @@ pub enum IdentitySource {
     GatewayLogin,
     /// A JWT from a configured trusted issuer, presented directly.
     TrustedJwt,
+    /// Named in headers nobody checks (`--insecure-demo-identity`, never
+    /// with auth on): for trying policies without a login.
+    InsecureDemo,
 }
 
 /// The authenticated caller of one request.

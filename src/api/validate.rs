@@ -24,7 +24,7 @@ fn err(field: &str, message: impl Into<String>) -> ValidationError {
 }
 
 /// Characters allowed in names that become part of exposed tool names.
-fn is_name_char(c: char) -> bool {
+pub(super) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
 }
 

@@ -13,13 +13,15 @@ use rmcp::model::Tool;
 
 use super::family::{Divergence, FamilyTool, Instance, MemberTool, fold_tool};
 use super::naming::exposed_name;
-use super::{Catalog, Collision, FamilySummary, Route};
+use super::{Catalog, Collision, FamilySummary, Route, ServerFacts};
 use crate::fleet::Inventory;
 
 /// One server's contribution to the catalog.
 pub struct Member {
     pub server: Arc<str>,
     pub tool_prefix: Option<String>,
+    /// The server's labels (`metadata.labels`).
+    pub labels: BTreeMap<String, String>,
     pub family: Option<Membership>,
     pub inventory: Arc<Inventory>,
 }
@@ -338,8 +340,22 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
     collisions.extend(prompt_claims.collisions);
     collisions.extend(resource_claims.collisions);
 
+    let servers = members
+        .iter()
+        .map(|m| {
+            let facts = ServerFacts {
+                labels: m.labels.clone(),
+                family: m
+                    .family
+                    .as_ref()
+                    .map(|f| (f.family.clone(), f.instance.clone())),
+            };
+            (m.server.clone(), Arc::new(facts))
+        })
+        .collect();
     Catalog {
         tools: Arc::new(exposed_tools),
+        servers,
         tool_extras,
         tool_routes,
         family_routes,
@@ -377,6 +393,7 @@ mod tests {
         Member {
             server: server.into(),
             tool_prefix: prefix.map(str::to_string),
+            labels: Default::default(),
             family: None,
             inventory: Arc::new(Inventory {
                 tools: tools

@@ -182,6 +182,25 @@ fn divergence(family: &str, tool: &str, copy: &MemberTool, reason: &str) -> Dive
     }
 }
 
+/// The folded tool `shown` as a caller sees it who may call it only on
+/// `members` (a subset of the route's): its instance argument lists them alone.
+pub fn restricted(shown: &Tool, route: &FamilyTool, members: Vec<Instance>) -> Tool {
+    let mut schema = (*shown.input_schema).clone();
+    if let Some(Value::Object(properties)) = schema.get_mut("properties") {
+        properties.remove(&route.instance_arg);
+    }
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|r| r.as_str() != Some(route.instance_arg.as_str()));
+    }
+    let narrowed = FamilyTool {
+        members,
+        ..route.clone()
+    };
+    let mut tool = shown.clone();
+    tool.input_schema = Arc::new(with_instance_arg(&schema, &narrowed));
+    tool
+}
+
 /// The member schema plus the required instance argument.
 fn with_instance_arg(schema: &JsonObject, route: &FamilyTool) -> JsonObject {
     let mut schema = schema.clone();
@@ -247,6 +266,11 @@ pub fn fan_out_output_schema(member: &JsonObject) -> JsonObject {
                                 "truncated": {"type": "boolean"}
                             }
                         }
+                    },
+                    "excluded": {
+                        "type": "object",
+                        "description": "Selected instances a tool policy left out, and why.",
+                        "additionalProperties": {"type": "string"}
                     }
                 }
             }

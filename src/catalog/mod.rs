@@ -51,9 +51,19 @@ pub struct FamilySummary {
     pub members: Vec<Instance>,
 }
 
+/// A server as policies see it: its labels and, in a family, its membership.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerFacts {
+    pub labels: BTreeMap<String, String>,
+    /// The family's name and this member, for a family member.
+    pub family: Option<(String, Instance)>,
+}
+
 /// One consistent view of the exposed surface.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
+    /// Every server the snapshot was built from, by name.
+    pub servers: HashMap<Arc<str>, Arc<ServerFacts>>,
     /// Sorted by exposed name.
     pub tools: Arc<Vec<Tool>>,
     /// What each exposed tool's listing holds beyond rmcp's model (the
@@ -104,6 +114,14 @@ impl Catalog {
             .and_then(|e| e.get("taskSupport"))
             .and_then(|s| s.as_str());
         matches!(support, Some("optional" | "required"))
+    }
+
+    /// The listed tool named `exposed` (the list is sorted by name).
+    pub fn listed_tool(&self, exposed: &str) -> Option<&Tool> {
+        self.tools
+            .binary_search_by(|t| t.name.as_ref().cmp(exposed))
+            .ok()
+            .map(|i| &self.tools[i])
     }
 
     pub fn tool(&self, exposed: &str) -> Option<&Route> {

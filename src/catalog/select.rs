@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use super::family::Instance;
+use crate::api::{LabelSelector, is_selector};
 
 /// The members a call selected, by index into the tool's member list.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,44 +81,14 @@ fn by_name(members: &[Instance], name: &str, arg: &str) -> Result<usize, SelectE
     }
 }
 
-/// True when `value` reads as a label selector rather than a name.
-fn is_selector(value: &str) -> bool {
-    value.contains('=') || value.starts_with('!')
-}
-
-/// Members whose labels satisfy every term of `selector`.
+/// Members whose labels satisfy `selector`.
 fn by_selector(members: &[Instance], selector: &str, arg: &str) -> Result<Vec<usize>, SelectError> {
-    let mut terms = Vec::new();
-    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let parsed = if let Some((k, v)) = term.split_once("!=") {
-            (k.trim(), Some(v.trim()), false)
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            (k.trim(), Some(v.trim()), true)
-        } else if let Some(k) = term.strip_prefix('!') {
-            (k.trim(), None, false)
-        } else {
-            (term, None, true)
-        };
-        if parsed.0.is_empty() {
-            return Err(SelectError(format!(
-                "{arg} {selector:?}: label selector term {term:?} has no key; use key=value, key!=value, key or !key"
-            )));
-        }
-        terms.push(parsed);
-    }
+    let parsed = LabelSelector::parse(selector)
+        .map_err(|why| SelectError(format!("{arg} {selector:?}: {why}")))?;
     let selected: Vec<usize> = members
         .iter()
         .enumerate()
-        .filter(|(_, m)| {
-            terms.iter().all(|(key, value, positive)| {
-                let found = m.labels.get(*key).map(String::as_str);
-                let holds = match value {
-                    Some(v) => found == Some(*v),
-                    None => found.is_some(),
-                };
-                holds == *positive
-            })
-        })
+        .filter(|(_, m)| parsed.matches(&m.labels))
         .map(|(i, _)| i)
         .collect();
     if selected.is_empty() {

@@ -60,12 +60,17 @@ pub enum Command {
         /// URL clients use to reach the gateway.
         #[arg(long)]
         public_url: Option<String>,
+        /// INSECURE, for demos: without `auth:`, let a request name its
+        /// caller in X-Flotilla-Demo-User / -Groups / -Client headers, so
+        /// ToolPolicy rules on subjects and groups can be tried.
+        #[arg(long)]
+        insecure_demo_identity: bool,
     },
-    /// Print the MCPServer CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (MCPServer, ToolPolicy) as YAML.
     Crd,
     /// Check manifests without starting anything; exit 1 if any is invalid.
     Validate {
-        /// A directory of MCPServer manifests, or one manifest file.
+        /// A directory of MCPServer and ToolPolicy manifests, or one file.
         path: PathBuf,
     },
     /// Serve a simulated Kubernetes cluster's MCP tools on stdio (for demos and tests).
@@ -79,6 +84,9 @@ pub enum Command {
         /// Serve an older `list_pods` schema (used by the test suite).
         #[arg(long, hide = true)]
         old_schema: bool,
+        /// Also serve `delete_pod`, a destructive tool (for trying tool policies).
+        #[arg(long)]
+        writable: bool,
     },
     /// Log in to a gateway, see which servers the login reaches, log out.
     #[command(after_long_help = auth::EXIT_CODES_HELP)]
@@ -116,6 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             port,
             public_url,
+            insecure_demo_identity,
         } => {
             let file = match config {
                 Some(path) => ConfigFile::load(&path)?,
@@ -128,8 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 lease_duration: std::time::Duration::from_secs(lease_duration.max(3)),
                 identity: replica_identity(),
             });
-            let settings =
+            let mut settings =
                 ServeSettings::resolve(file, manifests, kubernetes, bind, port, public_url)?;
+            settings.demo_identity = insecure_demo_identity;
             let cancel = CancellationToken::new();
             let app = App::build(settings, cancel.clone()).await?;
             let addr = app.local_addr()?;
@@ -157,6 +167,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for server in fleet.servers.values() {
                 println!("ok\t{}\t{}", server.origin, server.name);
             }
+            for policy in fleet.policies.values() {
+                println!(
+                    "ok\t{}\tToolPolicy {} ({} rules)",
+                    policy.origin,
+                    policy.name,
+                    policy.spec.rules.len()
+                );
+            }
             for problem in &fleet.problems {
                 println!("invalid\t{problem}");
             }
@@ -170,9 +188,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             test_tools,
             old_schema,
-        } => crate::sim::serve_stdio(&cluster, test_tools, old_schema)
-            .await
-            .with_context(|| format!("simulated cluster {cluster}")),
+            writable,
+        } => crate::sim::serve_stdio(
+            &cluster,
+            crate::sim::SimOptions {
+                test_tools,
+                old_schema,
+                writable,
+            },
+        )
+        .await
+        .with_context(|| format!("simulated cluster {cluster}")),
         Command::Auth { command } => auth::run(command).await,
     }
 }

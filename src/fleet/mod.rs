@@ -1,6 +1,7 @@
 //! The fleet: one supervised upstream session per desired server. It diffs
 //! each desired-state snapshot against what runs, so an edit touches only the
-//! servers whose spec changed (a label-only change reconnects nothing).
+//! servers whose spec changed (a label-only change reconnects nothing). The
+//! snapshot's tool policies ride along for the gateway, touching no session.
 
 mod client_handler;
 mod connect;
@@ -32,7 +33,7 @@ pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSess
 pub use wire::ListKind;
 
 use crate::api::ServerState;
-use crate::source::{DesiredFleet, DesiredFleetRx, ManifestProblem};
+use crate::source::{DesiredFleet, DesiredFleetRx, DesiredPolicy, ManifestProblem};
 
 /// Timings of the supervision loop.
 #[derive(Clone, Debug)]
@@ -84,6 +85,10 @@ pub enum UpstreamError {
     Rejected(ErrorData),
     #[error("the request was cancelled")]
     Cancelled,
+    /// The gateway did not send the call: a policy asked the user to
+    /// confirm it and the user did not (or could not).
+    #[error("{0}")]
+    NotConfirmed(String),
     /// The upstream asked the client for input the client could not give.
     #[error("server {server:?} needed input from the client: {message}")]
     Unanswered { server: String, message: String },
@@ -101,6 +106,8 @@ impl std::fmt::Display for ServerState {
 struct FleetInner {
     servers: RwLock<BTreeMap<String, Arc<Upstream>>>,
     problems: RwLock<Vec<ManifestProblem>>,
+    /// The tool policies of the latest snapshot (they change no session).
+    policies: RwLock<Arc<Vec<DesiredPolicy>>>,
     changed: Arc<watch::Sender<u64>>,
     http: reqwest::Client,
     settings: FleetSettings,
@@ -122,6 +129,7 @@ impl Fleet {
             inner: Arc::new(FleetInner {
                 servers: RwLock::new(BTreeMap::new()),
                 problems: RwLock::new(Vec::new()),
+                policies: RwLock::default(),
                 changed: Arc::new(changed),
                 http: http_client::build_reqwest(),
                 settings,
@@ -233,6 +241,9 @@ impl Fleet {
         if let Ok(mut problems) = self.inner.problems.write() {
             *problems = desired.problems.clone();
         }
+        if let Ok(mut policies) = self.inner.policies.write() {
+            *policies = Arc::new(desired.policies.values().cloned().collect());
+        }
         self.inner.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -268,6 +279,15 @@ impl Fleet {
     pub fn problems(&self) -> Vec<ManifestProblem> {
         self.inner
             .problems
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// The tool policies of the latest snapshot, ordered by namespace and name.
+    pub fn policies(&self) -> Arc<Vec<DesiredPolicy>> {
+        self.inner
+            .policies
             .read()
             .map(|p| p.clone())
             .unwrap_or_default()

@@ -77,6 +77,7 @@ mod tests {
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
             problems: Vec::new(),
+            policies: Default::default(),
         }
     }
 

@@ -113,6 +113,10 @@ pub struct AuditLine<'a> {
     pub arguments: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<&'a str>,
+    /// The policy rule that denied the call or asked for confirmation
+    /// (`<policy>/<rule>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_rule: Option<&'a str>,
 }
 
 /// The SHA-256 (hex) of `arguments` as compact JSON with sorted keys
@@ -364,6 +368,7 @@ mod tests {
                 arguments_sha256: "h",
                 arguments: None,
                 trace_id: None,
+                policy_rule: None,
             });
         }
         drop(log);

@@ -113,6 +113,7 @@ pub async fn report(state: &GatewayState, user: Option<&Arc<UserIdentity>>) -> A
             via: match u.source {
                 IdentitySource::GatewayLogin => "login".into(),
                 IdentitySource::TrustedJwt => "jwt".into(),
+                IdentitySource::InsecureDemo => "insecure demo header".into(),
             },
         }),
         servers,

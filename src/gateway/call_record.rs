@@ -37,6 +37,8 @@ pub struct CallRecord {
     /// Upstream calls that have ended.
     done: Mutex<Vec<AuditTarget>>,
     fan_out: bool,
+    /// The policy rule that denied the call or asked to confirm it.
+    policy_rule: Option<String>,
     finished: bool,
 }
 
@@ -69,6 +71,7 @@ impl CallRecord {
             pending: None,
             done: Mutex::new(Vec::new()),
             fan_out: false,
+            policy_rule: None,
             finished: false,
         }
     }
@@ -83,6 +86,11 @@ impl CallRecord {
     pub fn to(mut self, target: CallTarget) -> Self {
         self.pending = Some(target);
         self
+    }
+
+    /// A policy rule decided the call (denied it, or had it confirmed).
+    pub fn under_rule(&mut self, rule: &crate::policy::RuleName) {
+        self.policy_rule = Some(format!("{}/{}", rule.policy, rule.rule));
     }
 
     /// The call goes to several instances (`width` of them).
@@ -135,6 +143,7 @@ impl CallRecord {
             arguments_sha256: &self.arguments_sha256,
             arguments: self.arguments.as_ref(),
             trace_id: self.trace_id.as_deref(),
+            policy_rule: self.policy_rule.as_deref(),
         });
     }
 }
@@ -208,6 +217,7 @@ pub fn outcome_of(answer: &Result<CallToolResponse, UpstreamError>) -> Outcome {
         Ok(_) => Outcome::InputRequired,
         Err(UpstreamError::Timeout { .. }) => Outcome::Timeout,
         Err(UpstreamError::Rejected(_)) => Outcome::ProtocolError,
+        Err(UpstreamError::NotConfirmed(_)) => Outcome::Denied,
         Err(_) => Outcome::Unavailable,
     }
 }

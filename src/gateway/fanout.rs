@@ -18,27 +18,40 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument as _;
 
 use super::call_record::{CallRecord, member_target, outcome_of, outcome_of_result};
+use super::confirm;
 use super::forward::{call_response, forward};
+use super::input_wait::{WaitingCalls, forward_or_wait};
 use super::metrics::Outcome;
 use super::settings::FanOutSettings;
 use super::trace::{self, RequestTrace};
 use super::view::View;
+use crate::api::UserIdentity;
 use crate::catalog::FamilyTool;
 use crate::catalog::family::Instance;
 use crate::catalog::select::{Selection, select};
 use crate::fleet::{Caller, UpstreamError};
+use crate::policy::{self, Verdict};
 
 fn tool_error(text: String) -> CallToolResponse {
     CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(text)]))
 }
 
+/// Who calls, as the policy and the waiting calls need it.
+pub struct CallerOf<'a> {
+    pub user: Option<&'a UserIdentity>,
+    /// Where a one-instance call of a 2026-07-28 client waits for its input.
+    pub waiting: &'a WaitingCalls,
+}
+
 /// Handles a `tools/call` of a folded tool.
+#[allow(clippy::too_many_arguments)]
 pub async fn call_family_tool(
     settings: &FanOutSettings,
     view: &View,
     route: &Arc<FamilyTool>,
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
+    who: CallerOf<'_>,
     mut record: CallRecord,
     parent: Option<&RequestTrace>,
 ) -> Result<CallToolResponse, ErrorData> {
@@ -54,15 +67,32 @@ pub async fn call_family_tool(
     };
     request.name = route.tool.clone().into();
     request.arguments = Some(arguments);
+    let verdicts = view.member_verdicts(who.user, &exposed, route);
     match selection {
         Selection::One(index) => {
             let member = &route.members[index];
-            let record = record.to(member_target(&exposed, route, member));
+            let mut record = record.to(member_target(&exposed, route, member));
+            let place = policy::place(Some(&member.instance), &member.server);
+            let confirm = match &verdicts[index] {
+                Verdict::Allow => None,
+                Verdict::Confirm { rule } => {
+                    record.under_rule(rule);
+                    Some(confirm::question_text(&exposed, &place, rule))
+                }
+                denied @ Verdict::Deny { rule, .. } => {
+                    record.under_rule(rule);
+                    record.finish(Outcome::Denied);
+                    return Ok(tool_error(
+                        denied.denial(&exposed, &place).unwrap_or_default(),
+                    ));
+                }
+            };
             let caller = Caller {
                 instance: Some(member.instance.as_str()),
                 ..caller
             };
-            let answer = call_member(view, member, route, request, caller, parent).await;
+            let waits = Some((who.waiting, confirm));
+            let answer = call_member(view, member, route, request, caller, parent, waits).await;
             record.finish(outcome_of(&answer));
             match answer {
                 Ok(response) => Ok(response),
@@ -70,7 +100,31 @@ pub async fn call_family_tool(
                 Err(error) => Ok(tool_error(error.to_string())),
             }
         }
-        Selection::Many(indices) => {
+        Selection::Many(selected) => {
+            // The policy's exclusions: silently narrowed, then named in the result.
+            let mut excluded = Vec::new();
+            let mut indices = Vec::new();
+            for index in selected {
+                match &verdicts[index] {
+                    Verdict::Allow => indices.push(index),
+                    Verdict::Deny { rule, .. } => {
+                        excluded.push((index, format!("denied by {rule}")))
+                    }
+                    Verdict::Confirm { rule } => excluded.push((
+                        index,
+                        format!(
+                            "{rule} asks the user to confirm each call; call this instance alone"
+                        ),
+                    )),
+                }
+            }
+            if indices.is_empty() {
+                record.finish(Outcome::Denied);
+                return Ok(tool_error(format!(
+                    "Denied by policy on every selected instance: {}.",
+                    exclusions(route, &excluded)
+                )));
+            }
             if route.destructive && !settings.allow_destructive && indices.len() > 1 {
                 let names: Vec<&str> = indices
                     .iter()
@@ -99,7 +153,7 @@ pub async fn call_family_tool(
                     async move {
                         let started = std::time::Instant::now();
                         let answer =
-                            call_member(view, member, route, request, caller, parent).await;
+                            call_member(view, member, route, request, caller, parent, None).await;
                         shared.target_done(
                             &member_target(exposed, route, member),
                             outcome_of(&answer),
@@ -119,7 +173,10 @@ pub async fn call_family_tool(
                 .buffer_unordered(settings.max_concurrency.max(1))
                 .collect()
                 .await;
-            let merged = merge(route, outcomes, settings.output_budget);
+            let mut merged = merge(route, outcomes, settings.output_budget);
+            if !excluded.is_empty() {
+                note_exclusions(&mut merged, route, &excluded);
+            }
             let outcome = outcome_of_result(&merged);
             record.finish(outcome);
             Ok(CallToolResponse::Complete(merged))
@@ -127,7 +184,35 @@ pub async fn call_family_tool(
     }
 }
 
-/// One member's call, in a span of its own under the request's.
+/// `prod-a (why), prod-b (why)`.
+fn exclusions(route: &FamilyTool, excluded: &[(usize, String)]) -> String {
+    let named: Vec<String> = excluded
+        .iter()
+        .map(|(i, why)| format!("{} ({why})", route.members[*i].instance))
+        .collect();
+    named.join(", ")
+}
+
+/// Says in a merged result which instances the policy left out: a text
+/// block, and `excluded` (`{instance: why}`) in its structured content.
+fn note_exclusions(merged: &mut CallToolResult, route: &FamilyTool, excluded: &[(usize, String)]) {
+    merged.content.push(ContentBlock::text(format!(
+        "Not run on {} instance(s) excluded by policy: {}.",
+        excluded.len(),
+        exclusions(route, excluded)
+    )));
+    if let Some(Value::Object(structured)) = merged.structured_content.as_mut() {
+        let reasons: Map<String, Value> = excluded
+            .iter()
+            .map(|(i, why)| (route.members[*i].instance.clone(), json!(why)))
+            .collect();
+        structured.insert("excluded".into(), Value::Object(reasons));
+    }
+}
+
+/// One member's call, in a span of its own under the request's. With
+/// `waits` (a call to one instance), a 2026-07-28 client can be asked
+/// mid-call, and first to confirm it when a policy rule says so.
 async fn call_member(
     view: &View,
     member: &Instance,
@@ -135,6 +220,7 @@ async fn call_member(
     mut request: CallToolRequestParams,
     caller: Caller<'_>,
     parent: Option<&RequestTrace>,
+    waits: Option<(&WaitingCalls, Option<String>)>,
 ) -> Result<CallToolResponse, UpstreamError> {
     let server = &*member.server;
     let Some(upstream) = view.upstream(server) else {
@@ -154,7 +240,14 @@ async fn call_member(
         trace::into_meta(&mut request.meta, &headers);
     }
     let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-    let answer = forward(&upstream, sent, caller).instrument(span).await?;
+    let answer = match waits {
+        Some((waiting, confirm)) => {
+            forward_or_wait(waiting, &upstream, sent, caller, confirm)
+                .instrument(span)
+                .await?
+        }
+        None => forward(&upstream, sent, caller).instrument(span).await?,
+    };
     call_response(server, answer)
 }
 

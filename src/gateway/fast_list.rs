@@ -133,7 +133,7 @@ pub async fn fast_tools_list(
     {
         let user = parts.extensions.get::<Arc<UserIdentity>>();
         let view = fast.state.view(user).await;
-        return response(&id, mode, &view.tools_json());
+        return response(&id, mode, &view.tools_json_for(user.map(|u| &**u)));
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

@@ -25,11 +25,13 @@ use tracing::Instrument as _;
 use super::call_record::{CallRecord, outcome_of, outcome_of_result, plain_target};
 use super::forward::{call_response, client_revision, forward};
 use super::input_wait::{WaitingCalls, forward_or_wait};
+use super::metrics::Outcome;
 use super::revision::ClientRevision;
 use super::state::{GatewayState, ListChange};
 use super::view::{View, caller};
-use super::{auth_status, fanout, overview, trace};
+use super::{auth_status, confirm, fanout, overview, trace};
 use crate::fleet::{Caller, Upstream, UpstreamError};
+use crate::policy::{self, Verdict};
 
 /// Cheap-to-clone MCP handler; one per client session, all sharing state.
 #[derive(Clone)]
@@ -147,7 +149,7 @@ impl ServerHandler for GatewayHandler {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         let user = caller(&context.extensions);
         let tools = match &user {
-            Some(user) => Some(self.state.view(Some(user)).await.catalog.tools.clone()),
+            Some(user) => Some(self.state.view(Some(user)).await.tools_for(Some(user))),
             None => None,
         };
         self.state.clients.register(context.peer, user, tools);
@@ -158,9 +160,11 @@ impl ServerHandler for GatewayHandler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let catalog = self.view(&context.extensions).await.catalog.clone();
+        let view = self.view(&context.extensions).await;
+        let user = caller(&context.extensions);
+        let tools = view.tools_for(user.as_deref());
         Ok(ListToolsResult::with_all_items(overview::exposed_tools(
-            &catalog,
+            &tools,
         )))
     }
 
@@ -188,6 +192,10 @@ impl ServerHandler for GatewayHandler {
                 family_tool,
                 request,
                 self.caller(&context),
+                fanout::CallerOf {
+                    user: user.as_deref(),
+                    waiting: &self.waiting,
+                },
                 record,
                 request_trace,
             )
@@ -217,8 +225,27 @@ impl ServerHandler for GatewayHandler {
                 None,
             ));
         };
-        let record = record(&request.name, request.arguments.as_ref())
+        let mut record = record(&request.name, request.arguments.as_ref())
             .to(plain_target(&request.name, route));
+        let place = policy::place(None, &route.server);
+        let confirm = match view.verdict(user.as_deref(), &request.name, &route.server, &route.name)
+        {
+            Verdict::Allow => None,
+            Verdict::Confirm { rule } => {
+                record.under_rule(&rule);
+                Some(confirm::question_text(&request.name, &place, &rule))
+            }
+            denied @ Verdict::Deny { .. } => {
+                let text = denied.denial(&request.name, &place).unwrap_or_default();
+                if let Verdict::Deny { rule, .. } = &denied {
+                    record.under_rule(rule);
+                }
+                record.finish(Outcome::Denied);
+                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                    ContentBlock::text(text),
+                ])));
+            }
+        };
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone().into();
         let span = trace::upstream_span(
@@ -232,10 +259,16 @@ impl ServerHandler for GatewayHandler {
             trace::into_meta(&mut request.meta, &headers);
         }
         let sent = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        let answer = forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
-            .instrument(span)
-            .await
-            .and_then(|result| call_response(&upstream.name, result));
+        let answer = forward_or_wait(
+            &self.waiting,
+            &upstream,
+            sent,
+            self.caller(&context),
+            confirm,
+        )
+        .instrument(span)
+        .await
+        .and_then(|result| call_response(&upstream.name, result));
         record.finish(outcome_of(&answer));
         match answer {
             Ok(response) => Ok(response),
@@ -244,7 +277,8 @@ impl ServerHandler for GatewayHandler {
                 error @ (UpstreamError::Unavailable { .. }
                 | UpstreamError::Timeout { .. }
                 | UpstreamError::Transport { .. }
-                | UpstreamError::Unanswered { .. }),
+                | UpstreamError::Unanswered { .. }
+                | UpstreamError::NotConfirmed(_)),
             ) => Ok(CallToolResponse::Complete(CallToolResult::error(vec![
                 ContentBlock::text(error.to_string()),
             ]))),
@@ -271,7 +305,7 @@ impl ServerHandler for GatewayHandler {
         let user = caller(&context.request_context().extensions);
         let mut fleet = self.state.fleet.changes();
         let mut own_tools = match &user {
-            Some(user) => Some(self.state.peek_view(user).await.catalog.tools.clone()),
+            Some(user) => Some(self.state.peek_view(user).await.tools_for(Some(user))),
             None => None,
         };
         loop {
@@ -283,7 +317,7 @@ impl ServerHandler for GatewayHandler {
                         return Ok(());
                     }
                     let Some(user) = &user else { continue };
-                    let tools = self.state.peek_view(user).await.catalog.tools.clone();
+                    let tools = self.state.peek_view(user).await.tools_for(Some(user));
                     if own_tools.as_ref() == Some(&tools) {
                         continue;
                     }
@@ -372,7 +406,7 @@ impl ServerHandler for GatewayHandler {
             .resource_owner(&context.extensions, &request.uri)
             .await?;
         let sent = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
-        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context), None)
             .await
             .map_err(protocol_error)?
         {
@@ -462,7 +496,7 @@ impl ServerHandler for GatewayHandler {
         let upstream = self.upstream(&view, &route.server)?;
         request.name = route.name.clone();
         let sent = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
-        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context))
+        match forward_or_wait(&self.waiting, &upstream, sent, self.caller(&context), None)
             .await
             .map_err(protocol_error)?
         {

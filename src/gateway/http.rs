@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
-use super::fleet_page;
 use super::handler::GatewayHandler;
 use super::input_wait::WaitingCalls;
 use super::listener::HttpLimits;
@@ -26,6 +25,7 @@ use super::metrics::{self, Metrics};
 use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
+use super::{demo_identity, fleet_page};
 use crate::api::ServerState;
 use crate::auth::inbound::AuthServer;
 
@@ -81,6 +81,9 @@ pub fn router(
             auth.clone(),
             require_user,
         )),
+        None if state.settings.demo_identity => {
+            mcp.layer(axum::middleware::from_fn(demo_identity::demo_identity))
+        }
         None => mcp,
     };
     // Outermost: the transport's own checks come before any other answer.
@@ -278,5 +281,6 @@ fn fleet_report(state: &GatewayState) -> FleetReport {
         tools: catalog.tools.len(),
         clients: state.clients.count(),
         user_sessions: state.fleet.user_sessions().map_or(0, |s| s.count()),
+        policies: super::status::policy_reports(&state.policy(), &problems),
     }
 }

@@ -93,13 +93,20 @@ fn retry_of<'r>(
 
 /// [`forward`], except that a 2026-07-28 client the upstream asks
 /// something gets `input_required`, and its retry goes on with the call.
+/// With `confirm`, the user is asked that first (`confirm`), the same way.
 pub async fn forward_or_wait(
     calls: &WaitingCalls,
     upstream: &Arc<Upstream>,
     request: ClientRequest,
     caller: Caller<'_>,
+    confirm: Option<String>,
 ) -> Outcome {
     if client_revision(caller.context) != ClientRevision::Stateless {
+        if let Some(text) = &confirm {
+            super::confirm::confirm(&caller, text)
+                .await
+                .map_err(UpstreamError::NotConfirmed)?;
+        }
         return forward(upstream, request, caller).await;
     }
     let who = caller_key(caller.context);
@@ -138,6 +145,11 @@ pub async fn forward_or_wait(
             log_level,
             asking: Some(&line),
         };
+        if let Some(text) = &confirm {
+            super::confirm::confirm(&caller, text)
+                .await
+                .map_err(UpstreamError::NotConfirmed)?;
+        }
         forward(&upstream, request, caller).await
     });
     let waiting = Waiting {

@@ -4,6 +4,8 @@
 pub mod audit;
 mod auth_status;
 pub mod call_record;
+mod confirm;
+mod demo_identity;
 mod edge;
 mod envelope;
 mod fanout;

@@ -13,10 +13,10 @@ use crate::fleet::Fleet;
 pub const TOOL_NAME: &str = "flotilla_list_fleet";
 
 /// Every tool clients see: the gateway's own, then the catalog's.
-pub fn exposed_tools(catalog: &Catalog) -> Vec<Tool> {
-    let mut tools = Vec::with_capacity(catalog.tools.len() + 1);
+pub fn exposed_tools(listed: &[Tool]) -> Vec<Tool> {
+    let mut tools = Vec::with_capacity(listed.len() + 1);
     tools.push(tool());
-    tools.extend(catalog.tools.iter().cloned());
+    tools.extend(listed.iter().cloned());
     tools
 }
 

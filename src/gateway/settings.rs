@@ -7,6 +7,8 @@ pub struct GatewaySettings {
     pub fan_out: FanOutSettings,
     /// The MCP endpoint as clients reach it (for reports).
     pub endpoint: String,
+    /// Callers may name themselves in headers (`demo_identity`); never with auth on.
+    pub demo_identity: bool,
 }
 
 /// Fan-out limits, from the gateway's config.

@@ -22,7 +22,8 @@ use crate::catalog::build::{Member, Membership};
 use crate::catalog::family::{DEFAULT_INSTANCE_ARG, Instance};
 use crate::catalog::{self, Catalog};
 use crate::fleet::Fleet;
-use crate::source::DesiredServer;
+use crate::policy::Policy;
+use crate::source::{DesiredPolicy, DesiredServer};
 
 /// Changes arriving within this window are folded into one rebuild.
 const REBUILD_SETTLE: Duration = Duration::from_millis(10);
@@ -54,6 +55,7 @@ pub(super) fn members(upstreams: &[Arc<crate::fleet::Upstream>]) -> Vec<Member> 
             Member {
                 server: u.name.clone(),
                 tool_prefix: desired.spec.tool_prefix.clone(),
+                labels: desired.labels.clone(),
                 family: membership(&u.name, &desired),
                 inventory: u.inventory(),
             }
@@ -128,6 +130,8 @@ pub struct GatewayState {
     pub fleet: Fleet,
     pub settings: GatewaySettings,
     catalog: ArcSwap<Catalog>,
+    /// The tool policy in force, and the fleet's policies it was compiled from.
+    policy: ArcSwap<(Arc<Vec<DesiredPolicy>>, Arc<Policy>)>,
     /// What anonymous callers (and users without SSO servers) see: the
     /// catalog snapshot as a [`View`], made once per rebuild.
     pub(super) shared_view: ArcSwap<View>,
@@ -158,11 +162,13 @@ impl GatewayState {
         metrics: Arc<Metrics>,
         audit: AuditLog,
     ) -> Arc<Self> {
-        let shared_view = ArcSwap::from_pointee(View::of(Arc::default(), fleet.clone()));
+        let shared_view =
+            ArcSwap::from_pointee(View::of(Arc::default(), fleet.clone(), Arc::default()));
         Arc::new(Self {
             fleet,
             settings,
             catalog: ArcSwap::from_pointee(Catalog::default()),
+            policy: ArcSwap::from_pointee((Arc::default(), Arc::default())),
             shared_view,
             clients: ClientRegistry::default(),
             list_changes: tokio::sync::broadcast::channel(64).0,
@@ -225,8 +231,32 @@ impl GatewayState {
         self.catalog.load_full()
     }
 
-    /// Rebuilds the catalog from the fleet now; returns the new snapshot.
-    pub fn rebuild(&self) -> Arc<Catalog> {
+    /// The tool policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load().1.clone()
+    }
+
+    /// Compiles the fleet's policies when they changed; true if they did.
+    fn recompile_policy(&self) -> bool {
+        let declared = self.fleet.policies();
+        let current = self.policy.load();
+        if *current.0 == *declared {
+            return false;
+        }
+        let compiled = Arc::new(Policy::compile(&declared));
+        tracing::info!(
+            policies = compiled.sources.len(),
+            rules = compiled.rule_count(),
+            "tool policy changed"
+        );
+        self.policy.store(Arc::new((declared, compiled)));
+        true
+    }
+
+    /// Rebuilds the catalog from the fleet now; returns the new snapshot
+    /// and whether the tool policy changed.
+    pub fn rebuild(&self) -> (Arc<Catalog>, bool) {
+        let policy_changed = self.recompile_policy();
         let members = members(&self.fleet.upstreams());
         let previous = self.catalog();
         let next = Arc::new(catalog::build(&members, &previous));
@@ -240,7 +270,7 @@ impl GatewayState {
                 tracing::warn!(server = %collision.loser, name = %collision.exposed, "name collision: {collision}");
             }
         }
-        let view = View::of(next.clone(), self.fleet.clone());
+        let view = View::of(next.clone(), self.fleet.clone(), self.policy());
         if previous.same_tools(&next) {
             // The serialized list still holds: keep it (10,000 tools cost ms).
             let kept = self.shared_view.load().tools_json.get().cloned();
@@ -250,7 +280,7 @@ impl GatewayState {
         }
         self.catalog.store(next.clone());
         self.shared_view.store(Arc::new(view));
-        next
+        (next, policy_changed)
     }
 
     /// Keeps the catalog current until `cancel`, notifying clients of changes.
@@ -259,10 +289,10 @@ impl GatewayState {
         loop {
             let version = *changes.borrow_and_update();
             let previous = self.catalog();
-            let next = self.rebuild();
+            let (next, policy_changed) = self.rebuild();
             self.built_from
                 .store(version, std::sync::atomic::Ordering::Release);
-            self.notify_changes(&previous, &next).await;
+            self.notify_changes(&previous, &next, policy_changed).await;
             self.notify_user_views().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -282,7 +312,7 @@ impl GatewayState {
             let Some(user) = &registered.user else {
                 continue;
             };
-            let tools = self.peek_view(user).await.catalog.tools.clone();
+            let tools = self.peek_view(user).await.tools_for(Some(user));
             let changed = match registered.seen_tools.lock() {
                 Ok(mut seen) => {
                     let changed = seen.as_ref().is_some_and(|seen| *seen != tools);
@@ -297,8 +327,10 @@ impl GatewayState {
         }
     }
 
-    async fn notify_changes(&self, previous: &Catalog, next: &Catalog) {
-        let tools = !previous.same_tools(next);
+    /// Tells clients which lists changed; a policy change may change
+    /// anyone's tool list.
+    async fn notify_changes(&self, previous: &Catalog, next: &Catalog, policy_changed: bool) {
+        let tools = policy_changed || !previous.same_tools(next);
         let resources = previous.resources != next.resources
             || previous.resource_templates != next.resource_templates;
         let prompts = previous.prompts != next.prompts;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::api::{Condition, MCPServerStatus, ServerState};
 use crate::catalog::Catalog;
 use crate::fleet::Upstream;
+use crate::policy::Policy;
 use crate::source::ManifestProblem;
 
 fn condition(
@@ -148,4 +149,57 @@ pub struct FleetReport {
     pub clients: usize,
     /// Open per-user sessions to SSO servers, all users together.
     pub user_sessions: u64,
+    /// Tool policies: those in force, and those that could not be used.
+    pub policies: Vec<PolicyReport>,
+}
+
+/// One tool policy in the `/status` document.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub name: String,
+    pub origin: String,
+    /// Rules in force (the last good ones, for a policy that broke since).
+    pub rules: usize,
+    /// `Active` (its rules apply) or `Invalid` (none of it applies).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Every policy in force or named by a problem, by name.
+pub fn policy_reports(policy: &Policy, problems: &[ManifestProblem]) -> Vec<PolicyReport> {
+    let problem_of = |name: &str| {
+        problems
+            .iter()
+            .find(|p| p.policy.as_deref() == Some(name))
+            .map(|p| p.to_string())
+    };
+    let mut reports: Vec<PolicyReport> = policy
+        .sources
+        .iter()
+        .map(|(name, origin, rules)| PolicyReport {
+            name: name.clone(),
+            origin: origin.clone(),
+            rules: *rules,
+            state: "Active",
+            last_error: problem_of(name),
+        })
+        .collect();
+    for problem in problems {
+        let Some(name) = &problem.policy else {
+            continue;
+        };
+        if !reports.iter().any(|r| &r.name == name) {
+            reports.push(PolicyReport {
+                name: name.clone(),
+                origin: problem.origin.clone(),
+                rules: 0,
+                state: "Invalid",
+                last_error: Some(problem.to_string()),
+            });
+        }
+    }
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+    reports
 }

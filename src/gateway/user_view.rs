@@ -5,7 +5,7 @@
 //! routed through sessions that carry only that user's token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::api::UserIdentity;
 use crate::fleet::{Access, Upstream};
@@ -82,13 +82,13 @@ impl GatewayState {
             &super::state::members(&upstreams),
             &previous,
         ));
-        let view = Arc::new(View {
+        let view = Arc::new(View::with_sessions(
             catalog,
             own,
             unavailable,
-            tools_json: OnceLock::new(),
-            fleet: self.fleet.clone(),
-        });
+            self.fleet.clone(),
+            self.policy(),
+        ));
         self.user_views.insert(
             user.key.clone(),
             Arc::new(CachedView {

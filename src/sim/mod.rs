@@ -2,6 +2,8 @@
 //! a small stdio server with Kubernetes-style read-only tools (pods, events,
 //! logs) over synthetic data that differs per cluster name. It lets the
 //! quickstart and the tests run a whole fleet with nothing but cargo.
+//! `--writable` adds `delete_pod` (annotated destructive), so tool policies
+//! have something to guard.
 
 mod data;
 
@@ -37,6 +39,14 @@ pub struct LogArgs {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct PodArgs {
+    /// Pod name, as returned by list_pods.
+    pub pod: String,
+    /// Namespace of the pod.
+    pub namespace: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct SleepArgs {
     /// Seconds to wait before answering.
     pub seconds: f64,
@@ -48,22 +58,39 @@ pub struct SimCluster {
     cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Serve an older `list_pods` schema (tests schema divergence in families).
     old_schema: bool,
+    /// Pods `delete_pod` removed, as (namespace, name).
+    deleted: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
     tool_router: ToolRouter<Self>,
+}
+
+/// What a simulated cluster serves beyond its read-only tools.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimOptions {
+    /// `sleep` and `cancellations`, for the test suite.
+    pub test_tools: bool,
+    /// An older `list_pods` schema, for the test suite.
+    pub old_schema: bool,
+    /// `delete_pod`, a destructive tool.
+    pub writable: bool,
 }
 
 #[tool_router]
 impl SimCluster {
     /// `test_tools` adds `sleep` and `cancellations`, used by the test suite
     /// to observe cancellation end to end; the quickstart leaves them out.
-    pub fn new(name: &str, test_tools: bool, old_schema: bool) -> Self {
+    pub fn new(name: &str, options: SimOptions) -> Self {
         let mut tool_router = Self::tool_router();
-        if test_tools {
+        if options.test_tools {
             tool_router += Self::test_router();
+        }
+        if options.writable {
+            tool_router += Self::writable_router();
         }
         Self {
             cluster: std::sync::Arc::new(Cluster::generate(name)),
             cancelled: Default::default(),
-            old_schema,
+            old_schema: options.old_schema,
+            deleted: Default::default(),
             tool_router,
         }
     }
@@ -73,7 +100,12 @@ impl SimCluster {
         annotations(title = "List pods", read_only_hint = true, open_world_hint = false)
     )]
     fn list_pods(&self, Parameters(args): Parameters<NamespaceArgs>) -> Json<data::PodList> {
-        Json(self.cluster.pods_in(args.namespace.as_deref()))
+        let mut list = self.cluster.pods_in(args.namespace.as_deref());
+        if let Ok(deleted) = self.deleted.lock() {
+            list.pods
+                .retain(|p| !deleted.contains(&(p.namespace.clone(), p.name.clone())));
+        }
+        Json(list)
     }
 
     #[tool(
@@ -105,6 +137,45 @@ impl SimCluster {
     )]
     fn cluster_info(&self) -> String {
         self.cluster.info_text()
+    }
+}
+
+#[tool_router(router = writable_router)]
+impl SimCluster {
+    #[tool(
+        description = "Delete a pod. Its workload does not bring it back in this simulation.",
+        annotations(
+            title = "Delete pod",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    fn delete_pod(&self, Parameters(args): Parameters<PodArgs>) -> Result<String, String> {
+        let exists = self
+            .cluster
+            .pods
+            .iter()
+            .any(|p| p.namespace == args.namespace && p.name == args.pod);
+        let key = (args.namespace.clone(), args.pod.clone());
+        let newly = exists
+            && self
+                .deleted
+                .lock()
+                .map(|mut deleted| deleted.insert(key))
+                .unwrap_or(false);
+        if newly {
+            Ok(format!(
+                "pod {}/{} deleted from cluster {}",
+                args.namespace, args.pod, self.cluster.name
+            ))
+        } else {
+            Err(format!(
+                "pod {}/{} not found in cluster {}; call list_pods to see the pods",
+                args.namespace, args.pod, self.cluster.name
+            ))
+        }
     }
 }
 
@@ -214,8 +285,8 @@ impl SimCluster {
 }
 
 /// Serves one simulated cluster on stdin/stdout until the client goes away.
-pub async fn serve_stdio(name: &str, test_tools: bool, old_schema: bool) -> anyhow::Result<()> {
-    let service = SimCluster::new(name, test_tools, old_schema)
+pub async fn serve_stdio(name: &str, options: SimOptions) -> anyhow::Result<()> {
+    let service = SimCluster::new(name, options)
         .serve(rmcp::transport::stdio())
         .await?;
     service.waiting().await?;

@@ -1,4 +1,4 @@
-//! Where MCPServer objects come from. Every source publishes the same
+//! Where MCPServer and ToolPolicy objects come from. Every source publishes the same
 //! [`DesiredFleet`] snapshots; the fleet diffs them, so a source never needs to
 //! know which servers changed.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub use manifest_dir::{LastLoad, ManifestDir, load_dir, load_file, parse_manifests};
 
-use crate::api::{MCPServerSpec, SecretValue};
+use crate::api::{MCPServerSpec, SecretValue, ToolPolicySpec};
 
 /// One server the fleet should run, as declared by its manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +52,8 @@ pub struct ManifestProblem {
     pub origin: String,
     /// The server's name when it could be read, so status can name it.
     pub server: Option<String>,
+    /// The ToolPolicy's name, for a policy's problem.
+    pub policy: Option<String>,
     pub message: String,
 }
 
@@ -61,10 +63,23 @@ impl std::fmt::Display for ManifestProblem {
     }
 }
 
+/// One ToolPolicy, as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredPolicy {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub spec: ToolPolicySpec,
+    /// Where it was declared, e.g. `policy.yaml#0`, for messages.
+    pub origin: String,
+}
+
 /// The whole desired fleet at one moment, keyed by server name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredFleet {
     pub servers: BTreeMap<String, DesiredServer>,
+    /// Tool policies, keyed `namespace/name`.
+    pub policies: BTreeMap<String, DesiredPolicy>,
     pub problems: Vec<ManifestProblem>,
 }
 

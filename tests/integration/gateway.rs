@@ -548,17 +548,23 @@ async fn python_client_in_default_and_legacy_modes_and_the_inspector_cli_use_the
 }
 
 #[test]
-fn the_committed_crd_is_exactly_what_flotilla_crd_prints() {
-    let committed = std::fs::read_to_string(repo().join("crds/mcpserver.yaml")).unwrap();
+fn the_committed_crds_are_exactly_what_flotilla_crd_prints() {
+    let crds = flotilla::crds().unwrap();
     assert_eq!(
-        committed,
-        flotilla::crd_yaml().unwrap(),
-        "run `flotilla crd > crds/mcpserver.yaml`"
+        crds.iter().map(|(file, _)| *file).collect::<Vec<_>>(),
+        ["mcpserver.yaml", "toolpolicy.yaml"]
     );
-    // What the API server would warn about on every apply, or show in
-    // `kubectl explain mcps`.
-    for unknown in ["format: uint", "Auto-generated derived type"] {
-        assert!(!committed.contains(unknown), "the CRD has {unknown:?}");
+    for (file, printed) in crds {
+        let committed = std::fs::read_to_string(repo().join("crds").join(file)).unwrap();
+        assert_eq!(
+            committed, printed,
+            "crds/{file} is out of date; regenerate it from `flotilla crd`"
+        );
+        // What the API server would warn about on every apply, or show in
+        // `kubectl explain mcps`.
+        for unknown in ["format: uint", "Auto-generated derived type"] {
+            assert!(!committed.contains(unknown), "{file} has {unknown:?}");
+        }
     }
 }
 

@@ -966,27 +966,38 @@ fn values_schema_rejects_bad_values() {
 }
 
 #[test]
-fn the_chart_crd_is_a_byte_identical_copy_of_crds_mcpserver_yaml() {
-    let top = std::fs::read(repo().join("crds/mcpserver.yaml")).expect("crds/mcpserver.yaml");
-    let copy = std::fs::read(chart().join("crds/mcpserver.yaml")).expect("chart crds copy");
-    assert!(
-        top == copy,
-        "charts/flotilla/crds/mcpserver.yaml differs from crds/mcpserver.yaml; run\n  \
-         cp crds/mcpserver.yaml charts/flotilla/crds/mcpserver.yaml"
-    );
-    let crds: Vec<_> = std::fs::read_dir(chart().join("crds"))
+fn the_chart_crds_are_byte_identical_copies_of_crds() {
+    for file in ["mcpserver.yaml", "toolpolicy.yaml"] {
+        let top = std::fs::read(repo().join("crds").join(file)).expect("crds/ file");
+        let copy = std::fs::read(chart().join("crds").join(file)).expect("chart crds copy");
+        assert!(
+            top == copy,
+            "charts/flotilla/crds/{file} differs from crds/{file}; run\n  \
+             cp crds/{file} charts/flotilla/crds/{file}"
+        );
+    }
+    let mut crds: Vec<_> = std::fs::read_dir(chart().join("crds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(crds, ["mcpserver.yaml"]);
+    crds.sort();
+    assert_eq!(crds, ["mcpserver.yaml", "toolpolicy.yaml"]);
 }
 
 #[test]
-fn helm_installs_the_mcpserver_crd_from_the_chart() {
+fn helm_installs_the_mcpserver_and_toolpolicy_crds_from_the_chart() {
     let m = render(&["--include-crds"]);
-    let crd = m.one("CustomResourceDefinition");
-    assert_eq!(crd["metadata"]["name"], "mcpservers.flotilla.dev");
-    assert_eq!(crd["spec"]["names"]["shortNames"][0], "mcps");
+    let crds = m.of_kind("CustomResourceDefinition");
+    let names: Vec<&str> = crds
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["mcpservers.flotilla.dev", "toolpolicies.flotilla.dev"]
+    );
+    assert_eq!(crds[0]["spec"]["names"]["shortNames"][0], "mcps");
+    assert_eq!(crds[1]["spec"]["names"]["shortNames"][0], "tpol");
     // Not a template: `helm template` without --include-crds leaves it out.
     assert!(render(&[]).of_kind("CustomResourceDefinition").is_empty());
 }

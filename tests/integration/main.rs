@@ -19,6 +19,7 @@ mod kubernetes;
 mod limits;
 mod matrix;
 mod observability;
+mod policy;
 mod relay;
 mod sso;
 mod sso_clients;

@@ -38,7 +38,7 @@ const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 const USAGE = `usage:
   node oidc_provider.mjs --port N --mode central [--client id:secret:redirect_uri[,redirect_uri...]]...
-      [--id-token-ttl SECONDS] [--access-token-ttl SECONDS]
+      [--id-token-ttl SECONDS] [--access-token-ttl SECONDS] [--groups user=group[,group...]]...
   node oidc_provider.mjs --port N --mode cluster --central-issuer URL [--client id:secret]...
       [--audience AUD] [--token-ttl SECONDS] [--claimed-ttl SECONDS] [--connector ID]
       [--subject-audience AUD]`;
@@ -57,6 +57,7 @@ try {
       client: { type: 'string', multiple: true, default: [] },
       'id-token-ttl': { type: 'string', default: '3600' },
       'access-token-ttl': { type: 'string', default: '3600' },
+      groups: { type: 'string', multiple: true, default: [] },
       'central-issuer': { type: 'string' },
       audience: { type: 'string' },
       'token-ttl': { type: 'string', default: '3600' },
@@ -87,7 +88,7 @@ const MODE = args.mode;
 if (MODE !== 'central' && MODE !== 'cluster') fail('--mode must be central or cluster');
 if (MODE === 'cluster' && !args['central-issuer']) fail('--central-issuer URL is required in cluster mode');
 const modeOptions = {
-  central: ['id-token-ttl', 'access-token-ttl'],
+  central: ['id-token-ttl', 'access-token-ttl', 'groups'],
   cluster: ['central-issuer', 'audience', 'token-ttl', 'claimed-ttl', 'connector', 'subject-audience'],
 };
 for (const name of modeOptions[MODE === 'central' ? 'cluster' : 'central']) {
@@ -95,6 +96,15 @@ for (const name of modeOptions[MODE === 'central' ? 'cluster' : 'central']) {
     fail(`--${name} is not a ${MODE} mode option`);
   }
 }
+
+// --groups user=g1,g2: the `groups` claim of that user's ID tokens.
+const GROUPS = new Map(
+  args.groups.map((spec) => {
+    const [user, list] = spec.split('=');
+    if (!user || list === undefined) fail(`--groups ${spec}: expected user=group[,group...]`);
+    return [user, list.split(',').filter(Boolean)];
+  }),
+);
 
 const log = (message) => process.stderr.write(`${new Date().toISOString()} [oidc-${MODE}] ${message}\n`);
 
@@ -270,7 +280,8 @@ function buildCentral() {
     responseTypes: ['code'],
     claims: {
       openid: ['sub'],
-      profile: ['name', 'preferred_username'],
+      // `groups` rides with profile (as Dex puts it in ID tokens when asked).
+      profile: ['name', 'preferred_username', 'groups'],
       email: ['email', 'email_verified'],
     },
     // ID tokens carry the scope's claims even when an access token is issued too.
@@ -286,6 +297,7 @@ function buildCentral() {
             name: sub.charAt(0).toUpperCase() + sub.slice(1),
             email: `${sub}@example.com`,
             email_verified: true,
+            ...(GROUPS.has(sub) && { groups: GROUPS.get(sub) }),
           };
         },
       };

@@ -251,6 +251,7 @@ mod tests {
                 iss: "https://dex.example".into(),
                 sub: "alice-sub".into(),
                 name: Some("alice".into()),
+                groups: vec!["sre".into()],
             },
             id_token: "provider.id.token".into(),
             id_token_exp: Utc::now().timestamp() + 3600,
@@ -281,6 +282,11 @@ mod tests {
         assert_eq!(identity.key.issuer, "https://dex.example");
         assert_eq!(identity.shown_name(), "alice");
         assert_eq!(identity.source, IdentitySource::GatewayLogin);
+        assert_eq!(
+            identity.groups,
+            ["sre"],
+            "the login's groups reach policies"
+        );
         assert_eq!(
             identity.id_token.as_ref().map(|t| t.expose()),
             Some("provider.id.token")

@@ -55,6 +55,33 @@ pub struct UserClaims {
     pub sub: String,
     /// `preferred_username`, `email` or `name`, whichever came first.
     pub name: Option<String>,
+    /// The ID token's `groups` claim (for tool policies); absent in tokens
+    /// sealed before groups were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// The most groups kept from a login (they travel sealed in every token).
+pub const MAX_GROUPS: usize = 256;
+
+/// The `groups` claim of a JWT whose signature was already verified: a
+/// list of strings (or one string); anything else names no groups.
+pub fn groups_claim(jwt: &str) -> Vec<String> {
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let mut groups: Vec<String> = match payload.as_ref().and_then(|p| p.get("groups")) {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    groups.truncate(MAX_GROUPS);
+    groups
 }
 
 impl UserClaims {
@@ -128,6 +155,34 @@ pub fn identity(user: &UserClaims, id_token: &str, id_token_exp: i64) -> UserIde
         expires_at: chrono::DateTime::from_timestamp(id_token_exp, 0),
         source: crate::api::IdentitySource::GatewayLogin,
         client: None,
-        groups: Vec::new(),
+        groups: user.groups.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: serde_json::Value) -> String {
+        format!("h.{}.s", URL_SAFE_NO_PAD.encode(payload.to_string()))
+    }
+
+    #[test]
+    fn groups_are_read_as_a_list_or_one_string_and_capped() {
+        assert_eq!(
+            groups_claim(&jwt(serde_json::json!({"groups": ["sre", 3, "dev"]}))),
+            ["sre", "dev"]
+        );
+        assert_eq!(
+            groups_claim(&jwt(serde_json::json!({"groups": "sre"}))),
+            ["sre"]
+        );
+        assert!(groups_claim(&jwt(serde_json::json!({"sub": "a"}))).is_empty());
+        assert!(groups_claim("not a jwt").is_empty());
+        let many: Vec<String> = (0..1000).map(|i| format!("g{i}")).collect();
+        assert_eq!(
+            groups_claim(&jwt(serde_json::json!({"groups": many}))).len(),
+            MAX_GROUPS
+        );
     }
 }

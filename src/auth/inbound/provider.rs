@@ -22,7 +22,7 @@ use openidconnect::{
     RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse, TokenResponse as _,
 };
 
-use super::payloads::{ProviderTokens, UserClaims};
+use super::payloads::{ProviderTokens, UserClaims, groups_claim};
 use crate::api::SecretValue;
 use crate::auth::settings::OidcConfig;
 use crate::fleet::error_chain;
@@ -418,6 +418,8 @@ fn read_id_token(
             iss: claims.issuer().as_str().to_string(),
             sub: claims.subject().as_str().to_string(),
             name,
+            // Verified above; openidconnect's core claims have no `groups`.
+            groups: groups_claim(&id_token.to_string()),
         },
         id_token: id_token.to_string(),
         id_token_exp: claims.expiration().timestamp(),

@@ -364,6 +364,7 @@ mod tests {
                 iss: "https://dex.example".into(),
                 sub: "alice-sub".into(),
                 name: Some("alice".into()),
+                groups: vec![],
             },
             id_token: "header.payload.signature".into(),
             id_token_exp,

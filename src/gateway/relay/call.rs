@@ -30,6 +30,7 @@ use crate::gateway::metrics::{CallTarget, Outcome};
 use crate::gateway::overview;
 use crate::gateway::revision::ClientRevision;
 use crate::gateway::trace::{self, RequestTrace};
+use crate::policy::{self, Verdict};
 
 /// The methods the relay forwards, each to one upstream.
 pub(super) const RELAYED: &[&str] = &["tools/call", "prompts/get", "resources/read"];
@@ -78,6 +79,39 @@ pub(super) async fn relay_call(
     } else {
         target(catalog, method, &call, message)?
     };
+    if let Some(counted) = &target.counted {
+        let tool = target.name.unwrap_or_default();
+        match view.verdict(user.map(|u| &**u), &counted.tool, &target.server, tool) {
+            Verdict::Allow => {}
+            // The user is asked first, on rmcp's path (`gateway::confirm`).
+            Verdict::Confirm { .. } => return None,
+            denied @ Verdict::Deny { .. } => {
+                let place = policy::place(target.instance, &target.server);
+                let text = denied.denial(&counted.tool, &place).unwrap_or_default();
+                let calls = &relay.state.calls;
+                let arguments = calls
+                    .audit
+                    .enabled()
+                    .then(|| message::arguments(message.params))
+                    .flatten();
+                let mut record =
+                    CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
+                        .in_trace(
+                            parts
+                                .extensions
+                                .get::<RequestTrace>()
+                                .map(|t| t.trace_id.clone()),
+                        )
+                        .to(counted.clone());
+                if let Verdict::Deny { rule, .. } = &denied {
+                    record.under_rule(rule);
+                }
+                record.finish(Outcome::Denied);
+                let id = message.id.clone()?;
+                return Some(json_response(failure(method, &id, &text, client.revision)));
+            }
+        }
+    }
     // Where a task this call creates will be found again.
     let task_owner = owner
         .filter(|_| method == "tools/call")

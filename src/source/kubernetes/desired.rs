@@ -162,6 +162,7 @@ pub fn desired_fleet(
             fleet.problems.push(ManifestProblem {
                 origin,
                 server: None,
+                policy: None,
                 message: format!(
                     "metadata.name {name:?} is already used by {}; exposed names must be unique across namespaces",
                     origin_of(owner, &name)
@@ -186,6 +187,7 @@ pub fn desired_fleet(
                 fleet.problems.push(ManifestProblem {
                     origin,
                     server: Some(name),
+                    policy: None,
                     message,
                 });
             }

@@ -367,6 +367,7 @@ mod tests {
         let problems = vec![ManifestProblem {
             origin: "MCPServer ns/a".into(),
             server: Some("a".into()),
+            policy: None,
             message: "invalid object: unknown variant `nope`".into(),
         }];
         let status = desired_status(&o, None, &problems);

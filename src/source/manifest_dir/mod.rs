@@ -1,11 +1,12 @@
 //! The manifest-directory source: every `*.yaml`/`*.yml` file in a directory,
-//! each holding one or more MCPServer documents (the YAML a user would
-//! `kubectl apply`). The directory is watched; every change re-reads it and
+//! each holding one or more MCPServer and ToolPolicy documents (the YAML a
+//! user would `kubectl apply`). The directory is watched; every change re-reads it and
 //! publishes a new [`DesiredFleet`].
 //!
 //! Bad input loses nothing: a file that stops parsing keeps its last good
-//! servers, and a broken document keeps the last good version of its server,
-//! while the problem (file, document index, field) is reported.
+//! servers and policies, and a broken document keeps the last good version
+//! of its server or policy, while the problem (file, document index, field)
+//! is reported.
 //!
 //! Secrets (`kind: Secret`, `apiVersion: v1`) in the directory are read too,
 //! so `headersFrom` and `clientCredentialsSecretRef` work as in a cluster.
@@ -77,6 +78,7 @@ pub fn load_dir(dir: &Path, last: &mut LastLoad) -> DesiredFleet {
             fleet.problems.push(ManifestProblem {
                 origin: dir.display().to_string(),
                 server: None,
+                policy: None,
                 message: format!("cannot read manifest directory: {e}"),
             });
             return fleet;
@@ -107,6 +109,7 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
                 fleet.problems.push(ManifestProblem {
                     origin: server.origin.clone(),
                     server: Some(server.name.clone()),
+                    policy: None,
                     message: format!(
                         "metadata.name: {:?} is already declared in {}; this copy is ignored",
                         server.name, existing.origin
@@ -114,6 +117,22 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
                 });
             } else {
                 fleet.servers.insert(server.name.clone(), server.clone());
+            }
+        }
+        for policy in &parsed.policies {
+            let key = format!("{}/{}", policy.namespace, policy.name);
+            if let Some(existing) = fleet.policies.get(&key) {
+                fleet.problems.push(ManifestProblem {
+                    origin: policy.origin.clone(),
+                    server: None,
+                    policy: Some(policy.name.clone()),
+                    message: format!(
+                        "metadata.name: ToolPolicy {:?} is already declared in {}; this copy is ignored",
+                        policy.name, existing.origin
+                    ),
+                });
+            } else {
+                fleet.policies.insert(key, policy.clone());
             }
         }
         fleet.problems.extend(parsed.problems.iter().cloned());
@@ -134,6 +153,7 @@ fn read_file(path: &Path, stamp: Option<Stamp>) -> ParsedFile {
         problems: vec![ManifestProblem {
             origin: origin.clone(),
             server: None,
+            policy: None,
             message,
         }],
         ..Default::default()
@@ -161,16 +181,23 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
         return parsed;
     };
     let declares_nothing = parsed.servers.is_empty()
+        && parsed.policies.is_empty()
         && parsed.secrets.is_empty()
         && parsed.problems.is_empty()
-        && !last_good.servers.is_empty();
+        && !(last_good.servers.is_empty() && last_good.policies.is_empty());
     if declares_nothing {
-        let origin = last_good.servers[0].origin.split('#').next().unwrap_or("");
+        let first = last_good
+            .servers
+            .first()
+            .map(|s| &s.origin)
+            .or(last_good.policies.first().map(|p| &p.origin));
+        let origin = first.map_or("", |o| o.split('#').next().unwrap_or(""));
         parsed.problems.push(ManifestProblem {
             origin: origin.to_string(),
             server: None,
-            message: "the file declares nothing now (half-written?); its servers stay until \
-                      the file is deleted or declares other servers"
+            policy: None,
+            message: "the file declares nothing now (half-written?); its servers and policies \
+                      stay until the file is deleted or declares others"
                 .into(),
         });
     }
@@ -181,7 +208,7 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
     let unnamed = parsed
         .problems
         .iter()
-        .find(|p| p.server.is_none())
+        .find(|p| p.server.is_none() && p.policy.is_none())
         .or(parsed.problems.first())
         .cloned();
     for old in last_good.servers {
@@ -198,12 +225,38 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
             parsed.problems.push(ManifestProblem {
                 origin: old.origin.clone(),
                 server: Some(old.name.clone()),
+                policy: None,
                 message: format!("its file is not valid now ({problem})"),
             });
         } else if !named {
             continue;
         }
         parsed.servers.push(old);
+    }
+    // A policy keeps its last good rules the same way: an edit that breaks
+    // a deny must not lift it.
+    for old in last_good.policies {
+        if parsed.policies.iter().any(|p| p.name == old.name) {
+            continue;
+        }
+        let named = parsed
+            .problems
+            .iter()
+            .any(|p| p.policy.as_deref() == Some(&*old.name));
+        if unnamed.is_none() && !named {
+            continue;
+        }
+        if let Some(problem) = unnamed.as_ref().filter(|_| !named) {
+            parsed.problems.push(ManifestProblem {
+                origin: old.origin.clone(),
+                server: None,
+                policy: Some(old.name.clone()),
+                message: format!(
+                    "its file is not valid now ({problem}); its last good rules apply"
+                ),
+            });
+        }
+        parsed.policies.push(old);
     }
     if unnamed.is_some() {
         for old in last_good.secrets {
@@ -257,6 +310,7 @@ fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, KnownFile>
             Err(message) => broken.push(ManifestProblem {
                 origin: server.origin.clone(),
                 server: Some(server.name.clone()),
+                policy: None,
                 message,
             }),
         }

@@ -1,4 +1,5 @@
-//! Parsing one manifest file: YAML documents into MCPServers and Secrets, each
+//! Parsing one manifest file: YAML documents into MCPServers, ToolPolicies
+//! and Secrets, each
 //! problem named by file, document and field, with the file's size, nesting
 //! and node count bounded before any of it is typed.
 
@@ -7,8 +8,10 @@ use std::sync::Arc;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::super::{DesiredServer, ManifestProblem};
-use crate::api::{MCPServer, validate};
+use serde::de::DeserializeOwned;
+
+use super::super::{DesiredPolicy, DesiredServer, ManifestProblem};
+use crate::api::{MCPServer, ToolPolicy, validate, validate_policy};
 
 const API_VERSION: &str = "flotilla.dev/v1alpha1";
 /// Muster's group: accepted so its manifests load unchanged.
@@ -18,6 +21,7 @@ const MUSTER_API_VERSION: &str = "muster.giantswarm.io/v1alpha1";
 #[derive(Debug, Default, Clone)]
 pub struct ParsedFile {
     pub servers: Vec<DesiredServer>,
+    pub policies: Vec<DesiredPolicy>,
     /// Secrets declared beside the servers (for `headersFrom` and
     /// `clientCredentialsSecretRef`, as in a cluster).
     pub secrets: Vec<Arc<Secret>>,
@@ -36,6 +40,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
         out.problems.push(ManifestProblem {
             origin: origin.to_string(),
             server: None,
+            policy: None,
             message: too_large(text.len()),
         });
         return out;
@@ -51,6 +56,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
                 out.problems.push(ManifestProblem {
                     origin: doc_origin,
                     server: None,
+                    policy: None,
                     message: format!("invalid YAML: {}", yaml_error(&e)),
                 });
                 // The reader ends after a syntax error or a breached limit;
@@ -60,6 +66,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
         };
         match parse_document(&doc_origin, value) {
             Ok(Some(Document::Server(server))) => out.servers.push(*server),
+            Ok(Some(Document::Policy(policy))) => out.policies.push(*policy),
             Ok(Some(Document::Secret(secret))) => out.secrets.push(Arc::new(*secret)),
             Ok(None) => {}
             Err(problem) => out.problems.push(problem),
@@ -124,6 +131,7 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 /// A document the gateway uses.
 enum Document {
     Server(Box<DesiredServer>),
+    Policy(Box<DesiredPolicy>),
     Secret(Box<Secret>),
 }
 
@@ -137,12 +145,14 @@ fn parse_document(
         .and_then(|m| m.get("name"))
         .and_then(|n| n.as_str())
         .map(str::to_string);
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let is_policy = kind == "ToolPolicy";
     let problem = |message: String| ManifestProblem {
         origin: origin.to_string(),
-        server: name.clone(),
+        server: name.clone().filter(|_| !is_policy),
+        policy: name.clone().filter(|_| is_policy),
         message,
     };
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let api_version = value
         .get("apiVersion")
         .and_then(|k| k.as_str())
@@ -164,38 +174,45 @@ fn parse_document(
                 problem(format!("Secret {}: invalid", e.path()))
             });
     }
-    if kind != "MCPServer" {
+    if kind != "MCPServer" && kind != "ToolPolicy" {
         return if kind.is_empty() {
-            Err(problem("kind: is required (expected MCPServer)".into()))
+            Err(problem(
+                "kind: is required (expected MCPServer or ToolPolicy)".into(),
+            ))
         } else {
             // Other kinds (a Secret, a Namespace) may share the file; skip them.
             Ok(None)
         };
+    }
+    if is_policy && api_version != API_VERSION {
+        return Err(problem(format!(
+            "apiVersion: expected {API_VERSION}, found {api_version:?}"
+        )));
     }
     if api_version != API_VERSION && api_version != MUSTER_API_VERSION {
         return Err(problem(format!(
             "apiVersion: expected {API_VERSION}, found {api_version:?}"
         )));
     }
-    let mut unknown = Vec::new();
-    let server: MCPServer = {
-        let mut on_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
-        let tracked = serde_ignored::Deserializer::new(value, &mut on_unknown);
-        serde_path_to_error::deserialize(tracked).map_err(|e| {
-            let path = e.path().to_string();
-            problem(format!("{path}: {}", e.into_inner()))
-        })?
-    };
-    // Status is written by the gateway, never read from manifests.
-    // apiVersion and kind were checked above.
-    unknown.retain(|p| {
-        !(p.starts_with("status") || p.starts_with("metadata") || p == "apiVersion" || p == "kind")
-    });
-    if let Some(field) = unknown.first() {
-        return Err(problem(format!(
-            "{field}: unknown field (check spelling against `flotilla crd`)"
-        )));
+    if is_policy {
+        let policy: ToolPolicy = strictly(value, &problem)?;
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        if let Some(first) = validate_policy(&name, &policy.spec).into_iter().next() {
+            return Err(problem(first.to_string()));
+        }
+        return Ok(Some(Document::Policy(Box::new(DesiredPolicy {
+            namespace: policy
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            generation: policy.metadata.generation,
+            name,
+            spec: policy.spec,
+            origin: origin.to_string(),
+        }))));
     }
+    let server: MCPServer = strictly(value, &problem)?;
     let name = server.metadata.name.clone().unwrap_or_default();
     if let Some(first) = validate(&name, &server.spec).into_iter().next() {
         return Err(problem(first.to_string()));
@@ -214,4 +231,32 @@ fn parse_document(
         client_credentials: None,
         origin: origin.to_string(),
     }))))
+}
+
+/// Types a document, refusing fields the type does not know (each named by
+/// its path); status, metadata, apiVersion and kind are not the spec's.
+fn strictly<T: DeserializeOwned>(
+    value: serde_json::Value,
+    problem: &dyn Fn(String) -> ManifestProblem,
+) -> Result<T, ManifestProblem> {
+    let mut unknown = Vec::new();
+    let typed: T = {
+        let mut on_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+        let tracked = serde_ignored::Deserializer::new(value, &mut on_unknown);
+        serde_path_to_error::deserialize(tracked).map_err(|e| {
+            let path = e.path().to_string();
+            problem(format!("{path}: {}", e.into_inner()))
+        })?
+    };
+    // Status is written by the gateway, never read from manifests.
+    // apiVersion and kind were checked by the caller.
+    unknown.retain(|p| {
+        !(p.starts_with("status") || p.starts_with("metadata") || p == "apiVersion" || p == "kind")
+    });
+    if let Some(field) = unknown.first() {
+        return Err(problem(format!(
+            "{field}: unknown field (check spelling against `flotilla crd`)"
+        )));
+    }
+    Ok(typed)
 }

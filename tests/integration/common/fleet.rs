@@ -38,6 +38,8 @@ pub struct Fleet {
     logs: tempfile::TempDir,
     servers: Vec<Server>,
     config: Option<String>,
+    /// Extra `flotilla serve` flags.
+    serve_flags: Vec<String>,
 }
 
 /// One manifest file of the fleet.
@@ -82,6 +84,7 @@ impl Fleet {
             logs: tempfile::tempdir().expect("log dir"),
             servers: Vec::new(),
             config: None,
+            serve_flags: Vec::new(),
         }
     }
 
@@ -246,6 +249,12 @@ impl Fleet {
         self
     }
 
+    /// An extra `flotilla serve` flag (e.g. `--insecure-demo-identity`).
+    pub fn serve_flag(mut self, flag: &str) -> Fleet {
+        self.serve_flags.push(flag.to_string());
+        self
+    }
+
     /// Writes the manifests, starts the gateway and waits for the servers
     /// marked [`Fleet::connected`].
     pub fn start(self) -> Gateway {
@@ -259,6 +268,7 @@ impl Fleet {
             args.push("--config".to_string());
             args.push(path.display().to_string());
         }
+        args.extend(self.serve_flags.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut gateway = Gateway::start_with(self.manifests.path(), self.logs.path(), &args);
         gateway.owned = vec![self.manifests, self.logs];

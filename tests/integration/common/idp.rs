@@ -39,6 +39,17 @@ impl Idp {
     /// an empty secret makes a public client (token_endpoint_auth_method
     /// none). Loopback redirect URIs match on any port.
     pub fn central(logs: &Path, clients: &[(&str, &str, &[&str])], id_token_ttl: u64) -> Idp {
+        Idp::central_with(logs, clients, id_token_ttl, &[])
+    }
+
+    /// [`Idp::central`] whose users in `groups` (`user=g1,g2`) get a
+    /// `groups` claim.
+    pub fn central_with(
+        logs: &Path,
+        clients: &[(&str, &str, &[&str])],
+        id_token_ttl: u64,
+        groups: &[&str],
+    ) -> Idp {
         let mut args = vec![
             "--mode".to_string(),
             "central".to_string(),
@@ -48,6 +59,9 @@ impl Idp {
         for (id, secret, redirects) in clients {
             args.push("--client".to_string());
             args.push(format!("{id}:{secret}:{}", redirects.join(",")));
+        }
+        for spec in groups {
+            args.extend(["--groups".to_string(), spec.to_string()]);
         }
         Idp::start(logs, "idp-central", args)
     }

@@ -42,6 +42,8 @@ pub struct Options {
     pub token_cache: &'static str,
     /// `auth.userSessions`, likewise.
     pub user_sessions: &'static str,
+    /// The central IdP's `groups` claims, as `user=g1,g2`.
+    pub groups: &'static [&'static str],
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             b_claimed_ttl: None,
             token_cache: "{failureBackoffSeconds: 1, failureBackoffMaxSeconds: 2}",
             user_sessions: "{warmupSeconds: 10}",
+            groups: &[],
         }
     }
 }
@@ -71,13 +74,14 @@ impl World {
     pub fn start(options: Options) -> World {
         let logs = tempfile::tempdir().unwrap();
         let manifests = tempfile::tempdir().unwrap();
-        let central = Idp::central(
+        let central = Idp::central_with(
             logs.path(),
             &[
                 ("flotilla", GW_SECRET, &["http://127.0.0.1/oauth/callback"]),
                 ("direct", "", &["http://127.0.0.1/cb"]),
             ],
             3600,
+            options.groups,
         );
         let dex_b = Idp::cluster(
             logs.path(),
