@@ -707,6 +707,14 @@ fn watching_all_namespaces_uses_one_cluster_role_for_mcpservers_status_and_event
         by("flotilla.dev", "mcpservers/status"),
         set(&["get", "patch", "update"])
     );
+    assert_eq!(
+        by("flotilla.dev", "toolpolicies"),
+        set(&["get", "list", "watch"])
+    );
+    assert_eq!(
+        by("flotilla.dev", "toolpolicies/status"),
+        set(&["get", "patch", "update"])
+    );
     assert_eq!(by("events.k8s.io", "events"), set(&["create", "patch"]));
     assert_eq!(by("", "events"), set(&["create", "patch"]));
     assert_eq!(rules(role).len(), 4, "nothing else cluster-wide");
@@ -743,6 +751,12 @@ fn watch_namespaces_become_namespace_flags_and_roles_with_nothing_cluster_wide()
         .map(|(ns, _)| ns)
         .collect();
     assert_eq!(status, set(&["team-a", "team-b"]));
+    let policies: BTreeSet<_> = m
+        .grants("Role", "flotilla.dev", "toolpolicies")
+        .into_iter()
+        .map(|(ns, _)| ns)
+        .collect();
+    assert_eq!(policies, set(&["team-a", "team-b"]));
     let events: BTreeSet<_> = m
         .grants("Role", "events.k8s.io", "events")
         .into_iter()

@@ -4,8 +4,8 @@
 //! run: the Kubernetes controller is exercised with the real `kube::Client`
 //! (and `kube::runtime` watchers, reflectors and event recorder) against this
 //! server over plain HTTP on 127.0.0.1. It follows the Kubernetes API
-//! conventions for the resources Flotilla uses: MCPServer (with its status
-//! subresource), Secrets, Leases, and core/v1 and events.k8s.io/v1 Events,
+//! conventions for the resources Flotilla uses: MCPServer and ToolPolicy
+//! (with their status subresources), Secrets, Leases, and core/v1 and events.k8s.io/v1 Events,
 //! storing every object as generic JSON in one map.
 //!
 //! Implemented: one global resourceVersion; uid, creationTimestamp and
@@ -85,6 +85,13 @@ struct Res(&'static str, &'static str, &'static str, &'static str, bool);
 
 const RESOURCES: &[Res] = &[
     Res("flotilla.dev", "v1alpha1", "mcpservers", "MCPServer", true),
+    Res(
+        "flotilla.dev",
+        "v1alpha1",
+        "toolpolicies",
+        "ToolPolicy",
+        true,
+    ),
     Res("", "v1", "secrets", "Secret", false),
     Res("", "v1", "events", "Event", false),
     Res("events.k8s.io", "v1", "events", "Event", false),

@@ -787,3 +787,140 @@ async fn an_exchanging_mcpserver_uses_client_credentials_from_its_secret() {
     client.cancel().await.ok();
     bob_client.cancel().await.ok();
 }
+
+fn policy_object(ns: &str, name: &str, rules: Value) -> Value {
+    json!({
+        "apiVersion": "flotilla.dev/v1alpha1",
+        "kind": "ToolPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"rules": rules}
+    })
+}
+
+fn policy_status_of(api: &KubeApiServer, ns: &str, name: &str) -> Value {
+    api.get_object(&policy_object(ns, name, json!([])))
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_toolpolicy_resource_applies_and_gets_its_status_and_a_broken_edit_keeps_its_rules() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let client = connect(&gateway.url()).await;
+    wait_tool(&client, "x_sim-a_get_events").await;
+
+    api.apply_object(policy_object(
+        "ops",
+        "no-events",
+        json!([{"name": "hide-events", "effect": "deny", "match": {"tools": ["get_events"]}}]),
+    ));
+    eventually(Duration::from_secs(20), "get_events hidden", || {
+        let client = &client;
+        async move {
+            let tools = list_tools(client).await;
+            (!tools.iter().any(|t| t.name == "x_sim-a_get_events")).then_some(())
+        }
+    })
+    .await;
+    let denied = call(&client, "x_sim-a_get_events", json!({})).await;
+    assert!(
+        text_of(&denied).contains("hide-events"),
+        "{}",
+        text_of(&denied)
+    );
+    let status = eventually(Duration::from_secs(20), "the policy's status", || {
+        let status = policy_status_of(&api, "ops", "no-events");
+        async move { (status["state"] == "Active").then_some(status) }
+    })
+    .await;
+    assert_eq!(status["ruleCount"], 1, "{status}");
+    assert_eq!(status["conditions"][0]["type"], "Ready", "{status}");
+    assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+
+    // A broken edit: reported on the object, the last good rule still applies.
+    api.apply_object(policy_object(
+        "ops",
+        "no-events",
+        json!([{"effect": "deny", "match": {"labels": "env=prod,=x"}}]),
+    ));
+    let status = eventually(Duration::from_secs(20), "the broken edit reported", || {
+        let status = policy_status_of(&api, "ops", "no-events");
+        async move { (status["conditions"][0]["status"] == "False").then_some(status) }
+    })
+    .await;
+    assert_eq!(status["state"], "Active", "{status}");
+    assert!(
+        status["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.rules[0].match.labels"),
+        "{status}"
+    );
+    let still = call(&client, "x_sim-a_get_events", json!({})).await;
+    assert_eq!(still.is_error, Some(true), "the last good deny holds");
+
+    // Deleted: lifted.
+    api.delete_object(&policy_object("ops", "no-events", json!([])));
+    wait_tool(&client, "x_sim-a_get_events").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn toolpolicies_the_gateway_may_not_read_keep_it_unready_and_a_missing_crd_means_none() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    api.set_served("toolpolicies", false);
+    // No ToolPolicy CRD: nothing can be declared, so the gateway serves.
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let client = connect(&gateway.url()).await;
+    wait_tool(&client, "x_sim-a_get_events").await;
+    eventually(Duration::from_secs(10), "the missing CRD logged", || {
+        let log = gateway.proc.log_text();
+        async move {
+            log.contains("ToolPolicy CustomResourceDefinition is not installed")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Policies it may not read (403): a deny could hide there, so not ready.
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    api.apply_object(sim_object("team-a", "sim-a", "cluster-a", json!({})));
+    api.forbid("team-a", "toolpolicies");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--kubernetes",
+        "--namespace",
+        "team-a",
+    ])
+    .env("KUBECONFIG", kubeconfig(&api, logs.path()))
+    .env("POD_NAME", "gw-1")
+    .env("POD_NAMESPACE", "flotilla-system");
+    let gateway = Proc::spawn("gateway-forbidden-policies", cmd, logs.path());
+    let line = gateway.wait_line("listening on", Duration::from_secs(30));
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches("/mcp").parse().ok())
+        .unwrap();
+    let log = eventually(Duration::from_secs(10), "the refusal logged", || {
+        let log = gateway.log_text();
+        async move { log.contains("may not read ToolPolicies").then_some(log) }
+    })
+    .await;
+    assert!(log.contains("toolpolicies.flotilla.dev"), "{log}");
+    assert_eq!(
+        http_get(port, "/readyz").0,
+        503,
+        "not ready while policies are hidden"
+    );
+}

@@ -147,10 +147,10 @@ overridden key by key by podAnnotations, and the config checksum.
 {{/* The rules for MCPServers and Events, shared by the ClusterRole and the per-namespace Roles. */}}
 {{- define "flotilla.mcpserverRules" -}}
 - apiGroups: ["flotilla.dev"]
-  resources: ["mcpservers"]
+  resources: ["mcpservers", "toolpolicies"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["flotilla.dev"]
-  resources: ["mcpservers/status"]
+  resources: ["mcpservers/status", "toolpolicies/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -1,11 +1,16 @@
-//! Watching MCPServers and Secrets: a reflector per watched scope (all
-//! namespaces, or each listed namespace) that tolerates malformed objects
-//! (`DeserializeGuard`), plus a reflector per Secret scope, each driven by a
-//! task of its own with one backoff. Any change re-derives the whole desired
+//! Watching MCPServers, ToolPolicies and Secrets: a reflector per kind and
+//! watched scope (all namespaces, or each listed namespace) that tolerates
+//! malformed objects (`DeserializeGuard`), plus a reflector per Secret
+//! scope, each driven by a task of its own with one backoff. Any change re-derives the whole desired
 //! fleet (cheap) and publishes it, as does a resync every [`RESYNC`] (a
 //! Secret granted later, or any missed event); the fleet diffs it, so a spec
 //! change reconnects only that server and a label change reconnects nothing.
 //! There is no per-object reconcile: the whole fleet is the unit.
+//!
+//! ToolPolicies fail closed: a scope whose policies the gateway may not
+//! read (403) keeps it unready, since a deny there would go unseen. An API
+//! without the ToolPolicy CRD (404) can hold no policy, so that counts as
+//! none (logged once, picked up when the CRD appears).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,9 +27,9 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::desired::{SecretLookup, desired_fleet};
-use crate::api::MCPServer;
-use crate::source::{DesiredFleet, DesiredServer};
+use super::desired::{SecretLookup, desired_fleet, desired_policies};
+use crate::api::{MCPServer, ToolPolicy};
+use crate::source::{DesiredFleet, DesiredPolicy, DesiredServer};
 
 /// Bursts of watch events are folded into one re-derivation.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -60,6 +65,7 @@ pub struct SourceConfig {
 }
 
 type GuardedServer = DeserializeGuard<MCPServer>;
+type GuardedPolicy = DeserializeGuard<ToolPolicy>;
 
 struct SecretStores {
     stores: Vec<Store<Secret>>,
@@ -91,10 +97,14 @@ fn watch_refusal(error: &watcher::Error, what: &str, scope: &str) -> Option<(u16
         (403, "secrets") => format!(
             "the gateway may not read Secrets in namespace {scope} (403): grant its service account get, list and watch on secrets there (a Role and RoleBinding), or drop the namespace from --secret-namespace"
         ),
+        (403, "toolpolicies") => format!(
+            "the gateway may not read ToolPolicies in {scope} (403), so it stays unready (a deny there would go unseen): grant its service account get, list and watch on toolpolicies.flotilla.dev there"
+        ),
         (403, _) => format!(
             "the gateway may not read MCPServers in {scope} (403): grant its service account get, list and watch on mcpservers.flotilla.dev there"
         ),
         (404, "mcpservers") => "the MCPServer CustomResourceDefinition is not installed (the API has no mcpservers.flotilla.dev): install it with `flotilla crd | kubectl apply -f -` or the Helm chart".to_string(),
+        (404, "toolpolicies") => "the ToolPolicy CustomResourceDefinition is not installed (the API has no toolpolicies.flotilla.dev), so no tool policy applies: install it with `flotilla crd | kubectl apply -f -` (Helm installs CRDs only on first install)".to_string(),
         (code, _) => format!("listing {what} in {scope} failed ({code}): {}", status.message),
     };
     Some((status.code, message))
@@ -112,8 +122,10 @@ fn report_refusal(last: &Mutex<Option<String>>, message: &str) {
 
 struct Shared {
     servers: Vec<Store<GuardedServer>>,
+    policies: Vec<Store<GuardedPolicy>>,
     secrets: SecretStores,
     last_good: Mutex<HashMap<String, DesiredServer>>,
+    last_good_policies: Mutex<HashMap<String, DesiredPolicy>>,
     tx: watch::Sender<Arc<DesiredFleet>>,
     changed: Notify,
     /// Reflectors that have not completed their first listing. Until all
@@ -124,7 +136,7 @@ struct Shared {
     listed: std::sync::atomic::AtomicBool,
     /// True once the first full snapshot is published.
     ready: watch::Sender<bool>,
-    /// Counts MCPServer watch events (status changes included).
+    /// Counts MCPServer and ToolPolicy watch events (status changes included).
     touched: watch::Sender<u64>,
 }
 
@@ -141,25 +153,35 @@ impl Shared {
         self.servers.iter().flat_map(|s| s.state()).collect()
     }
 
+    fn policy_objects(&self) -> Vec<Arc<GuardedPolicy>> {
+        self.policies.iter().flat_map(|s| s.state()).collect()
+    }
+
     /// Re-derives the desired fleet and publishes it if it changed.
     fn publish(&self) {
         if !self.listed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
         let objects = self.objects();
-        let fleet = {
+        let mut fleet = {
             let Ok(mut last_good) = self.last_good.lock() else {
                 return;
             };
             desired_fleet(&objects, &self.secrets, &mut last_good)
         };
+        {
+            let Ok(mut last_good) = self.last_good_policies.lock() else {
+                return;
+            };
+            desired_policies(&self.policy_objects(), &mut last_good, &mut fleet);
+        }
         self.tx.send_if_modified(|current| {
             if **current == fleet {
                 return false;
             }
             for problem in &fleet.problems {
                 if !current.problems.contains(problem) {
-                    tracing::warn!(object = %problem.origin, "invalid MCPServer: {}", problem.message);
+                    tracing::warn!(object = %problem.origin, "invalid: {}", problem.message);
                 }
             }
             *current = Arc::new(fleet);
@@ -197,6 +219,15 @@ impl KubernetesSource {
             let (reader, writer) = reflector::store();
             server_parts.push((api, reader, writer));
         }
+        let mut policy_parts = Vec::new();
+        for scope in &scopes {
+            let api: Api<GuardedPolicy> = match scope {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let (reader, writer) = reflector::store();
+            policy_parts.push((api, reader, writer));
+        }
         let mut secret_parts = Vec::new();
         for namespace in &secret_scopes {
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -205,63 +236,41 @@ impl KubernetesSource {
         }
         let shared = Arc::new(Shared {
             servers: server_parts.iter().map(|(_, r, _)| r.clone()).collect(),
+            policies: policy_parts.iter().map(|(_, r, _)| r.clone()).collect(),
             secrets: SecretStores {
                 stores: secret_parts.iter().map(|(_, r, _)| r.clone()).collect(),
                 unreadable: Mutex::new(BTreeMap::new()),
             },
             last_good: Mutex::new(HashMap::new()),
+            last_good_policies: Mutex::new(HashMap::new()),
             tx,
             changed: Notify::new(),
-            unlisted: std::sync::atomic::AtomicUsize::new(server_parts.len() + secret_parts.len()),
+            unlisted: std::sync::atomic::AtomicUsize::new(
+                server_parts.len() + policy_parts.len() + secret_parts.len(),
+            ),
             listed: std::sync::atomic::AtomicBool::new(false),
             ready: watch::channel(false).0,
             touched: watch::channel(0).0,
         });
-        let wc = watcher::Config::default().any_semantic();
         for ((api, _reader, writer), scope) in server_parts.into_iter().zip(&scopes) {
-            let notify = shared.clone();
-            let done = std::sync::atomic::AtomicBool::new(false);
-            let scope = scope
-                .as_ref()
-                .map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
-            let last_refusal = Mutex::new(None);
-            // One backoff (a second one stacked on it, as kube-runtime's
-            // Controller adds, made a change after an outage wait ~50 s).
-            let events = reflector::reflector(writer, watcher(api, wc.clone()))
-                .backoff(watch_backoff())
-                .for_each(move |event| {
-                    match event {
-                        Ok(watcher::Event::InitDone) => {
-                            notify.listed_once(&done);
-                            if let Ok(mut last) = last_refusal.lock() {
-                                *last = None;
-                            }
-                        }
-                        Err(error) => match watch_refusal(&error, "mcpservers", &scope) {
-                            Some((code, message)) => {
-                                report_refusal(&last_refusal, &message);
-                                // A namespace we may not read serves nothing
-                                // and holds up no other (a missing CRD, 404,
-                                // keeps the gateway unready).
-                                if code == 403 {
-                                    notify.listed_once(&done);
-                                }
-                            }
-                            None => tracing::warn!(%error, %scope, "watching MCPServers failed; retrying"),
-                        },
-                        Ok(_) => {}
-                    }
-                    notify.touched.send_modify(|n| *n = n.wrapping_add(1));
-                    notify.changed.notify_one();
-                    std::future::ready(())
-                });
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = events => {}
-                }
-            });
+            spawn_watch(
+                api,
+                writer,
+                Kind::Servers,
+                scope.as_deref(),
+                &shared,
+                &cancel,
+            );
+        }
+        for ((api, _reader, writer), scope) in policy_parts.into_iter().zip(&scopes) {
+            spawn_watch(
+                api,
+                writer,
+                Kind::Policies,
+                scope.as_deref(),
+                &shared,
+                &cancel,
+            );
         }
         for ((api, _reader, writer), namespace) in secret_parts.into_iter().zip(secret_scopes) {
             let notify = shared.clone();
@@ -359,10 +368,102 @@ impl KubernetesSource {
         self.shared.objects()
     }
 
+    /// Every watched ToolPolicy, valid or not (for the status writer).
+    pub fn policy_objects(&self) -> Vec<Arc<DeserializeGuard<ToolPolicy>>> {
+        self.shared.policy_objects()
+    }
+
     /// Waits until every reflector has listed once and the first full
     /// snapshot is published.
     pub async fn wait_ready(&self) {
         let mut ready = self.shared.ready.subscribe();
         let _ = ready.wait_for(|ready| *ready).await;
     }
+}
+
+/// The custom resources a watch follows.
+#[derive(Clone, Copy)]
+enum Kind {
+    Servers,
+    Policies,
+}
+
+impl Kind {
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Servers => "mcpservers",
+            Kind::Policies => "toolpolicies",
+        }
+    }
+
+    /// Whether a refusal with `code` still lets the gateway become ready:
+    /// MCPServers a namespace hides serve nothing (403); a missing
+    /// ToolPolicy CRD means no policy can exist (404). A hidden policy
+    /// (403) could be a deny: the gateway waits.
+    fn ready_despite(self, code: u16) -> bool {
+        matches!((self, code), (Kind::Servers, 403) | (Kind::Policies, 404))
+    }
+}
+
+/// Drives one reflector of `kind` in `scope` (all namespaces when `None`)
+/// in a task that ends with `cancel`.
+fn spawn_watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: Kind,
+    scope: Option<&str>,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let notify = shared.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let scope = scope.map_or("all namespaces".to_string(), |ns| format!("namespace {ns}"));
+    let last_refusal = Mutex::new(None);
+    let what = kind.plural();
+    // One backoff (a second one stacked on it, as kube-runtime's
+    // Controller adds, made a change after an outage wait ~50 s).
+    let events = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .backoff(watch_backoff())
+    .for_each(move |event| {
+        match event {
+            Ok(watcher::Event::InitDone) => {
+                notify.listed_once(&done);
+                if let Ok(mut last) = last_refusal.lock() {
+                    *last = None;
+                }
+            }
+            Err(error) => match watch_refusal(&error, what, &scope) {
+                Some((code, message)) => {
+                    report_refusal(&last_refusal, &message);
+                    // (A missing MCPServer CRD, 404, keeps the gateway unready.)
+                    if kind.ready_despite(code) {
+                        notify.listed_once(&done);
+                    }
+                }
+                None => tracing::warn!(%error, %scope, "watching {what} failed; retrying"),
+            },
+            Ok(_) => {}
+        }
+        notify.touched.send_modify(|n| *n = n.wrapping_add(1));
+        notify.changed.notify_one();
+        std::future::ready(())
+    });
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = events => {}
+        }
+    });
 }

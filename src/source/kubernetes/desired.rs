@@ -13,8 +13,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 
-use crate::api::{MCPServer, validate};
-use crate::source::{ClientCredentials, DesiredFleet, DesiredServer, ManifestProblem, SecretValue};
+use crate::api::{MCPServer, ToolPolicy, validate, validate_policy};
+use crate::source::{
+    ClientCredentials, DesiredFleet, DesiredPolicy, DesiredServer, ManifestProblem, SecretValue,
+};
 
 /// Finds a Secret by (namespace, name) in the gateway's Secret caches.
 pub trait SecretLookup {
@@ -30,6 +32,11 @@ pub trait SecretLookup {
 /// Where an object came from, for messages: `MCPServer team-a/cluster-a`.
 pub fn origin_of(namespace: &str, name: &str) -> String {
     format!("MCPServer {namespace}/{name}")
+}
+
+/// Where a policy came from, for messages: `ToolPolicy team-a/prod-guard`.
+pub fn policy_origin_of(namespace: &str, name: &str) -> String {
+    format!("ToolPolicy {namespace}/{name}")
 }
 
 /// Reads one key of a Secret; the error names the Secret and key, never a value.
@@ -196,6 +203,53 @@ pub fn desired_fleet(
     // Deleted objects are forgotten.
     last_good.retain(|name, _| fleet.servers.contains_key(name));
     fleet
+}
+
+/// Adds every watched ToolPolicy to `fleet`: valid ones in force, broken
+/// ones reported (keeping their last good rules, so a broken edit never
+/// lifts a deny). `last_good` remembers each by `namespace/name`.
+pub fn desired_policies(
+    objects: &[Arc<DeserializeGuard<ToolPolicy>>],
+    last_good: &mut HashMap<String, DesiredPolicy>,
+    fleet: &mut DesiredFleet,
+) {
+    for object in objects {
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let key = format!("{namespace}/{name}");
+        let origin = policy_origin_of(&namespace, &name);
+        let result = match &object.0 {
+            Ok(policy) => match validate_policy(&name, &policy.spec).into_iter().next() {
+                None => Ok(DesiredPolicy {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    generation: policy.metadata.generation,
+                    spec: policy.spec.clone(),
+                    origin: origin.clone(),
+                }),
+                Some(error) => Err(error.to_string()),
+            },
+            Err(invalid) => Err(format!("invalid object: {}", invalid.error)),
+        };
+        match result {
+            Ok(policy) => {
+                last_good.insert(key.clone(), policy.clone());
+                fleet.policies.insert(key, policy);
+            }
+            Err(message) => {
+                if let Some(previous) = last_good.get(&key) {
+                    fleet.policies.insert(key, previous.clone());
+                }
+                fleet.problems.push(ManifestProblem {
+                    origin,
+                    server: None,
+                    policy: Some(name),
+                    message,
+                });
+            }
+        }
+    }
+    // Deleted objects are forgotten.
+    last_good.retain(|key, _| fleet.policies.contains_key(key));
 }
 
 #[cfg(test)]

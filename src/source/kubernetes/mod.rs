@@ -1,5 +1,5 @@
-//! The Kubernetes source: MCPServer custom resources (all namespaces or the
-//! listed ones) and the Secrets they reference, watched through the API and
+//! The Kubernetes source: MCPServer and ToolPolicy custom resources (all
+//! namespaces or the listed ones) and the Secrets MCPServers reference, watched through the API and
 //! turned into the same [`DesiredFleet`] snapshots the manifest directory
 //! produces. Status goes back through the status subresource, written by the
 //! Lease holder only.
@@ -7,9 +7,13 @@
 mod controller;
 mod desired;
 mod lease;
+mod policy_status;
 mod status_writer;
 
 pub use controller::{KubernetesSource, SourceConfig};
-pub use desired::{SecretLookup, desired_fleet, origin_of, resolve_secret_refs};
+pub use desired::{
+    SecretLookup, desired_fleet, desired_policies, origin_of, policy_origin_of, resolve_secret_refs,
+};
 pub use lease::{LeaderElection, LeaseConfig};
+pub use policy_status::desired_policy_status;
 pub use status_writer::{LiveStatus, StatusWriteCounts, StatusWriter, desired_status};

@@ -1,4 +1,4 @@
-//! Writing MCPServer status through the status subresource (server-side
+//! Writing MCPServer and ToolPolicy status through the status subresource (server-side
 //! apply, field manager `flotilla`) and Events on connect, disconnect and
 //! auth failures. Only the Lease holder writes, and only what differs from
 //! the object as stored (the watch cache), so a healthy fleet makes close to
@@ -21,9 +21,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::controller::KubernetesSource;
-use super::desired::origin_of;
+use super::desired::{origin_of, policy_origin_of};
 use super::lease::LeaderElection;
-use crate::api::{Condition, MCPServer, MCPServerStatus, ServerState};
+use super::policy_status::desired_policy_status;
+use crate::api::{Condition, MCPServer, MCPServerStatus, ServerState, ToolPolicy};
 use crate::source::ManifestProblem;
 
 /// Field manager of every status write.
@@ -94,10 +95,18 @@ fn with_transition_times(
     previous: Option<&MCPServerStatus>,
     now: &str,
 ) -> MCPServerStatus {
-    for condition in &mut status.conditions {
+    stamp_transitions(
+        &mut status.conditions,
+        previous.map(|p| p.conditions.as_slice()),
+        now,
+    );
+    status
+}
+
+fn stamp_transitions(conditions: &mut [Condition], previous: Option<&[Condition]>, now: &str) {
+    for condition in conditions {
         let before = previous.and_then(|p| {
-            p.conditions
-                .iter()
+            p.iter()
                 .find(|c| c.condition_type == condition.condition_type)
         });
         condition.last_transition_time = match before {
@@ -105,7 +114,6 @@ fn with_transition_times(
             _ => Some(now.to_string()),
         };
     }
-    status
 }
 
 /// What the status writer did, for `/metrics`.
@@ -127,6 +135,8 @@ pub struct StatusWriter {
     /// Per object, the resourceVersion it had when we last patched it: while
     /// the watch cache still shows that version, our write is not in it yet.
     written: HashMap<(String, String), String>,
+    /// The same, for ToolPolicies.
+    written_policies: HashMap<(String, String), String>,
     states: HashMap<(String, String), ServerState>,
 }
 
@@ -153,6 +163,7 @@ impl StatusWriter {
             live,
             recorder,
             written: HashMap::new(),
+            written_policies: HashMap::new(),
             states: HashMap::new(),
         }
     }
@@ -178,6 +189,7 @@ impl StatusWriter {
                 _ = leading.changed() => {
                     // A new leader cannot trust what another replica wrote.
                     self.written.clear();
+                    self.written_policies.clear();
                 }
                 _ = tokio::time::sleep(RESYNC) => {}
             }
@@ -187,6 +199,7 @@ impl StatusWriter {
             touched.borrow_and_update();
             if self.leader.is_leader() {
                 self.write_all().await;
+                self.write_policies().await;
             }
         }
     }
@@ -262,6 +275,55 @@ impl StatusWriter {
         }
         self.written.retain(|k, _| seen.contains(k));
         self.states.retain(|k, _| seen.contains(k));
+    }
+
+    /// Writes each ToolPolicy's status where it differs from the stored one.
+    async fn write_policies(&mut self) {
+        let fleet = self.source.subscribe().borrow().clone();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut seen = std::collections::HashSet::new();
+        for object in self.source.policy_objects() {
+            let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+            let key = (namespace.clone(), name.clone());
+            seen.insert(key.clone());
+            let current = object.0.as_ref().ok().and_then(|o| o.status.clone());
+            let mut status = desired_policy_status(&object, &fleet);
+            stamp_transitions(
+                &mut status.conditions,
+                current.as_ref().map(|c| c.conditions.as_slice()),
+                &now,
+            );
+            let stored_version = object.meta().resource_version.clone().unwrap_or_default();
+            let cache_behind = self.written_policies.get(&key) == Some(&stored_version);
+            if current.as_ref() == Some(&status) || cache_behind {
+                continue;
+            }
+            let api: Api<DeserializeGuard<ToolPolicy>> =
+                Api::namespaced(self.client.clone(), &namespace);
+            let patch = json!({
+                "apiVersion": "flotilla.dev/v1alpha1",
+                "kind": "ToolPolicy",
+                "status": status,
+            });
+            let written = api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await;
+            match written {
+                Ok(_) => {
+                    self.counts.written.fetch_add(1, Ordering::Relaxed);
+                    self.written_policies.insert(key, stored_version);
+                }
+                Err(error) => {
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, object = %policy_origin_of(&namespace, &name), "writing status failed")
+                }
+            }
+        }
+        self.written_policies.retain(|k, _| seen.contains(k));
     }
 
     /// Events for state changes: connected, disconnected, auth failures.
