@@ -105,24 +105,6 @@ async fn first_pod(client: &Client, instance: &str) -> (String, String) {
     )
 }
 
-/// The Python SDK client: `args` before the command, then the command.
-fn py_client(url: &str, args: &[&str]) -> Value {
-    let peers = peers();
-    let out = std::process::Command::new(peers.get("PY"))
-        .arg(peers.get("PY_CLIENT"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("running py_client.py");
-    assert!(
-        out.status.success(),
-        "py_client {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("py_client prints JSON")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sre_and_dev_see_different_tools_and_instances() {
     let gateway = policy_fleet("");

@@ -37,24 +37,6 @@ fn everything_http(logs: &Path) -> (Proc, String) {
     }
 }
 
-/// Runs tests/peers/py_client.py with `args`; returns its JSON document.
-fn py_client(url: &str, args: &[&str]) -> Value {
-    let peers = peers();
-    let out = std::process::Command::new(peers.get("PY"))
-        .arg(peers.get("PY_CLIENT"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("running py_client.py");
-    assert!(
-        out.status.success(),
-        "py_client {args:?} against {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("py_client prints JSON")
-}
-
 /// What a result says apart from the fields the revisions differ in.
 fn payload(mut result: Value) -> Value {
     if let Some(object) = result.as_object_mut() {

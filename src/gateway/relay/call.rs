@@ -88,21 +88,11 @@ pub(super) async fn relay_call(
             denied @ Verdict::Deny { .. } => {
                 let place = policy::place(target.instance, &target.server);
                 let text = denied.denial(&counted.tool, &place).unwrap_or_default();
-                let calls = &relay.state.calls;
-                let arguments = calls
-                    .audit
-                    .enabled()
-                    .then(|| message::arguments(message.params))
-                    .flatten();
-                let mut record =
-                    CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
-                        .in_trace(
-                            parts
-                                .extensions
-                                .get::<RequestTrace>()
-                                .map(|t| t.trace_id.clone()),
-                        )
-                        .to(counted.clone());
+                let trace_id = parts
+                    .extensions
+                    .get::<RequestTrace>()
+                    .map(|t| t.trace_id.clone());
+                let mut record = start_record(relay, counted.clone(), user, message, trace_id);
                 if let Verdict::Deny { rule, .. } = &denied {
                     record.under_rule(rule);
                 }
@@ -150,15 +140,13 @@ pub(super) async fn relay_call(
     let body = message::request_upstream(method, message.params, &outgoing)?;
     let label = target.label;
     let record = target.counted.map(|counted| {
-        let calls = &relay.state.calls;
-        let arguments = calls
-            .audit
-            .enabled()
-            .then(|| message::arguments(message.params))
-            .flatten();
-        CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
-            .in_trace(request_trace.map(|t| t.trace_id.clone()))
-            .to(counted)
+        start_record(
+            relay,
+            counted,
+            user,
+            message,
+            request_trace.map(|t| t.trace_id.clone()),
+        )
     });
     tracing::debug!(server = %label, method, "relaying {method}");
     let log_level = wanted_log_level(relay, client, call.log_level.as_deref());
@@ -265,6 +253,26 @@ pub(super) async fn relay_call(
         _span: span,
     };
     Some(stream.respond().await)
+}
+
+/// The record of a tool call to `counted` (its arguments hashed for the
+/// audit log, when that is on).
+fn start_record(
+    relay: &Relay,
+    counted: CallTarget,
+    user: Option<&Arc<UserIdentity>>,
+    message: &Message<'_>,
+    trace_id: Option<String>,
+) -> CallRecord {
+    let calls = &relay.state.calls;
+    let arguments = calls
+        .audit
+        .enabled()
+        .then(|| message::arguments(message.params))
+        .flatten();
+    CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
+        .in_trace(trace_id)
+        .to(counted)
 }
 
 /// What came first: the upstream's reply, or a message for the client.

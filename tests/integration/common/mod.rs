@@ -566,6 +566,25 @@ impl ClientHandler for TestClient {
 
 pub type Client = RunningService<RoleClient, TestClient>;
 
+/// Runs the Python SDK client (tests/peers/py_client.py) against `url`:
+/// `args` are its options, then its command; returns the JSON it prints.
+pub fn py_client(url: &str, args: &[&str]) -> serde_json::Value {
+    let peers = peers();
+    let out = std::process::Command::new(peers.get("PY"))
+        .arg(peers.get("PY_CLIENT"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("running py_client.py");
+    assert!(
+        out.status.success(),
+        "py_client {args:?} against {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("py_client prints JSON")
+}
+
 /// Connects a real rmcp client (initialize handshake, 2025-11-25) to `url`.
 pub async fn connect(url: &str) -> Client {
     connect_with(url, TestClient::default()).await
