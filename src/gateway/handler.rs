@@ -243,6 +243,7 @@ impl ServerHandler for GatewayHandler {
             Err(
                 error @ (UpstreamError::Unavailable { .. }
                 | UpstreamError::Timeout { .. }
+                | UpstreamError::Overloaded(_)
                 | UpstreamError::Transport { .. }
                 | UpstreamError::Unanswered { .. }),
             ) => Ok(CallToolResponse::Complete(CallToolResult::error(vec![
