@@ -293,9 +293,12 @@ pub fn truncate_at_char(text: &str, max: usize) -> &str {
 /// bytes for `server`: the content blocks in order while they fit, the
 /// text block that crosses the limit cut at a character boundary, the rest
 /// dropped, and a note added that says what was cut and why.
-/// `structuredContent` is held to `max` on its own (it is the same result
-/// in another form); one over it cannot be cut and still match the tool's
-/// outputSchema, so it is removed and the result marked as an error.
+/// `structuredContent` is held to about `max` on its own (it is the same
+/// result in another form): its strings are cut, fairly (short ones stay
+/// whole, see [`fair_cap`]), so it keeps its shape and types; when even
+/// empty strings would not fit, it is removed and the result marked as an
+/// error (a structure with parts missing would not match the tool's
+/// outputSchema, and clients check that).
 /// Returns whether anything was cut; a result within the limit is untouched.
 pub fn limit_tool_result(result: &mut Value, max: usize, server: &str) -> bool {
     let Some(object) = result.as_object_mut() else {
@@ -348,12 +351,21 @@ pub fn limit_tool_result(result: &mut Value, max: usize, server: &str) -> bool {
         *blocks = kept;
     }
     if structured > max {
-        object.remove("structuredContent");
-        object.insert("isError".into(), Value::Bool(true));
-        notes.push(format!(
-            "structuredContent ({structured} bytes) removed, so the result is marked as an error \
-             (a structure cut short would not match the tool's outputSchema)"
-        ));
+        let cut_strings = object
+            .get_mut("structuredContent")
+            .is_some_and(|value| cut_strings(value, structured, max));
+        if cut_strings {
+            notes.push(format!(
+                "the strings in structuredContent ({structured} bytes) were cut to fit"
+            ));
+        } else {
+            object.remove("structuredContent");
+            object.insert("isError".into(), Value::Bool(true));
+            notes.push(format!(
+                "structuredContent ({structured} bytes) removed, so the result is marked as an \
+                 error (even with its strings emptied it would not fit)"
+            ));
+        }
     }
     let note = format!(
         "[truncated by the gateway: server {server:?} returns at most {max} bytes per result \
@@ -368,6 +380,63 @@ pub fn limit_tool_result(result: &mut Value, max: usize, server: &str) -> bool {
             object.insert("content".into(), Value::Array(vec![note]));
         }
     }
+    true
+}
+
+/// The largest per-item allowance that fits `sizes` into `budget`
+/// (water-filling: small items keep everything, large ones share the
+/// rest); `usize::MAX` when everything fits.
+pub fn fair_cap(sizes: &[usize], budget: usize) -> usize {
+    if sizes.iter().sum::<usize>() <= budget {
+        return usize::MAX;
+    }
+    let mut sorted = sizes.to_vec();
+    sorted.sort_unstable();
+    let mut left = budget;
+    for (i, size) in sorted.iter().enumerate() {
+        let share = left / (sorted.len() - i);
+        if *size > share {
+            return share;
+        }
+        left -= size;
+    }
+    usize::MAX
+}
+
+/// The byte lengths of every string in `value`.
+fn string_lengths(value: &Value, into: &mut Vec<usize>) {
+    match value {
+        Value::String(text) => into.push(text.len()),
+        Value::Array(items) => items.iter().for_each(|v| string_lengths(v, into)),
+        Value::Object(map) => map.values().for_each(|v| string_lengths(v, into)),
+        _ => {}
+    }
+}
+
+/// Cuts every string in `value` to at most `cap` bytes.
+fn cap_strings(value: &mut Value, cap: usize) {
+    match value {
+        Value::String(text) => {
+            let keep = truncate_at_char(text, cap).len();
+            text.truncate(keep);
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| cap_strings(v, cap)),
+        Value::Object(map) => map.values_mut().for_each(|v| cap_strings(v, cap)),
+        _ => {}
+    }
+}
+
+/// Cuts the strings of `value` (whose JSON is `size` bytes) so that it
+/// takes about `max` bytes; false (and `value` untouched) when the rest of
+/// it alone is over `max`.
+fn cut_strings(value: &mut Value, size: usize, max: usize) -> bool {
+    let mut lengths = Vec::new();
+    string_lengths(value, &mut lengths);
+    let frame = size.saturating_sub(lengths.iter().sum());
+    if frame >= max {
+        return false;
+    }
+    cap_strings(value, fair_cap(&lengths, max - frame));
     true
 }
 
@@ -476,6 +545,13 @@ mod tests {
     }
 
     #[test]
+    fn fair_cap_keeps_small_items_whole_and_splits_the_rest() {
+        assert_eq!(fair_cap(&[10, 20], 100), usize::MAX);
+        assert_eq!(fair_cap(&[10, 1000, 1000], 110), 50);
+        assert_eq!(fair_cap(&[300, 300, 300], 300), 100);
+    }
+
+    #[test]
     fn a_result_within_the_limit_is_untouched() {
         let mut result = json!({"content": [{"type": "text", "text": "hello"}], "isError": false});
         let before = result.clone();
@@ -512,18 +588,32 @@ mod tests {
     }
 
     #[test]
-    fn structured_content_over_the_limit_is_removed_and_the_result_is_an_error() {
+    fn structured_content_over_the_limit_keeps_its_shape_with_its_strings_cut() {
         let big = "x".repeat(100);
         let mut result = json!({
             "content": [{"type": "text", "text": big}],
-            "structuredContent": {"items": [big]},
+            "structuredContent": {"items": [big, "short"], "count": 2},
         });
+        assert!(limit_tool_result(&mut result, 60, "py"));
+        let structured = &result["structuredContent"];
+        assert_eq!(structured["items"][1], "short", "short strings stay whole");
+        assert_eq!(structured["count"], 2, "numbers untouched");
+        let cut = structured["items"][0].as_str().unwrap();
+        assert!(!cut.is_empty() && cut.len() < 60, "{cut}");
+        assert!(json_size(structured) <= 60, "{structured}");
+        assert!(
+            result.get("isError").is_none(),
+            "still a result, not an error"
+        );
+        assert_eq!(result["content"][0]["text"].as_str().unwrap().len(), 60);
+        let note = result["content"][1]["text"].as_str().unwrap();
+        assert!(note.contains("strings in structuredContent"), "{note}");
+        // A structure too big even with its strings empty is removed: an error.
+        let numbers: Vec<u32> = (0..100).collect();
+        let mut result = json!({"content": [], "structuredContent": {"n": numbers}});
         assert!(limit_tool_result(&mut result, 60, "py"));
         assert!(result.get("structuredContent").is_none());
         assert_eq!(result["isError"], true);
-        assert_eq!(result["content"][0]["text"].as_str().unwrap().len(), 60);
-        let note = result["content"][1]["text"].as_str().unwrap();
-        assert!(note.contains("structuredContent"), "{note}");
         // In a response: rewritten, id and the rest kept.
         let response = json!({"jsonrpc": "2.0", "id": 7, "result": {
             "content": [{"type": "text", "text": big}]}})
