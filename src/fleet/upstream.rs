@@ -482,6 +482,13 @@ impl Upstream {
         self.gate.limits()
     }
 
+    /// With a concurrency limit: (calls running, calls waiting, the limit),
+    /// all of the server's sessions together.
+    pub fn call_load(&self) -> Option<(usize, usize, usize)> {
+        let max = self.gate.limits().max_concurrency?;
+        Some((self.gate.running(), self.gate.waiting(), max))
+    }
+
     /// `result` held to `max` bytes (see [`limit_tool_result`]).
     fn limit_output(
         &self,

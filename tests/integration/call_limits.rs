@@ -84,7 +84,24 @@ async fn under_load_a_relayed_server_runs_at_most_its_cap_queues_some_and_refuse
             (result, started.elapsed())
         }
     });
-    let answers = futures::future::join_all(calls).await;
+    let watch = async {
+        // While they run: the gauges show the slots taken and the queue.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (
+            metric(&gateway, r#"flotilla_upstream_calls_running{server="py"}"#).await,
+            metric(&gateway, r#"flotilla_upstream_calls_waiting{server="py"}"#).await,
+        )
+    };
+    let (answers, (running, waiting)) = tokio::join!(futures::future::join_all(calls), watch);
+    assert_eq!((running, waiting), (2.0, 8.0));
+    assert_eq!(
+        metric(
+            &gateway,
+            r#"flotilla_upstream_max_concurrency{server="py"}"#
+        )
+        .await,
+        2.0
+    );
     let (done, refused): (Vec<_>, Vec<_>) = answers
         .into_iter()
         .partition(|(result, _)| result.is_error != Some(true));
