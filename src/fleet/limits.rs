@@ -551,6 +551,38 @@ mod tests {
         assert_eq!(fair_cap(&[300, 300, 300], 300), 100);
     }
 
+    #[tokio::test]
+    async fn every_session_of_a_server_shares_its_gate_and_sees_new_limits() {
+        let gates = Gates::default();
+        let mut spec = MCPServerSpec {
+            limits: Some(crate::api::LimitsSpec {
+                max_concurrency: Some(1),
+                max_queued: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let shared = gates.configure("sso", &spec);
+        let users_own = gates.gate("sso", &MCPServerSpec::default());
+        assert!(Arc::ptr_eq(&shared, &users_own), "one gate per server name");
+        let _held = shared.admit().await.expect("the slot");
+        assert!(
+            users_own.admit().await.is_err(),
+            "a user's session shares it"
+        );
+        spec.limits = Some(crate::api::LimitsSpec {
+            max_output_bytes: Some(4096),
+            ..spec.limits.clone().unwrap_or_default()
+        });
+        gates.configure("sso", &spec);
+        assert_eq!(users_own.limits().max_output_bytes, Some(4096));
+        gates.remove("sso");
+        assert!(
+            !Arc::ptr_eq(&gates.gate("sso", &spec), &shared),
+            "a new server, a new gate"
+        );
+    }
+
     #[test]
     fn a_result_within_the_limit_is_untouched() {
         let mut result = json!({"content": [{"type": "text", "text": "hello"}], "isError": false});

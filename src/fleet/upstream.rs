@@ -451,7 +451,11 @@ impl Upstream {
         }
         let limits = self.gate.limits();
         let _slot = match caller {
-            Some(_) => self.admit(request.method()).await?,
+            // A client that gives up while its call waits for a slot leaves the queue.
+            Some(caller) => tokio::select! {
+                slot = self.admit(request.method()) => slot?,
+                _ = caller.context.ct.cancelled() => return Err(UpstreamError::Cancelled),
+            },
             None => None,
         };
         let result = self.send(request, caller, limits).await?;
