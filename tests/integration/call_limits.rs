@@ -419,3 +419,59 @@ async fn a_caller_gets_its_burst_then_a_retry_hint_and_callers_do_not_share_a_bu
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_fan_out_member_takes_a_slot_of_its_own_server() {
+    let gateway = Fleet::new()
+        .sim("fa-k8s", "fa")
+        .flag("--test-tools")
+        .family("k8s")
+        .spec("  limits: {maxConcurrency: 1, maxQueued: 0}\n")
+        .connected()
+        .sim("fb-k8s", "fb")
+        .flag("--test-tools")
+        .family("k8s")
+        .connected()
+        .config("audit: {file: audit.log}\n")
+        .start();
+    let client = connect(&gateway.url()).await;
+    // Two fan-outs at once: fa has one slot and no queue, fb no limit.
+    let everywhere = || {
+        call(
+            &client,
+            "x_k8s_sleep",
+            json!({"instance": "*", "seconds": 1.5}),
+        )
+    };
+    let (first, second) = tokio::join!(everywhere(), everywhere());
+    let mut fa_errors = Vec::new();
+    for result in [&first, &second] {
+        assert_ne!(
+            result.is_error,
+            Some(true),
+            "fb answered: {}",
+            text_of(result)
+        );
+        let instances = &result.structured_content.as_ref().unwrap()["instances"];
+        assert!(instances["fb"]["result"].is_string(), "{instances}");
+        if let Some(error) = instances["fa"]["error"].as_str() {
+            fa_errors.push(error.to_string());
+        }
+    }
+    assert_eq!(fa_errors.len(), 1, "one of the two found fa's slot taken");
+    assert!(
+        fa_errors[0].contains("server \"fa-k8s\" is at its concurrency limit"),
+        "{}",
+        fa_errors[0]
+    );
+    let lines = audit_lines(&gateway, 2).await;
+    let overloaded: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| l["targets"].as_array())
+        .flatten()
+        .filter(|t| t["outcome"] == "overloaded")
+        .cloned()
+        .collect();
+    assert_eq!(overloaded.len(), 1, "{lines:?}");
+    assert_eq!(overloaded[0]["instance"], "fa");
+}
