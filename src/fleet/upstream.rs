@@ -458,13 +458,14 @@ impl Upstream {
             },
             None => None,
         };
-        let result = self.send(request, caller, limits).await?;
-        match result {
-            ServerResult::CallToolResult(result) if limits.max_output_bytes.is_some() => {
-                let max = limits.max_output_bytes.unwrap_or(usize::MAX);
+        match (
+            self.send(request, caller, limits).await?,
+            limits.max_output_bytes,
+        ) {
+            (ServerResult::CallToolResult(result), Some(max)) => {
                 Ok(ServerResult::CallToolResult(self.limit_output(result, max)))
             }
-            other => Ok(other),
+            (other, _) => Ok(other),
         }
     }
 
@@ -519,18 +520,19 @@ impl Upstream {
         let Some(peer) = self.peer.load_full() else {
             return Err(self.unavailable());
         };
-        let (timeout, mut options) = match limits.call_timeout.filter(|_| caller.is_some()) {
-            // The whole request, progress or not.
-            Some(timeout) => (timeout, PeerRequestOptions::with_timeout(timeout)),
+        let (timeout, mut options, setting) = match limits.call_timeout.filter(|_| caller.is_some())
+        {
+            // A client's request, in all, progress or not.
+            Some(timeout) => (
+                timeout,
+                PeerRequestOptions::with_timeout(timeout),
+                "spec.limits.callTimeout",
+            ),
             None => {
                 let timeout = self.desired().spec.timeout();
                 let options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
-                (timeout, options)
+                (timeout, options, "spec.timeout")
             }
-        };
-        let setting = match limits.call_timeout.filter(|_| caller.is_some()) {
-            Some(_) => "spec.limits.callTimeout",
-            None => "spec.timeout",
         };
         // 2026-07-28 servers log only for requests that opt in, at the level named.
         if let Some(level) = caller.as_ref().and_then(|c| c.log_level)
