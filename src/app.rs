@@ -135,6 +135,7 @@ impl App {
             fleet,
             GatewaySettings {
                 fan_out: settings.fan_out.clone(),
+                rate_limit: settings.rate_limit,
                 endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
                 demo_identity: settings.demo_identity,
             },

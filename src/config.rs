@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::auth::settings::AuthConfig;
 use crate::gateway::audit::AuditSettings;
-use crate::gateway::{FanOutSettings, HttpLimits};
+use crate::gateway::{FanOutSettings, HttpLimits, RateLimitSettings};
 use crate::telemetry::TracingSettings;
 
 /// The config file (`--config`), every field optional.
@@ -37,6 +37,8 @@ pub struct ConfigFile {
     pub auth: Option<AuthConfig>,
     /// Caps on sessions, connections and slow clients.
     pub limits: Option<LimitsConfig>,
+    /// Per-caller rate limits on calls (default: off).
+    pub rate_limit: Option<RateLimitConfig>,
     /// The audit log of tool calls (default: on, to stdout).
     pub audit: Option<AuditConfig>,
     /// Trace export over OTLP (default: off).
@@ -144,6 +146,40 @@ impl LimitsConfig {
     }
 }
 
+/// `rateLimit` in the config file: a token bucket per caller (the
+/// logged-in user; without `auth`, the client's IP address).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Calls (`tools/call`, `resources/read`, `prompts/get`) one caller may
+    /// make per minute, refilled evenly. Required.
+    pub calls_per_minute: Option<u32>,
+    /// Calls one caller may make at once after a quiet spell (default:
+    /// `callsPerMinute`).
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    fn resolve(&self) -> anyhow::Result<RateLimitSettings> {
+        let Some(per_minute) = self.calls_per_minute else {
+            anyhow::bail!(
+                "rateLimit.callsPerMinute is required (the calls one caller may make per minute); remove rateLimit to turn the limit off"
+            );
+        };
+        if !(1..=1_000_000).contains(&per_minute) {
+            anyhow::bail!("rateLimit.callsPerMinute must be from 1 to 1000000, not {per_minute}");
+        }
+        let burst = self.burst.unwrap_or(per_minute);
+        if !(1..=1_000_000).contains(&burst) {
+            anyhow::bail!("rateLimit.burst must be from 1 to 1000000, not {burst}");
+        }
+        Ok(RateLimitSettings {
+            calls_per_minute: per_minute,
+            burst,
+        })
+    }
+}
+
 /// `fanOut` in the config file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -226,6 +262,7 @@ pub struct ServeSettings {
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
     pub limits: HttpLimits,
+    pub rate_limit: Option<RateLimitSettings>,
     pub audit: AuditSettings,
     /// `--insecure-demo-identity`: callers name themselves in headers.
     pub demo_identity: bool,
@@ -257,6 +294,11 @@ impl ServeSettings {
             public_url: public_url.or(file.public_url),
             auth: file.auth,
             limits: file.limits.unwrap_or_default().resolve(),
+            rate_limit: file
+                .rate_limit
+                .as_ref()
+                .map(RateLimitConfig::resolve)
+                .transpose()?,
             audit: {
                 let given = file.audit.unwrap_or_default();
                 let defaults = AuditSettings::default();
@@ -316,6 +358,43 @@ mod tests {
         );
         assert_eq!(config.manifests, Some(dir.join("fleet")));
         assert_eq!(auth.trusted_issuers.len(), 1);
+    }
+
+    #[test]
+    fn rate_limit_needs_calls_per_minute_and_bursts_a_minute_by_default() {
+        let resolve = |yaml: &str| {
+            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
+            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
+                .map(|s| s.rate_limit)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolve("port: 0\n"), Ok(None));
+        assert_eq!(
+            resolve("rateLimit: {callsPerMinute: 120}\n"),
+            Ok(Some(RateLimitSettings {
+                calls_per_minute: 120,
+                burst: 120
+            }))
+        );
+        assert_eq!(
+            resolve("rateLimit: {callsPerMinute: 120, burst: 5}\n")
+                .ok()
+                .flatten()
+                .map(|s| s.burst),
+            Some(5)
+        );
+        let missing = resolve("rateLimit: {burst: 5}\n").unwrap_err();
+        assert!(
+            missing.contains("rateLimit.callsPerMinute is required"),
+            "{missing}"
+        );
+        let zero = resolve("rateLimit: {callsPerMinute: 0}\n").unwrap_err();
+        assert!(zero.contains("from 1 to 1000000, not 0"), "{zero}");
+        let misspelt = serde_saphyr::from_str::<ConfigFile>("rateLimit: {callsPerMinit: 5}\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(misspelt.contains("callsPerMinit"), "{misspelt}");
     }
 
     #[test]

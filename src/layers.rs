@@ -1,5 +1,5 @@
 //! The floors of the code, checked: data flows one way, source → fleet →
-//! catalog → gateway, with auth beside. A module may use what lies below it
+//! catalog → (policy) → gateway, with auth beside. A module may use what lies below it
 //! and never what lies above; `auth` implements the fleet's credential trait,
 //! so it may use the floors up to `fleet`, and only the gateway (and the
 //! wiring at the top) uses `auth`. The test reads every file's `crate::`
@@ -20,8 +20,12 @@ mod tests {
         ("source", &["api"]),
         ("fleet", &["api", "source"]),
         ("catalog", &["api", "source", "fleet"]),
+        ("policy", &["api", "source", "fleet", "catalog"]),
         ("auth", &["api", "source", "fleet"]),
-        ("gateway", &["api", "source", "fleet", "catalog", "auth"]),
+        (
+            "gateway",
+            &["api", "source", "fleet", "catalog", "policy", "auth"],
+        ),
     ];
     /// Modules of the crate a floor could name.
     const MODULES: &[&str] = &[
@@ -29,6 +33,7 @@ mod tests {
         "source",
         "fleet",
         "catalog",
+        "policy",
         "auth",
         "gateway",
         "cli",

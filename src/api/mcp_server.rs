@@ -89,7 +89,8 @@ pub struct MCPServerSpec {
     /// Human-readable description of this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Timeout in seconds for connecting and for each request (default 30).
+    /// Timeout in seconds for connecting and for each request (default 30;
+    /// `limits.callTimeout`, when set, bounds the calls instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Kubernetes knows the formats int32 and int64 only (uint64 draws a warning on every apply).
     #[schemars(extend("format" = "int64"))]
@@ -100,6 +101,46 @@ pub struct MCPServerSpec {
     /// How the gateway authenticates to this server on behalf of users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// Limits on the calls the gateway sends this server (concurrency,
+    /// queueing, output size, call duration). Changing only these never
+    /// reconnects the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// Limits on the calls the gateway sends one server. Counted per gateway
+/// replica; a user's own sessions to an SSO server share the server's limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Calls (`tools/call`, `resources/read`, `prompts/get`) running on this
+    /// server at once; more wait in a queue. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_concurrency: Option<u32>,
+    /// Calls that may wait for a slot while `maxConcurrency` run (default
+    /// 100; 0: refuse at once). Beyond it a call is refused with an error
+    /// saying the server is at its concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_queued: Option<u32>,
+    /// Seconds a call waits for a slot before it is refused (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub queue_timeout: Option<u64>,
+    /// Largest tool result passed on, in bytes: the text of the content
+    /// blocks (other blocks by their JSON size); `structuredContent` is held
+    /// to the same size on its own. A larger result is cut, with a note
+    /// saying so. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub max_output_bytes: Option<u64>,
+    /// Seconds a call to this server may take in all, progress or not; then
+    /// it is cancelled and the client told why. Unset: `spec.timeout` runs
+    /// between the server's messages. `spec.timeout` still bounds connecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub call_timeout: Option<u64>,
 }
 
 /// One HTTP header filled from a Secret key.
@@ -284,9 +325,17 @@ pub struct Condition {
 }
 
 impl MCPServerSpec {
-    /// Request and connect timeout (default 30 s).
+    /// Connect timeout, and request timeout unless `limits.callTimeout` is set (default 30 s).
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout.unwrap_or(30).max(1))
+    }
+
+    /// This spec with `limits` cleared: what a connection depends on.
+    pub fn without_limits(&self) -> MCPServerSpec {
+        MCPServerSpec {
+            limits: None,
+            ..self.clone()
+        }
     }
 
     /// How users' tokens reach this server: `None` unless `spec.auth` asks

@@ -128,6 +128,9 @@ pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
     if spec.timeout == Some(0) {
         errors.push(err("spec.timeout", "must be at least 1 second"));
     }
+    if let Some(limits) = &spec.limits {
+        validate_limits(limits, &mut errors);
+    }
     if let Some(family) = &spec.family {
         if family.name.is_empty() || !family.name.chars().all(is_name_char) {
             errors.push(err(
@@ -156,6 +159,48 @@ pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
         }
     }
     errors
+}
+
+/// Bounds of `spec.limits`: (field, least, most, unit).
+const LIMIT_BOUNDS: [(&str, u64, u64, &str); 5] = [
+    ("maxConcurrency", 1, 10_000, "calls"),
+    ("maxQueued", 0, 100_000, "calls"),
+    ("queueTimeout", 1, 3_600, "seconds"),
+    ("maxOutputBytes", 256, 64 * 1024 * 1024, "bytes"),
+    ("callTimeout", 1, 86_400, "seconds"),
+];
+
+fn validate_limits(limits: &super::LimitsSpec, errors: &mut Vec<ValidationError>) {
+    let values = [
+        limits.max_concurrency.map(u64::from),
+        limits.max_queued.map(u64::from),
+        limits.queue_timeout,
+        limits.max_output_bytes,
+        limits.call_timeout,
+    ];
+    for ((name, least, most, unit), value) in LIMIT_BOUNDS.iter().zip(values) {
+        if let Some(value) = value
+            && !(*least..=*most).contains(&value)
+        {
+            errors.push(err(
+                &format!("spec.limits.{name}"),
+                format!("must be from {least} to {most} {unit}, not {value}"),
+            ));
+        }
+    }
+    if limits.max_concurrency.is_none() {
+        for (name, set) in [
+            ("maxQueued", limits.max_queued.is_some()),
+            ("queueTimeout", limits.queue_timeout.is_some()),
+        ] {
+            if set {
+                errors.push(err(
+                    &format!("spec.limits.{name}"),
+                    "has no effect without spec.limits.maxConcurrency (set it, or remove this field)",
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +242,58 @@ mod tests {
         assert_eq!(
             validate("no/slash", &http("http://x"))[0].field,
             "metadata.name"
+        );
+    }
+
+    #[test]
+    fn limits_out_of_range_are_named_with_their_bounds() {
+        let with = |limits: crate::api::LimitsSpec| {
+            let mut spec = http("http://x/mcp");
+            spec.limits = Some(limits);
+            validate("ok", &spec)
+        };
+        let sane = crate::api::LimitsSpec {
+            max_concurrency: Some(4),
+            max_queued: Some(0),
+            queue_timeout: Some(10),
+            max_output_bytes: Some(65_536),
+            call_timeout: Some(120),
+        };
+        assert!(with(sane.clone()).is_empty());
+        let zero = with(crate::api::LimitsSpec {
+            max_concurrency: Some(0),
+            call_timeout: Some(0),
+            max_output_bytes: Some(10),
+            ..sane.clone()
+        });
+        let fields: Vec<_> = zero.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.limits.maxConcurrency",
+                "spec.limits.maxOutputBytes",
+                "spec.limits.callTimeout"
+            ]
+        );
+        assert!(
+            zero[0].message.contains("from 1 to 10000 calls, not 0"),
+            "{}",
+            zero[0]
+        );
+        let absurd = with(crate::api::LimitsSpec {
+            queue_timeout: Some(1_000_000),
+            ..sane.clone()
+        });
+        assert_eq!(absurd[0].field, "spec.limits.queueTimeout");
+        let orphan = with(crate::api::LimitsSpec {
+            max_queued: Some(5),
+            ..Default::default()
+        });
+        assert_eq!(orphan[0].field, "spec.limits.maxQueued");
+        assert!(
+            orphan[0].message.contains("maxConcurrency"),
+            "{}",
+            orphan[0]
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod credential;
 mod delivery;
 pub mod http_client;
 mod legacy_sse;
+pub mod limits;
 pub mod listing;
 mod plan;
 mod raw_tools;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use client_handler::{LineMessage, severity};
 pub use connect::{FailureKind, error_chain};
-pub use upstream::{Caller, Health, Inventory, RelayedCall, Upstream};
+pub use upstream::{Caller, Health, Inventory, RelayedCall, SessionOwner, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSessions};
 pub use wire::ListKind;
 
@@ -76,8 +77,16 @@ pub enum UpstreamError {
         last_error: Option<String>,
         retry_in: Option<Duration>,
     },
-    #[error("server {server:?} did not answer within {}s (spec.timeout)", after.as_secs())]
-    Timeout { server: String, after: Duration },
+    #[error("server {server:?} did not answer within {}s ({setting})", after.as_secs())]
+    Timeout {
+        server: String,
+        after: Duration,
+        /// The field that set the time: `spec.timeout` or `spec.limits.callTimeout`.
+        setting: &'static str,
+    },
+    /// The server is at its concurrency limit (`spec.limits.maxConcurrency`).
+    #[error("{0}")]
+    Overloaded(limits::Overload),
     #[error("server {server:?} connection failed: {message}")]
     Transport { server: String, message: String },
     /// The upstream answered with a JSON-RPC error; passed through as is.
@@ -114,6 +123,8 @@ struct FleetInner {
     cancel: CancellationToken,
     /// Per-user sessions to SSO servers, once the gateway has auth enabled.
     user_sessions: std::sync::OnceLock<Arc<UserSessions>>,
+    /// Each server's call limits, shared with its users' own sessions.
+    gates: Arc<limits::Gates>,
 }
 
 /// Cheap-to-clone handle on the running fleet.
@@ -135,6 +146,7 @@ impl Fleet {
                 settings,
                 cancel,
                 user_sessions: std::sync::OnceLock::new(),
+                gates: Arc::default(),
             }),
         }
     }
@@ -155,6 +167,7 @@ impl Fleet {
                     self.inner.settings.clone(),
                     self.inner.changed.clone(),
                     self.inner.cancel.child_token(),
+                    self.inner.gates.clone(),
                 )
             })
             .clone()
@@ -198,11 +211,14 @@ impl Fleet {
                     if let Some(upstream) = servers.remove(&name) {
                         upstream.stop();
                     }
+                    self.inner.gates.remove(&name);
                 }
                 plan::Change::Relabel(name) => {
                     if let (Some(upstream), Some(want)) =
                         (servers.get(&name), desired.servers.get(&name))
                     {
+                        // spec.limits among them: the gate takes them in place.
+                        self.inner.gates.configure(&name, &want.spec);
                         upstream.update_metadata(want.clone());
                     }
                 }
@@ -221,6 +237,7 @@ impl Fleet {
                             Default::default()
                         }
                     };
+                    let gate = self.inner.gates.configure(&name, &want.spec);
                     let upstream = Upstream::start(
                         want.clone(),
                         inventory,
@@ -228,7 +245,10 @@ impl Fleet {
                         self.inner.settings.clone(),
                         self.inner.changed.clone(),
                         &self.inner.cancel,
-                        None,
+                        SessionOwner {
+                            credential: None,
+                            gate,
+                        },
                     );
                     servers.insert(name, upstream);
                 }

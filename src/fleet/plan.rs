@@ -17,8 +17,8 @@ pub enum Change {
     /// Its connection changed (spec or Secret values): stop it and start the
     /// new version (keeping what it listed until the new one lists).
     Reconnect(String),
-    /// Only what is not the connection changed (labels, origin, generation):
-    /// update it in place, nothing reconnects.
+    /// Only what is not the connection changed (labels, origin, generation,
+    /// `spec.limits`): update it in place, nothing reconnects.
     Relabel(String),
 }
 
@@ -90,6 +90,14 @@ mod tests {
         relabeled.origin = "moved.yaml#1".into();
         let mut respec = a.clone();
         respec.spec.url = Some("http://a2/mcp".into());
+        let mut limited = a.clone();
+        limited.spec.limits = Some(crate::api::LimitsSpec {
+            max_concurrency: Some(2),
+            call_timeout: Some(5),
+            ..Default::default()
+        });
+        let mut limited_and_moved = limited.clone();
+        limited_and_moved.spec.url = Some("http://a2/mcp".into());
         let mut rotated = a.clone();
         rotated.secret_headers.insert(
             "Authorization".into(),
@@ -121,6 +129,24 @@ mod tests {
                 vec![a.clone()],
                 vec![relabeled],
                 vec![Change::Relabel("a".into())],
+            ),
+            (
+                "limits only: applied in place",
+                vec![a.clone()],
+                vec![limited.clone()],
+                vec![Change::Relabel("a".into())],
+            ),
+            (
+                "limits removed: applied in place",
+                vec![limited.clone()],
+                vec![a.clone()],
+                vec![Change::Relabel("a".into())],
+            ),
+            (
+                "limits and the url changed",
+                vec![a.clone()],
+                vec![limited_and_moved],
+                vec![Change::Reconnect("a".into())],
             ),
             (
                 "spec changed",

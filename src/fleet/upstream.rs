@@ -31,6 +31,7 @@ use super::client_handler::{
 use super::connect::{Connected, FailureKind, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
+use super::limits::{CallGate, CallLimits, CallPermit, LIMITED_METHODS, limit_tool_result};
 use super::listing::{ToolExtras, list_tools};
 use super::raw_tools::RawTools;
 use super::wire::ListKind;
@@ -93,6 +94,15 @@ pub struct Health {
     pub connects: u64,
 }
 
+/// Whose session an upstream is, and whose call limits it takes.
+pub struct SessionOwner {
+    /// A user's own session to an SSO server: that user's token (`None`:
+    /// the server's shared session).
+    pub credential: Option<CredentialRef>,
+    /// The server's call limits, shared by all its sessions.
+    pub gate: Arc<CallGate>,
+}
+
 /// A supervised downstream server.
 pub struct Upstream {
     pub name: Arc<str>,
@@ -111,6 +121,8 @@ pub struct Upstream {
     credential: Option<CredentialRef>,
     /// Tool lists as written, where rmcp's transport reads them (stdio, SSE).
     raw_tools: RawTools,
+    /// The server's call limits (`spec.limits`), shared with every session to it.
+    gate: Arc<CallGate>,
 }
 
 impl Upstream {
@@ -124,8 +136,9 @@ impl Upstream {
         settings: FleetSettings,
         changed: Arc<watch::Sender<u64>>,
         parent: &CancellationToken,
-        credential: Option<CredentialRef>,
+        owner: SessionOwner,
     ) -> Arc<Self> {
+        let SessionOwner { credential, gate } = owner;
         let upstream = Arc::new(Self {
             name: desired.name.as_str().into(),
             desired: ArcSwap::from_pointee(desired),
@@ -140,6 +153,7 @@ impl Upstream {
             changed,
             cancel: parent.child_token(),
             credential,
+            gate,
         });
         let auto_start = upstream.desired().spec.auto_start.unwrap_or(true);
         let sso = upstream.desired().spec.sso_mode();
@@ -213,8 +227,11 @@ impl Upstream {
                 health.last_error = error;
             }
             health.next_retry = next_retry;
+            // Counted while the new state is still private: whoever sees
+            // it (readiness) also sees that the catalog is not built from
+            // it yet.
+            self.bump();
         }
-        self.bump();
     }
 
     async fn supervise(self: Arc<Self>, http: reqwest::Client, settings: FleetSettings) {
@@ -423,18 +440,103 @@ impl Upstream {
     /// Sends one request through this upstream's session on behalf of a
     /// client request: progress is relayed to that client, the client's
     /// cancellation is relayed upstream, and `spec.timeout` bounds the wait
-    /// (extended while progress keeps arriving).
+    /// (extended while progress keeps arriving). With `spec.limits`: a call
+    /// takes one of the server's concurrency slots first (waiting in its
+    /// queue), `callTimeout` bounds a client's request in all, and a tool
+    /// result over `maxOutputBytes` is cut with a note.
     pub async fn request(
         &self,
         request: ClientRequest,
         caller: Option<Caller<'_>>,
     ) -> Result<ServerResult, UpstreamError> {
+        if self.peer.load().is_none() {
+            return Err(self.unavailable());
+        }
+        let limits = self.gate.limits();
+        let _slot = match caller {
+            // A client that gives up while its call waits for a slot leaves the queue.
+            Some(caller) => tokio::select! {
+                slot = self.admit(request.method()) => slot?,
+                _ = caller.context.ct.cancelled() => return Err(UpstreamError::Cancelled),
+            },
+            None => None,
+        };
+        match (
+            self.send(request, caller, limits).await?,
+            limits.max_output_bytes,
+        ) {
+            (ServerResult::CallToolResult(result), Some(max)) => {
+                Ok(ServerResult::CallToolResult(self.limit_output(result, max)))
+            }
+            (other, _) => Ok(other),
+        }
+    }
+
+    /// A concurrency slot for a client's `method` on this server, when the
+    /// method takes one (see [`LIMITED_METHODS`]) and the server has a limit.
+    pub async fn admit(&self, method: &str) -> Result<Option<CallPermit>, UpstreamError> {
+        if !LIMITED_METHODS.contains(&method) {
+            return Ok(None);
+        }
+        self.gate
+            .admit()
+            .await
+            .map(Some)
+            .map_err(UpstreamError::Overloaded)
+    }
+
+    /// The server's call limits (`spec.limits`) in force.
+    pub fn call_limits(&self) -> CallLimits {
+        self.gate.limits()
+    }
+
+    /// With a concurrency limit: (calls running, calls waiting, the limit),
+    /// all of the server's sessions together.
+    pub fn call_load(&self) -> Option<(usize, usize, usize)> {
+        let max = self.gate.limits().max_concurrency?;
+        Some((self.gate.running(), self.gate.waiting(), max))
+    }
+
+    /// `result` held to `max` bytes (see [`limit_tool_result`]).
+    fn limit_output(
+        &self,
+        result: rmcp::model::CallToolResult,
+        max: usize,
+    ) -> rmcp::model::CallToolResult {
+        let Ok(mut value) = serde_json::to_value(&result) else {
+            return result;
+        };
+        if !limit_tool_result(&mut value, max, &self.name) {
+            return result;
+        }
+        tracing::debug!(server = %self.name, max, "tool result cut at spec.limits.maxOutputBytes");
+        serde_json::from_value(value).unwrap_or(result)
+    }
+
+    async fn send(
+        &self,
+        request: ClientRequest,
+        caller: Option<Caller<'_>>,
+        limits: CallLimits,
+    ) -> Result<ServerResult, UpstreamError> {
         let client = caller.as_ref().map(|c| c.context);
         let Some(peer) = self.peer.load_full() else {
             return Err(self.unavailable());
         };
-        let timeout = self.desired().spec.timeout();
-        let mut options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
+        let (timeout, mut options, setting) = match limits.call_timeout.filter(|_| caller.is_some())
+        {
+            // A client's request, in all, progress or not.
+            Some(timeout) => (
+                timeout,
+                PeerRequestOptions::with_timeout(timeout),
+                "spec.limits.callTimeout",
+            ),
+            None => {
+                let timeout = self.desired().spec.timeout();
+                let options = PeerRequestOptions::with_timeout(timeout).reset_timeout_on_progress();
+                (timeout, options, "spec.timeout")
+            }
+        };
         // 2026-07-28 servers log only for requests that opt in, at the level named.
         if let Some(level) = caller.as_ref().and_then(|c| c.log_level)
             && speaks_stateless(&peer)
@@ -471,7 +573,7 @@ impl Upstream {
         let handle = peer
             .send_request_with_option(request, options)
             .await
-            .map_err(|e| self.service_error(e, timeout))?;
+            .map_err(|e| self.service_error(e, timeout, setting))?;
         let route = caller
             .as_ref()
             .filter(|c| c.relay_progress)
@@ -511,7 +613,7 @@ impl Upstream {
             result = handle.await_response() => {
                 // What the upstream sent before the response reaches the client before it.
                 tally.settle().await;
-                result.map_err(|e| self.service_error(e, timeout))
+                result.map_err(|e| self.service_error(e, timeout, setting))
             }
             _ = cancelled => {
                 let _ = peer
@@ -561,7 +663,7 @@ impl Upstream {
         self.wire.load_full()
     }
 
-    /// The spec's call timeout.
+    /// The spec's request timeout (`spec.timeout`, between messages).
     pub fn timeout(&self) -> Duration {
         self.desired().spec.timeout()
     }
@@ -598,12 +700,18 @@ impl Upstream {
         }
     }
 
-    fn service_error(&self, error: ServiceError, timeout: Duration) -> UpstreamError {
+    fn service_error(
+        &self,
+        error: ServiceError,
+        timeout: Duration,
+        setting: &'static str,
+    ) -> UpstreamError {
         match error {
             ServiceError::McpError(data) => UpstreamError::Rejected(data),
             ServiceError::Timeout { .. } => UpstreamError::Timeout {
                 server: self.name.to_string(),
                 after: timeout,
+                setting,
             },
             ServiceError::Cancelled { .. } => UpstreamError::Cancelled,
             other => UpstreamError::Transport {

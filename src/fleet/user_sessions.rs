@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::credential::{CredentialError, CredentialRef};
-use super::{FleetSettings, Upstream};
+use super::limits::Gates;
+use super::{FleetSettings, SessionOwner, Upstream};
 use crate::api::ServerState;
 use crate::api::{UserIdentity, UserKey};
 use crate::source::{DesiredFleet, DesiredServer};
@@ -88,6 +89,8 @@ pub struct UserSessions {
     settings: UserSessionSettings,
     changed: Arc<watch::Sender<u64>>,
     cancel: CancellationToken,
+    /// The servers' call limits: a user's session takes its server's gate.
+    gates: Arc<Gates>,
 }
 
 impl UserSessions {
@@ -98,6 +101,7 @@ impl UserSessions {
         fleet_settings: FleetSettings,
         changed: Arc<watch::Sender<u64>>,
         cancel: CancellationToken,
+        gates: Arc<Gates>,
     ) -> Arc<Self> {
         let on_removal = {
             let changed = changed.clone();
@@ -119,6 +123,7 @@ impl UserSessions {
             settings,
             changed,
             cancel,
+            gates,
         });
         // Close sessions their users stopped using.
         let sweeper = Arc::downgrade(&this);
@@ -179,7 +184,10 @@ impl UserSessions {
                     self.fleet_settings.clone(),
                     self.changed.clone(),
                     &self.cancel,
-                    Some(credential),
+                    SessionOwner {
+                        credential: Some(credential),
+                        gate: self.gates.gate(&server.name, &server.spec),
+                    },
                 ),
                 last_used: std::sync::Mutex::new(Instant::now()),
             })

@@ -216,6 +216,7 @@ pub fn outcome_of(answer: &Result<CallToolResponse, UpstreamError>) -> Outcome {
         Ok(CallToolResponse::Complete(result)) => outcome_of_result(result),
         Ok(_) => Outcome::InputRequired,
         Err(UpstreamError::Timeout { .. }) => Outcome::Timeout,
+        Err(UpstreamError::Overloaded(_)) => Outcome::Overloaded,
         Err(UpstreamError::Rejected(_)) => Outcome::ProtocolError,
         Err(UpstreamError::NotConfirmed(_)) => Outcome::Denied,
         Err(_) => Outcome::Unavailable,

@@ -29,6 +29,7 @@ use crate::api::UserIdentity;
 use crate::catalog::FamilyTool;
 use crate::catalog::family::Instance;
 use crate::catalog::select::{Selection, select};
+use crate::fleet::limits::{fair_cap, truncate_at_char};
 use crate::fleet::{Caller, UpstreamError};
 use crate::policy::{self, Verdict};
 
@@ -263,36 +264,6 @@ fn text_of(result: &CallToolResult) -> (String, usize) {
     (text.join("\n"), other)
 }
 
-/// The largest per-member allowance that fits `sizes` into `budget`
-/// (water-filling: small answers keep everything, large ones share the rest).
-fn fair_cap(sizes: &[usize], budget: usize) -> usize {
-    if sizes.iter().sum::<usize>() <= budget {
-        return usize::MAX;
-    }
-    let mut sorted = sizes.to_vec();
-    sorted.sort_unstable();
-    let mut left = budget;
-    for (i, size) in sorted.iter().enumerate() {
-        let share = left / (sorted.len() - i);
-        if *size > share {
-            return share;
-        }
-        left -= size;
-    }
-    usize::MAX
-}
-
-fn truncate_at_char(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// One merged result from every member's outcome.
 fn merge(
     route: &FamilyTool,
@@ -394,13 +365,6 @@ fn merge(
 mod tests {
     use super::*;
     use crate::catalog::Instance;
-
-    #[test]
-    fn fair_cap_keeps_small_answers_whole_and_splits_the_rest() {
-        assert_eq!(fair_cap(&[10, 20], 100), usize::MAX);
-        assert_eq!(fair_cap(&[10, 1000, 1000], 110), 50);
-        assert_eq!(fair_cap(&[300, 300, 300], 300), 100);
-    }
 
     fn route() -> FamilyTool {
         let member = |name: &str| Instance {

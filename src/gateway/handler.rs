@@ -276,6 +276,7 @@ impl ServerHandler for GatewayHandler {
             Err(
                 error @ (UpstreamError::Unavailable { .. }
                 | UpstreamError::Timeout { .. }
+                | UpstreamError::Overloaded(_)
                 | UpstreamError::Transport { .. }
                 | UpstreamError::Unanswered { .. }
                 | UpstreamError::NotConfirmed(_)),

@@ -22,6 +22,7 @@ use super::handler::GatewayHandler;
 use super::input_wait::WaitingCalls;
 use super::listener::HttpLimits;
 use super::metrics::{self, Metrics};
+use super::rate_limit::{CallerLimits, rate_limit};
 use super::relay::{Relay, relay as relay_call};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
@@ -76,6 +77,15 @@ pub fn router(
         .fallback_service(mcp)
         .layer(axum::middleware::from_fn_with_state(relay, relay_call))
         .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list));
+    // Per-caller rate limits, inside the bearer check (the caller is the
+    // user) and before every path that calls an upstream; absent when off.
+    let mcp = match state.settings.rate_limit {
+        Some(settings) => mcp.layer(axum::middleware::from_fn_with_state(
+            CallerLimits::new(settings, state.calls.clone()),
+            rate_limit,
+        )),
+        None => mcp,
+    };
     let mcp = match &auth {
         Some(auth) => mcp.layer(axum::middleware::from_fn_with_state(
             auth.clone(),

@@ -137,7 +137,12 @@ pub async fn serve(
         let body_timeout = limits.body_read_timeout;
         let service = router.clone().map_request(
             move |request: axum::http::Request<hyper::body::Incoming>| {
-                request.map(|body| Body::new(Deadline::new(body, body_timeout)))
+                let mut request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));
+                // Who is calling, without auth (the per-caller rate limit).
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
             },
         );
         let first_bytes = limits.header_read_timeout;

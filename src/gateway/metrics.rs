@@ -15,6 +15,7 @@
 //! | `flotilla_connections_refused_total` | counter | `reason` | connections answered 503 and closed: `max_connections` or `per_address` |
 //! | `flotilla_request_body_timeouts_total` | counter | | request bodies not received within `limits.bodyReadTimeoutSeconds` |
 //! | `flotilla_audit_lines_dropped_total` | counter | | audit lines dropped because the writer fell behind |
+//! | `flotilla_calls_rate_limited_total` | counter | `method` | calls refused because their caller was over `rateLimit` (`tools/call`, `resources/read`, `prompts/get`) |
 //!
 //! Each tool call is also counted per exposed tool in `tally` (see
 //! `tool_tally.rs`), which the fleet page reads back.
@@ -27,9 +28,12 @@
 //! to the scraped target. `outcome` is one of `ok`, `tool_error` (the tool ran and reported an
 //! error), `protocol_error` (a JSON-RPC error), `timeout`, `unavailable`
 //! (the upstream could not be reached or failed the request), `denied`,
-//! `cancelled` (the client cancelled or left) and `input_required` (a
+//! `cancelled` (the client cancelled or left), `input_required` (a
 //! 2026-07-28 client was asked for input; its retry counts as a call of its
-//! own). Labels are bounded: never a user, token, address or free text; tool,
+//! own), `overloaded` (the server was at `spec.limits.maxConcurrency` and
+//! the call could not wait; it was not sent) and, in the audit log only,
+//! `rate_limited` (the caller was over `rateLimit`; such a call reaches no
+//! upstream, so it is counted in `flotilla_calls_rate_limited_total`). Labels are bounded: never a user, token, address or free text; tool,
 //! family, server and instance names come from the catalog.
 
 use std::sync::Mutex;
@@ -79,6 +83,11 @@ pub enum Outcome {
     Denied,
     Cancelled,
     InputRequired,
+    /// The caller was over its rate limit (`rateLimit`); nothing was sent.
+    RateLimited,
+    /// The server was at its concurrency limit (`spec.limits.maxConcurrency`)
+    /// and the call's queue was full or its wait ran out; nothing was sent.
+    Overloaded,
 }
 
 impl Outcome {
@@ -92,6 +101,8 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Cancelled => "cancelled",
             Outcome::InputRequired => "input_required",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overloaded => "overloaded",
         }
     }
 }
@@ -99,12 +110,12 @@ impl Outcome {
 impl Outcome {
     /// Whether the call counts as an error on the fleet page: it did not do
     /// its work for a reason on the tool's or the fleet's side. A client that
-    /// cancelled, and a tool that asked the client for input, are calls but
-    /// not errors.
+    /// cancelled, a tool that asked the client for input, and a caller over
+    /// its own rate limit are calls but not errors.
     pub fn is_error(self) -> bool {
         !matches!(
             self,
-            Outcome::Ok | Outcome::Cancelled | Outcome::InputRequired
+            Outcome::Ok | Outcome::Cancelled | Outcome::InputRequired | Outcome::RateLimited
         )
     }
 }
@@ -174,6 +185,16 @@ const METHODS: &[&str] = &[
     "tasks/cancel",
 ];
 
+/// A method's label: its name when MCP defines it, else `other`.
+fn method_label(method: &str) -> MethodLabel {
+    let method = METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("other");
+    MethodLabel { method }
+}
+
 /// Histogram buckets, in seconds, from a millisecond to a minute.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -203,6 +224,7 @@ pub struct Metrics {
     fanout_calls: Family<ToolLabel, Counter>,
     fanout_width: Family<ToolLabel, Histogram, Buckets>,
     requests: Family<MethodLabel, Counter>,
+    rate_limited: Family<MethodLabel, Counter>,
     /// The same tool calls per exposed tool, readable back (the fleet page).
     pub tally: ToolTally,
 }
@@ -220,6 +242,7 @@ impl Default for Metrics {
         let fanout_calls = Family::<ToolLabel, Counter>::default();
         let fanout_width = Family::new_with_constructor(Buckets(WIDTH_BUCKETS));
         let requests = Family::<MethodLabel, Counter>::default();
+        let rate_limited = Family::<MethodLabel, Counter>::default();
         registry.register(
             "tool_calls",
             "Tool calls sent to an upstream (one per instance on fan-out), by outcome",
@@ -245,6 +268,11 @@ impl Default for Metrics {
             "requests",
             "MCP requests received, by method",
             requests.clone(),
+        );
+        registry.register(
+            "calls_rate_limited",
+            "Calls refused because their caller was over its rate limit (rateLimit), by method",
+            rate_limited.clone(),
         );
         registry.register(
             "client_sessions",
@@ -283,6 +311,7 @@ impl Default for Metrics {
             fanout_calls,
             fanout_width,
             requests,
+            rate_limited,
             tally: ToolTally::default(),
         }
     }
@@ -326,12 +355,12 @@ impl Metrics {
 
     /// One MCP request received.
     pub fn request(&self, method: &str) {
-        let method = METHODS
-            .iter()
-            .find(|known| **known == method)
-            .copied()
-            .unwrap_or("other");
-        self.requests.get_or_create(&MethodLabel { method }).inc();
+        self.requests.get_or_create(&method_label(method)).inc();
+    }
+
+    /// One call refused at its caller's rate limit.
+    pub fn rate_limited(&self, method: &str) {
+        self.rate_limited.get_or_create(&method_label(method)).inc();
     }
 
     /// One upstream tool call ended.

@@ -16,6 +16,14 @@
 //! | elicitation `message`, log `logger` | - | name the server (or family instance) that asks or logs |
 //! | request ids in `tasks/*` | - (task ids are the upstream's, unchanged) | - |
 //! | `_meta.traceparent` / `tracestate` (SEP-414), only with `tracing.otlpEndpoint` set | the gateway's span for the call (same trace; the client's span is its grandparent); also sent as HTTP headers to HTTP upstreams | - |
+//! | a `tools/call` result over the server's `spec.limits.maxOutputBytes` (only when set and exceeded) | - | content cut (text at a character boundary, blocks past the limit dropped) and a text block added saying so; `structuredContent`'s strings cut, or it is removed and `isError` set when even that is not enough (`fleet::limits`); the relay decodes the result only then, any other answer passes as the bytes it was |
+//!
+//! Answers the gateway gives itself, in place of the upstream's: a tool
+//! error (a JSON-RPC error for `resources/read` and `prompts/get`) when the
+//! server is at `spec.limits.maxConcurrency` with a full queue or the
+//! call's wait ran out, and when the caller is over `rateLimit`
+//! (`gateway::rate_limit`), both sending nothing upstream; and when
+//! `spec.limits.callTimeout` passes, which cancels the upstream request.
 //!
 //! Rewrites of the gateway's own answers:
 //!

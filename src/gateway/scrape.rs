@@ -7,6 +7,7 @@
 //! | `flotilla_upstream_up` | gauge | `server`, `family`, `family_instance` | 1 while the gateway's session to the server is connected |
 //! | `flotilla_upstream_state` | gauge | `server`, `state` | 1 for the server's current state (`Connecting`, `Connected`, `Failed`, `AuthRequired`, `Invalid`, `Stopped`) |
 //! | `flotilla_upstream_connects_total` | counter | `server` | sessions established to the server (the first and every reconnect) |
+//! | `flotilla_upstream_calls_running`, `flotilla_upstream_calls_waiting`, `flotilla_upstream_max_concurrency` | gauge | `server` | for servers with `spec.limits.maxConcurrency`: calls holding a slot, calls queued for one, and the limit |
 //! | `flotilla_catalog_tools` / `_resources` / `_prompts` / `_families` | gauge | | what the shared catalog exposes |
 //! | `flotilla_user_upstream_sessions` | gauge | | per-user upstream sessions held (SSO servers) |
 //! | `flotilla_manifest_problems` | gauge | | manifests or objects that could not be used |
@@ -117,6 +118,37 @@ impl Collector for FleetCollector {
             ];
             let connected = i64::from(health.state == ServerState::Connected);
             ConstGauge::new(connected).encode(up.encode_family(&labels)?)?;
+        }
+
+        // (server, [running, waiting, limit]) for servers with a concurrency limit.
+        let loads: Vec<(String, [usize; 3])> = upstreams
+            .iter()
+            .filter_map(|u| {
+                let (running, waiting, max) = u.call_load()?;
+                Some((u.name.to_string(), [running, waiting, max]))
+            })
+            .collect();
+        let load_gauges = [
+            (
+                "upstream_calls_running",
+                "Calls holding one of the server's concurrency slots (spec.limits.maxConcurrency)",
+            ),
+            (
+                "upstream_calls_waiting",
+                "Calls queued for one of the server's concurrency slots",
+            ),
+            (
+                "upstream_max_concurrency",
+                "The server's spec.limits.maxConcurrency",
+            ),
+        ];
+        for (index, (name, help)) in load_gauges.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (server, load) in &loads {
+                let value = i64::try_from(load[index]).unwrap_or(i64::MAX);
+                ConstGauge::new(value)
+                    .encode(family.encode_family(&[("server", server.as_str())])?)?;
+            }
         }
 
         let mut states = encoder.encode_descriptor(

@@ -5,6 +5,8 @@
 #[derive(Clone, Debug, Default)]
 pub struct GatewaySettings {
     pub fan_out: FanOutSettings,
+    /// Per-caller rate limits (`rateLimit`); `None`: off.
+    pub rate_limit: Option<RateLimitSettings>,
     /// The MCP endpoint as clients reach it (for reports).
     pub endpoint: String,
     /// Callers may name themselves in headers (`demo_identity`); never with auth on.
@@ -30,4 +32,13 @@ impl Default for FanOutSettings {
             allow_destructive: false,
         }
     }
+}
+
+/// Per-caller rate limits (`rateLimit` in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Calls a caller may make per minute, refilled evenly.
+    pub calls_per_minute: u32,
+    /// Calls a caller may make at once after a quiet spell.
+    pub burst: u32,
 }

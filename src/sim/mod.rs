@@ -50,12 +50,17 @@ pub struct PodArgs {
 pub struct SleepArgs {
     /// Seconds to wait before answering.
     pub seconds: f64,
+    /// Also say the most sleep calls that have run at once so far.
+    #[serde(default)]
+    pub report_concurrency: bool,
 }
 
 #[derive(Clone)]
 pub struct SimCluster {
     cluster: std::sync::Arc<Cluster>,
     cancelled: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Sleep calls running now, and the most that ever ran at once.
+    sleeping: std::sync::Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
     /// Serve an older `list_pods` schema (tests schema divergence in families).
     old_schema: bool,
     /// Pods `delete_pod` removed, as (namespace, name).
@@ -77,7 +82,8 @@ pub struct SimOptions {
 #[tool_router]
 impl SimCluster {
     /// `test_tools` adds `sleep` and `cancellations`, used by the test suite
-    /// to observe cancellation end to end; the quickstart leaves them out.
+    /// to observe cancellation and concurrency end to end; the quickstart
+    /// leaves them out.
     pub fn new(name: &str, options: SimOptions) -> Self {
         let mut tool_router = Self::tool_router();
         if options.test_tools {
@@ -89,6 +95,7 @@ impl SimCluster {
         Self {
             cluster: std::sync::Arc::new(Cluster::generate(name)),
             cancelled: Default::default(),
+            sleeping: Default::default(),
             old_schema: options.old_schema,
             deleted: Default::default(),
             tool_router,
@@ -182,7 +189,7 @@ impl SimCluster {
 #[tool_router(router = test_router)]
 impl SimCluster {
     #[tool(
-        description = "Wait, then answer; counts the calls cancelled while waiting.",
+        description = "Wait, then answer; counts the calls cancelled while waiting, and the most that ran at once.",
         annotations(read_only_hint = true)
     )]
     async fn sleep(
@@ -190,14 +197,31 @@ impl SimCluster {
         Parameters(args): Parameters<SleepArgs>,
         cancel: tokio_util::sync::CancellationToken,
     ) -> String {
+        use std::sync::atomic::Ordering::SeqCst;
         let wait = std::time::Duration::from_secs_f64(args.seconds.clamp(0.0, 600.0));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => format!("slept {}", args.seconds),
-            _ = cancel.cancelled() => {
-                self.cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                "cancelled".into()
+        let (running, most) = &*self.sleeping;
+        /// Counts the call as running until it ends, however it ends.
+        struct Running<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
             }
         }
+        let now = running.fetch_add(1, SeqCst) + 1;
+        let running = Running(running);
+        most.fetch_max(now, SeqCst);
+        let answer = tokio::select! {
+            _ = tokio::time::sleep(wait) => format!("slept {}", args.seconds),
+            _ = cancel.cancelled() => {
+                self.cancelled.fetch_add(1, SeqCst);
+                "cancelled".into()
+            }
+        };
+        drop(running);
+        if args.report_concurrency {
+            return format!("{answer} (at most {} at once)", most.load(SeqCst));
+        }
+        answer
     }
 
     #[tool(description = "How many sleep calls were cancelled so far.")]

@@ -30,9 +30,13 @@ pub struct DesiredServer {
 }
 
 impl DesiredServer {
-    /// True when `other` needs no new session: same spec, same secret values.
+    /// True when `other` needs no new session: same spec (`spec.limits`
+    /// aside: limits apply to calls, not to the connection), same secret values.
     pub fn same_connection(&self, other: &DesiredServer) -> bool {
-        self.spec == other.spec
+        let same_spec = self.spec == other.spec
+            || (self.spec.limits != other.spec.limits
+                && self.spec.without_limits() == other.spec.without_limits());
+        same_spec
             && self.secret_headers == other.secret_headers
             && self.client_credentials == other.client_credentials
     }

@@ -227,6 +227,8 @@ fn the_chart_passes_helm_lint_strict_with_defaults_and_with_every_feature_on() {
         "audit.file=/var/log/flotilla/audit.log,audit.includeArguments=true,audit.persistence.existingClaim=flotilla-audit",
         "--set",
         "config.limits.maxSessions=5000,config.limits.maxConnectionsPerIp=0",
+        "--set",
+        "config.rateLimit.callsPerMinute=600,config.rateLimit.burst=60",
     ])
     .unwrap_or_else(|e| panic!("lint (all features):\n{e}"));
     helm(&[
@@ -447,6 +449,25 @@ fn limits_reach_the_config_file_only_when_set() {
     // An unknown key or a nonsense value is refused by the schema.
     assert!(helm(&["--set", "config.limits.maxSesions=1"]).is_err());
     assert!(helm(&["--set", "config.limits.maxSessions=0"]).is_err());
+}
+
+#[test]
+fn the_rate_limit_reaches_the_config_file_only_when_set() {
+    assert!(
+        render(&[]).config_file().rate_limit.is_none(),
+        "default: off"
+    );
+    let m = render(&[
+        "--set",
+        "config.rateLimit.callsPerMinute=600,config.rateLimit.burst=60",
+    ]);
+    let rate = m.config_file().rate_limit.expect("rateLimit section");
+    assert_eq!(rate.calls_per_minute, Some(600));
+    assert_eq!(rate.burst, Some(60));
+    // An unknown key, a zero rate, or a burst without a rate is refused by the schema.
+    assert!(helm(&["--set", "config.rateLimit.callsPerMinit=1"]).is_err());
+    assert!(helm(&["--set", "config.rateLimit.callsPerMinute=0"]).is_err());
+    assert!(helm(&["--set", "config.rateLimit.burst=5"]).is_err());
 }
 
 #[test]

@@ -687,7 +687,43 @@ async fn with_sso_the_logins_groups_decide_what_each_user_sees_and_calls() {
         "{}",
         text_of(&unconfirmed)
     );
-    assert_eq!(first_pod(&sre, "prod-a").await, (namespace, pod));
+    assert_eq!(
+        first_pod(&sre, "prod-a").await,
+        (namespace.clone(), pod.clone())
+    );
+    // The Python SDK client, logged in through the gateway as sre-alice
+    // (its own OAuth flow), confirms: the pod is deleted.
+    let args = json!({"instance": "prod-a", "namespace": namespace, "pod": pod}).to_string();
+    let url = world.gateway.url();
+    let run = tokio::task::block_in_place(|| {
+        crate::sso_clients::authorized_run(
+            &world,
+            &url,
+            "py-sre-confirms",
+            "sre-alice",
+            &[
+                "--elicit-answer",
+                r#"{"confirm": true}"#,
+                "call",
+                "x_kubernetes_delete_pod",
+                &args,
+            ],
+        )
+    });
+    assert_ne!(run.output["isError"], true, "{}", run.output);
+    assert!(
+        run.output["asked"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sre-confirms-prod"),
+        "{}",
+        run.output
+    );
+    assert_ne!(
+        first_pod(&sre, "prod-a").await,
+        (namespace, pod),
+        "deleted once confirmed"
+    );
 
     let line = eventually(Duration::from_secs(5), "dev's denial audited", || {
         let log = world.audit_log();

@@ -75,16 +75,22 @@ impl PyClient {
 }
 
 /// What one authorized run showed.
-struct Run {
+pub(crate) struct Run {
     authorize_url: String,
     landed: String,
-    output: Value,
+    pub(crate) output: Value,
 }
 
 /// Runs `py_client.py --url <gateway> --oauth <args>` as `user`: waits for
 /// its `AUTHORIZE` line, logs in headlessly, hands back the final redirect
 /// URL and returns the JSON it printed.
-fn authorized_run(world: &World, gateway: &str, name: &str, user: &str, args: &[&str]) -> Run {
+pub(crate) fn authorized_run(
+    world: &World,
+    gateway: &str,
+    name: &str,
+    user: &str,
+    args: &[&str],
+) -> Run {
     let mut client = PyClient::spawn(world, gateway, name, args);
     let line = client.next_line("AUTHORIZE line");
     let authorize_url = line

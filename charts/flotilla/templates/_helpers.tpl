@@ -79,6 +79,13 @@ ingress host when the Ingress is enabled.
 {{- end }}
 {{- $_ := set $out "limits" $limits }}
 {{- end }}
+{{- if $c.rateLimit }}
+{{- $rate := dict }}
+{{- range $key, $value := $c.rateLimit }}
+{{- $_ := set $rate $key ($value | int) }}
+{{- end }}
+{{- $_ := set $out "rateLimit" $rate }}
+{{- end }}
 {{- $a := .Values.auth }}
 {{- if $a.enabled }}
 {{- $auth := dict "oidc" (dict "issuer" $a.oidc.issuer "clientId" $a.oidc.clientId "clientSecretFile" "/etc/flotilla-auth/oidc-client-secret") "sealingKeyFile" "/etc/flotilla-auth/sealing-keys" }}

@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use super::answer::{Pending, failure};
 use super::message::{self, Message};
-use super::stream::Stream;
+use super::stream::{OutputLimit, Stream, cancel_upstream, until};
 use super::{ClientSide, Relay, Running, input, json_response, tasks};
 use crate::api::UserIdentity;
 use crate::catalog::Catalog;
@@ -107,7 +107,9 @@ pub(super) async fn relay_call(
         .filter(|_| method == "tools/call")
         .map(|owner| (owner, target.server.clone()));
     let upstream = view.upstream(&target.server)?;
-    let wire = upstream.wire()?;
+    // Only an upstream with a session line is relayed (checked again below,
+    // once the call has its concurrency slot).
+    upstream.wire()?;
     let client_id = message.id.clone()?;
     let upstream_id = relay.next_id("flotilla-");
     let upstream_token = call
@@ -149,6 +151,38 @@ pub(super) async fn relay_call(
         )
     });
     tracing::debug!(server = %label, method, "relaying {method}");
+    // The server's concurrency slot (`spec.limits`), held until the answer is in.
+    let limits = upstream.call_limits();
+    let slot = match upstream.admit(method).await {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(server = %upstream.name, method, "call refused at the server's concurrency limit");
+            if let Some(record) = record {
+                record.finish(Outcome::Overloaded);
+            }
+            let text = refused.to_string();
+            return Some(json_response(failure(
+                method,
+                &client_id,
+                &text,
+                client.revision,
+            )));
+        }
+    };
+    // After a wait in the queue the session may have been replaced.
+    let Some(wire) = upstream.wire() else {
+        if let Some(record) = record {
+            record.discard();
+        }
+        return None;
+    };
+    let limit = OutputLimit {
+        server: upstream.name.clone(),
+        max_bytes: limits.max_output_bytes.filter(|_| method == "tools/call"),
+    };
+    let deadline = limits
+        .call_timeout
+        .map(|after| (tokio::time::Instant::now() + after, after));
     let log_level = wanted_log_level(relay, client, call.log_level.as_deref());
     // A session client can be asked mid-call: register the call, so what the
     // upstream sends on its session's standalone stream reaches this client.
@@ -164,10 +198,30 @@ pub(super) async fn relay_call(
         Some(call) => tokio::select! {
             reply = &mut post => First::Reply(reply),
             Some(message) = call.messages.recv() => First::Line(message),
+            _ = until(deadline) => First::TimedOut,
         },
-        None => First::Reply((&mut post).await),
+        None => tokio::select! {
+            reply = &mut post => First::Reply(reply),
+            _ = until(deadline) => First::TimedOut,
+        },
     };
     let (events, pending, first_line) = match first {
+        First::TimedOut => {
+            if let Some(record) = record {
+                record.finish(Outcome::Timeout);
+            }
+            cancel_upstream(&wire, &upstream_id, "timed out at the gateway").await;
+            let after = deadline.map_or(0, |(_, after)| after.as_secs());
+            let text = format!(
+                "server {label:?} did not answer within {after}s (spec.limits.callTimeout)"
+            );
+            return Some(json_response(failure(
+                method,
+                &client_id,
+                &text,
+                client.revision,
+            )));
+        }
         First::Reply(Err(WireError::NotDelivered(why))) => {
             tracing::debug!(server = %label, why, "relay: not delivered; rmcp's path takes the call");
             // rmcp's path counts it.
@@ -192,6 +246,7 @@ pub(super) async fn relay_call(
             let text = std::str::from_utf8(&bytes).ok()?;
             let answer = Message::parse(text)?;
             let answer = message::response_to_client(&answer, method, &client_id, client.revision)?;
+            let answer = limit.apply(answer);
             if let Some((owner, server)) = &task_owner {
                 relay.tasks.note(owner, server, &answer);
             }
@@ -241,7 +296,10 @@ pub(super) async fn relay_call(
         upstream_token,
         label,
         log_level: log_level.map(severity),
-        timeout: upstream.timeout(),
+        timeout: deadline.map_or_else(|| upstream.timeout(), |(_, after)| after),
+        deadline,
+        limit,
+        _slot: slot,
         cancel,
         done: false,
         asks: Vec::new(),
@@ -279,6 +337,8 @@ fn start_record(
 enum First {
     Reply(Result<WireReply, WireError>),
     Line(LineMessage),
+    /// `spec.limits.callTimeout` ran out first.
+    TimedOut,
 }
 
 /// Where a relayed request goes.

@@ -19,6 +19,7 @@ use axum::response::Response;
 use super::answer::{Pending, failure, sse_response};
 use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
+use crate::fleet::limits::{CallPermit, limit_response_text};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
 use crate::gateway::call_record::{CallRecord, outcome_of_json};
@@ -76,7 +77,15 @@ pub(super) struct Stream {
     pub(super) upstream_token: Option<Value>,
     pub(super) label: Arc<str>,
     pub(super) log_level: Option<u8>,
+    /// The time allowed between the upstream's messages.
     pub(super) timeout: Duration,
+    /// When `spec.limits.callTimeout` ends the call, and that timeout.
+    pub(super) deadline: Option<(tokio::time::Instant, Duration)>,
+    /// `spec.limits.maxOutputBytes` for the call's result.
+    pub(super) limit: OutputLimit,
+    /// The server's concurrency slot, held until the call is over (a call
+    /// parked for its client's input holds it too: it is open upstream).
+    pub(super) _slot: Option<CallPermit>,
     pub(super) cancel: CancellationToken,
     pub(super) done: bool,
     /// Ids of requests put to the client for this call.
@@ -170,10 +179,11 @@ impl Stream {
                     self.pending = None;
                     self.on_reply(reply)
                 }
-                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out().await,
+                _ = until(self.deadline) => self.timed_out(true).await,
+                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out(false).await,
                 next = tokio::time::timeout(self.timeout, self.events.next()), if self.pending.is_none() => {
                     match next {
-                        Err(_) => self.timed_out().await,
+                        Err(_) => self.timed_out(false).await,
                         Ok(None) | Ok(Some(Err(_))) if self.resume().await => Step::Skip,
                         Ok(None) | Ok(Some(Err(_))) => {
                             self.failed = Some(Outcome::Unavailable);
@@ -199,6 +209,7 @@ impl Stream {
                 Step::Skip => continue,
                 Step::Send(json) | Step::Park(json) => return Some(json),
                 Step::Last(json) => {
+                    let json = self.limit.apply(json);
                     self.done = true;
                     self.end();
                     if let Some(record) = self.record.take() {
@@ -265,14 +276,19 @@ impl Stream {
         }
     }
 
-    /// No word from the upstream within the call's timeout: it is cancelled.
-    async fn timed_out(&mut self) -> Step {
+    /// No word from the upstream within the call's timeout (or, `total`,
+    /// no answer within `spec.limits.callTimeout`): it is cancelled.
+    async fn timed_out(&mut self, total: bool) -> Step {
         self.failed = Some(Outcome::Timeout);
         cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway").await;
+        let (after, setting) = match self.deadline {
+            Some((_, after)) if total => (after, "spec.limits.callTimeout"),
+            _ => (self.timeout, "spec.timeout"),
+        };
         let text = format!(
-            "server {:?} did not answer within {}s (spec.timeout)",
+            "server {:?} did not answer within {}s ({setting})",
             self.label,
-            self.timeout.as_secs()
+            after.as_secs()
         );
         Step::Last(failure(
             &self.method,
@@ -372,8 +388,10 @@ impl Stream {
         }
     }
 
-    /// The call is over: nothing of it stays registered.
+    /// The call is over: nothing of it stays registered, and its
+    /// concurrency slot is free.
     fn end(&mut self) {
+        self._slot = None;
         self.relay.finish(&self.key);
         self.relay.forget_asks(&self.asks);
     }
@@ -449,6 +467,33 @@ impl Stream {
         tracing::debug!(server = %self.label, method, wait_secs = WAIT.as_secs(), "relay: asking a 2026-07-28 client for input");
         self.waiting = Some(waiting);
         Step::Park(json)
+    }
+}
+
+/// `spec.limits.maxOutputBytes` for one relayed call: the only case where
+/// the relay decodes a result and writes it anew (see `gateway::revision`).
+pub(super) struct OutputLimit {
+    pub server: Arc<str>,
+    /// Set for a `tools/call` to a server with the limit.
+    pub max_bytes: Option<usize>,
+}
+
+impl OutputLimit {
+    /// `response` (to the client, as text), cut to the limit when it is
+    /// over it; otherwise the same bytes.
+    pub fn apply(&self, response: String) -> String {
+        match self.max_bytes {
+            Some(max) => limit_response_text(response, max, &self.server),
+            None => response,
+        }
+    }
+}
+
+/// Until `deadline`, or forever without one.
+pub(super) async fn until(deadline: Option<(tokio::time::Instant, Duration)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
