@@ -4,8 +4,12 @@
 //! the others.
 //!
 //! The client speaks the `initialize` handshake (`ServiceExt::serve`,
-//! rmcp's default), over streamable HTTP or a child process (rmcp has no
-//! legacy HTTP+SSE client). Its handler answers as probe.py's callbacks do:
+//! rmcp's default; `rmcp`) or, as `rmcp-auto`, begins with
+//! `server/discover` at 2026-07-28 and falls back to the handshake
+//! (`ClientLifecycleMode::Auto`), over streamable HTTP or a child process
+//! (rmcp has no legacy HTTP+SSE client). On 2026-07-28 it asks for log
+//! messages on every call (`_meta` `io.modelcontextprotocol/logLevel`),
+//! as probe.py's default mode does. Its handler answers as probe.py's callbacks do:
 //! elicitation accepted with `{"name": "Ada"}`, sampling answered
 //! `sampled: <first message text>`, roots `file:///srv/flotilla-matrix`;
 //! it records what it was asked, the progress and the log messages it got.
@@ -19,9 +23,13 @@ use std::sync::{Arc, Mutex};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, CreateMessageRequestParams,
     CreateMessageResult, ElicitRequestParams, ElicitResult, ElicitationAction, Implementation,
-    ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam, SamplingMessage,
+    ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion,
+    SamplingMessage,
 };
-use rmcp::service::{NotificationContext, RequestContext, RunningService, ServiceError};
+use rmcp::service::{
+    ClientLifecycleMode, NotificationContext, RequestContext, RunningService, ServiceError,
+    serve_client_with_lifecycle,
+};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
 use serde::Serialize;
@@ -176,23 +184,52 @@ fn params<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("request parameters")
 }
 
-async fn call(client: &Client, name: &str, step: &Value) -> Value {
-    attempt(
-        client
-            .call_tool(params(json!({
-                "name": name,
-                "arguments": step.get("args").cloned().unwrap_or(json!({})),
-            })))
-            .await,
-    )
+/// Whether the client speaks 2026-07-28, which names the log level on
+/// each request instead of `logging/setLevel`.
+fn stateless(client: &Client) -> bool {
+    client
+        .peer_info()
+        .is_some_and(|info| info.protocol_version == ProtocolVersion::V_2026_07_28)
 }
 
-async fn connect(target: &Direct, recorder: Recorder) -> Client {
+async fn call(client: &Client, name: &str, step: &Value) -> Value {
+    let mut request = json!({
+        "name": name,
+        "arguments": step.get("args").cloned().unwrap_or(json!({})),
+    });
+    if stateless(client) {
+        request["_meta"] = json!({"io.modelcontextprotocol/logLevel": "debug"});
+    }
+    attempt(client.call_tool(params(request)).await)
+}
+
+/// Connects with the handshake, or with `server/discover` first (`auto`).
+async fn serve<T, E, A>(recorder: Recorder, transport: T, auto: bool) -> Result<Client, String>
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let client = if auto {
+        let mode = ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: None,
+        };
+        serve_client_with_lifecycle(recorder, transport, mode).await
+    } else {
+        recorder.serve(transport).await
+    };
+    client.map_err(|e| e.to_string())
+}
+
+async fn connect(target: &Direct, recorder: Recorder, auto: bool) -> Client {
     match target {
-        Direct::Url(url) => recorder
-            .serve(StreamableHttpClientTransport::from_uri(url.clone()))
-            .await
-            .unwrap_or_else(|e| panic!("rmcp client connecting to {url}: {e}")),
+        Direct::Url(url) => serve(
+            recorder,
+            StreamableHttpClientTransport::from_uri(url.clone()),
+            auto,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rmcp client connecting to {url}: {e}")),
         Direct::Stdio(argv) => {
             let mut cmd = tokio::process::Command::new(&argv[0]);
             cmd.args(&argv[1..]).kill_on_drop(true);
@@ -200,8 +237,7 @@ async fn connect(target: &Direct, recorder: Recorder) -> Client {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("spawning the stdio server");
-            recorder
-                .serve(transport)
+            serve(recorder, transport, auto)
                 .await
                 .unwrap_or_else(|e| panic!("rmcp client connecting to {argv:?}: {e}"))
         }
@@ -209,9 +245,9 @@ async fn connect(target: &Direct, recorder: Recorder) -> Client {
     }
 }
 
-async fn run(target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
+async fn run(target: &Direct, prefix: Option<&str>, plan: &Value, auto: bool) -> Value {
     let recorder = Recorder::default();
-    let client = connect(target, recorder.clone()).await;
+    let client = connect(target, recorder.clone(), auto).await;
     let name = |n: &Value| format!("{}{}", prefix.unwrap_or(""), n.as_str().unwrap_or(""));
     let steps = |key: &str| plan[key].as_array().cloned().unwrap_or_default();
     let version = client.peer_info().map(|info| json!(info.protocol_version));
@@ -291,8 +327,9 @@ async fn run(target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
 }
 
 /// Runs the rmcp client against `target` on a runtime of its own (the
-/// matrix's comparisons are synchronous) and returns its document.
-pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
+/// matrix's comparisons are synchronous) and returns its document; `auto`:
+/// `server/discover` first.
+pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value, auto: bool) -> Value {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -303,7 +340,7 @@ pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value) -> Valu
                 runtime.block_on(async {
                     tokio::time::timeout(
                         std::time::Duration::from_secs(80),
-                        run(target, prefix, plan),
+                        run(target, prefix, plan, auto),
                     )
                     .await
                     .expect("the rmcp probe finished within 80 s")
