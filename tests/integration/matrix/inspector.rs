@@ -6,9 +6,10 @@
 //! The CLI is a one-shot client: it declares no elicitation, sampling or
 //! roots and takes no callbacks, and has no progress, log or ping command
 //! (its `prompts/complete` takes flags it does not define), so it gets the
-//! lists, the plan's first calls that ask nothing (`"asks": true` marks
-//! those that would ask the client), its first read and prompt. Each run is
-//! a node process of about a second, so it takes only those.
+//! tool, resource and prompt lists, the plan's first two calls that ask
+//! nothing (`"asks": true` marks those that would ask the client), its first
+//! read and prompt. Each run is a node process (0.3 s of CPU), so it takes
+//! only those: eight a side, the lists at once and the read with the prompt.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +20,7 @@ use super::Direct;
 use crate::common::peers;
 
 /// The most calls of a plan the Inspector makes.
-const CALLS: usize = 3;
+const CALLS: usize = 2;
 
 /// Runs the Inspector CLI once: `{"result": ...}` or `{"error": ...}`.
 fn run(target: &Direct, home: &Path, method: &[&str]) -> Value {
@@ -88,16 +89,10 @@ pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value) -> Valu
     let name = |n: &Value| format!("{}{}", prefix.unwrap_or(""), n.as_str().unwrap_or(""));
     let steps = |key: &str| plan[key].as_array().cloned().unwrap_or_default();
     // The lists change nothing: run at once.
-    let [initialize, tools, resources, templates, prompts] = std::thread::scope(|scope| {
-        [
-            "initialize",
-            "tools/list",
-            "resources/list",
-            "resources/templates/list",
-            "prompts/list",
-        ]
-        .map(|method| scope.spawn(move || run(target, home, &[method])))
-        .map(|run| run.join().expect("an Inspector CLI run"))
+    let [initialize, tools, resources, prompts] = std::thread::scope(|scope| {
+        ["initialize", "tools/list", "resources/list", "prompts/list"]
+            .map(|method| scope.spawn(move || run(target, home, &[method])))
+            .map(|run| run.join().expect("an Inspector CLI run"))
     });
     if initialize.get("error").is_some() {
         panic!("Inspector CLI could not connect: {initialize}");
@@ -105,8 +100,8 @@ pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value) -> Valu
     let mut out = json!({"protocolVersion": initialize["result"]["protocolVersion"]});
     out["tools"] = listed(tools, "tools", "name", prefix);
     out["resources"] = listed(resources, "resources", "uri", None);
-    out["templates"] = listed(templates, "resourceTemplates", "uriTemplate", None);
     out["prompts"] = listed(prompts, "prompts", "name", prefix);
+    // Calls one after the other: one may change what the next sees.
     let calls: Vec<Value> = steps("calls")
         .iter()
         .filter(|step| step["asks"] != true)
@@ -114,45 +109,48 @@ pub(super) fn probe(target: &Direct, prefix: Option<&str>, plan: &Value) -> Valu
         .map(|step| {
             let args = step.get("args").cloned().unwrap_or(json!({})).to_string();
             let tool = name(&step["tool"]);
-            result(run(
-                target,
-                home,
-                &[
-                    "tools/call",
-                    "--tool-name",
-                    &tool,
-                    "--tool-args-json",
-                    &args,
-                ],
-            ))
-        })
-        .collect();
-    out["calls"] = calls.into();
-    let reads: Vec<Value> = steps("reads")
-        .iter()
-        .take(1)
-        .map(|uri| {
-            let uri = uri.as_str().expect("a URI");
-            result(run(target, home, &["resources/read", "--uri", uri]))
-        })
-        .collect();
-    out["reads"] = reads.into();
-    let prompts: Vec<Value> = steps("prompts")
-        .iter()
-        .take(1)
-        .map(|step| {
-            let prompt = name(&step["name"]);
-            let mut method = vec!["prompts/get".to_string(), "--prompt-name".into(), prompt];
-            if let Some(args) = step["args"].as_object().filter(|a| !a.is_empty()) {
-                method.push("--prompt-args".into());
-                for (key, value) in args {
-                    method.push(format!("{key}={}", value.as_str().unwrap_or_default()));
-                }
-            }
-            let method: Vec<&str> = method.iter().map(String::as_str).collect();
+            let method = [
+                "tools/call",
+                "--tool-name",
+                &tool,
+                "--tool-args-json",
+                &args,
+            ];
             result(run(target, home, &method))
         })
         .collect();
-    out["prompt_results"] = prompts.into();
+    out["calls"] = calls.into();
+    // The first read and the first prompt, at once.
+    let read = steps("reads").first().map(|uri| {
+        let uri = uri.as_str().expect("a URI");
+        vec!["resources/read".to_string(), "--uri".into(), uri.into()]
+    });
+    let prompt = steps("prompts").first().map(|step| {
+        let mut method = vec![
+            "prompts/get".to_string(),
+            "--prompt-name".into(),
+            name(&step["name"]),
+        ];
+        if let Some(args) = step["args"].as_object().filter(|a| !a.is_empty()) {
+            method.push("--prompt-args".into());
+            for (key, value) in args {
+                method.push(format!("{key}={}", value.as_str().unwrap_or_default()));
+            }
+        }
+        method
+    });
+    let [read, prompt] = std::thread::scope(|scope| {
+        [read, prompt]
+            .map(|method| {
+                scope.spawn(move || {
+                    let method = method?;
+                    let method: Vec<&str> = method.iter().map(String::as_str).collect();
+                    Some(result(run(target, home, &method)))
+                })
+            })
+            .map(|run| run.join().expect("an Inspector CLI run"))
+    });
+    out["reads"] = Vec::from_iter(read).into();
+    out["prompt_results"] = Vec::from_iter(prompt).into();
     out
 }
