@@ -4,14 +4,20 @@
 //! the two documents must match after the gateway's documented rewrites
 //! (`src/gateway/revision.rs`): tool and prompt names carry the
 //! `x_<server>_` prefix (the probe strips it), an elicitation's message
-//! and a log message's logger name the server, and the fields the revisions differ in (`_meta`,
+//! and a log message's logger name the server, a 2025 revision's result
+//! carries no `resultType`, and the fields the revisions differ in (`_meta`,
 //! `resultType`, `ttlMs`, `cacheScope`) are compared only where both sides
 //! spoke the same revision.
 //!
-//! Clients (tests/peers/probe.py, ts_probe.mjs): the Python `mcp` SDK
-//! Client in its default mode (2026-07-28 where the server has it) and
-//! forced to the 2025-11-25 handshake, the `fastmcp` Client, and the
-//! TypeScript SDK Client (`@modelcontextprotocol/client`). Each upstream gets one
+//! Clients (tests/peers/probe.py, ts_probe.mjs, matrix/rmcp_probe.rs,
+//! matrix/inspector.rs): the Python `mcp` SDK Client in its default mode
+//! (2026-07-28 where the server has it) and forced to the 2025-11-25
+//! handshake, the `fastmcp` Client, the TypeScript SDK Client
+//! (`@modelcontextprotocol/client`), an rmcp client with the handshake and
+//! in its `Auto` mode (2026-07-28 where the server has it; rmcp has no
+//! legacy SSE client, so neither meets the SSE upstream) and the MCP
+//! Inspector CLI (a one-shot client without callbacks: lists, the first
+//! calls that ask nothing, a read and a prompt). Each upstream gets one
 //! gateway, shared by every client of its test.
 //!
 //! Differences that are not the gateway's (kept out of the plans, with the
@@ -20,16 +26,43 @@
 //! on its own, outside any call, which the gateway's shared session answers
 //! only while a call is in flight: whether it was asked is not compared,
 //! whether it got the client's roots is (`get-roots-list`, for session
-//! clients: a 2026-07-28 client can be asked only within a call).
+//! clients: a 2026-07-28 client can be asked only within a call);
+//! server-everything lists the tools that ask the client something
+//! ([`ASKING_TOOLS`]) only to a client that declares it can answer, and the
+//! gateway's shared upstream session declares it can, so the Inspector CLI
+//! sees them only through the gateway.
+
+mod inspector;
+mod rmcp_probe;
 
 use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
 
-/// The client SDKs of the matrix, as probe.py names them (`ts`: the
-/// TypeScript SDK client, tests/peers/ts_probe.mjs).
-const CLIENTS: &[&str] = &["mcp", "mcp-legacy", "fastmcp", "ts"];
+/// The clients of the matrix, as probe.py names them (`ts`: the
+/// TypeScript SDK client, tests/peers/ts_probe.mjs; `rmcp`: an rmcp
+/// client, matrix/rmcp_probe.rs, with the handshake and, `rmcp-auto`,
+/// 2026-07-28 where the server has it; `inspector`: the MCP Inspector CLI,
+/// matrix/inspector.rs).
+const CLIENTS: &[&str] = &[
+    "mcp",
+    "mcp-legacy",
+    "fastmcp",
+    "ts",
+    "rmcp",
+    "rmcp-auto",
+    "inspector",
+];
+
+/// Tools that server-everything lists only to a client that declares
+/// elicitation, sampling or roots.
+const ASKING_TOOLS: &[&str] = &[
+    "trigger-elicitation-request",
+    "trigger-url-elicitation",
+    "trigger-sampling-request",
+    "get-roots-list",
+];
 
 /// Where the probe finds an upstream directly.
 enum Direct {
@@ -41,6 +74,12 @@ enum Direct {
 
 /// Runs probe.py with `sdk` against `target` (a URL, or `--stdio` argv).
 fn probe(sdk: &str, target: &Direct, prefix: Option<&str>, plan: &Value) -> Value {
+    match sdk {
+        "rmcp" => return rmcp_probe::probe(target, prefix, plan, false),
+        "rmcp-auto" => return rmcp_probe::probe(target, prefix, plan, true),
+        "inspector" => return inspector::probe(target, prefix, plan),
+        _ => {}
+    }
     let p = peers();
     let mut cmd = match sdk {
         "ts" => {
@@ -88,29 +127,33 @@ fn session(document: &Value) -> bool {
 /// A probe document with the documented rewrites undone and the fields the
 /// revisions differ in removed (kept when `same_revision`).
 fn normalized(document: &Value, label: &str, same_revision: bool) -> Value {
-    fn strip(value: &Value, same_revision: bool) -> Value {
+    /// `session`: a 2025 revision's result never carries `resultType`
+    /// (revision.rs: the gateway strips `"complete"`, which
+    /// kubernetes-mcp-server sends to every revision).
+    fn strip(value: &Value, same_revision: bool, session: bool) -> Value {
         match value {
             Value::Object(map) => Value::Object(
                 map.iter()
-                    .filter(|(key, _)| {
+                    .filter(|(key, value)| {
                         key.as_str() != "protocolVersion"
+                            && !(session && key.as_str() == "resultType" && *value == "complete")
                             && (same_revision
                                 || !["_meta", "resultType", "ttlMs", "cacheScope"]
                                     .contains(&key.as_str()))
                     })
-                    .map(|(key, value)| (key.clone(), strip(value, same_revision)))
+                    .map(|(key, value)| (key.clone(), strip(value, same_revision, session)))
                     .collect(),
             ),
             Value::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|item| strip(item, same_revision))
+                    .map(|item| strip(item, same_revision, session))
                     .collect(),
             ),
             other => other.clone(),
         }
     }
-    let mut document = strip(document, same_revision);
+    let mut document = strip(document, same_revision, session(document));
     strip_hop_meta(&mut document);
     // The gateway's lists are its own: an upstream without prompts (or
     // resources) contributes an empty list where, directly, the method is
@@ -182,6 +225,39 @@ fn strip_hop_meta(value: &mut Value) {
     }
 }
 
+/// Where two documents first differ, as a path with both values there.
+fn first_difference(left: &Value, right: &Value) -> String {
+    fn walk(left: &Value, right: &Value, path: String) -> Option<String> {
+        match (left, right) {
+            (Value::Object(l), Value::Object(r)) => l
+                .keys()
+                .chain(r.keys().filter(|k| !l.contains_key(*k)))
+                .find_map(|k| {
+                    let (lv, rv) = (l.get(k), r.get(k));
+                    let (lv, rv) = (lv.unwrap_or(&Value::Null), rv.unwrap_or(&Value::Null));
+                    walk(lv, rv, format!("{path}.{k}"))
+                }),
+            (Value::Array(l), Value::Array(r)) if l.len() == r.len() => l
+                .iter()
+                .zip(r)
+                .enumerate()
+                .find_map(|(i, (lv, rv))| walk(lv, rv, format!("{path}[{i}]"))),
+            (Value::Array(l), Value::Array(r)) => {
+                let (longer, shorter) = if l.len() > r.len() { (l, r) } else { (r, l) };
+                let extra = longer.iter().find(|item| !shorter.contains(item));
+                Some(format!(
+                    "{path}: {} / {} items, only on one side: {}",
+                    l.len(),
+                    r.len(),
+                    extra.unwrap_or(&Value::Null)
+                ))
+            }
+            _ => (left != right).then(|| format!("{path}: {left} / {right}")),
+        }
+    }
+    walk(left, right, String::new()).unwrap_or_default()
+}
+
 /// Every client, directly and through `gateway`, compared member by member.
 fn compare_all(name: &str, gateway: &Gateway, direct: &Direct, plan: &Value, session_only: &Value) {
     compare_clients(CLIENTS, name, gateway, direct, plan, session_only);
@@ -199,13 +275,34 @@ fn compare_clients(
     let via = Direct::Url(gateway.url());
     let prefix = format!("x_{name}_");
     for sdk in clients {
+        if sdk.starts_with("rmcp") && matches!(direct, Direct::Sse(_)) {
+            // rmcp has no legacy HTTP+SSE client: it cannot reach the
+            // upstream directly.
+            continue;
+        }
         let direct_doc = probe(sdk, direct, None, plan);
         let through_doc = probe(sdk, &via, Some(&prefix), plan);
         let same = direct_doc["protocolVersion"] == through_doc["protocolVersion"];
-        let (mut a, b) = (
+        let (mut a, mut b) = (
             normalized(&direct_doc, name, same),
             normalized(&through_doc, name, same),
         );
+        if *sdk == "inspector" {
+            // It declares no elicitation, sampling or roots. Directly,
+            // server-everything does not list the tools that ask for them
+            // to such a client; the gateway's upstream session is shared
+            // by every client, so it declares all three (and relays a
+            // question to the client whose call asked it;
+            // src/fleet/client_handler.rs), and every client sees them.
+            if let (Some(through), Some(direct)) =
+                (b["tools"].as_array_mut(), a["tools"].as_array())
+            {
+                through.retain(|tool| {
+                    direct.iter().any(|d| d["name"] == tool["name"])
+                        || !ASKING_TOOLS.contains(&tool["name"].as_str().unwrap_or_default())
+                });
+            }
+        }
         // Progress: the gateway relays every step before the result; some
         // clients drop a step that arrives just before the result when
         // they talk to the server directly (the TypeScript client over
@@ -227,10 +324,13 @@ fn compare_clients(
         }
         for key in a.as_object().unwrap().keys() {
             assert_eq!(
-                b[key], a[key],
-                "{name}, client {sdk}: {key} differs (left: through the gateway, right: directly; \
-                 revisions {} / {})",
-                through_doc["protocolVersion"], direct_doc["protocolVersion"]
+                b[key],
+                a[key],
+                "{name}, client {sdk}: {key} differs at {} (left: through the gateway, right: \
+                 directly; revisions {} / {})",
+                first_difference(&b[key], &a[key]),
+                through_doc["protocolVersion"],
+                direct_doc["protocolVersion"]
             );
         }
         assert!(
@@ -252,7 +352,13 @@ fn compare_clients(
                 );
             }
         }
-        if session(&direct_doc) && session(&through_doc) && !session_only.is_null() {
+        // The session-only calls ask the client something, which the
+        // Inspector CLI cannot answer.
+        if session(&direct_doc)
+            && session(&through_doc)
+            && !session_only.is_null()
+            && *sdk != "inspector"
+        {
             let direct_doc = probe(sdk, direct, None, session_only);
             let through_doc = probe(sdk, &via, Some(&prefix), session_only);
             assert_eq!(
@@ -277,8 +383,8 @@ fn everything_plan() -> (Value, Value) {
             {"tool": "get-annotated-message", "args": {"messageType": "error", "includeImage": true}},
             {"tool": "get-resource-links", "args": {"count": 2}},
             {"tool": "get-tiny-image"},
-            {"tool": "trigger-elicitation-request"},
-            {"tool": "trigger-sampling-request", "args": {"prompt": "hello"}},
+            {"tool": "trigger-elicitation-request", "asks": true},
+            {"tool": "trigger-sampling-request", "args": {"prompt": "hello"}, "asks": true},
             {"tool": "get-sum", "args": {"a": "not a number"}},
         ],
         // Dynamic resources carry the time they were made: static ones only.
@@ -297,7 +403,7 @@ fn everything_plan() -> (Value, Value) {
              "argument": {"name": "department", "value": "E"}},
         ],
     });
-    let session_only = json!({"calls": [{"tool": "get-roots-list"}]});
+    let session_only = json!({"calls": [{"tool": "get-roots-list", "asks": true}]});
     (plan, session_only)
 }
 
@@ -357,7 +463,22 @@ async fn kubernetes_mcp_server_over_streamable_http() {
         ],
         "ping": true,
     });
-    compare_all("kube", &gateway, &Direct::Url(url), &plan, &Value::Null);
+    // rmcp's `Auto` lifecycle gives up, directly, when `server/discover`
+    // is answered with no revision it prefers (this server lists its 2025
+    // ones) instead of falling back to `initialize`: a client quirk.
+    let clients: Vec<&str> = CLIENTS
+        .iter()
+        .copied()
+        .filter(|sdk| *sdk != "rmcp-auto")
+        .collect();
+    compare_clients(
+        &clients,
+        "kube",
+        &gateway,
+        &Direct::Url(url),
+        &plan,
+        &Value::Null,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,7 +525,7 @@ async fn a_python_sdk_server_over_streamable_http() {
     // Directly, this server can ask only a session client (`ctx.elicit`
     // has no back-channel on 2026-07-28); through the gateway every client
     // can answer it (`relay`), so it is compared for session clients.
-    let session_only = json!({"calls": [{"tool": "ask"}]});
+    let session_only = json!({"calls": [{"tool": "ask", "asks": true}]});
     compare_all("py", &gateway, &Direct::Url(url), &plan, &session_only);
 }
 
@@ -421,16 +542,18 @@ async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
             {"tool": "add", "args": {"a": 2, "b": 3}},
             {"tool": "echo", "args": {"text": "0.7 and 1.0"}},
             {"tool": "fail", "args": {"message": "no"}},
-            {"tool": "ask_round_trip"},
+            {"tool": "ask_round_trip", "asks": true},
         ],
         "reads": ["py://info"],
         "prompts": [{"name": "greet", "args": {"name": "Bo"}}],
     });
     // Clients that begin with the handshake (the Python client forced to
-    // it, the TypeScript client, which tries `initialize` first) cannot
-    // reach this server directly; through the gateway they can
-    // (`relay`).
-    let clients = ["mcp", "fastmcp"];
+    // it, the TypeScript client, which tries `initialize` first, the rmcp
+    // client and the Inspector CLI, which speak only the handshake by
+    // default) cannot reach this server directly; through the gateway they
+    // can (`relay`). The Inspector, which cannot answer the server's
+    // question, is left out.
+    let clients = ["mcp", "fastmcp", "rmcp-auto"];
     compare_clients(
         &clients,
         "py",
@@ -439,13 +562,19 @@ async fn a_python_sdk_server_that_speaks_only_2026_07_28() {
         &plan,
         &Value::Null,
     );
-    let through = probe("ts", &Direct::Url(gateway.url()), Some("x_py_"), &plan);
-    assert_eq!(through["protocolVersion"], "2025-11-25");
-    assert_eq!(
-        through["calls"][3]["content"][0]["text"], "hello Ada (state round-1)",
-        "{through}"
-    );
-    assert_eq!(through["asked"], json!(["elicit: [py] What is your name?"]));
+    for sdk in ["ts", "rmcp"] {
+        let through = probe(sdk, &Direct::Url(gateway.url()), Some("x_py_"), &plan);
+        assert_eq!(through["protocolVersion"], "2025-11-25", "{sdk}");
+        assert_eq!(
+            through["calls"][3]["content"][0]["text"], "hello Ada (state round-1)",
+            "{sdk}: {through}"
+        );
+        assert_eq!(
+            through["asked"],
+            json!(["elicit: [py] What is your name?"]),
+            "{sdk}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,7 +603,7 @@ async fn a_fastmcp_server_over_streamable_http() {
         "ping": true,
     });
     // As with the Python SDK server: asking needs a session directly.
-    let session_only = json!({"calls": [{"tool": "ask"}]});
+    let session_only = json!({"calls": [{"tool": "ask", "asks": true}]});
     compare_all("fast", &gateway, &Direct::Url(url), &plan, &session_only);
 }
 

@@ -12,14 +12,15 @@ it gets through the gateway. Usage:
 --prefix: names of tools and prompts as the client sees them start with P (the gateway's
   `x_<server>_`); listed names without it are left out (the gateway's own tool) and P is
   stripped, calls and prompts get it added, so both sides print the upstream's names.
-PLAN_JSON: {"calls": [{"tool": NAME, "args": {...}}...], "reads": [URI...],
+PLAN_JSON: {"calls": [{"tool": NAME, "args": {...}, "asks": true?}...], "reads": [URI...],
   "prompts": [{"name": NAME, "args": {...}}...], "ping": true,
   "progress": [{"tool", "args"}...]   (each called with a progress callback),
   "logged": [{"tool", "args"}...]     (each called with logs asked for at "debug"),
   "complete": [{"ref": {...}, "argument": {"name", "value"}}...]}
-The client declares elicitation (accepting every form with {"name": "Ada"}), sampling
-(answering "sampled: <first message text>") and roots (file:///srv/flotilla-matrix), and
-records the messages it is asked.
+("asks": the call asks the client something; read only by the matrix's Inspector CLI
+probe, which cannot answer and skips it.) The client declares elicitation (accepting
+every form with {"name": "Ada"}), sampling (answering "sampled: <first message text>")
+and roots (file:///srv/flotilla-matrix), and records the messages it is asked.
 Prints one JSON document: {"protocolVersion", "tools", "resources", "templates", "prompts",
   "calls": [result or {"error": message}], "reads": [...], "prompt_results": [...],
   "ping": true|error, "asked": [...], "progress": [{"result", "steps": [progress...]}],
