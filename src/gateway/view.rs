@@ -140,14 +140,17 @@ impl View {
         exposed: &str,
         route: &FamilyTool,
     ) -> Vec<Verdict> {
-        let listed = self.catalog.listed_tool(exposed);
-        match listed {
-            Some(tool) if !self.policy.is_empty() => {
-                let class = self.policy.classify(&Who::of(user));
-                policy::listing::member_verdicts(&self.policy, &class, &self.catalog, route, tool)
-            }
-            _ => vec![Verdict::Allow; route.members.len()],
+        if self.policy.is_empty() {
+            return vec![Verdict::Allow; route.members.len()];
         }
+        let class = self.policy.classify(&Who::of(user));
+        // A tool not listed has no annotations: the rules see MCP's
+        // defaults (not read-only, destructive), never an allow by omission.
+        let annotations = self
+            .catalog
+            .listed_tool(exposed)
+            .and_then(|t| t.annotations.as_ref());
+        policy::listing::member_verdicts(&self.policy, &class, &self.catalog, route, annotations)
     }
 
     /// The policy's listing for `user`; `None` when no policy filters.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rmcp::model::Tool;
+use rmcp::model::{Tool, ToolAnnotations};
 
 use super::{CallerClass, Policy, Target, Verdict};
 use crate::catalog::family::{FamilyTool, restricted};
@@ -26,7 +26,7 @@ pub fn member_verdicts(
     class: &CallerClass,
     catalog: &Catalog,
     route: &FamilyTool,
-    tool: &Tool,
+    annotations: Option<&ToolAnnotations>,
 ) -> Vec<Verdict> {
     route
         .members
@@ -38,7 +38,7 @@ pub fn member_verdicts(
                     server: &member.server,
                     facts: facts(catalog, &member.server),
                     tool: &route.tool,
-                    annotations: tool.annotations.as_ref(),
+                    annotations,
                 },
             )
         })
@@ -54,7 +54,8 @@ pub fn visible_tools(policy: &Policy, class: &CallerClass, catalog: &Catalog) ->
     for tool in catalog.tools.iter() {
         let exposed = tool.name.as_ref();
         if let Some(route) = catalog.family_tool(exposed) {
-            let verdicts = member_verdicts(policy, class, catalog, route, tool);
+            let verdicts =
+                member_verdicts(policy, class, catalog, route, tool.annotations.as_ref());
             let allowed: Vec<_> = route
                 .members
                 .iter()
