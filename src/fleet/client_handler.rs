@@ -51,6 +51,41 @@ pub struct LineMessage {
     pub answer: Option<oneshot::Sender<Result<serde_json::Value, String>>>,
 }
 
+/// What a client said it can be asked (its declared capabilities): the
+/// gateway puts an upstream's request to a client only when it offers it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientOffers {
+    pub elicitation: bool,
+    pub sampling: bool,
+    pub roots: bool,
+}
+
+impl ClientOffers {
+    pub fn of(capabilities: &ClientCapabilities) -> Self {
+        Self {
+            elicitation: capabilities.elicitation.is_some(),
+            sampling: capabilities.sampling.is_some(),
+            roots: capabilities.roots.is_some(),
+        }
+    }
+
+    /// The capability a request with `method` needs, when the client lacks it.
+    pub fn missing_for(&self, method: &str) -> Option<&'static str> {
+        match method {
+            "elicitation/create" if !self.elicitation => Some("elicitation"),
+            "sampling/createMessage" if !self.sampling => Some("sampling"),
+            "roots/list" if !self.roots => Some("roots"),
+            _ => None,
+        }
+    }
+
+    /// The error an upstream gets for a request its client cannot be asked
+    /// (as a client without that capability would answer: method not found).
+    pub fn refusal(missing: &str) -> String {
+        format!("the gateway's client did not declare {missing}, so it cannot be asked")
+    }
+}
+
 /// A client request being served through this upstream right now.
 #[derive(Clone)]
 pub struct InflightCall {
@@ -64,6 +99,9 @@ pub struct InflightCall {
     pub log_level: Option<LoggingLevel>,
     /// The notifications relayed for this call (see `delivery`).
     pub tally: Arc<Tally>,
+    /// What the client can be asked; `None` where another path checks
+    /// (a relayed call's client is checked by the relay).
+    pub offers: Option<ClientOffers>,
 }
 
 impl InflightCall {
@@ -137,6 +175,19 @@ impl UpstreamClient {
             )
         };
         let other = || McpError::internal_error("the client answered with something else", None);
+        let method = match &request {
+            ServerRequest::ElicitRequest(_) => "elicitation/create",
+            ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
+            ServerRequest::ListRootsRequest(_) => "roots/list",
+            _ => "",
+        };
+        if let Some(missing) = call.offers.and_then(|o| o.missing_for(method)) {
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                ClientOffers::refusal(missing),
+                None,
+            ));
+        }
         match &call.client {
             ClientLine::Peer(peer) => {
                 let mut request = request;

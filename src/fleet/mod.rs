@@ -27,7 +27,7 @@ use rmcp::model::ErrorData;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client_handler::{LineMessage, severity};
+pub use client_handler::{ClientOffers, LineMessage, severity};
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, RelayedCall, SessionOwner, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSessions};

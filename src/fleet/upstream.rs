@@ -567,6 +567,7 @@ impl Upstream {
                     instance: c.instance.map(str::to_string),
                     log_level: c.log_level,
                     tally: tally.clone(),
+                    offers: Some(offers_of(c)),
                 },
             )
         });
@@ -649,6 +650,7 @@ impl Upstream {
                 instance,
                 log_level,
                 tally: Arc::default(),
+                offers: None,
             },
         );
         RelayedCall {
@@ -916,4 +918,21 @@ fn describe_quit(quit: Result<rmcp::service::QuitReason, tokio::task::JoinError>
         Ok(reason) => format!("{reason:?}"),
         Err(error) => error.to_string(),
     }
+}
+
+/// What the client of `caller` declared it can be asked: a 2026-07-28
+/// request says so in its `_meta` (it is asked through `asking`), a session
+/// client in its handshake.
+fn offers_of(caller: &Caller<'_>) -> super::client_handler::ClientOffers {
+    use super::client_handler::ClientOffers;
+    let declared = if caller.asking.is_some() {
+        caller.context.meta.client_capabilities()
+    } else {
+        caller
+            .context
+            .peer
+            .peer_info()
+            .map(|info| info.capabilities.clone())
+    };
+    declared.map(|c| ClientOffers::of(&c)).unwrap_or_default()
 }

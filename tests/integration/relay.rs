@@ -973,4 +973,69 @@ async fn a_task_runs_through_the_gateway_as_directly_and_stays_with_its_caller()
         refused.contains("-32602") && refused.contains("not found"),
         "{through}"
     );
+    // tasks/list: the caller's own task is listed; another session's list
+    // (one upstream session serves both) does not show it.
+    assert_eq!(through["tasks"]["list"], json!({}), "{through}");
+    assert_eq!(through["listed"], true, "{through}");
+    assert_eq!(through["otherListed"], false, "{through}");
+}
+
+/// A client that declares nothing it could be asked (rmcp's unit handler
+/// answers any request with an error of its own).
+async fn connect_bare(url: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    use rmcp::ServiceExt as _;
+    ().serve(rmcp::transport::StreamableHttpClientTransport::from_uri(
+        url.to_string(),
+    ))
+    .await
+    .expect("a bare client connects")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_is_never_asked_what_it_did_not_declare() {
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server(0, fleet.logs());
+    let p = peers();
+    let gateway = fleet
+        .http("py", &py_url)
+        .connected()
+        .stdio(
+            "everything",
+            &p.get("NODE22"),
+            &[&p.get("EVERYTHING_JS"), "stdio"],
+        )
+        .connected_within(crate::common::fleet::CONNECTED_WITHIN)
+        .start();
+    let bare = connect_bare(&gateway.url()).await;
+    let call = |tool: &str| {
+        let params = rmcp::model::CallToolRequestParams::new(tool.to_string()).with_arguments(
+            json!({"prompt": "say hi", "maxTokens": 10})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let peer = bare.peer().clone();
+        async move { peer.call_tool(params).await }
+    };
+    // The relay (an HTTP upstream): the gateway answers the upstream's
+    // elicitation itself; the Python SDK server reports the refusal.
+    // (The Python SDK server passes the refusal on as the call's error.)
+    let relayed = call("x_py_ask").await;
+    let text = match &relayed {
+        Ok(result) => text_of(result),
+        Err(error) => error.to_string(),
+    };
+    assert!(text.contains("did not declare elicitation"), "{relayed:?}");
+    // rmcp's path (a stdio upstream): the same for sampling.
+    let sampled = call("x_everything_trigger-sampling-request").await;
+    let text = match &sampled {
+        Ok(result) => text_of(result),
+        Err(error) => error.to_string(),
+    };
+    assert!(text.contains("did not declare sampling"), "{sampled:?}");
+    // A client that declares them is asked (the relay's own tests cover
+    // the answers; here only that the gate opens).
+    let asking = connect(&gateway.url()).await;
+    let asked = crate::common::call(&asking, "x_py_ask", json!({})).await;
+    assert_eq!(text_of(&asked), "hello Ada", "{asked:?}");
 }

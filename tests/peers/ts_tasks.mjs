@@ -6,10 +6,12 @@
 // Lists the tools (the client learns which ones take tasks), calls TOOL as a
 // task with callToolStream (tasks/get polling, tasks/result), answers an
 // elicitation with the first offered choice, then asks for the same task
-// from a second session. Prints one JSON document:
+// from a second session, and whether each session's tasks/list holds it.
+// Prints one JSON document:
 // {"tasks": server capability, "execution": TOOL's execution, "kinds": [stream
 // message types], "statuses": [...], "result", "asked": [...],
-// "otherSession": {"status"} | {"error"}}. Exit 1 with the error on failure.
+// "otherSession": {"status"} | {"error"}, "listed" and "otherListed": true,
+// false or {"error"}}. Exit 1 with the error on failure.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
@@ -56,7 +58,17 @@ try {
     if (message.type === "result") out.result = message.result;
     if (message.type === "error") throw message.error;
   }
+  // Whether a session's tasks/list holds the task (or why it failed).
+  const lists = async (c) => {
+    try {
+      const { tasks } = await c.experimental.tasks.listTasks();
+      return tasks.some((t) => t.taskId === taskId);
+    } catch (error) {
+      return { error: String(error?.message ?? error) };
+    }
+  };
   if (taskId) {
+    out.listed = await lists(main);
     const other = client();
     await other.connect(new StreamableHTTPClientTransport(new URL(url)));
     try {
@@ -65,6 +77,7 @@ try {
     } catch (error) {
       out.otherSession = { error: String(error?.message ?? error) };
     }
+    out.otherListed = await lists(other);
     await other.close();
   }
   process.stdout.write(JSON.stringify(out) + "\n");

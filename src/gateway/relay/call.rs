@@ -44,6 +44,13 @@ pub(super) async fn relay_call(
     message: &Message<'_>,
 ) -> Option<Response> {
     let method = message.method.as_deref()?;
+    if method == "tasks/list" {
+        let user = parts.extensions.get::<Arc<UserIdentity>>();
+        let owner = tasks::owner(user, client)?;
+        let view = relay.state.view(user).await;
+        let id = message.id.clone()?;
+        return Some(list_tasks(relay, &view, &owner, &id, client.revision).await);
+    }
     let call = message::peek_call(message.params)?;
     let user = parts.extensions.get::<Arc<UserIdentity>>();
     let view = relay.state.view(user).await;
@@ -331,6 +338,47 @@ fn start_record(
     CallRecord::start(calls, &counted.tool, user.map(|u| &**u), arguments.as_ref())
         .in_trace(trace_id)
         .to(counted)
+}
+
+/// `tasks/list` for `owner`: what each task it created says now
+/// (`tasks/get` at its upstream, all at once), in one answer.
+async fn list_tasks(
+    relay: &Relay,
+    view: &crate::gateway::view::View,
+    owner: &str,
+    client_id: &Value,
+    revision: ClientRevision,
+) -> Response {
+    let asks = relay
+        .tasks
+        .of_owner(owner, tasks::MAX_LISTED)
+        .into_iter()
+        .filter_map(|(task, server)| {
+            let wire = view.upstream(&server)?.wire()?;
+            let id = relay.next_id("flotilla-");
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tasks/get",
+                "params": {"taskId": task}});
+            Some(async move {
+                let answer = wire.call(Bytes::from(body.to_string()), &id).await.ok()?;
+                let mut task = answer.get("result")?.clone();
+                if let Some(object) = task.as_object_mut() {
+                    object.remove("_meta");
+                }
+                Some(task)
+            })
+        });
+    let listed: Vec<Value> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut result = serde_json::json!({"tasks": listed});
+    if revision == ClientRevision::Stateless {
+        result["resultType"] = "complete".into();
+    }
+    json_response(
+        serde_json::json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string(),
+    )
 }
 
 /// What came first: the upstream's reply, or a message for the client.

@@ -8,11 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use rmcp::model::LoggingLevel;
+use rmcp::model::{ClientCapabilities, LoggingLevel};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::fleet::ClientOffers;
 use crate::fleet::wire::TraceHeaders;
 use crate::gateway::revision::{ClientRevision, HOP_META_KEYS, REQUEST_HOP_META_KEYS};
 
@@ -105,6 +106,17 @@ pub fn declares_stateless(params: Option<&RawValue>, mcp_name: Option<&str>) -> 
         && mcp_name == named
         && meta.protocol_version.as_deref() == Some("2026-07-28")
         && meta.client_capabilities.is_some()
+}
+
+/// What the client declares it can be asked: an `initialize` request's
+/// `capabilities`, or a 2026-07-28 request's `_meta` client capabilities.
+pub fn client_offers(params: Option<&RawValue>) -> Option<ClientOffers> {
+    let capabilities = member::<ClientCapabilities>(params, "capabilities").or_else(|| {
+        let params = serde_json::from_str::<CallParams>(params?.get()).ok()?;
+        let declared = params.meta?.client_capabilities?;
+        serde_json::from_value(Value::Object(declared)).ok()
+    })?;
+    Some(ClientOffers::of(&capabilities))
 }
 
 /// One member of a message's params, decoded.

@@ -50,6 +50,7 @@ use super::edge::MAX_BODY;
 use super::revision::ClientRevision;
 use super::state::GatewayState;
 use crate::api::UserIdentity;
+use crate::fleet::ClientOffers;
 use crate::fleet::wire::Wire;
 use message::Message;
 
@@ -68,6 +69,9 @@ pub(crate) struct ClientSide {
     /// The gateway session id (2025 revisions); `None` for 2026-07-28.
     pub session: Option<String>,
     pub revision: ClientRevision,
+    /// What the client declared it can be asked (its handshake's, or the
+    /// request's `_meta`); `None` when unknown.
+    pub offers: Option<ClientOffers>,
 }
 
 /// Where a client's answer to a relayed request goes.
@@ -101,6 +105,8 @@ pub struct Relay {
     running: Mutex<HashMap<(String, String), Running>>,
     tasks: tasks::TaskOwners,
     parked: input::ParkedCalls,
+    /// What each 2025 session's client declared at `initialize`.
+    offers: moka::sync::Cache<String, ClientOffers>,
     ids: AtomicU64,
 }
 
@@ -113,6 +119,10 @@ impl Relay {
             running: Mutex::default(),
             tasks: tasks::TaskOwners::default(),
             parked: input::parked_calls(),
+            offers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(24 * 3600))
+                .build(),
             ids: AtomicU64::new(1),
         })
     }
@@ -130,6 +140,7 @@ impl Relay {
             return (known && revision != STATELESS).then(|| ClientSide {
                 session: Some(session.to_string()),
                 revision: ClientRevision::Session,
+                offers: self.offers.get(session),
             });
         }
         // A 2026-07-28 request must say so in its headers and its _meta, as
@@ -137,9 +148,10 @@ impl Relay {
         let declared = header("mcp-protocol-version") == Some(STATELESS)
             && header("mcp-method") == message.method.as_deref()
             && message::declares_stateless(message.params, header("mcp-name"));
-        declared.then_some(ClientSide {
+        declared.then(|| ClientSide {
             session: None,
             revision: ClientRevision::Stateless,
+            offers: message::client_offers(message.params),
         })
     }
 
@@ -254,7 +266,17 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     };
     if message.method.as_deref() == Some("initialize") {
         let user = parts.extensions.get::<Arc<UserIdentity>>().cloned();
+        let offers = message::client_offers(message.params);
         let answer = pass(parts, bytes).await;
+        if let (Some(offers), Some(session)) = (
+            offers,
+            answer
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            relay.offers.insert(session.to_string(), offers);
+        }
         return offer_tasks(&relay, user.as_ref(), answer).await;
     }
     let worth_a_look = message.is_response()
@@ -262,6 +284,7 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
             m == "notifications/cancelled"
                 || call::RELAYED.contains(&m)
                 || tasks::TASK_METHODS.contains(&m)
+                || m == "tasks/list"
         });
     if !worth_a_look {
         return pass(parts, bytes).await;

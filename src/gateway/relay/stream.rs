@@ -21,7 +21,7 @@ use super::message::{self, Message};
 use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::limits::{CallPermit, limit_response_text};
 use crate::fleet::wire::{Wire, WireError, WireReply};
-use crate::fleet::{LineMessage, ListKind, RelayedCall, severity};
+use crate::fleet::{ClientOffers, LineMessage, ListKind, RelayedCall, severity};
 use crate::gateway::call_record::{CallRecord, outcome_of_json};
 use crate::gateway::metrics::Outcome;
 use crate::gateway::parking::{MAX_WAITING, WAIT};
@@ -164,8 +164,10 @@ impl Stream {
             if self.done {
                 return None;
             }
-            if let Some(message) = self.first_line.take() {
-                return Some(self.line_message(message));
+            if let Some(message) = self.first_line.take()
+                && let Some(json) = self.line_message(message)
+            {
+                return Some(json);
             }
             let step = tokio::select! {
                 _ = self.cancel.cancelled() => {
@@ -174,7 +176,10 @@ impl Stream {
                     self.end();
                     return None;
                 }
-                Some(message) = next_line(&mut self.tracked) => Step::Send(self.line_message(message)),
+                Some(message) = next_line(&mut self.tracked) => match self.line_message(message) {
+                    Some(json) => Step::Send(json),
+                    None => Step::Skip,
+                },
                 reply = next_reply(&mut self.pending) => {
                     self.pending = None;
                     self.on_reply(reply)
@@ -347,13 +352,20 @@ impl Stream {
 
     /// A message the upstream sent this call's client outside the call's
     /// stream (a request is answered through the relay's waiting list).
-    fn line_message(&mut self, line: LineMessage) -> String {
+    /// `None` when it is a request the client cannot be asked (it is
+    /// refused to the upstream instead).
+    fn line_message(&mut self, line: LineMessage) -> Option<String> {
         let LineMessage {
             mut message,
             answer,
         } = line;
         message["jsonrpc"] = "2.0".into();
         if let Some(answer) = answer {
+            let method = message["method"].as_str().unwrap_or_default();
+            if let Some(missing) = self.client.offers.and_then(|o| o.missing_for(method)) {
+                let _ = answer.send(Err(ClientOffers::refusal(missing)));
+                return None;
+            }
             let id = self.relay.next_id(ASK_PREFIX);
             self.asks.push(id.clone());
             self.relay.remember_ask(
@@ -365,7 +377,7 @@ impl Stream {
             );
             message["id"] = id.into();
         }
-        message.to_string()
+        Some(message.to_string())
     }
 
     /// The upstream closed the call's stream before answering: pick it up
@@ -411,6 +423,11 @@ impl Stream {
         if method == "ping" {
             let pong = format!(r#"{{"jsonrpc":"2.0","id":{upstream_id},"result":{{}}}}"#);
             let _ = self.wire.deliver(Bytes::from(pong)).await;
+            return Step::Skip;
+        }
+        if let Some(missing) = self.client.offers.and_then(|o| o.missing_for(method)) {
+            let refusal = message::refuse_upstream(&upstream_id, &ClientOffers::refusal(missing));
+            let _ = self.wire.deliver(Bytes::from(refusal)).await;
             return Step::Skip;
         }
         if self.client.revision == ClientRevision::Stateless {

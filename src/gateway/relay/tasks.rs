@@ -6,8 +6,11 @@
 //! whom, so `tasks/get`, `tasks/result` and `tasks/cancel` reach that
 //! upstream, and only for the caller that created the task: an upstream
 //! session may be shared by every user of the gateway, and another caller's
-//! id is answered as an unknown task, as the upstream would. `tasks/list` is
-//! not offered (an upstream's list holds every caller's tasks).
+//! id is answered as an unknown task, as the upstream would. `tasks/list`
+//! is answered by the gateway: an upstream's list would hold every caller's
+//! tasks, so the caller gets what `tasks/get` says now of each task it
+//! created (at most [`MAX_LISTED`], newest first is not promised; a task
+//! its upstream no longer knows is left out).
 //!
 //! A client is offered `tasks` (cancel, task-augmented `tools/call`) in its
 //! `initialize` answer when its view has a tool whose `execution` allows
@@ -25,6 +28,9 @@ use crate::api::UserIdentity;
 
 /// The methods that name a task, routed to its upstream.
 pub(super) const TASK_METHODS: &[&str] = &["tasks/get", "tasks/result", "tasks/cancel"];
+
+/// The most tasks one `tasks/list` answer holds (no cursor is given).
+pub(super) const MAX_LISTED: usize = 100;
 
 /// How long a task is remembered at most (an upstream's `ttl` may be shorter).
 const REMEMBERED: Duration = Duration::from_secs(24 * 3600);
@@ -76,6 +82,16 @@ impl TaskOwners {
     pub(super) fn server(&self, owner: &str, task_id: &str) -> Option<Arc<str>> {
         self.servers.get(&(owner.to_string(), task_id.to_string()))
     }
+
+    /// The tasks `owner` created and their upstreams, at most `limit`.
+    pub(super) fn of_owner(&self, owner: &str, limit: usize) -> Vec<(String, Arc<str>)> {
+        self.servers
+            .iter()
+            .filter(|(key, _)| key.0 == owner)
+            .take(limit)
+            .map(|(key, server)| (key.1.clone(), server))
+            .collect()
+    }
 }
 
 /// The `taskId` a tasks request names.
@@ -124,7 +140,7 @@ fn offer_tasks(answer: &[u8]) -> Option<Vec<u8>> {
         .as_object_mut()?;
     capabilities.insert(
         "tasks".into(),
-        serde_json::json!({"cancel": {}, "requests": {"tools": {"call": {}}}}),
+        serde_json::json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
     );
     serde_json::to_vec(&answer).ok()
 }
@@ -148,6 +164,10 @@ mod tests {
         assert_eq!(owners.server("alice", "t-1").as_deref(), Some("everything"));
         assert_eq!(owners.server("bob", "t-1"), None);
         assert_eq!(owners.server("alice", "t-2"), None);
+        let listed = owners.of_owner("alice", MAX_LISTED);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, "t-1");
+        assert!(owners.of_owner("bob", MAX_LISTED).is_empty());
     }
 
     #[test]
