@@ -105,6 +105,20 @@ async fn first_pod(client: &Client, instance: &str) -> (String, String) {
     )
 }
 
+/// `x_kubernetes_delete_pod` of `pod` (namespace, name) on `instance`.
+async fn delete_pod(
+    client: &Client,
+    instance: &str,
+    (namespace, pod): (&str, &str),
+) -> rmcp::model::CallToolResult {
+    call(
+        client,
+        "x_kubernetes_delete_pod",
+        json!({"instance": instance, "namespace": namespace, "pod": pod}),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sre_and_dev_see_different_tools_and_instances() {
     let gateway = policy_fleet("");
@@ -165,12 +179,7 @@ async fn a_destructive_prod_call_is_denied_for_dev_naming_the_rule_and_audited()
     ));
     let dev = connect_as_demo(&gateway.url(), "bob", "dev", TestClient::default()).await;
     let (namespace, pod) = first_pod(&dev, "prod-a").await;
-    let denied = call(
-        &dev,
-        "x_kubernetes_delete_pod",
-        json!({"instance": "prod-a", "namespace": namespace, "pod": pod}),
-    )
-    .await;
+    let denied = delete_pod(&dev, "prod-a", (&namespace, &pod)).await;
     assert_eq!(denied.is_error, Some(true));
     let text = text_of(&denied);
     assert!(
@@ -184,12 +193,7 @@ async fn a_destructive_prod_call_is_denied_for_dev_naming_the_rule_and_audited()
 
     // On dev, dev may delete.
     let (namespace, pod) = first_pod(&dev, "dev-a").await;
-    let deleted = call(
-        &dev,
-        "x_kubernetes_delete_pod",
-        json!({"instance": "dev-a", "namespace": namespace, "pod": pod}),
-    )
-    .await;
+    let deleted = delete_pod(&dev, "dev-a", (&namespace, &pod)).await;
     assert_ne!(deleted.is_error, Some(true), "{}", text_of(&deleted));
     assert!(
         text_of(&deleted).contains("deleted"),
@@ -656,12 +660,7 @@ async fn with_sso_the_logins_groups_decide_what_each_user_sees_and_calls() {
     assert!(has(&dev_tools, "x_cluster-a-echo_auth_header"));
 
     let (namespace, pod) = first_pod(&dev, "prod-a").await;
-    let denied = call(
-        &dev,
-        "x_kubernetes_delete_pod",
-        json!({"instance": "prod-a", "namespace": namespace, "pod": pod}),
-    )
-    .await;
+    let denied = delete_pod(&dev, "prod-a", (&namespace, &pod)).await;
     assert_eq!(denied.is_error, Some(true));
     assert!(
         text_of(&denied).contains("prod-read-only"),
@@ -676,12 +675,7 @@ async fn with_sso_the_logins_groups_decide_what_each_user_sees_and_calls() {
     );
     // sre's destructive prod call asks this client, which answers every
     // form with {"name": "Ada"}: no confirmation, not run.
-    let unconfirmed = call(
-        &sre,
-        "x_kubernetes_delete_pod",
-        json!({"instance": "prod-a", "namespace": namespace, "pod": pod}),
-    )
-    .await;
+    let unconfirmed = delete_pod(&sre, "prod-a", (&namespace, &pod)).await;
     assert!(
         text_of(&unconfirmed).contains("did not confirm"),
         "{}",
