@@ -475,3 +475,45 @@ async fn each_fan_out_member_takes_a_slot_of_its_own_server() {
     assert_eq!(overloaded.len(), 1, "{lines:?}");
     assert_eq!(overloaded[0]["instance"], "fa");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_sso_each_logged_in_user_has_a_bucket_of_their_own_from_one_address() {
+    use crate::common::idp::gateway_login;
+    use crate::common::sso_world::{Options, World, connect_as, start_gateway};
+
+    let world = World::start(Options::default());
+    // The same world's gateway config, with a rate limit: a second gateway.
+    let mut config = std::fs::read_to_string(&world.config).unwrap();
+    config.push_str("rateLimit: {callsPerMinute: 6, burst: 2}\n");
+    let limited = world.logs.path().join("limited.yaml");
+    std::fs::write(&limited, config).unwrap();
+    let gateway = start_gateway(world.manifests.path(), world.logs.path(), &limited, None);
+    let base = gateway.url().trim_end_matches("/mcp").to_string();
+    // Both from 127.0.0.1: with auth on, the bucket is the user's.
+    let alice = connect_as(&gateway.url(), &gateway_login(&base, "alice").access_token).await;
+    let bob = connect_as(&gateway.url(), &gateway_login(&base, "bob").access_token).await;
+    // (/status needs a login here: wait for the tool in alice's list.)
+    eventually(Duration::from_secs(20), "x_plain_echo listed", || {
+        let alice = &alice;
+        async move {
+            let tools = list_tools(alice).await;
+            tools.iter().any(|t| t.name == "x_plain_echo").then_some(())
+        }
+    })
+    .await;
+    for n in 0..2 {
+        let ok = call(&alice, "x_plain_echo", json!({"text": "hi"})).await;
+        assert_ne!(ok.is_error, Some(true), "call {n}: {}", text_of(&ok));
+    }
+    let refused = call(&alice, "x_plain_echo", json!({"text": "hi"})).await;
+    assert_eq!(refused.is_error, Some(true));
+    let text = text_of(&refused);
+    assert!(text.contains("rate limit: user \"alice\""), "{text}");
+    let bobs = call(&bob, "x_plain_echo", json!({"text": "hi"})).await;
+    assert_ne!(
+        bobs.is_error,
+        Some(true),
+        "bob's bucket is his own: {}",
+        text_of(&bobs)
+    );
+}

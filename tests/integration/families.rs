@@ -334,12 +334,15 @@ async fn fan_out_with_one_instance_down_and_one_slow_returns_a_partial_result_in
         .http("a-mcp-py", &url_a)
         .timeout(10)
         .family("py")
+        .connected()
         .http("b-mcp-py", &url_b)
         .timeout(1)
         .family("py")
+        .connected()
         .http("c-mcp-py", &url_c)
         .timeout(10)
         .family("py")
+        .connected()
         // The Python tools carry no readOnlyHint, so fan-out must be allowed explicitly.
         .config("fanOut: {allowDestructive: true}\n")
         .start();
