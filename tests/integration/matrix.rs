@@ -40,6 +40,21 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{Value, json};
 
+/// Listed items (JSON) sorted by `key`, with `prefix` stripped from their
+/// names and items without it (the gateway's own tool) left out; shared by
+/// the clients whose output this file builds itself (rmcp, Inspector CLI).
+fn unprefixed_sorted(mut items: Vec<Value>, key: &str, prefix: Option<&str>) -> Value {
+    if let Some(prefix) = prefix {
+        items.retain(|i| i[key].as_str().is_some_and(|n| n.starts_with(prefix)));
+        for item in &mut items {
+            let name = item[key].as_str().unwrap_or_default()[prefix.len()..].to_string();
+            item[key] = name.into();
+        }
+    }
+    items.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
+    Value::Array(items)
+}
+
 /// The clients of the matrix, as probe.py names them (`ts`: the
 /// TypeScript SDK client, tests/peers/ts_probe.mjs; `rmcp`: an rmcp
 /// client, matrix/rmcp_probe.rs, with the handshake and, `rmcp-auto`,

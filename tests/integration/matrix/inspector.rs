@@ -70,16 +70,7 @@ fn listed(run: Value, attr: &str, key: &str, prefix: Option<&str>) -> Value {
     let Some(items) = run["result"][attr].as_array() else {
         return result(run);
     };
-    let mut items = items.clone();
-    if let Some(prefix) = prefix {
-        items.retain(|i| i[key].as_str().is_some_and(|n| n.starts_with(prefix)));
-        for item in &mut items {
-            let name = item[key].as_str().unwrap()[prefix.len()..].to_string();
-            item[key] = name.into();
-        }
-    }
-    items.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
-    Value::Array(items)
+    super::unprefixed_sorted(items.clone(), key, prefix)
 }
 
 /// What the Inspector CLI sees of `target`.

@@ -165,19 +165,11 @@ fn listed<T: Serialize>(
         Ok(items) => items,
         Err(e) => return error(e),
     };
-    let mut items: Vec<Value> = items
+    let items: Vec<Value> = items
         .iter()
         .map(|i| serde_json::to_value(i).expect("a listed item serializes"))
         .collect();
-    if let Some(prefix) = prefix {
-        items.retain(|i| i[key].as_str().is_some_and(|n| n.starts_with(prefix)));
-        for item in &mut items {
-            let name = item[key].as_str().unwrap()[prefix.len()..].to_string();
-            item[key] = name.into();
-        }
-    }
-    items.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
-    Value::Array(items)
+    super::unprefixed_sorted(items, key, prefix)
 }
 
 fn params<T: serde::de::DeserializeOwned>(value: Value) -> T {
