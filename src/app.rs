@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::SsoMode;
 use crate::api::UserIdentity;
+use crate::auth::inbound::seal::SealingKeys;
 use crate::auth::inbound::{AuthServer, AuthServerOptions};
 use crate::auth::jwks::JwksCache;
 use crate::auth::outbound::SsoCredentials;
@@ -55,6 +56,8 @@ pub struct App {
     allowed_hosts: AllowedHosts,
     allowed_origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
+    /// Seal client session ids (and, with auth, the gateway's tokens).
+    keys: Arc<SealingKeys>,
     /// The token-exchange cache (with `auth`), for `/metrics`.
     exchanger: Option<Arc<TokenExchanger>>,
     limits: HttpLimits,
@@ -122,9 +125,10 @@ impl App {
                  -Groups / -Client headers; never use this where others can reach the gateway"
             );
         }
+        let keys = Arc::new(sealing_keys(&settings)?);
         let (auth, exchanger) = match &settings.auth {
             Some(config) => {
-                let (auth, exchanger) = start_auth(config, &base_url, &fleet).await?;
+                let (auth, exchanger) = start_auth(config, &base_url, &fleet, keys.clone()).await?;
                 (Some(auth), Some(exchanger))
             }
             None => (None, None),
@@ -149,6 +153,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            keys,
             exchanger,
             limits: settings.limits.clone(),
             cancel,
@@ -168,6 +173,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            keys,
             exchanger,
             limits,
             cancel,
@@ -237,6 +243,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
+            keys,
             &limits,
             cancel.child_token(),
         );
@@ -268,12 +275,28 @@ fn base_url(settings: &ServeSettings, local: SocketAddr) -> anyhow::Result<url::
     url::Url::parse(&text).with_context(|| format!("publicUrl {text:?} is not a URL"))
 }
 
+/// The keys sealing client session ids and the gateway's tokens: the
+/// configured file, else a random key for this process alone.
+fn sealing_keys(settings: &ServeSettings) -> anyhow::Result<SealingKeys> {
+    match &settings.sealing_key_file {
+        Some(path) => SealingKeys::load(path).context("loading sealingKeyFile"),
+        None => {
+            tracing::info!(
+                "sealingKeyFile is not set: client session ids (and SSO tokens) are sealed with a \
+                 random key, so they do not survive a restart and other replicas do not accept them"
+            );
+            Ok(SealingKeys::ephemeral())
+        }
+    }
+}
+
 /// Starts SSO: the authorization server, the exchange cache and per-user
 /// sessions, with login warming the user's sessions.
 async fn start_auth(
     config: &AuthConfig,
     base_url: &url::Url,
     fleet: &Fleet,
+    keys: Arc<SealingKeys>,
 ) -> anyhow::Result<(Arc<AuthServer>, Arc<TokenExchanger>)> {
     // Requests carrying users' tokens and client secrets never follow a redirect.
     let http = reqwest::Client::builder()
@@ -328,6 +351,7 @@ async fn start_auth(
         http,
         extra_login_scopes,
         on_login,
+        keys: Some(keys),
     })
     .await
     .context("starting single sign-on (auth: in the config file)")?;

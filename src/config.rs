@@ -33,6 +33,11 @@ pub struct ConfigFile {
     pub ping_interval_seconds: Option<u64>,
     /// Limits for family tools called on several instances.
     pub fan_out: Option<FanOutConfig>,
+    /// Keys (one base64 32-byte key per line, the first seals) for client
+    /// session ids and, with `auth`, the gateway's tokens: every replica
+    /// reads the same file (see README "Several replicas"). Same as
+    /// `auth.sealingKeyFile`, which still works.
+    pub sealing_key_file: Option<PathBuf>,
     /// Single sign-on; without it `/mcp` is open (see README "SSO").
     pub auth: Option<AuthConfig>,
     /// Caps on sessions, connections and slow clients.
@@ -104,10 +109,14 @@ pub struct AuditConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Client sessions (2025 revisions) held at once (default 10000).
+    /// Client sessions (2025 revisions) a replica holds in memory at once
+    /// (default 10000); beyond it one is let go (its id stays valid).
     pub max_sessions: Option<usize>,
-    /// Seconds an unused client session lives (default 300).
+    /// Seconds an unused client session stays in memory (default 300; its
+    /// id stays valid, and the next request rebuilds it).
     pub session_idle_timeout_seconds: Option<u64>,
+    /// Seconds a client session id is accepted after `initialize` (default 86400).
+    pub session_max_age_seconds: Option<u64>,
     /// Open connections in all (default 10000).
     pub max_connections: Option<usize>,
     /// Open connections from one IP address (default 1000; 0 = no limit).
@@ -130,6 +139,7 @@ impl LimitsConfig {
                 self.session_idle_timeout_seconds,
                 defaults.session_idle_timeout,
             ),
+            session_max_age: seconds(self.session_max_age_seconds, defaults.session_max_age),
             max_connections: self
                 .max_connections
                 .unwrap_or(defaults.max_connections)
@@ -210,6 +220,9 @@ impl ConfigFile {
             if let Some(file) = config.audit.as_mut().and_then(|a| a.file.as_mut()) {
                 relative_to_config(file);
             }
+            if let Some(key) = config.sealing_key_file.as_mut() {
+                relative_to_config(key);
+            }
             if let Some(auth) = config.auth.as_mut() {
                 if let Some(key) = auth.sealing_key_file.as_mut() {
                     relative_to_config(key);
@@ -261,6 +274,8 @@ pub struct ServeSettings {
     pub ping_interval: Duration,
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
+    /// `sealingKeyFile`, or else `auth.sealingKeyFile`.
+    pub sealing_key_file: Option<PathBuf>,
     pub limits: HttpLimits,
     pub rate_limit: Option<RateLimitSettings>,
     pub audit: AuditSettings,
@@ -289,7 +304,17 @@ impl ServeSettings {
             .or(file.bind_address)
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let port = port.or(file.port).unwrap_or(8080);
+        let auth_key = file.auth.as_ref().and_then(|a| a.sealing_key_file.clone());
+        let sealing_key_file = match (file.sealing_key_file, auth_key) {
+            (Some(top), Some(auth)) if top != auth => anyhow::bail!(
+                "sealingKeyFile ({}) and auth.sealingKeyFile ({}) name different files: the gateway seals with one key file, so set only sealingKeyFile",
+                top.display(),
+                auth.display()
+            ),
+            (top, auth) => top.or(auth),
+        };
         Ok(Self {
+            sealing_key_file,
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
             auth: file.auth,

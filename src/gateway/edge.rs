@@ -12,12 +12,11 @@
 //! | JSON that is not a JSON-RPC message (see `envelope`) | 400, -32600, the message's id when it has a valid one |
 //! | POST body over the size limit | 413, -32600 |
 //! | POST body not received in time (`limits.bodyReadTimeoutSeconds`) | 408, -32600 |
-//! | `initialize` without a session while `limits.maxSessions` are open | 503 with `Retry-After`, -32000 |
 //! | `initialize` on an existing session (`Mcp-Session-Id` set) | 400, -32600 |
 //! | a JSON-RPC batch where the revision allows it (2025-03-26) | each message handled, the responses as one JSON array (202 when there are none) |
 //! | a batch on any later revision, an empty batch, or one holding `initialize` | 400, -32600 |
-//! | `DELETE` of a live session | 204 |
-//! | `DELETE` of an unknown session | 404 |
+//! | `DELETE` of a live session | 204 (see `session`) |
+//! | `DELETE` (or any request) of an unknown, expired or ended session, or another caller's | 404, -32001 (see `session`) |
 //!
 //! Allowed origins: the configured list (`allowedOrigins`, exact
 //! `scheme://host[:port]`, `*` = any), else loopback origins on any port
@@ -32,12 +31,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use super::envelope;
+use super::envelope::{self, RpcMethod};
 use super::listener::body_timed_out;
 use super::metrics::Metrics;
 use super::trace;
@@ -109,9 +107,6 @@ fn is_loopback_origin(origin: &str) -> bool {
 
 #[derive(Clone)]
 pub struct Edge {
-    pub sessions: Arc<LocalSessionManager>,
-    /// Client sessions held at once (`limits.maxSessions`).
-    pub max_sessions: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -190,24 +185,8 @@ pub async fn guard(State(reach): State<Reach>, request: Request, next: Next) -> 
 pub async fn edge(State(edge): State<Edge>, request: Request, next: Next) -> Response {
     match *request.method() {
         Method::POST => post(&edge, request, next).await,
-        Method::DELETE => delete(&edge, request, next).await,
         _ => next.run(request).await,
     }
-}
-
-async fn delete(edge: &Edge, request: Request, next: Next) -> Response {
-    let Some(session) = header_str(request.headers(), "mcp-session-id") else {
-        return next.run(request).await;
-    };
-    let known = edge.sessions.sessions.read().await.contains_key(session);
-    if !known {
-        return (StatusCode::NOT_FOUND, "Not Found: no such session").into_response();
-    }
-    let response = next.run(request).await;
-    if response.status() == StatusCode::ACCEPTED {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    response
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -283,11 +262,10 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
             "this session is already initialized; to start a new one, send initialize without Mcp-Session-Id",
         );
     }
-    if !in_session && initialize && edge.sessions.sessions.read().await.len() >= edge.max_sessions {
-        edge.metrics.sessions_refused.inc();
-        return sessions_full(edge.max_sessions);
-    }
     let mut parts = parts;
+    if let Some(method) = &method {
+        parts.extensions.insert(RpcMethod(method.clone()));
+    }
     let span = match (&id, method.as_deref()) {
         (Some(_), Some(method)) => {
             // The client's `_meta` first (it names the MCP request), else its header.
@@ -357,26 +335,6 @@ async fn as_json_rpc(response: Response) -> Response {
     rpc_error(status, Value::Null, code, message)
 }
 
-fn sessions_full(max: usize) -> Response {
-    tracing::warn!(
-        limit = max,
-        "client session limit reached; initialize refused (raise limits.maxSessions)"
-    );
-    let mut response = rpc_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        Value::Null,
-        -32000,
-        format!(
-            "the gateway holds its maximum of {max} client sessions; retry shortly (idle sessions expire)"
-        ),
-    );
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("5"),
-    );
-    response
-}
-
 /// A JSON-RPC batch: only 2025-03-26 has them. Each message goes through
 /// the same path as a single one; the responses come back as one array.
 async fn batch(parts: axum::http::request::Parts, array: &str, next: Next) -> Response {
@@ -402,6 +360,10 @@ async fn batch(parts: axum::http::request::Parts, array: &str, next: Next) -> Re
     }
     let calls = messages.iter().zip(checked).map(|(message, checked)| {
         // A member that is not JSON-RPC gets its error in the reply array.
+        let method = checked
+            .as_ref()
+            .ok()
+            .and_then(|m| m.method.as_deref().map(str::to_string));
         let refused = checked.err().map(|invalid| {
             json!({"jsonrpc": "2.0", "id": invalid.id,
                    "error": {"code": -32600, "message": invalid.message}})
@@ -411,6 +373,9 @@ async fn batch(parts: axum::http::request::Parts, array: &str, next: Next) -> Re
         *request.uri_mut() = parts.uri.clone();
         *request.headers_mut() = parts.headers.clone();
         *request.extensions_mut() = parts.extensions.clone();
+        if let Some(method) = method {
+            request.extensions_mut().insert(RpcMethod(method));
+        }
         let next = next.clone();
         async move {
             match refused {

@@ -20,6 +20,10 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// The JSON-RPC method of a POSTed message (put in the request's extensions by `edge`).
+#[derive(Clone, Debug)]
+pub struct RpcMethod(pub String);
+
 /// What a body holds.
 pub enum Body<'a> {
     /// One message with a valid envelope.

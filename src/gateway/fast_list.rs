@@ -23,9 +23,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
 
+use super::session::ClientSession;
 use super::state::GatewayState;
 use super::view::ToolsJson;
 use crate::api::UserIdentity;
@@ -36,7 +36,6 @@ const STATELESS_VERSION: &str = "2026-07-28";
 #[derive(Clone)]
 pub struct FastList {
     pub state: Arc<GatewayState>,
-    pub sessions: Arc<LocalSessionManager>,
 }
 
 fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
@@ -53,7 +52,7 @@ enum Mode {
 }
 
 /// The request's id when it is a plain tools/list this path may answer.
-async fn eligible(fast: &FastList, headers: &HeaderMap, body: &[u8]) -> Option<(Value, Mode)> {
+fn eligible(in_session: bool, headers: &HeaderMap, body: &[u8]) -> Option<(Value, Mode)> {
     let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
     if !accept.contains("application/json") && !accept.contains("*/*") {
         return None;
@@ -72,9 +71,9 @@ async fn eligible(fast: &FastList, headers: &HeaderMap, body: &[u8]) -> Option<(
     if params.and_then(|p| p.get("cursor")).is_some() {
         return None;
     }
-    if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-        let known = fast.sessions.sessions.read().await.contains_key(session);
-        return known.then_some((id, Mode::Session));
+    if headers.contains_key("mcp-session-id") {
+        // `session::open_session` let it through: it names a valid session.
+        return in_session.then_some((id, Mode::Session));
     }
     let meta = params.and_then(|p| p.get("_meta"))?;
     let complete = meta.get("io.modelcontextprotocol/protocolVersion")? == STATELESS_VERSION
@@ -129,7 +128,11 @@ pub async fn fast_tools_list(
     };
     // Cheap pre-check before parsing anything.
     if memchr_tools_list(&bytes)
-        && let Some((id, mode)) = eligible(&fast, &parts.headers, &bytes).await
+        && let Some((id, mode)) = eligible(
+            parts.extensions.get::<Arc<ClientSession>>().is_some(),
+            &parts.headers,
+            &bytes,
+        )
     {
         let user = parts.extensions.get::<Arc<UserIdentity>>();
         let view = fast.state.view(user).await;

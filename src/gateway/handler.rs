@@ -114,25 +114,30 @@ fn unexpected(kind: &str) -> ErrorData {
     ErrorData::internal_error(format!("upstream sent an unexpected reply to {kind}"), None)
 }
 
+/// What the gateway says of itself at `initialize` (and `server/discover`).
+pub fn server_info() -> ServerConfig {
+    ServerConfig::new(
+        ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_completions()
+            .enable_logging()
+            .build(),
+    )
+    .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
+    .with_instructions(
+        "Flotilla gateway: tools of every server in the fleet, named x_<server>_<tool>.",
+    )
+}
+
 impl ServerHandler for GatewayHandler {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tool_list_changed()
-                .enable_resources()
-                .enable_resources_list_changed()
-                .enable_resources_subscribe()
-                .enable_prompts()
-                .enable_prompts_list_changed()
-                .enable_completions()
-                .enable_logging()
-                .build(),
-        )
-        .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
-        .with_instructions(
-            "Flotilla gateway: tools of every server in the fleet, named x_<server>_<tool>.",
-        )
+        server_info()
     }
 
     /// A client's roots changed: its upstreams hear it and ask again (the

@@ -19,22 +19,26 @@ use tokio_util::sync::CancellationToken;
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
+use super::held_sessions::HeldSessions;
 use super::input_wait::WaitingCalls;
 use super::listener::HttpLimits;
 use super::metrics::{self, Metrics};
 use super::rate_limit::{CallerLimits, rate_limit};
 use super::relay::{Relay, relay as relay_call};
+use super::session::{SessionLimits, Sessions, answer_initialize, open_session};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
 use super::{demo_identity, fleet_page};
 use crate::api::ServerState;
 use crate::auth::inbound::AuthServer;
+use crate::auth::inbound::seal::SealingKeys;
 
 pub fn router(
     state: Arc<GatewayState>,
     hosts: AllowedHosts,
     origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
+    keys: Arc<SealingKeys>,
     limits: &HttpLimits,
     cancel: CancellationToken,
 ) -> Router {
@@ -48,12 +52,23 @@ pub fn router(
     };
     let handler_state = state.clone();
     let waiting = Arc::new(WaitingCalls::default());
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(limits.session_idle_timeout);
-    let sessions = Arc::new(sessions);
+    let mut local = LocalSessionManager::default();
+    local.session_config.keep_alive = Some(limits.session_idle_timeout);
+    let held = Arc::new(HeldSessions::new(local));
+    // Session ids are sealed: rmcp rebuilds a session it does not hold from its id.
+    let sessions = Sessions::new(
+        keys,
+        SessionLimits {
+            max_age: limits.session_max_age,
+            max_held: limits.max_sessions,
+        },
+        held.clone(),
+        state.metrics.clone(),
+    );
+    config.session_store = Some(sessions.clone());
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayHandler::new(handler_state.clone(), waiting.clone())),
-        sessions.clone(),
+        held.clone(),
         config,
     );
     let reach = Reach {
@@ -61,20 +76,21 @@ pub fn router(
         origins,
     };
     let edge_checks = Edge {
-        sessions: sessions.clone(),
-        max_sessions: limits.max_sessions,
         metrics: state.metrics.clone(),
     };
-    let relay = Relay::new(state.clone(), sessions.clone());
+    let relay = Relay::new(state.clone());
     let fast = FastList {
         state: state.clone(),
-        sessions: sessions.clone(),
     };
     // Calls are relayed as JSON where the relay takes them; the relay sits
     // inside the bearer check (it routes by the caller's view).
     // tools/list is answered from the caller's view, also inside it.
     let mcp = Router::new()
         .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(
+            sessions.clone(),
+            answer_initialize,
+        ))
         .layer(axum::middleware::from_fn_with_state(relay, relay_call))
         .layer(axum::middleware::from_fn_with_state(fast, fast_tools_list));
     // Per-caller rate limits, inside the bearer check (the caller is the
@@ -86,6 +102,8 @@ pub fn router(
         )),
         None => mcp,
     };
+    // The session a request names, opened once the caller is known.
+    let mcp = mcp.layer(axum::middleware::from_fn_with_state(sessions, open_session));
     let mcp = match &auth {
         Some(auth) => mcp.layer(axum::middleware::from_fn_with_state(
             auth.clone(),
@@ -120,7 +138,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(move |headers: HeaderMap| exposition(metrics.clone(), sessions.clone(), headers)),
+            get(move |headers: HeaderMap| exposition(metrics.clone(), held.clone(), headers)),
         )
         .with_state(app_state);
     routes
@@ -212,10 +230,10 @@ async fn readyz(State(state): State<Arc<GatewayState>>) -> impl IntoResponse {
 /// `GET /metrics`: the Prometheus exposition (see `metrics`).
 async fn exposition(
     metrics: Arc<Metrics>,
-    sessions: Arc<LocalSessionManager>,
+    held: Arc<HeldSessions>,
     headers: HeaderMap,
 ) -> Response {
-    let open = sessions.sessions.read().await.len();
+    let open = held.count().await;
     metrics
         .client_sessions
         .set(i64::try_from(open).unwrap_or(i64::MAX));

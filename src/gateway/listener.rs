@@ -40,10 +40,12 @@ use super::metrics::{Metrics, RefusalReason};
 /// Connection and request limits (`limits` in the config file).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpLimits {
-    /// Client sessions (2025 revisions) held at once.
+    /// Client sessions (2025 revisions) held in memory at once.
     pub max_sessions: usize,
-    /// A client session unused this long is closed.
+    /// A held client session unused this long leaves memory (its id stays valid).
     pub session_idle_timeout: Duration,
+    /// A client session id is accepted this long after `initialize`.
+    pub session_max_age: Duration,
     pub max_connections: usize,
     /// 0 turns the per-address limit off (behind a proxy that is every client).
     pub max_connections_per_ip: usize,
@@ -56,6 +58,7 @@ impl Default for HttpLimits {
         Self {
             max_sessions: 10_000,
             session_idle_timeout: Duration::from_secs(300),
+            session_max_age: Duration::from_secs(24 * 3600),
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             header_read_timeout: Duration::from_secs(30),

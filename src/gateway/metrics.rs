@@ -10,8 +10,9 @@
 //! | `flotilla_fanout_calls_total` | counter | `tool` | calls of a family tool on several instances |
 //! | `flotilla_fanout_width` | histogram | `tool` | instances one fan-out call reached |
 //! | `flotilla_requests_total` | counter | `method` | MCP requests received, by method (`other` for methods MCP does not define) |
-//! | `flotilla_client_sessions` | gauge | | client sessions (2025 revisions) held now |
-//! | `flotilla_client_sessions_refused_total` | counter | | `initialize` refused at `limits.maxSessions` |
+//! | `flotilla_client_sessions` | gauge | | client sessions (2025 revisions) held in this replica's memory now |
+//! | `flotilla_client_sessions_restored_total` | counter | | client sessions rebuilt here from their id (first use on this replica, after a restart, or after being let go) |
+//! | `flotilla_client_sessions_released_total` | counter | | held client sessions let go at `limits.maxSessions` (their ids stay valid) |
 //! | `flotilla_connections_refused_total` | counter | `reason` | connections answered 503 and closed: `max_connections` or `per_address` |
 //! | `flotilla_request_body_timeouts_total` | counter | | request bodies not received within `limits.bodyReadTimeoutSeconds` |
 //! | `flotilla_audit_lines_dropped_total` | counter | | audit lines dropped because the writer fell behind |
@@ -214,7 +215,8 @@ impl MetricConstructor<Histogram> for Buckets {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub client_sessions: Gauge<i64, AtomicI64>,
-    pub sessions_refused: Counter,
+    pub sessions_restored: Counter,
+    pub sessions_released: Counter,
     pub connections_refused: Family<Refusal, Counter>,
     pub body_timeouts: Counter,
     /// Audit lines lost to a full queue (see `audit.rs`).
@@ -233,7 +235,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("flotilla");
         let client_sessions = Gauge::<i64, AtomicI64>::default();
-        let sessions_refused = Counter::default();
+        let sessions_restored = Counter::default();
+        let sessions_released = Counter::default();
         let connections_refused = Family::<Refusal, Counter>::default();
         let body_timeouts = Counter::default();
         let audit_dropped = Counter::default();
@@ -276,13 +279,18 @@ impl Default for Metrics {
         );
         registry.register(
             "client_sessions",
-            "Client sessions (2025 revisions) held now",
+            "Client sessions (2025 revisions) held in memory now",
             client_sessions.clone(),
         );
         registry.register(
-            "client_sessions_refused",
-            "initialize requests refused because limits.maxSessions sessions were open",
-            sessions_refused.clone(),
+            "client_sessions_restored",
+            "Client sessions rebuilt on this replica from their session id",
+            sessions_restored.clone(),
+        );
+        registry.register(
+            "client_sessions_released",
+            "Held client sessions let go at limits.maxSessions (their ids stay valid)",
+            sessions_released.clone(),
         );
         registry.register(
             "connections_refused",
@@ -302,7 +310,8 @@ impl Default for Metrics {
         Self {
             registry: Mutex::new(registry),
             client_sessions,
-            sessions_refused,
+            sessions_restored,
+            sessions_released,
             connections_refused,
             body_timeouts,
             audit_dropped,
@@ -425,13 +434,13 @@ mod tests {
     #[test]
     fn counts_show_up_under_their_prometheus_names() {
         let metrics = Metrics::default();
-        metrics.sessions_refused.inc();
+        metrics.sessions_released.inc();
         metrics.refused(RefusalReason::PerAddress);
         metrics.refused(RefusalReason::PerAddress);
         metrics.client_sessions.set(3);
         let text = metrics.encode();
         assert!(
-            text.contains("flotilla_client_sessions_refused_total 1"),
+            text.contains("flotilla_client_sessions_released_total 1"),
             "{text}"
         );
         assert!(

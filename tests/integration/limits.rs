@@ -174,40 +174,62 @@ fn initialize(client: &reqwest::blocking::Client, url: &str) -> reqwest::blockin
 }
 
 #[test]
-fn client_sessions_are_capped_with_an_answer_that_says_so() {
-    let gateway = Fleet::new().config("limits: {maxSessions: 2}\n").start();
+fn sessions_held_in_memory_are_capped_and_the_ones_let_go_carry_on() {
+    let gateway = Fleet::new()
+        .config("limits: {maxSessions: 2}\n")
+        .sim("sim-a", "cluster-a")
+        .start();
     let client = reqwest::blocking::Client::new();
     let url = gateway.url();
-    let sessions: Vec<String> = (0..2)
+    let post = |session: &str, body: Value| {
+        client
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    // Five sessions, each held here by a request only rmcp's handler serves.
+    let sessions: Vec<String> = (0..5)
         .map(|_| {
             let response = initialize(&client, &url);
             assert_eq!(response.status(), 200);
-            response.headers()["mcp-session-id"]
+            let id = response.headers()["mcp-session-id"]
                 .to_str()
                 .unwrap()
-                .to_string()
+                .to_string();
+            let listed = post(
+                &id,
+                json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}),
+            );
+            assert_eq!(listed.status(), 200);
+            id
         })
         .collect();
-    let refused = initialize(&client, &url);
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "5");
-    let body: Value = refused.json().unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("maximum of 2 client sessions"),
-        "{message}"
-    );
-    assert_eq!(
-        metric(&gateway, "flotilla_client_sessions_refused_total"),
-        1.0
-    );
-    assert_eq!(metric(&gateway, "flotilla_client_sessions"), 2.0);
-    // Ending a session frees its place.
+    assert!(metric(&gateway, "flotilla_client_sessions") <= 2.0);
+    assert!(metric(&gateway, "flotilla_client_sessions_released_total") >= 3.0);
+    // Every session still works: the ones let go are rebuilt from their ids.
+    for id in &sessions {
+        let listed = post(
+            id,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "resources/list"}),
+        );
+        assert_eq!(listed.status(), 200);
+        assert!(listed.text().unwrap().contains("cluster-a"));
+    }
+    assert!(metric(&gateway, "flotilla_client_sessions") <= 2.0);
+    // Ending a session ends it.
     let ended = client
         .delete(&url)
         .header("mcp-session-id", &sessions[0])
         .send()
         .unwrap();
     assert_eq!(ended.status(), 204);
-    assert_eq!(initialize(&client, &url).status(), 200);
+    let after = post(
+        &sessions[0],
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+    );
+    assert_eq!(after.status(), 404);
 }

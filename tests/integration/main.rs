@@ -22,6 +22,7 @@ mod matrix;
 mod observability;
 mod policy;
 mod relay;
+mod replicas;
 mod sso;
 mod sso_clients;
 mod ui;

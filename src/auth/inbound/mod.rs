@@ -104,6 +104,9 @@ pub struct AuthServerOptions {
     /// Called whenever the token endpoint issues tokens (code or refresh
     /// grant), to warm the user's downstream sessions.
     pub on_login: Arc<dyn Fn(Arc<UserIdentity>) + Send + Sync>,
+    /// The gateway's sealing keys when it loaded them already (they seal
+    /// its client session ids too); `None`: from `config.sealingKeyFile`.
+    pub keys: Option<Arc<SealingKeys>>,
 }
 
 /// Why `/mcp` refused a request. Messages never contain the token.
@@ -171,7 +174,7 @@ pub(crate) fn same_issuer(a: &str, b: &str) -> bool {
 /// The authorization server and bearer validator.
 pub struct AuthServer {
     urls: Urls,
-    keys: SealingKeys,
+    keys: Arc<SealingKeys>,
     /// `None` without `auth.oidc`: only trusted issuers' JWTs are accepted.
     provider: Option<Provider>,
     clients: ClientDirectory,
@@ -195,14 +198,17 @@ impl AuthServer {
     /// a provider that is down now does not stop the gateway).
     pub async fn start(options: AuthServerOptions) -> anyhow::Result<Arc<Self>> {
         let config = options.config;
-        let keys = match &config.sealing_key_file {
-            Some(path) => SealingKeys::load(path).context("loading auth.sealingKeyFile")?,
-            None => {
+        let keys = match (options.keys, &config.sealing_key_file) {
+            (Some(keys), _) => keys,
+            (None, Some(path)) => {
+                Arc::new(SealingKeys::load(path).context("loading auth.sealingKeyFile")?)
+            }
+            (None, None) => {
                 tracing::warn!(
                     "auth.sealingKeyFile is not set: sealing tokens with a random key, so logins \
                      will not survive a restart and other replicas will not accept them"
                 );
-                SealingKeys::ephemeral()
+                Arc::new(SealingKeys::ephemeral())
             }
         };
         let urls = Urls::new(&options.public_url);
@@ -357,6 +363,7 @@ pub(crate) mod test_support {
             http: reqwest::Client::new(),
             extra_login_scopes: Arc::new(|| vec!["audience:server:client_id:k8s".into()]),
             on_login: Arc::new(|_| {}),
+            keys: None,
         }
     }
 

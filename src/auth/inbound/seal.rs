@@ -45,6 +45,8 @@ pub enum Purpose {
     Access,
     /// A refresh token.
     Refresh,
+    /// A client session id (`Mcp-Session-Id`, 2025 revisions).
+    Session,
 }
 
 impl Purpose {
@@ -56,6 +58,7 @@ impl Purpose {
             Purpose::Code => "code",
             Purpose::Access => "access",
             Purpose::Refresh => "refresh",
+            Purpose::Session => "session",
         }
     }
 

@@ -41,13 +41,13 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::edge::MAX_BODY;
 use super::revision::ClientRevision;
+use super::session::ClientSession;
 use super::state::GatewayState;
 use crate::api::UserIdentity;
 use crate::fleet::ClientOffers;
@@ -100,29 +100,21 @@ struct Running {
 /// The relay's shared state: what is waiting on clients and what runs.
 pub struct Relay {
     pub(crate) state: Arc<GatewayState>,
-    sessions: Arc<LocalSessionManager>,
     asked: Mutex<HashMap<String, Asked>>,
     running: Mutex<HashMap<(String, String), Running>>,
     tasks: tasks::TaskOwners,
     parked: input::ParkedCalls,
-    /// What each 2025 session's client declared at `initialize`.
-    offers: moka::sync::Cache<String, ClientOffers>,
     ids: AtomicU64,
 }
 
 impl Relay {
-    pub fn new(state: Arc<GatewayState>, sessions: Arc<LocalSessionManager>) -> Arc<Self> {
+    pub fn new(state: Arc<GatewayState>) -> Arc<Self> {
         Arc::new(Self {
             state,
-            sessions,
             asked: Mutex::default(),
             running: Mutex::default(),
             tasks: tasks::TaskOwners::default(),
             parked: input::parked_calls(),
-            offers: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(std::time::Duration::from_secs(24 * 3600))
-                .build(),
             ids: AtomicU64::new(1),
         })
     }
@@ -132,16 +124,22 @@ impl Relay {
     }
 
     /// Who sends `message` with `headers`, when the relay may serve it.
-    async fn client_side(&self, headers: &HeaderMap, message: &Message<'_>) -> Option<ClientSide> {
+    fn client_side(
+        headers: &HeaderMap,
+        session: Option<&ClientSession>,
+        message: &Message<'_>,
+    ) -> Option<ClientSide> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if let Some(session) = header("mcp-session-id") {
-            let known = self.sessions.sessions.read().await.contains_key(session);
+        if let Some(session) = session {
             let revision = header("mcp-protocol-version").unwrap_or(OLDEST_SESSION);
-            return (known && revision != STATELESS).then(|| ClientSide {
-                session: Some(session.to_string()),
+            return (revision != STATELESS).then(|| ClientSide {
+                session: Some(session.id.clone()),
                 revision: ClientRevision::Session,
-                offers: self.offers.get(session),
+                offers: Some(session.offers),
             });
+        }
+        if header("mcp-session-id").is_some() {
+            return None;
         }
         // A 2026-07-28 request must say so in its headers and its _meta, as
         // rmcp's handler checks; anything less is left to rmcp's errors.
@@ -266,17 +264,7 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     };
     if message.method.as_deref() == Some("initialize") {
         let user = parts.extensions.get::<Arc<UserIdentity>>().cloned();
-        let offers = message::client_offers(message.params);
         let answer = pass(parts, bytes).await;
-        if let (Some(offers), Some(session)) = (
-            offers,
-            answer
-                .headers()
-                .get("mcp-session-id")
-                .and_then(|v| v.to_str().ok()),
-        ) {
-            relay.offers.insert(session.to_string(), offers);
-        }
         return offer_tasks(&relay, user.as_ref(), answer).await;
     }
     let worth_a_look = message.is_response()
@@ -289,7 +277,11 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     if !worth_a_look {
         return pass(parts, bytes).await;
     }
-    let Some(client) = relay.client_side(&parts.headers, &message).await else {
+    let session = parts
+        .extensions
+        .get::<Arc<ClientSession>>()
+        .map(Arc::as_ref);
+    let Some(client) = Relay::client_side(&parts.headers, session, &message) else {
         return pass(parts, bytes).await;
     };
     if message.is_response() {

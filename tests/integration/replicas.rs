@@ -1,0 +1,614 @@
+//! Several gateway replicas behind a real nginx in round-robin, with no
+//! affinity: one client session, initialized once, is served by every
+//! replica, through replicas dying and being replaced (a rolling update),
+//! and with SSO on, two users' sessions and tokens stay their own.
+//!
+//! nginx (Debian `nginx-light`, installed by `tests/peers/install.sh`) gets
+//! its listening socket from the test, bound to port 0 and handed over as
+//! an inherited socket (nginx's `NGINX` variable), so no port is guessed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::idp::gateway_login;
+use crate::common::sso_world::{self, World, connect_as, token_seen_by};
+use crate::common::*;
+
+const KEY: &str = "cmVwbGljYXMtc2hhcmUtdGhpcy1rZXktMzItYnl0ZXM=";
+
+/// nginx in front of some replicas, round-robin, no affinity.
+struct Nginx {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn nginx_binary() -> &'static str {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is installed (tests/peers/install.sh installs nginx-light)")
+}
+
+impl Nginx {
+    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port for nginx");
+        let port = listener.local_addr().unwrap().port();
+        let dir = dir.join("nginx");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let nginx = Nginx {
+            proc: Self::spawn(&dir, &listener),
+            port,
+            dir,
+        };
+        nginx.configure(upstreams);
+        nginx.reload();
+        nginx
+    }
+
+    fn spawn(dir: &Path, listener: &TcpListener) -> Proc {
+        let conf = dir.join("nginx.conf");
+        // A first configuration with no upstream yet; `start` writes the real one.
+        std::fs::write(
+            &conf,
+            Self::render(dir, listener.local_addr().unwrap().port(), &[]),
+        )
+        .unwrap();
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new(nginx_binary());
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .env("NGINX", "3;");
+        // The listening socket becomes the child's fd 3, open across exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == 3 {
+                    if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, 3) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let proc = Proc::spawn("nginx", cmd, dir);
+        wait_until(Duration::from_secs(10), "nginx starts", || {
+            std::fs::read_to_string(dir.join("error.log"))
+                .is_ok_and(|log| log.contains("inherited sockets"))
+                && dir.join("nginx.pid").exists()
+        });
+        proc
+    }
+
+    fn render(dir: &Path, port: u16, upstreams: &[u16]) -> String {
+        let d = dir.display();
+        let servers: String = if upstreams.is_empty() {
+            "server 127.0.0.1:9 down;".into()
+        } else {
+            upstreams
+                .iter()
+                .map(|p| format!("server 127.0.0.1:{p} max_fails=0;\n"))
+                .collect()
+        };
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        format!(
+            r#"daemon off;
+{user}
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{ worker_connections 512; }}
+http {{
+    log_format upstream '$request_method $upstream_addr $status';
+    access_log {d}/access.log upstream;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    upstream replicas {{
+        {servers}
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 120s;
+            proxy_next_upstream error timeout;
+        }}
+    }}
+}}
+"#
+        )
+    }
+
+    fn configure(&self, upstreams: &[u16]) {
+        std::fs::write(
+            self.dir.join("nginx.conf"),
+            Self::render(&self.dir, self.port, upstreams),
+        )
+        .unwrap();
+    }
+
+    /// Re-reads the configuration (a SIGHUP to the master, as `nginx -s reload`).
+    fn reload(&self) {
+        let before = self.reloads();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_until(Duration::from_secs(10), "nginx reloads", || {
+            self.reloads() > before
+        });
+        // The old worker finishes its requests; new ones go to the new worker.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("error.log"))
+            .map(|log| log.matches("reconfiguring").count())
+            .unwrap_or(0)
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/mcp", self.base())
+    }
+
+    /// The replicas (`127.0.0.1:port`) that answered POSTs with 200 or 202.
+    fn posts_served_by(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let mut served: Vec<String> = log
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let (method, upstream, status) = (fields.next()?, fields.next()?, fields.next()?);
+                (method == "POST" && (status == "200" || status == "202"))
+                    .then(|| upstream.to_string())
+            })
+            .collect();
+        served.sort();
+        served.dedup();
+        served
+    }
+}
+
+fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Replicas of one gateway: the same manifests and config (one key file).
+struct Replicas {
+    dir: tempfile::TempDir,
+    manifests: tempfile::TempDir,
+    config: PathBuf,
+    running: Vec<Gateway>,
+}
+
+impl Replicas {
+    fn start(n: usize) -> Replicas {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = tempfile::tempdir().unwrap();
+        write_manifest(
+            manifests.path(),
+            "sim-a.yaml",
+            &sim_manifest("sim-a", "cluster-a", ""),
+        );
+        std::fs::write(dir.path().join("sealing-key"), format!("{KEY}\n")).unwrap();
+        let config = dir.path().join("flotilla.yaml");
+        std::fs::write(&config, "sealingKeyFile: sealing-key\n").unwrap();
+        let mut replicas = Replicas {
+            dir,
+            manifests,
+            config,
+            running: Vec::new(),
+        };
+        for _ in 0..n {
+            replicas.add();
+        }
+        replicas
+    }
+
+    fn add(&mut self) -> u16 {
+        let gateway = Gateway::start_with(
+            self.manifests.path(),
+            self.dir.path(),
+            &["--config", self.config.to_str().unwrap()],
+        );
+        gateway.wait_state("sim-a", "Connected", Duration::from_secs(30));
+        let port = gateway.port;
+        self.running.push(gateway);
+        port
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.running.iter().map(|g| g.port).collect()
+    }
+
+    /// Kills replica `i` at once (SIGKILL: no drain).
+    fn kill(&mut self, i: usize) {
+        let mut gone = self.running.remove(i);
+        gone.proc.kill();
+    }
+}
+
+/// `tests/peers/session_driver.py`: one Python SDK session in 2025 mode.
+struct Driver {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Driver {
+    fn start(url: &str, extra: &[&str]) -> Driver {
+        let p = peers();
+        let mut child = Command::new(p.get("PY"))
+            .arg(p.get("PEERS_DIR") + "/session_driver.py")
+            .args(["--url", url])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start session_driver.py");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut driver = Driver {
+            child,
+            stdin,
+            lines,
+        };
+        let ready = driver.next(Duration::from_secs(30));
+        assert_eq!(ready["ready"], true, "{ready}");
+        assert_eq!(ready["protocolVersion"], "2025-11-25", "{ready}");
+        driver
+    }
+
+    fn send(&mut self, command: Value) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn next(&mut self, timeout: Duration) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(timeout)
+            .expect("the session driver answers");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    }
+
+    fn ask(&mut self, command: Value) -> Value {
+        self.send(command);
+        self.next(Duration::from_secs(60))
+    }
+
+    /// Every session id the client sent, and how many times it initialized.
+    fn stats(&mut self) -> (Vec<String>, u64) {
+        let stats = self.ask(json!({"op": "stats"}));
+        let sessions = stats["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        (sessions, stats["initializes"].as_u64().unwrap())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn one_session_is_served_by_every_replica_behind_round_robin() {
+    let replicas = Replicas::start(3);
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let mut client = Driver::start(&nginx.url(), &[]);
+    client.send(json!({"op": "calls", "tool": "x_sim-a_cluster_info", "count": 150}));
+    let mut failed = Vec::new();
+    loop {
+        let line = client.next(Duration::from_secs(60));
+        if line.get("done").is_some() {
+            break;
+        }
+        if line["ok"] != true || !line["text"].as_str().unwrap_or("").contains("cluster-a") {
+            failed.push(line);
+        }
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+    let listed = client.ask(json!({"op": "list"}));
+    assert!(
+        listed["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("x_sim-a_cluster_info")),
+        "{listed}"
+    );
+    let (sessions, initializes) = client.stats();
+    assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
+    assert_eq!(initializes, 1);
+    let served = nginx.posts_served_by();
+    assert_eq!(
+        served.len(),
+        3,
+        "every replica served the session: {served:?}"
+    );
+    // Each replica that served a call through rmcp's handler rebuilt the session from its id.
+    for gateway in &replicas.running {
+        let restored = metric_of(gateway, "flotilla_client_sessions_restored_total");
+        assert!(restored >= 1.0, "replica {}: {restored}", gateway.port);
+    }
+}
+
+fn metric_of(gateway: &Gateway, name: &str) -> f64 {
+    let text = http_get(gateway.port, "/metrics").1;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn list_changed_reaches_the_clients_stream_on_whichever_replica_holds_it() {
+    let replicas = Replicas::start(3);
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let mut client = Driver::start(&nginx.url(), &[]);
+    // The client's GET stream is open on one of the replicas by now.
+    std::thread::sleep(Duration::from_millis(500));
+    write_manifest(
+        replicas.manifests.path(),
+        "sim-b.yaml",
+        &sim_manifest("sim-b", "cluster-b", ""),
+    );
+    let changed = client.ask(json!({"op": "wait_list_changed", "timeout": 30}));
+    assert!(changed["list_changed"].as_u64().unwrap() >= 1, "{changed}");
+    // Every replica has the new server by now or soon; the client sees it wherever it asks.
+    for gateway in &replicas.running {
+        gateway.wait_state("sim-b", "Connected", Duration::from_secs(30));
+    }
+    for _ in 0..3 {
+        let listed = client.ask(json!({"op": "list"}));
+        assert!(
+            listed["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("x_sim-b_cluster_info")),
+            "{listed}"
+        );
+    }
+}
+
+#[test]
+fn replicas_dying_and_replaced_one_by_one_lose_no_call_and_need_no_new_session() {
+    let mut replicas = Replicas::start(2);
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let mut client = Driver::start(&nginx.url(), &[]);
+    client
+        .send(json!({"op": "calls", "tool": "x_sim-a_cluster_info", "count": 240, "pause": 0.02}));
+    let mut failed = Vec::new();
+    let mut seen = 0;
+    let mut replaced = 0;
+    loop {
+        let line = client.next(Duration::from_secs(60));
+        if line.get("done").is_some() {
+            break;
+        }
+        seen += 1;
+        if line["ok"] != true {
+            failed.push(line);
+        }
+        // A rolling update, twice: the oldest replica is killed outright
+        // (no drain), a new one started, and nginx told about it.
+        if seen % 80 == 0 && replaced < 2 {
+            replicas.kill(0);
+            replicas.add();
+            nginx.configure(&replicas.ports());
+            nginx.reload();
+            replaced += 1;
+        }
+    }
+    assert_eq!(replaced, 2);
+    // At most the call in flight on a killed replica fails; every other one succeeds.
+    assert!(failed.len() <= 2, "{failed:?}");
+    let (sessions, initializes) = client.stats();
+    assert_eq!(sessions.len(), 1, "one session throughout: {sessions:?}");
+    assert_eq!(initializes, 1, "never initialized again");
+    // The replicas started after the client initialized served it.
+    let served = nginx.posts_served_by();
+    for gateway in &replicas.running {
+        let address = format!("127.0.0.1:{}", gateway.port);
+        assert!(served.contains(&address), "{address} in {served:?}");
+    }
+}
+
+#[test]
+fn concurrent_first_requests_on_a_replica_wait_for_its_session_to_be_rebuilt() {
+    // A GET stream and a POST of a session this replica never held, at once:
+    // both are served (neither reaches the session before its rebuild).
+    let replicas = Replicas::start(1);
+    let url = replicas.running[0].url();
+    let http = reqwest::blocking::Client::new();
+    for round in 0..20 {
+        let init = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "race", "version": "1"}}}),
+            )
+            .send()
+            .unwrap();
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let (get, post) = std::thread::scope(|scope| {
+            let get = scope.spawn(|| {
+                http.get(&url)
+                    .header("accept", "text/event-stream")
+                    .header("mcp-session-id", &session)
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .send()
+                    .map(|r| r.status().as_u16())
+            });
+            let post = scope.spawn(|| {
+                http.post(&url)
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-session-id", &session)
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}))
+                    .send()
+                    .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+            });
+            (get.join().unwrap(), post.join().unwrap())
+        });
+        assert_eq!(get.unwrap(), 200, "round {round}");
+        let (status, body) = post.unwrap();
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert!(body.contains("cluster-a"), "round {round}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sso_two_users_keep_their_sessions_and_tokens_apart_across_replicas() {
+    let world = World::start(sso_world::Options::default());
+    let dir = world.logs.path().to_path_buf();
+    let manifests = world.manifests.path().to_path_buf();
+    let config = world.config.clone();
+    let (nginx, _replicas) = tokio::task::spawn_blocking(move || {
+        let nginx = Nginx::start(&dir, &[]);
+        let replicas: Vec<Gateway> = (0..3)
+            .map(|_| sso_world::start_gateway(&manifests, &dir, &config, Some(&nginx.base())))
+            .collect();
+        nginx.configure(&replicas.iter().map(|g| g.port).collect::<Vec<_>>());
+        nginx.reload();
+        (nginx, replicas)
+    })
+    .await
+    .unwrap();
+    // Logins through nginx: registration, authorize and token may each land on another replica.
+    let base = nginx.base();
+    let (alice, bob) = tokio::task::spawn_blocking(move || {
+        (gateway_login(&base, "alice"), gateway_login(&base, "bob"))
+    })
+    .await
+    .unwrap();
+    let url = nginx.url();
+    let tool = "x_cluster-a-echo_auth_header";
+    let alice_client = connect_as(&url, &alice.access_token).await;
+    let bob_client = connect_as(&url, &bob.access_token).await;
+    eventually(
+        Duration::from_secs(30),
+        "the forwarding server is listed",
+        || async {
+            list_tools(&alice_client)
+                .await
+                .iter()
+                .any(|t| t.name == tool)
+                .then_some(())
+        },
+    )
+    .await;
+    let mut seen = std::collections::HashMap::<&str, std::collections::HashSet<String>>::new();
+    for _ in 0..12 {
+        for (who, client) in [("alice", &alice_client), ("bob", &bob_client)] {
+            let token = token_seen_by(client, tool).await;
+            seen.entry(who).or_default().insert(token);
+        }
+    }
+    let subject = |token: &str| crate::common::idp::jwt_claims(token)["sub"].clone();
+    for (who, tokens) in &seen {
+        for token in tokens {
+            assert_eq!(
+                subject(token),
+                json!(who),
+                "{who} was sent another user's token"
+            );
+        }
+    }
+    assert!(seen["alice"].is_disjoint(&seen["bob"]));
+    let served = nginx.posts_served_by();
+    assert_eq!(served.len(), 3, "{served:?}");
+    // Alice's session id, presented with Bob's token, is refused on every replica.
+    let init = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&alice.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "replay", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let replayed = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&bob.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replayed.status(), 404);
+        let own = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&alice.access_token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), 200);
+    }
+}
