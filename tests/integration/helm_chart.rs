@@ -1058,3 +1058,102 @@ fn notes_tell_how_to_reach_mcp_and_list_mcpservers() {
         "{with_ingress}"
     );
 }
+
+#[test]
+fn replicas_share_a_session_key_and_need_no_affinity() {
+    let m = render(&[]);
+    // Any replica serves any session: no affinity, no hashing at the ingress.
+    assert_eq!(m.one("Service")["spec"]["sessionAffinity"], "None");
+    let with_ingress = render(&["--set", "ingress.enabled=true"]);
+    let annotations = &with_ingress.one("Ingress")["metadata"]["annotations"];
+    assert!(
+        annotations
+            .get("nginx.ingress.kubernetes.io/upstream-hash-by")
+            .is_none(),
+        "{annotations:?}"
+    );
+    // Without auth, the chart's own Secret holds one 32-byte key, mounted
+    // where the config file says the key file is.
+    let secret = m.one("Secret");
+    assert_eq!(secret["metadata"]["name"], "flotilla-sealing-keys");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let line = b64
+        .decode(str_of(&secret["data"]["sealing-keys"]))
+        .expect("Secret data is base64");
+    let key = b64
+        .decode(String::from_utf8(line).unwrap().trim())
+        .expect("the key line is base64");
+    assert_eq!(key.len(), 32);
+    assert_eq!(
+        m.volume("sealing-keys").unwrap()["secret"]["secretName"],
+        "flotilla-sealing-keys"
+    );
+    let mount = m.mount("sealing-keys").unwrap();
+    assert_eq!(mount["mountPath"], "/etc/flotilla-keys");
+    assert_eq!(mount["readOnly"], true);
+    assert_eq!(
+        m.config_file().sealing_key_file.as_deref(),
+        Some(std::path::Path::new("/etc/flotilla-keys/sealing-keys"))
+    );
+    // A Secret of one's own replaces the chart's.
+    let own = render(&["--set", "sessions.sealingKeysSecret=my-keys"]);
+    assert!(own.of_kind("Secret").is_empty());
+    assert_eq!(
+        own.volume("sealing-keys").unwrap()["secret"]["secretName"],
+        "my-keys"
+    );
+    // With auth, the auth Secret's key seals sessions too: nothing else mounted.
+    let sso = render(&[
+        "--set",
+        "auth.enabled=true,auth.oidc.issuer=https://dex.example.com,auth.existingSecret=flotilla-auth",
+    ]);
+    assert!(sso.of_kind("Secret").is_empty());
+    assert!(sso.volume("sealing-keys").is_none());
+    assert!(sso.config_file().sealing_key_file.is_none());
+}
+
+#[test]
+fn a_stopping_pod_leaves_the_endpoints_before_the_gateway_stops() {
+    let m = render(&[]);
+    assert_eq!(m.container()["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    let grace = m.deployment()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap();
+    assert!(grace >= 5 + 10, "{grace}");
+    let off = render(&["--set", "preStopSeconds=0"]);
+    assert!(off.container()["lifecycle"].is_null());
+}
+
+#[test]
+fn autoscaling_renders_an_hpa_and_leaves_the_replica_count_to_it() {
+    assert!(render(&[]).of_kind("HorizontalPodAutoscaler").is_empty());
+    let m = render(&[
+        "--set",
+        "autoscaling.enabled=true,autoscaling.maxReplicas=6",
+    ]);
+    let hpa = m.one("HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        m.deployment()["metadata"]["name"]
+    );
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 6);
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+    assert!(m.deployment()["spec"]["replicas"].is_null());
+    // The disruption budget follows the autoscaler's floor.
+    assert_eq!(m.one("PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    let error = helm(&["--no-lint", "--set", "autoscaling.minReplicas=0"])
+        .err()
+        .unwrap_or_default();
+    assert!(error.contains("minReplicas"), "{error}");
+}

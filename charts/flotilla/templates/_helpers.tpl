@@ -99,6 +99,8 @@ ingress host when the Ingress is enabled.
 {{- $_ := set $auth "userSessions" $a.userSessions }}
 {{- end }}
 {{- $_ := set $out "auth" $auth }}
+{{- else }}
+{{- $_ := set $out "sealingKeyFile" "/etc/flotilla-keys/sealing-keys" }}
 {{- end }}
 {{- $t := .Values.tracing }}
 {{- if $t.otlpEndpoint }}
@@ -165,4 +167,12 @@ overridden key by key by podAnnotations, and the config checksum.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+The Secret holding the key that seals client session ids (without auth):
+the configured one, else the chart's own.
+*/}}
+{{- define "flotilla.sealingKeysSecret" -}}
+{{- default (printf "%s-sealing-keys" (include "flotilla.fullname" .)) .Values.sessions.sealingKeysSecret -}}
 {{- end }}
