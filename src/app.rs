@@ -23,7 +23,8 @@ use crate::gateway::audit::AuditLog;
 use crate::gateway::metrics::Metrics;
 use crate::gateway::scrape::{FleetCollector, KubernetesStats};
 use crate::gateway::{
-    AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, router, serve,
+    AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, ReplicaSettings,
+    router, serve,
 };
 use crate::source::kubernetes::{
     KubernetesSource, LeaderElection, LeaseConfig, SourceConfig, StatusWriter,
@@ -56,8 +57,8 @@ pub struct App {
     allowed_hosts: AllowedHosts,
     allowed_origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
-    /// Seal client session ids (and, with auth, the gateway's tokens).
-    keys: Arc<SealingKeys>,
+    /// The sealing keys and this replica's address for the others.
+    replicas: ReplicaSettings,
     /// The token-exchange cache (with `auth`), for `/metrics`.
     exchanger: Option<Arc<TokenExchanger>>,
     limits: HttpLimits,
@@ -153,7 +154,10 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
-            keys,
+            replicas: ReplicaSettings {
+                keys,
+                own_url: replica_url(&settings, local),
+            },
             exchanger,
             limits: settings.limits.clone(),
             cancel,
@@ -173,7 +177,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
-            keys,
+            replicas,
             exchanger,
             limits,
             cancel,
@@ -243,7 +247,7 @@ impl App {
             allowed_hosts,
             allowed_origins,
             auth,
-            keys,
+            replicas,
             &limits,
             cancel.child_token(),
         );
@@ -273,6 +277,20 @@ fn base_url(settings: &ServeSettings, local: SocketAddr) -> anyhow::Result<url::
         None => format!("http://{local}"),
     };
     url::Url::parse(&text).with_context(|| format!("publicUrl {text:?} is not a URL"))
+}
+
+/// How the other replicas reach this one: `replicaUrl`, else the pod's IP
+/// (`POD_IP`, set by the Helm chart) and port, else the listening address
+/// unless it is a wildcard.
+fn replica_url(settings: &ServeSettings, local: SocketAddr) -> Option<String> {
+    if let Some(url) = &settings.replica_url {
+        return Some(url.clone());
+    }
+    let ip = std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .or_else(|| (!local.ip().is_unspecified()).then_some(local.ip()))?;
+    Some(format!("http://{}", SocketAddr::new(ip, local.port())))
 }
 
 /// The keys sealing client session ids and the gateway's tokens: the

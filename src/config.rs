@@ -38,6 +38,11 @@ pub struct ConfigFile {
     /// reads the same file (see README "Several replicas"). Same as
     /// `auth.sealingKeyFile`, which still works.
     pub sealing_key_file: Option<PathBuf>,
+    /// How the other replicas reach this one (`http://host:port`), for a
+    /// client's answer to a question this replica asked that reaches another
+    /// (README "Several replicas"). Default: `http://$POD_IP:<port>`, else the
+    /// listening address unless it is a wildcard.
+    pub replica_url: Option<String>,
     /// Single sign-on; without it `/mcp` is open (see README "SSO").
     pub auth: Option<AuthConfig>,
     /// Caps on sessions, connections and slow clients.
@@ -276,6 +281,7 @@ pub struct ServeSettings {
     pub auth: Option<AuthConfig>,
     /// `sealingKeyFile`, or else `auth.sealingKeyFile`.
     pub sealing_key_file: Option<PathBuf>,
+    pub replica_url: Option<String>,
     pub limits: HttpLimits,
     pub rate_limit: Option<RateLimitSettings>,
     pub audit: AuditSettings,
@@ -313,8 +319,23 @@ impl ServeSettings {
             ),
             (top, auth) => top.or(auth),
         };
+        let replica_url = match file.replica_url {
+            Some(url) => {
+                let parsed = url::Url::parse(url.trim()).with_context(|| {
+                    format!("replicaUrl {url:?} is not a URL (e.g. http://10.0.0.7:8080)")
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    anyhow::bail!(
+                        "replicaUrl {url:?} must be an http:// or https:// URL with a host"
+                    );
+                }
+                Some(url.trim().trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
         Ok(Self {
             sealing_key_file,
+            replica_url,
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
             auth: file.auth,

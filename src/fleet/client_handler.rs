@@ -194,9 +194,15 @@ impl UpstreamClient {
                 request
                     .extensions_mut()
                     .insert(OriginatingRequestId(call.client_request.clone()));
-                let result = peer
-                    .send_request(request)
+                // Sent from a task of its own: in this one rmcp would mark
+                // the request as belonging to the upstream's request (its
+                // task-local), not to the client's call, and the client's
+                // transport would put it on the standalone stream instead of
+                // the call's own.
+                let peer = peer.clone();
+                let result = tokio::spawn(async move { peer.send_request(request).await })
                     .await
+                    .map_err(|e| failed(e.to_string()))?
                     .map_err(|e| failed(e.to_string()))?;
                 pick(result).ok_or_else(other)
             }

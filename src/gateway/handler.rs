@@ -11,12 +11,11 @@ use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest,
     CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, ErrorData,
-    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    Reference, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequest,
-    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest,
-    UnsubscribeRequestParams,
+    Reference, ServerConfig, ServerResult, SetLevelRequest, SetLevelRequestParams,
+    SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
@@ -27,6 +26,7 @@ use super::forward::{call_response, client_revision, forward};
 use super::input_wait::{WaitingCalls, forward_or_wait};
 use super::metrics::Outcome;
 use super::revision::ClientRevision;
+use super::session::server_info;
 use super::state::{GatewayState, ListChange};
 use super::view::{View, caller};
 use super::{auth_status, confirm, fanout, overview, trace};
@@ -112,27 +112,6 @@ fn protocol_error(error: UpstreamError) -> ErrorData {
 
 fn unexpected(kind: &str) -> ErrorData {
     ErrorData::internal_error(format!("upstream sent an unexpected reply to {kind}"), None)
-}
-
-/// What the gateway says of itself at `initialize` (and `server/discover`).
-pub fn server_info() -> ServerConfig {
-    ServerConfig::new(
-        ServerCapabilities::builder()
-            .enable_tools()
-            .enable_tool_list_changed()
-            .enable_resources()
-            .enable_resources_list_changed()
-            .enable_resources_subscribe()
-            .enable_prompts()
-            .enable_prompts_list_changed()
-            .enable_completions()
-            .enable_logging()
-            .build(),
-    )
-    .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
-    .with_instructions(
-        "Flotilla gateway: tools of every server in the fleet, named x_<server>_<tool>.",
-    )
 }
 
 impl ServerHandler for GatewayHandler {

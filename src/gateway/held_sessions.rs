@@ -1,13 +1,17 @@
 //! The client sessions this replica holds in memory: rmcp's local session
-//! manager, with one change. rmcp rebuilds a session it does not hold (see
-//! `session`) by inserting it and then replaying the client's `initialize`;
-//! a request that found the session in between would reach its worker
-//! before that `initialize` and end it ("Session service terminated"). Here
-//! a session being rebuilt is not yet held, so such a request waits for
-//! the rebuild like any other.
+//! manager, and one rebuild at a time per session. rmcp rebuilds a session
+//! it does not hold (see `session`) when a request for it arrives; two
+//! requests arriving together could both start a rebuild (rmcp then fails
+//! the second with a 500), or one could find the session inserted but not
+//! yet initialized and end its worker ("Session service terminated").
+//! [`HeldSessions::first_use`] makes every request for a session that is
+//! not held wait until the first one's rebuild is done, and the session
+//! being rebuilt is not reported as held until its `initialize` is in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
 
 use futures::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
@@ -23,6 +27,27 @@ use rmcp::transport::streamable_http_server::session::{
 pub struct HeldSessions {
     pub local: LocalSessionManager,
     rebuilding: Mutex<HashSet<SessionId>>,
+    /// One lock per session not held yet, while requests wait for its rebuild.
+    first_uses: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while a request that may rebuild a session reaches rmcp.
+pub struct FirstUse {
+    sessions: Arc<HeldSessions>,
+    id: SessionId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for FirstUse {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sessions.first_uses.lock() {
+            // This guard, its `lock` field and the map: nobody else waits.
+            if Arc::strong_count(&self.lock) <= 3 {
+                map.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl HeldSessions {
@@ -30,7 +55,34 @@ impl HeldSessions {
         Self {
             local,
             rebuilding: Mutex::default(),
+            first_uses: Mutex::default(),
         }
+    }
+
+    /// For a request about to reach rmcp: when the session `id` is not held
+    /// here, waits for any rebuild of it in progress and returns a guard the
+    /// caller keeps until rmcp has answered (so it rebuilds it once); `None`
+    /// when it is held.
+    pub async fn first_use(self: &Arc<Self>, id: &str) -> Option<FirstUse> {
+        let id: SessionId = id.into();
+        if self.local.has_session(&id).await.unwrap_or(false) {
+            return None;
+        }
+        let lock = {
+            let mut map = self.first_uses.lock().ok()?;
+            map.entry(id.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        let first = FirstUse {
+            sessions: self.clone(),
+            id: id.clone(),
+            lock,
+            _guard: guard,
+        };
+        if self.local.has_session(&id).await.unwrap_or(false) {
+            return None;
+        }
+        Some(first)
     }
 
     /// Sessions held now.

@@ -25,20 +25,21 @@ use super::listener::HttpLimits;
 use super::metrics::{self, Metrics};
 use super::rate_limit::{CallerLimits, rate_limit};
 use super::relay::{Relay, relay as relay_call};
+use super::replicas::{ReplicaSettings, Replicas};
 use super::session::{SessionLimits, Sessions, answer_initialize, open_session};
 use super::state::GatewayState;
 use super::status::{FleetReport, ServerReport, server_status};
+use super::stream_tags::{StreamTags, tag_streams};
 use super::{demo_identity, fleet_page};
 use crate::api::ServerState;
 use crate::auth::inbound::AuthServer;
-use crate::auth::inbound::seal::SealingKeys;
 
 pub fn router(
     state: Arc<GatewayState>,
     hosts: AllowedHosts,
     origins: AllowedOrigins,
     auth: Option<Arc<AuthServer>>,
-    keys: Arc<SealingKeys>,
+    replicas: ReplicaSettings,
     limits: &HttpLimits,
     cancel: CancellationToken,
 ) -> Router {
@@ -57,7 +58,7 @@ pub fn router(
     let held = Arc::new(HeldSessions::new(local));
     // Session ids are sealed: rmcp rebuilds a session it does not hold from its id.
     let sessions = Sessions::new(
-        keys,
+        replicas.keys.clone(),
         SessionLimits {
             max_age: limits.session_max_age,
             max_held: limits.max_sessions,
@@ -78,7 +79,16 @@ pub fn router(
     let edge_checks = Edge {
         metrics: state.metrics.clone(),
     };
-    let relay = Relay::new(state.clone());
+    let replicas = Replicas::new(
+        replicas.keys,
+        replicas.own_url,
+        state.metrics.requests_passed.clone(),
+    );
+    let tags = StreamTags {
+        replicas: replicas.clone(),
+        held: held.clone(),
+    };
+    let relay = Relay::new(state.clone(), replicas);
     let fast = FastList {
         state: state.clone(),
     };
@@ -87,6 +97,7 @@ pub fn router(
     // tools/list is answered from the caller's view, also inside it.
     let mcp = Router::new()
         .fallback_service(mcp)
+        .layer(axum::middleware::from_fn_with_state(tags, tag_streams))
         .layer(axum::middleware::from_fn_with_state(
             sessions.clone(),
             answer_initialize,

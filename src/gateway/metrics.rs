@@ -13,6 +13,7 @@
 //! | `flotilla_client_sessions` | gauge | | client sessions (2025 revisions) held in this replica's memory now |
 //! | `flotilla_client_sessions_restored_total` | counter | | client sessions rebuilt here from their id (first use on this replica, after a restart, or after being let go) |
 //! | `flotilla_client_sessions_released_total` | counter | | held client sessions let go at `limits.maxSessions` (their ids stay valid) |
+//! | `flotilla_client_requests_passed_total` | counter | | client requests that belong to another replica (an answer to its question, a stream it holds), passed to it |
 //! | `flotilla_connections_refused_total` | counter | `reason` | connections answered 503 and closed: `max_connections` or `per_address` |
 //! | `flotilla_request_body_timeouts_total` | counter | | request bodies not received within `limits.bodyReadTimeoutSeconds` |
 //! | `flotilla_audit_lines_dropped_total` | counter | | audit lines dropped because the writer fell behind |
@@ -217,6 +218,7 @@ pub struct Metrics {
     pub client_sessions: Gauge<i64, AtomicI64>,
     pub sessions_restored: Counter,
     pub sessions_released: Counter,
+    pub requests_passed: Counter,
     pub connections_refused: Family<Refusal, Counter>,
     pub body_timeouts: Counter,
     /// Audit lines lost to a full queue (see `audit.rs`).
@@ -237,6 +239,7 @@ impl Default for Metrics {
         let client_sessions = Gauge::<i64, AtomicI64>::default();
         let sessions_restored = Counter::default();
         let sessions_released = Counter::default();
+        let requests_passed = Counter::default();
         let connections_refused = Family::<Refusal, Counter>::default();
         let body_timeouts = Counter::default();
         let audit_dropped = Counter::default();
@@ -288,6 +291,11 @@ impl Default for Metrics {
             sessions_restored.clone(),
         );
         registry.register(
+            "client_requests_passed",
+            "Client requests that belong to another replica (an answer to its question, a stream it holds), passed to it",
+            requests_passed.clone(),
+        );
+        registry.register(
             "client_sessions_released",
             "Held client sessions let go at limits.maxSessions (their ids stay valid)",
             sessions_released.clone(),
@@ -312,6 +320,7 @@ impl Default for Metrics {
             client_sessions,
             sessions_restored,
             sessions_released,
+            requests_passed,
             connections_refused,
             body_timeouts,
             audit_dropped,

@@ -33,6 +33,8 @@
 //! | `initialize` capabilities | `tasks` (list, cancel, task-augmented `tools/call`) added when the caller's view has a tool whose `execution` allows tasks (rmcp's model has no member for it) |
 //! | `tasks/list` | answered by the gateway: the caller's own tasks, each as its upstream's `tasks/get` says now (`relay::tasks`) |
 //! | an upstream's request to a client that did not declare it (elicitation, sampling, roots) | never sent to the client; the upstream gets -32601 saying the client did not declare it (`fleet::ClientOffers`) |
+//! | `Mcp-Session-Id` (2025 sessions) | the gateway's own, sealed: it carries the session (`gateway::session`); rmcp's session ids never reach the client |
+//! | ids of the gateway's requests to a client (an upstream's elicitation, sampling, roots) and SSE event ids on rmcp's streams | marked with the replica that holds them: `flotilla-ask-<n>@<replica>`, `flotilla-rmcp-n<id>@<replica>`, `<event id>@<replica>` (`<replica>` its sealed address, when it has one); the client's answers and `Last-Event-ID` are unmarked again, or passed to that replica (`gateway::replicas`, `gateway::stream_tags`) |
 //! | `tools/list` under a ToolPolicy | a tool the caller may call nowhere is left out; a folded tool's instance enum lists only the instances the caller may call it on (`policy::listing`) |
 //! | a fan-out's merged result under a ToolPolicy | selected instances the policy excludes are not called; a text block names them and `structuredContent.excluded` maps each to the rule |
 //! | a call a policy denies or the user does not confirm | never sent upstream; a tool error naming the rule (`gateway::confirm` asks first for `confirm` rules) |

@@ -40,7 +40,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rmcp::ServerHandler as _;
-use rmcp::model::{ClientCapabilities, InitializeRequestParams, ServerConfig};
+use rmcp::model::{
+    ClientCapabilities, Implementation, InitializeRequestParams, ServerCapabilities, ServerConfig,
+};
 use rmcp::transport::streamable_http_server::session::SessionId;
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
@@ -52,7 +54,6 @@ use sha2::{Digest, Sha256};
 
 use super::edge::MAX_BODY;
 use super::envelope::RpcMethod;
-use super::handler::server_info;
 use super::held_sessions::HeldSessions;
 use super::metrics::Metrics;
 use crate::api::UserIdentity;
@@ -108,6 +109,29 @@ pub struct Sessions {
     /// rmcp's sessions held on this replica.
     pub held: Arc<HeldSessions>,
     metrics: Arc<Metrics>,
+}
+
+/// What the gateway says of itself at `initialize` (and `server/discover`).
+// `logging` is deprecated by the 2026 revision, and still spoken by 2025 clients.
+#[allow(deprecated)]
+pub fn server_info() -> ServerConfig {
+    ServerConfig::new(
+        ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_completions()
+            .enable_logging()
+            .build(),
+    )
+    .with_server_info(Implementation::new("flotilla", env!("CARGO_PKG_VERSION")))
+    .with_instructions(
+        "Flotilla gateway: tools of every server in the fleet, named x_<server>_<tool>.",
+    )
 }
 
 /// rmcp's `initialize` negotiation over the gateway's own server info.
@@ -385,10 +409,20 @@ pub async fn answer_initialize(
         .get::<RpcMethod>()
         .map(|m| m.0.as_str());
     let in_session = request.extensions().get::<Arc<ClientSession>>().is_some();
+    let session = request.extensions().get::<Arc<ClientSession>>().cloned();
     match method {
         Some("notifications/initialized") if in_session => StatusCode::ACCEPTED.into_response(),
         Some("initialize") if !in_session => initialize(&sessions, request, next).await,
-        _ => next.run(request).await,
+        _ => match session {
+            // rmcp may rebuild the session for this request: one at a time.
+            Some(session) => {
+                let first = sessions.held.first_use(&session.id).await;
+                let response = next.run(request).await;
+                drop(first);
+                response
+            }
+            None => next.run(request).await,
+        },
     }
 }
 

@@ -11,7 +11,8 @@ use crate::common::*;
 use serde_json::{Value, json};
 
 /// One sample's value from `/metrics` (`name` with its labels as printed).
-fn metric(gateway: &Gateway, name: &str) -> f64 {
+/// A metric's value from the gateway's `/metrics` (panics when it is missing).
+pub(crate) fn metric(gateway: &Gateway, name: &str) -> f64 {
     let response =
         reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", gateway.port)).unwrap();
     assert_eq!(response.status(), 200);

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::common::idp::gateway_login;
 use crate::common::sso_world::{self, World, connect_as, token_seen_by};
 use crate::common::*;
+use crate::limits::metric;
 
 const KEY: &str = "cmVwbGljYXMtc2hhcmUtdGhpcy1rZXktMzItYnl0ZXM=";
 
@@ -217,6 +218,11 @@ struct Replicas {
 
 impl Replicas {
     fn start(n: usize) -> Replicas {
+        Self::start_with(n, &[])
+    }
+
+    /// `n` replicas over the simulated cluster `sim-a` and `more` manifests.
+    fn start_with(n: usize, more: &[(&str, String)]) -> Replicas {
         let dir = tempfile::tempdir().unwrap();
         let manifests = tempfile::tempdir().unwrap();
         write_manifest(
@@ -224,6 +230,9 @@ impl Replicas {
             "sim-a.yaml",
             &sim_manifest("sim-a", "cluster-a", ""),
         );
+        for (file, yaml) in more {
+            write_manifest(manifests.path(), file, yaml);
+        }
         std::fs::write(dir.path().join("sealing-key"), format!("{KEY}\n")).unwrap();
         let config = dir.path().join("flotilla.yaml");
         std::fs::write(&config, "sealingKeyFile: sealing-key\n").unwrap();
@@ -376,16 +385,92 @@ fn one_session_is_served_by_every_replica_behind_round_robin() {
     );
     // Each replica that served a call through rmcp's handler rebuilt the session from its id.
     for gateway in &replicas.running {
-        let restored = metric_of(gateway, "flotilla_client_sessions_restored_total");
+        let restored = metric(gateway, "flotilla_client_sessions_restored_total");
         assert!(restored >= 1.0, "replica {}: {restored}", gateway.port);
     }
 }
 
-fn metric_of(gateway: &Gateway, name: &str) -> f64 {
-    let text = http_get(gateway.port, "/metrics").1;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+#[test]
+fn a_question_asked_mid_call_is_answered_wherever_the_answer_lands() {
+    // The Python SDK server asks the client its name (form elicitation)
+    // mid-call; the call is relayed on one replica, and the client's answer
+    // is a new POST that nginx sends to any of the three.
+    let logs = tempfile::tempdir().unwrap();
+    let (_server, url) = python_server(0, logs.path());
+    let replicas = Replicas::start_with(3, &[("py.yaml", http_manifest("py", &url, ""))]);
+    for gateway in &replicas.running {
+        gateway.wait_state("py", "Connected", Duration::from_secs(30));
+    }
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
+    client.send(json!({"op": "calls", "tool": "x_py_ask", "count": 12}));
+    let mut answers = Vec::new();
+    loop {
+        let line = client.next(Duration::from_secs(60));
+        if line.get("done").is_some() {
+            break;
+        }
+        answers.push(line);
+    }
+    for answer in &answers {
+        assert_eq!(answer["ok"], true, "{answers:?}");
+        assert_eq!(answer["text"], "hello Ada", "{answers:?}");
+    }
+    let asked = client.ask(json!({"op": "stats"}));
+    assert_eq!(asked["asked"].as_array().unwrap().len(), 12, "{asked}");
+    // With three replicas in turn, some answers reached a replica that did
+    // not ask: they were passed to the one that did.
+    let passed: f64 = replicas
+        .running
+        .iter()
+        .map(|g| metric(g, "flotilla_client_requests_passed_total"))
+        .sum();
+    assert!(passed >= 1.0, "{passed}");
+}
+
+#[test]
+fn a_question_rmcp_asks_for_a_stdio_server_is_answered_wherever_the_answer_lands() {
+    // server-everything over stdio asks for a name mid-call; stdio calls
+    // take rmcp's path, whose request ids the gateway marks with the replica.
+    let p = peers();
+    let stdio = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 20\n",
+        p.get("NODE22"),
+        p.get("EVERYTHING_JS")
+    );
+    let replicas = Replicas::start_with(3, &[("everything.yaml", stdio)]);
+    for gateway in &replicas.running {
+        gateway.wait_state("everything", "Connected", Duration::from_secs(60));
+    }
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
+    client.send(
+        json!({"op": "calls", "tool": "x_everything_trigger-elicitation-request", "count": 9}),
+    );
+    let mut answers = Vec::new();
+    loop {
+        let line = client.next(Duration::from_secs(90));
+        if line.get("done").is_some() {
+            break;
+        }
+        answers.push(line);
+    }
+    for answer in &answers {
+        assert_eq!(answer["ok"], true, "{answers:?}");
+        assert_eq!(answer["isError"], false, "{answers:?}");
+        assert!(
+            answer["text"].as_str().unwrap().contains("Ada"),
+            "{answers:?}"
+        );
+    }
+    let asked = client.ask(json!({"op": "stats"}));
+    assert_eq!(asked["asked"].as_array().unwrap().len(), 9, "{asked}");
+    let passed: f64 = replicas
+        .running
+        .iter()
+        .map(|g| metric(g, "flotilla_client_requests_passed_total"))
+        .sum();
+    assert!(passed >= 1.0, "{passed}");
 }
 
 #[test]
@@ -611,4 +696,79 @@ async fn with_sso_two_users_keep_their_sessions_and_tokens_apart_across_replicas
             .unwrap();
         assert_eq!(own.status(), 200);
     }
+}
+
+#[test]
+fn a_stream_resumes_on_any_replica_while_its_own_lives_and_is_refused_cleanly_after() {
+    let mut replicas = Replicas::start(2);
+    let (a, b) = (replicas.running[0].url(), replicas.running[1].url());
+    let http = reqwest::blocking::Client::new();
+    let post = |url: &str, session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.json(&body).send().unwrap()
+    };
+    let init = post(
+        &a,
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "resume", "version": "1"}}}),
+    );
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // rmcp's answer on A is an SSE stream whose events carry A's mark.
+    let listed = post(
+        &a,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
+    )
+    .text()
+    .unwrap();
+    let first_event = listed
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an event id")
+        .to_string();
+    assert!(first_event.contains('@'), "{listed}");
+    let resume = |url: &str| {
+        http.get(url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", &first_event)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .unwrap()
+    };
+    // Resumed on B: passed to A, so the client gets what A itself gives
+    // (rmcp ends a resumed stream whose answer was already sent).
+    let at_a = resume(&a);
+    let (a_status, a_type) = (at_a.status(), at_a.headers()["content-type"].clone());
+    let a_body = at_a.text().unwrap();
+    let resumed = resume(&b);
+    assert_eq!(resumed.status(), a_status);
+    assert_eq!(a_status, 200);
+    assert_eq!(resumed.headers()["content-type"], a_type);
+    assert_eq!(resumed.text().unwrap(), a_body);
+    assert!(
+        metric(
+            &replicas.running[1],
+            "flotilla_client_requests_passed_total"
+        ) >= 1.0
+    );
+    // A gone: refused with a message that says why, not a 500 or a hang.
+    replicas.kill(0);
+    let refused = resume(&b);
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot be resumed"), "{message}");
 }

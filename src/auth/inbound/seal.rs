@@ -47,6 +47,8 @@ pub enum Purpose {
     Refresh,
     /// A client session id (`Mcp-Session-Id`, 2025 revisions).
     Session,
+    /// A replica's address, in the ids of questions it puts to clients.
+    Replica,
 }
 
 impl Purpose {
@@ -59,6 +61,7 @@ impl Purpose {
             Purpose::Access => "access",
             Purpose::Refresh => "refresh",
             Purpose::Session => "session",
+            Purpose::Replica => "replica",
         }
     }
 

@@ -46,6 +46,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::edge::MAX_BODY;
+use super::replicas::Replicas;
 use super::revision::ClientRevision;
 use super::session::ClientSession;
 use super::state::GatewayState;
@@ -100,6 +101,8 @@ struct Running {
 /// The relay's shared state: what is waiting on clients and what runs.
 pub struct Relay {
     pub(crate) state: Arc<GatewayState>,
+    /// The other replicas: a client's answer to another replica's question goes there.
+    replicas: Arc<Replicas>,
     asked: Mutex<HashMap<String, Asked>>,
     running: Mutex<HashMap<(String, String), Running>>,
     tasks: tasks::TaskOwners,
@@ -108,9 +111,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(state: Arc<GatewayState>) -> Arc<Self> {
+    pub fn new(state: Arc<GatewayState>, replicas: Arc<Replicas>) -> Arc<Self> {
         Arc::new(Self {
             state,
+            replicas,
             asked: Mutex::default(),
             running: Mutex::default(),
             tasks: tasks::TaskOwners::default(),
@@ -121,6 +125,11 @@ impl Relay {
 
     fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}{}", self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id of a question put to a client, naming this replica.
+    fn ask_id(&self) -> String {
+        self.replicas.tag(self.next_id(ASK_PREFIX))
     }
 
     /// Who sends `message` with `headers`, when the relay may serve it.
@@ -288,6 +297,13 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
         let ours = matches!(&message.id, Some(Value::String(id)) if id.starts_with(ASK_PREFIX));
         if ours && relay.answer(&client, &message).await {
             return StatusCode::ACCEPTED.into_response();
+        }
+        let asker = match &message.id {
+            Some(Value::String(id)) if ours => relay.replicas.owner(id, &parts),
+            _ => None,
+        };
+        if let Some(asker) = asker {
+            return relay.replicas.forward(&asker, &parts, bytes).await;
         }
         return pass(parts, bytes).await;
     }

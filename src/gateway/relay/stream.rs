@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::answer::{Pending, failure, sse_response};
 use super::message::{self, Message};
-use super::{ASK_PREFIX, Asked, ClientSide, Relay, Reply, json_response};
+use super::{Asked, ClientSide, Relay, Reply, json_response};
 use crate::fleet::limits::{CallPermit, limit_response_text};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{ClientOffers, LineMessage, ListKind, RelayedCall, severity};
@@ -366,7 +366,7 @@ impl Stream {
                 let _ = answer.send(Err(ClientOffers::refusal(missing)));
                 return None;
             }
-            let id = self.relay.next_id(ASK_PREFIX);
+            let id = self.relay.ask_id();
             self.asks.push(id.clone());
             self.relay.remember_ask(
                 id.clone(),
@@ -433,7 +433,7 @@ impl Stream {
         if self.client.revision == ClientRevision::Stateless {
             return self.ask_for_input(method, message, upstream_id).await;
         }
-        let id = self.relay.next_id(ASK_PREFIX);
+        let id = self.relay.ask_id();
         let Some(json) = message::request_to_client(method, message.params, &id, &self.label)
         else {
             return Step::Skip;
