@@ -17,17 +17,20 @@
 mod client;
 #[path = "support/procs.rs"]
 mod procs;
+#[path = "support/setup.rs"]
+mod setup;
 #[path = "support/upstream.rs"]
 mod upstream;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use client::{Request, Samples};
 use procs::Proc;
+use setup::{locate_gateway, log, machine, target_dir, wait_idle};
 
 // ------------------------------------------------------------------ targets
 
@@ -117,145 +120,6 @@ fn main() {
 }
 
 // ------------------------------------------------------------------ helpers
-
-fn log(msg: impl AsRef<str>) {
-    eprintln!("bench: {}", msg.as_ref());
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            if dir.is_absolute() {
-                dir
-            } else {
-                repo_root().join(dir)
-            }
-        }
-        None => repo_root().join("target"),
-    }
-}
-
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_dir() {
-        std::fs::read_dir(path)
-            .ok()?
-            .filter_map(|e| newest_mtime(&e.ok()?.path()))
-            .max()
-    } else {
-        meta.modified().ok()
-    }
-}
-
-/// The gateway's source state: git commit, plus whether src/ has
-/// uncommitted changes.
-fn source_state() -> String {
-    let root = repo_root();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(head) => {
-            let dirty = git(&[
-                "status",
-                "--porcelain",
-                "--",
-                "src",
-                "Cargo.toml",
-                "Cargo.lock",
-            ])
-            .is_some_and(|s| !s.is_empty());
-            format!(
-                "commit {head}{}",
-                if dirty {
-                    " + uncommitted changes in src/"
-                } else {
-                    ""
-                }
-            )
-        }
-        None => "unknown source state".into(),
-    }
-}
-
-/// `target/release/flotilla`, rebuilt with `cargo build --release --bin
-/// flotilla` when missing or older than src/, Cargo.toml or Cargo.lock.
-/// `FLOTILLA_BIN` overrides; `FLOTILLA_BENCH_NO_BUILD=1` never builds.
-/// Returns the binary and where it comes from, for the report.
-fn locate_gateway() -> Result<(PathBuf, String), String> {
-    if let Some(bin) = std::env::var_os("FLOTILLA_BIN") {
-        return Ok((PathBuf::from(bin), "FLOTILLA_BIN".into()));
-    }
-    let root = repo_root();
-    let bin = target_dir().join("release").join("flotilla");
-    let sources = ["src", "Cargo.toml", "Cargo.lock"]
-        .iter()
-        .filter_map(|p| newest_mtime(&root.join(p)))
-        .max();
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let fresh = matches!((built, sources), (Some(b), Some(s)) if b >= s);
-    if fresh {
-        return Ok((bin, format!("built from {}", source_state())));
-    }
-    let stale = || format!("OLDER than the current src/ ({})", source_state());
-    if std::env::var_os("FLOTILLA_BENCH_NO_BUILD").is_some() {
-        return if built.is_some() {
-            log(format!(
-                "{} is older than src/ (FLOTILLA_BENCH_NO_BUILD set; using it anyway)",
-                bin.display()
-            ));
-            Ok((bin, stale()))
-        } else {
-            Err(format!(
-                "{} is missing; run `cargo build --release`",
-                bin.display()
-            ))
-        };
-    }
-    log(format!(
-        "{} is {}; running `cargo build --release --bin flotilla`",
-        bin.display(),
-        if built.is_some() {
-            "older than src/"
-        } else {
-            "missing"
-        }
-    ));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "flotilla"])
-        .current_dir(&root)
-        .status()
-        .map_err(|e| format!("running cargo build: {e}"))?;
-    if status.success() && bin.is_file() {
-        return Ok((bin, format!("built from {}", source_state())));
-    }
-    if built.is_some() {
-        // src/ is being edited and does not build right now: measure the
-        // last good build rather than nothing, and say so.
-        log(format!(
-            "cargo build --release --bin flotilla failed ({status}); using the older {}",
-            bin.display()
-        ));
-        Ok((bin, stale()))
-    } else {
-        Err(format!(
-            "cargo build --release --bin flotilla failed ({status})"
-        ))
-    }
-}
 
 fn spawn_upstream(
     cfg: &Config,
@@ -1083,34 +947,6 @@ fn bench_fleet(
 
 // ----------------------------------------------------------------- report
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_string(), |s| s.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let rustc = Command::new("rustc")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "{cores} cores ({model}), {mem_gib:.0} GiB RAM, Linux {}, {rustc}",
-        kernel.trim()
-    )
-}
-
 /// The note after a section whose figures other processes disturbed.
 fn disturbed(cores: f64) -> String {
     if cores > 0.10 {
@@ -1563,36 +1399,6 @@ fn profile(mode: &str, secs: u64) -> Result<(), String> {
         cs as f64 / n as f64
     );
     Ok(())
-}
-
-/// Waits (up to `limit`) until the machine's other processes used less than
-/// 10% of a core for 5 seconds in a row, so the figures are not disturbed.
-fn wait_idle(limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let mut quiet = 0;
-    while quiet < 5 {
-        let busy0 = procs::machine_busy_us();
-        let ours0 = procs::self_cpu_us();
-        std::thread::sleep(Duration::from_secs(1));
-        let busy = procs::machine_busy_us().saturating_sub(busy0);
-        let foreign = busy.saturating_sub(procs::self_cpu_us() - ours0);
-        if foreign < 100_000 {
-            quiet += 1;
-            continue;
-        }
-        quiet = 0;
-        if Instant::now() >= deadline {
-            log(format!(
-                "machine still busy ({:.0}% of a core) after {limit:?}; running anyway",
-                foreign as f64 / 10_000.0
-            ));
-            return;
-        }
-        log(format!(
-            "waiting for an idle machine ({:.0}% of a core busy)",
-            foreign as f64 / 10_000.0
-        ));
-    }
 }
 
 fn run() -> Result<(), String> {

@@ -225,12 +225,21 @@ pub async fn closed_loop(
     concurrency: usize,
     duration: Duration,
 ) -> Result<Load, String> {
+    closed_loop_each(client, vec![request; concurrency], duration).await
+}
+
+/// [`closed_loop`] with one worker per request, each sending its own (say,
+/// in its own client session).
+pub async fn closed_loop_each(
+    client: &reqwest::Client,
+    requests: Vec<Arc<Request>>,
+    duration: Duration,
+) -> Result<Load, String> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for request in requests {
         let client = client.clone();
-        let request = request.clone();
         workers.spawn(async move {
             let mut samples = Vec::with_capacity(16_384);
             loop {
@@ -266,4 +275,96 @@ impl Request {
         );
         self
     }
+}
+
+// ------------------------------------------------- 2025-revision sessions
+
+const INITIALIZE: &[u8] = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"flotilla-bench","version":"0.1.0"}}}"#;
+const INITIALIZED: &[u8] = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+fn session_headers(session: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        HeaderName::from_static("accept"),
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    headers.insert(
+        HeaderName::from_static("mcp-protocol-version"),
+        HeaderValue::from_static("2025-11-25"),
+    );
+    if let Some(session) = session {
+        headers.insert(
+            HeaderName::from_static("mcp-session-id"),
+            HeaderValue::from_str(session).expect("session ids are header-safe"),
+        );
+    }
+    headers
+}
+
+impl Request {
+    /// `body` (one JSON-RPC message) sent in the 2025-11-25 session `session`:
+    /// `Mcp-Session-Id` and `MCP-Protocol-Version` headers, no `_meta`.
+    #[allow(dead_code)] // only `replicas` uses it
+    pub fn in_session(url: &str, session: &str, body: &'static [u8]) -> Self {
+        Self {
+            url: url.to_string(),
+            headers: session_headers(Some(session)),
+            body,
+        }
+    }
+}
+
+/// Opens a 2025-11-25 client session at `url` as an SDK does: `initialize`,
+/// then `notifications/initialized` with the `Mcp-Session-Id` it returned
+/// (which must be accepted with 202). Returns the session id.
+#[allow(dead_code)] // only `replicas` uses it
+pub async fn open_session(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = client
+        .post(url)
+        .headers(session_headers(None))
+        .body(reqwest::Body::from(INITIALIZE))
+        .send()
+        .await
+        .map_err(|e| format!("initialize at {url}: {e}"))?;
+    let status = response.status();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("reading initialize at {url}: {e}"))?;
+    let Some(session) = session.filter(|_| status.is_success()) else {
+        return Err(format!(
+            "initialize at {url} -> {status}, no Mcp-Session-Id: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    };
+    if !contains(&body, b"\"protocolVersion\":\"2025-11-25\"") {
+        return Err(format!(
+            "initialize at {url} did not agree on 2025-11-25: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let response = client
+        .post(url)
+        .headers(session_headers(Some(&session)))
+        .body(reqwest::Body::from(INITIALIZED))
+        .send()
+        .await
+        .map_err(|e| format!("notifications/initialized at {url}: {e}"))?;
+    let status = response.status();
+    let _ = response.bytes().await;
+    if status != reqwest::StatusCode::ACCEPTED {
+        return Err(format!(
+            "notifications/initialized at {url} -> {status}, expected 202"
+        ));
+    }
+    Ok(session)
 }

@@ -417,6 +417,14 @@ fn start_nginx_conf(
     let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
     let port = free_port();
+    let conf = nginx_conf(&prefix, port, "warn", upstream, location);
+    let proc = spawn_nginx(bin, dir, name, &prefix, &conf, port)?;
+    Ok((proc, port))
+}
+
+/// nginx's configuration: one server on `127.0.0.1:port` with `location`,
+/// `upstream` beside it, every path under `prefix`.
+fn nginx_conf(prefix: &Path, port: u16, log_level: &str, upstream: &str, location: &str) -> String {
     let p = prefix.display();
     // As root, workers would run as `nobody` and could not read the
     // private temp dir; nothing here needs the privilege drop.
@@ -425,13 +433,13 @@ fn start_nginx_conf(
     } else {
         ""
     };
-    let conf = format!(
+    format!(
         r#"daemon off;
 {user}
 master_process on;
 worker_processes auto;
 pid {p}/nginx.pid;
-error_log {p}/error.log warn;
+error_log {p}/error.log {log_level};
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -448,12 +456,24 @@ http {{
     }}
 }}
 "#
-    );
+    )
+}
+
+/// Writes `conf` under `prefix` and starts nginx on it; returns once it
+/// listens on `port` and its workers are known.
+fn spawn_nginx(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    prefix: &Path,
+    conf: &str,
+    port: u16,
+) -> Result<Proc, String> {
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     cmd.arg("-p")
-        .arg(&prefix)
+        .arg(prefix)
         .arg("-c")
         .arg(&conf_path)
         .arg("-e")
@@ -473,5 +493,114 @@ http {{
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok((proc, port))
+    Ok(proc)
+}
+
+/// The proxy location of [`NginxPool`]: keep-alive, nothing buffered.
+const PROXY_LOCATION: &str = r#"location / {
+            proxy_pass http://pool;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }"#;
+
+/// nginx in front of several servers in round-robin, with no affinity
+/// (nginx's default balancing; its default `proxy_next_upstream error
+/// timeout` passes on a request a server refused before reading it), that
+/// can be repointed while it runs, as a Service's endpoints change: the
+/// configuration is rewritten and the master re-reads it on SIGHUP.
+#[allow(dead_code)] // each bench binary compiles this module; only `replicas` uses it
+pub struct NginxPool {
+    pub proc: Proc,
+    pub port: u16,
+    prefix: PathBuf,
+}
+
+#[allow(dead_code)] // only `replicas` uses it
+impl NginxPool {
+    /// Starts nginx (`name`, files under `dir/name`) over `servers` (ports on 127.0.0.1).
+    pub fn start(bin: &Path, dir: &Path, name: &str, servers: &[u16]) -> Result<Self, String> {
+        let prefix = dir.join(name);
+        std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
+        let port = free_port();
+        let conf = Self::conf(&prefix, port, servers);
+        let proc = spawn_nginx(bin, dir, name, &prefix, &conf, port)?;
+        Ok(Self { proc, port, prefix })
+    }
+
+    fn conf(prefix: &Path, port: u16, servers: &[u16]) -> String {
+        let servers: String = servers
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{p};\n        "))
+            .collect();
+        let upstream = format!(
+            "upstream pool {{
+        {servers}keepalive 64;
+        keepalive_requests 1000000;
+    }}"
+        );
+        // `notice`: a reload logs "reconfiguring", which `repoint` waits for.
+        nginx_conf(prefix, port, "notice", &upstream, PROXY_LOCATION)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// All of nginx's processes: the master and its workers.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = vec![self.proc.pid()];
+        pids.extend(children_of(self.proc.pid()));
+        pids
+    }
+
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.prefix.join("error.log"))
+            .map(|log| log.matches("reconfiguring").count())
+            .unwrap_or(0)
+    }
+
+    /// Points nginx at `servers` instead: rewrites its configuration and
+    /// sends the master SIGHUP (as `nginx -s reload`); returns once the
+    /// new workers are up (they take new connections; old ones finish the
+    /// requests they have).
+    pub fn repoint(&mut self, servers: &[u16]) -> Result<(), String> {
+        let conf = Self::conf(&self.prefix, self.port, servers);
+        std::fs::write(self.prefix.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+        let before = self.reloads();
+        let old_workers = children_of(self.proc.pid());
+        if unsafe { libc::kill(self.proc.pid(), libc::SIGHUP) } != 0 {
+            return Err(format!(
+                "SIGHUP to nginx: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.reloads() <= before {
+            if Instant::now() >= deadline {
+                let log =
+                    std::fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default();
+                return Err(format!(
+                    "nginx did not reload within 10 s; error log:\n{log}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The new configuration serves once its workers are forked.
+        while !children_of(self.proc.pid())
+            .iter()
+            .any(|pid| !old_workers.contains(pid))
+        {
+            if Instant::now() >= deadline {
+                return Err("nginx started no new workers within 10 s of SIGHUP".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Old workers that linger are stopped with the master; keep the
+        // new ones as companions in case the master is gone first.
+        self.proc.companions = children_of(self.proc.pid());
+        Ok(())
+    }
 }
