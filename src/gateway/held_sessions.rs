@@ -7,9 +7,18 @@
 //! [`HeldSessions::first_use`] makes every request for a session that is
 //! not held wait until the first one's rebuild is done, and the session
 //! being rebuilt is not reported as held until its `initialize` is in.
+//!
+//! The cap (`limits.maxSessions`): [`HeldSessions::make_room`] runs before
+//! each rebuild, one at a time, counting the rebuilds under way as held,
+//! and lets go of the sessions used least recently among those with no
+//! request in flight ([`HeldSessions::busy`]; an open GET stream does not
+//! count: its client reopens it). When every held session is busy, the
+//! rebuild waits for one to finish, up to [`ROOM_WAIT`]; after that it goes
+//! ahead over the cap rather than fail the request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -23,12 +32,53 @@ use rmcp::transport::streamable_http_server::session::{
     EventStore, RestoreOutcome, ServerSseMessage, SessionId,
 };
 
+/// How long a rebuild waits for a held session to become idle at the cap.
+pub const ROOM_WAIT: Duration = Duration::from_secs(2);
+
 /// rmcp's sessions held here, rebuilt ones held once their `initialize` is in.
 pub struct HeldSessions {
     pub local: LocalSessionManager,
     rebuilding: Mutex<HashSet<SessionId>>,
     /// One lock per session not held yet, while requests wait for its rebuild.
     first_uses: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rebuilds under way: room is made for them before rmcp inserts them.
+    reserved: Mutex<HashSet<SessionId>>,
+    /// When each held session was last used (the least recent goes first).
+    used: Mutex<HashMap<SessionId, Instant>>,
+    /// One `make_room` at a time.
+    room: tokio::sync::Mutex<()>,
+    /// Requests (POSTs) in flight per session: such a session is never let go.
+    busy: Mutex<HashMap<SessionId, usize>>,
+    /// Signalled when a session's last request in flight ends.
+    idle: tokio::sync::Notify,
+}
+
+/// A request of a session in flight (see [`HeldSessions::busy`]).
+pub struct Busy {
+    sessions: Arc<HeldSessions>,
+    id: SessionId,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now_idle = match self.sessions.busy.lock() {
+            Ok(mut busy) => match busy.get_mut(&self.id) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    busy.remove(&self.id);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if now_idle {
+            self.sessions.idle.notify_waiters();
+        }
+    }
 }
 
 /// Held while a request that may rebuild a session reaches rmcp.
@@ -56,6 +106,111 @@ impl HeldSessions {
             local,
             rebuilding: Mutex::default(),
             first_uses: Mutex::default(),
+            reserved: Mutex::default(),
+            used: Mutex::default(),
+            room: tokio::sync::Mutex::new(()),
+            busy: Mutex::default(),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks a request of session `id` in flight until the guard drops.
+    pub fn busy(self: &Arc<Self>, id: &str) -> Busy {
+        let id: SessionId = id.into();
+        if let Ok(mut busy) = self.busy.lock() {
+            *busy.entry(id.clone()).or_default() += 1;
+        }
+        Busy {
+            sessions: self.clone(),
+            id,
+        }
+    }
+
+    fn is_busy(&self, id: &SessionId) -> bool {
+        self.busy.lock().is_ok_and(|busy| busy.contains_key(id))
+    }
+
+    /// Notes that a request for `id` reaches rmcp now.
+    fn touch(&self, id: &SessionId) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(id.clone(), Instant::now());
+        }
+    }
+
+    /// Before rmcp rebuilds `id`: counts it as held and, while more than
+    /// `max` would be, lets go of the sessions used least recently (never
+    /// one being rebuilt). Returns how many were let go.
+    pub async fn make_room(&self, id: &str, max: usize) -> usize {
+        let _one_at_a_time = self.room.lock().await;
+        let id: SessionId = id.into();
+        if let Ok(mut set) = self.reserved.lock() {
+            set.insert(id.clone());
+        }
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        let mut released = 0;
+        loop {
+            // Registered before looking, so an end in between is not missed.
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let (over, victims) = self.victims(max).await;
+            for victim in &victims {
+                match self.local.close_session(victim).await {
+                    Ok(()) => released += 1,
+                    Err(error) => tracing::debug!(%error, "letting a held client session go"),
+                }
+                self.forget(victim);
+            }
+            if victims.len() >= over {
+                return released;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::debug!(
+                    limit = max,
+                    "every held client session is busy: one more is held over limits.maxSessions"
+                );
+                return released;
+            }
+        }
+    }
+
+    /// How many sessions must go for one more under `max`, and those that
+    /// may: the least recently used with no request in flight.
+    async fn victims(&self, max: usize) -> (usize, Vec<SessionId>) {
+        let held: HashSet<SessionId> = self.local.sessions.read().await.keys().cloned().collect();
+        let reserved: HashSet<SessionId> = match self.reserved.lock() {
+            Ok(set) => set.clone(),
+            Err(_) => return (0, Vec::new()),
+        };
+        let total = held.len() + reserved.iter().filter(|r| !held.contains(*r)).count();
+        let over = total.saturating_sub(max);
+        if over == 0 {
+            return (0, Vec::new());
+        }
+        let Ok(mut used) = self.used.lock() else {
+            return (0, Vec::new());
+        };
+        used.retain(|session, _| held.contains(session));
+        let mut candidates: Vec<(Instant, SessionId)> = held
+            .iter()
+            .filter(|session| {
+                !reserved.contains(*session)
+                    && !self.is_rebuilding(session)
+                    && !self.is_busy(session)
+            })
+            .map(|session| {
+                let at = used.get(session).copied().unwrap_or_else(Instant::now);
+                (at, session.clone())
+            })
+            .collect();
+        candidates.sort_by_key(|(at, _)| *at);
+        let victims = candidates.into_iter().take(over).map(|(_, s)| s).collect();
+        (over, victims)
+    }
+
+    fn forget(&self, id: &SessionId) {
+        if let Ok(mut used) = self.used.lock() {
+            used.remove(id);
         }
     }
 
@@ -65,6 +220,7 @@ impl HeldSessions {
     /// when it is held.
     pub async fn first_use(self: &Arc<Self>, id: &str) -> Option<FirstUse> {
         let id: SessionId = id.into();
+        self.touch(&id);
         if self.local.has_session(&id).await.unwrap_or(false) {
             return None;
         }
@@ -90,24 +246,15 @@ impl HeldSessions {
         self.local.sessions.read().await.len()
     }
 
-    /// Up to `n` held sessions (to let go of).
-    pub async fn some(&self, n: usize) -> Vec<SessionId> {
-        self.local
-            .sessions
-            .read()
-            .await
-            .keys()
-            .take(n)
-            .cloned()
-            .collect()
-    }
-
     fn is_rebuilding(&self, id: &SessionId) -> bool {
         self.rebuilding.lock().is_ok_and(|set| set.contains(id))
     }
 
     fn rebuilt(&self, id: &SessionId) {
         if let Ok(mut set) = self.rebuilding.lock() {
+            set.remove(id);
+        }
+        if let Ok(mut set) = self.reserved.lock() {
             set.remove(id);
         }
     }
@@ -140,6 +287,7 @@ impl SessionManager for HeldSessions {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         self.rebuilt(id);
+        self.forget(id);
         self.local.close_session(id).await
     }
 

@@ -39,6 +39,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt as _;
 use rmcp::ServerHandler as _;
 use rmcp::model::{
     ClientCapabilities, Implementation, InitializeRequestParams, ServerCapabilities, ServerConfig,
@@ -54,7 +55,7 @@ use sha2::{Digest, Sha256};
 
 use super::edge::MAX_BODY;
 use super::envelope::RpcMethod;
-use super::held_sessions::HeldSessions;
+use super::held_sessions::{Busy, HeldSessions};
 use super::metrics::Metrics;
 use crate::api::UserIdentity;
 use crate::auth::inbound::seal::{Purpose, SealError, SealingKeys};
@@ -238,31 +239,6 @@ impl Sessions {
             tracing::debug!(%error, "closing an ended client session");
         }
     }
-
-    /// Below `max_held` rmcp sessions before one more is built.
-    async fn make_room(&self) {
-        let over = (self.held.count().await + 1).saturating_sub(self.limits.max_held);
-        if over == 0 {
-            return;
-        }
-        tracing::debug!(
-            limit = self.limits.max_held,
-            "client sessions held in memory at limits.maxSessions: letting {over} go"
-        );
-        let victims = self.held.some(over).await;
-        for victim in victims {
-            self.metrics.sessions_released.inc();
-            if let Err(error) =
-                rmcp::transport::streamable_http_server::SessionManager::close_session(
-                    self.held.as_ref(),
-                    &victim,
-                )
-                .await
-            {
-                tracing::debug!(%error, "letting a held client session go");
-            }
-        }
-    }
 }
 
 /// rmcp asks for a session it does not hold: rebuilt from the id.
@@ -276,7 +252,15 @@ impl SessionStore for Sessions {
         else {
             return Ok(None);
         };
-        self.make_room().await;
+        let released = self.held.make_room(session_id, self.limits.max_held).await;
+        if released > 0 {
+            tracing::debug!(
+                limit = self.limits.max_held,
+                released,
+                "client sessions held in memory at limits.maxSessions: let the least recently used go"
+            );
+            self.metrics.sessions_released.inc_by(released as u64);
+        }
         self.metrics.sessions_restored.inc();
         Ok(Some(SessionState::new(params)))
     }
@@ -416,14 +400,30 @@ pub async fn answer_initialize(
         _ => match session {
             // rmcp may rebuild the session for this request: one at a time.
             Some(session) => {
+                // A POST keeps its session from being let go until its answer ends.
+                let busy =
+                    (request.method() == Method::POST).then(|| sessions.held.busy(&session.id));
                 let first = sessions.held.first_use(&session.id).await;
                 let response = next.run(request).await;
                 drop(first);
-                response
+                match busy {
+                    Some(busy) => held_until_answered(response, busy),
+                    None => response,
+                }
             }
             None => next.run(request).await,
         },
     }
+}
+
+/// `response`, with `busy` held until its body has ended (or was dropped).
+fn held_until_answered(response: Response, busy: Busy) -> Response {
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &busy;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 async fn initialize(sessions: &Sessions, request: Request, next: Next) -> Response {

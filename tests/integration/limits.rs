@@ -234,3 +234,71 @@ fn sessions_held_in_memory_are_capped_and_the_ones_let_go_carry_on() {
     );
     assert_eq!(after.status(), 404);
 }
+
+#[test]
+fn the_cap_on_held_sessions_holds_under_concurrent_rebuilds_and_fails_no_request() {
+    let gateway = Fleet::new()
+        .config("limits: {maxSessions: 5}\n")
+        .sim("sim-a", "cluster-a")
+        .start();
+    let url = gateway.url();
+    let client = reqwest::blocking::Client::new();
+    let sessions: Vec<String> = (0..60)
+        .map(|_| {
+            initialize(&client, &url).headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Twelve clients at once, each going over its share of the sessions
+    // twice: every request needs an rmcp session, so the replica keeps
+    // rebuilding and letting go.
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = sessions
+            .chunks(5)
+            .map(|mine| {
+                let (client, url) = (client.clone(), url.clone());
+                scope.spawn(move || {
+                    let mut failed = Vec::new();
+                    for id in mine.iter().chain(mine.iter()) {
+                        let answer = client
+                            .post(&url)
+                            .header("accept", "application/json, text/event-stream")
+                            .header("mcp-session-id", id)
+                            .header("mcp-protocol-version", "2025-06-18")
+                            .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}))
+                            .send()
+                            .unwrap();
+                        let status = answer.status();
+                        let body = answer.text().unwrap_or_default();
+                        if status != 200 || !body.contains("cluster-a") {
+                            failed.push(format!("{status}: {body}"));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let held = metric(&gateway, "flotilla_client_sessions");
+    assert!(held <= 5.0, "{held}");
+    // Every session let go was held: what was rebuilt is what is held plus what went.
+    let restored = metric(&gateway, "flotilla_client_sessions_restored_total");
+    let released = metric(&gateway, "flotilla_client_sessions_released_total");
+    assert_eq!(
+        restored,
+        released + held,
+        "restored {restored}, released {released}, held {held}"
+    );
+}

@@ -264,6 +264,14 @@ impl Replicas {
         self.running.iter().map(|g| g.port).collect()
     }
 
+    /// Client requests the replicas passed to one another, in all.
+    fn passed(&self) -> f64 {
+        self.running
+            .iter()
+            .map(|g| metric(g, "flotilla_client_requests_passed_total"))
+            .sum()
+    }
+
     /// Kills replica `i` at once (SIGKILL: no drain).
     fn kill(&mut self, i: usize) {
         let mut gone = self.running.remove(i);
@@ -329,6 +337,24 @@ impl Driver {
         self.next(Duration::from_secs(60))
     }
 
+    /// Runs `count` calls of `tool` in the session; one answer per call.
+    fn calls(&mut self, tool: &str, count: usize) -> Vec<Value> {
+        self.send(json!({"op": "calls", "tool": tool, "count": count}));
+        self.answers(Duration::from_secs(90))
+    }
+
+    /// The answers to a `calls` command, up to its end.
+    fn answers(&mut self, each_within: Duration) -> Vec<Value> {
+        let mut answers = Vec::new();
+        loop {
+            let line = self.next(each_within);
+            if line.get("done").is_some() {
+                return answers;
+            }
+            answers.push(line);
+        }
+    }
+
     /// Every session id the client sent, and how many times it initialized.
     fn stats(&mut self) -> (Vec<String>, u64) {
         let stats = self.ask(json!({"op": "stats"}));
@@ -354,17 +380,11 @@ fn one_session_is_served_by_every_replica_behind_round_robin() {
     let replicas = Replicas::start(3);
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let mut client = Driver::start(&nginx.url(), &[]);
-    client.send(json!({"op": "calls", "tool": "x_sim-a_cluster_info", "count": 150}));
-    let mut failed = Vec::new();
-    loop {
-        let line = client.next(Duration::from_secs(60));
-        if line.get("done").is_some() {
-            break;
-        }
-        if line["ok"] != true || !line["text"].as_str().unwrap_or("").contains("cluster-a") {
-            failed.push(line);
-        }
-    }
+    let failed: Vec<Value> = client
+        .calls("x_sim-a_cluster_info", 150)
+        .into_iter()
+        .filter(|a| a["ok"] != true || !a["text"].as_str().unwrap_or("").contains("cluster-a"))
+        .collect();
     assert!(failed.is_empty(), "{failed:?}");
     let listed = client.ask(json!({"op": "list"}));
     assert!(
@@ -403,15 +423,7 @@ fn a_question_asked_mid_call_is_answered_wherever_the_answer_lands() {
     }
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
-    client.send(json!({"op": "calls", "tool": "x_py_ask", "count": 12}));
-    let mut answers = Vec::new();
-    loop {
-        let line = client.next(Duration::from_secs(60));
-        if line.get("done").is_some() {
-            break;
-        }
-        answers.push(line);
-    }
+    let answers = client.calls("x_py_ask", 12);
     for answer in &answers {
         assert_eq!(answer["ok"], true, "{answers:?}");
         assert_eq!(answer["text"], "hello Ada", "{answers:?}");
@@ -420,12 +432,7 @@ fn a_question_asked_mid_call_is_answered_wherever_the_answer_lands() {
     assert_eq!(asked["asked"].as_array().unwrap().len(), 12, "{asked}");
     // With three replicas in turn, some answers reached a replica that did
     // not ask: they were passed to the one that did.
-    let passed: f64 = replicas
-        .running
-        .iter()
-        .map(|g| metric(g, "flotilla_client_requests_passed_total"))
-        .sum();
-    assert!(passed >= 1.0, "{passed}");
+    assert!(replicas.passed() >= 1.0);
 }
 
 #[test]
@@ -444,17 +451,7 @@ fn a_question_rmcp_asks_for_a_stdio_server_is_answered_wherever_the_answer_lands
     }
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
-    client.send(
-        json!({"op": "calls", "tool": "x_everything_trigger-elicitation-request", "count": 9}),
-    );
-    let mut answers = Vec::new();
-    loop {
-        let line = client.next(Duration::from_secs(90));
-        if line.get("done").is_some() {
-            break;
-        }
-        answers.push(line);
-    }
+    let answers = client.calls("x_everything_trigger-elicitation-request", 9);
     for answer in &answers {
         assert_eq!(answer["ok"], true, "{answers:?}");
         assert_eq!(answer["isError"], false, "{answers:?}");
@@ -465,12 +462,7 @@ fn a_question_rmcp_asks_for_a_stdio_server_is_answered_wherever_the_answer_lands
     }
     let asked = client.ask(json!({"op": "stats"}));
     assert_eq!(asked["asked"].as_array().unwrap().len(), 9, "{asked}");
-    let passed: f64 = replicas
-        .running
-        .iter()
-        .map(|g| metric(g, "flotilla_client_requests_passed_total"))
-        .sum();
-    assert!(passed >= 1.0, "{passed}");
+    assert!(replicas.passed() >= 1.0);
 }
 
 #[test]
