@@ -764,3 +764,44 @@ fn a_stream_resumes_on_any_replica_while_its_own_lives_and_is_refused_cleanly_af
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("cannot be resumed"), "{message}");
 }
+
+#[test]
+fn the_typescript_sdk_keeps_one_session_across_the_replicas() {
+    // The TypeScript SDK 1.x client, one session: calls that ask its user
+    // (the Python SDK server's elicitation, relayed), round-robin over three.
+    let logs = tempfile::tempdir().unwrap();
+    let (_server, url) = python_server(0, logs.path());
+    let replicas = Replicas::start_with(3, &[("py.yaml", http_manifest("py", &url, ""))]);
+    for gateway in &replicas.running {
+        gateway.wait_state("py", "Connected", Duration::from_secs(30));
+    }
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    let p = peers();
+    let out = Command::new(p.get("NODE22"))
+        .arg(p.get("TS_SESSION"))
+        .args([nginx.url().as_str(), "x_py_ask", "30"])
+        .output()
+        .expect("run ts_session.mjs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("ts_session.mjs prints JSON");
+    let texts = seen["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 30);
+    assert!(texts.iter().all(|t| t == "hello Ada"), "{texts:?}");
+    assert_eq!(seen["asked"].as_array().unwrap().len(), 30, "{seen}");
+    let ids = seen["sessionIds"].as_array().unwrap();
+    assert_eq!(ids.len(), 1, "one session throughout: {seen}");
+    assert!(ids[0].as_str().unwrap_or("").starts_with("fla."), "{seen}");
+    assert!(
+        seen["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("x_py_ask")),
+        "{seen}"
+    );
+    assert_eq!(nginx.posts_served_by().len(), 3);
+    assert!(replicas.passed() >= 1.0);
+}

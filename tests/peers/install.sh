@@ -106,6 +106,7 @@ CONFORMANCE_JS=$CONFORMANCE
 CONFORMANCE_CLIENT=$DIR/conformance_client.py
 TS_CLIENT=$DIR/ts_client.mjs
 TS_TASKS=$DIR/ts_tasks.mjs
+TS_SESSION=$DIR/ts_session.mjs
 MEMORY_JS=$DIR/node_modules/@modelcontextprotocol/server-memory/dist/index.js
 VIA_GATEWAY=$DIR/via_gateway.sh
 KUBERNETES_MCP_SERVER=$KMCP
