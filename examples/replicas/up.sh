@@ -58,7 +58,7 @@ http {
     }
 }
 CONF
-"$NGINX" -c "$RUN/nginx/nginx.conf" -e "$RUN/nginx/error.log" &
+"$NGINX" -c "$RUN/nginx/nginx.conf" -e "$RUN/nginx/error.log" > "$RUN/nginx/stdout.log" 2>&1 &
 echo $! >> .run/pids
 for port in 8181 8182 8183; do
   for _ in $(seq 100); do
