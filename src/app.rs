@@ -17,14 +17,14 @@ use crate::auth::jwks::JwksCache;
 use crate::auth::outbound::SsoCredentials;
 use crate::auth::outbound::exchange::TokenExchanger;
 use crate::auth::settings::{AuthConfig, TokenCacheSettings, UserSessionSettings};
-use crate::config::{KubernetesSettings, ServeSettings, SourceSettings};
+use crate::config::{KubernetesSettings, ReplicaPeers, ServeSettings, SourceSettings};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::gateway::audit::AuditLog;
 use crate::gateway::metrics::Metrics;
 use crate::gateway::scrape::{FleetCollector, KubernetesStats};
 use crate::gateway::{
-    AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, ReplicaSettings,
-    router, serve,
+    AllowedHosts, AllowedOrigins, GatewaySettings, GatewayState, HttpLimits, PeerSource,
+    ReplicaSettings, router, serve,
 };
 use crate::source::kubernetes::{
     KubernetesSource, LeaderElection, LeaseConfig, SourceConfig, StatusWriter,
@@ -157,6 +157,13 @@ impl App {
             replicas: ReplicaSettings {
                 keys,
                 own_url: replica_url(&settings, local),
+                peers: settings.replica_peers.clone().map(|peers| match peers {
+                    ReplicaPeers::DnsName(name) => PeerSource::Dns {
+                        name,
+                        port: local.port(),
+                    },
+                    ReplicaPeers::File(path) => PeerSource::File(path),
+                }),
             },
             exchanger,
             limits: settings.limits.clone(),

@@ -43,6 +43,9 @@ pub struct ConfigFile {
     /// (README "Several replicas"). Default: `http://$POD_IP:<port>`, else the
     /// listening address unless it is a wildcard.
     pub replica_url: Option<String>,
+    /// Where the other replicas are, so a client's session changes reach
+    /// them all (README "Several replicas"); default: nowhere.
+    pub replica_peers: Option<ReplicaPeersConfig>,
     /// Single sign-on; without it `/mcp` is open (see README "SSO").
     pub auth: Option<AuthConfig>,
     /// Caps on sessions, connections and slow clients.
@@ -53,6 +56,25 @@ pub struct ConfigFile {
     pub audit: Option<AuditConfig>,
     /// Trace export over OTLP (default: off).
     pub tracing: Option<TracingConfig>,
+}
+
+/// `replicaPeers` in the config file: exactly one of the two.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicaPeersConfig {
+    /// A name resolving to every replica's address (a headless Service);
+    /// the port is this replica's.
+    pub dns_name: Option<String>,
+    /// A file of replica base URLs, one per line (relative to the config
+    /// file), re-read when it changes.
+    pub file: Option<PathBuf>,
+}
+
+/// Where the other replicas are, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaPeers {
+    DnsName(String),
+    File(PathBuf),
 }
 
 /// `tracing` in the config file.
@@ -228,6 +250,9 @@ impl ConfigFile {
             if let Some(key) = config.sealing_key_file.as_mut() {
                 relative_to_config(key);
             }
+            if let Some(file) = config.replica_peers.as_mut().and_then(|p| p.file.as_mut()) {
+                relative_to_config(file);
+            }
             if let Some(auth) = config.auth.as_mut() {
                 if let Some(key) = auth.sealing_key_file.as_mut() {
                     relative_to_config(key);
@@ -282,6 +307,7 @@ pub struct ServeSettings {
     /// `sealingKeyFile`, or else `auth.sealingKeyFile`.
     pub sealing_key_file: Option<PathBuf>,
     pub replica_url: Option<String>,
+    pub replica_peers: Option<ReplicaPeers>,
     pub limits: HttpLimits,
     pub rate_limit: Option<RateLimitSettings>,
     pub audit: AuditSettings,
@@ -333,9 +359,24 @@ impl ServeSettings {
             }
             None => None,
         };
+        let replica_peers = match file.replica_peers {
+            None => None,
+            Some(ReplicaPeersConfig {
+                dns_name: Some(name),
+                file: None,
+            }) if !name.trim().is_empty() => Some(ReplicaPeers::DnsName(name.trim().to_string())),
+            Some(ReplicaPeersConfig {
+                dns_name: None,
+                file: Some(path),
+            }) => Some(ReplicaPeers::File(path)),
+            Some(_) => anyhow::bail!(
+                "replicaPeers needs exactly one of dnsName (e.g. the chart's headless Service) or file (one replica URL per line)"
+            ),
+        };
         Ok(Self {
             sealing_key_file,
             replica_url,
+            replica_peers,
             listen: SocketAddr::new(ip, port),
             public_url: public_url.or(file.public_url),
             auth: file.auth,

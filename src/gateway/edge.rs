@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use super::envelope::{self, RpcMethod};
+use super::envelope::{self, RpcId, RpcMethod};
 use super::listener::body_timed_out;
 use super::metrics::Metrics;
 use super::trace;
@@ -265,6 +265,9 @@ async fn post(edge: &Edge, request: Request, next: Next) -> Response {
     let mut parts = parts;
     if let Some(method) = &method {
         parts.extensions.insert(RpcMethod(method.clone()));
+        if let Some(id) = &id {
+            parts.extensions.insert(RpcId(id.clone()));
+        }
     }
     let span = match (&id, method.as_deref()) {
         (Some(_), Some(method)) => {

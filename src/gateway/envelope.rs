@@ -24,6 +24,10 @@ use serde_json::value::RawValue;
 #[derive(Clone, Debug)]
 pub struct RpcMethod(pub String);
 
+/// The JSON-RPC id of a POSTed request (put in the request's extensions by `edge`).
+#[derive(Clone, Debug)]
+pub struct RpcId(pub Value);
+
 /// What a body holds.
 pub enum Body<'a> {
     /// One message with a valid envelope.

@@ -56,9 +56,17 @@ pub fn router(
     let mut local = LocalSessionManager::default();
     local.session_config.keep_alive = Some(limits.session_idle_timeout);
     let held = Arc::new(HeldSessions::new(local));
+    let keys = replicas.keys.clone();
+    let replicas = Replicas::new(
+        replicas.keys,
+        replicas.own_url,
+        state.metrics.requests_passed.clone(),
+        replicas.peers,
+    );
     // Session ids are sealed: rmcp rebuilds a session it does not hold from its id.
     let sessions = Sessions::new(
-        replicas.keys.clone(),
+        keys,
+        replicas.clone(),
         SessionLimits {
             max_age: limits.session_max_age,
             max_held: limits.max_sessions,
@@ -79,11 +87,6 @@ pub fn router(
     let edge_checks = Edge {
         metrics: state.metrics.clone(),
     };
-    let replicas = Replicas::new(
-        replicas.keys,
-        replicas.own_url,
-        state.metrics.requests_passed.clone(),
-    );
     let tags = StreamTags {
         replicas: replicas.clone(),
         held: held.clone(),

@@ -40,6 +40,6 @@ pub use edge::{AllowedHosts, AllowedOrigins};
 pub use handler::GatewayHandler;
 pub use http::router;
 pub use listener::{HttpLimits, serve};
-pub use replicas::ReplicaSettings;
+pub use replicas::{PeerSource, ReplicaSettings};
 pub use settings::{FanOutSettings, GatewaySettings, RateLimitSettings};
 pub use state::GatewayState;

@@ -10,6 +10,15 @@
 //! A passed request is marked (`x-flotilla-forwarded`) and never passed on
 //! again.
 //!
+//! What a client changes in its session after `initialize` is not in its
+//! id (`logging/setLevel`, resource subscriptions, `DELETE`) and a
+//! `notifications/cancelled` must reach the replica running the call: with
+//! `replicaPeers` set, such a request is also sent, as the client sent it,
+//! to every other replica ([`Replicas::mirror`]), which applies it to the
+//! session there (each holds the session's rmcp state of its own). The
+//! peers are the addresses a DNS name resolves to (a headless Service; the
+//! port is this replica's) or the lines of a file (re-read when it changes).
+//!
 //! This replica's address is `replicaUrl` in the config file, else
 //! `http://$POD_IP:<port>` when `POD_IP` is set (the Helm chart sets it),
 //! else the address it listens on unless that is a wildcard. Without one,
@@ -40,7 +49,21 @@ pub struct ReplicaSettings {
     pub keys: Arc<SealingKeys>,
     /// How the other replicas reach this one, e.g. `http://10.0.0.1:8080`.
     pub own_url: Option<String>,
+    /// Where the other replicas are (`replicaPeers`), if anywhere.
+    pub peers: Option<PeerSource>,
 }
+
+/// Where the other replicas are found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSource {
+    /// Every address this name resolves to, at `port` (a headless Service).
+    Dns { name: String, port: u16 },
+    /// One base URL per line (`http://10.0.0.7:8080`); `#` comments.
+    File(std::path::PathBuf),
+}
+
+/// How long a mirrored request may take on each peer.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Serialize, Deserialize)]
 struct Address {
@@ -57,6 +80,9 @@ pub struct Replicas {
     http: reqwest::Client,
     /// Answers passed on (`flotilla_client_requests_passed_total`).
     passed: prometheus_client::metrics::counter::Counter,
+    peers: Option<PeerSource>,
+    /// The peer file's lines, with the time it was last changed.
+    peer_file: std::sync::Mutex<Option<(std::time::SystemTime, Vec<String>)>>,
 }
 
 impl Replicas {
@@ -65,6 +91,7 @@ impl Replicas {
         keys: Arc<SealingKeys>,
         own: Option<String>,
         passed: prometheus_client::metrics::counter::Counter,
+        peers: Option<PeerSource>,
     ) -> Arc<Self> {
         let own = own.map(|url| url.trim_end_matches('/').to_string());
         let suffix = own.as_ref().map_or_else(String::new, |url| {
@@ -84,7 +111,90 @@ impl Replicas {
             own,
             http,
             passed,
+            peers,
+            peer_file: std::sync::Mutex::default(),
         })
+    }
+
+    /// The other replicas' base URLs, now.
+    pub async fn others(&self) -> Vec<String> {
+        let all = match &self.peers {
+            None => return Vec::new(),
+            Some(PeerSource::Dns { name, port }) => {
+                match tokio::net::lookup_host((name.as_str(), *port)).await {
+                    Ok(addresses) => addresses.map(|a| format!("http://{a}")).collect(),
+                    Err(error) => {
+                        tracing::warn!(peers = %name, %error, "resolving replicaPeers failed");
+                        Vec::new()
+                    }
+                }
+            }
+            Some(PeerSource::File(path)) => self.peer_file_lines(path),
+        };
+        let mut others: Vec<String> = all
+            .into_iter()
+            .map(|url| url.trim_end_matches('/').to_string())
+            .filter(|url| Some(url) != self.own.as_ref())
+            .collect();
+        others.sort();
+        others.dedup();
+        others
+    }
+
+    fn peer_file_lines(&self, path: &std::path::Path) -> Vec<String> {
+        let changed = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let Ok(mut cached) = self.peer_file.lock() else {
+            return Vec::new();
+        };
+        if let (Some(changed), Some((seen, lines))) = (changed, cached.as_ref())
+            && changed == *seen
+        {
+            return lines.clone();
+        }
+        let lines: Vec<String> = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(peers = %path.display(), %error, "reading the replicaPeers file failed");
+                Vec::new()
+            }
+        };
+        if let Some(changed) = changed {
+            *cached = Some((changed, lines.clone()));
+        }
+        lines
+    }
+
+    /// Sends the client's request (`parts`, `body`) to every other replica,
+    /// marked as passed (so none sends it on), and waits for them (at most
+    /// [`MIRROR_TIMEOUT`] each). Nothing when this request was passed here.
+    pub async fn mirror(&self, parts: &Parts, body: Bytes) {
+        if parts.headers.contains_key(FORWARDED) {
+            return;
+        }
+        let others = self.others().await;
+        let sent = others.iter().map(|url| {
+            let body = body.clone();
+            async move {
+                match tokio::time::timeout(MIRROR_TIMEOUT, self.try_forward(url, parts, body)).await {
+                    Ok(Some(answer)) if answer.status().is_success() => {
+                        // Read to the end: the peer's work is done when its answer is.
+                        let _ = axum::body::to_bytes(answer.into_body(), 1 << 20).await;
+                    }
+                    Ok(Some(answer)) => {
+                        tracing::debug!(replica = %url, status = %answer.status(), "a replica refused a mirrored session change");
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::debug!(replica = %url, "a replica did not take a mirrored session change");
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sent).await;
     }
 
     /// Whether this replica marks ids (it has an address).
@@ -211,11 +321,13 @@ mod tests {
             keys.clone(),
             Some("http://10.0.0.1:8080/".into()),
             Default::default(),
+            None,
         );
         let b = Replicas::new(
             keys.clone(),
             Some("http://10.0.0.2:8080".into()),
             Default::default(),
+            None,
         );
         let id = a.tag("flotilla-ask-7".into());
         assert!(id.starts_with("flotilla-ask-7@"));
@@ -230,10 +342,59 @@ mod tests {
         // An address a client wrote itself is not followed.
         let forged = format!("flotilla-ask-7@{}", "fla.x.evil");
         assert_eq!(b.owner(&forged, &parts(&[])), None);
-        let other_keys =
-            Replicas::new(Arc::new(SealingKeys::ephemeral()), None, Default::default());
+        let other_keys = Replicas::new(
+            Arc::new(SealingKeys::ephemeral()),
+            None,
+            Default::default(),
+            None,
+        );
         assert_eq!(other_keys.owner(&id, &parts(&[])), None);
         // Without an address, ids are left as they are.
         assert_eq!(other_keys.tag("flotilla-ask-1".into()), "flotilla-ask-1");
+    }
+
+    #[tokio::test]
+    async fn the_peers_are_the_others_from_a_file_as_it_changes_or_from_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("peers");
+        std::fs::write(
+            &file,
+            "# replicas\nhttp://127.0.0.1:8001/\nhttp://127.0.0.1:8002\n\n",
+        )
+        .unwrap();
+        let keys = Arc::new(SealingKeys::ephemeral());
+        let me = Replicas::new(
+            keys.clone(),
+            Some("http://127.0.0.1:8001".into()),
+            Default::default(),
+            Some(PeerSource::File(file.clone())),
+        );
+        assert_eq!(me.others().await, ["http://127.0.0.1:8002"]);
+        // A changed file is read again (its time moves on).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&file, "http://127.0.0.1:8001\nhttp://127.0.0.1:8003\n").unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(me.others().await, ["http://127.0.0.1:8003"]);
+        let dns = Replicas::new(
+            keys,
+            Some("http://127.0.0.1:8001".into()),
+            Default::default(),
+            Some(PeerSource::Dns {
+                name: "localhost".into(),
+                port: 8001,
+            }),
+        );
+        // localhost resolves to this replica's own address (and maybe ::1).
+        assert!(
+            !dns.others()
+                .await
+                .contains(&"http://127.0.0.1:8001".to_string())
+        );
     }
 }

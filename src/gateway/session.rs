@@ -25,14 +25,14 @@
 //! stream to reopen).
 //!
 //! What a session changes after `initialize` (`logging/setLevel`, resource
-//! subscriptions) stays with the replica that received it; `DELETE` ends
-//! the id on the replica that receives it (on others it lasts until it
-//! expires, and only its own caller can use it).
+//! subscriptions, `DELETE`), and a `notifications/cancelled`, is applied
+//! here and, with `replicaPeers` set, on every other replica too (see
+//! `replicas`); without peers it stays with the replica that received it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -57,6 +57,7 @@ use super::edge::MAX_BODY;
 use super::envelope::RpcMethod;
 use super::held_sessions::{Busy, HeldSessions};
 use super::metrics::Metrics;
+use super::replicas::Replicas;
 use crate::api::UserIdentity;
 use crate::auth::inbound::seal::{Purpose, SealError, SealingKeys};
 use crate::fleet::ClientOffers;
@@ -109,6 +110,8 @@ pub struct Sessions {
     ended: moka::sync::Cache<String, ()>,
     /// rmcp's sessions held on this replica.
     pub held: Arc<HeldSessions>,
+    /// The other replicas, which hear of a session's changes.
+    replicas: Arc<Replicas>,
     metrics: Arc<Metrics>,
 }
 
@@ -169,6 +172,7 @@ impl std::fmt::Display for Refused {
 impl Sessions {
     pub fn new(
         keys: Arc<SealingKeys>,
+        replicas: Arc<Replicas>,
         limits: SessionLimits,
         held: Arc<HeldSessions>,
         metrics: Arc<Metrics>,
@@ -181,6 +185,7 @@ impl Sessions {
                 .time_to_live(limits.max_age)
                 .build(),
             held,
+            replicas,
             metrics,
         })
     }
@@ -366,10 +371,51 @@ pub async fn open_session(
     };
     if request.method() == Method::DELETE {
         sessions.end(id).await;
+        let (parts, _) = request.into_parts();
+        sessions.replicas.mirror(&parts, Bytes::new()).await;
         return StatusCode::NO_CONTENT.into_response();
     }
     request.extensions_mut().insert(Arc::new(session));
-    next.run(request).await
+    let changes_session = request
+        .extensions()
+        .get::<RpcMethod>()
+        .is_some_and(|m| SESSION_CHANGES.contains(&m.0.as_str()));
+    if !changes_session {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let copy = copy_parts(&parts);
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes.clone())))
+        .await;
+    if response.status().is_success() {
+        sessions.replicas.mirror(&copy, bytes).await;
+    }
+    response
+}
+
+/// What a client sends that changes its session on the replica it reaches
+/// (or, for a cancellation, may concern another): mirrored to the others.
+const SESSION_CHANGES: &[&str] = &[
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "notifications/cancelled",
+];
+
+/// A request head's copy (method, URI, headers, and the original URI).
+fn copy_parts(parts: &axum::http::request::Parts) -> axum::http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.headers_mut() = parts.headers.clone();
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        copy.extensions_mut().insert(original.clone());
+    }
+    copy.into_parts().0
 }
 
 /// An `initialize` request, as far as answering it needs.
@@ -491,8 +537,10 @@ mod tests {
 
     fn sessions(max_age: Duration) -> Arc<Sessions> {
         let metrics = Arc::new(Metrics::default());
+        let keys = Arc::new(SealingKeys::ephemeral());
         Sessions::new(
-            Arc::new(SealingKeys::ephemeral()),
+            keys.clone(),
+            Replicas::new(keys, None, Default::default(), None),
             SessionLimits {
                 max_age,
                 max_held: 10,

@@ -5,11 +5,14 @@
 //! | on rmcp's stream | becomes | sent back by the client | here |
 //! |---|---|---|---|
 //! | a request to the client (elicitation, sampling, roots), id `7` | id `flotilla-rmcp-n7@<replica>` | its answer | ours: id `7` again, to rmcp; another replica's: passed to it |
-//! | an event id `3/0` | `3/0@<replica>` | `Last-Event-ID` (resuming) | ours and held: `3/0`, to rmcp; another replica's: the GET passed to it |
+//! | an event id `3/0` (of the answer to request `5`) | `3/0#<5, base64>@<replica>` (a GET stream's: no `#`) | `Last-Event-ID` (resuming) | ours and held: `3/0`, to rmcp; another replica's: the GET passed to it |
 //!
 //! A stream that cannot be resumed (its replica is gone or no longer holds
-//! the session, or rmcp no longer has the events) is refused with 400 and
-//! a message saying so, never left hanging or answered 500. Nothing changes
+//! the session, or rmcp no longer has the events) ends cleanly: a request's
+//! stream answers the request with a JSON-RPC error saying so (the client
+//! may send it again), and a GET stream starts afresh (its lost events are
+//! notifications). Never a hang, a 500, or an error status a client's
+//! reconnection gives up on. Nothing changes
 //! when the replica has no address (`replicaUrl`), nor for 2026-07-28
 //! requests (rmcp puts no question on their streams).
 
@@ -20,12 +23,14 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt as _;
 use rmcp::transport::streamable_http_server::SessionManager as _;
 use serde_json::{Value, json};
 
 use super::edge::MAX_BODY;
-use super::envelope::RpcMethod;
+use super::envelope::{RpcId, RpcMethod};
 use super::held_sessions::HeldSessions;
 use super::replicas::Replicas;
 use super::session::ClientSession;
@@ -53,6 +58,7 @@ pub async fn tag_streams(State(tags): State<StreamTags>, request: Request, next:
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let answering = request.extensions().get::<RpcId>().map(|id| id.0.clone());
     let response = match (request.method().clone(), resuming) {
         (Method::GET, Some(last)) => resume(&tags, &session, request, &last, next).await,
         (Method::POST, _) if request.extensions().get::<RpcMethod>().is_none() => {
@@ -60,7 +66,7 @@ pub async fn tag_streams(State(tags): State<StreamTags>, request: Request, next:
         }
         _ => next.run(request).await,
     };
-    mark(&tags.replicas, response)
+    mark(&tags.replicas, answering.as_ref(), response)
 }
 
 /// A GET resuming a stream after `last` (an event id this layer marked).
@@ -72,6 +78,11 @@ async fn resume(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    let (bare, _) = Replicas::untag(last);
+    let (event, answering) = match bare.split_once('#') {
+        Some((event, id)) => (event.to_string(), request_id(id)),
+        None => (bare.to_string(), None),
+    };
     if let Some(owner) = tags.replicas.owner(last, &parts) {
         return match tags
             .replicas
@@ -79,39 +90,72 @@ async fn resume(
             .await
         {
             Some(response) => response,
-            None => not_resumable("the replica that kept its events is gone"),
+            None => {
+                let why = "the replica that kept its events is gone";
+                lost(answering, why, Request::from_parts(parts, body), next).await
+            }
         };
     }
-    let (bare, _) = Replicas::untag(last);
     let held = tags
         .held
         .has_session(&session.id.as_str().into())
         .await
         .unwrap_or(false);
     if !held {
-        return not_resumable(
-            "the events of this stream were kept by a replica that no longer holds this session",
-        );
+        let why = "the replica that kept its events no longer holds this session";
+        return lost(answering, why, Request::from_parts(parts, body), next).await;
     }
-    let mut request = Request::from_parts(parts, body);
-    match HeaderValue::from_str(bare) {
-        Ok(value) => request.headers_mut().insert("last-event-id", value),
-        Err(_) => return not_resumable("the Last-Event-ID is not one this gateway gave"),
+    let Ok(value) = HeaderValue::from_str(&event) else {
+        let why = "the Last-Event-ID is not one this gateway gave";
+        return lost(answering, why, Request::from_parts(parts, body), next).await;
     };
+    let mut request = Request::from_parts(parts, body);
+    request.headers_mut().insert("last-event-id", value);
+    let answering_id = request_id_of(last);
     let response = next.run(request).await;
-    if response.status().is_server_error() {
-        return not_resumable("the events after this Last-Event-ID are no longer kept");
+    match (response.status().is_server_error(), answering_id) {
+        (true, Some(id)) => interrupted(&id, "its events are no longer kept"),
+        _ => response,
     }
-    response
 }
 
-fn not_resumable(why: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message":
-        format!("this stream cannot be resumed: {why}; a request it carried has failed and may be sent again")}});
+/// A stream that cannot be resumed: the request whose answer it carried
+/// gets an error; a GET stream starts afresh (its lost events were
+/// notifications).
+async fn lost(answering: Option<Value>, why: &str, mut request: Request, next: Next) -> Response {
+    match answering {
+        Some(id) => interrupted(&id, why),
+        None => {
+            request.headers_mut().remove("last-event-id");
+            next.run(request).await
+        }
+    }
+}
+
+/// The request a marked event id names, if any.
+fn request_id_of(last: &str) -> Option<Value> {
+    let (bare, _) = Replicas::untag(last);
+    request_id(bare.split_once('#')?.1)
+}
+
+/// The request id a marked event id carries (`#` and base64 JSON).
+fn request_id(encoded: &str) -> Option<Value> {
+    let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The end of a request's stream that cannot be resumed: an SSE event
+/// answering the request with an error that says why.
+fn interrupted(id: &Value, why: &str) -> Response {
+    let error = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message":
+        format!("the answer to this request was lost: its stream cannot be resumed ({why}); send the request again")}});
     (
-        StatusCode::BAD_REQUEST,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        format!("event: message\ndata: {error}\n\n"),
     )
         .into_response()
 }
@@ -158,8 +202,9 @@ fn original_id(marked: &str) -> Option<Value> {
     }
 }
 
-/// rmcp's SSE answer with its event ids and request ids marked.
-fn mark(replicas: &Arc<Replicas>, response: Response) -> Response {
+/// rmcp's SSE answer with its event ids and request ids marked; the event
+/// ids of the answer to request `answering` also carry that id.
+fn mark(replicas: &Arc<Replicas>, answering: Option<&Value>, response: Response) -> Response {
     let sse = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -171,6 +216,9 @@ fn mark(replicas: &Arc<Replicas>, response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     let replicas = replicas.clone();
+    let answering = answering
+        .map(|id| format!("#{}", URL_SAFE_NO_PAD.encode(id.to_string())))
+        .unwrap_or_default();
     let mut pending = String::new();
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk?;
@@ -182,21 +230,25 @@ fn mark(replicas: &Arc<Replicas>, response: Response) -> Response {
         let whole: String = pending.drain(..=end).collect();
         let mut out = String::with_capacity(whole.len() + 128);
         for line in whole.split_inclusive('\n') {
-            out.push_str(&mark_line(&replicas, line));
+            out.push_str(&mark_line(&replicas, &answering, line));
         }
         Ok(Bytes::from(out))
     });
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// One SSE line, marked where it names an event or a request.
-fn mark_line(replicas: &Replicas, line: &str) -> String {
+/// One SSE line, marked where it names an event (`answering`: `#` and the
+/// request the stream answers, or empty) or a request.
+fn mark_line(replicas: &Replicas, answering: &str, line: &str) -> String {
     let (content, ending) = match line.strip_suffix('\n') {
         Some(content) => (content.trim_end_matches('\r'), &line[content.len()..]),
         None => (line, ""),
     };
     if let Some(id) = content.strip_prefix("id:") {
-        return format!("id: {}{ending}", replicas.tag(id.trim().to_string()));
+        return format!(
+            "id: {}{ending}",
+            replicas.tag(format!("{}{answering}", id.trim()))
+        );
     }
     let Some(data) = content.strip_prefix("data:") else {
         return line.to_string();
@@ -227,16 +279,17 @@ mod tests {
             Arc::new(SealingKeys::ephemeral()),
             Some("http://10.0.0.1:8080".into()),
             Default::default(),
+            None,
         );
-        let event = mark_line(&replicas, "id: 3/0\n");
-        assert!(event.starts_with("id: 3/0@fla."), "{event}");
+        let event = mark_line(&replicas, "#Mw", "id: 3/0\n");
+        assert!(event.starts_with("id: 3/0#Mw@fla."), "{event}");
         assert!(event.ends_with('\n'));
-        assert_eq!(
-            Replicas::untag(event.trim().trim_start_matches("id: ")).0,
-            "3/0"
-        );
+        let marked = event.trim().trim_start_matches("id: ");
+        assert_eq!(Replicas::untag(marked).0, "3/0#Mw");
+        assert_eq!(request_id_of(marked), Some(json!(3)));
         let asked = mark_line(
             &replicas,
+            "",
             "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"elicitation/create\",\"params\":{}}\n",
         );
         let message: Value = serde_json::from_str(asked.trim_start_matches("data: ")).unwrap();
@@ -246,6 +299,7 @@ mod tests {
         assert_eq!(message["method"], "elicitation/create");
         let named = mark_line(
             &replicas,
+            "",
             "data: {\"jsonrpc\":\"2.0\",\"id\":\"a@b\",\"method\":\"roots/list\"}\n",
         );
         let message: Value = serde_json::from_str(named.trim_start_matches("data: ")).unwrap();
@@ -261,7 +315,7 @@ mod tests {
             ": keep-alive\n",
             "\n",
         ] {
-            assert_eq!(mark_line(&replicas, line), line);
+            assert_eq!(mark_line(&replicas, "", line), line);
         }
     }
 }

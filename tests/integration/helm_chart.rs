@@ -79,6 +79,17 @@ impl Manifests {
         self.one("Deployment")
     }
 
+    /// The Service clients reach (not the replicas' headless `-peers` one).
+    fn service(&self) -> &Value {
+        let main: Vec<&Value> = self
+            .of_kind("Service")
+            .into_iter()
+            .filter(|s| !str_of(&s["metadata"]["name"]).ends_with("-peers"))
+            .collect();
+        assert_eq!(main.len(), 1, "expected one client-facing Service");
+        main[0]
+    }
+
     fn container(&self) -> &Value {
         let containers = self.deployment()["spec"]["template"]["spec"]["containers"]
             .as_array()
@@ -321,7 +332,7 @@ fn the_deployment_runs_non_root_read_only_with_probes_on_healthz_and_readyz() {
     assert!(cm["data"]["config.yaml"].is_string());
 
     // The Service selects these pods on the named port.
-    let svc = m.one("Service");
+    let svc = m.service();
     let labels = &m.deployment()["spec"]["template"]["metadata"]["labels"];
     for (k, v) in svc["spec"]["selector"].as_object().expect("selector") {
         assert_eq!(&labels[k], v, "selector {k:?}");
@@ -660,7 +671,7 @@ fn the_service_monitor_is_absent_by_default_and_scrapes_the_services_http_port_w
     );
 
     // It selects the chart's Service (and only by labels that Service has)...
-    let svc = m.one("Service");
+    let svc = m.service();
     let matches = sm["spec"]["selector"]["matchLabels"]
         .as_object()
         .expect("matchLabels");
@@ -922,7 +933,7 @@ fn the_ingress_is_absent_by_default_and_routes_mcp_when_enabled() {
     assert_eq!(path["path"], "/mcp");
     assert_eq!(
         path["backend"]["service"]["name"],
-        m.one("Service")["metadata"]["name"]
+        m.service()["metadata"]["name"]
     );
     assert_eq!(path["backend"]["service"]["port"]["name"], "http");
     assert_eq!(ing["spec"]["tls"][0]["secretName"], "mcp-tls");
@@ -1063,7 +1074,7 @@ fn notes_tell_how_to_reach_mcp_and_list_mcpservers() {
 fn replicas_share_a_session_key_and_need_no_affinity() {
     let m = render(&[]);
     // Any replica serves any session: no affinity, no hashing at the ingress.
-    assert_eq!(m.one("Service")["spec"]["sessionAffinity"], "None");
+    assert_eq!(m.service()["spec"]["sessionAffinity"], "None");
     let with_ingress = render(&["--set", "ingress.enabled=true"]);
     let annotations = &with_ingress.one("Ingress")["metadata"]["annotations"];
     assert!(
@@ -1156,4 +1167,31 @@ fn autoscaling_renders_an_hpa_and_leaves_the_replica_count_to_it() {
         .err()
         .unwrap_or_default();
     assert!(error.contains("minReplicas"), "{error}");
+}
+
+#[test]
+fn the_replicas_find_each_other_through_a_headless_service() {
+    let m = render(&[]);
+    let services = m.of_kind("Service");
+    let peers = services
+        .iter()
+        .find(|s| s["metadata"]["name"] == "flotilla-peers")
+        .expect("the peers Service");
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(
+        peers["spec"]["selector"],
+        m.deployment()["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(peers["spec"]["ports"][0]["port"], 8080);
+    let config = m.config_file();
+    let replica_peers = config.replica_peers.expect("replicaPeers in the config");
+    assert_eq!(
+        replica_peers.dns_name.as_deref(),
+        Some("flotilla-peers.flotilla.svc")
+    );
+    // The pod's own address, for the others to reach it.
+    let env = m.container()["env"].as_array().unwrap();
+    let pod_ip = env.iter().find(|e| e["name"] == "POD_IP").expect("POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
 }

@@ -235,7 +235,12 @@ impl Replicas {
         }
         std::fs::write(dir.path().join("sealing-key"), format!("{KEY}\n")).unwrap();
         let config = dir.path().join("flotilla.yaml");
-        std::fs::write(&config, "sealingKeyFile: sealing-key\n").unwrap();
+        // The replicas find each other in `peers` (written as they start).
+        std::fs::write(
+            &config,
+            "sealingKeyFile: sealing-key\nreplicaPeers: {file: peers}\n",
+        )
+        .unwrap();
         let mut replicas = Replicas {
             dir,
             manifests,
@@ -257,7 +262,18 @@ impl Replicas {
         gateway.wait_state("sim-a", "Connected", Duration::from_secs(30));
         let port = gateway.port;
         self.running.push(gateway);
+        self.write_peers();
         port
+    }
+
+    /// The peers file every replica reads: each running replica's URL.
+    fn write_peers(&self) {
+        let lines: String = self
+            .running
+            .iter()
+            .map(|g| format!("http://127.0.0.1:{}\n", g.port))
+            .collect();
+        std::fs::write(self.dir.path().join("peers"), lines).unwrap();
     }
 
     fn ports(&self) -> Vec<u16> {
@@ -276,6 +292,7 @@ impl Replicas {
     fn kill(&mut self, i: usize) {
         let mut gone = self.running.remove(i);
         gone.proc.kill();
+        self.write_peers();
     }
 }
 
@@ -756,12 +773,20 @@ fn a_stream_resumes_on_any_replica_while_its_own_lives_and_is_refused_cleanly_af
             "flotilla_client_requests_passed_total"
         ) >= 1.0
     );
-    // A gone: refused with a message that says why, not a 500 or a hang.
+    // A gone: the request whose answer the stream carried (id 1) gets an
+    // error saying why, on a stream that ends; not a 500, a hang, or a
+    // status the SDKs' reconnection gives up on.
     replicas.kill(0);
     let refused = resume(&b);
-    assert_eq!(refused.status(), 400);
-    let body: Value = refused.json().unwrap();
-    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(refused.status(), 200);
+    let text = refused.text().unwrap();
+    let answer: Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_else(|| panic!("an answer in {text}"));
+    assert_eq!(answer["id"], 1, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("cannot be resumed"), "{message}");
 }
 
@@ -804,4 +829,199 @@ fn the_typescript_sdk_keeps_one_session_across_the_replicas() {
     );
     assert_eq!(nginx.posts_served_by().len(), 3);
     assert!(replicas.passed() >= 1.0);
+}
+
+/// A raw 2025-11-25 session for the tests that look at HTTP itself.
+struct RawSession {
+    http: reqwest::blocking::Client,
+    id: String,
+}
+
+impl RawSession {
+    fn start(url: &str) -> RawSession {
+        let http = reqwest::blocking::Client::new();
+        let init = http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"}}}),
+            )
+            .send()
+            .unwrap();
+        let id = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        RawSession { http, id }
+    }
+
+    fn post(&self, url: &str, body: Value) -> reqwest::blocking::Response {
+        self.http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .timeout(Duration::from_secs(60))
+            .json(&body)
+            .send()
+            .unwrap()
+    }
+
+    fn call(&self, url: &str, id: u64, tool: &str, args: Value) -> String {
+        self.post(
+            url,
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                   "params": {"name": tool, "arguments": args}}),
+        )
+        .text()
+        .unwrap()
+    }
+}
+
+#[test]
+fn a_session_ended_on_one_replica_is_ended_on_all() {
+    let replicas = Replicas::start(3);
+    let urls: Vec<String> = replicas.running.iter().map(Gateway::url).collect();
+    let session = RawSession::start(&urls[0]);
+    let listed = |url: &str| {
+        session
+            .post(
+                url,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+            )
+            .status()
+    };
+    for url in &urls {
+        assert_eq!(listed(url), 200);
+    }
+    let ended = session
+        .http
+        .delete(&urls[1])
+        .header("mcp-session-id", &session.id)
+        .send()
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    for url in &urls {
+        assert_eq!(listed(url), 404, "{url}");
+    }
+}
+
+#[test]
+fn a_log_level_and_a_cancellation_reach_every_replica() {
+    let logs = tempfile::tempdir().unwrap();
+    let (_server, url) = python_server(0, logs.path());
+    let replicas = Replicas::start_with(2, &[("py.yaml", http_manifest("py", &url, ""))]);
+    for gateway in &replicas.running {
+        gateway.wait_state("py", "Connected", Duration::from_secs(30));
+    }
+    let (a, b) = (replicas.running[0].url(), replicas.running[1].url());
+    let session = RawSession::start(&a);
+    // Every level until the client sets one.
+    let before = session.call(&b, 1, "x_py_chatty", json!({}));
+    assert!(before.contains("chatty info"), "{before}");
+    let set = session.post(
+        &a,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "warning"}}),
+    );
+    assert_eq!(set.status(), 200);
+    let after = session.call(&b, 3, "x_py_chatty", json!({}));
+    assert!(after.contains("chatty warning"), "{after}");
+    assert!(!after.contains("chatty info"), "{after}");
+    assert!(after.contains("logged"), "{after}");
+    // A call running on A, cancelled by a notification that reaches B.
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| session.call(&a, 4, "x_py_slow", json!({"seconds": 30})));
+        std::thread::sleep(Duration::from_secs(1));
+        let cancelled = session.post(
+            &b,
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 4, "reason": "changed my mind"}}),
+        );
+        assert_eq!(cancelled.status(), 202);
+        let answer = running.join().unwrap();
+        assert!(!answer.contains("slept"), "{answer}");
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_subscription_made_on_one_replica_brings_updates_to_a_stream_on_another() {
+    // server-everything over stdio on each replica; the client subscribes
+    // through A, its GET stream is on B, and B's server is told to send
+    // updates: B knows of the subscription only because A passed it on.
+    let p = peers();
+    let stdio = format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 20\n",
+        p.get("NODE22"),
+        p.get("EVERYTHING_JS")
+    );
+    let replicas = Replicas::start_with(2, &[("everything.yaml", stdio)]);
+    for gateway in &replicas.running {
+        gateway.wait_state("everything", "Connected", Duration::from_secs(60));
+    }
+    let (a, b) = (replicas.running[0].url(), replicas.running[1].url());
+    let session = RawSession::start(&a);
+    let listed: Value = session
+        .post(
+            &a,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}),
+        )
+        .text()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .find(|m: &Value| m.get("result").is_some())
+        .expect("a resources/list answer");
+    // One of server-everything's (the simulated cluster's take no subscriptions).
+    let uri = listed["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .find(|uri| uri.starts_with("demo://"))
+        .expect("a server-everything resource")
+        .to_string();
+    // The GET stream, on B, read line by line.
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stream = session
+        .http
+        .get(&b)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session.id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let subscribed = session.post(
+        &a,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}}),
+    );
+    assert_eq!(subscribed.status(), 200);
+    let toggled = session.call(&b, 3, "x_everything_toggle-subscriber-updates", json!({}));
+    assert!(toggled.contains("Started"), "{toggled}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let updated = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("notifications/resources/updated") => break line,
+            Ok(_) => continue,
+            Err(_) => panic!("no resource update reached the stream on B"),
+        }
+    };
+    assert!(updated.contains(&uri), "{updated}");
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 import anyio
 import httpx2 as httpx
@@ -133,6 +134,7 @@ def main() -> int:
         anyio.run(main_async, args)
     except Exception as error:
         print(f"session_driver: {type(error).__name__}: {error}", file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
         return 1
     return 0
 

@@ -102,6 +102,7 @@ ingress host when the Ingress is enabled.
 {{- else }}
 {{- $_ := set $out "sealingKeyFile" "/etc/flotilla-keys/sealing-keys" }}
 {{- end }}
+{{- $_ := set $out "replicaPeers" (dict "dnsName" (printf "%s-peers.%s.svc" (include "flotilla.fullname" .) .Release.Namespace)) }}
 {{- $t := .Values.tracing }}
 {{- if $t.otlpEndpoint }}
 {{- $_ := set $out "tracing" (dict "otlpEndpoint" $t.otlpEndpoint "serviceName" $t.serviceName "sampleRatio" ($t.sampleRatio | float64)) }}
