@@ -214,6 +214,8 @@ struct Replicas {
     manifests: tempfile::TempDir,
     config: PathBuf,
     running: Vec<Gateway>,
+    /// Directories of the peers the replicas use, removed with them.
+    owned: Vec<tempfile::TempDir>,
 }
 
 impl Replicas {
@@ -246,11 +248,41 @@ impl Replicas {
             manifests,
             config,
             running: Vec::new(),
+            owned: Vec::new(),
         };
         for _ in 0..n {
             replicas.add();
         }
         replicas
+    }
+
+    /// `n` replicas with server-everything over stdio beside `sim-a`
+    /// (each replica runs its own), connected.
+    fn start_with_everything(n: usize) -> Replicas {
+        let p = peers();
+        let stdio = format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 20\n",
+            p.get("NODE22"),
+            p.get("EVERYTHING_JS")
+        );
+        let replicas = Self::start_with(n, &[("everything.yaml", stdio)]);
+        for gateway in &replicas.running {
+            gateway.wait_state("everything", "Connected", Duration::from_secs(60));
+        }
+        replicas
+    }
+
+    /// `n` replicas with the Python SDK server over HTTP (one process they
+    /// all use, returned to be kept) beside `sim-a`, connected.
+    fn start_with_python(n: usize) -> (Replicas, Proc) {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, url) = python_server(0, dir.path());
+        let mut replicas = Self::start_with(n, &[("py.yaml", http_manifest("py", &url, ""))]);
+        for gateway in &replicas.running {
+            gateway.wait_state("py", "Connected", Duration::from_secs(30));
+        }
+        replicas.owned.push(dir);
+        (replicas, server)
     }
 
     fn add(&mut self) -> u16 {
@@ -432,12 +464,7 @@ fn a_question_asked_mid_call_is_answered_wherever_the_answer_lands() {
     // The Python SDK server asks the client its name (form elicitation)
     // mid-call; the call is relayed on one replica, and the client's answer
     // is a new POST that nginx sends to any of the three.
-    let logs = tempfile::tempdir().unwrap();
-    let (_server, url) = python_server(0, logs.path());
-    let replicas = Replicas::start_with(3, &[("py.yaml", http_manifest("py", &url, ""))]);
-    for gateway in &replicas.running {
-        gateway.wait_state("py", "Connected", Duration::from_secs(30));
-    }
+    let (replicas, _server) = Replicas::start_with_python(3);
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
     let answers = client.calls("x_py_ask", 12);
@@ -456,16 +483,7 @@ fn a_question_asked_mid_call_is_answered_wherever_the_answer_lands() {
 fn a_question_rmcp_asks_for_a_stdio_server_is_answered_wherever_the_answer_lands() {
     // server-everything over stdio asks for a name mid-call; stdio calls
     // take rmcp's path, whose request ids the gateway marks with the replica.
-    let p = peers();
-    let stdio = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 20\n",
-        p.get("NODE22"),
-        p.get("EVERYTHING_JS")
-    );
-    let replicas = Replicas::start_with(3, &[("everything.yaml", stdio)]);
-    for gateway in &replicas.running {
-        gateway.wait_state("everything", "Connected", Duration::from_secs(60));
-    }
+    let replicas = Replicas::start_with_everything(3);
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let mut client = Driver::start(&nginx.url(), &["--elicit-answer", r#"{"name": "Ada"}"#]);
     let answers = client.calls("x_everything_trigger-elicitation-request", 9);
@@ -794,12 +812,7 @@ fn a_stream_resumes_on_any_replica_while_its_own_lives_and_is_refused_cleanly_af
 fn the_typescript_sdk_keeps_one_session_across_the_replicas() {
     // The TypeScript SDK 1.x client, one session: calls that ask its user
     // (the Python SDK server's elicitation, relayed), round-robin over three.
-    let logs = tempfile::tempdir().unwrap();
-    let (_server, url) = python_server(0, logs.path());
-    let replicas = Replicas::start_with(3, &[("py.yaml", http_manifest("py", &url, ""))]);
-    for gateway in &replicas.running {
-        gateway.wait_state("py", "Connected", Duration::from_secs(30));
-    }
+    let (replicas, _server) = Replicas::start_with_python(3);
     let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
     let p = peers();
     let out = Command::new(p.get("NODE22"))
@@ -910,12 +923,7 @@ fn a_session_ended_on_one_replica_is_ended_on_all() {
 
 #[test]
 fn a_log_level_and_a_cancellation_reach_every_replica() {
-    let logs = tempfile::tempdir().unwrap();
-    let (_server, url) = python_server(0, logs.path());
-    let replicas = Replicas::start_with(2, &[("py.yaml", http_manifest("py", &url, ""))]);
-    for gateway in &replicas.running {
-        gateway.wait_state("py", "Connected", Duration::from_secs(30));
-    }
+    let (replicas, _server) = Replicas::start_with_python(2);
     let (a, b) = (replicas.running[0].url(), replicas.running[1].url());
     let session = RawSession::start(&a);
     // Every level until the client sets one.
@@ -956,16 +964,7 @@ fn a_subscription_made_on_one_replica_brings_updates_to_a_stream_on_another() {
     // server-everything over stdio on each replica; the client subscribes
     // through A, its GET stream is on B, and B's server is told to send
     // updates: B knows of the subscription only because A passed it on.
-    let p = peers();
-    let stdio = format!(
-        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [{}, stdio]\n  timeout: 20\n",
-        p.get("NODE22"),
-        p.get("EVERYTHING_JS")
-    );
-    let replicas = Replicas::start_with(2, &[("everything.yaml", stdio)]);
-    for gateway in &replicas.running {
-        gateway.wait_state("everything", "Connected", Duration::from_secs(60));
-    }
+    let replicas = Replicas::start_with_everything(2);
     let (a, b) = (replicas.running[0].url(), replicas.running[1].url());
     let session = RawSession::start(&a);
     let listed: Value = session
