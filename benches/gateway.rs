@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use client::{Request, Samples};
 use procs::Proc;
-use setup::{locate_gateway, log, machine, target_dir, wait_idle};
+use setup::{Run, locate_gateway, log, machine};
 
 // ------------------------------------------------------------------ targets
 
@@ -1403,53 +1403,19 @@ fn profile(mode: &str, secs: u64) -> Result<(), String> {
 
 fn run() -> Result<(), String> {
     let cfg = Config::from_env();
-    let (bin, provenance) = locate_gateway()?;
-    let work = tempfile::Builder::new()
-        .prefix("flotilla-bench-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let keep = std::env::var_os("FLOTILLA_BENCH_KEEP").is_some();
-    log(format!(
-        "gateway {}; work dir {}",
-        bin.display(),
-        work.path().display()
-    ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let http = rt.block_on(async { client::http_client() });
-
-    if let Some(secs) = std::env::var("FLOTILLA_BENCH_WAIT_IDLE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        wait_idle(Duration::from_secs(secs));
-    }
-    let started = Instant::now();
+    let run = Run::start("flotilla-bench-")?;
+    let (bin, provenance, work) = (&run.bin, &run.provenance, &run.work);
+    let (rt, http) = (&run.rt, &run.http);
     let result = (|| {
-        let calls = bench_calls(&cfg, &rt, &http, &bin, work.path())?;
-        let list = bench_list(&cfg, &rt, &http, &bin, work.path())?;
-        let mut fleet = bench_fleet(&cfg, &rt, &http, &bin, work.path())?;
+        let calls = bench_calls(&cfg, rt, http, bin, work.path())?;
+        let list = bench_list(&cfg, rt, http, bin, work.path())?;
+        let mut fleet = bench_fleet(&cfg, rt, http, bin, work.path())?;
         let observability = bench_observability(work.path())?;
         let policy = bench_policy()?;
-        let mut md = report(&cfg, &calls, &list, &mut fleet, &bin, &provenance);
+        let mut md = report(&cfg, &calls, &list, &mut fleet, bin, provenance);
         report_observability(&mut md, &calls, &observability);
         report_policy(&mut md, &policy);
         Ok::<_, String>(md)
     })();
-    if keep || result.is_err() {
-        let path = work.keep();
-        log(format!("logs kept in {}", path.display()));
-    }
-    let md = result?;
-    println!("\n{md}");
-    let out = target_dir().join("bench-results.md");
-    std::fs::write(&out, &md).map_err(|e| format!("writing {}: {e}", out.display()))?;
-    log(format!(
-        "done in {:.0} s; table written to {}",
-        started.elapsed().as_secs_f64(),
-        out.display()
-    ));
-    Ok(())
+    run.finish(result, "bench-results.md")
 }

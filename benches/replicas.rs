@@ -44,7 +44,7 @@ use futures::StreamExt as _;
 
 use client::{Request, Samples};
 use procs::{NginxPool, Proc};
-use setup::{locate_gateway, log, machine, target_dir, wait_idle};
+use setup::{Run, log, machine};
 
 /// Memory per idle session, in bytes (2 KB).
 const TARGET_BYTES_PER_SESSION: f64 = 2000.0;
@@ -1265,30 +1265,10 @@ fn verdict_bytes(value: f64, goal: f64) -> String {
 
 fn run() -> Result<(), String> {
     let cfg = Config::from_env();
-    let (bin, provenance) = locate_gateway()?;
-    let work = tempfile::Builder::new()
-        .prefix("flotilla-bench-replicas-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let keep = std::env::var_os("FLOTILLA_BENCH_KEEP").is_some();
-    log(format!(
-        "gateway {}; work dir {}",
-        bin.display(),
-        work.path().display()
-    ));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let http = rt.block_on(async { client::http_client() });
     let nginx = procs::find_or_install_nginx();
-    if let Some(secs) = std::env::var("FLOTILLA_BENCH_WAIT_IDLE")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        wait_idle(Duration::from_secs(secs));
-    }
-    let started = Instant::now();
+    let run = Run::start("flotilla-bench-replicas-")?;
+    let (bin, provenance, work) = (&run.bin, &run.provenance, &run.work);
+    let (rt, http) = (&run.rt, &run.http);
     let result = (|| {
         if !std::str::from_utf8(CALL_ECHO).is_ok_and(|b| b.contains(client::ECHO_TEXT)) {
             return Err("CALL_ECHO must send client::ECHO_TEXT".to_string());
@@ -1296,9 +1276,9 @@ fn run() -> Result<(), String> {
         let (echo, echo_port) = spawn_upstream(&cfg, work.path())?;
         let world = World {
             cfg: &cfg,
-            rt: &rt,
-            http: &http,
-            bin: &bin,
+            rt,
+            http,
+            bin,
             work: work.path(),
             manifests: write_fleet(work.path(), echo_port)?,
             echo_pid: echo.pid(),
@@ -1405,18 +1385,5 @@ fn run() -> Result<(), String> {
         }
         Ok::<_, String>(md)
     })();
-    if keep || result.is_err() {
-        let path = work.keep();
-        log(format!("logs kept in {}", path.display()));
-    }
-    let md = result?;
-    println!("\n{md}");
-    let out = target_dir().join("bench-results-replicas.md");
-    std::fs::write(&out, &md).map_err(|e| format!("writing {}: {e}", out.display()))?;
-    log(format!(
-        "done in {:.0} s; report written to {}",
-        started.elapsed().as_secs_f64(),
-        out.display()
-    ));
-    Ok(())
+    run.finish(result, "bench-results-replicas.md")
 }

@@ -204,3 +204,73 @@ pub fn wait_idle(limit: Duration) {
         ));
     }
 }
+
+/// One benchmark run's surroundings: the gateway binary, a work directory
+/// (kept with `FLOTILLA_BENCH_KEEP` or when the run fails), a runtime and
+/// an HTTP client; waits for an idle machine first when
+/// `FLOTILLA_BENCH_WAIT_IDLE` (seconds) is set.
+pub struct Run {
+    pub bin: PathBuf,
+    pub provenance: String,
+    pub work: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub http: reqwest::Client,
+    keep: bool,
+    started: Instant,
+}
+
+impl Run {
+    /// `prefix` names the work directory (`/tmp/<prefix>...`).
+    pub fn start(prefix: &str) -> Result<Run, String> {
+        let (bin, provenance) = locate_gateway()?;
+        let work = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let keep = std::env::var_os("FLOTILLA_BENCH_KEEP").is_some();
+        log(format!(
+            "gateway {}; work dir {}",
+            bin.display(),
+            work.path().display()
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let http = rt.block_on(async { crate::client::http_client() });
+        if let Some(secs) = std::env::var("FLOTILLA_BENCH_WAIT_IDLE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            wait_idle(Duration::from_secs(secs));
+        }
+        Ok(Run {
+            bin,
+            provenance,
+            work,
+            rt,
+            http,
+            keep,
+            started: Instant::now(),
+        })
+    }
+
+    /// Keeps the work directory when asked or when `report` failed; prints
+    /// the report and writes it to `target/<file>`.
+    pub fn finish(self, report: Result<String, String>, file: &str) -> Result<(), String> {
+        if self.keep || report.is_err() {
+            let path = self.work.keep();
+            log(format!("logs kept in {}", path.display()));
+        }
+        let md = report?;
+        println!("\n{md}");
+        let out = target_dir().join(file);
+        std::fs::write(&out, &md).map_err(|e| format!("writing {}: {e}", out.display()))?;
+        log(format!(
+            "done in {:.0} s; report written to {}",
+            self.started.elapsed().as_secs_f64(),
+            out.display()
+        ));
+        Ok(())
+    }
+}
