@@ -1,5 +1,6 @@
 //! The floors of the code, checked: data flows one way, source → fleet →
-//! catalog → (policy) → gateway, with auth beside. A module may use what lies below it
+//! catalog → (policy) → gateway, with auth beside and the dial-out agent
+//! (`flotilla agent`) on the source and fleet floors. A module may use what lies below it
 //! and never what lies above; `auth` implements the fleet's credential trait,
 //! so it may use the floors up to `fleet`, and only the gateway (and the
 //! wiring at the top) uses `auth`. The test reads every file's `crate::`
@@ -26,9 +27,13 @@ mod tests {
             "gateway",
             &["api", "source", "fleet", "catalog", "policy", "auth"],
         ),
+        // The dial-out agent: a program of its own beside the gateway, made
+        // of the manifest source and the fleet's agent protocol.
+        ("agent", &["api", "source", "fleet"]),
     ];
     /// Modules of the crate a floor could name.
     const MODULES: &[&str] = &[
+        "agent",
         "api",
         "source",
         "fleet",

@@ -1,6 +1,7 @@
 //! Flotilla: a fleet gateway for the Model Context Protocol. Data flows one
 //! way, source → fleet → catalog → gateway; see README.md for the tour.
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod auth;

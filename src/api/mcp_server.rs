@@ -24,6 +24,10 @@ pub enum ServerType {
     /// The legacy HTTP+SSE transport (2024-11-05).
     #[serde(rename = "sse")]
     Sse,
+    /// A server beside a `flotilla agent` that dials out to the gateway
+    /// (a cluster behind NAT): reached over the agent's connection (`spec.agent`).
+    #[serde(rename = "agent")]
+    Agent,
 }
 
 impl ServerType {
@@ -32,6 +36,7 @@ impl ServerType {
             ServerType::StreamableHttp => "streamable-http",
             ServerType::Stdio => "stdio",
             ServerType::Sse => "sse",
+            ServerType::Agent => "agent",
         }
     }
 }
@@ -106,6 +111,72 @@ pub struct MCPServerSpec {
     /// reconnects the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
+    /// For `type: agent`: which agent carries this server and how that agent
+    /// proves who it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+}
+
+/// A server reached through a `flotilla agent` that dials out to the gateway.
+/// The gateway accepts an agent only under a name some MCPServer declares
+/// here, and only with the credential declared with it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// The agent's name (its `--name`, usually its cluster's name).
+    pub name: String,
+    /// The server's name in the agent's own manifests (default: this MCPServer's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// A per-agent credential the agent presents as a bearer token, read from
+    /// a Secret in this MCPServer's namespace (compared in constant time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_from: Option<SecretKeyRef>,
+    /// Or: a Kubernetes service-account token of the agent's own cluster,
+    /// verified against that cluster's service-account issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountIdentity>,
+}
+
+impl AgentSpec {
+    /// The server's name on the agent's side.
+    pub fn server_name<'a>(&'a self, own_name: &'a str) -> &'a str {
+        self.server.as_deref().unwrap_or(own_name)
+    }
+}
+
+/// One key of a Secret in the same namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub secret_name: String,
+    pub key: String,
+}
+
+/// The service account an agent runs as, in its own cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountIdentity {
+    /// The cluster's service-account issuer (`--service-account-issuer`);
+    /// its keys are found by OpenID discovery unless `jwksUri` is set.
+    pub issuer: String,
+    /// The expected `sub`, `system:serviceaccount:<namespace>:<name>`.
+    pub subject: String,
+    /// The audience the agent's projected token is issued for (default `flotilla-agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Where the issuer's keys are, when not at its discovery document's `jwks_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+}
+
+impl ServiceAccountIdentity {
+    /// The default audience of agents' projected tokens.
+    pub const DEFAULT_AUDIENCE: &'static str = "flotilla-agent";
+
+    pub fn audience(&self) -> &str {
+        self.audience.as_deref().unwrap_or(Self::DEFAULT_AUDIENCE)
+    }
 }
 
 /// Limits on the calls the gateway sends one server. Counted per gateway

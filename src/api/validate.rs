@@ -28,6 +28,70 @@ pub(super) fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
 }
 
+/// `type: agent`: an agent name, exactly one way for it to prove it, and
+/// nothing of the other transports (the agent's own manifest says how it
+/// reaches the server).
+fn validate_agent(spec: &MCPServerSpec, errors: &mut Vec<ValidationError>) {
+    let Some(agent) = &spec.agent else {
+        errors.push(err(
+            "spec.agent",
+            "is required for type agent (the agent's name and its credentialFrom or serviceAccount)",
+        ));
+        return;
+    };
+    if agent.name.is_empty() || agent.name.len() > 253 || !agent.name.chars().all(is_name_char) {
+        errors.push(err(
+            "spec.agent.name",
+            "is required: at most 253 characters of [A-Za-z0-9._-]",
+        ));
+    }
+    if let Some(server) = &agent.server
+        && (server.is_empty() || !server.chars().all(is_name_char))
+    {
+        errors.push(err("spec.agent.server", "may contain only [A-Za-z0-9._-]"));
+    }
+    match (&agent.credential_from, &agent.service_account) {
+        (None, None) | (Some(_), Some(_)) => errors.push(err(
+            "spec.agent",
+            "needs exactly one of credentialFrom (a Secret) and serviceAccount (the cluster's token issuer)",
+        )),
+        (Some(from), None) if from.secret_name.is_empty() || from.key.is_empty() => errors.push(
+            err("spec.agent.credentialFrom", "secretName and key are required"),
+        ),
+        (None, Some(account)) => {
+            match url::Url::parse(&account.issuer) {
+                Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+                _ => errors.push(err(
+                    "spec.agent.serviceAccount.issuer",
+                    "must be the issuer's http(s) URL",
+                )),
+            }
+            if !account.subject.starts_with("system:serviceaccount:") {
+                errors.push(err(
+                    "spec.agent.serviceAccount.subject",
+                    "must be system:serviceaccount:<namespace>:<name>",
+                ));
+            }
+        }
+        _ => {}
+    }
+    for (field, set) in [
+        ("spec.url", spec.url.is_some()),
+        ("spec.command", spec.command.is_some()),
+        (
+            "spec.headers",
+            !spec.headers.is_empty() || !spec.headers_from.is_empty(),
+        ),
+    ] {
+        if set {
+            errors.push(err(
+                field,
+                "is not used with type agent (the agent's own manifest says how it reaches the server)",
+            ));
+        }
+    }
+}
+
 /// Checks `metadata.name` and the spec; returns every problem found.
 pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
     let mut errors = Vec::new();
@@ -59,6 +123,10 @@ pub fn validate(name: &str, spec: &MCPServerSpec) -> Vec<ValidationError> {
                 errors.push(err("spec.command", "is required for type stdio"));
             }
         }
+        ServerType::Agent => validate_agent(spec, &mut errors),
+    }
+    if spec.agent.is_some() && spec.server_type != ServerType::Agent {
+        errors.push(err("spec.agent", "is only used with type agent"));
     }
     if spec.sso_mode().is_some() && spec.server_type != ServerType::StreamableHttp {
         errors.push(err(

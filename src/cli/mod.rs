@@ -66,6 +66,29 @@ pub enum Command {
         #[arg(long)]
         insecure_demo_identity: bool,
     },
+    /// Dial out to a gateway and serve this cluster's MCP servers over that
+    /// one connection (for clusters the gateway cannot reach; nothing listens here).
+    Agent {
+        /// The gateway's base URL, e.g. https://flotilla.example/ (HTTPS_PROXY applies).
+        #[arg(long, env = "FLOTILLA_GATEWAY")]
+        gateway: url::Url,
+        /// This agent's name, as the gateway's MCPServers name it in spec.agent.name.
+        #[arg(long, env = "FLOTILLA_AGENT_NAME")]
+        name: String,
+        /// File holding the credential presented to the gateway (a per-cluster
+        /// secret, or a projected service-account token); read on every dial.
+        #[arg(long, env = "FLOTILLA_AGENT_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// Directory of MCPServer manifests (stdio or streamable-http) this agent serves.
+        #[arg(long, env = "FLOTILLA_MANIFESTS")]
+        manifests: PathBuf,
+        /// PEM file of extra root certificates for the gateway's TLS.
+        #[arg(long, env = "FLOTILLA_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Seconds between heartbeats (the connection is given up after three silent ones).
+        #[arg(long, default_value_t = 15)]
+        heartbeat_seconds: u64,
+    },
     /// Print the CustomResourceDefinitions (MCPServer, ToolPolicy) as YAML.
     Crd,
     /// Check manifests without starting anything; exit 1 if any is invalid.
@@ -153,6 +176,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 on_signal.cancel();
             });
             app.run().await
+        }
+        Command::Agent {
+            gateway,
+            name,
+            token_file,
+            manifests,
+            ca_file,
+            heartbeat_seconds,
+        } => {
+            let settings = crate::agent::AgentSettings {
+                gateway,
+                name,
+                token_file,
+                manifests,
+                ca_file,
+                heartbeat: std::time::Duration::from_secs(heartbeat_seconds.max(1)),
+                backoff_min: std::time::Duration::from_millis(250),
+                backoff_max: std::time::Duration::from_secs(30),
+            };
+            let cancel = CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                on_signal.cancel();
+            });
+            crate::agent::run(settings, cancel).await
         }
         Command::Crd => {
             print!("{}", crate::crd_yaml()?);

@@ -15,6 +15,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use tokio::io::AsyncBufReadExt;
 
+use super::agents::{EndReason, Hub};
 use super::client_handler::UpstreamClient;
 use super::credential::CredentialRef;
 use super::delivery::Counted;
@@ -50,6 +51,11 @@ pub enum ConnectError {
     NoHandshake(String),
     #[error("MCP handshake failed: {0}")]
     Handshake(String),
+    #[error("spec.agent is missing")]
+    MissingAgent,
+    /// The agent is not connected, or ended the session (its reason).
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// An error and its causes on one line (reqwest puts TLS and connection
@@ -179,6 +185,8 @@ pub struct Connected {
     pub protocol: ProtocolVersion,
     /// The relay's raw line on this session (Streamable HTTP sessions only).
     pub wire: Option<Wire>,
+    /// For an agent's server: why the agent's side ended the session, once it has.
+    pub ended: Option<EndReason>,
 }
 
 fn header_map(desired: &DesiredServer) -> Result<HeaderMap, ConnectError> {
@@ -220,20 +228,22 @@ fn discover_lifecycle() -> ClientLifecycleMode {
 pub async fn connect(
     desired: &DesiredServer,
     handler: UpstreamClient,
-    http: &reqwest::Client,
+    links: Links<'_>,
     credential: Option<&CredentialRef>,
 ) -> Result<Connected, ConnectError> {
+    let Links { http, agents } = links;
     let timeout = desired.spec.timeout();
     let session: SessionSlot = Default::default();
+    let ended = EndReason::default();
     let refresh = handler.refresh.clone();
     let attempt = async {
         let handshake = open(
             desired,
             handler.clone(),
-            http,
+            Links { http, agents },
             credential,
             ClientLifecycleMode::Initialize,
-            &session,
+            (&session, &ended),
         );
         match handshake.await {
             Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
@@ -241,10 +251,10 @@ pub async fn connect(
                 open(
                     desired,
                     handler,
-                    http,
+                    Links { http, agents },
                     credential,
                     discover_lifecycle(),
-                    &session,
+                    (&session, &ended),
                 )
                 .await
             }
@@ -283,11 +293,20 @@ pub async fn connect(
         }),
         _ => None,
     };
+    let ended = (desired.spec.server_type == ServerType::Agent).then_some(ended);
     Ok(Connected {
         running,
         protocol,
         wire,
+        ended,
     })
+}
+
+/// What connecting reaches servers through: HTTP, and the agents' connections.
+#[derive(Clone, Copy)]
+pub struct Links<'a> {
+    pub http: &'a reqwest::Client,
+    pub agents: &'a Hub,
 }
 
 type Running = RunningService<RoleClient, UpstreamClient>;
@@ -303,11 +322,12 @@ async fn diagnose(http: &reqwest::Client, url: &str) -> Option<String> {
 async fn open(
     desired: &DesiredServer,
     handler: UpstreamClient,
-    http: &reqwest::Client,
+    links: Links<'_>,
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
-    session: &SessionSlot,
+    (session, ended): (&SessionSlot, &EndReason),
 ) -> Result<Running, ConnectError> {
+    let http = links.http;
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
@@ -352,6 +372,25 @@ async fn open(
             let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
+        ServerType::Agent => {
+            let agent = desired
+                .spec
+                .agent
+                .as_ref()
+                .ok_or(ConnectError::MissingAgent)?;
+            let tunnel = links
+                .agents
+                .open(&agent.name, agent.server_name(&desired.name))
+                .map_err(ConnectError::Agent)?
+                .with_raw_tools(handler.raw_tools.clone());
+            let transport = Counted::new(tunnel.with_end_reason(ended.clone()), &handler);
+            let result = serve_client_with_lifecycle(handler, transport, lifecycle).await;
+            if let (Err(_), Some(why)) = (&result, ended.get()) {
+                // The agent's side said why (no such server there, it did not start).
+                return Err(ConnectError::Agent(why));
+            }
+            result
+        }
     };
     result.map_err(|error| match handshake_refused(&error) {
         true if handshaking => ConnectError::NoHandshake(handshake_failure(&error)),
@@ -382,13 +421,7 @@ fn spawn_stdio(
         .command
         .as_deref()
         .ok_or(ConnectError::MissingCommand)?;
-    // `command: flotilla` runs this very binary (its `sim-cluster` subcommand
-    // serves the quickstart's simulated clusters), wherever it was installed.
-    let program_path = match program {
-        "flotilla" => std::env::current_exe().unwrap_or_else(|_| program.into()),
-        other => other.into(),
-    };
-    let mut command = tokio::process::Command::new(program_path);
+    let mut command = tokio::process::Command::new(super::stdio::program_path(program));
     command.args(&desired.spec.args).envs(&desired.spec.env);
     let (transport, stderr) =
         StdioTransport::spawn(command, raw).map_err(|source| ConnectError::Spawn {

@@ -3,6 +3,7 @@
 //! servers whose spec changed (a label-only change reconnects nothing). The
 //! snapshot's tool policies ride along for the gateway, touching no session.
 
+pub mod agents;
 mod client_handler;
 mod connect;
 pub mod credential;
@@ -13,7 +14,7 @@ pub mod limits;
 pub mod listing;
 mod plan;
 mod raw_tools;
-mod stdio;
+pub mod stdio;
 mod upstream;
 mod user_sessions;
 pub mod wire;
@@ -42,6 +43,8 @@ pub struct FleetSettings {
     pub ping_interval: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The agents' connections, which `type: agent` servers are reached through.
+    pub agents: agents::Hub,
 }
 
 impl Default for FleetSettings {
@@ -50,6 +53,7 @@ impl Default for FleetSettings {
             ping_interval: Duration::from_secs(20),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            agents: agents::Hub::default(),
         }
     }
 }
@@ -171,6 +175,11 @@ impl Fleet {
                 )
             })
             .clone()
+    }
+
+    /// The agents' connections (the gateway's agent door hands them here).
+    pub fn agents(&self) -> &agents::Hub {
+        &self.inner.settings.agents
     }
 
     pub fn user_sessions(&self) -> Option<&Arc<UserSessions>> {

@@ -59,6 +59,7 @@ mod tests {
             },
             secret_headers: Default::default(),
             client_credentials: None,
+            agent_credential: None,
             origin: format!("{name}.yaml#0"),
         }
     }

@@ -47,13 +47,6 @@ impl StdioTransport {
         let lines = AsyncRwTransport::new_client(Tee::new(stdout, raw), stdin);
         Ok((Self { lines, child }, stderr))
     }
-
-    async fn exited(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(GRACE, self.child.wait()).await,
-            Ok(Ok(_))
-        )
-    }
 }
 
 impl Transport<RoleClient> for StdioTransport {
@@ -72,16 +65,36 @@ impl Transport<RoleClient> for StdioTransport {
 
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.lines.close().await?;
-        if self.exited().await {
+        shut_down(&mut self.child).await
+    }
+}
+
+/// Where `program` is: `flotilla` is this very binary (its `sim-cluster`
+/// subcommand serves the quickstart's simulated clusters), wherever it was
+/// installed; anything else is looked up as usual.
+pub fn program_path(program: &str) -> std::path::PathBuf {
+    match program {
+        "flotilla" => std::env::current_exe().unwrap_or_else(|_| program.into()),
+        other => other.into(),
+    }
+}
+
+/// Ends a server whose stdin was closed: [`GRACE`] to exit, then SIGTERM and
+/// another [`GRACE`], then SIGKILL.
+pub async fn shut_down(child: &mut Child) -> std::io::Result<()> {
+    if exited(child).await {
+        return Ok(());
+    }
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        // SAFETY: kill(2) with a pid this process spawned and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if exited(child).await {
             return Ok(());
         }
-        if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
-            // SAFETY: kill(2) with a pid this transport spawned and has not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            if self.exited().await {
-                return Ok(());
-            }
-        }
-        self.child.kill().await
     }
+    child.kill().await
+}
+
+async fn exited(child: &mut Child) -> bool {
+    matches!(tokio::time::timeout(GRACE, child.wait()).await, Ok(Ok(_)))
 }

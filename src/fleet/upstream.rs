@@ -28,7 +28,7 @@ use super::client_handler::{
     ClientLine, InflightCall, InflightCalls, LineMessage, ProgressRoute, ProgressRoutes,
     ResourceSubscribers, UpstreamClient,
 };
-use super::connect::{Connected, FailureKind, connect};
+use super::connect::{Connected, FailureKind, Links, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
 use super::limits::{CallGate, CallLimits, CallPermit, LIMITED_METHODS, limit_tool_result};
@@ -252,9 +252,19 @@ impl Upstream {
                 raw_tools: self.raw_tools.clone(),
             };
             let desired = self.desired();
+            // An agent's server is retried as soon as its agent (re)connects.
+            let mut arrival = desired
+                .spec
+                .agent
+                .as_ref()
+                .map(|agent| settings.agents.arrivals(&agent.name));
+            let links = Links {
+                http: &http,
+                agents: &settings.agents,
+            };
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                attempt = connect(&desired, handler, &http, self.credential.as_ref()) => attempt,
+                attempt = connect(&desired, handler, links, self.credential.as_ref()) => attempt,
             };
             let started = Instant::now();
             let failure = match attempt {
@@ -282,6 +292,9 @@ impl Upstream {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
+                _ = agent_arrived(arrival.as_mut()) => {
+                    tracing::info!(server = %self.name, "its agent connected; connecting now");
+                }
             }
         }
         self.peer.store(None);
@@ -301,6 +314,7 @@ impl Upstream {
             running,
             protocol,
             wire,
+            ended,
         } = connected;
         let peer = running.peer().clone();
         let timeout = self.desired().spec.timeout();
@@ -348,7 +362,10 @@ impl Upstream {
                     stop.cancel();
                     break String::new();
                 }
-                quit = &mut closed => break format!("session closed ({})", describe_quit(quit)),
+                quit = &mut closed => break match ended.as_ref().and_then(|e| e.get()) {
+                    Some(why) => why,
+                    None => format!("session closed ({})", describe_quit(quit)),
+                },
                 _ = health_check.tick() => {
                     match probe(&peer, stateless, timeout).await {
                         Err(error) => {
@@ -911,6 +928,17 @@ async fn next_change(listen: &mut Option<Subscription>) -> Option<ListKind> {
             Ok(None) | Err(_) => return None,
         }
     }
+}
+
+/// Resolves when the agent has connected since the receiver was made (never
+/// for a server that is not an agent's).
+async fn agent_arrived(arrival: Option<&mut watch::Receiver<u64>>) {
+    if let Some(arrival) = arrival
+        && arrival.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 fn describe_quit(quit: Result<rmcp::service::QuitReason, tokio::task::JoinError>) -> String {

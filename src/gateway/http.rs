@@ -1,7 +1,8 @@
 //! The HTTP surface: `/mcp` (the transport checks of `edge`, then rmcp's
 //! Streamable HTTP service: sessions for 2025 clients, stateless for
 //! 2026-07-28 ones), `/healthz`, `/readyz`,
-//! `/status` and `/ui` (the fleet page), and with auth on, `/auth/status` and the authorization
+//! `/status` and `/ui` (the fleet page), `/agent/connect` (where agents
+//! behind NAT dial in, `agent_door`), and with auth on, `/auth/status` and the authorization
 //! server's routes (`/.well-known/...`, `/oauth/...`). The listener sets TCP_NODELAY on every accepted socket.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
+use super::agent_door::{AgentDoor, agent_door};
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
@@ -33,6 +35,8 @@ use super::stream_tags::{StreamTags, tag_streams};
 use super::{demo_identity, fleet_page};
 use crate::api::ServerState;
 use crate::auth::inbound::AuthServer;
+use crate::auth::jwks::JwksCache;
+use crate::fleet::agents::frame::AGENT_PATH;
 
 pub fn router(
     state: Arc<GatewayState>,
@@ -44,6 +48,7 @@ pub fn router(
     cancel: CancellationToken,
 ) -> Router {
     // JSON replies where a request produces nothing else first: no SSE framing on the hot path.
+    let cancel_agents = cancel.child_token();
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(cancel)
         .with_json_response(true);
@@ -80,6 +85,14 @@ pub fn router(
         held.clone(),
         config,
     );
+    let door = AgentDoor {
+        gateway: state.clone(),
+        keys: Arc::new(JwksCache::new(crate::fleet::http_client::build_reqwest())),
+        shutdown: cancel_agents,
+    };
+    let agents = Router::new()
+        .route(AGENT_PATH, get(agent_door))
+        .with_state(door);
     let reach = Reach {
         hosts: hosts.clone(),
         origins,
@@ -144,6 +157,7 @@ pub fn router(
         Some(auth) => routes.merge(auth.routes()),
         None => routes,
     };
+    let routes = routes.merge(agents);
     // Probes and metrics answer any Host: the kubelet and Prometheus call
     // them by the pod's address.
     let metrics = app_state.gateway.metrics.clone();

@@ -1,6 +1,7 @@
 //! The gateway: the MCP endpoint clients talk to, its HTTP routes, and the
 //! shared state (catalog snapshot, connected clients) behind them.
 
+mod agent_door;
 pub mod audit;
 mod auth_status;
 pub mod call_record;

@@ -25,6 +25,8 @@ pub struct DesiredServer {
     pub secret_headers: BTreeMap<String, SecretValue>,
     /// Client credentials resolved from `spec.auth.tokenExchange.clientCredentialsSecretRef`.
     pub client_credentials: Option<ClientCredentials>,
+    /// The credential an agent must present for this server (`spec.agent.credentialFrom`).
+    pub agent_credential: Option<SecretValue>,
     /// Where it was declared, e.g. `fleet.yaml#2`, for messages.
     pub origin: String,
 }
@@ -39,6 +41,7 @@ impl DesiredServer {
         same_spec
             && self.secret_headers == other.secret_headers
             && self.client_credentials == other.client_credentials
+            && self.agent_credential == other.agent_credential
     }
 }
 

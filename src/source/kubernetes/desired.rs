@@ -79,13 +79,7 @@ pub fn resolve_secret_refs(
     spec: &crate::api::MCPServerSpec,
     namespace: &str,
     secrets: &dyn SecretLookup,
-) -> Result<
-    (
-        std::collections::BTreeMap<String, SecretValue>,
-        Option<ClientCredentials>,
-    ),
-    String,
-> {
+) -> Result<SecretRefs, String> {
     let mut secret_headers = std::collections::BTreeMap::new();
     for (i, from) in spec.headers_from.iter().enumerate() {
         let value = secret_key(secrets, namespace, &from.secret_name, &from.key)
@@ -124,7 +118,38 @@ pub fn resolve_secret_refs(
             })
         }
     };
-    Ok((secret_headers, client_credentials))
+    let agent_credential = match spec.agent.as_ref().and_then(|a| a.credential_from.as_ref()) {
+        None => None,
+        Some(from) => Some(
+            secret_key(secrets, namespace, &from.secret_name, &from.key)
+                .map_err(|e| format!("spec.agent.credentialFrom: {e}"))?,
+        ),
+    };
+    Ok(SecretRefs {
+        headers: secret_headers,
+        client_credentials,
+        agent_credential,
+    })
+}
+
+/// The Secret values an MCPServer's spec refers to, resolved.
+#[derive(Default)]
+pub struct SecretRefs {
+    /// `spec.headersFrom`, by header name.
+    pub headers: std::collections::BTreeMap<String, SecretValue>,
+    /// `spec.auth.tokenExchange.clientCredentialsSecretRef`.
+    pub client_credentials: Option<ClientCredentials>,
+    /// `spec.agent.credentialFrom`.
+    pub agent_credential: Option<SecretValue>,
+}
+
+impl SecretRefs {
+    /// Puts the values on the server they were resolved for.
+    pub fn apply_to(self, server: &mut DesiredServer) {
+        server.secret_headers = self.headers;
+        server.client_credentials = self.client_credentials;
+        server.agent_credential = self.agent_credential;
+    }
 }
 
 /// One valid object → a desired server, resolving its Secret references.
@@ -134,18 +159,20 @@ fn to_desired(server: &MCPServer, secrets: &dyn SecretLookup) -> Result<DesiredS
     if let Some(error) = validate(&name, &server.spec).into_iter().next() {
         return Err(error.to_string());
     }
-    let (secret_headers, client_credentials) =
-        resolve_secret_refs(&server.spec, &namespace, secrets)?;
-    Ok(DesiredServer {
+    let refs = resolve_secret_refs(&server.spec, &namespace, secrets)?;
+    let mut desired = DesiredServer {
         origin: origin_of(&namespace, &name),
         labels: server.labels().clone(),
         generation: server.metadata.generation,
         spec: server.spec.clone(),
-        secret_headers,
-        client_credentials,
+        secret_headers: Default::default(),
+        client_credentials: None,
+        agent_credential: None,
         namespace,
         name,
-    })
+    };
+    refs.apply_to(&mut desired);
+    Ok(desired)
 }
 
 /// Builds the desired fleet from every object the gateway watches.

@@ -303,10 +303,7 @@ fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, KnownFile>
     let mut broken = Vec::new();
     for server in fleet.servers.values_mut() {
         match resolve_secret_refs(&server.spec, &server.namespace, &secrets) {
-            Ok((headers, credentials)) => {
-                server.secret_headers = headers;
-                server.client_credentials = credentials;
-            }
+            Ok(refs) => refs.apply_to(server),
             Err(message) => broken.push(ManifestProblem {
                 origin: server.origin.clone(),
                 server: Some(server.name.clone()),

@@ -229,6 +229,7 @@ fn parse_document(
         spec: server.spec,
         secret_headers: Default::default(),
         client_credentials: None,
+        agent_credential: None,
         origin: origin.to_string(),
     }))))
 }

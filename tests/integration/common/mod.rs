@@ -153,6 +153,20 @@ impl Proc {
         self.lines.recv_timeout(timeout).ok()
     }
 
+    /// Waits until the process's log (its stderr) contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -227,45 +241,51 @@ pub fn everything(mode: &str, port: u16, logs: &Path) -> (Proc, u16) {
 /// releasing it (which another process may take in between).
 pub fn listening_port(proc: &Proc, timeout: Duration) -> u16 {
     let deadline = Instant::now() + timeout;
-    let pid = proc.pid();
     loop {
-        let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|entries| {
-                entries
-                    .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|target| {
-                        let text = target.to_string_lossy().into_owned();
-                        text.strip_prefix("socket:[")?
-                            .strip_suffix(']')
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for table in ["tcp", "tcp6"] {
-            let text =
-                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-            for row in text.lines().skip(1) {
-                let columns: Vec<&str> = row.split_whitespace().collect();
-                // local_address is column 1 (ADDR:PORT in hex), st column 3 (0A = LISTEN), inode column 9.
-                if columns.len() > 9
-                    && columns[3] == "0A"
-                    && sockets.iter().any(|s| s == columns[9])
-                {
-                    let port = columns[1].rsplit(':').next().unwrap_or("0");
-                    if let Ok(port) = u16::from_str_radix(port, 16) {
-                        return port;
-                    }
-                }
-            }
+        if let Some(port) = listening_ports(proc.pid()).first() {
+            return *port;
         }
         assert!(
             Instant::now() < deadline,
-            "process {pid} is not listening; log:\n{}",
+            "process {} is not listening; log:\n{}",
+            proc.pid(),
             proc.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every TCP port process `pid` listens on now: the socket inodes among its
+/// open files, matched against the LISTEN rows of its /proc/net/tcp{,6}.
+pub fn listening_ports(pid: i32) -> Vec<u16> {
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let text = target.to_string_lossy().into_owned();
+                    text.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for row in text.lines().skip(1) {
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            // local_address is column 1 (ADDR:PORT in hex), st column 3 (0A = LISTEN), inode column 9.
+            if columns.len() > 9 && columns[3] == "0A" && sockets.iter().any(|s| s == columns[9]) {
+                let port = columns[1].rsplit(':').next().unwrap_or("0");
+                if let Ok(port) = u16::from_str_radix(port, 16) {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    ports
 }
 
 /// The Python `mcp` 2.x SDK server (tests/peers/py_server.py); returns it and its /mcp URL.

@@ -1,0 +1,405 @@
+//! Agents behind NAT: `flotilla agent` processes dial the gateway and serve
+//! their local servers over that one connection. Two agents fold into one
+//! family; calls, fan-out, progress and elicitation travel through them;
+//! killing an agent marks its members unreachable and its return restores
+//! them; a wrong credential and an agent claiming another cluster's name are
+//! refused; the agent listens on no port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+/// One cluster's agent: its manifest directory and credential file.
+struct Cluster {
+    name: String,
+    dir: tempfile::TempDir,
+    token_file: PathBuf,
+}
+
+impl Cluster {
+    /// A cluster whose agent serves a simulated cluster (with test tools)
+    /// named `<name>-mcp-kubernetes`, and holds `credential`.
+    fn new(name: &str, credential: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("agent dir");
+        let manifests = dir.path().join("servers");
+        std::fs::create_dir(&manifests).expect("servers dir");
+        write_manifest(
+            &manifests,
+            "kubernetes.yaml",
+            &sim_manifest(&format!("{name}-mcp-kubernetes"), name, "")
+                .replace("[sim-cluster,", "[sim-cluster, --test-tools,"),
+        );
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, credential).expect("token file");
+        Cluster {
+            name: name.to_string(),
+            dir,
+            token_file,
+        }
+    }
+
+    fn servers(&self) -> PathBuf {
+        self.dir.path().join("servers")
+    }
+
+    /// Starts `flotilla agent` as `as_name` (normally the cluster's own name).
+    fn agent_as(&self, gateway: &Gateway, as_name: &str) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.args(["agent", "--gateway"])
+            .arg(format!("http://127.0.0.1:{}/", gateway.port))
+            .args(["--name", as_name, "--heartbeat-seconds", "2"])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--manifests")
+            .arg(self.servers())
+            .env("RUST_LOG", "info,flotilla=debug");
+        Proc::spawn(&format!("agent-{as_name}"), cmd, gateway.logs())
+    }
+
+    fn agent(&self, gateway: &Gateway) -> Proc {
+        self.agent_as(gateway, &self.name)
+    }
+}
+
+/// The gateway's MCPServer for `cluster`'s simulated cluster behind its
+/// agent, with the agent's credential in a Secret beside it.
+fn declared(cluster: &str, credential: &str, labels: &[(&str, &str)]) -> String {
+    let labels: String = labels
+        .iter()
+        .map(|(k, v)| format!("    {k}: {v}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: agent-{cluster}\nstringData:\n  token: {credential}\n---\n\
+         apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {cluster}-mcp-kubernetes\n  labels:\n{labels}spec:\n  type: agent\n  timeout: 10\n  agent:\n    name: {cluster}\n    credentialFrom: {{secretName: agent-{cluster}, key: token}}\n  family:\n    name: kubernetes\n    instanceArg: management_cluster\n"
+    )
+}
+
+const CREDENTIAL_A: &str = "a-credential-for-cluster-a-0123456789";
+const CREDENTIAL_B: &str = "b-credential-for-cluster-b-9876543210";
+
+fn two_cluster_gateway() -> Gateway {
+    Fleet::new()
+        .manifest(
+            "a.yaml",
+            &declared("cluster-a", CREDENTIAL_A, &[("env", "prod")]),
+        )
+        .manifest(
+            "b.yaml",
+            &declared("cluster-b", CREDENTIAL_B, &[("env", "staging")]),
+        )
+        .start()
+}
+
+/// TCP ports process `pid` listens on (from /proc).
+fn listening(pid: i32) -> Vec<u16> {
+    listening_ports(pid)
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_listening_on_nothing() {
+    let gateway = two_cluster_gateway();
+    let (a, b) = (
+        Cluster::new("cluster-a", CREDENTIAL_A),
+        Cluster::new("cluster-b", CREDENTIAL_B),
+    );
+    let agent_a = a.agent(&gateway);
+    let agent_b = b.agent(&gateway);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    gateway.wait_state(
+        "cluster-b-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+
+    let client = connect(&gateway.url()).await;
+    let tools = list_tools(&client).await;
+    let pods = tools
+        .iter()
+        .find(|t| t.name == "x_kubernetes_list_pods")
+        .expect("the agents' servers fold into one family tool");
+    assert_eq!(
+        pods.input_schema["properties"]["management_cluster"]["anyOf"][0]["enum"],
+        json!(["cluster-a", "cluster-b"])
+    );
+    let one = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "cluster-b"}),
+    )
+    .await;
+    assert_eq!(one.is_error, Some(false), "{}", text_of(&one));
+    assert!(text_of(&one).contains("cluster-b"), "{}", text_of(&one));
+    let all = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "*"}),
+    )
+    .await;
+    let instances = &all.structured_content.as_ref().unwrap()["instances"];
+    for name in ["cluster-a", "cluster-b"] {
+        let result = instances[name]["result"].as_str().unwrap_or_default();
+        assert!(
+            result.starts_with(&format!("cluster: {name}\n")),
+            "{instances}"
+        );
+    }
+    let prod = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "env=prod"}),
+    )
+    .await;
+    let keys: Vec<String> = prod.structured_content.unwrap()["instances"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["cluster-a"], "labels select agents' members too");
+
+    // A call the client cancels ends at the server behind the agent.
+    let params = rmcp::model::CallToolRequestParams::new("x_kubernetes_sleep").with_arguments(
+        json!({"seconds": 30, "management_cluster": "cluster-a"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
+    let handle = client
+        .peer()
+        .send_request_with_option(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the cancellation to reach cluster-a",
+        || {
+            let client = &client;
+            async move {
+                let seen = call(
+                    client,
+                    "x_kubernetes_cancellations",
+                    json!({"management_cluster": "cluster-a"}),
+                )
+                .await;
+                (text_of(&seen) == "1").then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The agents dialed out: neither has a listening socket.
+    for agent in [&agent_a, &agent_b] {
+        assert_eq!(listening(agent.pid()), Vec::<u16>::new(), "{}", agent.name);
+    }
+    let hello = log_of(&gateway.logs().join("gateway.log"));
+    assert!(hello.contains("agent offers servers"), "{hello}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_marks_its_members_unreachable_and_its_return_restores_them() {
+    let gateway = two_cluster_gateway();
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let mut agent = a.agent(&gateway);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    let client = connect(&gateway.url()).await;
+
+    agent.kill();
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Failed",
+        Duration::from_secs(10),
+    );
+    let status = gateway.server_status("cluster-a-mcp-kubernetes");
+    let error = status["status"]["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("cluster-a"), "{status}");
+    let reason = status.to_string();
+    assert!(reason.contains("Unreachable"), "{status}");
+    let down = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "cluster-a"}),
+    )
+    .await;
+    assert_eq!(down.is_error, Some(true));
+    assert!(text_of(&down).contains("cluster-a"), "{}", text_of(&down));
+
+    // Back within moments, not at the next backoff step: its arrival wakes the server.
+    let returned = Instant::now();
+    let _agent = a.agent(&gateway);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(10),
+    );
+    assert!(
+        returned.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        returned.elapsed()
+    );
+    let up = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "cluster-a"}),
+    )
+    .await;
+    assert_eq!(up.is_error, Some(false), "{}", text_of(&up));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_credential_and_an_agent_claiming_another_cluster_are_refused() {
+    let gateway = two_cluster_gateway();
+    // cluster-a's own credential, used to claim cluster-b's name.
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let impostor = a.agent_as(&gateway, "cluster-b");
+    impostor.wait_log(
+        "refused this agent (403 Forbidden)",
+        Duration::from_secs(10),
+    );
+    // A credential that is almost right.
+    let wrong = Cluster::new("cluster-a", &CREDENTIAL_A.replace('0', "1"));
+    let guesser = wrong.agent(&gateway);
+    guesser.wait_log(
+        "refused this agent (403 Forbidden)",
+        Duration::from_secs(10),
+    );
+    // A name no MCPServer declares.
+    let stranger = a.agent_as(&gateway, "cluster-z");
+    stranger.wait_log(
+        "refused this agent (403 Forbidden)",
+        Duration::from_secs(10),
+    );
+
+    for server in ["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"] {
+        let state = gateway.server_status(server)["status"]["state"].clone();
+        assert_ne!(
+            state, "Connected",
+            "{server} was reached by a refused agent"
+        );
+    }
+    let log = log_of(&gateway.logs().join("gateway.log"));
+    assert!(
+        log.contains("the credential does not match spec.agent.credentialFrom"),
+        "the gateway's log says why: {log}"
+    );
+    assert!(
+        log.contains("no MCPServer of type agent declares it"),
+        "{log}"
+    );
+    for secret in [CREDENTIAL_A, CREDENTIAL_B] {
+        assert!(!log.contains(secret), "a credential reached the log");
+    }
+
+    // Not a WebSocket upgrade at all, and no credential: refused before anything else.
+    let http = reqwest::Client::new();
+    let door = format!("http://127.0.0.1:{}/agent/connect", gateway.port);
+    let plain = http
+        .get(&door)
+        .header("x-flotilla-agent", "cluster-a")
+        .bearer_auth(CREDENTIAL_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 426);
+    let anonymous = http
+        .get(&door)
+        .header("x-flotilla-agent", "cluster-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The rightful agent still gets in.
+    let b = Cluster::new("cluster-b", CREDENTIAL_B);
+    let _agent_b = b.agent(&gateway);
+    gateway.wait_state(
+        "cluster-b-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_and_elicitation_travel_through_an_agent() {
+    let peers = peers();
+    let cluster = Cluster::new("edge", "edge-credential-5555");
+    // server-everything over stdio beside the agent, instead of the simulated cluster.
+    write_manifest(
+        &cluster.servers(),
+        "kubernetes.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: stdio\n  command: {}\n  args: [--require, {}, {}, stdio]\n",
+            peers.get("NODE22"),
+            peers.get("LOOPBACK_PRELOAD"),
+            peers.get("EVERYTHING_JS")
+        ),
+    );
+    let gateway = Fleet::new()
+        .manifest(
+            "edge.yaml",
+            &declared("edge", "edge-credential-5555", &[])
+                .replace("name: edge-mcp-kubernetes", "name: everything")
+                .replace(
+                    "  family:\n    name: kubernetes\n    instanceArg: management_cluster\n",
+                    "",
+                ),
+        )
+        .start();
+    let _agent = cluster.agent(&gateway);
+    gateway.wait_state("everything", "Connected", Duration::from_secs(30));
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+
+    let result = call(
+        &client,
+        "x_everything_trigger-long-running-operation",
+        json!({"duration": 1, "steps": 4}),
+    )
+    .await;
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let progress = eventually(Duration::from_secs(5), "four progress steps", || async {
+        let progress = handler.progress.lock().unwrap().clone();
+        (progress.len() >= 4).then_some(progress)
+    })
+    .await;
+    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
+
+    let elicited = call(
+        &client,
+        "x_everything_trigger-elicitation-request",
+        json!({}),
+    )
+    .await;
+    assert!(
+        text_of(&elicited).contains("Ada"),
+        "the client's answer reached the server behind the agent: {}",
+        text_of(&elicited)
+    );
+}
