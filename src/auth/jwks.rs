@@ -128,7 +128,7 @@ impl JwksCache {
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
-                _ => JwtError::Invalid(rejection_reason(&e)),
+                _ => JwtError::Invalid(rejection_reason(&e, &expect.audiences)),
             })
     }
 
@@ -240,15 +240,16 @@ pub fn unverified_issuer(token: &str) -> Result<String, JwtError> {
 }
 
 /// Why a JWT failed its checks, in words (not the library's names).
-fn rejection_reason(error: &jsonwebtoken::errors::Error) -> String {
+fn rejection_reason(error: &jsonwebtoken::errors::Error, audiences: &[String]) -> String {
     use jsonwebtoken::errors::ErrorKind;
     match error.kind() {
         ErrorKind::ImmatureSignature => {
             "the token is not valid yet (its nbf is in the future)".into()
         }
-        ErrorKind::InvalidAudience => {
-            "its aud names none of the accepted audiences (auth.trustedIssuers[].audiences)".into()
-        }
+        ErrorKind::InvalidAudience => format!(
+            "its aud names none of the accepted audiences ({})",
+            audiences.join(", ")
+        ),
         ErrorKind::MissingRequiredClaim(claim) => {
             format!("it has no {claim:?} claim, which this issuer's tokens must carry")
         }

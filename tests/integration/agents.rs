@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::common::nginx::Nginx;
+use crate::common::sa_issuer::SaIssuer;
 use crate::common::*;
 
 /// One cluster's agent: its manifest directory and credential file.
@@ -401,5 +403,195 @@ async fn progress_and_elicitation_travel_through_an_agent() {
         text_of(&elicited).contains("Ada"),
         "the client's answer reached the server behind the agent: {}",
         text_of(&elicited)
+    );
+}
+
+/// The gateway's MCPServer for `cluster`, whose agent proves itself with a
+/// service-account token of its own cluster's issuer.
+fn declared_by_issuer(cluster: &str, issuer: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {cluster}-mcp-kubernetes\nspec:\n  type: agent\n  timeout: 10\n  agent:\n    name: {cluster}\n    serviceAccount:\n      issuer: {issuer}\n      subject: system:serviceaccount:flotilla:flotilla-agent\n  family:\n    name: kubernetes\n    instanceArg: management_cluster\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_account_token_of_the_agents_own_cluster_is_accepted_and_no_other() {
+    let (north, south) = (SaIssuer::start(), SaIssuer::start());
+    let gateway = Fleet::new()
+        .manifest("north.yaml", &declared_by_issuer("north", &north.issuer))
+        .manifest("south.yaml", &declared_by_issuer("south", &south.issuer))
+        .start();
+    let own = north.token("flotilla", "flotilla-agent", "flotilla-agent", 600);
+    let refused = [
+        // South's genuine token, claiming to be north.
+        (
+            south.token("flotilla", "flotilla-agent", "flotilla-agent", 600),
+            "issuer",
+        ),
+        // North's issuer, another service account.
+        (
+            north.token("kube-system", "default", "flotilla-agent", 600),
+            "not the declared",
+        ),
+        // North's agent, a token meant for someone else.
+        (
+            north.token(
+                "flotilla",
+                "flotilla-agent",
+                "https://kubernetes.default.svc",
+                600,
+            ),
+            "none of the accepted audiences (flotilla-agent)",
+        ),
+        (
+            north.token("flotilla", "flotilla-agent", "flotilla-agent", -120),
+            "expired",
+        ),
+    ];
+    for (token, why) in refused {
+        let cluster = Cluster::new("north", &token);
+        let agent = cluster.agent(&gateway);
+        agent.wait_log(
+            "refused this agent (403 Forbidden)",
+            Duration::from_secs(10),
+        );
+        let log = log_of(&gateway.logs().join("gateway.log"));
+        assert!(
+            log.lines()
+                .any(|l| l.contains("agent refused") && l.contains(why)),
+            "the gateway says why ({why}): {log}"
+        );
+        assert!(!log.contains(&token), "a token reached the log");
+    }
+    assert_ne!(
+        gateway.server_status("north-mcp-kubernetes")["status"]["state"],
+        "Connected"
+    );
+    let cluster = Cluster::new("north", &own);
+    let _agent = cluster.agent(&gateway);
+    gateway.wait_state("north-mcp-kubernetes", "Connected", Duration::from_secs(20));
+}
+
+/// A test CA and a certificate for 127.0.0.1 it signed (openssl):
+/// `(ca.pem, cert.pem, key.pem)` in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (tests/peers/install.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flotilla-test-ca",
+    ]);
+    openssl(&ca);
+    let mut request = vec!["req"];
+    request.extend(ec);
+    request.extend([
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&request);
+    std::fs::write(
+        dir.join("cert.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "cert.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_reaches_the_gateway_over_tls_through_a_reverse_proxy() {
+    let gateway = two_cluster_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    // nginx terminates TLS in front of the gateway, as an ingress would.
+    let nginx = Nginx::start_with(dir.path(), &[gateway.port], Some((cert, key)));
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let dial = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        cmd.args(["agent", "--name", "cluster-a", "--gateway"])
+            .arg(format!("https://127.0.0.1:{}/", nginx.port))
+            .arg("--token-file")
+            .arg(&a.token_file)
+            .arg("--manifests")
+            .arg(a.servers())
+            .args(extra);
+        Proc::spawn("agent-tls", cmd, gateway.logs())
+    };
+    // Without the CA, the gateway's certificate is not trusted: no connection.
+    let untrusting = dial(&[]);
+    untrusting.wait_log("dialing the gateway failed", Duration::from_secs(10));
+    assert!(
+        untrusting.log_text().to_lowercase().contains("certificate"),
+        "{}",
+        untrusting.log_text()
+    );
+    drop(untrusting);
+    let ca = ca.display().to_string();
+    let _agent = dial(&["--ca-file", &ca]);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    let client = connect(&gateway.url()).await;
+    let info = call(
+        &client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": "cluster-a"}),
+    )
+    .await;
+    assert!(
+        text_of(&info).contains("cluster: cluster-a"),
+        "{}",
+        text_of(&info)
     );
 }

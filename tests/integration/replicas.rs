@@ -3,15 +3,10 @@
 //! replica, through replicas dying and being replaced (a rolling update),
 //! and with SSO on, two users' sessions and tokens stay their own.
 //!
-//! nginx (Debian `nginx-light`, installed by `tests/peers/install.sh`) gets
-//! its listening socket from the test, bound to port 0 and handed over as
-//! an inherited socket (nginx's `NGINX` variable), so no port is guessed.
+//! nginx is the fixture of `common/nginx.rs`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,194 +14,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::idp::gateway_login;
+use crate::common::nginx::Nginx;
 use crate::common::sso_world::{self, World, connect_as, token_seen_by};
 use crate::common::*;
 use crate::limits::metric;
 
 const KEY: &str = "cmVwbGljYXMtc2hhcmUtdGhpcy1rZXktMzItYnl0ZXM=";
-
-/// nginx in front of some replicas, round-robin, no affinity.
-struct Nginx {
-    proc: Proc,
-    port: u16,
-    dir: PathBuf,
-}
-
-fn nginx_binary() -> &'static str {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("nginx is installed (tests/peers/install.sh installs nginx-light)")
-}
-
-impl Nginx {
-    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port for nginx");
-        let port = listener.local_addr().unwrap().port();
-        let dir = dir.join("nginx");
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let nginx = Nginx {
-            proc: Self::spawn(&dir, &listener),
-            port,
-            dir,
-        };
-        nginx.configure(upstreams);
-        nginx.reload();
-        nginx
-    }
-
-    fn spawn(dir: &Path, listener: &TcpListener) -> Proc {
-        let conf = dir.join("nginx.conf");
-        // A first configuration with no upstream yet; `start` writes the real one.
-        std::fs::write(
-            &conf,
-            Self::render(dir, listener.local_addr().unwrap().port(), &[]),
-        )
-        .unwrap();
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new(nginx_binary());
-        cmd.arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .env("NGINX", "3;");
-        // The listening socket becomes the child's fd 3, open across exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let proc = Proc::spawn("nginx", cmd, dir);
-        wait_until(Duration::from_secs(10), "nginx starts", || {
-            std::fs::read_to_string(dir.join("error.log"))
-                .is_ok_and(|log| log.contains("inherited sockets"))
-                && dir.join("nginx.pid").exists()
-        });
-        proc
-    }
-
-    fn render(dir: &Path, port: u16, upstreams: &[u16]) -> String {
-        let d = dir.display();
-        let servers: String = if upstreams.is_empty() {
-            "server 127.0.0.1:9 down;".into()
-        } else {
-            upstreams
-                .iter()
-                .map(|p| format!("server 127.0.0.1:{p} max_fails=0;\n"))
-                .collect()
-        };
-        let user = if unsafe { libc::geteuid() } == 0 {
-            "user root;"
-        } else {
-            ""
-        };
-        format!(
-            r#"daemon off;
-{user}
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{ worker_connections 512; }}
-http {{
-    log_format upstream '$request_method $upstream_addr $status';
-    access_log {d}/access.log upstream;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    upstream replicas {{
-        {servers}
-        keepalive 16;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://replicas;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_read_timeout 120s;
-            proxy_next_upstream error timeout;
-        }}
-    }}
-}}
-"#
-        )
-    }
-
-    fn configure(&self, upstreams: &[u16]) {
-        std::fs::write(
-            self.dir.join("nginx.conf"),
-            Self::render(&self.dir, self.port, upstreams),
-        )
-        .unwrap();
-    }
-
-    /// Re-reads the configuration (a SIGHUP to the master, as `nginx -s reload`).
-    fn reload(&self) {
-        let before = self.reloads();
-        let status = Command::new("kill")
-            .args(["-HUP", &self.proc.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        wait_until(Duration::from_secs(10), "nginx reloads", || {
-            self.reloads() > before
-        });
-        // The old worker finishes its requests; new ones go to the new worker.
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    fn reloads(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("error.log"))
-            .map(|log| log.matches("reconfiguring").count())
-            .unwrap_or(0)
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("{}/mcp", self.base())
-    }
-
-    /// The replicas (`127.0.0.1:port`) that answered POSTs with 200 or 202.
-    fn posts_served_by(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-        let mut served: Vec<String> = log
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split(' ');
-                let (method, upstream, status) = (fields.next()?, fields.next()?, fields.next()?);
-                (method == "POST" && (status == "200" || status == "202"))
-                    .then(|| upstream.to_string())
-            })
-            .collect();
-        served.sort();
-        served.dedup();
-        served
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Replicas of one gateway: the same manifests and config (one key file).
 struct Replicas {

