@@ -13,18 +13,35 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::fleet::agents::frame::{AGENT_NAME_HEADER, AGENT_PATH};
+use crate::fleet::agents::frame::{
+    AGENT_HOLDS_HEADER, AGENT_NAME_HEADER, AGENT_PATH, REPLICA_HEADER, REPLICAS_HEADER,
+};
 use crate::fleet::agents::link::websocket;
 
 /// The longest refusal text read from the gateway.
 const MAX_REFUSAL: usize = 1024;
 
+/// The most replicas an agent keeps connections to.
+pub const MAX_REPLICAS: usize = 64;
+
 /// The socket an upgraded connection gives.
 pub type Socket = WebSocketStream<reqwest::Upgraded>;
+
+/// A connection to one replica of the gateway.
+pub struct Dialed {
+    pub socket: Socket,
+    /// The replica's id.
+    pub replica: String,
+    /// How many replicas the gateway runs.
+    pub replicas: usize,
+}
 
 /// Why dialing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
+    /// The load balancer chose a replica this agent holds already.
+    #[error("reached a replica this agent is connected to already")]
+    AlreadyHeld { replicas: usize },
     #[error("the gateway refused this agent ({status}): {message}")]
     Refused { status: StatusCode, message: String },
     #[error("cannot reach the gateway: {0}")]
@@ -69,14 +86,16 @@ pub fn door_url(gateway: &url::Url) -> anyhow::Result<url::Url> {
     Ok(url)
 }
 
-/// Opens the connection as `name`, presenting the credential in `token_file`
-/// (read on every dial: projected service-account tokens rotate).
+/// Opens a connection as `name`, presenting the credential in `token_file`
+/// (read on every dial: projected service-account tokens rotate), to a
+/// replica other than those in `holds`.
 pub async fn dial(
     http: &reqwest::Client,
     door: &url::Url,
     name: &str,
     token_file: &Path,
-) -> Result<Socket, DialError> {
+    holds: &[String],
+) -> Result<Dialed, DialError> {
     let token = std::fs::read_to_string(token_file).map_err(|error| DialError::Credential {
         path: token_file.display().to_string(),
         error,
@@ -97,10 +116,26 @@ pub async fn dial(
         .header(header::SEC_WEBSOCKET_KEY, &key)
         .header(header::AUTHORIZATION, bearer)
         .header(AGENT_NAME_HEADER, name)
+        .header(AGENT_HOLDS_HEADER, holds.join(","))
         .send()
         .await
         .map_err(|e| DialError::Unreachable(crate::fleet::error_chain(&e)))?;
     let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let replica = header(REPLICA_HEADER).unwrap_or_default();
+    let replicas = header(REPLICAS_HEADER)
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, MAX_REPLICAS);
+    if status == StatusCode::CONFLICT {
+        return Err(DialError::AlreadyHeld { replicas });
+    }
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let mut message = response.text().await.unwrap_or_default();
         message.truncate(MAX_REFUSAL);
@@ -123,7 +158,11 @@ pub async fn dial(
         .upgrade()
         .await
         .map_err(|e| DialError::Handshake(crate::fleet::error_chain(&e)))?;
-    Ok(websocket(upgraded, Role::Client).await)
+    Ok(Dialed {
+        socket: websocket(upgraded, Role::Client).await,
+        replica,
+        replicas,
+    })
 }
 
 #[cfg(test)]

@@ -1,19 +1,22 @@
 //! `flotilla agent`: runs in (or beside) a cluster the gateway cannot
 //! reach, next to that cluster's MCP servers, and dials out to the gateway.
 //! It keeps one connection open (a WebSocket over HTTP/1.1, through any
-//! proxy reqwest is told of, with TLS), reconnects with jittered
-//! exponential backoff when it drops, and pings every heartbeat. Over the
+//! proxy reqwest is told of, with TLS), one per replica when the gateway
+//! runs several (each replica holds its own upstream sessions), reconnects
+//! with jittered exponential backoff when one drops, and pings every heartbeat. Over the
 //! connection the gateway opens sessions with the servers in the agent's
 //! manifest directory. The agent listens on no port.
 
 mod dial;
 mod local;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +42,13 @@ pub struct AgentSettings {
     pub backoff_max: Duration,
 }
 
-/// Dials and serves until `cancel` fires.
+/// How often an agent that holds a connection to every replica it knows of
+/// asks again how many there are (a scaled-up gateway gets its new replicas
+/// connected within this).
+const RECOUNT: Duration = Duration::from_secs(30);
+
+/// Dials and serves until `cancel` fires: one connection to each replica of
+/// the gateway (one in all for a single gateway), each redialed when it drops.
 pub async fn run(settings: AgentSettings, cancel: CancellationToken) -> anyhow::Result<()> {
     let http = dial::client(settings.ca_file.as_deref())?;
     let door = dial::door_url(&settings.gateway)?;
@@ -59,35 +68,101 @@ pub async fn run(settings: AgentSettings, cancel: CancellationToken) -> anyhow::
             .build()
     };
     let mut delays = backoff();
+    // Each connection's task, and the replica it is connected to.
+    let mut connections: JoinSet<String> = JoinSet::new();
+    let mut held: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut wanted = 1;
+    // Dials in a row that reached a replica already held.
+    let mut misses = 0;
+    let mut recount = Instant::now() + RECOUNT;
     loop {
-        let started = Instant::now();
-        let dialing = dial::dial(&http, &door, &settings.name, &settings.token_file);
+        while let Some(ended) = connections.try_join_next_with_id() {
+            forget(&mut held, ended);
+        }
+        if held.len() >= wanted {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(ended) = connections.join_next_with_id() => {
+                    forget(&mut held, ended);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(recount) => {}
+            }
+        }
+        recount = Instant::now() + RECOUNT;
+        let holds: Vec<String> = held.values().cloned().collect();
+        let dialing = dial::dial(&http, &door, &settings.name, &settings.token_file, &holds);
         let dialed = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => break,
             dialed = dialing => dialed,
         };
-        match dialed {
-            Ok(socket) => {
-                tracing::info!(gateway = %door, agent = %settings.name, "connected to the gateway");
-                let why = serve(socket, &settings, &http, cancel.clone()).await;
-                if cancel.is_cancelled() {
-                    return Ok(());
-                }
-                tracing::warn!(reason = %why, "connection to the gateway ended");
+        let pause = match dialed {
+            Ok(dial::Dialed {
+                socket,
+                replica,
+                replicas,
+            }) => {
+                wanted = replicas;
+                misses = 0;
+                tracing::info!(gateway = %door, agent = %settings.name, %replica, replicas, "connected to the gateway");
+                delays = backoff();
+                let (settings, http, cancel) = (settings.clone(), http.clone(), cancel.clone());
+                let task = connections.spawn(async move {
+                    let why = serve(socket, &settings, &http, cancel).await;
+                    tracing::warn!(reason = %why, "connection to the gateway ended");
+                    why
+                });
+                held.insert(task.id(), replica);
+                continue;
             }
-            Err(error) => tracing::warn!(gateway = %door, %error, "dialing the gateway failed"),
-        }
-        if started.elapsed() > settings.backoff_max {
-            // The connection held a while: the next failure starts from a short delay.
-            delays = backoff();
-        }
-        let delay = delays.next().unwrap_or(settings.backoff_max);
-        tracing::info!(retry_in_ms = delay.as_millis() as u64, "dialing again");
+            Err(dial::DialError::AlreadyHeld { replicas }) => {
+                wanted = replicas;
+                misses += 1;
+                if held.len() >= wanted {
+                    misses = 0;
+                    continue;
+                }
+                if misses > 4 * wanted {
+                    // The count includes a replica the balancer never picks
+                    // (or one counted twice): try again at the next recount.
+                    misses = 0;
+                    tracing::info!(
+                        held = held.len(),
+                        replicas = wanted,
+                        "no other replica reached through the balancer; asking again later"
+                    );
+                    RECOUNT
+                } else {
+                    // The balancer chose a replica this agent holds: soon again.
+                    Duration::from_millis(100 + u64::from(rand::random::<u8>()) * 2)
+                }
+            }
+            Err(error) => {
+                tracing::warn!(gateway = %door, %error, "dialing the gateway failed");
+                delays.next().unwrap_or(settings.backoff_max)
+            }
+        };
+        tracing::debug!(retry_in_ms = pause.as_millis() as u64, "dialing again");
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
+    // Each connection sees the cancellation and ends its sessions.
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Forgets the replica of a connection that ended.
+fn forget(
+    held: &mut HashMap<tokio::task::Id, String>,
+    ended: Result<(tokio::task::Id, String), tokio::task::JoinError>,
+) {
+    let id = match &ended {
+        Ok((id, _)) => *id,
+        Err(error) => error.id(),
+    };
+    held.remove(&id);
 }
 
 /// Serves one connection: the hello, then sessions as the gateway opens them.

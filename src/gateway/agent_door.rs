@@ -12,6 +12,14 @@
 //! unauthenticated caller learns nothing of the fleet); the gateway's log
 //! says why. An accepted request is upgraded to a WebSocket and handed to the
 //! fleet's agent hub for as long as it stays open.
+//!
+//! With several replicas, each needs its own connection from every agent
+//! (each replica holds its own upstream sessions). Every answer names the
+//! replica (`X-Flotilla-Replica`) and how many there are
+//! (`X-Flotilla-Replicas`, from `replicaPeers`); an agent dials through the
+//! load balancer until it holds one connection to each, and names the ones
+//! it holds (`X-Flotilla-Agent-Holds`) so a replica it already holds answers
+//! 409 rather than replace that connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,22 +34,56 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+use super::replicas::Replicas;
 use super::state::GatewayState;
 use crate::api::{ServerType, ServiceAccountIdentity};
 use crate::auth::jwks::{JwksCache, JwtExpectations};
-use crate::fleet::agents::frame::AGENT_NAME_HEADER;
+use crate::fleet::agents::frame::{
+    AGENT_HOLDS_HEADER, AGENT_NAME_HEADER, REPLICA_HEADER, REPLICAS_HEADER,
+};
 use crate::fleet::agents::link::websocket;
 use crate::source::DesiredServer;
 
 /// How often the gateway pings an agent (it gives up after three silent beats).
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// What the door needs: the fleet (who is declared), issuers' keys, shutdown.
+/// What the door needs: the fleet (who is declared), issuers' keys, the
+/// other replicas, shutdown.
 #[derive(Clone)]
 pub struct AgentDoor {
     pub gateway: Arc<GatewayState>,
     pub keys: Arc<JwksCache>,
+    pub replicas: Arc<Replicas>,
+    /// This replica's id for agents (random per process).
+    pub replica: Arc<str>,
     pub shutdown: CancellationToken,
+}
+
+impl AgentDoor {
+    pub fn new(
+        gateway: Arc<GatewayState>,
+        replicas: Arc<Replicas>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            gateway,
+            keys: Arc::new(JwksCache::new(crate::fleet::http_client::build_reqwest())),
+            replicas,
+            replica: format!("{:016x}", rand::random::<u64>()).into(),
+            shutdown,
+        }
+    }
+
+    /// Marks an answer with this replica and how many there are.
+    async fn mark(&self, mut response: Response) -> Response {
+        let count = 1 + self.replicas.others().await.len();
+        let headers = response.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&self.replica) {
+            headers.insert(REPLICA_HEADER, id);
+        }
+        headers.insert(REPLICAS_HEADER, HeaderValue::from(count));
+        response
+    }
 }
 
 #[derive(Deserialize)]
@@ -49,8 +91,13 @@ struct Claims {
     sub: String,
 }
 
-/// Lets an agent in, or says no.
-pub async fn agent_door(State(door): State<AgentDoor>, mut request: Request) -> Response {
+/// Lets an agent in, or says no; every answer names this replica.
+pub async fn agent_door(State(door): State<AgentDoor>, request: Request) -> Response {
+    let response = enter(&door, request).await;
+    door.mark(response).await
+}
+
+async fn enter(door: &AgentDoor, mut request: Request) -> Response {
     let Some(name) = agent_name(request.headers()) else {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -87,6 +134,17 @@ pub async fn agent_door(State(door): State<AgentDoor>, mut request: Request) -> 
             tracing::warn!(agent = %name, server = %server.name, reason = %why, "agent refused");
             return refuse(StatusCode::FORBIDDEN, "this agent is not accepted");
         }
+    }
+    let holds = request
+        .headers()
+        .get(AGENT_HOLDS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if holds.split(',').any(|id| id.trim() == &*door.replica) {
+        return refuse(
+            StatusCode::CONFLICT,
+            "this agent holds a connection to this replica already",
+        );
     }
     let Some(upgrade) = request
         .extensions_mut()

@@ -35,7 +35,6 @@ use super::stream_tags::{StreamTags, tag_streams};
 use super::{demo_identity, fleet_page};
 use crate::api::ServerState;
 use crate::auth::inbound::AuthServer;
-use crate::auth::jwks::JwksCache;
 use crate::fleet::agents::frame::AGENT_PATH;
 
 pub fn router(
@@ -85,11 +84,7 @@ pub fn router(
         held.clone(),
         config,
     );
-    let door = AgentDoor {
-        gateway: state.clone(),
-        keys: Arc::new(JwksCache::new(crate::fleet::http_client::build_reqwest())),
-        shutdown: cancel_agents,
-    };
+    let door = AgentDoor::new(state.clone(), replicas.clone(), cancel_agents);
     let agents = Router::new()
         .route(AGENT_PATH, get(agent_door))
         .with_state(door);
@@ -338,5 +333,16 @@ fn fleet_report(state: &GatewayState) -> FleetReport {
         clients: state.clients.count(),
         user_sessions: state.fleet.user_sessions().map_or(0, |s| s.count()),
         policies: super::status::policy_reports(&state.policy(), &problems),
+        agents: state
+            .fleet
+            .agents()
+            .connected()
+            .into_iter()
+            .map(|a| super::status::AgentReport {
+                name: a.name,
+                servers: a.servers,
+                sessions: a.sessions,
+            })
+            .collect(),
     }
 }

@@ -11,6 +11,7 @@
 //! | `flotilla_catalog_tools` / `_resources` / `_prompts` / `_families` | gauge | | what the shared catalog exposes |
 //! | `flotilla_user_upstream_sessions` | gauge | | per-user upstream sessions held (SSO servers) |
 //! | `flotilla_manifest_problems` | gauge | | manifests or objects that could not be used |
+//! | `flotilla_agents_connected` | gauge | | agents (`flotilla agent`) connected to this replica now |
 //! | `flotilla_token_exchange_cache_total` | counter | `server`, `result` | token requests for exchanged servers: `hit` or `miss` in the cache |
 //! | `flotilla_token_exchanges_total` | counter | `server`, `result` | exchanges sent to the server's Dex: `ok` or `failed` |
 //! | `flotilla_status_writes_total` | counter | `result` | status patches written (`ok`) or failed (`failed`), Kubernetes source |
@@ -218,6 +219,12 @@ impl Collector for FleetCollector {
             "manifest_problems",
             "Manifests or objects that could not be used",
             size(state.fleet.problems().len()),
+        )?;
+        gauge(
+            &mut encoder,
+            "agents_connected",
+            "Agents (flotilla agent) connected to this replica now",
+            size(state.fleet.agents().connected().len()),
         )?;
 
         if let Some(exchanger) = &self.exchanger {

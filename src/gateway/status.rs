@@ -151,6 +151,19 @@ pub struct FleetReport {
     pub user_sessions: u64,
     /// Tool policies: those in force, and those that could not be used.
     pub policies: Vec<PolicyReport>,
+    /// Agents connected to this replica now.
+    pub agents: Vec<AgentReport>,
+}
+
+/// One connected agent in the `/status` document.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    pub name: String,
+    /// The servers its manifests declare (as it said when it connected).
+    pub servers: Vec<String>,
+    /// Sessions the gateway holds through it now.
+    pub sessions: usize,
 }
 
 /// One tool policy in the `/status` document.

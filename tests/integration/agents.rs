@@ -213,8 +213,19 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
     for agent in [&agent_a, &agent_b] {
         assert_eq!(listening(agent.pid()), Vec::<u16>::new(), "{}", agent.name);
     }
-    let hello = log_of(&gateway.logs().join("gateway.log"));
-    assert!(hello.contains("agent offers servers"), "{hello}");
+    // /status and /metrics show who is connected, with what.
+    let agents = gateway.get_json("/status")["agents"].clone();
+    assert_eq!(
+        agents,
+        json!([
+            {"name": "cluster-a", "servers": ["cluster-a-mcp-kubernetes"], "sessions": 1},
+            {"name": "cluster-b", "servers": ["cluster-b-mcp-kubernetes"], "sessions": 1},
+        ])
+    );
+    let connected = tokio::task::block_in_place(|| {
+        crate::limits::metric(&gateway, "flotilla_agents_connected")
+    });
+    assert_eq!(connected, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -593,5 +604,76 @@ async fn an_agent_reaches_the_gateway_over_tls_through_a_reverse_proxy() {
         text_of(&info).contains("cluster: cluster-a"),
         "{}",
         text_of(&info)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_redials_when_its_gateway_is_replaced() {
+    let first = two_cluster_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(dir.path(), &[first.port]);
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(["agent", "--name", "cluster-a", "--gateway", &nginx.base()])
+        .arg("--token-file")
+        .arg(&a.token_file)
+        .arg("--manifests")
+        .arg(a.servers());
+    let agent = Proc::spawn("agent-redial", cmd, dir.path());
+    first.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    // A rollout: the old gateway goes, a new one takes its place behind the proxy.
+    drop(first);
+    let second = two_cluster_gateway();
+    nginx.configure(&[second.port]);
+    nginx.reload();
+    second.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(40),
+    );
+    let log = agent.log_text();
+    assert!(log.contains("connection to the gateway ended"), "{log}");
+    assert!(
+        log.matches("connected to the gateway").count() >= 2,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_serves_a_streamable_http_server_beside_it() {
+    let fleet = Fleet::new();
+    let (_everything, port) = everything("streamableHttp", 0, fleet.logs());
+    let cluster = Cluster::new("lab", "lab-credential-7777");
+    write_manifest(
+        &cluster.servers(),
+        "kubernetes.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: everything\nspec:\n  type: streamable-http\n  url: http://127.0.0.1:{port}/mcp\n"
+        ),
+    );
+    let gateway = fleet
+        .manifest(
+            "lab.yaml",
+            &declared("lab", "lab-credential-7777", &[])
+                .replace("name: lab-mcp-kubernetes", "name: everything")
+                .replace(
+                    "  family:\n    name: kubernetes\n    instanceArg: management_cluster\n",
+                    "",
+                ),
+        )
+        .start();
+    let _agent = cluster.agent(&gateway);
+    gateway.wait_state("everything", "Connected", Duration::from_secs(30));
+    let client = connect(&gateway.url()).await;
+    let summed = call(&client, "x_everything_get-sum", json!({"a": 2, "b": 40})).await;
+    assert_eq!(text_of(&summed), "The sum of 2 and 40 is 42.");
+    let resources = client.list_all_resources().await.expect("resources");
+    assert!(
+        !resources.is_empty(),
+        "the server's resources are listed through the agent"
     );
 }

@@ -837,3 +837,50 @@ fn a_subscription_made_on_one_replica_brings_updates_to_a_stream_on_another() {
     };
     assert!(updated.contains(&uri), "{updated}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_behind_the_proxy_connects_to_every_replica_and_each_serves_its_server() {
+    let credential = "edge-agent-credential-0042";
+    let declared = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: agent-edge\nstringData:\n  token: {credential}\n---\napiVersion: flotilla.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: edge\nspec:\n  type: agent\n  timeout: 10\n  agent:\n    name: edge\n    credentialFrom: {{secretName: agent-edge, key: token}}\n"
+    );
+    let replicas = Replicas::start_with(2, &[("edge.yaml", declared)]);
+    let nginx = Nginx::start(replicas.dir.path(), &replicas.ports());
+    // The agent's side: the simulated cluster, reached only through the proxy.
+    let side = tempfile::tempdir().unwrap();
+    let servers = side.path().join("servers");
+    std::fs::create_dir(&servers).unwrap();
+    write_manifest(
+        &servers,
+        "edge.yaml",
+        &sim_manifest("edge", "edge-cluster", ""),
+    );
+    std::fs::write(side.path().join("token"), credential).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(["agent", "--name", "edge", "--gateway", &nginx.base()])
+        .arg("--token-file")
+        .arg(side.path().join("token"))
+        .arg("--manifests")
+        .arg(&servers);
+    let _agent = Proc::spawn("agent-edge", cmd, side.path());
+    // One connection to each replica: each holds its own session to the server.
+    for gateway in &replicas.running {
+        gateway.wait_state("edge", "Connected", Duration::from_secs(30));
+        let agents = gateway.get_json("/status")["agents"].clone();
+        assert_eq!(agents.as_array().map(Vec::len), Some(1), "{agents}");
+    }
+    let client = connect(&nginx.url()).await;
+    for _ in 0..4 {
+        let info = call(&client, "x_edge_cluster_info", json!({})).await;
+        assert!(
+            text_of(&info).contains("cluster: edge-cluster"),
+            "{}",
+            text_of(&info)
+        );
+    }
+    assert_eq!(
+        nginx.posts_served_by().len(),
+        2,
+        "both replicas served calls"
+    );
+}

@@ -26,6 +26,18 @@ pub const AGENT_PATH: &str = "/agent/connect";
 /// The request header that carries an agent's name.
 pub const AGENT_NAME_HEADER: &str = "x-flotilla-agent";
 
+/// The request header listing the replicas an agent holds a connection to
+/// already (comma-separated ids); a replica among them answers 409 instead
+/// of replacing that connection.
+pub const AGENT_HOLDS_HEADER: &str = "x-flotilla-agent-holds";
+
+/// The response header naming the replica that answered (an opaque id).
+pub const REPLICA_HEADER: &str = "x-flotilla-replica";
+
+/// The response header saying how many replicas the gateway runs: an agent
+/// keeps one connection to each.
+pub const REPLICAS_HEADER: &str = "x-flotilla-replicas";
+
 /// One frame of the agent protocol.
 #[derive(Debug, Serialize, Deserialize)]
 // Externally tagged (`{"message": {...}}`): a tag inside the object would make
