@@ -20,9 +20,14 @@ fn chart() -> PathBuf {
 
 /// Runs helm_render.py on the chart; Ok(stdout) or Err(stderr).
 fn helm(args: &[&str]) -> Result<String, String> {
+    helm_chart(&chart(), args)
+}
+
+/// Runs helm_render.py on the chart at `chart`; Ok(stdout) or Err(stderr).
+pub(crate) fn helm_chart(chart: &std::path::Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(peers().get("PY"))
         .arg(peers().get("HELM_RENDER"))
-        .arg(chart())
+        .arg(chart)
         .args(args)
         .stdin(Stdio::null())
         .output()

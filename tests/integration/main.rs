@@ -8,6 +8,7 @@
 mod common;
 mod kube_api;
 
+mod agent_chart;
 mod agents;
 mod call_limits;
 mod conformance;
