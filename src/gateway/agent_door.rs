@@ -135,6 +135,7 @@ async fn enter(door: &AgentDoor, mut request: Request) -> Response {
             return refuse(StatusCode::FORBIDDEN, "this agent is not accepted");
         }
     }
+    let admission = admission(&declared);
     let holds = request
         .headers()
         .get(AGENT_HOLDS_HEADER)
@@ -162,7 +163,8 @@ async fn enter(door: &AgentDoor, mut request: Request) -> Response {
         match upgrade.await {
             Ok(upgraded) => {
                 let socket = websocket(TokioIo::new(upgraded), Role::Server).await;
-                hub.serve(&name, socket, HEARTBEAT, shutdown).await;
+                hub.serve(&name, admission, socket, HEARTBEAT, shutdown)
+                    .await;
             }
             Err(error) => tracing::warn!(agent = %name, %error, "agent's upgrade failed"),
         }
@@ -216,6 +218,76 @@ impl AgentDoor {
             ));
         }
         Ok(())
+    }
+}
+
+/// A digest of what admits an agent: the servers declaring it and the
+/// credential each expects (the Secret's value only as a hash).
+fn admission(declared: &[Arc<DesiredServer>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<String> = declared
+        .iter()
+        .map(|server| {
+            let agent = server.spec.agent.as_ref();
+            let account = agent.and_then(|a| a.service_account.as_ref());
+            let expects = match (account, &server.agent_credential) {
+                (Some(a), _) => format!(
+                    "sa {} {} {} {}",
+                    a.issuer,
+                    a.subject,
+                    a.audience(),
+                    a.jwks_uri.as_deref().unwrap_or_default()
+                ),
+                (None, Some(secret)) => {
+                    format!("secret {:x}", Sha256::digest(secret.expose().as_bytes()))
+                }
+                (None, None) => "none".into(),
+            };
+            format!("{} {expects}", server.name)
+        })
+        .collect();
+    lines.sort();
+    format!("{:x}", Sha256::digest(lines.join("\n").as_bytes()))
+}
+
+/// Whenever the fleet changes, closes the connection of every agent whose
+/// declarations or credentials changed since it was let in (a rotated
+/// Secret, a removed MCPServer, another issuer): it must be admitted again,
+/// with what is declared now. Ends with `shutdown`.
+pub async fn readmit_on_change(gateway: Arc<GatewayState>, shutdown: CancellationToken) {
+    let mut changes = gateway.fleet.changes();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let hub = gateway.fleet.agents();
+        let admissions = hub.admissions();
+        if admissions.is_empty() {
+            continue;
+        }
+        let servers: Vec<Arc<DesiredServer>> = gateway
+            .fleet
+            .upstreams()
+            .iter()
+            .map(|u| u.desired())
+            .filter(|d| d.spec.server_type == ServerType::Agent)
+            .collect();
+        for (agent, admitted) in admissions {
+            let declared: Vec<Arc<DesiredServer>> = servers
+                .iter()
+                .filter(|d| d.spec.agent.as_ref().is_some_and(|a| a.name == agent))
+                .cloned()
+                .collect();
+            if declared.is_empty() {
+                hub.disconnect(&agent, "no MCPServer declares it any more");
+            } else if admission(&declared) != admitted {
+                hub.disconnect(
+                    &agent,
+                    "what its MCPServers declare changed; it is admitted again",
+                );
+            }
+        }
     }
 }
 

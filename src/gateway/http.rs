@@ -17,7 +17,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::agent_door::{AgentDoor, agent_door};
+use super::agent_door::{AgentDoor, agent_door, readmit_on_change};
 use super::edge::{AllowedHosts, AllowedOrigins, Edge, Reach, edge, guard};
 use super::fast_list::{FastList, fast_tools_list};
 use super::handler::GatewayHandler;
@@ -84,6 +84,8 @@ pub fn router(
         held.clone(),
         config,
     );
+    // Owned by the gateway's cancellation: agents let in are checked again on every fleet change.
+    tokio::spawn(readmit_on_change(state.clone(), cancel_agents.clone()));
     let door = AgentDoor::new(state.clone(), replicas.clone(), cancel_agents);
     let agents = Router::new()
         .route(AGENT_PATH, get(agent_door))

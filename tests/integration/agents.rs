@@ -677,3 +677,39 @@ async fn an_agent_serves_a_streamable_http_server_beside_it() {
         "the server's resources are listed through the agent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_credential_closes_the_agents_connection_until_it_presents_the_new_one() {
+    let gateway = two_cluster_gateway();
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let agent = a.agent(&gateway);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    // The credential is rotated on the gateway's side (say, it leaked).
+    let rotated = "a-rotated-credential-for-cluster-a-2468";
+    gateway.write_manifest(
+        "a.yaml",
+        &declared("cluster-a", rotated, &[("env", "prod")]),
+    );
+    // The connection let in with the old one is closed, and the old one no longer opens it.
+    agent.wait_log(
+        "refused this agent (403 Forbidden)",
+        Duration::from_secs(15),
+    );
+    let log = log_of(&gateway.logs().join("gateway.log"));
+    assert!(log.contains("what its MCPServers declare changed"), "{log}");
+    assert_ne!(
+        gateway.server_status("cluster-a-mcp-kubernetes")["status"]["state"],
+        "Connected"
+    );
+    // The agent gets the new credential (its Secret is updated): back in.
+    std::fs::write(&a.token_file, rotated).unwrap();
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(40),
+    );
+}

@@ -58,6 +58,9 @@ struct HubInner {
 /// One agent's connection.
 struct Link {
     id: u64,
+    /// What admitted it (the door's digest of the declarations it satisfied):
+    /// when that changes, the connection must be admitted again.
+    admission: String,
     out: mpsc::Sender<String>,
     channels: Mutex<HashMap<u64, mpsc::Sender<Delivery>>>,
     /// The servers the agent said it offers (its `hello`).
@@ -89,6 +92,7 @@ impl Hub {
     pub async fn serve<S>(
         &self,
         agent: &str,
+        admission: String,
         socket: WebSocketStream<S>,
         heartbeat: Duration,
         shutdown: CancellationToken,
@@ -100,6 +104,7 @@ impl Hub {
         let (incoming_tx, mut incoming) = mpsc::channel(link::QUEUE);
         let link = Arc::new(Link {
             id: self.inner.next_link.fetch_add(1, Ordering::Relaxed),
+            admission,
             out,
             channels: Default::default(),
             offers: Default::default(),
@@ -170,6 +175,33 @@ impl Hub {
             Arc::downgrade(&link),
             delivered,
         ))
+    }
+
+    /// Each connected agent's name and what admitted it.
+    pub fn admissions(&self) -> Vec<(String, String)> {
+        match self.inner.links.lock() {
+            Ok(links) => links
+                .iter()
+                .map(|(name, link)| (name.clone(), link.admission.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Closes `agent`'s connection (its sessions end with `why`); the agent
+    /// dials again and is admitted afresh, or not.
+    pub fn disconnect(&self, agent: &str, why: &str) {
+        let link = self
+            .inner
+            .links
+            .lock()
+            .ok()
+            .and_then(|l| l.get(agent).cloned());
+        if let Some(link) = link {
+            tracing::info!(agent, reason = why, "closing the agent's connection");
+            link.end_all(&format!("agent {agent:?} was disconnected: {why}"));
+            link.cancel.cancel();
+        }
     }
 
     /// Ticks each time `agent` connects.
