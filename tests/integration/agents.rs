@@ -16,7 +16,7 @@ use crate::common::sa_issuer::SaIssuer;
 use crate::common::*;
 
 /// One cluster's agent: its manifest directory and credential file.
-struct Cluster {
+pub(crate) struct Cluster {
     name: String,
     dir: tempfile::TempDir,
     token_file: PathBuf,
@@ -25,7 +25,7 @@ struct Cluster {
 impl Cluster {
     /// A cluster whose agent serves a simulated cluster (with test tools)
     /// named `<name>-mcp-kubernetes`, and holds `credential`.
-    fn new(name: &str, credential: &str) -> Cluster {
+    pub(crate) fn new(name: &str, credential: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("agent dir");
         let manifests = dir.path().join("servers");
         std::fs::create_dir(&manifests).expect("servers dir");
@@ -62,7 +62,7 @@ impl Cluster {
         Proc::spawn(&format!("agent-{as_name}"), cmd, gateway.logs())
     }
 
-    fn agent(&self, gateway: &Gateway) -> Proc {
+    pub(crate) fn agent(&self, gateway: &Gateway) -> Proc {
         self.agent_as(gateway, &self.name)
     }
 }

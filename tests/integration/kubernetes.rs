@@ -924,3 +924,50 @@ async fn toolpolicies_the_gateway_may_not_read_keep_it_unready_and_a_missing_crd
         "not ready while policies are hidden"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_mcpserver_admits_its_agent_with_the_credential_from_its_secret() {
+    use base64::Engine as _;
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let credential = "north-agent-s3cret-value-1357";
+    api.apply_object(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "agent-north", "namespace": "team-a"},
+        "data": {"credential": base64::engine::general_purpose::STANDARD.encode(credential)}
+    }));
+    api.apply_object(json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer",
+        "metadata": {"name": "north-mcp-kubernetes", "namespace": "team-a"},
+        "spec": {"type": "agent", "timeout": 10,
+                 "agent": {"name": "north",
+                           "credentialFrom": {"secretName": "agent-north", "key": "credential"}}}
+    }));
+    let gateway = Gateway::start_kubernetes(
+        &kubeconfig(&api, logs.path()),
+        "gw-1",
+        &["--namespace", "team-a"],
+        logs.path(),
+    );
+    let north = crate::agents::Cluster::new("north", credential);
+    let _agent = north.agent(&gateway);
+    let status = wait_status(&api, "team-a", "north-mcp-kubernetes", "Connected", |s| {
+        s["state"] == "Connected"
+    })
+    .await;
+    assert!(status["toolCount"].as_u64().unwrap_or(0) > 0, "{status}");
+    let client = connect(&gateway.url()).await;
+    let info = call(&client, "x_north-mcp-kubernetes_cluster_info", json!({})).await;
+    assert!(
+        text_of(&info).contains("cluster: north"),
+        "{}",
+        text_of(&info)
+    );
+    let shown = format!(
+        "{}\n{}\n{}",
+        gateway.proc.log_text(),
+        gateway.get_json("/status"),
+        status_of(&api, "team-a", "north-mcp-kubernetes")
+    );
+    assert!(!shown.contains("s3cret-value"), "the credential leaked");
+}
