@@ -383,12 +383,44 @@ async fn progress_and_elicitation_travel_through_an_agent() {
                     "",
                 ),
         )
+        // The same server run by the gateway itself, to compare with.
+        .stdio(
+            "local",
+            &peers.get("NODE22"),
+            &[
+                "--require",
+                &peers.get("LOOPBACK_PRELOAD"),
+                &peers.get("EVERYTHING_JS"),
+                "stdio",
+            ],
+        )
+        .connected()
         .start();
     let _agent = cluster.agent(&gateway);
     gateway.wait_state("everything", "Connected", Duration::from_secs(30));
     let handler = TestClient::default();
     let client = connect_with(&gateway.url(), handler.clone()).await;
     wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+    wait_tool(&client, "x_local_trigger-long-running-operation").await;
+
+    // A client sees the same tools through the agent as from the server run locally.
+    let tools = list_tools(&client).await;
+    let as_listed = |prefix: &str| -> Vec<serde_json::Value> {
+        let mut listed: Vec<serde_json::Value> = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.name.strip_prefix(prefix)?;
+                let mut raw = serde_json::to_value(t).unwrap();
+                raw["name"] = json!(name);
+                Some(raw)
+            })
+            .collect();
+        listed.sort_by_key(|t| t["name"].to_string());
+        listed
+    };
+    let (remote, local) = (as_listed("x_everything_"), as_listed("x_local_"));
+    assert!(!remote.is_empty());
+    assert_eq!(remote, local, "the same tools, field for field");
 
     let result = call(
         &client,
