@@ -36,6 +36,14 @@ fn kinds(docs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The pod's volume named `name`.
+fn volume<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no volume {name}: {pod}"))
+}
+
 fn deployment(docs: &[Value]) -> &Value {
     docs.iter()
         .find(|d| d["kind"] == "Deployment")
@@ -68,12 +76,7 @@ fn the_agent_runs_with_least_privilege_and_listens_on_nothing() {
             "north"
         ]
     );
-    let credential = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "credential")
-        .unwrap();
+    let credential = volume(pod, "credential");
     assert_eq!(
         credential["secret"]["secretName"],
         "flotilla-agent-credential"
@@ -91,12 +94,7 @@ fn the_agent_runs_with_least_privilege_and_listens_on_nothing() {
 fn a_service_account_credential_is_a_projected_token_for_the_gateways_audience() {
     let docs = render(&["--set", "credential.type=serviceAccount"]);
     let pod = &deployment(&docs)["spec"]["template"]["spec"];
-    let credential = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "credential")
-        .unwrap();
+    let credential = volume(pod, "credential");
     let token = &credential["projected"]["sources"][0]["serviceAccountToken"];
     assert_eq!(token["audience"], "flotilla-agent");
     assert_eq!(token["path"], "token");

@@ -163,29 +163,19 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
         json!({"management_cluster": "env=prod"}),
     )
     .await;
-    let keys: Vec<String> = prod.structured_content.unwrap()["instances"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(keys, ["cluster-a"], "labels select agents' members too");
+    assert_eq!(
+        instances_of(&prod),
+        ["cluster-a"],
+        "labels select agents' members too"
+    );
 
     // A call the client cancels ends at the server behind the agent.
-    let params = rmcp::model::CallToolRequestParams::new("x_kubernetes_sleep").with_arguments(
-        json!({"seconds": 30, "management_cluster": "cluster-a"})
-            .as_object()
-            .cloned()
-            .unwrap(),
-    );
-    let handle = client
-        .peer()
-        .send_request_with_option(
-            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params)),
-            rmcp::service::PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
+    let handle = start_call(
+        &client,
+        "x_kubernetes_sleep",
+        json!({"seconds": 30, "management_cluster": "cluster-a"}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     handle
         .cancel(Some("user pressed stop".into()))

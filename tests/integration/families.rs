@@ -283,26 +283,14 @@ async fn fan_out_merges_every_instance_in_order_and_selectors_pick_by_label() {
         json!({"management_cluster": "env=prod"}),
     )
     .await;
-    let keys: Vec<String> = prod.structured_content.unwrap()["instances"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(keys, ["cluster-a", "cluster-b"]);
+    assert_eq!(instances_of(&prod), ["cluster-a", "cluster-b"]);
     let listed = call(
         &client,
         "x_kubernetes_cluster_info",
         json!({"management_cluster": ["staging", "prod-eu"]}),
     )
     .await;
-    let keys: Vec<String> = listed.structured_content.unwrap()["instances"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(keys, ["cluster-a", "cluster-c"]);
+    assert_eq!(instances_of(&listed), ["cluster-a", "cluster-c"]);
 
     // The Python SDK client validates structuredContent against the advertised
     // outputSchema: both the single and the fan-out shapes must pass.

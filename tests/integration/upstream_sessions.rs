@@ -17,16 +17,7 @@ async fn a_client_cancellation_reaches_the_upstream() {
         .flag("--test-tools")
         .start();
     let client = connect(&gateway.url()).await;
-    let params = rmcp::model::CallToolRequestParams::new("x_sim_sleep")
-        .with_arguments(json!({"seconds": 30}).as_object().cloned().unwrap());
-    let handle = client
-        .peer()
-        .send_request_with_option(
-            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params)),
-            rmcp::service::PeerRequestOptions::no_options(),
-        )
-        .await
-        .unwrap();
+    let handle = start_call(&client, "x_sim_sleep", json!({"seconds": 30})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     handle
         .cancel(Some("user pressed stop".into()))

@@ -662,6 +662,37 @@ pub async fn call(client: &Client, tool: &str, args: serde_json::Value) -> CallT
         .unwrap_or_else(|e| panic!("tools/call {tool}: {e}"))
 }
 
+/// The instances a fan-out result answered for, in its order.
+pub fn instances_of(result: &CallToolResult) -> Vec<String> {
+    result
+        .structured_content
+        .as_ref()
+        .expect("a fan-out result")["instances"]
+        .as_object()
+        .expect("instances")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// Starts a tools/call and returns its handle (to cancel it) without waiting for the answer.
+pub async fn start_call(
+    client: &Client,
+    tool: &str,
+    args: serde_json::Value,
+) -> rmcp::service::RequestHandle<RoleClient> {
+    let params = CallToolRequestParams::new(tool.to_string())
+        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    client
+        .peer()
+        .send_request_with_option(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {tool}: {e}"))
+}
+
 /// Text of all text blocks of a result.
 pub fn text_of(result: &CallToolResult) -> String {
     result
