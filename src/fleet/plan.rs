@@ -78,6 +78,7 @@ mod tests {
                 .collect(),
             problems: Vec::new(),
             policies: Default::default(),
+            sets: Default::default(),
         }
     }
 

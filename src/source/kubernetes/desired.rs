@@ -40,7 +40,7 @@ pub fn policy_origin_of(namespace: &str, name: &str) -> String {
 }
 
 /// Reads one key of a Secret; the error names the Secret and key, never a value.
-fn secret_key(
+pub(crate) fn secret_key(
     secrets: &dyn SecretLookup,
     namespace: &str,
     name: &str,
@@ -170,6 +170,7 @@ pub fn desired_fleet(
                 origin,
                 server: None,
                 policy: None,
+                set: None,
                 message: format!(
                     "metadata.name {name:?} is already used by {}; exposed names must be unique across namespaces",
                     origin_of(owner, &name)
@@ -195,6 +196,7 @@ pub fn desired_fleet(
                     origin,
                     server: Some(name),
                     policy: None,
+                    set: None,
                     message,
                 });
             }
@@ -243,6 +245,7 @@ pub fn desired_policies(
                     origin,
                     server: None,
                     policy: Some(name),
+                    set: None,
                     message,
                 });
             }
