@@ -10,6 +10,7 @@ mod kube_api;
 
 mod call_limits;
 mod conformance;
+mod discovery;
 mod families;
 mod fuzz;
 mod gateway;
