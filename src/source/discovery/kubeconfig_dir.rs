@@ -18,6 +18,9 @@ const MAX_FILES: usize = 2000;
 
 #[derive(Deserialize)]
 struct Kubeconfig {
+    /// `Config` in a kubeconfig; a file of another kind is not one and is skipped.
+    #[serde(default)]
+    kind: Option<String>,
     #[serde(default)]
     clusters: Vec<NamedCluster>,
     #[serde(default)]
@@ -113,6 +116,10 @@ pub(super) fn members(dir: &Path, generator: &KubeconfigDirGenerator) -> Invento
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         match read(&path) {
+            Ok(config) if config.kind.as_deref().is_some_and(|k| k != "Config") => {}
+            Ok(config) if config.contexts.is_empty() => inventory
+                .errors
+                .push(format!("kubeconfigDir file {file}: has no contexts")),
             Ok(config) => members.extend(file_members(&path, &file, &config, generator)),
             Err(error) => inventory
                 .errors
@@ -235,6 +242,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("prod.yaml"), CONFIG).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not a kubeconfig").unwrap();
+        // A manifest beside them is not a kubeconfig: skipped, not a member.
+        std::fs::write(
+            dir.path().join("set.yaml"),
+            "apiVersion: flotilla.dev/v1alpha1\nkind: MCPServerSet\nmetadata: {name: s}\n",
+        )
+        .unwrap();
         let found = members(dir.path(), &generator(false));
         assert!(found.errors.is_empty(), "{:?}", found.errors);
         let members = found.members.unwrap();

@@ -17,7 +17,7 @@ mod template;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::api::{GeneratorSpec, MCPServerSetSpec};
 use crate::source::kubernetes::SecretLookup;
@@ -271,19 +271,25 @@ impl Discovery {
         let Ok(mut state) = self.inner.state.lock() else {
             return Inventory::failed("internal lock poisoned".into());
         };
-        let on_change = self.clone();
         let poller = state.pollers.entry(key.to_string()).or_insert_with(|| {
-            rancher::Poller::start(rancher.clone(), token.clone(), move || on_change.changed())
+            rancher::Poller::start(rancher.clone(), token.clone(), self.notifier())
         });
         if !poller.serves(rancher, &token) {
-            let on_change = self.clone();
-            *poller = rancher::Poller::start(rancher.clone(), token, move || on_change.changed());
+            *poller = rancher::Poller::start(rancher.clone(), token, self.notifier());
         }
         poller.latest()
     }
 
-    fn changed(&self) {
-        (self.inner.on_change)();
+    /// Calls `on_change` while this discovery lives. Watchers and pollers
+    /// hold this, never the discovery itself: they belong to it, and a
+    /// strong reference back would keep it (and them) alive for ever.
+    fn notifier(&self) -> impl Fn() + Send + Sync + 'static {
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        move || {
+            if let Some(inner) = inner.upgrade() {
+                (inner.on_change)();
+            }
+        }
     }
 
     /// Starts watching `dir` unless already watched; a directory that
@@ -296,10 +302,10 @@ impl Discovery {
         if state.watchers.contains_key(dir) {
             return;
         }
-        let notify = self.clone();
+        let notify = self.notifier();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if event.is_ok() {
-                notify.changed();
+                notify();
             }
         });
         match watcher {

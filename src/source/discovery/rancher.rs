@@ -285,3 +285,68 @@ fn without_url(error: &reqwest::Error) -> String {
     }
     error
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `body` (with `{other}` replaced by another loopback origin) at
+    /// `/v3/clusters`, answering 401 to any other token; returns the base URL.
+    async fn serve(body: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/v3/clusters",
+            axum::routing::get(move |headers: http::HeaderMap| async move {
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer t") {
+                    return (http::StatusCode::UNAUTHORIZED, String::new());
+                }
+                (
+                    http::StatusCode::OK,
+                    body.replace("{other}", "http://127.0.0.2:9"),
+                )
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, task)
+    }
+
+    fn generator(url: &str) -> RancherGenerator {
+        RancherGenerator {
+            url: url.into(),
+            names: vec!["prod-*".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn names_filter_members_and_the_token_never_goes_to_another_origin() {
+        let http = reqwest::Client::new();
+        let (base, task) = serve(
+            r#"{"data": [{"id": "c-1", "name": "prod-a", "labels": {"env": "prod"}, "state": "active"},
+                         {"id": "c-2", "name": "dev-a"}], "pagination": {"limit": 2}}"#,
+        )
+        .await;
+        let token = SecretValue::new("t".into());
+        let found = members(&http, &generator(&base), &token).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name, "prod-a");
+        assert_eq!(found[0].values["url"], format!("{base}/k8s/clusters/c-1"));
+        let refused = members(&http, &generator(&base), &SecretValue::new("wrong".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.starts_with("Rancher refused the token (401)"),
+            "{refused}"
+        );
+        task.abort();
+
+        let (base, task) =
+            serve(r#"{"data": [], "pagination": {"next": "{other}/v3/clusters?marker=2"}}"#).await;
+        let error = members(&http, &generator(&base), &token).await.unwrap_err();
+        assert!(error.contains("another server"), "{error}");
+        task.abort();
+    }
+}

@@ -64,3 +64,70 @@ pub fn desired_set_status(
         }],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{DesiredSet, ManifestProblem};
+
+    fn object(generation: i64) -> DeserializeGuard<MCPServerSet> {
+        let mut set = MCPServerSet::new("hub", Default::default());
+        set.metadata.namespace = Some("ops".into());
+        set.metadata.generation = Some(generation);
+        DeserializeGuard(Ok(set))
+    }
+
+    fn fleet(members: &[&str], errors: &[&str]) -> DesiredFleet {
+        let mut fleet = DesiredFleet::default();
+        fleet.sets.insert(
+            "ops/hub".into(),
+            DesiredSet {
+                name: "hub".into(),
+                namespace: "ops".into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+                origin: set_origin_of("ops", "hub"),
+                ..Default::default()
+            },
+        );
+        for error in errors {
+            fleet.problems.push(ManifestProblem {
+                origin: set_origin_of("ops", "hub"),
+                server: None,
+                policy: None,
+                set: Some("hub".into()),
+                message: error.to_string(),
+            });
+        }
+        fleet
+    }
+
+    #[test]
+    fn members_are_counted_and_errors_make_the_set_not_ready() {
+        let good = desired_set_status(&object(3), &fleet(&["a-k8s", "b-k8s"], &[]));
+        assert_eq!(good.members, 2);
+        assert_eq!(good.member_names, ["a-k8s", "b-k8s"]);
+        assert_eq!(good.observed_generation, Some(3));
+        assert_eq!(
+            (
+                good.conditions[0].status.as_str(),
+                good.conditions[0].reason.as_str()
+            ),
+            ("True", "Generated")
+        );
+        let bad = desired_set_status(
+            &object(4),
+            &fleet(
+                &["a-k8s"],
+                &["generators[0]: refused", "member \"b\": bad name"],
+            ),
+        );
+        assert_eq!(bad.members, 1);
+        assert_eq!(bad.errors.len(), 2);
+        assert_eq!(bad.conditions[0].status, "False");
+        assert_eq!(bad.conditions[0].reason, "GeneratorErrors");
+        assert_eq!(
+            bad.conditions[0].message,
+            "generators[0]: refused (and 1 more)"
+        );
+    }
+}

@@ -665,6 +665,57 @@ spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
         );
     }
 
+    const SET: &str = r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: MCPServerSet
+metadata: {name: listed}
+spec:
+  generators:
+  - list: {elements: [{name: one, labels: {env: prod}}, {name: two}]}
+  template:
+    metadata: {name: "{{name}}-sim"}
+    spec: {type: stdio, command: /bin/true, family: {name: sims}}
+"#;
+
+    #[test]
+    fn a_set_expands_into_servers_beside_the_hand_written_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fleet.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("set.yaml"), SET).unwrap();
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+        assert_eq!(
+            fleet.servers.keys().collect::<Vec<_>>(),
+            ["a", "b", "one-sim", "two-sim"]
+        );
+        let one = &fleet.servers["one-sim"];
+        assert_eq!(one.origin, "set.yaml#0 member one");
+        assert_eq!(one.labels["env"], "prod");
+        assert_eq!(
+            one.spec.family.as_ref().unwrap().instance.as_deref(),
+            Some("one")
+        );
+        assert_eq!(fleet.sets["default/listed"].members, ["one-sim", "two-sim"]);
+    }
+
+    #[test]
+    fn a_broken_set_edit_keeps_its_members_and_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("set.yaml");
+        std::fs::write(&file, SET).unwrap();
+        let mut last = LastLoad::default();
+        assert_eq!(load_dir(dir.path(), &mut last).servers.len(), 2);
+        std::fs::write(&file, SET.replace("generators:", "generator:")).unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.len(), 2, "{:?}", fleet.problems);
+        let problem = &fleet.problems[0];
+        assert_eq!(problem.set.as_deref(), Some("listed"));
+        assert!(
+            problem.message.starts_with("spec.generator: unknown field"),
+            "{problem}"
+        );
+    }
+
     #[test]
     fn validate_reads_a_single_file_too() {
         let dir = tempfile::tempdir().unwrap();
