@@ -64,6 +64,43 @@ async fn cluster_info(client: &Client, selector: &str) -> String {
     )
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_discovery_example_serves_its_three_kubeconfigs_as_one_family() {
+    let logs = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&repo().join("examples/discovery"), logs.path());
+    wait_served(
+        &gateway,
+        &[
+            "cluster-a-mcp-kubernetes",
+            "cluster-b-mcp-kubernetes",
+            "cluster-c-mcp-kubernetes",
+        ],
+        Duration::from_secs(15),
+    )
+    .await;
+    let client = connect(&gateway.url()).await;
+    let tools = wait_tools(&client, "the folded family", |names| {
+        names.iter().any(|n| n == "x_kubernetes_cluster_info")
+    })
+    .await;
+    assert!(
+        tools.iter().all(|t| !t.contains("cluster-a")),
+        "one tool per name, not per cluster: {tools:?}"
+    );
+    let prod = cluster_info(&client, "env=prod").await;
+    assert!(
+        prod.contains("cluster: cluster-a") && prod.contains("cluster: cluster-b"),
+        "{prod}"
+    );
+    assert!(!prod.contains("cluster: cluster-c"), "{prod}");
+    assert!(
+        cluster_info(&client, "dev-eu")
+            .await
+            .contains("cluster: cluster-c")
+    );
+    assert!(gateway.get_json("/status")["invalidManifests"] == json!([]));
+}
+
 fn kubeconfig_file(cluster: &str, env: &str, alias: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster: {{server: 'https://{cluster}.example.invalid:6443'}}\ncontexts:\n- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: admin\n    extensions:\n    - name: flotilla.dev/member\n      extension: {{labels: {{env: {env}}}, aliases: [{alias}]}}\ncurrent-context: {cluster}\nusers:\n- name: admin\n  user: {{token: kubeconfig-token-never-shown}}\n"

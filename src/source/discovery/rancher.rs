@@ -277,13 +277,23 @@ async fn get_page(
         .map_err(|e| format!("Rancher's answer is not a v3 clusters collection: {e}"))
 }
 
-/// reqwest's message without the URL (it may carry query parameters).
+/// What went wrong, with its causes, without the URL (it may carry query
+/// parameters): "timed out", or the connection's own error.
 fn without_url(error: &reqwest::Error) -> String {
-    let mut error = error.to_string();
-    if let Some(start) = error.find(" for url (") {
-        error.truncate(start);
+    if error.is_timeout() {
+        return "timed out".into();
     }
-    error
+    let mut text = error.to_string();
+    if let Some(start) = text.find(" for url (") {
+        text.truncate(start);
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 #[cfg(test)]
