@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::template::render_member;
-use super::{Inventory, Member, SET_LABEL, SetInput};
+use super::{Inventory, MAX_GENERATORS, Member, SET_LABEL, SetInput};
 use crate::api::validate;
 use crate::source::kubernetes::{SecretLookup, resolve_secret_refs};
 use crate::source::{DesiredFleet, DesiredServer, DesiredSet};
@@ -21,6 +21,12 @@ pub(super) fn add_set(
     let mut errors = Vec::new();
     if set.spec.generators.is_empty() {
         errors.push("spec.generators: names no generator, so the set has no members".into());
+    }
+    if set.spec.generators.len() > MAX_GENERATORS {
+        errors.push(format!(
+            "spec.generators: {} generators; only the first {MAX_GENERATORS} are read",
+            set.spec.generators.len()
+        ));
     }
     // Members by name; the first generator to name one keeps it.
     let mut members: BTreeMap<String, Member> = BTreeMap::new();

@@ -30,6 +30,8 @@ pub use managed_clusters::{ManagedClusterSource, managed_cluster_api_resource};
 pub const ALIASES_ANNOTATION: &str = "flotilla.dev/aliases";
 /// Label every generated MCPServer carries: the set that made it.
 pub const SET_LABEL: &str = "flotilla.dev/set";
+/// Generators read per set (each may poll or watch); more are reported and ignored.
+pub const MAX_GENERATORS: usize = 16;
 
 /// One member of an inventory: what the template's placeholders read.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,7 +171,8 @@ impl Discovery {
         sorted.sort_by_key(|s| (s.namespace.clone(), s.name.clone()));
         for set in sorted {
             let mut found = Vec::new();
-            for (index, generator) in set.spec.generators.iter().enumerate() {
+            let generators = set.spec.generators.iter().take(MAX_GENERATORS);
+            for (index, generator) in generators.enumerate() {
                 let key = format!("{}#{index}", set.key());
                 used_generators.insert(key.clone());
                 let members = self.members(
