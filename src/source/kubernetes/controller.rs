@@ -203,14 +203,17 @@ impl Shared {
                 )
             })
         });
-        self.discovery.expand_sets(
-            &inputs,
-            &Inventories {
-                secrets: &self.secrets,
-                managed_clusters: clusters.map(|c| c as &dyn ManagedClusterSource),
-            },
-            fleet,
-        );
+        let inventories = Inventories {
+            secrets: &self.secrets,
+            managed_clusters: clusters.map(|c| c as &dyn ManagedClusterSource),
+        };
+        // Kubeconfig directories are read from disk: off the runtime's
+        // worker where the runtime allows it.
+        let mut expand = || self.discovery.expand_sets(&inputs, &inventories, fleet);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(expand),
+            _ => expand(),
+        }
     }
 
     /// Re-derives the desired fleet and publishes it if it changed.
