@@ -111,25 +111,32 @@ fn kubeconfig_file(cluster: &str, env: &str, alias: &str) -> String {
 async fn a_kubeconfig_directory_set_is_one_family_that_follows_files_added_and_removed() {
     let fleet = Fleet::new();
     let dir = fleet.manifests().to_path_buf();
-    let kubeconfigs = dir.join("kubeconfigs");
-    std::fs::create_dir(&kubeconfigs).unwrap();
+    // Outside the manifest directory, so only the set's own watch sees it.
+    let root = tempfile::tempdir().unwrap();
+    let kubeconfigs = root.path().join("kubeconfigs");
+    let set = json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServerSet",
+        "metadata": {"name": "clusters"},
+        "spec": {"generators": [{"kubeconfigDir": {"path": kubeconfigs}}], "template": template()}
+    });
+    write_manifest(&dir, "clusters.yaml", &set.to_string());
+    // The directory does not exist yet: the set says so, and sees it appear.
+    let gateway = Gateway::start(&dir, fleet.logs());
+    let problems = gateway.get_json("/status")["invalidManifests"].to_string();
+    assert!(problems.contains("cannot read the directory"), "{problems}");
+    let staging = root.path().join(".staging");
+    std::fs::create_dir(&staging).unwrap();
     write_manifest(
-        &kubeconfigs,
+        &staging,
         "cluster-a.yaml",
         &kubeconfig_file("cluster-a", "prod", "prod-eu"),
     );
     write_manifest(
-        &kubeconfigs,
+        &staging,
         "cluster-b.yaml",
         &kubeconfig_file("cluster-b", "dev", "dev-us"),
     );
-    let set = json!({
-        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServerSet",
-        "metadata": {"name": "clusters"},
-        "spec": {"generators": [{"kubeconfigDir": {"path": "kubeconfigs"}}], "template": template()}
-    });
-    write_manifest(&dir, "clusters.yaml", &set.to_string());
-    let gateway = Gateway::start(&dir, fleet.logs());
+    std::fs::rename(&staging, &kubeconfigs).unwrap();
     wait_served(
         &gateway,
         &["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"],

@@ -124,7 +124,10 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    watchers: HashMap<PathBuf, notify::RecommendedWatcher>,
+    /// Per kubeconfig directory, its watcher and the directory it watches:
+    /// the directory itself, or (while it does not exist) its nearest
+    /// existing ancestor, so that its creation is seen too.
+    watchers: HashMap<PathBuf, (PathBuf, notify::RecommendedWatcher)>,
     pollers: HashMap<String, rancher::Poller>,
     /// Last good members per generator (`namespace/name#index`): an
     /// inventory that cannot be read keeps its members, with the error shown.
@@ -295,14 +298,24 @@ impl Discovery {
         }
     }
 
-    /// Starts watching `dir` unless already watched; a directory that
-    /// cannot be watched yet is tried again on the next derivation.
+    /// Starts watching `dir` unless already watched. While `dir` does not
+    /// exist its nearest existing ancestor is watched instead, and the
+    /// directory itself once it appears.
     fn watch_dir(&self, dir: &std::path::Path) {
         use notify::Watcher as _;
         let Ok(mut state) = self.inner.state.lock() else {
             return;
         };
-        if state.watchers.contains_key(dir) {
+        let target = dir
+            .ancestors()
+            .find(|a| a.is_dir())
+            .unwrap_or(dir)
+            .to_path_buf();
+        if state
+            .watchers
+            .get(dir)
+            .is_some_and(|(watched, _)| *watched == target)
+        {
             return;
         }
         let notify = self.notifier();
@@ -311,14 +324,14 @@ impl Discovery {
                 notify();
             }
         });
-        match watcher {
-            Ok(mut watcher) => {
-                if watcher
-                    .watch(dir, notify::RecursiveMode::NonRecursive)
-                    .is_ok()
-                {
-                    state.watchers.insert(dir.to_path_buf(), watcher);
-                }
+        let watching = watcher.and_then(|mut watcher| {
+            watcher
+                .watch(&target, notify::RecursiveMode::NonRecursive)
+                .map(|()| watcher)
+        });
+        match watching {
+            Ok(watcher) => {
+                state.watchers.insert(dir.to_path_buf(), (target, watcher));
             }
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "cannot watch kubeconfig directory")
