@@ -591,3 +591,40 @@ async fn rancher_clusters_matching_the_name_pattern_become_members_and_follow_th
             .contains("rancher-secret-never-shown")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_may_not_list_managed_clusters_says_how_to_grant_it_on_the_set() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start();
+    let crd_text = std::fs::read_to_string(
+        repo().join("tests/integration/fixtures/ocm-managedcluster-crd.yaml"),
+    )
+    .unwrap();
+    api.install_crd(&serde_saphyr::from_str(&crd_text).unwrap());
+    api.apply_validated(managed_cluster("cluster-a", json!({"env": "prod"}), ""))
+        .unwrap();
+    // RBAC refuses the cluster-scoped list, as without the chart's
+    // discovery.managedClusters grant.
+    api.forbid("", "managedclusters");
+    api.apply_object(json!({
+        "apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServerSet",
+        "metadata": {"name": "hub", "namespace": "team-a"},
+        "spec": {"generators": [{"managedClusters": {}}], "template": template()}
+    }));
+    // Ready all the same: the set's members are missing, nothing else.
+    let gateway =
+        Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
+    let status = wait_set_status(&api, "the refusal on the set", |s| {
+        s["errors"][0].as_str().is_some_and(|e| e.contains("(403)"))
+    })
+    .await;
+    let error = status["errors"][0].as_str().unwrap();
+    assert!(
+        error.contains("managedclusters.cluster.open-cluster-management.io")
+            && error.contains("discovery.managedClusters=true"),
+        "{error}"
+    );
+    assert_eq!(status["members"], 0);
+    assert_eq!(status["conditions"][0]["reason"], "GeneratorErrors");
+    assert!(served(&gateway).is_empty());
+}
