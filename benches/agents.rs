@@ -42,10 +42,11 @@ fn main() {
     }
 }
 
-/// Calls, and CPU microseconds of the processes named, per path.
+/// Calls, and the CPU microseconds the gateway and the agent spent, per path.
 struct Path {
     samples: Samples,
-    cpu_us: u64,
+    gateway_us: u64,
+    agent_us: u64,
 }
 
 fn run() -> Result<(), String> {
@@ -107,7 +108,8 @@ fn run() -> Result<(), String> {
         }
         let empty = || Path {
             samples: Samples(vec![]),
-            cpu_us: 0,
+            gateway_us: 0,
+            agent_us: 0,
         };
         let (mut near, mut far, mut direct) = (empty(), empty(), empty());
         // Interleaved rounds, so drift on the machine hits all three alike.
@@ -117,10 +119,11 @@ fn run() -> Result<(), String> {
                 (&mut far, &far_call),
                 (&mut direct, &direct_call),
             ] {
-                let before = procs::cpu_us_all(&[gateway_pid, agent_pid]);
+                let before = (procs::cpu_us(gateway_pid), procs::cpu_us(agent_pid));
                 path.samples
                     .extend(&sequential(&http, request, CALLS_PER_ROUND).await?);
-                path.cpu_us += procs::cpu_us_all(&[gateway_pid, agent_pid]) - before;
+                path.gateway_us += procs::cpu_us(gateway_pid) - before.0;
+                path.agent_us += procs::cpu_us(agent_pid) - before.1;
             }
         }
         Ok::<_, String>((near, far, direct))
@@ -130,19 +133,21 @@ fn run() -> Result<(), String> {
         near.samples.len()
     );
     println!(
-        "{:<52} {:>9} {:>9} {:>18}",
-        "", "p50 µs", "p99 µs", "gateway+agent CPU"
+        "{:<52} {:>9} {:>9} {:>15} {:>15}",
+        "", "p50 µs", "p99 µs", "gateway CPU", "agent CPU"
     );
     for (name, path) in [
         ("gateway → server it reaches itself", &near),
         ("gateway → agent (WebSocket) → server beside it", &far),
         ("direct to the server", &direct),
     ] {
+        let per_call = |us: u64| us as f64 / path.samples.len() as f64;
         println!(
-            "{name:<52} {:>9.0} {:>9.0} {:>13.0} µs/call",
+            "{name:<52} {:>9.0} {:>9.0} {:>10.0} µs/call {:>7.0} µs/call",
             path.samples.pct_us(50.0),
             path.samples.pct_us(99.0),
-            path.cpu_us as f64 / path.samples.len() as f64
+            per_call(path.gateway_us),
+            per_call(path.agent_us)
         );
     }
     println!(

@@ -25,6 +25,10 @@ pub fn crds() -> anyhow::Result<Vec<(&'static str, String)>> {
             serde_saphyr::to_string(&api::MCPServer::crd())?,
         ),
         (
+            "mcpserverset.yaml",
+            serde_saphyr::to_string(&api::MCPServerSet::crd())?,
+        ),
+        (
             "toolpolicy.yaml",
             serde_saphyr::to_string(&api::ToolPolicy::crd())?,
         ),

@@ -79,6 +79,7 @@ mod tests {
                 .collect(),
             problems: Vec::new(),
             policies: Default::default(),
+            sets: Default::default(),
         }
     }
 

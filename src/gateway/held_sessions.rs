@@ -221,7 +221,10 @@ impl HeldSessions {
     pub async fn first_use(self: &Arc<Self>, id: &str) -> Option<FirstUse> {
         let id: SessionId = id.into();
         self.touch(&id);
-        if self.local.has_session(&id).await.unwrap_or(false) {
+        // Held and not being rebuilt: a session rmcp has inserted but whose
+        // `initialize` is not in yet counts as not held, so this request
+        // waits for that rebuild instead of starting a second one.
+        if self.held(&id).await {
             return None;
         }
         let lock = {
@@ -235,10 +238,15 @@ impl HeldSessions {
             lock,
             _guard: guard,
         };
-        if self.local.has_session(&id).await.unwrap_or(false) {
+        if self.held(&id).await {
             return None;
         }
         Some(first)
+    }
+
+    /// Whether `id` is held here and usable (not in the middle of a rebuild).
+    async fn held(&self, id: &SessionId) -> bool {
+        !self.is_rebuilding(id) && self.local.has_session(id).await.unwrap_or(false)
     }
 
     /// Sessions held now.

@@ -1,14 +1,18 @@
 //! Where MCPServer and ToolPolicy objects come from. Every source publishes the same
 //! [`DesiredFleet`] snapshots; the fleet diffs them, so a source never needs to
-//! know which servers changed.
+//! know which servers changed. MCPServerSets expand into ordinary servers
+//! here (`discovery`), so nothing above this floor tells them apart.
 
+pub mod discovery;
 pub mod kubernetes;
 mod manifest_dir;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use manifest_dir::{LastLoad, ManifestDir, load_dir, load_file, parse_manifests};
+pub use manifest_dir::{
+    LastLoad, ManifestDir, load_dir, load_dir_with, load_file, parse_manifests,
+};
 
 use crate::api::{MCPServerSpec, SecretValue, ToolPolicySpec};
 
@@ -61,6 +65,8 @@ pub struct ManifestProblem {
     pub server: Option<String>,
     /// The ToolPolicy's name, for a policy's problem.
     pub policy: Option<String>,
+    /// The MCPServerSet's name, for a set's problem.
+    pub set: Option<String>,
     pub message: String,
 }
 
@@ -87,7 +93,23 @@ pub struct DesiredFleet {
     pub servers: BTreeMap<String, DesiredServer>,
     /// Tool policies, keyed `namespace/name`.
     pub policies: BTreeMap<String, DesiredPolicy>,
+    /// MCPServerSets and what they generated, keyed `namespace/name`.
+    pub sets: BTreeMap<String, DesiredSet>,
     pub problems: Vec<ManifestProblem>,
+}
+
+/// One MCPServerSet as expanded: its members (in `servers`) and its errors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredSet {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    /// Names of the MCPServers it generated that are served.
+    pub members: Vec<String>,
+    /// What went wrong, per generator or member; empty when all is well.
+    pub errors: Vec<String>,
+    /// Where it was declared, e.g. `clusters.yaml#0`, for messages.
+    pub origin: String,
 }
 
 /// Snapshots of the desired fleet; the latest one is all that matters.

@@ -552,7 +552,7 @@ fn the_committed_crds_are_exactly_what_flotilla_crd_prints() {
     let crds = flotilla::crds().unwrap();
     assert_eq!(
         crds.iter().map(|(file, _)| *file).collect::<Vec<_>>(),
-        ["mcpserver.yaml", "toolpolicy.yaml"]
+        ["mcpserver.yaml", "mcpserverset.yaml", "toolpolicy.yaml"]
     );
     for (file, printed) in crds {
         let committed = std::fs::read_to_string(repo().join("crds").join(file)).unwrap();

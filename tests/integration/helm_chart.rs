@@ -752,6 +752,14 @@ fn watching_all_namespaces_uses_one_cluster_role_for_mcpservers_status_and_event
         by("flotilla.dev", "toolpolicies/status"),
         set(&["get", "patch", "update"])
     );
+    assert_eq!(
+        by("flotilla.dev", "mcpserversets"),
+        set(&["get", "list", "watch"])
+    );
+    assert_eq!(
+        by("flotilla.dev", "mcpserversets/status"),
+        set(&["get", "patch", "update"])
+    );
     assert_eq!(by("events.k8s.io", "events"), set(&["create", "patch"]));
     assert_eq!(by("", "events"), set(&["create", "patch"]));
     assert_eq!(rules(role).len(), 4, "nothing else cluster-wide");
@@ -763,6 +771,40 @@ fn watching_all_namespaces_uses_one_cluster_role_for_mcpservers_status_and_event
         m.of_kind("Role")
             .iter()
             .all(|r| !str_of(&r["metadata"]["name"]).ends_with("-mcpservers"))
+    );
+}
+
+#[test]
+fn reading_managed_clusters_is_one_opt_in_cluster_role_even_with_watch_namespaces() {
+    let off = render(&["--set", "watchNamespaces={team-a}"]);
+    assert!(off.of_kind("ClusterRole").is_empty());
+    let on = render(&[
+        "--set",
+        "watchNamespaces={team-a}",
+        "--set",
+        "discovery.managedClusters=true",
+    ]);
+    let roles = on.of_kind("ClusterRole");
+    assert_eq!(
+        roles.len(),
+        1,
+        "only the ManagedCluster reader is cluster-wide"
+    );
+    let granted: Vec<_> = rules(roles[0])
+        .into_iter()
+        .filter(|r| {
+            r.groups.contains("cluster.open-cluster-management.io")
+                && r.resources.contains("managedclusters")
+        })
+        .flat_map(|r| r.verbs)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(granted, ["get", "list", "watch"]);
+    assert_eq!(rules(roles[0]).len(), 1, "nothing else");
+    assert_eq!(
+        on.bound_subjects("ClusterRoleBinding", roles[0]),
+        [the_service_account("flotilla")]
     );
 }
 
@@ -1018,7 +1060,7 @@ fn values_schema_rejects_bad_values() {
 
 #[test]
 fn the_chart_crds_are_byte_identical_copies_of_crds() {
-    for file in ["mcpserver.yaml", "toolpolicy.yaml"] {
+    for file in ["mcpserver.yaml", "mcpserverset.yaml", "toolpolicy.yaml"] {
         let top = std::fs::read(repo().join("crds").join(file)).expect("crds/ file");
         let copy = std::fs::read(chart().join("crds").join(file)).expect("chart crds copy");
         assert!(
@@ -1032,11 +1074,14 @@ fn the_chart_crds_are_byte_identical_copies_of_crds() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     crds.sort();
-    assert_eq!(crds, ["mcpserver.yaml", "toolpolicy.yaml"]);
+    assert_eq!(
+        crds,
+        ["mcpserver.yaml", "mcpserverset.yaml", "toolpolicy.yaml"]
+    );
 }
 
 #[test]
-fn helm_installs_the_mcpserver_and_toolpolicy_crds_from_the_chart() {
+fn helm_installs_the_mcpserver_mcpserverset_and_toolpolicy_crds_from_the_chart() {
     let m = render(&["--include-crds"]);
     let crds = m.of_kind("CustomResourceDefinition");
     let names: Vec<&str> = crds
@@ -1045,10 +1090,15 @@ fn helm_installs_the_mcpserver_and_toolpolicy_crds_from_the_chart() {
         .collect();
     assert_eq!(
         names,
-        ["mcpservers.flotilla.dev", "toolpolicies.flotilla.dev"]
+        [
+            "mcpservers.flotilla.dev",
+            "mcpserversets.flotilla.dev",
+            "toolpolicies.flotilla.dev"
+        ]
     );
     assert_eq!(crds[0]["spec"]["names"]["shortNames"][0], "mcps");
-    assert_eq!(crds[1]["spec"]["names"]["shortNames"][0], "tpol");
+    assert_eq!(crds[1]["spec"]["names"]["shortNames"][0], "mcpss");
+    assert_eq!(crds[2]["spec"]["names"]["shortNames"][0], "tpol");
     // Not a template: `helm template` without --include-crds leaves it out.
     assert!(render(&[]).of_kind("CustomResourceDefinition").is_empty());
 }

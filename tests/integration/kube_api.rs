@@ -4,9 +4,11 @@
 //! run: the Kubernetes controller is exercised with the real `kube::Client`
 //! (and `kube::runtime` watchers, reflectors and event recorder) against this
 //! server over plain HTTP on 127.0.0.1. It follows the Kubernetes API
-//! conventions for the resources Flotilla uses: MCPServer and ToolPolicy
-//! (with their status subresources), Secrets, Leases, and core/v1 and events.k8s.io/v1 Events,
-//! storing every object as generic JSON in one map.
+//! conventions for the resources Flotilla uses: MCPServer, MCPServerSet and
+//! ToolPolicy (with their status subresources), Secrets, Leases, core/v1 and
+//! events.k8s.io/v1 Events, and Open Cluster Management's cluster-scoped
+//! ManagedClusters (served only once their CRD is installed with
+//! [`KubeApiServer::install_crd`]), storing every object as generic JSON in one map.
 //!
 //! Implemented: one global resourceVersion; uid, creationTimestamp and
 //! generation; get; list with label selectors (`=`, `==`, `!=`, `key`,
@@ -88,6 +90,20 @@ const RESOURCES: &[Res] = &[
     Res(
         "flotilla.dev",
         "v1alpha1",
+        "mcpserversets",
+        "MCPServerSet",
+        true,
+    ),
+    Res(
+        "cluster.open-cluster-management.io",
+        "v1",
+        "managedclusters",
+        "ManagedCluster",
+        true,
+    ),
+    Res(
+        "flotilla.dev",
+        "v1alpha1",
         "toolpolicies",
         "ToolPolicy",
         true,
@@ -98,7 +114,15 @@ const RESOURCES: &[Res] = &[
     Res("coordination.k8s.io", "v1", "leases", "Lease", false),
 ];
 
+/// Cluster-scoped plurals (every other resource is namespaced).
+const CLUSTER_SCOPED: &[&str] = &["managedclusters"];
+/// Plurals served only once a CustomResourceDefinition for them is installed.
+const NEEDS_CRD: &[&str] = &["managedclusters"];
+
 impl Res {
+    fn cluster_scoped(&self) -> bool {
+        CLUSTER_SCOPED.contains(&self.2)
+    }
     fn api_version(&self) -> String {
         match self.0 {
             "" => self.1.to_string(),
@@ -150,6 +174,8 @@ struct Store {
     forbidden: Vec<(String, String)>,
     /// Plurals the server does not serve: 404, as when a CRD is not installed.
     unserved: Vec<String>,
+    /// Installed CRDs' schemas (`openAPIV3Schema`), by resource index.
+    schemas: HashMap<usize, Value>,
     /// Every request is answered 503 (the API server is down).
     down: bool,
     requests: RequestCounts,
@@ -243,7 +269,8 @@ impl KubeApiServer {
             tx: broadcast::channel(4096).0,
             unseen: false,
             forbidden: Vec::new(),
-            unserved: Vec::new(),
+            unserved: NEEDS_CRD.iter().map(|p| p.to_string()).collect(),
+            schemas: HashMap::new(),
             down: false,
             requests: RequestCounts::new(),
             log: Vec::new(),
@@ -295,7 +322,9 @@ impl KubeApiServer {
         let mut st = self.store();
         let old = st.objects.get(&t.key()).cloned();
         let mut obj = strip_nulls(obj);
-        obj["metadata"]["namespace"] = json!(t.ns);
+        if !t.r().cluster_scoped() {
+            obj["metadata"]["namespace"] = json!(t.ns);
+        }
         let merged = apply(old.as_ref(), obj, &t, "kubectl", true)
             .unwrap_or_else(|f| panic!("apply_object: {f:?}"));
         st.commit(&t, old.as_ref(), merged, None)
@@ -327,6 +356,48 @@ impl KubeApiServer {
         if !serve {
             st.unserved.push(plural.to_string());
         }
+    }
+
+    /// Installs a CustomResourceDefinition (`apiextensions.k8s.io/v1`) for
+    /// one of the resources this server knows: its group, plural, kind and
+    /// scope must match, and from then on the resource is served and objects
+    /// given to [`Self::apply_validated`] are checked against the required
+    /// fields of its first version's schema.
+    pub fn install_crd(&self, crd: &Value) {
+        let spec = &crd["spec"];
+        let (group, plural, kind) = (
+            spec["group"].as_str(),
+            spec["names"]["plural"].as_str(),
+            spec["names"]["kind"].as_str(),
+        );
+        let res = RESOURCES
+            .iter()
+            .position(|r| Some(r.0) == group && Some(r.2) == plural && Some(r.3) == kind)
+            .unwrap_or_else(|| panic!("this server does not know {plural:?} in {group:?}"));
+        let version = &spec["versions"][0];
+        assert_eq!(
+            version["name"].as_str(),
+            Some(RESOURCES[res].1),
+            "CRD version"
+        );
+        let cluster = spec["scope"] == "Cluster";
+        assert_eq!(cluster, RESOURCES[res].cluster_scoped(), "CRD scope");
+        let mut st = self.store();
+        st.schemas
+            .insert(res, version["schema"]["openAPIV3Schema"].clone());
+        st.unserved.retain(|p| p != RESOURCES[res].2);
+    }
+
+    /// [`Self::apply_object`] after checking the object against its
+    /// installed CRD's required fields, as the API server's validation
+    /// would; `Err` names the first missing field.
+    pub fn apply_validated(&self, obj: Value) -> Result<Value, String> {
+        let t = locate(&obj);
+        let schema = self.store().schemas.get(&t.res).cloned();
+        if let Some(schema) = schema {
+            missing_required(&schema, &obj, "")?;
+        }
+        Ok(self.apply_object(obj))
     }
 
     /// An outage (`down = true`): open watches end and every request is
@@ -407,6 +478,24 @@ impl Drop for KubeApiServer {
     }
 }
 
+/// The first field `schema` requires that `value` lacks, as `Err(path)`.
+fn missing_required(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
+    for field in schema["required"].as_array().into_iter().flatten() {
+        let field = field.as_str().unwrap_or("");
+        if value.get(field).is_none_or(Value::is_null) {
+            return Err(format!("{path}{field}: Required value"));
+        }
+    }
+    if let Some(properties) = schema["properties"].as_object() {
+        for (name, sub) in properties {
+            if let Some(inner) = value.get(name).filter(|v| v.is_object()) {
+                missing_required(sub, inner, &format!("{path}{name}."))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The object a manifest names; panics on anything this server does not serve.
 fn locate(obj: &Value) -> Target {
     let (av, kind) = (obj["apiVersion"].as_str(), obj["kind"].as_str());
@@ -414,10 +503,14 @@ fn locate(obj: &Value) -> Target {
         .iter()
         .position(|r| Some(r.api_version().as_str()) == av && Some(r.3) == kind)
         .unwrap_or_else(|| panic!("unknown apiVersion/kind {av:?}/{kind:?}"));
-    let ns = obj["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
+    let ns = if RESOURCES[res].cluster_scoped() {
+        String::new()
+    } else {
+        obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string()
+    };
     let name = obj["metadata"]["name"]
         .as_str()
         .expect("metadata.name")
@@ -454,7 +547,12 @@ fn route(path: &str) -> Option<Target> {
         .as_deref()
         .is_none_or(|s| s == "status" && RESOURCES[res].4);
     let (ns, name) = (ns.to_string(), name.to_string());
-    (sub_ok && (!ns.is_empty() || name.is_empty())).then_some(Target { res, ns, name, sub })
+    let scope_ok = if RESOURCES[res].cluster_scoped() {
+        ns.is_empty()
+    } else {
+        !ns.is_empty() || name.is_empty()
+    };
+    (sub_ok && scope_ok).then_some(Target { res, ns, name, sub })
 }
 
 async fn handle(
@@ -477,7 +575,7 @@ async fn handle(
         Method::GET if !named && watching => "watch",
         Method::GET if !named => "list",
         Method::GET => "get",
-        Method::POST if !named && !t.ns.is_empty() => "create",
+        Method::POST if !named && (!t.ns.is_empty() || t.r().cluster_scoped()) => "create",
         Method::PUT if named => "update",
         Method::PATCH if named => "patch",
         Method::DELETE if named && whole => "delete",
@@ -888,7 +986,13 @@ impl Store {
         });
         let meta = &mut obj["metadata"];
         meta["name"] = json!(t.name);
-        meta["namespace"] = json!(t.ns);
+        if t.r().cluster_scoped() {
+            if let Some(meta) = meta.as_object_mut() {
+                meta.remove("namespace");
+            }
+        } else {
+            meta["namespace"] = json!(t.ns);
+        }
         meta["generation"] = json!(generation);
         match old {
             Some(o) => {

@@ -12,6 +12,7 @@ mod agent_chart;
 mod agents;
 mod call_limits;
 mod conformance;
+mod discovery;
 mod families;
 mod fuzz;
 mod gateway;

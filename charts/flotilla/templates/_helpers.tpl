@@ -154,13 +154,13 @@ overridden key by key by podAnnotations, and the config checksum.
 {{- toYaml $ann }}
 {{- end }}
 
-{{/* The rules for MCPServers and Events, shared by the ClusterRole and the per-namespace Roles. */}}
+{{/* The rules for MCPServers, MCPServerSets, ToolPolicies and Events, shared by the ClusterRole and the per-namespace Roles. */}}
 {{- define "flotilla.mcpserverRules" -}}
 - apiGroups: ["flotilla.dev"]
-  resources: ["mcpservers", "toolpolicies"]
+  resources: ["mcpservers", "mcpserversets", "toolpolicies"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["flotilla.dev"]
-  resources: ["mcpservers/status", "toolpolicies/status"]
+  resources: ["mcpservers/status", "mcpserversets/status", "toolpolicies/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

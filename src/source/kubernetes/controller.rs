@@ -1,11 +1,14 @@
-//! Watching MCPServers, ToolPolicies and Secrets: a reflector per kind and
+//! Watching MCPServers, MCPServerSets, ToolPolicies and Secrets: a reflector per kind and
 //! watched scope (all namespaces, or each listed namespace) that tolerates
 //! malformed objects (`DeserializeGuard`), plus a reflector per Secret
 //! scope, each driven by a task of its own with one backoff. Any change re-derives the whole desired
 //! fleet (cheap) and publishes it, as does a resync every [`RESYNC`] (a
 //! Secret granted later, or any missed event); the fleet diffs it, so a spec
 //! change reconnects only that server and a label change reconnects nothing.
-//! There is no per-object reconcile: the whole fleet is the unit.
+//! There is no per-object reconcile: the whole fleet is the unit. Sets are
+//! expanded on every derivation (`crate::source::discovery`); their
+//! inventories (ManagedClusters, kubeconfig directories, Rancher polls) ask
+//! for a re-derivation when they change.
 //!
 //! ToolPolicies fail closed: a scope whose policies the gateway may not
 //! read (403) keeps it unready, since a deny there would go unseen. An API
@@ -28,7 +31,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::desired::{SecretLookup, desired_fleet, desired_policies};
-use crate::api::{MCPServer, ToolPolicy};
+use super::desired_sets::desired_sets;
+use super::managed_clusters::ManagedClusterWatch;
+use crate::api::{MCPServer, MCPServerSet, ToolPolicy};
+use crate::source::discovery::{Discovery, Inventories, ManagedClusterSource, SetInput};
 use crate::source::{DesiredFleet, DesiredPolicy, DesiredServer};
 
 /// Bursts of watch events are folded into one re-derivation.
@@ -40,7 +46,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// minutes of health. (kube's default waits up to 30 s, so a change made
 /// just after an API outage could wait that long.) The jitter adds up to
 /// the delay itself, so the delay is capped at half of those 5 s.
-fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+pub(super) fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_millis(2500))
@@ -66,6 +72,7 @@ pub struct SourceConfig {
 
 type GuardedServer = DeserializeGuard<MCPServer>;
 type GuardedPolicy = DeserializeGuard<ToolPolicy>;
+type GuardedSet = DeserializeGuard<MCPServerSet>;
 
 struct SecretStores {
     stores: Vec<Store<Secret>>,
@@ -100,10 +107,14 @@ fn watch_refusal(error: &watcher::Error, what: &str, scope: &str) -> Option<(u16
         (403, "toolpolicies") => format!(
             "the gateway may not read ToolPolicies in {scope} (403), so it stays unready (a deny there would go unseen): grant its service account get, list and watch on toolpolicies.flotilla.dev there"
         ),
+        (403, "mcpserversets") => format!(
+            "the gateway may not read MCPServerSets in {scope} (403), so their members are not served: grant its service account get, list and watch on mcpserversets.flotilla.dev there"
+        ),
         (403, _) => format!(
             "the gateway may not read MCPServers in {scope} (403): grant its service account get, list and watch on mcpservers.flotilla.dev there"
         ),
         (404, "mcpservers") => "the MCPServer CustomResourceDefinition is not installed (the API has no mcpservers.flotilla.dev): install it with `flotilla crd | kubectl apply -f -` or the Helm chart".to_string(),
+        (404, "mcpserversets") => "the MCPServerSet CustomResourceDefinition is not installed (the API has no mcpserversets.flotilla.dev), so no set generates servers: install it with `flotilla crd | kubectl apply -f -`".to_string(),
         (404, "toolpolicies") => "the ToolPolicy CustomResourceDefinition is not installed (the API has no toolpolicies.flotilla.dev), so no tool policy applies: install it with `flotilla crd | kubectl apply -f -` (Helm installs CRDs only on first install)".to_string(),
         (code, _) => format!("listing {what} in {scope} failed ({code}): {}", status.message),
     };
@@ -123,11 +134,19 @@ fn report_refusal(last: &Mutex<Option<String>>, message: &str) {
 struct Shared {
     servers: Vec<Store<GuardedServer>>,
     policies: Vec<Store<GuardedPolicy>>,
+    sets: Vec<Store<GuardedSet>>,
     secrets: SecretStores,
+    /// Set expansion: kubeconfig watchers, Rancher pollers.
+    discovery: Discovery,
+    /// The ManagedCluster watch, started when a set first asks for it.
+    managed_clusters: std::sync::OnceLock<ManagedClusterWatch>,
+    client: Client,
+    cancel: CancellationToken,
+    last_good_sets: Mutex<HashMap<String, SetInput>>,
     last_good: Mutex<HashMap<String, DesiredServer>>,
     last_good_policies: Mutex<HashMap<String, DesiredPolicy>>,
     tx: watch::Sender<Arc<DesiredFleet>>,
-    changed: Notify,
+    changed: Arc<Notify>,
     /// Reflectors that have not completed their first listing. Until all
     /// have, a snapshot would be partial (e.g. Secrets not yet known) and is
     /// not published. (Counted from the watch events, which also say when
@@ -157,6 +176,46 @@ impl Shared {
         self.policies.iter().flat_map(|s| s.state()).collect()
     }
 
+    fn set_objects(&self) -> Vec<Arc<GuardedSet>> {
+        self.sets.iter().flat_map(|s| s.state()).collect()
+    }
+
+    /// Expands every MCPServerSet into `fleet`.
+    fn expand_sets(&self, fleet: &mut DesiredFleet) {
+        let inputs = {
+            let Ok(mut last_good) = self.last_good_sets.lock() else {
+                return;
+            };
+            desired_sets(&self.set_objects(), &mut last_good, fleet)
+        };
+        let wants_clusters = inputs.iter().any(|set| {
+            set.spec
+                .generators
+                .iter()
+                .any(|g| g.managed_clusters.is_some())
+        });
+        let clusters = wants_clusters.then(|| {
+            self.managed_clusters.get_or_init(|| {
+                ManagedClusterWatch::start(
+                    self.client.clone(),
+                    self.changed.clone(),
+                    self.cancel.child_token(),
+                )
+            })
+        });
+        let inventories = Inventories {
+            secrets: &self.secrets,
+            managed_clusters: clusters.map(|c| c as &dyn ManagedClusterSource),
+        };
+        // Kubeconfig directories are read from disk: off the runtime's
+        // worker where the runtime allows it.
+        let mut expand = || self.discovery.expand_sets(&inputs, &inventories, fleet);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(expand),
+            _ => expand(),
+        }
+    }
+
     /// Re-derives the desired fleet and publishes it if it changed.
     fn publish(&self) {
         if !self.listed.load(std::sync::atomic::Ordering::Acquire) {
@@ -175,6 +234,7 @@ impl Shared {
             };
             desired_policies(&self.policy_objects(), &mut last_good, &mut fleet);
         }
+        self.expand_sets(&mut fleet);
         self.tx.send_if_modified(|current| {
             if **current == fleet {
                 return false;
@@ -210,6 +270,7 @@ impl KubernetesSource {
             config.secret_namespaces.clone()
         };
         let (tx, _) = watch::channel(Arc::new(DesiredFleet::default()));
+        let changed = Arc::new(Notify::new());
         let mut server_parts = Vec::new();
         for scope in &scopes {
             let api: Api<GuardedServer> = match scope {
@@ -228,6 +289,15 @@ impl KubernetesSource {
             let (reader, writer) = reflector::store();
             policy_parts.push((api, reader, writer));
         }
+        let mut set_parts = Vec::new();
+        for scope in &scopes {
+            let api: Api<GuardedSet> = match scope {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let (reader, writer) = reflector::store();
+            set_parts.push((api, reader, writer));
+        }
         let mut secret_parts = Vec::new();
         for namespace in &secret_scopes {
             let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -237,16 +307,25 @@ impl KubernetesSource {
         let shared = Arc::new(Shared {
             servers: server_parts.iter().map(|(_, r, _)| r.clone()).collect(),
             policies: policy_parts.iter().map(|(_, r, _)| r.clone()).collect(),
+            sets: set_parts.iter().map(|(_, r, _)| r.clone()).collect(),
             secrets: SecretStores {
                 stores: secret_parts.iter().map(|(_, r, _)| r.clone()).collect(),
                 unreadable: Mutex::new(BTreeMap::new()),
             },
             last_good: Mutex::new(HashMap::new()),
             last_good_policies: Mutex::new(HashMap::new()),
+            discovery: {
+                let changed = changed.clone();
+                Discovery::new(move || changed.notify_one())
+            },
+            managed_clusters: std::sync::OnceLock::new(),
+            client: client.clone(),
+            cancel: cancel.clone(),
+            last_good_sets: Mutex::new(HashMap::new()),
             tx,
-            changed: Notify::new(),
+            changed,
             unlisted: std::sync::atomic::AtomicUsize::new(
-                server_parts.len() + policy_parts.len() + secret_parts.len(),
+                server_parts.len() + policy_parts.len() + set_parts.len() + secret_parts.len(),
             ),
             listed: std::sync::atomic::AtomicBool::new(false),
             ready: watch::channel(false).0,
@@ -271,6 +350,9 @@ impl KubernetesSource {
                 &shared,
                 &cancel,
             );
+        }
+        for ((api, _reader, writer), scope) in set_parts.into_iter().zip(&scopes) {
+            spawn_watch(api, writer, Kind::Sets, scope.as_deref(), &shared, &cancel);
         }
         for ((api, _reader, writer), namespace) in secret_parts.into_iter().zip(secret_scopes) {
             let notify = shared.clone();
@@ -368,6 +450,11 @@ impl KubernetesSource {
         self.shared.objects()
     }
 
+    /// Every watched MCPServerSet, valid or not (for the status writer).
+    pub fn set_objects(&self) -> Vec<Arc<DeserializeGuard<MCPServerSet>>> {
+        self.shared.set_objects()
+    }
+
     /// Every watched ToolPolicy, valid or not (for the status writer).
     pub fn policy_objects(&self) -> Vec<Arc<DeserializeGuard<ToolPolicy>>> {
         self.shared.policy_objects()
@@ -386,6 +473,7 @@ impl KubernetesSource {
 enum Kind {
     Servers,
     Policies,
+    Sets,
 }
 
 impl Kind {
@@ -393,15 +481,20 @@ impl Kind {
         match self {
             Kind::Servers => "mcpservers",
             Kind::Policies => "toolpolicies",
+            Kind::Sets => "mcpserversets",
         }
     }
 
     /// Whether a refusal with `code` still lets the gateway become ready:
     /// MCPServers a namespace hides serve nothing (403); a missing
-    /// ToolPolicy CRD means no policy can exist (404). A hidden policy
-    /// (403) could be a deny: the gateway waits.
+    /// ToolPolicy CRD means no policy can exist (404); MCPServerSets hidden
+    /// or without their CRD generate nothing. A hidden policy (403) could be
+    /// a deny: the gateway waits.
     fn ready_despite(self, code: u16) -> bool {
-        matches!((self, code), (Kind::Servers, 403) | (Kind::Policies, 404))
+        matches!(
+            (self, code),
+            (Kind::Servers, 403) | (Kind::Policies, 404) | (Kind::Sets, 403 | 404)
+        )
     }
 }
 

@@ -40,7 +40,7 @@ pub fn policy_origin_of(namespace: &str, name: &str) -> String {
 }
 
 /// Reads one key of a Secret; the error names the Secret and key, never a value.
-fn secret_key(
+pub(crate) fn secret_key(
     secrets: &dyn SecretLookup,
     namespace: &str,
     name: &str,
@@ -197,6 +197,7 @@ pub fn desired_fleet(
                 origin,
                 server: None,
                 policy: None,
+                set: None,
                 message: format!(
                     "metadata.name {name:?} is already used by {}; exposed names must be unique across namespaces",
                     origin_of(owner, &name)
@@ -222,6 +223,7 @@ pub fn desired_fleet(
                     origin,
                     server: Some(name),
                     policy: None,
+                    set: None,
                     message,
                 });
             }
@@ -270,6 +272,7 @@ pub fn desired_policies(
                     origin,
                     server: None,
                     policy: Some(name),
+                    set: None,
                     message,
                 });
             }

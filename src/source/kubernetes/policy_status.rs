@@ -97,6 +97,7 @@ mod tests {
             origin: policy_origin_of("ops", name),
             server: None,
             policy: Some(name.into()),
+            set: None,
             message: "spec.rules[0].match.labels: bad".into(),
         });
     }

@@ -1,4 +1,4 @@
-//! Writing MCPServer and ToolPolicy status through the status subresource (server-side
+//! Writing MCPServer, MCPServerSet and ToolPolicy status through the status subresource (server-side
 //! apply, field manager `flotilla`) and Events on connect, disconnect and
 //! auth failures. Only the Lease holder writes, and only what differs from
 //! the object as stored (the watch cache), so a healthy fleet makes close to
@@ -22,9 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::controller::KubernetesSource;
 use super::desired::{origin_of, policy_origin_of};
+use super::desired_sets::set_origin_of;
 use super::lease::LeaderElection;
 use super::policy_status::desired_policy_status;
-use crate::api::{Condition, MCPServer, MCPServerStatus, ServerState, ToolPolicy};
+use super::set_status::desired_set_status;
+use crate::api::{Condition, MCPServer, MCPServerSet, MCPServerStatus, ServerState, ToolPolicy};
 use crate::source::ManifestProblem;
 
 /// Field manager of every status write.
@@ -137,6 +139,8 @@ pub struct StatusWriter {
     written: HashMap<(String, String), String>,
     /// The same, for ToolPolicies.
     written_policies: HashMap<(String, String), String>,
+    /// The same, for MCPServerSets.
+    written_sets: HashMap<(String, String), String>,
     states: HashMap<(String, String), ServerState>,
 }
 
@@ -164,6 +168,7 @@ impl StatusWriter {
             recorder,
             written: HashMap::new(),
             written_policies: HashMap::new(),
+            written_sets: HashMap::new(),
             states: HashMap::new(),
         }
     }
@@ -190,6 +195,7 @@ impl StatusWriter {
                     // A new leader cannot trust what another replica wrote.
                     self.written.clear();
                     self.written_policies.clear();
+                    self.written_sets.clear();
                 }
                 _ = tokio::time::sleep(RESYNC) => {}
             }
@@ -200,6 +206,7 @@ impl StatusWriter {
             if self.leader.is_leader() {
                 self.write_all().await;
                 self.write_policies().await;
+                self.write_sets().await;
             }
         }
     }
@@ -326,6 +333,55 @@ impl StatusWriter {
         self.written_policies.retain(|k, _| seen.contains(k));
     }
 
+    /// Writes each MCPServerSet's status where it differs from the stored one.
+    async fn write_sets(&mut self) {
+        let fleet = self.source.subscribe().borrow().clone();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut seen = std::collections::HashSet::new();
+        for object in self.source.set_objects() {
+            let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+            let key = (namespace.clone(), name.clone());
+            seen.insert(key.clone());
+            let current = object.0.as_ref().ok().and_then(|o| o.status.clone());
+            let mut status = desired_set_status(&object, &fleet);
+            stamp_transitions(
+                &mut status.conditions,
+                current.as_ref().map(|c| c.conditions.as_slice()),
+                &now,
+            );
+            let stored_version = object.meta().resource_version.clone().unwrap_or_default();
+            let cache_behind = self.written_sets.get(&key) == Some(&stored_version);
+            if current.as_ref() == Some(&status) || cache_behind {
+                continue;
+            }
+            let api: Api<DeserializeGuard<MCPServerSet>> =
+                Api::namespaced(self.client.clone(), &namespace);
+            let patch = json!({
+                "apiVersion": "flotilla.dev/v1alpha1",
+                "kind": "MCPServerSet",
+                "status": status,
+            });
+            let written = api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await;
+            match written {
+                Ok(_) => {
+                    self.counts.written.fetch_add(1, Ordering::Relaxed);
+                    self.written_sets.insert(key, stored_version);
+                }
+                Err(error) => {
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, object = %set_origin_of(&namespace, &name), "writing status failed")
+                }
+            }
+        }
+        self.written_sets.retain(|k, _| seen.contains(k));
+    }
+
     /// Events for state changes: connected, disconnected, auth failures.
     async fn record_transition(
         &mut self,
@@ -430,6 +486,7 @@ mod tests {
             origin: "MCPServer ns/a".into(),
             server: Some("a".into()),
             policy: None,
+            set: None,
             message: "invalid object: unknown variant `nope`".into(),
         }];
         let status = desired_status(&o, None, &problems);

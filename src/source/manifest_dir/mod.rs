@@ -10,6 +10,8 @@
 //!
 //! Secrets (`kind: Secret`, `apiVersion: v1`) in the directory are read too,
 //! so `headersFrom` and `clientCredentialsSecretRef` work as in a cluster.
+//! MCPServerSets are expanded after every file is read (`super::discovery`),
+//! so a generated member never takes a hand-written server's name.
 
 mod parse;
 mod watch;
@@ -21,6 +23,7 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 
+use super::discovery::{Discovery, Inventories, SetInput};
 use super::kubernetes::{SecretLookup, resolve_secret_refs};
 use super::{DesiredFleet, ManifestProblem};
 pub use parse::{ParsedFile, parse_manifests};
@@ -67,7 +70,13 @@ impl Stamp {
 }
 
 /// Reads a directory once: files unchanged since `last` are not read again.
+/// Sets are expanded without watching or polling (see [`load_dir_with`]).
 pub fn load_dir(dir: &Path, last: &mut LastLoad) -> DesiredFleet {
+    load_dir_with(dir, last, &Discovery::inert())
+}
+
+/// [`load_dir`], expanding MCPServerSets with `discovery`.
+pub fn load_dir_with(dir: &Path, last: &mut LastLoad, discovery: &Discovery) -> DesiredFleet {
     let mut fleet = DesiredFleet::default();
     let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -79,23 +88,36 @@ pub fn load_dir(dir: &Path, last: &mut LastLoad) -> DesiredFleet {
                 origin: dir.display().to_string(),
                 server: None,
                 policy: None,
+                set: None,
                 message: format!("cannot read manifest directory: {e}"),
             });
             return fleet;
         }
     };
     paths.sort();
-    load_files(paths, last)
+    load_files(dir, paths, last, discovery)
 }
 
 /// Reads one manifest file (`flotilla validate FILE`); its Secret references
 /// resolve against the Secrets in the same file.
 pub fn load_file(path: &Path) -> DesiredFleet {
-    load_files(vec![path.to_path_buf()], &mut LastLoad::default())
+    let dir = path.parent().unwrap_or(Path::new("."));
+    load_files(
+        dir,
+        vec![path.to_path_buf()],
+        &mut LastLoad::default(),
+        &Discovery::inert(),
+    )
 }
 
-fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
+fn load_files(
+    dir: &Path,
+    paths: Vec<PathBuf>,
+    last: &mut LastLoad,
+    discovery: &Discovery,
+) -> DesiredFleet {
     let mut fleet = DesiredFleet::default();
+    let mut sets: Vec<SetInput> = Vec::new();
     let mut current = HashMap::new();
     for path in paths {
         let stamp = Stamp::of(&path);
@@ -110,6 +132,7 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
                     origin: server.origin.clone(),
                     server: Some(server.name.clone()),
                     policy: None,
+                    set: None,
                     message: format!(
                         "metadata.name: {:?} is already declared in {}; this copy is ignored",
                         server.name, existing.origin
@@ -126,6 +149,7 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
                     origin: policy.origin.clone(),
                     server: None,
                     policy: Some(policy.name.clone()),
+                    set: None,
                     message: format!(
                         "metadata.name: ToolPolicy {:?} is already declared in {}; this copy is ignored",
                         policy.name, existing.origin
@@ -135,10 +159,45 @@ fn load_files(paths: Vec<PathBuf>, last: &mut LastLoad) -> DesiredFleet {
                 fleet.policies.insert(key, policy.clone());
             }
         }
+        for set in &parsed.sets {
+            if let Some(existing) = sets
+                .iter()
+                .find(|s| s.name == set.name && s.namespace == set.namespace)
+            {
+                fleet.problems.push(ManifestProblem {
+                    origin: set.origin.clone(),
+                    server: None,
+                    policy: None,
+                    set: Some(set.name.clone()),
+                    message: format!(
+                        "metadata.name: MCPServerSet {:?} is already declared in {}; this copy is ignored",
+                        set.name, existing.origin
+                    ),
+                });
+            } else {
+                sets.push(SetInput {
+                    name: set.name.clone(),
+                    namespace: set.namespace.clone(),
+                    generation: set.generation,
+                    spec: set.spec.clone(),
+                    origin: set.origin.clone(),
+                    base_dir: Some(dir.to_path_buf()),
+                });
+            }
+        }
         fleet.problems.extend(parsed.problems.iter().cloned());
         current.insert(path, KnownFile { stamp, parsed });
     }
-    resolve_secrets(&mut fleet, &current);
+    let secrets = dir_secrets(&current);
+    discovery.expand_sets(
+        &sets,
+        &Inventories {
+            secrets: &secrets,
+            managed_clusters: None,
+        },
+        &mut fleet,
+    );
+    resolve_secrets(&mut fleet, &secrets);
     last.0 = current;
     fleet
 }
@@ -154,6 +213,7 @@ fn read_file(path: &Path, stamp: Option<Stamp>) -> ParsedFile {
             origin: origin.clone(),
             server: None,
             policy: None,
+            set: None,
             message,
         }],
         ..Default::default()
@@ -182,20 +242,25 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
     };
     let declares_nothing = parsed.servers.is_empty()
         && parsed.policies.is_empty()
+        && parsed.sets.is_empty()
         && parsed.secrets.is_empty()
         && parsed.problems.is_empty()
-        && !(last_good.servers.is_empty() && last_good.policies.is_empty());
+        && !(last_good.servers.is_empty()
+            && last_good.policies.is_empty()
+            && last_good.sets.is_empty());
     if declares_nothing {
         let first = last_good
             .servers
             .first()
             .map(|s| &s.origin)
-            .or(last_good.policies.first().map(|p| &p.origin));
+            .or(last_good.policies.first().map(|p| &p.origin))
+            .or(last_good.sets.first().map(|s| &s.origin));
         let origin = first.map_or("", |o| o.split('#').next().unwrap_or(""));
         parsed.problems.push(ManifestProblem {
             origin: origin.to_string(),
             server: None,
             policy: None,
+            set: None,
             message: "the file declares nothing now (half-written?); its servers and policies \
                       stay until the file is deleted or declares others"
                 .into(),
@@ -208,7 +273,7 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
     let unnamed = parsed
         .problems
         .iter()
-        .find(|p| p.server.is_none() && p.policy.is_none())
+        .find(|p| p.server.is_none() && p.policy.is_none() && p.set.is_none())
         .or(parsed.problems.first())
         .cloned();
     for old in last_good.servers {
@@ -226,6 +291,7 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
                 origin: old.origin.clone(),
                 server: Some(old.name.clone()),
                 policy: None,
+                set: None,
                 message: format!("its file is not valid now ({problem})"),
             });
         } else if !named {
@@ -251,12 +317,38 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
                 origin: old.origin.clone(),
                 server: None,
                 policy: Some(old.name.clone()),
+                set: None,
                 message: format!(
                     "its file is not valid now ({problem}); its last good rules apply"
                 ),
             });
         }
         parsed.policies.push(old);
+    }
+    // A set keeps its last good spec too: a broken edit must not drop its members.
+    for old in last_good.sets {
+        if parsed.sets.iter().any(|s| s.name == old.name) {
+            continue;
+        }
+        let named = parsed
+            .problems
+            .iter()
+            .any(|p| p.set.as_deref() == Some(&*old.name));
+        if unnamed.is_none() && !named {
+            continue;
+        }
+        if let Some(problem) = unnamed.as_ref().filter(|_| !named) {
+            parsed.problems.push(ManifestProblem {
+                origin: old.origin.clone(),
+                server: None,
+                policy: None,
+                set: Some(old.name.clone()),
+                message: format!(
+                    "its file is not valid now ({problem}); its last good spec applies"
+                ),
+            });
+        }
+        parsed.sets.push(old);
     }
     if unnamed.is_some() {
         for old in last_good.secrets {
@@ -282,10 +374,9 @@ impl SecretLookup for DirSecrets {
     }
 }
 
-/// Fills in Secret references; a server whose Secret is missing is dropped
-/// and reported, and the others are unaffected.
-fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, KnownFile>) {
-    let secrets = DirSecrets(
+/// The Secrets every file declares.
+fn dir_secrets(files: &HashMap<PathBuf, KnownFile>) -> DirSecrets {
+    DirSecrets(
         files
             .values()
             .flat_map(|f| f.parsed.secrets.iter())
@@ -299,15 +390,21 @@ fn resolve_secrets(fleet: &mut DesiredFleet, files: &HashMap<PathBuf, KnownFile>
                 ((namespace, name), s.clone())
             })
             .collect(),
-    );
+    )
+}
+
+/// Fills in Secret references; a server whose Secret is missing is dropped
+/// and reported, and the others are unaffected.
+fn resolve_secrets(fleet: &mut DesiredFleet, secrets: &DirSecrets) {
     let mut broken = Vec::new();
     for server in fleet.servers.values_mut() {
-        match resolve_secret_refs(&server.spec, &server.namespace, &secrets) {
+        match resolve_secret_refs(&server.spec, &server.namespace, secrets) {
             Ok(refs) => refs.apply_to(server),
             Err(message) => broken.push(ManifestProblem {
                 origin: server.origin.clone(),
                 server: Some(server.name.clone()),
                 policy: None,
+                set: None,
                 message,
             }),
         }
@@ -562,6 +659,57 @@ spec: {url: "http://127.0.0.1:9/mcp", toolPrefix: bee}
             fleet.problems[0].message.contains("limited to 1024 KiB"),
             "{}",
             fleet.problems[0]
+        );
+    }
+
+    const SET: &str = r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: MCPServerSet
+metadata: {name: listed}
+spec:
+  generators:
+  - list: {elements: [{name: one, labels: {env: prod}}, {name: two}]}
+  template:
+    metadata: {name: "{{name}}-sim"}
+    spec: {type: stdio, command: /bin/true, family: {name: sims}}
+"#;
+
+    #[test]
+    fn a_set_expands_into_servers_beside_the_hand_written_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fleet.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("set.yaml"), SET).unwrap();
+        let fleet = load_dir(dir.path(), &mut LastLoad::default());
+        assert!(fleet.problems.is_empty(), "{:?}", fleet.problems);
+        assert_eq!(
+            fleet.servers.keys().collect::<Vec<_>>(),
+            ["a", "b", "one-sim", "two-sim"]
+        );
+        let one = &fleet.servers["one-sim"];
+        assert_eq!(one.origin, "set.yaml#0 member one");
+        assert_eq!(one.labels["env"], "prod");
+        assert_eq!(
+            one.spec.family.as_ref().unwrap().instance.as_deref(),
+            Some("one")
+        );
+        assert_eq!(fleet.sets["default/listed"].members, ["one-sim", "two-sim"]);
+    }
+
+    #[test]
+    fn a_broken_set_edit_keeps_its_members_and_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("set.yaml");
+        std::fs::write(&file, SET).unwrap();
+        let mut last = LastLoad::default();
+        assert_eq!(load_dir(dir.path(), &mut last).servers.len(), 2);
+        std::fs::write(&file, SET.replace("generators:", "generator:")).unwrap();
+        let fleet = load_dir(dir.path(), &mut last);
+        assert_eq!(fleet.servers.len(), 2, "{:?}", fleet.problems);
+        let problem = &fleet.problems[0];
+        assert_eq!(problem.set.as_deref(), Some("listed"));
+        assert!(
+            problem.message.starts_with("spec.generator: unknown field"),
+            "{problem}"
         );
     }
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
 
 use super::super::{DesiredPolicy, DesiredServer, ManifestProblem};
-use crate::api::{MCPServer, ToolPolicy, validate, validate_policy};
+use crate::api::{MCPServer, MCPServerSet, ToolPolicy, validate, validate_policy};
 
 const API_VERSION: &str = "flotilla.dev/v1alpha1";
 /// Muster's group: accepted so its manifests load unchanged.
@@ -22,12 +22,25 @@ const MUSTER_API_VERSION: &str = "muster.giantswarm.io/v1alpha1";
 pub struct ParsedFile {
     pub servers: Vec<DesiredServer>,
     pub policies: Vec<DesiredPolicy>,
+    /// MCPServerSets, expanded after every file is read.
+    pub sets: Vec<ParsedSet>,
     /// Secrets declared beside the servers (for `headersFrom` and
     /// `clientCredentialsSecretRef`, as in a cluster).
     pub secrets: Vec<Arc<Secret>>,
     /// What could not be used. A problem that names no server (unreadable,
     /// too large, broken YAML) makes the file keep its last good servers.
     pub problems: Vec<ManifestProblem>,
+}
+
+/// One MCPServerSet document.
+#[derive(Debug, Clone)]
+pub struct ParsedSet {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    pub spec: crate::api::MCPServerSetSpec,
+    /// `file#document`.
+    pub origin: String,
 }
 
 /// Parses the MCPServer documents of one file. `origin` names the file in messages.
@@ -41,6 +54,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
             origin: origin.to_string(),
             server: None,
             policy: None,
+            set: None,
             message: too_large(text.len()),
         });
         return out;
@@ -57,6 +71,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
                     origin: doc_origin,
                     server: None,
                     policy: None,
+                    set: None,
                     message: format!("invalid YAML: {}", yaml_error(&e)),
                 });
                 // The reader ends after a syntax error or a breached limit;
@@ -67,6 +82,7 @@ pub fn parse_manifests(origin: &str, text: &str) -> ParsedFile {
         match parse_document(&doc_origin, value) {
             Ok(Some(Document::Server(server))) => out.servers.push(*server),
             Ok(Some(Document::Policy(policy))) => out.policies.push(*policy),
+            Ok(Some(Document::Set(set))) => out.sets.push(*set),
             Ok(Some(Document::Secret(secret))) => out.secrets.push(Arc::new(*secret)),
             Ok(None) => {}
             Err(problem) => out.problems.push(problem),
@@ -132,6 +148,7 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 enum Document {
     Server(Box<DesiredServer>),
     Policy(Box<DesiredPolicy>),
+    Set(Box<ParsedSet>),
     Secret(Box<Secret>),
 }
 
@@ -147,10 +164,12 @@ fn parse_document(
         .map(str::to_string);
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let is_policy = kind == "ToolPolicy";
+    let is_set = kind == "MCPServerSet";
     let problem = |message: String| ManifestProblem {
         origin: origin.to_string(),
-        server: name.clone().filter(|_| !is_policy),
+        server: name.clone().filter(|_| !is_policy && !is_set),
         policy: name.clone().filter(|_| is_policy),
+        set: name.clone().filter(|_| is_set),
         message,
     };
     let api_version = value
@@ -174,17 +193,17 @@ fn parse_document(
                 problem(format!("Secret {}: invalid", e.path()))
             });
     }
-    if kind != "MCPServer" && kind != "ToolPolicy" {
+    if kind != "MCPServer" && kind != "ToolPolicy" && !is_set {
         return if kind.is_empty() {
             Err(problem(
-                "kind: is required (expected MCPServer or ToolPolicy)".into(),
+                "kind: is required (expected MCPServer, MCPServerSet or ToolPolicy)".into(),
             ))
         } else {
             // Other kinds (a Secret, a Namespace) may share the file; skip them.
             Ok(None)
         };
     }
-    if is_policy && api_version != API_VERSION {
+    if (is_policy || is_set) && api_version != API_VERSION {
         return Err(problem(format!(
             "apiVersion: expected {API_VERSION}, found {api_version:?}"
         )));
@@ -209,6 +228,23 @@ fn parse_document(
             generation: policy.metadata.generation,
             name,
             spec: policy.spec,
+            origin: origin.to_string(),
+        }))));
+    }
+    if is_set {
+        let set: MCPServerSet = strictly(value, &problem)?;
+        if set.metadata.name.as_deref().unwrap_or("").is_empty() {
+            return Err(problem("metadata.name: is required".into()));
+        }
+        return Ok(Some(Document::Set(Box::new(ParsedSet {
+            namespace: set
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            generation: set.metadata.generation,
+            name: set.metadata.name.clone().unwrap_or_default(),
+            spec: set.spec,
             origin: origin.to_string(),
         }))));
     }

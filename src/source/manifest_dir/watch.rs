@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{LastLoad, load_dir};
+use super::{LastLoad, load_dir_with};
 use crate::source::DesiredFleet;
+use crate::source::discovery::Discovery;
 
 /// Editors write files in several steps; wait for this much quiet before re-reading.
 const QUIET: Duration = Duration::from_millis(150);
@@ -39,12 +40,18 @@ impl ManifestDir {
     /// Loads `dir` now and keeps re-loading it on change until `cancel`.
     pub fn watch(dir: PathBuf, cancel: CancellationToken) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let mut last = LastLoad::default();
-        let initial = load_dir(&dir, &mut last);
-        report(&initial, None);
-        let (tx, rx) = watch::channel(Arc::new(initial));
         // One slot: an event that finds it full is already covered by the pending one.
         let (event_tx, event_rx) = mpsc::channel(1);
+        // Kubeconfig directories and Rancher polls of MCPServerSets re-read
+        // the directory the same way a file event does.
+        let inventory_tx = event_tx.clone();
+        let discovery = Discovery::new(move || {
+            let _ = inventory_tx.try_send(());
+        });
+        let mut last = LastLoad::default();
+        let initial = load_dir_with(&dir, &mut last, &discovery);
+        report(&initial, None);
+        let (tx, rx) = watch::channel(Arc::new(initial));
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok() {
@@ -55,7 +62,7 @@ impl ManifestDir {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching manifest directory {}", dir.display()))?;
-        let reloads = tokio::spawn(reload_on_change(dir, last, event_rx, tx, cancel));
+        let reloads = tokio::spawn(reload_on_change(dir, last, discovery, event_rx, tx, cancel));
         Ok(Self {
             rx,
             _watcher: watcher,
@@ -71,6 +78,7 @@ impl ManifestDir {
 async fn reload_on_change(
     dir: PathBuf,
     mut last: LastLoad,
+    discovery: Discovery,
     mut events: mpsc::Receiver<()>,
     tx: watch::Sender<Arc<DesiredFleet>>,
     cancel: CancellationToken,
@@ -82,8 +90,9 @@ async fn reload_on_change(
             settled = settle(&mut events, QUIET, MAX_DELAY) => if !settled { return },
         }
         let reading = Arc::clone(&dir);
+        let discovery = discovery.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let next = load_dir(&reading, &mut last);
+            let next = load_dir_with(&reading, &mut last, &discovery);
             (next, last)
         });
         let next = tokio::select! {
