@@ -143,6 +143,7 @@ impl App {
                 rate_limit: settings.rate_limit,
                 endpoint: format!("{}/mcp", base_url.as_str().trim_end_matches('/')),
                 demo_identity: settings.demo_identity,
+                agent_heartbeat: settings.agent_heartbeat,
             },
             metrics,
             audit,

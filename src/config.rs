@@ -31,6 +31,9 @@ pub struct ConfigFile {
     pub allowed_origins: Option<Vec<String>>,
     /// Seconds between upstream health checks (default 20).
     pub ping_interval_seconds: Option<u64>,
+    /// Seconds between pings on each agent's connection; an agent silent
+    /// for three is given up (default 15; README "Clusters behind NAT").
+    pub agent_heartbeat_seconds: Option<u64>,
     /// Limits for family tools called on several instances.
     pub fan_out: Option<FanOutConfig>,
     /// Keys (one base64 32-byte key per line, the first seals) for client
@@ -302,6 +305,8 @@ pub struct ServeSettings {
     pub allowed_hosts: Option<Vec<String>>,
     pub allowed_origins: Option<Vec<String>>,
     pub ping_interval: Duration,
+    /// Pings on agents' connections (`agentHeartbeatSeconds`).
+    pub agent_heartbeat: Duration,
     pub fan_out: FanOutSettings,
     pub auth: Option<AuthConfig>,
     /// `sealingKeyFile`, or else `auth.sealingKeyFile`.
@@ -406,6 +411,9 @@ impl ServeSettings {
             allowed_hosts: file.allowed_hosts,
             allowed_origins: file.allowed_origins,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
+            agent_heartbeat: Duration::from_secs(
+                file.agent_heartbeat_seconds.unwrap_or(15).clamp(1, 300),
+            ),
             fan_out: {
                 let defaults = FanOutSettings::default();
                 let given = file.fan_out.unwrap_or_default();

@@ -22,7 +22,6 @@
 //! 409 rather than replace that connection.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -43,9 +42,6 @@ use crate::fleet::agents::frame::{
 };
 use crate::fleet::agents::link::websocket;
 use crate::source::DesiredServer;
-
-/// How often the gateway pings an agent (it gives up after three silent beats).
-const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What the door needs: the fleet (who is declared), issuers' keys, the
 /// other replicas, shutdown.
@@ -157,13 +153,14 @@ async fn enter(door: &AgentDoor, mut request: Request) -> Response {
         );
     };
     let hub = door.gateway.fleet.agents().clone();
+    let heartbeat = door.gateway.settings.agent_heartbeat;
     let shutdown = door.shutdown.clone();
     // Owned by the connection: it ends when the socket closes or the gateway shuts down.
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let socket = websocket(TokioIo::new(upgraded), Role::Server).await;
-                hub.serve(&name, admission, socket, HEARTBEAT, shutdown)
+                hub.serve(&name, admission, socket, heartbeat, shutdown)
                     .await;
             }
             Err(error) => tracing::warn!(agent = %name, %error, "agent's upgrade failed"),

@@ -11,6 +11,8 @@ pub struct GatewaySettings {
     pub endpoint: String,
     /// Callers may name themselves in headers (`demo_identity`); never with auth on.
     pub demo_identity: bool,
+    /// Pings on each agent's connection (`agentHeartbeatSeconds`).
+    pub agent_heartbeat: std::time::Duration,
 }
 
 /// Fan-out limits, from the gateway's config.

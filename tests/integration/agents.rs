@@ -735,3 +735,44 @@ async fn a_rotated_credential_closes_the_agents_connection_until_it_presents_the
         Duration::from_secs(40),
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_agent_is_given_up_after_three_silent_heartbeats_and_its_return_restores_it() {
+    let gateway = Fleet::new()
+        .manifest(
+            "a.yaml",
+            &declared("cluster-a", CREDENTIAL_A, &[("env", "prod")]),
+        )
+        .config("agentHeartbeatSeconds: 1\n")
+        .start();
+    let a = Cluster::new("cluster-a", CREDENTIAL_A);
+    let agent = a.agent(&gateway);
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(20),
+    );
+    // A frozen agent (or a NAT mapping that silently died) sends no FIN:
+    // only the missing heartbeats tell.
+    let stopped = Instant::now();
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Failed",
+        Duration::from_secs(15),
+    );
+    let waited = stopped.elapsed();
+    let status = gateway.server_status("cluster-a-mcp-kubernetes");
+    assert!(
+        status.to_string().contains("no heartbeat for 3s"),
+        "{status}"
+    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    // Thawed, it notices its connection is gone and dials again.
+    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    gateway.wait_state(
+        "cluster-a-mcp-kubernetes",
+        "Connected",
+        Duration::from_secs(40),
+    );
+}
