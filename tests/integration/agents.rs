@@ -581,12 +581,25 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_agent_reaches_the_gateway_over_tls_through_a_reverse_proxy() {
+async fn an_agent_reaches_the_gateway_over_tls_through_a_forward_proxy_and_a_reverse_proxy() {
     let gateway = two_cluster_gateway();
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path());
     // nginx terminates TLS in front of the gateway, as an ingress would.
     let nginx = Nginx::start_with(dir.path(), &[gateway.port], Some((cert, key)));
+    // The cluster's way out: a forward proxy (PyPI proxy.py) the agent must use.
+    let mut cmd = Command::new(peers().get("PY"));
+    cmd.args(["-m", "proxy", "--hostname", "127.0.0.1", "--port", "0"])
+        .args([
+            "--num-acceptors",
+            "1",
+            "--num-workers",
+            "1",
+            "--log-level",
+            "INFO",
+        ]);
+    let proxy = Proc::spawn("forward-proxy", cmd, dir.path());
+    let proxy_port = listening_port(&proxy, Duration::from_secs(20));
     let a = Cluster::new("cluster-a", CREDENTIAL_A);
     let dial = |extra: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla"));
@@ -596,6 +609,9 @@ async fn an_agent_reaches_the_gateway_over_tls_through_a_reverse_proxy() {
             .arg(&a.token_file)
             .arg("--manifests")
             .arg(a.servers())
+            .env("HTTPS_PROXY", format!("http://127.0.0.1:{proxy_port}"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
             .args(extra);
         Proc::spawn("agent-tls", cmd, gateway.logs())
     };
@@ -627,6 +643,9 @@ async fn an_agent_reaches_the_gateway_over_tls_through_a_reverse_proxy() {
         "{}",
         text_of(&info)
     );
+    // The connection went through the forward proxy's CONNECT tunnel.
+    let tunnelled = format!("CONNECT 127.0.0.1:{}", nginx.port);
+    proxy.wait_log(&tunnelled, Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread")]
