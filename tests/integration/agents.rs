@@ -411,6 +411,30 @@ async fn progress_and_elicitation_travel_through_an_agent() {
     let (remote, local) = (as_listed("x_everything_"), as_listed("x_local_"));
     assert!(!remote.is_empty());
     assert_eq!(remote, local, "the same tools, field for field");
+    // And the same prompts, and a prompt and a resource read alike.
+    let prompts = client.list_all_prompts().await.expect("prompts");
+    let names = |prefix: &str| -> Vec<String> {
+        let mut names: Vec<String> = prompts
+            .iter()
+            .filter_map(|p| p.name.strip_prefix(prefix).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(!names("x_everything_").is_empty());
+    assert_eq!(names("x_everything_"), names("x_local_"));
+    let prompt =
+        |name: &str| client.get_prompt(rmcp::model::GetPromptRequestParams::new(name.to_string()));
+    let (remote, local) = (
+        prompt("x_everything_simple-prompt")
+            .await
+            .expect("through the agent"),
+        prompt("x_local_simple-prompt").await.expect("local"),
+    );
+    assert_eq!(
+        serde_json::to_value(&remote.messages).unwrap(),
+        serde_json::to_value(&local.messages).unwrap()
+    );
 
     let result = call(
         &client,
@@ -713,10 +737,16 @@ async fn an_agent_serves_a_streamable_http_server_beside_it() {
     let summed = call(&client, "x_everything_get-sum", json!({"a": 2, "b": 40})).await;
     assert_eq!(text_of(&summed), "The sum of 2 and 40 is 42.");
     let resources = client.list_all_resources().await.expect("resources");
-    assert!(
-        !resources.is_empty(),
-        "the server's resources are listed through the agent"
-    );
+    let first = resources
+        .first()
+        .expect("the server's resources are listed through the agent");
+    let read = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            first.uri.to_string(),
+        ))
+        .await
+        .expect("a resource read through the agent");
+    assert!(!read.contents.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
