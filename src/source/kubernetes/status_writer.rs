@@ -287,99 +287,31 @@ impl StatusWriter {
     /// Writes each ToolPolicy's status where it differs from the stored one.
     async fn write_policies(&mut self) {
         let fleet = self.source.subscribe().borrow().clone();
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mut seen = std::collections::HashSet::new();
-        for object in self.source.policy_objects() {
-            let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-            let key = (namespace.clone(), name.clone());
-            seen.insert(key.clone());
-            let current = object.0.as_ref().ok().and_then(|o| o.status.clone());
-            let mut status = desired_policy_status(&object, &fleet);
-            stamp_transitions(
-                &mut status.conditions,
-                current.as_ref().map(|c| c.conditions.as_slice()),
-                &now,
-            );
-            let stored_version = object.meta().resource_version.clone().unwrap_or_default();
-            let cache_behind = self.written_policies.get(&key) == Some(&stored_version);
-            if current.as_ref() == Some(&status) || cache_behind {
-                continue;
-            }
-            let api: Api<DeserializeGuard<ToolPolicy>> =
-                Api::namespaced(self.client.clone(), &namespace);
-            let patch = json!({
-                "apiVersion": "flotilla.dev/v1alpha1",
-                "kind": "ToolPolicy",
-                "status": status,
-            });
-            let written = api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await;
-            match written {
-                Ok(_) => {
-                    self.counts.written.fetch_add(1, Ordering::Relaxed);
-                    self.written_policies.insert(key, stored_version);
-                }
-                Err(error) => {
-                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, object = %policy_origin_of(&namespace, &name), "writing status failed")
-                }
-            }
-        }
-        self.written_policies.retain(|k, _| seen.contains(k));
+        let objects = self.source.policy_objects();
+        let desired = |object: &DeserializeGuard<ToolPolicy>| desired_policy_status(object, &fleet);
+        write_kind(
+            &self.client,
+            &self.counts,
+            &mut self.written_policies,
+            objects,
+            desired,
+        )
+        .await;
     }
 
     /// Writes each MCPServerSet's status where it differs from the stored one.
     async fn write_sets(&mut self) {
         let fleet = self.source.subscribe().borrow().clone();
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mut seen = std::collections::HashSet::new();
-        for object in self.source.set_objects() {
-            let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-            let key = (namespace.clone(), name.clone());
-            seen.insert(key.clone());
-            let current = object.0.as_ref().ok().and_then(|o| o.status.clone());
-            let mut status = desired_set_status(&object, &fleet);
-            stamp_transitions(
-                &mut status.conditions,
-                current.as_ref().map(|c| c.conditions.as_slice()),
-                &now,
-            );
-            let stored_version = object.meta().resource_version.clone().unwrap_or_default();
-            let cache_behind = self.written_sets.get(&key) == Some(&stored_version);
-            if current.as_ref() == Some(&status) || cache_behind {
-                continue;
-            }
-            let api: Api<DeserializeGuard<MCPServerSet>> =
-                Api::namespaced(self.client.clone(), &namespace);
-            let patch = json!({
-                "apiVersion": "flotilla.dev/v1alpha1",
-                "kind": "MCPServerSet",
-                "status": status,
-            });
-            let written = api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await;
-            match written {
-                Ok(_) => {
-                    self.counts.written.fetch_add(1, Ordering::Relaxed);
-                    self.written_sets.insert(key, stored_version);
-                }
-                Err(error) => {
-                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, object = %set_origin_of(&namespace, &name), "writing status failed")
-                }
-            }
-        }
-        self.written_sets.retain(|k, _| seen.contains(k));
+        let objects = self.source.set_objects();
+        let desired = |object: &DeserializeGuard<MCPServerSet>| desired_set_status(object, &fleet);
+        write_kind(
+            &self.client,
+            &self.counts,
+            &mut self.written_sets,
+            objects,
+            desired,
+        )
+        .await;
     }
 
     /// Events for state changes: connected, disconnected, auth failures.
@@ -467,6 +399,101 @@ fn served_from(object: &DeserializeGuard<MCPServer>, problems: &[ManifestProblem
     !problems
         .iter()
         .any(|p| p.origin == origin && p.server.is_none())
+}
+
+/// A namespaced kind whose status the writer keeps besides MCPServer's
+/// (ToolPolicy, MCPServerSet): its kind name, its stored status, its conditions.
+trait StatusKind:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    type Status: serde::Serialize + PartialEq + Clone;
+    const KIND: &'static str;
+    fn stored(&self) -> Option<Self::Status>;
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    fn origin(namespace: &str, name: &str) -> String;
+}
+
+impl StatusKind for ToolPolicy {
+    type Status = crate::api::ToolPolicyStatus;
+    const KIND: &'static str = "ToolPolicy";
+    fn stored(&self) -> Option<Self::Status> {
+        self.status.clone()
+    }
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn origin(namespace: &str, name: &str) -> String {
+        policy_origin_of(namespace, name)
+    }
+}
+
+impl StatusKind for MCPServerSet {
+    type Status = crate::api::MCPServerSetStatus;
+    const KIND: &'static str = "MCPServerSet";
+    fn stored(&self) -> Option<Self::Status> {
+        self.status.clone()
+    }
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn origin(namespace: &str, name: &str) -> String {
+        set_origin_of(namespace, name)
+    }
+}
+
+/// Writes each object's status where it differs from the stored one;
+/// `written` remembers the resource version each write left, so a watch
+/// cache still behind a write does not cause another.
+async fn write_kind<K: StatusKind>(
+    client: &Client,
+    counts: &StatusWriteCounts,
+    written: &mut HashMap<(String, String), String>,
+    objects: Vec<Arc<DeserializeGuard<K>>>,
+    desired: impl Fn(&DeserializeGuard<K>) -> K::Status,
+) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut seen = std::collections::HashSet::new();
+    for object in objects {
+        let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
+        let key = (namespace.clone(), name.clone());
+        seen.insert(key.clone());
+        let mut current = object.0.as_ref().ok().and_then(|o| o.stored());
+        let mut status = desired(&object);
+        let before = current.as_mut().map(|c| K::conditions(c).clone());
+        stamp_transitions(K::conditions(&mut status), before.as_deref(), &now);
+        let stored_version = object.meta().resource_version.clone().unwrap_or_default();
+        let cache_behind = written.get(&key) == Some(&stored_version);
+        if current.as_ref() == Some(&status) || cache_behind {
+            continue;
+        }
+        let api: Api<DeserializeGuard<K>> = Api::namespaced(client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "flotilla.dev/v1alpha1",
+            "kind": K::KIND,
+            "status": status,
+        });
+        let result = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                counts.written.fetch_add(1, Ordering::Relaxed);
+                written.insert(key, stored_version);
+            }
+            Err(error) => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, object = %K::origin(&namespace, &name), "writing status failed")
+            }
+        }
+    }
+    written.retain(|k, _| seen.contains(k));
 }
 
 #[cfg(test)]
