@@ -96,6 +96,16 @@ fn two_cluster_gateway() -> Gateway {
         .start()
 }
 
+/// `x_kubernetes_cluster_info` on the instances `which` names.
+async fn cluster_info(client: &Client, which: &str) -> rmcp::model::CallToolResult {
+    call(
+        client,
+        "x_kubernetes_cluster_info",
+        json!({"management_cluster": which}),
+    )
+    .await
+}
+
 /// TCP ports process `pid` listens on (from /proc).
 fn listening(pid: i32) -> Vec<u16> {
     listening_ports(pid)
@@ -135,20 +145,10 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
         pods.input_schema["properties"]["management_cluster"]["anyOf"][0]["enum"],
         json!(["cluster-a", "cluster-b"])
     );
-    let one = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "cluster-b"}),
-    )
-    .await;
+    let one = cluster_info(&client, "cluster-b").await;
     assert_eq!(one.is_error, Some(false), "{}", text_of(&one));
     assert!(text_of(&one).contains("cluster-b"), "{}", text_of(&one));
-    let all = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "*"}),
-    )
-    .await;
+    let all = cluster_info(&client, "*").await;
     let instances = &all.structured_content.as_ref().unwrap()["instances"];
     for name in ["cluster-a", "cluster-b"] {
         let result = instances[name]["result"].as_str().unwrap_or_default();
@@ -157,12 +157,7 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
             "{instances}"
         );
     }
-    let prod = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "env=prod"}),
-    )
-    .await;
+    let prod = cluster_info(&client, "env=prod").await;
     assert_eq!(
         instances_of(&prod),
         ["cluster-a"],
@@ -170,32 +165,11 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
     );
 
     // A call the client cancels ends at the server behind the agent.
-    let handle = start_call(
+    cancel_and_see_it_arrive(
         &client,
         "x_kubernetes_sleep",
-        json!({"seconds": 30, "management_cluster": "cluster-a"}),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    handle
-        .cancel(Some("user pressed stop".into()))
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "the cancellation to reach cluster-a",
-        || {
-            let client = &client;
-            async move {
-                let seen = call(
-                    client,
-                    "x_kubernetes_cancellations",
-                    json!({"management_cluster": "cluster-a"}),
-                )
-                .await;
-                (text_of(&seen) == "1").then_some(())
-            }
-        },
+        "x_kubernetes_cancellations",
+        json!({"management_cluster": "cluster-a"}),
     )
     .await;
 
@@ -244,12 +218,7 @@ async fn a_killed_agent_marks_its_members_unreachable_and_its_return_restores_th
     assert!(error.contains("cluster-a"), "{status}");
     let reason = status.to_string();
     assert!(reason.contains("Unreachable"), "{status}");
-    let down = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "cluster-a"}),
-    )
-    .await;
+    let down = cluster_info(&client, "cluster-a").await;
     assert_eq!(down.is_error, Some(true));
     assert!(text_of(&down).contains("cluster-a"), "{}", text_of(&down));
 
@@ -266,12 +235,7 @@ async fn a_killed_agent_marks_its_members_unreachable_and_its_return_restores_th
         "{:?}",
         returned.elapsed()
     );
-    let up = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "cluster-a"}),
-    )
-    .await;
+    let up = cluster_info(&client, "cluster-a").await;
     assert_eq!(up.is_error, Some(false), "{}", text_of(&up));
 }
 
@@ -656,12 +620,7 @@ async fn an_agent_reaches_the_gateway_over_tls_through_a_forward_proxy_and_a_rev
         Duration::from_secs(20),
     );
     let client = connect(&gateway.url()).await;
-    let info = call(
-        &client,
-        "x_kubernetes_cluster_info",
-        json!({"management_cluster": "cluster-a"}),
-    )
-    .await;
+    let info = cluster_info(&client, "cluster-a").await;
     assert!(
         text_of(&info).contains("cluster: cluster-a"),
         "{}",

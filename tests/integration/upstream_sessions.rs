@@ -17,24 +17,7 @@ async fn a_client_cancellation_reaches_the_upstream() {
         .flag("--test-tools")
         .start();
     let client = connect(&gateway.url()).await;
-    let handle = start_call(&client, "x_sim_sleep", json!({"seconds": 30})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    handle
-        .cancel(Some("user pressed stop".into()))
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "the upstream to see the cancellation",
-        || {
-            let client = &client;
-            async move {
-                (text_of(&call(client, "x_sim_cancellations", json!({})).await) == "1")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    cancel_and_see_it_arrive(&client, "x_sim_sleep", "x_sim_cancellations", json!({})).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -693,6 +693,35 @@ pub async fn start_call(
         .unwrap_or_else(|e| panic!("tools/call {tool}: {e}"))
 }
 
+/// Starts a simulated cluster's 30 s `sleep` tool (`sleep`, with `args`),
+/// cancels it after 300 ms, and waits until its `cancellations` tool (called
+/// with the same `args`) counts that one cancellation: the cancellation
+/// reached the server.
+pub async fn cancel_and_see_it_arrive(
+    client: &Client,
+    sleep: &str,
+    cancellations: &str,
+    args: serde_json::Value,
+) {
+    let mut sleeping = args.clone();
+    sleeping["seconds"] = serde_json::json!(30);
+    let handle = start_call(client, sleep, sleeping).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle
+        .cancel(Some("user pressed stop".into()))
+        .await
+        .expect("the cancellation is sent");
+    eventually(
+        Duration::from_secs(5),
+        "the cancellation at the server",
+        || {
+            let args = args.clone();
+            async move { (text_of(&call(client, cancellations, args).await) == "1").then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// Text of all text blocks of a result.
 pub fn text_of(result: &CallToolResult) -> String {
     result
