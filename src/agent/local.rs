@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::http_session;
 use crate::api::ServerType;
 use crate::fleet::agents::frame::{Frame, MAX_FRAME};
 use crate::fleet::stdio::{program_path, shut_down};
@@ -282,38 +283,60 @@ impl Session {
 
     async fn streamable_http(mut self, desired: DesiredServer, http: reqwest::Client) {
         let url = desired.spec.url.clone().unwrap_or_default();
-        let mut headers = HashMap::new();
-        for (name, value) in desired.spec.headers.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
-        for (name, value) in desired.secret_headers.iter() {
-            headers.insert(name.clone(), value.expose().to_string());
-        }
-        let mut custom = HashMap::new();
-        for (name, value) in headers {
-            if let (Ok(name), Ok(mut value)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                http::HeaderValue::from_str(&value),
-            ) {
-                value.set_sensitive(true);
-                custom.insert(name, value);
+        let headers = header_map(&desired);
+        let first = tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            first = self.from_gateway.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        if http_session::is_initialize(&first) {
+            // A session (2025 revisions): carried byte for byte.
+            let why = http_session::run(
+                http,
+                url,
+                headers,
+                (self.channel, self.out.clone()),
+                first,
+                std::mem::replace(&mut self.from_gateway, mpsc::channel(1).1),
+                self.cancel.clone(),
+            )
+            .await;
+            if let Some(why) = why {
+                self.closed(why).await;
             }
+            return;
         }
+        // Stateless (2026-07-28): rmcp's client adds what each request needs.
+        let custom = headers
+            .into_iter()
+            .filter_map(|(name, value)| Some((name?, value)))
+            .collect();
         let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(custom);
         let mut transport = StreamableHttpClientTransport::with_client(http, config);
+        let mut pending = Some(first);
         let why = loop {
+            if let Some(text) = pending.take() {
+                match serde_json::from_str::<TxJsonRpcMessage<RoleClient>>(&text) {
+                    Ok(message) => {
+                        if let Err(error) = transport.send(message).await {
+                            break Some(format!(
+                                "sending to the server failed: {}",
+                                crate::fleet::error_chain(&error)
+                            ));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(channel = self.channel, %error, "the gateway sent a message that is not JSON-RPC; dropped")
+                    }
+                }
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => break None,
                 message = self.from_gateway.recv() => match message {
                     None => break None,
-                    Some(text) => match serde_json::from_str::<TxJsonRpcMessage<RoleClient>>(&text) {
-                        Ok(message) => {
-                            if let Err(error) = transport.send(message).await {
-                                break Some(format!("sending to the server failed: {}", crate::fleet::error_chain(&error)));
-                            }
-                        }
-                        Err(error) => tracing::warn!(channel = self.channel, %error, "the gateway sent a message that is not JSON-RPC; dropped"),
-                    },
+                    Some(text) => pending = Some(text),
                 },
                 message = transport.receive() => match message {
                     None => break Some("the server's connection ended".to_string()),
@@ -333,4 +356,29 @@ impl Session {
             self.closed(why).await;
         }
     }
+}
+
+/// The server's static headers and those from Secrets (marked sensitive).
+fn header_map(desired: &DesiredServer) -> http::HeaderMap {
+    let secret = desired
+        .secret_headers
+        .iter()
+        .map(|(name, value)| (name, value.expose()));
+    let all = desired
+        .spec
+        .headers
+        .iter()
+        .map(|(name, value)| (name, value.as_str()))
+        .chain(secret);
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in all {
+        if let (Ok(name), Ok(mut value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+    }
+    headers
 }

@@ -8,6 +8,7 @@
 //! manifest directory. The agent listens on no port.
 
 mod dial;
+mod http_session;
 mod local;
 
 use std::collections::HashMap;

@@ -668,7 +668,7 @@ async fn an_agent_redials_when_its_gateway_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_agent_serves_a_streamable_http_server_beside_it() {
+async fn an_agent_carries_a_streamable_http_server_beside_it_with_progress_and_questions() {
     let fleet = Fleet::new();
     let (_everything, port) = everything("streamableHttp", 0, fleet.logs());
     let cluster = Cluster::new("lab", "lab-credential-7777");
@@ -692,7 +692,31 @@ async fn an_agent_serves_a_streamable_http_server_beside_it() {
         .start();
     let _agent = cluster.agent(&gateway);
     gateway.wait_state("everything", "Connected", Duration::from_secs(30));
-    let client = connect(&gateway.url()).await;
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+    // Progress on the call's own SSE stream, and a question the server asks
+    // in the middle of a call, answered by the client.
+    let long = call(
+        &client,
+        "x_everything_trigger-long-running-operation",
+        json!({"duration": 1, "steps": 4}),
+    )
+    .await;
+    assert_ne!(long.is_error, Some(true), "{long:?}");
+    let progress = eventually(Duration::from_secs(5), "four progress steps", || async {
+        let progress = handler.progress.lock().unwrap().clone();
+        (progress.len() >= 4).then_some(progress)
+    })
+    .await;
+    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
+    let elicited = call(
+        &client,
+        "x_everything_trigger-elicitation-request",
+        json!({}),
+    )
+    .await;
+    assert!(text_of(&elicited).contains("Ada"), "{}", text_of(&elicited));
     let summed = call(&client, "x_everything_get-sum", json!({"a": 2, "b": 40})).await;
     assert_eq!(text_of(&summed), "The sum of 2 and 40 is 42.");
     let resources = client.list_all_resources().await.expect("resources");
