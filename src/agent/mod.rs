@@ -52,6 +52,13 @@ const RECOUNT: Duration = Duration::from_secs(30);
 /// the gateway (one in all for a single gateway), each redialed when it drops.
 pub async fn run(settings: AgentSettings, cancel: CancellationToken) -> anyhow::Result<()> {
     let http = dial::client(settings.ca_file.as_deref())?;
+    // The servers beside the agent are reached directly, never through the
+    // proxy the way out to the gateway may need.
+    let beside = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
     let door = dial::door_url(&settings.gateway)?;
     if !settings.manifests.is_dir() {
         anyhow::bail!(
@@ -107,9 +114,9 @@ pub async fn run(settings: AgentSettings, cancel: CancellationToken) -> anyhow::
                 misses = 0;
                 tracing::info!(gateway = %door, agent = %settings.name, %replica, replicas, "connected to the gateway");
                 delays = backoff();
-                let (settings, http, cancel) = (settings.clone(), http.clone(), cancel.clone());
+                let (settings, beside, cancel) = (settings.clone(), beside.clone(), cancel.clone());
                 let task = connections.spawn(async move {
-                    let why = serve(socket, &settings, &http, cancel).await;
+                    let why = serve(socket, &settings, &beside, cancel).await;
                     tracing::warn!(reason = %why, "connection to the gateway ended");
                     why
                 });
@@ -170,12 +177,13 @@ fn forget(
 async fn serve(
     socket: dial::Socket,
     settings: &AgentSettings,
-    http: &reqwest::Client,
+    beside: &reqwest::Client,
     cancel: CancellationToken,
 ) -> String {
     let (out, outgoing) = mpsc::channel(link::QUEUE);
     let (incoming_tx, mut incoming) = mpsc::channel(link::QUEUE);
-    let mut sessions = local::Sessions::new(settings.manifests.clone(), out.clone(), http.clone());
+    let mut sessions =
+        local::Sessions::new(settings.manifests.clone(), out.clone(), beside.clone());
     let hello = Frame::Hello {
         agent: settings.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -163,11 +163,12 @@ impl Hub {
             channel,
             server: server.to_string(),
         };
-        link.out.try_send(open.encode()).map_err(|_| {
-            format!(
+        if link.out.try_send(open.encode()).is_err() {
+            link.forget(channel);
+            return Err(format!(
                 "agent {agent:?} is not taking new sessions (its connection is full or closing)"
-            )
-        })?;
+            ));
+        }
         Ok(Tunnel::new(
             agent,
             channel,
