@@ -2,8 +2,9 @@
 //! opens with `initialize` (the 2025 revisions): each message the gateway
 //! sends is POSTed as the bytes it arrived as, and every message the server
 //! answers with (a JSON body, a batch, or the events of an SSE stream) goes
-//! back the same way, untouched. The server's own stream (GET) is opened once
-//! the session is initialized and reopened when it drops; the session is
+//! back the same way, untouched. The server's own stream (GET) is opened just
+//! before the client's `notifications/initialized` is passed on (so what the
+//! server announces at once reaches it) and reopened when it drops; the session is
 //! ended (DELETE) with the channel. A session the gateway opens statelessly
 //! (`server/discover`, 2026-07-28) takes rmcp's client instead (`local.rs`),
 //! which adds the headers that revision asks of every request.
@@ -26,6 +27,8 @@ const SESSION_ID: &str = "mcp-session-id";
 const PROTOCOL_VERSION: &str = "mcp-protocol-version";
 /// How long ending the session (DELETE) may take.
 const END_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `notifications/initialized` waits for the server's own stream to open.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
 /// Between attempts to reopen the server's own stream.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
@@ -141,11 +144,14 @@ pub async fn run(
             message = from_gateway.recv() => match message {
                 None => break None,
                 Some(message) => {
-                    let initialized = listening.is_empty() && is_initialized(&message);
-                    posts.spawn(session.clone().post_owned(message));
-                    if initialized {
-                        listening.spawn(session.clone().listen());
+                    if listening.is_empty() && is_initialized(&message) {
+                        // The server's own stream first: what it announces as
+                        // soon as it is initialized (a changed tool list) goes there.
+                        let (opened, open) = tokio::sync::oneshot::channel();
+                        listening.spawn(session.clone().listen(Some(opened)));
+                        let _ = tokio::time::timeout(OPEN_WAIT, open).await;
                     }
+                    posts.spawn(session.clone().post_owned(message));
                 }
             },
             Some(done) = posts.join_next() => {
@@ -219,15 +225,19 @@ impl Session {
         Ok(())
     }
 
-    /// The server's own stream, reopened when it drops (a 405: it has none).
-    async fn listen(self: Arc<Self>) {
+    /// The server's own stream, reopened when it drops (a 405: it has
+    /// none); `opened` hears when the first attempt has its answer.
+    async fn listen(self: Arc<Self>, mut opened: Option<tokio::sync::oneshot::Sender<()>>) {
         loop {
-            let opened = self
+            let response = self
                 .request(reqwest::Method::GET)
                 .header(header::ACCEPT, "text/event-stream")
                 .send()
                 .await;
-            match opened {
+            if let Some(opened) = opened.take() {
+                let _ = opened.send(());
+            }
+            match response {
                 Ok(response) if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => {
                     return;
                 }

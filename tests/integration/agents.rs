@@ -106,6 +106,30 @@ async fn cluster_info(client: &Client, which: &str) -> rmcp::model::CallToolResu
     .await
 }
 
+/// server-everything's (tools under `prefix`) four progress steps of a
+/// long-running call reach the client, and its elicitation in the middle of
+/// a call reaches the client and the client's answer reaches it.
+async fn progress_and_a_question_arrive(client: &Client, handler: &TestClient, prefix: &str) {
+    let long = format!("{prefix}trigger-long-running-operation");
+    let result = call(client, &long, json!({"duration": 1, "steps": 4})).await;
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let progress = eventually(Duration::from_secs(5), "four progress steps", || async {
+        let progress = handler.progress.lock().unwrap().clone();
+        (progress.len() >= 4).then_some(progress)
+    })
+    .await;
+    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
+    // server-everything lists the tools that ask the client once a client that can answer has connected.
+    let ask = format!("{prefix}trigger-elicitation-request");
+    wait_tool(client, &ask).await;
+    let elicited = call(client, &ask, json!({})).await;
+    assert!(
+        text_of(&elicited).contains("Ada"),
+        "the client's answer reached the server behind the agent: {}",
+        text_of(&elicited)
+    );
+}
+
 /// TCP ports process `pid` listens on (from /proc).
 fn listening(pid: i32) -> Vec<u16> {
     listening_ports(pid)
@@ -400,31 +424,7 @@ async fn progress_and_elicitation_travel_through_an_agent() {
         serde_json::to_value(&local.messages).unwrap()
     );
 
-    let result = call(
-        &client,
-        "x_everything_trigger-long-running-operation",
-        json!({"duration": 1, "steps": 4}),
-    )
-    .await;
-    assert_ne!(result.is_error, Some(true), "{result:?}");
-    let progress = eventually(Duration::from_secs(5), "four progress steps", || async {
-        let progress = handler.progress.lock().unwrap().clone();
-        (progress.len() >= 4).then_some(progress)
-    })
-    .await;
-    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
-
-    let elicited = call(
-        &client,
-        "x_everything_trigger-elicitation-request",
-        json!({}),
-    )
-    .await;
-    assert!(
-        text_of(&elicited).contains("Ada"),
-        "the client's answer reached the server behind the agent: {}",
-        text_of(&elicited)
-    );
+    progress_and_a_question_arrive(&client, &handler, "x_everything_").await;
 }
 
 /// The gateway's MCPServer for `cluster`, whose agent proves itself with a
@@ -697,26 +697,7 @@ async fn an_agent_carries_a_streamable_http_server_beside_it_with_progress_and_q
     wait_tool(&client, "x_everything_trigger-long-running-operation").await;
     // Progress on the call's own SSE stream, and a question the server asks
     // in the middle of a call, answered by the client.
-    let long = call(
-        &client,
-        "x_everything_trigger-long-running-operation",
-        json!({"duration": 1, "steps": 4}),
-    )
-    .await;
-    assert_ne!(long.is_error, Some(true), "{long:?}");
-    let progress = eventually(Duration::from_secs(5), "four progress steps", || async {
-        let progress = handler.progress.lock().unwrap().clone();
-        (progress.len() >= 4).then_some(progress)
-    })
-    .await;
-    assert_eq!(progress, vec![1.0, 2.0, 3.0, 4.0]);
-    let elicited = call(
-        &client,
-        "x_everything_trigger-elicitation-request",
-        json!({}),
-    )
-    .await;
-    assert!(text_of(&elicited).contains("Ada"), "{}", text_of(&elicited));
+    progress_and_a_question_arrive(&client, &handler, "x_everything_").await;
     let summed = call(&client, "x_everything_get-sum", json!({"a": 2, "b": 40})).await;
     assert_eq!(text_of(&summed), "The sum of 2 and 40 is 42.");
     let resources = client.list_all_resources().await.expect("resources");
