@@ -21,6 +21,7 @@ use super::tool_tally::{Counts, ToolStats, WINDOW};
 use crate::api::ServerState;
 use crate::auth::html::escape;
 use crate::catalog::family::DEFAULT_INSTANCE_ARG;
+use crate::fleet::agents::AgentPresence;
 
 /// How often the page reloads itself, in seconds.
 pub const REFRESH_SECONDS: u32 = 10;
@@ -44,6 +45,10 @@ pub struct Page {
     pub untracked_calls: u64,
     pub exposed_tools: usize,
     pub clients: usize,
+    /// Agents connected to this replica, by name.
+    pub agents: Vec<AgentPresence>,
+    /// Servers of `type: agent` declared (the agents section shows when any are).
+    pub agent_servers: usize,
 }
 
 /// One family and its members, sorted by instance.
@@ -190,6 +195,13 @@ pub fn collect(state: &GatewayState) -> Page {
         untracked_calls: tally.untracked,
         exposed_tools: catalog.tools.len(),
         clients: state.clients.count(),
+        agents: state.fleet.agents().connected(),
+        agent_servers: state
+            .fleet
+            .upstreams()
+            .iter()
+            .filter(|u| u.desired().spec.server_type == crate::api::ServerType::Agent)
+            .count(),
     }
 }
 
@@ -280,6 +292,8 @@ pub fn render(page: &Page) -> String {
     }
     html.push_str("</section>");
 
+    agent_table(&mut html, page);
+
     html.push_str("<section id=\"problems\"><h2>Manifest problems</h2>");
     if page.problems.is_empty() {
         html.push_str("<p class=\"muted\">None.</p>");
@@ -295,6 +309,35 @@ pub fn render(page: &Page) -> String {
     tool_table(&mut html, page);
     html.push_str("</main></body></html>\n");
     html
+}
+
+/// The agents connected now, when the fleet has servers behind agents.
+fn agent_table(html: &mut String, page: &Page) {
+    if page.agents.is_empty() && page.agent_servers == 0 {
+        return;
+    }
+    html.push_str("<section id=\"agents\"><h2>Agents</h2>");
+    if page.agents.is_empty() {
+        html.push_str("<p class=\"muted\">None connected.</p></section>");
+        return;
+    }
+    html.push_str(
+        "<table><tr><th>Agent</th><th>Servers it offers</th><th class=\"n\">Sessions</th></tr>",
+    );
+    for agent in &page.agents {
+        let offers: String = agent
+            .servers
+            .iter()
+            .map(|s| format!("<span class=\"chip\">{}</span>", escape(s)))
+            .collect();
+        let _ = write!(
+            html,
+            "<tr><td><strong>{}</strong></td><td>{offers}</td><td class=\"n\">{}</td></tr>",
+            escape(&agent.name),
+            agent.sessions
+        );
+    }
+    html.push_str("</table></section>");
 }
 
 fn server_table(html: &mut String, rows: &[ServerRow], family: bool) {
@@ -558,7 +601,36 @@ mod tests {
             untracked_calls: 0,
             exposed_tools: 5,
             clients: 1,
+            agents: Vec::new(),
+            agent_servers: 0,
         }
+    }
+
+    #[test]
+    fn agents_are_shown_only_where_the_fleet_has_servers_behind_them() {
+        assert!(
+            !render(&page()).contains("id=\"agents\""),
+            "no agent servers, no section"
+        );
+        let mut waiting = page();
+        waiting.agent_servers = 2;
+        assert!(render(&waiting).contains("<h2>Agents</h2><p class=\"muted\">None connected.</p>"));
+        let mut connected = waiting;
+        connected.agents = vec![AgentPresence {
+            name: HOSTILE.into(),
+            servers: vec!["kubernetes".into(), HOSTILE.into()],
+            sessions: 2,
+        }];
+        let html = render(&connected);
+        assert!(
+            html.contains("<span class=\"chip\">kubernetes</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td class=\"n\">2</td></tr></table></section>"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>alert"), "escaped: {html}");
     }
 
     #[test]

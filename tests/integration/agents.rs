@@ -210,6 +210,21 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
             {"name": "cluster-b", "servers": ["cluster-b-mcp-kubernetes"], "sessions": 1},
         ])
     );
+    let page = reqwest::get(format!("http://127.0.0.1:{}/ui", gateway.port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let agents = page
+        .split("<section id=\"agents\">")
+        .nth(1)
+        .expect("the fleet page has an agents section");
+    assert!(
+        agents.contains("<strong>cluster-a</strong>")
+            && agents.contains("<strong>cluster-b</strong>"),
+        "{agents}"
+    );
     let connected = tokio::task::block_in_place(|| {
         crate::limits::metric(&gateway, "flotilla_agents_connected")
     });
