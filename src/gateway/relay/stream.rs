@@ -184,11 +184,11 @@ impl Stream {
                     self.pending = None;
                     self.on_reply(reply)
                 }
-                _ = until(self.deadline) => self.timed_out(true).await,
-                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out(false).await,
+                _ = until(self.deadline) => self.timed_out().await,
+                _ = tokio::time::sleep(self.timeout), if self.pending.is_some() => self.timed_out().await,
                 next = tokio::time::timeout(self.timeout, self.events.next()), if self.pending.is_none() => {
                     match next {
-                        Err(_) => self.timed_out(false).await,
+                        Err(_) => self.timed_out().await,
                         Ok(None) | Ok(Some(Err(_))) if self.resume().await => Step::Skip,
                         Ok(None) | Ok(Some(Err(_))) => {
                             self.failed = Some(Outcome::Unavailable);
@@ -281,14 +281,16 @@ impl Stream {
         }
     }
 
-    /// No word from the upstream within the call's timeout (or, `total`,
-    /// no answer within `spec.limits.callTimeout`): it is cancelled.
-    async fn timed_out(&mut self, total: bool) -> Step {
+    /// No word from the upstream within the call's timeout, or no answer
+    /// within `spec.limits.callTimeout`: it is cancelled. With a
+    /// `callTimeout`, the wait for a word is that long too, so whichever of
+    /// the two ran out (both can at once), the limit was `callTimeout`.
+    async fn timed_out(&mut self) -> Step {
         self.failed = Some(Outcome::Timeout);
         cancel_upstream(&self.wire, &self.upstream_id, "timed out at the gateway").await;
         let (after, setting) = match self.deadline {
-            Some((_, after)) if total => (after, "spec.limits.callTimeout"),
-            _ => (self.timeout, "spec.timeout"),
+            Some((_, after)) => (after, "spec.limits.callTimeout"),
+            None => (self.timeout, "spec.timeout"),
         };
         let text = format!(
             "server {:?} did not answer within {}s ({setting})",
