@@ -275,81 +275,56 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
         .iter()
         .find(|p| p.server.is_none() && p.policy.is_none() && p.set.is_none())
         .or(parsed.problems.first())
-        .cloned();
-    for old in last_good.servers {
-        if parsed.servers.iter().any(|s| s.name == old.name) {
-            continue;
-        }
-        let named = parsed
-            .problems
-            .iter()
-            .any(|p| p.server.as_deref() == Some(&*old.name));
-        if let Some(problem) = &unnamed
-            && !named
-        {
-            parsed.problems.push(ManifestProblem {
-                origin: old.origin.clone(),
-                server: Some(old.name.clone()),
-                policy: None,
-                set: None,
-                message: format!("its file is not valid now ({problem})"),
-            });
-        } else if !named {
-            continue;
-        }
-        parsed.servers.push(old);
-    }
+        .map(|p| p.to_string());
+    let unnamed = unnamed.as_deref();
+    keep_each(
+        &mut parsed.servers,
+        last_good.servers,
+        &mut parsed.problems,
+        unnamed,
+        |s| &s.name,
+        |p| p.server.as_deref(),
+        |old, problem| ManifestProblem {
+            origin: old.origin.clone(),
+            server: Some(old.name.clone()),
+            policy: None,
+            set: None,
+            message: format!("its file is not valid now ({problem})"),
+        },
+    );
     // A policy keeps its last good rules the same way: an edit that breaks
     // a deny must not lift it.
-    for old in last_good.policies {
-        if parsed.policies.iter().any(|p| p.name == old.name) {
-            continue;
-        }
-        let named = parsed
-            .problems
-            .iter()
-            .any(|p| p.policy.as_deref() == Some(&*old.name));
-        if unnamed.is_none() && !named {
-            continue;
-        }
-        if let Some(problem) = unnamed.as_ref().filter(|_| !named) {
-            parsed.problems.push(ManifestProblem {
-                origin: old.origin.clone(),
-                server: None,
-                policy: Some(old.name.clone()),
-                set: None,
-                message: format!(
-                    "its file is not valid now ({problem}); its last good rules apply"
-                ),
-            });
-        }
-        parsed.policies.push(old);
-    }
+    keep_each(
+        &mut parsed.policies,
+        last_good.policies,
+        &mut parsed.problems,
+        unnamed,
+        |p| &p.name,
+        |p| p.policy.as_deref(),
+        |old, problem| ManifestProblem {
+            origin: old.origin.clone(),
+            server: None,
+            policy: Some(old.name.clone()),
+            set: None,
+            message: format!("its file is not valid now ({problem}); its last good rules apply"),
+        },
+    );
     // A set keeps its last good spec too: a broken edit must not drop its members.
-    for old in last_good.sets {
-        if parsed.sets.iter().any(|s| s.name == old.name) {
-            continue;
-        }
-        let named = parsed
-            .problems
-            .iter()
-            .any(|p| p.set.as_deref() == Some(&*old.name));
-        if unnamed.is_none() && !named {
-            continue;
-        }
-        if let Some(problem) = unnamed.as_ref().filter(|_| !named) {
-            parsed.problems.push(ManifestProblem {
-                origin: old.origin.clone(),
-                server: None,
-                policy: None,
-                set: Some(old.name.clone()),
-                message: format!(
-                    "its file is not valid now ({problem}); its last good spec applies"
-                ),
-            });
-        }
-        parsed.sets.push(old);
-    }
+    keep_each(
+        &mut parsed.sets,
+        last_good.sets,
+        &mut parsed.problems,
+        unnamed,
+        |s| &s.name,
+        |p| p.set.as_deref(),
+        |old, problem| ManifestProblem {
+            origin: old.origin.clone(),
+            server: None,
+            policy: None,
+            set: Some(old.name.clone()),
+            message: format!("its file is not valid now ({problem}); its last good spec applies"),
+        },
+    );
     if unnamed.is_some() {
         for old in last_good.secrets {
             if !parsed.secrets.iter().any(|s| {
@@ -361,6 +336,36 @@ fn keep_last_good(mut parsed: ParsedFile, last_good: Option<ParsedFile>) -> Pars
         }
     }
     parsed
+}
+
+/// Keeps each of `old` (a file's last good servers, policies or sets) that
+/// the file no longer yields in `kept`, when a problem names it, or when the
+/// file has a problem that names nothing (`unnamed`: then reported with
+/// `report`, since the file may be half-written). One a whole good file no
+/// longer declares is gone.
+fn keep_each<T>(
+    kept: &mut Vec<T>,
+    old: Vec<T>,
+    problems: &mut Vec<ManifestProblem>,
+    unnamed: Option<&str>,
+    name: impl Fn(&T) -> &String,
+    names: impl Fn(&ManifestProblem) -> Option<&str>,
+    report: impl Fn(&T, &str) -> ManifestProblem,
+) {
+    for old in old {
+        if kept.iter().any(|k| name(k) == name(&old)) {
+            continue;
+        }
+        let named = problems
+            .iter()
+            .any(|p| names(p) == Some(name(&old).as_str()));
+        match unnamed {
+            Some(problem) if !named => problems.push(report(&old, problem)),
+            None if !named => continue,
+            _ => {}
+        }
+        kept.push(old);
+    }
 }
 
 /// Secrets declared in the directory, by (namespace, name).
