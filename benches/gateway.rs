@@ -663,6 +663,7 @@ fn bench_policy() -> Result<PolicyResults, String> {
                 labels,
             },
         )),
+        task_extension: false,
     };
     let user = UserIdentity {
         key: UserKey {

@@ -349,6 +349,7 @@ pub fn build(members: &[Member], previous: &Catalog) -> Catalog {
                     .family
                     .as_ref()
                     .map(|f| (f.family.clone(), f.instance.clone())),
+                task_extension: m.inventory.task_extension,
             };
             (m.server.clone(), Arc::new(facts))
         })

@@ -57,6 +57,8 @@ pub struct ServerFacts {
     pub labels: BTreeMap<String, String>,
     /// The family's name and this member, for a family member.
     pub family: Option<(String, Instance)>,
+    /// It announced the tasks extension (SEP-2663).
+    pub task_extension: bool,
 }
 
 /// One consistent view of the exposed surface.
@@ -102,6 +104,19 @@ impl Catalog {
         self.tool_extras
             .keys()
             .any(|name| self.supports_tasks(name))
+    }
+
+    /// Whether a server of the snapshot announced the tasks extension
+    /// (SEP-2663), so clients are offered it.
+    pub fn has_task_extension(&self) -> bool {
+        self.servers.values().any(|facts| facts.task_extension)
+    }
+
+    /// Whether `server` announced the tasks extension (SEP-2663).
+    pub fn task_extension(&self, server: &str) -> bool {
+        self.servers
+            .get(server)
+            .is_some_and(|facts| facts.task_extension)
     }
 
     /// Whether a tool may be called as a task (2025-11-25: its `execution`

@@ -51,6 +51,26 @@ pub struct LineMessage {
     pub answer: Option<oneshot::Sender<Result<serde_json::Value, String>>>,
 }
 
+/// What the gateway declares to upstreams. What an upstream may ask of a
+/// user is relayed to the client whose call caused it: sampling,
+/// elicitation (form and URL), roots. A session is shared, so it announces
+/// what any client may answer; a client without the capability answers
+/// with its own error. The tasks extension is not declared here: it is
+/// declared per request, for a client that declared it (`gateway::relay`).
+pub fn upstream_capabilities() -> ClientCapabilities {
+    let mut capabilities = ClientCapabilities::default();
+    capabilities.sampling = Some(Default::default());
+    capabilities.elicitation = Some(
+        ElicitationCapability::new()
+            .with_form(Default::default())
+            .with_url(UrlElicitationCapability::new()),
+    );
+    let mut roots = RootsCapabilities::default();
+    roots.list_changed = Some(true);
+    capabilities.roots = Some(roots);
+    capabilities
+}
+
 /// What a client said it can be asked (its declared capabilities): the
 /// gateway puts an upstream's request to a client only when it offers it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +78,9 @@ pub struct ClientOffers {
     pub elicitation: bool,
     pub sampling: bool,
     pub roots: bool,
+    /// The tasks extension (SEP-2663): the client can take a task handle
+    /// in place of a `tools/call` result.
+    pub tasks: bool,
 }
 
 impl ClientOffers {
@@ -66,6 +89,7 @@ impl ClientOffers {
             elicitation: capabilities.elicitation.is_some(),
             sampling: capabilities.sampling.is_some(),
             roots: capabilities.roots.is_some(),
+            tasks: capabilities.supports_tasks(),
         }
     }
 
@@ -237,20 +261,7 @@ impl UpstreamClient {
 
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        // What an upstream may ask of a user is relayed to the client whose
-        // call caused it: sampling, elicitation (form and URL), roots. The
-        // session is shared, so it announces what any client may answer; a
-        // client without the capability answers with its own error.
-        let mut capabilities = ClientCapabilities::default();
-        capabilities.sampling = Some(Default::default());
-        capabilities.elicitation = Some(
-            ElicitationCapability::new()
-                .with_form(Default::default())
-                .with_url(UrlElicitationCapability::new()),
-        );
-        let mut roots = RootsCapabilities::default();
-        roots.list_changed = Some(true);
-        capabilities.roots = Some(roots);
+        let capabilities = upstream_capabilities();
         // `initialize` offers the newest handshake revision (2026-07-28 has
         // no handshake; a server that speaks it is reached by server/discover).
         ClientConfig::new(

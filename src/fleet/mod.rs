@@ -28,7 +28,7 @@ use rmcp::model::ErrorData;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use client_handler::{ClientOffers, LineMessage, severity};
+pub use client_handler::{ClientOffers, LineMessage, severity, upstream_capabilities};
 pub use connect::{FailureKind, error_chain};
 pub use upstream::{Caller, Health, Inventory, RelayedCall, SessionOwner, Upstream};
 pub use user_sessions::{Access, CredentialFactory, UserSessionSettings, UserSessions};

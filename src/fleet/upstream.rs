@@ -77,6 +77,10 @@ pub struct Inventory {
     pub resources: Vec<Resource>,
     pub resource_templates: Vec<ResourceTemplate>,
     pub prompts: Vec<Prompt>,
+    /// The server announced the tasks extension (SEP-2663,
+    /// `io.modelcontextprotocol/tasks`) in its capabilities, on a session
+    /// the relay can use (Streamable HTTP with a handshake revision).
+    pub task_extension: bool,
 }
 
 /// Connection health as the supervisor last saw it.
@@ -853,7 +857,11 @@ async fn fetch_inventory(
 ) -> Result<Inventory, ServiceError> {
     let capabilities = peer.peer_info().map(|info| info.capabilities.clone());
     let has = |f: fn(&rmcp::model::ServerCapabilities) -> bool| capabilities.as_ref().is_none_or(f);
-    let mut inventory = Inventory::default();
+    let mut inventory = Inventory {
+        // Offered through the relay, which needs the session's wire.
+        task_extension: wire.is_some() && capabilities.as_ref().is_some_and(|c| c.supports_tasks()),
+        ..Inventory::default()
+    };
     if has(|c| c.tools.is_some()) {
         (inventory.tools, inventory.tool_extras) = tools(peer, wire, raw, timeout).await?;
     }

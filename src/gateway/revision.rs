@@ -15,6 +15,7 @@
 //! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own) | - |
 //! | elicitation `message`, log `logger` | - | name the server (or family instance) that asks or logs |
 //! | request ids in `tasks/*` | - (task ids are the upstream's, unchanged) | - |
+//! | `_meta["io.modelcontextprotocol/clientCapabilities"]` on `tools/call` and `tasks/*`, only for a client that declared the tasks extension (SEP-2663) to an upstream that announced it | set: the capabilities of the upstream's session plus the extension (the session was opened without it, for every client) | - |
 //! | `_meta.traceparent` / `tracestate` (SEP-414), only with `tracing.otlpEndpoint` set | the gateway's span for the call (same trace; the client's span is its grandparent); also sent as HTTP headers to HTTP upstreams | - |
 //! | a `tools/call` result over the server's `spec.limits.maxOutputBytes` (only when set and exceeded) | - | content cut (text at a character boundary, blocks past the limit dropped) and a text block added saying so; `structuredContent`'s strings cut, or it is removed and `isError` set when even that is not enough (`fleet::limits`); the relay decodes the result only then, any other answer passes as the bytes it was |
 //!
@@ -31,6 +32,8 @@
 //! |---|---|
 //! | `tools/list` | each tool as its upstream listed it (every member, `execution` included), renamed; a folded tool is built anew and keeps the members beyond rmcp's model that all its copies agree on |
 //! | `initialize` capabilities | `tasks` (list, cancel, task-augmented `tools/call`) added when the caller's view has a tool whose `execution` allows tasks (rmcp's model has no member for it) |
+//! | `initialize` and `server/discover` capabilities | `extensions["io.modelcontextprotocol/tasks"]` added when a server of the caller's view announced the extension |
+//! | HTTP status of a relayed error answer to a 2026-07-28 request | 400 for -32021, -32022, -32001, 404 for -32601, as the revision's transport (and rmcp's endpoint) gives them; 200 otherwise and for every session client |
 //! | `tasks/list` | answered by the gateway: the caller's own tasks, each as its upstream's `tasks/get` says now (`relay::tasks`) |
 //! | an upstream's request to a client that did not declare it (elicitation, sampling, roots) | never sent to the client; the upstream gets -32601 saying the client did not declare it (`fleet::ClientOffers`) |
 //! | `Mcp-Session-Id` (2025 sessions) | the gateway's own, sealed: it carries the session (`gateway::session`); rmcp's session ids never reach the client |

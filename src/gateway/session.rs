@@ -82,7 +82,7 @@ pub struct ClientSession {
 /// What a session id holds, sealed.
 #[derive(Serialize, Deserialize)]
 struct Sealed {
-    /// Bits: 1 elicitation, 2 sampling, 4 roots.
+    /// Bits: 1 elicitation, 2 sampling, 4 roots, 8 the tasks extension.
     #[serde(rename = "o")]
     offers: u8,
     /// The caller's binding (see [`binding`]).
@@ -196,7 +196,8 @@ impl Sessions {
         let sealed = Sealed {
             offers: u8::from(offers.elicitation)
                 | u8::from(offers.sampling) << 1
-                | u8::from(offers.roots) << 2,
+                | u8::from(offers.roots) << 2
+                | u8::from(offers.tasks) << 3,
             caller: binding(user),
             initialize: kept_params(params),
         };
@@ -227,6 +228,7 @@ impl Sessions {
                 elicitation: sealed.offers & 1 != 0,
                 sampling: sealed.offers & 2 != 0,
                 roots: sealed.offers & 4 != 0,
+                tasks: sealed.offers & 8 != 0,
             },
         })
     }
@@ -579,7 +581,8 @@ mod tests {
         let sessions = sessions(Duration::from_secs(60));
         let alice = user("alice");
         let id = sessions.issue(
-            &params(json!({"elicitation": {}, "roots": {}})),
+            &params(json!({"elicitation": {}, "roots": {},
+                "extensions": {"io.modelcontextprotocol/tasks": {}}})),
             Some(&alice),
         );
         let session = sessions.open(&id, Some(&alice)).unwrap();
@@ -588,7 +591,8 @@ mod tests {
             ClientOffers {
                 elicitation: true,
                 sampling: false,
-                roots: true
+                roots: true,
+                tasks: true,
             }
         );
         assert_eq!(

@@ -25,6 +25,7 @@ fn facts(server: &str, family: Option<&str>, labels: &[(&str, &str)]) -> ServerF
             )
         }),
         labels,
+        task_extension: false,
     }
 }
 

@@ -28,5 +28,6 @@ mod relay;
 mod replicas;
 mod sso;
 mod sso_clients;
+mod task_extension;
 mod ui;
 mod upstream_sessions;

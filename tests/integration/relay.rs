@@ -131,7 +131,7 @@ async fn log_messages_reach_the_client_at_the_level_it_asked_for_naming_the_serv
 }
 
 /// One raw HTTP exchange with `/mcp`.
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
@@ -168,7 +168,7 @@ fn initialize(version: &str) -> String {
 }
 
 /// The JSON-RPC messages of a JSON or SSE body.
-fn messages(body: &str) -> Vec<Value> {
+pub(crate) fn messages(body: &str) -> Vec<Value> {
     match serde_json::from_str::<Value>(body) {
         Ok(Value::Array(items)) => items,
         Ok(value) => vec![value],

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 use super::answer::{Pending, failure};
 use super::message::{self, Message};
 use super::stream::{OutputLimit, Stream, cancel_upstream, until};
-use super::{ClientSide, Relay, Running, input, json_response, tasks};
+use super::{ClientSide, Relay, Running, answer_response, input, json_response, tasks};
 use crate::api::UserIdentity;
 use crate::catalog::Catalog;
 use crate::catalog::select::{Selection, select};
@@ -46,7 +46,8 @@ pub(super) async fn relay_call(
     let method = message.method.as_deref()?;
     if method == "tasks/list" {
         let user = parts.extensions.get::<Arc<UserIdentity>>();
-        let owner = tasks::owner(user, client)?;
+        // Never every anonymous caller's tasks at once.
+        let owner = tasks::owner(user, client).filter(|owner| owner != tasks::ANONYMOUS)?;
         let view = relay.state.view(user).await;
         let id = message.id.clone()?;
         return Some(list_tasks(relay, &view, &owner, &id, client.revision).await);
@@ -129,6 +130,11 @@ pub(super) async fn relay_call(
         progress_token: upstream_token.as_ref(),
         drop_argument: target.drop_argument,
         trace: None,
+        // A task handle goes only to a client that can take one, from an
+        // upstream that announced the extension.
+        declare_tasks: client.offers.is_some_and(|offers| offers.tasks)
+            && upstream.inventory().task_extension
+            && (method == "tools/call" || tasks::TASK_METHODS.contains(&method)),
     };
     let request_trace = parts.extensions.get::<RequestTrace>();
     if let (Some(trace), Some(counted)) = (request_trace, &target.counted) {
@@ -260,7 +266,7 @@ pub(super) async fn relay_call(
             if let Some(record) = record {
                 record.finish(outcome_of_json(&answer));
             }
-            return Some(json_response(answer));
+            return Some(answer_response(answer, client.revision));
         }
         First::Reply(Ok(WireReply::Events(events))) => (events, None, None),
         // The upstream asks something before it answers: the client's

@@ -62,6 +62,8 @@ pub struct CallPeek {
 struct CallParams {
     name: Option<String>,
     uri: Option<String>,
+    #[serde(rename = "taskId")]
+    task_id: Option<String>,
     #[serde(rename = "requestState")]
     request_state: Option<String>,
     #[serde(rename = "_meta")]
@@ -101,9 +103,14 @@ pub fn declares_stateless(params: Option<&RawValue>, mcp_name: Option<&str>) -> 
     let Some(meta) = params.meta else {
         return false;
     };
-    let named = params.name.as_deref().or(params.uri.as_deref());
-    named.is_some()
-        && mcp_name == named
+    // `Mcp-Name` names the tool, prompt or resource, or the task of a
+    // `tasks/*` request (SEP-2663).
+    let named = params
+        .name
+        .as_deref()
+        .or(params.uri.as_deref())
+        .or(params.task_id.as_deref());
+    mcp_name == named
         && meta.protocol_version.as_deref() == Some("2026-07-28")
         && meta.client_capabilities.is_some()
 }
@@ -205,6 +212,18 @@ fn with_trace(meta: Option<String>, trace: &TraceHeaders) -> Option<String> {
     Some(Value::Object(meta).to_string())
 }
 
+/// The `_meta` key of a request's client capabilities (2026-07-28).
+const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// `meta` (serialized, or absent) with `key` set to `value`.
+fn with_member(meta: Option<String>, key: &str, value: &Value) -> Option<String> {
+    let mut meta: Map<String, Value> = meta
+        .and_then(|m| serde_json::from_str(&m).ok())
+        .unwrap_or_default();
+    meta.insert(key.into(), value.clone());
+    Some(Value::Object(meta).to_string())
+}
+
 /// The value of one argument of a `tools/call`.
 pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
     let members = object(params)?;
@@ -227,6 +246,25 @@ pub struct Outgoing<'a> {
     /// The gateway's span for the call, when traces are exported: its
     /// context replaces the client's in `_meta` (SEP-414).
     pub trace: Option<&'a TraceHeaders>,
+    /// The client declared the tasks extension and the upstream announced
+    /// it: the request says so in its `_meta`, as a 2026-07-28 request does
+    /// (the upstream's session was opened without it, for every client).
+    pub declare_tasks: bool,
+}
+
+/// The `_meta` client capabilities a relayed request carries for a client
+/// that declared the tasks extension (SEP-2663): what the gateway declared
+/// in the upstream's handshake, and the extension.
+fn tasks_declared() -> &'static Value {
+    static DECLARED: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DECLARED.get_or_init(|| {
+        let mut capabilities = crate::fleet::upstream_capabilities();
+        capabilities
+            .extensions
+            .get_or_insert_default()
+            .insert(rmcp::model::TASKS_EXTENSION_ID.into(), Default::default());
+        serde_json::to_value(capabilities).unwrap_or_default()
+    })
 }
 
 /// A client's request as the upstream gets it: the upstream's id, the
@@ -246,6 +284,9 @@ pub fn request_upstream(
     );
     if let Some(trace) = out.trace {
         meta = with_trace(meta, trace);
+    }
+    if out.declare_tasks {
+        meta = with_member(meta, CLIENT_CAPABILITIES, tasks_declared());
     }
     let name = out.name.map(|n| Value::String(n.to_string()).to_string());
     let mut replaced = vec![("_meta", meta)];
@@ -478,6 +519,7 @@ mod tests {
             progress_token: Some(&token),
             drop_argument: None,
             trace: None,
+            declare_tasks: false,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         // Numbers stay the bytes they were.
@@ -497,6 +539,43 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_declared_tasks_has_the_upstream_told_so_on_its_requests() {
+        let params = raw(
+            r#"{"name":"x_t_slow","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}},"vendor/x":1}}"#,
+        );
+        let out = Outgoing {
+            upstream_id: "flotilla-3",
+            name: Some("slow"),
+            progress_token: None,
+            drop_argument: None,
+            trace: None,
+            declare_tasks: true,
+        };
+        let sent: Value =
+            serde_json::from_str(&request_upstream("tools/call", Some(&params), &out).unwrap())
+                .unwrap();
+        let meta = &sent["params"]["_meta"];
+        assert_eq!(meta["vendor/x"], 1);
+        assert_eq!(meta["io.modelcontextprotocol/protocolVersion"], Value::Null);
+        let declared = &meta["io.modelcontextprotocol/clientCapabilities"];
+        assert_eq!(
+            declared["extensions"]["io.modelcontextprotocol/tasks"],
+            json!({})
+        );
+        // What the upstream's session was opened with stays declared: a
+        // request's capabilities stand in for the session's.
+        assert!(declared["elicitation"]["form"].is_object(), "{declared}");
+        assert!(declared["sampling"].is_object() && declared["roots"].is_object());
+        // Without the declaration, nothing is added.
+        let out = Outgoing {
+            declare_tasks: false,
+            ..out
+        };
+        let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
+        assert!(!sent.contains("clientCapabilities"), "{sent}");
+    }
+
+    #[test]
     fn a_folded_tools_instance_argument_is_not_sent_on() {
         let params = raw(
             r#"{"name":"x_k_list_pods","arguments":{"cluster":"c7","namespace":"default","limit":1.50}}"#,
@@ -508,6 +587,7 @@ mod tests {
             progress_token: None,
             drop_argument: Some("cluster"),
             trace: None,
+            declare_tasks: false,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         assert!(

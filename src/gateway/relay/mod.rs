@@ -14,9 +14,9 @@
 //! else, and any request the upstream never received (no connection, a
 //! session it no longer knows), goes to rmcp's handler unchanged.
 //!
-//! Tasks (2025-11-25): `tasks/get`, `tasks/result` and `tasks/cancel` go
-//! to the upstream that created the task, for the caller that created it
-//! (see `tasks`).
+//! Tasks (2025-11-25, and the 2026-07-28 extension): `tasks/get`,
+//! `tasks/result`, `tasks/update` and `tasks/cancel` go to the upstream that
+//! created the task, for the caller that created it (see `tasks`).
 //!
 //! A request an upstream sends to the user mid-call (elicitation, sampling,
 //! roots) reaches a 2025 session client on the call's stream under an id of
@@ -271,10 +271,11 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     let Some(message) = Message::parse(text) else {
         return pass(parts, bytes).await;
     };
-    if message.method.as_deref() == Some("initialize") {
+    if let Some(method @ ("initialize" | "server/discover")) = message.method.as_deref() {
         let user = parts.extensions.get::<Arc<UserIdentity>>().cloned();
+        let handshake = method == "initialize";
         let answer = pass(parts, bytes).await;
-        return offer_tasks(&relay, user.as_ref(), answer).await;
+        return offer_tasks(&relay, user.as_ref(), handshake, answer).await;
     }
     let worth_a_look = message.is_response()
         || message.method.as_deref().is_some_and(|m| {
@@ -322,11 +323,14 @@ pub async fn relay(State(relay): State<Arc<Relay>>, request: Request, next: Next
     }
 }
 
-/// rmcp's `initialize` answer, offering tasks when the caller's view has a
-/// tool that supports them.
+/// rmcp's `initialize` (`handshake`) or `server/discover` answer, offering
+/// tasks: the 2025-11-25 form in a handshake when the caller's view has a
+/// tool that supports them, the extension (SEP-2663) when a server of the
+/// view announced it.
 async fn offer_tasks(
     relay: &Relay,
     user: Option<&Arc<UserIdentity>>,
+    handshake: bool,
     answer: Response,
 ) -> Response {
     let content_type = answer
@@ -335,10 +339,17 @@ async fn offer_tasks(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let sse = content_type.starts_with("text/event-stream");
-    if answer.status() != StatusCode::OK
-        || !(sse || content_type.starts_with("application/json"))
-        || !relay.state.view(user).await.catalog.has_task_tools()
-    {
+    if answer.status() != StatusCode::OK || !(sse || content_type.starts_with("application/json")) {
+        return answer;
+    }
+    let offer = {
+        let catalog = &relay.state.view(user).await.catalog;
+        tasks::Offer {
+            core: handshake && catalog.has_task_tools(),
+            extension: catalog.has_task_extension(),
+        }
+    };
+    if offer == tasks::Offer::default() {
         return answer;
     }
     let (mut parts, body) = answer.into_parts();
@@ -351,9 +362,51 @@ async fn offer_tasks(
         )
             .into_response();
     };
-    let body = tasks::offer_tasks_in(&bytes, sse).map_or(bytes, Bytes::from);
+    let body = tasks::offer_tasks_in(&bytes, sse, offer).map_or(bytes, Bytes::from);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
+}
+
+/// A relayed answer as one JSON body. A 2026-07-28 client gets an error
+/// answer under the HTTP status its transport gives it (as rmcp's own
+/// endpoint does): 400 for a missing client capability (-32021), an
+/// unsupported revision (-32022) or a header that does not match the body
+/// (-32001), 404 for an unknown method (-32601); a session client gets 200,
+/// as its transport carries every JSON-RPC answer.
+fn answer_response(body: String, revision: ClientRevision) -> Response {
+    let status = match revision {
+        ClientRevision::Session => StatusCode::OK,
+        ClientRevision::Stateless => error_status(&body),
+    };
+    let mut response = json_response(body);
+    *response.status_mut() = status;
+    response
+}
+
+/// The 2026-07-28 transport's status for a JSON-RPC answer (see
+/// [`answer_response`]).
+fn error_status(body: &str) -> StatusCode {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<Code>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: i64,
+    }
+    if !body.contains("\"error\"") {
+        return StatusCode::OK;
+    }
+    match serde_json::from_str::<Answer>(body)
+        .ok()
+        .and_then(|a| a.error)
+    {
+        Some(Code {
+            code: -32021 | -32022 | -32001,
+        }) => StatusCode::BAD_REQUEST,
+        Some(Code { code: -32601 }) => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
 }
 
 fn json_response(body: String) -> Response {
@@ -363,4 +416,31 @@ fn json_response(body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stateless_client_gets_an_error_under_its_transports_status() {
+        let error = |code: i64| {
+            serde_json::json!({"jsonrpc": "2.0", "id": 1,
+                "error": {"code": code, "message": "m"}})
+            .to_string()
+        };
+        let status = |body: String, revision| answer_response(body, revision).status();
+        let stateless = ClientRevision::Stateless;
+        assert_eq!(status(error(-32021), stateless), StatusCode::BAD_REQUEST);
+        assert_eq!(status(error(-32601), stateless), StatusCode::NOT_FOUND);
+        assert_eq!(status(error(-32602), stateless), StatusCode::OK);
+        assert_eq!(
+            status(error(-32021), ClientRevision::Session),
+            StatusCode::OK
+        );
+        // A result that merely mentions "error" is a result.
+        let result =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"\"error\""}]}}"#;
+        assert_eq!(status(result.to_string(), stateless), StatusCode::OK);
+    }
 }

@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::answer::{Pending, failure, sse_response};
 use super::message::{self, Message};
-use super::{Asked, ClientSide, Relay, Reply, json_response};
+use super::{Asked, ClientSide, Relay, Reply, answer_response};
 use crate::fleet::limits::{CallPermit, limit_response_text};
 use crate::fleet::wire::{Wire, WireError, WireReply};
 use crate::fleet::{ClientOffers, LineMessage, ListKind, RelayedCall, severity};
@@ -121,14 +121,16 @@ impl Stream {
     /// allows (the framing is per hop); else an SSE stream.
     pub(super) async fn respond(mut self) -> Response {
         let first = self.next_event().await;
+        let revision = self.client.revision;
+        let json = |answer| answer_response(answer, revision);
         if self.waiting.is_some() {
             let relay = self.relay.clone();
             park(&relay, self);
-            return first.map_or_else(|| sse_response(Body::empty()), json_response);
+            return first.map_or_else(|| sse_response(Body::empty()), json);
         }
         if self.is_over() {
             // None: cancelled by the client before anything came; nothing follows.
-            return first.map_or_else(|| sse_response(Body::empty()), json_response);
+            return first.map_or_else(|| sse_response(Body::empty()), json);
         }
         sse_response(self.into_body(first))
     }
