@@ -302,3 +302,79 @@ fn the_cap_on_held_sessions_holds_under_concurrent_rebuilds_and_fails_no_request
         "restored {restored}, released {released}, held {held}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_burst_of_calls_only_a_bounded_number_of_upstream_connections_stay_open() {
+    // An rmcp server (hyper underneath) keeps idle connections open as long
+    // as its client does, so what stays open is the gateway's choice.
+    let (serving, url) = crate::task_extension::task_server().await;
+    let _serving = crate::task_extension::Serving(serving);
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("the server's port");
+    let gateway = Fleet::new().http("t", &url).connected().start();
+    // 60 calls at once (2026-07-28 requests, each on its own connection to
+    // the gateway), each held by the server for a moment: the gateway opens
+    // a connection to the server for each.
+    let http = reqwest::Client::new();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "x_t_sum", "arguments": {"a": 1, "b": 2, "ms": 500}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "burst", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let calls: Vec<_> = (0..60)
+        .map(|_| {
+            let request = http
+                .post(gateway.url())
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "x_t_sum")
+                .body(body.clone());
+            tokio::spawn(async move {
+                let response = request.send().await.expect("a call");
+                (
+                    response.status().as_u16(),
+                    response.text().await.unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    let pid = gateway.proc.pid();
+    let sampling = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..40 {
+            peak = peak.max(connections_to(pid, port));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        peak
+    });
+    for handle in calls {
+        let (status, text) = handle.await.expect("a call");
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(r#""text":"3""#), "{text}");
+    }
+    let peak = sampling.await.expect("the sampler");
+    assert!(
+        peak > 40,
+        "the burst never opened many connections ({peak})"
+    );
+    // Once answered, at most 32 stay open for the next calls (and the
+    // session's own stream); the rest are closed, not kept for the pool's
+    // idle timeout (90 s).
+    let left = eventually(
+        Duration::from_secs(3),
+        "idle connections closed",
+        || async {
+            let open = connections_to(pid, port);
+            (open <= 33).then_some(open)
+        },
+    )
+    .await;
+    assert!(left >= 1, "{left}");
+}

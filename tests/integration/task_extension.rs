@@ -32,7 +32,7 @@ use crate::common::Fleet;
 use crate::relay::{messages, send};
 
 /// Two tools: `sum` (a task that answers after a moment, when the client
-/// can take one; else at once) and `greet` (a task that asks the user's
+/// can take one; else at once, or after `ms` milliseconds) and `greet` (a task that asks the user's
 /// name; only as a task).
 #[derive(Clone, Default)]
 struct TaskServer {
@@ -98,7 +98,12 @@ impl ServerHandler for TaskServer {
         let number = |key: &str| arguments.get(key).and_then(Value::as_i64).unwrap_or(0);
         let options = TaskOptions::new().with_poll_interval_ms(20);
         match (request.name.as_ref(), declared) {
-            ("sum", false) => Ok(text((number("a") + number("b")).to_string()).into()),
+            ("sum", false) => {
+                // `ms`: hold the answer that long (for bursts of calls in flight).
+                let hold = Duration::from_millis(number("ms").max(0) as u64);
+                tokio::time::sleep(hold).await;
+                Ok(text((number("a") + number("b")).to_string()).into())
+            }
             ("sum", true) => {
                 let total = number("a") + number("b");
                 let task = self.tasks.spawn(options, move |ctx| {
@@ -156,7 +161,7 @@ impl ServerHandler for TaskServer {
 
 /// Serves [`TaskServer`] at `http://127.0.0.1:<port 0>/mcp` (2025 sessions
 /// and 2026-07-28 requests) until the returned handle is dropped.
-async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
+pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
     let server = TaskServer::default();
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
@@ -175,7 +180,7 @@ async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
 }
 
 /// Stops the in-process server when the test ends, however it ends.
-struct Serving(tokio::task::JoinHandle<()>);
+pub(crate) struct Serving(pub tokio::task::JoinHandle<()>);
 
 impl Drop for Serving {
     fn drop(&mut self) {

@@ -257,10 +257,11 @@ pub fn listening_port(proc: &Proc, timeout: Duration) -> u16 {
     }
 }
 
-/// Every TCP port process `pid` listens on now: the socket inodes among its
-/// open files, matched against the LISTEN rows of its /proc/net/tcp{,6}.
-pub fn listening_ports(pid: i32) -> Vec<u16> {
-    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The rows of /proc/net/tcp{,6} that are sockets process `pid` has open
+/// (their inodes among its open files), split into columns: local address
+/// (column 1, ADDR:PORT in hex), remote address (2), state (3), inode (9).
+fn sockets_of(pid: i32) -> Vec<Vec<String>> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|entries| {
             entries
                 .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -273,21 +274,40 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut ports = Vec::new();
+    let mut rows = Vec::new();
     for table in ["tcp", "tcp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
         for row in text.lines().skip(1) {
-            let columns: Vec<&str> = row.split_whitespace().collect();
-            // local_address is column 1 (ADDR:PORT in hex), st column 3 (0A = LISTEN), inode column 9.
-            if columns.len() > 9 && columns[3] == "0A" && sockets.iter().any(|s| s == columns[9]) {
-                let port = columns[1].rsplit(':').next().unwrap_or("0");
-                if let Ok(port) = u16::from_str_radix(port, 16) {
-                    ports.push(port);
-                }
+            let columns: Vec<String> = row.split_whitespace().map(str::to_string).collect();
+            if columns.len() > 9 && inodes.iter().any(|s| *s == columns[9]) {
+                rows.push(columns);
             }
         }
     }
-    ports
+    rows
+}
+
+/// The port of an ADDR:PORT column of /proc/net/tcp.
+fn port_of(column: &str) -> Option<u16> {
+    u16::from_str_radix(column.rsplit(':').next()?, 16).ok()
+}
+
+/// Every TCP port process `pid` listens on now.
+pub fn listening_ports(pid: i32) -> Vec<u16> {
+    sockets_of(pid)
+        .iter()
+        .filter(|columns| columns[3] == "0A") // LISTEN
+        .filter_map(|columns| port_of(&columns[1]))
+        .collect()
+}
+
+/// How many connections process `pid` has established to `port`.
+pub fn connections_to(pid: i32, port: u16) -> usize {
+    sockets_of(pid)
+        .iter()
+        .filter(|columns| columns[3] == "01") // ESTABLISHED
+        .filter(|columns| port_of(&columns[2]) == Some(port))
+        .count()
 }
 
 /// The Python `mcp` 2.x SDK server (tests/peers/py_server.py); returns it and its /mcp URL.
