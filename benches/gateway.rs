@@ -59,6 +59,10 @@ struct Config {
     /// `FLOTILLA_BENCH_UPSTREAM=sessions`: the echo upstream keeps 2025
     /// sessions (the gateway holds one), else it is stateless.
     upstream_sessions: bool,
+    /// `FLOTILLA_BENCH_CLIENT=sessions` (with a session upstream): the load
+    /// client calls every target in a 2025-11-25 session of its own, else in
+    /// 2026-07-28 requests.
+    client_sessions: bool,
 }
 
 impl Config {
@@ -81,6 +85,10 @@ impl Config {
             upstream_threads: threads,
             upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM")
                 .is_ok_and(|v| v == "sessions"),
+            // A stateless upstream opens no sessions to call in.
+            client_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM")
+                .is_ok_and(|v| v == "sessions")
+                && std::env::var("FLOTILLA_BENCH_CLIENT").is_ok_and(|v| v == "sessions"),
         }
     }
 }
@@ -289,6 +297,9 @@ fn median(values: &mut [f64]) -> f64 {
 struct Target {
     name: &'static str,
     request: Arc<Request>,
+    /// What each of the closed loop's workers sends (in a session of its
+    /// own with `FLOTILLA_BENCH_CLIENT=sessions`: ids are unique per session).
+    workers: Vec<Arc<Request>>,
     proxy_pids: Vec<i32>,
     acc: Acc,
 }
@@ -403,10 +414,32 @@ fn bench_calls(
         Ok::<_, String>(())
     })?;
     let protocol = rt.block_on(protocol_of(http, &gateway));
+    // The call each target gets: a 2026-07-28 request, or one in a session
+    // of its own opened now.
+    let call_of = |url: &str, tool: &str| -> Result<Arc<Request>, String> {
+        Ok(Arc::new(if cfg.client_sessions {
+            let session = rt.block_on(client::open_session(http, url))?;
+            Request::call_in_session(url, tool, &session)
+        } else {
+            Request::call(url, tool)
+        }))
+    };
+    // One call per closed-loop worker: the same request, or each in a
+    // session of its own (a session's requests in flight need distinct ids).
+    let workers_of = |url: &str, tool: &str| -> Result<Vec<Arc<Request>>, String> {
+        match cfg.client_sessions {
+            true => (0..cfg.concurrency).map(|_| call_of(url, tool)).collect(),
+            false => {
+                let shared = Arc::new(Request::call(url, tool));
+                Ok(std::iter::repeat_n(shared, cfg.concurrency).collect())
+            }
+        }
+    };
 
     let mut targets = vec![Target {
         name: "direct",
-        request: Arc::new(Request::call(&direct_url, "echo")),
+        request: call_of(&direct_url, "echo")?,
+        workers: workers_of(&direct_url, "echo")?,
         proxy_pids: vec![],
         acc: Acc::default(),
     }];
@@ -415,30 +448,31 @@ fn bench_calls(
         pids.extend(&proc.companions);
         targets.push(Target {
             name: "nginx",
-            request: Arc::new(Request::call(
-                &format!("http://127.0.0.1:{nport}/s/0/mcp"),
-                "echo",
-            )),
+            request: call_of(&format!("http://127.0.0.1:{nport}/s/0/mcp"), "echo")?,
+            workers: workers_of(&format!("http://127.0.0.1:{nport}/s/0/mcp"), "echo")?,
             proxy_pids: pids,
             acc: Acc::default(),
         });
     }
     targets.push(Target {
         name: "flotilla",
-        request: Arc::new(Request::call(&gateway.mcp, "x_echo_echo")),
+        request: call_of(&gateway.mcp, "x_echo_echo")?,
+        workers: workers_of(&gateway.mcp, "x_echo_echo")?,
         proxy_pids: vec![gateway.proc.pid()],
         acc: Acc::default(),
     });
     targets.push(Target {
         name: "flotilla, audit off",
-        request: Arc::new(Request::call(&quiet.mcp, "x_echo_echo")),
+        request: call_of(&quiet.mcp, "x_echo_echo")?,
+        workers: workers_of(&quiet.mcp, "x_echo_echo")?,
         proxy_pids: vec![quiet.proc.pid()],
         acc: Acc::default(),
     });
     if let Some(traced) = &traced {
         targets.push(Target {
             name: "flotilla, traced",
-            request: Arc::new(Request::call(&traced.mcp, "x_echo_echo")),
+            request: call_of(&traced.mcp, "x_echo_echo")?,
+            workers: workers_of(&traced.mcp, "x_echo_echo")?,
             proxy_pids: vec![traced.proc.pid()],
             acc: Acc::default(),
         });
@@ -457,7 +491,7 @@ fn bench_calls(
         log("tools/call: warming up");
         for t in &targets {
             client::sequential(http, &t.request, cfg.warm_calls).await?;
-            client::closed_loop(http, t.request.clone(), cfg.concurrency, cfg.warm_load).await?;
+            client::closed_loop_each(http, t.workers.clone(), cfg.warm_load).await?;
         }
         Ok::<_, String>(())
     })?;
@@ -489,8 +523,7 @@ fn bench_calls(
                 t.acc.seq_proxy_cs += after.proxy_cs - before.proxy_cs;
 
                 let before = snap(t, echo_pid);
-                let load =
-                    client::closed_loop(http, t.request.clone(), cfg.concurrency, cfg.load).await?;
+                let load = client::closed_loop_each(http, t.workers.clone(), cfg.load).await?;
                 let after = snap(t, echo_pid);
                 t.acc.load.extend(&load.samples);
                 t.acc.load_calls += load.calls;
@@ -1037,10 +1070,14 @@ fn report(
             .into_owned()),
         calls.protocol
     );
-    let mode = if cfg.upstream_sessions {
-        "session mode: the gateway holds a 2025 session, the bench client's 2026-07-28 requests are served statelessly"
-    } else {
-        "stateless mode"
+    let mode = match (cfg.upstream_sessions, cfg.client_sessions) {
+        (true, false) => {
+            "session mode: the gateway holds a 2025 session, the bench client's 2026-07-28 requests are served statelessly"
+        }
+        (true, true) => {
+            "session mode: the gateway holds a 2025 session, and the bench client calls every target in a 2025-11-25 session of its own"
+        }
+        (false, _) => "stateless mode",
     };
     let _ = writeln!(
         md,

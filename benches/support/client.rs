@@ -1,6 +1,7 @@
 //! The load client: raw JSON-RPC POSTs in the stateless 2026-07-28 shape
-//! (protocol headers + per-request `_meta`), pre-serialized, over one
-//! keep-alive reqwest client. The same client drives every target.
+//! (protocol headers + per-request `_meta`) or in a 2025-11-25 session,
+//! pre-serialized, over one keep-alive reqwest client. The same client
+//! drives every target.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -308,7 +309,7 @@ fn session_headers(session: Option<&str>) -> HeaderMap {
 impl Request {
     /// `body` (one JSON-RPC message) sent in the 2025-11-25 session `session`:
     /// `Mcp-Session-Id` and `MCP-Protocol-Version` headers, no `_meta`.
-    #[allow(dead_code)] // only `replicas` uses it
+    #[allow(dead_code)] // `replicas` and `gateway` use it
     pub fn in_session(url: &str, session: &str, body: &'static [u8]) -> Self {
         Self {
             url: url.to_string(),
@@ -316,12 +317,21 @@ impl Request {
             body,
         }
     }
+
+    /// `tools/call` of `tool` with `{"text": ECHO_TEXT}` in the session `session`.
+    #[allow(dead_code)] // only `gateway` uses it
+    pub fn call_in_session(url: &str, tool: &str, session: &str) -> Self {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": ECHO_TEXT}}});
+        let body = Box::leak(serde_json::to_vec(&body).expect("json").into_boxed_slice());
+        Self::in_session(url, session, body)
+    }
 }
 
 /// Opens a 2025-11-25 client session at `url` as an SDK does: `initialize`,
 /// then `notifications/initialized` with the `Mcp-Session-Id` it returned
 /// (which must be accepted with 202). Returns the session id.
-#[allow(dead_code)] // only `replicas` uses it
+#[allow(dead_code)] // `replicas` and `gateway` use it
 pub async fn open_session(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client
         .post(url)

@@ -33,7 +33,7 @@
 //! | `tools/list` | each tool as its upstream listed it (every member, `execution` included), renamed; a folded tool is built anew and keeps the members beyond rmcp's model that all its copies agree on |
 //! | `initialize` capabilities | `tasks` (list, cancel, task-augmented `tools/call`) added when the caller's view has a tool whose `execution` allows tasks (rmcp's model has no member for it) |
 //! | `initialize` and `server/discover` capabilities | `extensions["io.modelcontextprotocol/tasks"]` added when a server of the caller's view announced the extension |
-//! | HTTP status of a relayed error answer to a 2026-07-28 request | 400 for -32021, -32022, -32001, 404 for -32601, as the revision's transport (and rmcp's endpoint) gives them; 200 otherwise and for every session client |
+//! | HTTP status of a relayed error answer to a 2026-07-28 request | 400 for -32021, -32022, -32020, 404 for -32601, as the revision's transport (and rmcp's endpoint) gives them; 200 otherwise and for every session client |
 //! | `tasks/list` | answered by the gateway: the caller's own tasks, each as its upstream's `tasks/get` says now (`relay::tasks`) |
 //! | an upstream's request to a client that did not declare it (elicitation, sampling, roots) | never sent to the client; the upstream gets -32601 saying the client did not declare it (`fleet::ClientOffers`) |
 //! | `Mcp-Session-Id` (2025 sessions) | the gateway's own, sealed: it carries the session (`gateway::session`); rmcp's session ids never reach the client |

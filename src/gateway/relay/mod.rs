@@ -41,6 +41,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::model::ErrorCode;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -371,7 +372,7 @@ async fn offer_tasks(
 /// answer under the HTTP status its transport gives it (as rmcp's own
 /// endpoint does): 400 for a missing client capability (-32021), an
 /// unsupported revision (-32022) or a header that does not match the body
-/// (-32001), 404 for an unknown method (-32601); a session client gets 200,
+/// (-32020), 404 for an unknown method (-32601); a session client gets 200,
 /// as its transport carries every JSON-RPC answer.
 fn answer_response(body: String, revision: ClientRevision) -> Response {
     let status = match revision {
@@ -397,14 +398,18 @@ fn error_status(body: &str) -> StatusCode {
     if !body.contains("\"error\"") {
         return StatusCode::OK;
     }
-    match serde_json::from_str::<Answer>(body)
+    let code = serde_json::from_str::<Answer>(body)
         .ok()
         .and_then(|a| a.error)
-    {
-        Some(Code {
-            code: -32021 | -32022 | -32001,
-        }) => StatusCode::BAD_REQUEST,
-        Some(Code { code: -32601 }) => StatusCode::NOT_FOUND,
+        .and_then(|e| i32::try_from(e.code).ok())
+        .map(ErrorCode);
+    match code {
+        Some(
+            ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+            | ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+            | ErrorCode::HEADER_MISMATCH,
+        ) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     }
 }
@@ -433,6 +438,8 @@ mod tests {
         let stateless = ClientRevision::Stateless;
         assert_eq!(status(error(-32021), stateless), StatusCode::BAD_REQUEST);
         assert_eq!(status(error(-32601), stateless), StatusCode::NOT_FOUND);
+        assert_eq!(status(error(-32020), stateless), StatusCode::BAD_REQUEST);
+        assert_eq!(status(error(-32022), stateless), StatusCode::BAD_REQUEST);
         assert_eq!(status(error(-32602), stateless), StatusCode::OK);
         assert_eq!(
             status(error(-32021), ClientRevision::Session),
