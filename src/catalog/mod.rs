@@ -112,13 +112,6 @@ impl Catalog {
         self.servers.values().any(|facts| facts.task_extension)
     }
 
-    /// Whether `server` announced the tasks extension (SEP-2663).
-    pub fn task_extension(&self, server: &str) -> bool {
-        self.servers
-            .get(server)
-            .is_some_and(|facts| facts.task_extension)
-    }
-
     /// Whether a tool may be called as a task (2025-11-25: its `execution`
     /// says `taskSupport` optional or required).
     pub fn supports_tasks(&self, exposed: &str) -> bool {

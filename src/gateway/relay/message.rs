@@ -180,8 +180,8 @@ fn envelope(id: &str, body_key: &str, body: &str) -> String {
 }
 
 /// `_meta` with `progressToken` set to `token` (or removed) and the keys in
-/// `hop` dropped; `None` when nothing is left.
-fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Option<String> {
+/// `hop` dropped, to be changed further and then [`written`].
+fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Map<String, Value> {
     let mut meta: Map<String, Value> = meta
         .and_then(|m| serde_json::from_str(m.get()).ok())
         .unwrap_or_default();
@@ -196,33 +196,25 @@ fn meta_with(meta: Option<&RawValue>, hop: &[&str], token: Option<&Value>) -> Op
             meta.remove("progressToken");
         }
     }
+    meta
+}
+
+/// `_meta` as written on the wire; `None` (left out) when it is empty.
+fn written(meta: Map<String, Value>) -> Option<String> {
     (!meta.is_empty()).then(|| Value::Object(meta).to_string())
 }
 
-/// `meta` (serialized, or absent) with the trace context of `trace`.
-fn with_trace(meta: Option<String>, trace: &TraceHeaders) -> Option<String> {
-    let mut meta: Map<String, Value> = meta
-        .and_then(|m| serde_json::from_str(&m).ok())
-        .unwrap_or_default();
+/// Sets the trace context of `trace` in `meta`.
+fn set_trace(meta: &mut Map<String, Value>, trace: &TraceHeaders) {
     meta.insert("traceparent".into(), trace.traceparent.clone().into());
     match &trace.tracestate {
         Some(state) => meta.insert("tracestate".into(), state.clone().into()),
         None => meta.remove("tracestate"),
     };
-    Some(Value::Object(meta).to_string())
 }
 
 /// The `_meta` key of a request's client capabilities (2026-07-28).
 const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-
-/// `meta` (serialized, or absent) with `key` set to `value`.
-fn with_member(meta: Option<String>, key: &str, value: &Value) -> Option<String> {
-    let mut meta: Map<String, Value> = meta
-        .and_then(|m| serde_json::from_str(&m).ok())
-        .unwrap_or_default();
-    meta.insert(key.into(), value.clone());
-    Some(Value::Object(meta).to_string())
-}
 
 /// The value of one argument of a `tools/call`.
 pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
@@ -283,11 +275,12 @@ pub fn request_upstream(
         out.progress_token,
     );
     if let Some(trace) = out.trace {
-        meta = with_trace(meta, trace);
+        set_trace(&mut meta, trace);
     }
     if out.declare_tasks {
-        meta = with_member(meta, CLIENT_CAPABILITIES, tasks_declared());
+        meta.insert(CLIENT_CAPABILITIES.into(), tasks_declared().clone());
     }
+    let meta = written(meta);
     let name = out.name.map(|n| Value::String(n.to_string()).to_string());
     let mut replaced = vec![("_meta", meta)];
     if name.is_some() {
@@ -320,7 +313,11 @@ pub fn response_to_client(
         return Some(envelope(&id, "error", error.get()));
     }
     let members = object(message.result)?;
-    let meta = meta_with(members.get("_meta").copied(), HOP_META_KEYS, None);
+    let meta = written(meta_with(
+        members.get("_meta").copied(),
+        HOP_META_KEYS,
+        None,
+    ));
     let result_type = match revision {
         ClientRevision::Stateless => Some(
             members
