@@ -395,6 +395,33 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// A condition of `kind` with `status` (`True`, `False` or `Unknown`),
+    /// its reason and message, for the object's `generation` (its transition
+    /// time is set where the status is written).
+    pub fn new(
+        kind: &str,
+        status: &str,
+        reason: &str,
+        message: String,
+        generation: Option<i64>,
+    ) -> Self {
+        Self {
+            condition_type: kind.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: None,
+            observed_generation: generation,
+        }
+    }
+
+    /// The `Ready` condition (see [`Condition::new`]).
+    pub fn ready(status: &str, reason: &str, message: String, generation: Option<i64>) -> Self {
+        Self::new("Ready", status, reason, message, generation)
+    }
+}
+
 impl MCPServerSpec {
     /// Connect timeout, and request timeout unless `limits.callTimeout` is set (default 30 s).
     pub fn timeout(&self) -> std::time::Duration {

@@ -10,23 +10,6 @@ use crate::fleet::Upstream;
 use crate::policy::Policy;
 use crate::source::ManifestProblem;
 
-fn condition(
-    kind: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        condition_type: kind.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time: None,
-        observed_generation: generation,
-    }
-}
-
 /// The status of one running server.
 pub fn server_status(
     upstream: &Upstream,
@@ -45,47 +28,39 @@ pub fn server_status(
             health.last_error.clone().unwrap_or_default(),
         ),
     };
-    let mut conditions = vec![condition(
-        "Ready",
-        health.state == ServerState::Connected,
-        reason,
-        message,
-        generation,
-    )];
+    let ready = match health.state {
+        ServerState::Connected => "True",
+        _ => "False",
+    };
+    let mut conditions = vec![Condition::ready(ready, reason, message, generation)];
     let collisions: Vec<String> = catalog
         .collisions_of(&upstream.name)
         .map(|c| c.to_string())
         .collect();
     if !collisions.is_empty() {
-        conditions.push(Condition {
-            status: "True".into(),
-            ..condition(
-                "NameCollision",
-                false,
-                "NameCollision",
-                collisions.join("; "),
-                generation,
-            )
-        });
+        conditions.push(Condition::new(
+            "NameCollision",
+            "True",
+            "NameCollision",
+            collisions.join("; "),
+            generation,
+        ));
     }
     let divergences: Vec<String> = catalog
         .divergences_of(&upstream.name)
         .map(|d| d.to_string())
         .collect();
     if !divergences.is_empty() {
-        conditions.push(Condition {
-            status: "True".into(),
-            ..condition(
-                "SchemaDivergence",
-                false,
-                "SchemaDivergence",
-                format!(
-                    "{} (exposed under the server's own name instead)",
-                    divergences.join("; ")
-                ),
-                generation,
-            )
-        });
+        conditions.push(Condition::new(
+            "SchemaDivergence",
+            "True",
+            "SchemaDivergence",
+            format!(
+                "{} (exposed under the server's own name instead)",
+                divergences.join("; ")
+            ),
+            generation,
+        ));
     }
     let own_problems: Vec<String> = problems
         .iter()
@@ -93,19 +68,16 @@ pub fn server_status(
         .map(|p| p.to_string())
         .collect();
     if !own_problems.is_empty() {
-        conditions.push(Condition {
-            status: "True".into(),
-            ..condition(
-                "InvalidSpec",
-                false,
-                "InvalidSpec",
-                format!(
-                    "{} (still serving the last valid version)",
-                    own_problems.join("; ")
-                ),
-                generation,
-            )
-        });
+        conditions.push(Condition::new(
+            "InvalidSpec",
+            "True",
+            "InvalidSpec",
+            format!(
+                "{} (still serving the last valid version)",
+                own_problems.join("; ")
+            ),
+            generation,
+        ));
     }
     MCPServerStatus {
         state: health.state,

@@ -53,14 +53,7 @@ pub fn desired_policy_status(
         last_error: problem,
         rule_count: u32::try_from(rule_count).unwrap_or(u32::MAX),
         observed_generation: generation,
-        conditions: vec![Condition {
-            condition_type: "Ready".into(),
-            status: ready.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: None,
-            observed_generation: generation,
-        }],
+        conditions: vec![Condition::ready(ready, reason, message, generation)],
     }
 }
 

@@ -54,14 +54,7 @@ pub fn desired_set_status(
         member_names: members.into_iter().take(LISTED_MEMBERS).collect(),
         errors: errors.into_iter().take(LISTED_ERRORS).collect(),
         observed_generation: generation,
-        conditions: vec![Condition {
-            condition_type: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            last_transition_time: None,
-            observed_generation: generation,
-        }],
+        conditions: vec![Condition::ready(status, reason, message, generation)],
     }
 }
 

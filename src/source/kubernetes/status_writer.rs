@@ -65,13 +65,7 @@ pub fn desired_status(
             MCPServerStatus {
                 state: ServerState::Invalid,
                 last_error: Some(message.clone()),
-                conditions: vec![Condition {
-                    condition_type: "Ready".into(),
-                    status: "False".into(),
-                    reason: "InvalidSpec".into(),
-                    message,
-                    ..Default::default()
-                }],
+                conditions: vec![Condition::ready("False", "InvalidSpec", message, None)],
                 ..Default::default()
             }
         }
