@@ -13,6 +13,8 @@
 mod client;
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
+#[path = "support/echo_child.rs"]
+mod echo_child;
 #[path = "support/procs.rs"]
 #[allow(dead_code)] // shared with the gateway bench, which uses the rest
 mod procs;
@@ -31,9 +33,7 @@ const WARMUP: usize = 300;
 const CREDENTIAL: &str = "bench-agent-credential";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--upstream") {
-        upstream::run(2, 1, 1, false);
+    if echo_child::serve_if_asked() {
         return;
     }
     if let Err(error) = run() {
@@ -53,15 +53,7 @@ fn run() -> Result<(), String> {
     let logs = tempfile::tempdir().map_err(|e| e.to_string())?;
     let manifests = tempfile::tempdir().map_err(|e| e.to_string())?;
     let agent_side = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--upstream");
-    let upstream = Proc::spawn("upstream", cmd, logs.path());
-    let port = upstream
-        .wait_line("READY", Duration::from_secs(30))
-        .trim_start_matches("READY ")
-        .trim()
-        .to_string();
+    let (upstream, port) = echo_child::start(logs.path())?;
     let fleet = [
         http_manifest("near", &format!("http://127.0.0.1:{port}/s/0/mcp"), ""),
         format!(

@@ -12,15 +12,14 @@
 mod client;
 #[path = "../tests/integration/common/mod.rs"]
 mod common;
+#[path = "support/echo_child.rs"]
+mod echo_child;
 #[path = "support/upstream.rs"]
 mod upstream;
 
-use std::process::Command;
-use std::time::Duration;
-
 use client::{Request, Samples, http_client, sequential};
 use common::idp::{Idp, gateway_login};
-use common::{Gateway, Proc, http_manifest, write_manifest};
+use common::{Gateway, http_manifest, write_manifest};
 
 const ROUNDS: usize = 5;
 const CALLS_PER_ROUND: usize = 1000;
@@ -29,9 +28,7 @@ const GW_SECRET: &str = "bench-gateway-secret";
 const DEX_SECRET: &str = "bench-dex-secret";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--upstream") {
-        upstream::run(2, 1, 1, false);
+    if echo_child::serve_if_asked() {
         return;
     }
     if let Err(error) = run() {
@@ -43,15 +40,7 @@ fn main() {
 fn run() -> Result<(), String> {
     let logs = tempfile::tempdir().map_err(|e| e.to_string())?;
     let manifests = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--upstream");
-    let upstream = Proc::spawn("upstream", cmd, logs.path());
-    let port = upstream
-        .wait_line("READY", Duration::from_secs(30))
-        .trim_start_matches("READY ")
-        .trim()
-        .to_string();
+    let (upstream, port) = echo_child::start(logs.path())?;
     let central = Idp::central(
         logs.path(),
         &[("flotilla", GW_SECRET, &["http://127.0.0.1/oauth/callback"])],
