@@ -52,6 +52,15 @@ async fn wait_served(gateway: &Gateway, want: &[&str], within: Duration) {
     .await;
 }
 
+/// Waits until exactly `members` are served, then connects a client and
+/// waits for the family's folded tool.
+async fn family_client(gateway: &Gateway, members: &[&str], within: Duration) -> Client {
+    wait_served(gateway, members, within).await;
+    let client = connect(&gateway.url()).await;
+    wait_tool(&client, "x_kubernetes_cluster_info").await;
+    client
+}
+
 /// `x_kubernetes_cluster_info` for `selector` (a name, alias or label selector).
 async fn cluster_info(client: &Client, selector: &str) -> String {
     text_of(
@@ -137,14 +146,12 @@ async fn a_kubeconfig_directory_set_is_one_family_that_follows_files_added_and_r
         &kubeconfig_file("cluster-b", "dev", "dev-us"),
     );
     std::fs::rename(&staging, &kubeconfigs).unwrap();
-    wait_served(
+    let client = family_client(
         &gateway,
         &["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"],
         Duration::from_secs(15),
     )
     .await;
-    let client = connect(&gateway.url()).await;
-    wait_tool(&client, "x_kubernetes_cluster_info").await;
 
     // One family: the inventory's labels select, its aliases name.
     let prod = cluster_info(&client, "env=prod").await;
@@ -368,14 +375,12 @@ async fn ocm_managed_clusters_added_relabelled_and_removed_change_the_family() {
     ] {
         api.apply_validated(cluster).unwrap();
     }
-    wait_served(
+    let client = family_client(
         &gateway,
         &["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"],
         Duration::from_secs(20),
     )
     .await;
-    let client = connect(&gateway.url()).await;
-    wait_tool(&client, "x_kubernetes_cluster_info").await;
     let eu = cluster_info(&client, "region=eu").await;
     assert!(
         eu.contains("cluster: cluster-a") && !eu.contains("cluster-b"),
@@ -540,14 +545,12 @@ async fn rancher_clusters_matching_the_name_pattern_become_members_and_follow_th
     write_manifest(&dir, "rancher.yaml", &manifests);
     let gateway = Gateway::start(&dir, fleet.logs());
     // Both pages read; only the clusters matching prod-* are members.
-    wait_served(
+    let client = family_client(
         &gateway,
         &["prod-1-mcp-kubernetes", "prod-2-mcp-kubernetes"],
         Duration::from_secs(15),
     )
     .await;
-    let client = connect(&gateway.url()).await;
-    wait_tool(&client, "x_kubernetes_cluster_info").await;
     assert!(
         cluster_info(&client, "c-m-2-alias")
             .await
