@@ -65,6 +65,17 @@ impl Cluster {
     pub(crate) fn agent(&self, gateway: &Gateway) -> Proc {
         self.agent_as(gateway, &self.name)
     }
+
+    /// [`Cluster::agent`], once the gateway shows its server Connected.
+    pub(crate) fn connected_agent(&self, gateway: &Gateway) -> Proc {
+        let agent = self.agent(gateway);
+        gateway.wait_state(
+            &format!("{}-mcp-kubernetes", self.name),
+            "Connected",
+            Duration::from_secs(20),
+        );
+        agent
+    }
 }
 
 /// The gateway's MCPServer for `cluster`'s simulated cluster behind its
@@ -146,18 +157,12 @@ async fn two_agents_fold_into_one_family_and_serve_calls_and_fan_out_while_liste
         Cluster::new("cluster-a", CREDENTIAL_A),
         Cluster::new("cluster-b", CREDENTIAL_B),
     );
+    // Both dial at once; each is then awaited.
     let agent_a = a.agent(&gateway);
     let agent_b = b.agent(&gateway);
-    gateway.wait_state(
-        "cluster-a-mcp-kubernetes",
-        "Connected",
-        Duration::from_secs(20),
-    );
-    gateway.wait_state(
-        "cluster-b-mcp-kubernetes",
-        "Connected",
-        Duration::from_secs(20),
-    );
+    for server in ["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"] {
+        gateway.wait_state(server, "Connected", Duration::from_secs(20));
+    }
 
     let client = connect(&gateway.url()).await;
     let tools = list_tools(&client).await;
@@ -343,12 +348,7 @@ async fn a_wrong_credential_and_an_agent_claiming_another_cluster_are_refused() 
 
     // The rightful agent still gets in.
     let b = Cluster::new("cluster-b", CREDENTIAL_B);
-    let _agent_b = b.agent(&gateway);
-    gateway.wait_state(
-        "cluster-b-mcp-kubernetes",
-        "Connected",
-        Duration::from_secs(20),
-    );
+    let _agent_b = b.connected_agent(&gateway);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -732,12 +732,7 @@ async fn an_agent_carries_a_streamable_http_server_beside_it_with_progress_and_q
 async fn a_rotated_credential_closes_the_agents_connection_until_it_presents_the_new_one() {
     let gateway = two_cluster_gateway();
     let a = Cluster::new("cluster-a", CREDENTIAL_A);
-    let agent = a.agent(&gateway);
-    gateway.wait_state(
-        "cluster-a-mcp-kubernetes",
-        "Connected",
-        Duration::from_secs(20),
-    );
+    let agent = a.connected_agent(&gateway);
     // The credential is rotated on the gateway's side (say, it leaked).
     let rotated = "a-rotated-credential-for-cluster-a-2468";
     gateway.write_manifest(
@@ -774,12 +769,7 @@ async fn a_frozen_agent_is_given_up_after_three_silent_heartbeats_and_its_return
         .config("agentHeartbeatSeconds: 1\n")
         .start();
     let a = Cluster::new("cluster-a", CREDENTIAL_A);
-    let agent = a.agent(&gateway);
-    gateway.wait_state(
-        "cluster-a-mcp-kubernetes",
-        "Connected",
-        Duration::from_secs(20),
-    );
+    let agent = a.connected_agent(&gateway);
     // A frozen agent (or a NAT mapping that silently died) sends no FIN:
     // only the missing heartbeats tell.
     let stopped = Instant::now();
