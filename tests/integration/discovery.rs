@@ -309,20 +309,9 @@ fn managed_cluster(name: &str, labels: Value, aliases: &str) -> Value {
     })
 }
 
-fn set_status(api: &KubeApiServer) -> Value {
-    let key = json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServerSet", "metadata": {"name": "hub", "namespace": "team-a"}});
-    api.get_object(&key)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-async fn wait_set_status(api: &KubeApiServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    eventually(Duration::from_secs(20), what, || {
-        let status = set_status(api);
-        let ok = check(&status);
-        async move { ok.then_some(status) }
-    })
-    .await
+/// What names the MCPServerSet `team-a/hub` to the API server.
+fn hub() -> Value {
+    json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServerSet", "metadata": {"name": "hub", "namespace": "team-a"}})
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,10 +327,11 @@ async fn ocm_managed_clusters_added_relabelled_and_removed_change_the_family() {
         Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
 
     // No OCM on this API server yet: the set says so, in words.
-    let status = wait_set_status(&api, "the missing OCM API on the set", |s| {
-        s["conditions"][0]["status"] == "False"
-    })
-    .await;
+    let status = api
+        .wait_status(&hub(), "the missing OCM API on the set", |s| {
+            s["conditions"][0]["status"] == "False"
+        })
+        .await;
     assert!(
         status["errors"][0]
             .as_str()
@@ -391,10 +381,11 @@ async fn ocm_managed_clusters_added_relabelled_and_removed_change_the_family() {
             .await
             .contains("cluster: cluster-a")
     );
-    let status = wait_set_status(&api, "Ready with two members", |s| {
-        s["members"] == 2 && s["conditions"][0]["status"] == "True"
-    })
-    .await;
+    let status = api
+        .wait_status(&hub(), "Ready with two members", |s| {
+            s["members"] == 2 && s["conditions"][0]["status"] == "True"
+        })
+        .await;
     assert_eq!(
         status["memberNames"],
         json!(["cluster-a-mcp-kubernetes", "cluster-b-mcp-kubernetes"])
@@ -435,7 +426,7 @@ async fn ocm_managed_clusters_added_relabelled_and_removed_change_the_family() {
         Duration::from_secs(20),
     )
     .await;
-    wait_set_status(&api, "two members again", |s| {
+    api.wait_status(&hub(), "two members again", |s| {
         s["memberNames"] == json!(["cluster-b-mcp-kubernetes", "cluster-c-mcp-kubernetes"])
     })
     .await;
@@ -617,10 +608,11 @@ async fn a_gateway_that_may_not_list_managed_clusters_says_how_to_grant_it_on_th
     // Ready all the same: the set's members are missing, nothing else.
     let gateway =
         Gateway::start_kubernetes(&kubeconfig(&api, logs.path()), "gw-1", &[], logs.path());
-    let status = wait_set_status(&api, "the refusal on the set", |s| {
-        s["errors"][0].as_str().is_some_and(|e| e.contains("(403)"))
-    })
-    .await;
+    let status = api
+        .wait_status(&hub(), "the refusal on the set", |s| {
+            s["errors"][0].as_str().is_some_and(|e| e.contains("(403)"))
+        })
+        .await;
     let error = status["errors"][0].as_str().unwrap();
     assert!(
         error.contains("managedclusters.cluster.open-cluster-management.io")

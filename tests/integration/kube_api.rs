@@ -426,6 +426,30 @@ impl KubeApiServer {
         self.store().objects.get(&locate(obj).key()).cloned()
     }
 
+    /// The `status` of the object `obj` names (`null` while it has none, or
+    /// while there is no such object).
+    pub fn status_of(&self, obj: &Value) -> Value {
+        self.get_object(obj)
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The status of the object `obj` names, once `check` holds for it
+    /// (panics naming `what` after 20 s).
+    pub async fn wait_status(
+        &self,
+        obj: &Value,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        crate::common::eventually(Duration::from_secs(20), what, || {
+            let status = self.status_of(obj);
+            let ok = check(&status);
+            async move { ok.then_some(status) }
+        })
+        .await
+    }
+
     /// Drops all watch history, so resuming a watch from an older
     /// resourceVersion gets `410 Expired` (as after etcd compaction).
     pub fn compact(&self) {

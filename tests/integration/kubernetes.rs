@@ -37,11 +37,13 @@ fn sim_object(ns: &str, name: &str, cluster: &str, extra_spec: Value) -> Value {
     })
 }
 
+/// What names the MCPServer `ns/name` to the API server.
+fn server_key(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer", "metadata": {"name": name, "namespace": ns}})
+}
+
 fn status_of(api: &KubeApiServer, ns: &str, name: &str) -> Value {
-    let key = json!({"apiVersion": "flotilla.dev/v1alpha1", "kind": "MCPServer", "metadata": {"name": name, "namespace": ns}});
-    api.get_object(&key)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
+    api.status_of(&server_key(ns, name))
 }
 
 async fn wait_status(
@@ -51,12 +53,7 @@ async fn wait_status(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    eventually(Duration::from_secs(20), what, || {
-        let status = status_of(api, ns, name);
-        let ok = check(&status);
-        async move { ok.then_some(status) }
-    })
-    .await
+    api.wait_status(&server_key(ns, name), what, check).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -798,9 +795,7 @@ fn policy_object(ns: &str, name: &str, rules: Value) -> Value {
 }
 
 fn policy_status_of(api: &KubeApiServer, ns: &str, name: &str) -> Value {
-    api.get_object(&policy_object(ns, name, json!([])))
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
+    api.status_of(&policy_object(ns, name, json!([])))
 }
 
 #[tokio::test(flavor = "multi_thread")]
