@@ -141,6 +141,18 @@ async fn progress_and_a_question_arrive(client: &Client, handler: &TestClient, p
     );
 }
 
+/// Starts `cluster`'s agent (serving server-everything as `everything`)
+/// and, once the gateway shows it Connected, a client that answers the
+/// server's questions, with the server's tools listed.
+async fn everything_behind(cluster: &Cluster, gateway: &Gateway) -> (Proc, TestClient, Client) {
+    let agent = cluster.agent(gateway);
+    gateway.wait_state("everything", "Connected", Duration::from_secs(30));
+    let handler = TestClient::default();
+    let client = connect_with(&gateway.url(), handler.clone()).await;
+    wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+    (agent, handler, client)
+}
+
 /// TCP ports process `pid` listens on (from /proc).
 fn listening(pid: i32) -> Vec<u16> {
     listening_ports(pid)
@@ -389,11 +401,7 @@ async fn progress_and_elicitation_travel_through_an_agent() {
         )
         .connected()
         .start();
-    let _agent = cluster.agent(&gateway);
-    gateway.wait_state("everything", "Connected", Duration::from_secs(30));
-    let handler = TestClient::default();
-    let client = connect_with(&gateway.url(), handler.clone()).await;
-    wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+    let (_agent, handler, client) = everything_behind(&cluster, &gateway).await;
     wait_tool(&client, "x_local_trigger-long-running-operation").await;
 
     // A client sees the same tools through the agent as from the server run locally.
@@ -705,11 +713,7 @@ async fn an_agent_carries_a_streamable_http_server_beside_it_with_progress_and_q
                 ),
         )
         .start();
-    let _agent = cluster.agent(&gateway);
-    gateway.wait_state("everything", "Connected", Duration::from_secs(30));
-    let handler = TestClient::default();
-    let client = connect_with(&gateway.url(), handler.clone()).await;
-    wait_tool(&client, "x_everything_trigger-long-running-operation").await;
+    let (_agent, handler, client) = everything_behind(&cluster, &gateway).await;
     // Progress on the call's own SSE stream, and a question the server asks
     // in the middle of a call, answered by the client.
     progress_and_a_question_arrive(&client, &handler, "x_everything_").await;
