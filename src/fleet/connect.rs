@@ -21,9 +21,10 @@ use super::credential::CredentialRef;
 use super::delivery::Counted;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
+use super::message_wire::{MessageLine, Muxed, Routes};
 use super::raw_tools::RawTools;
-use super::stdio::StdioTransport;
-use super::wire::{SessionSlot, Wire};
+use super::stdio::StdioInbox;
+use super::wire::{HttpLine, Line, SessionSlot, Wire};
 use crate::api::ServerType;
 use crate::source::DesiredServer;
 
@@ -235,6 +236,7 @@ pub async fn connect(
     let timeout = desired.spec.timeout();
     let session: SessionSlot = Default::default();
     let ended = EndReason::default();
+    let messages: std::sync::Mutex<Option<MessageLine>> = Default::default();
     let refresh = handler.refresh.clone();
     let attempt = async {
         let handshake = open(
@@ -243,7 +245,7 @@ pub async fn connect(
             Links { http, agents },
             credential,
             ClientLifecycleMode::Initialize,
-            (&session, &ended),
+            (&session, &ended, &messages),
         );
         match handshake.await {
             Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
@@ -254,7 +256,7 @@ pub async fn connect(
                     Links { http, agents },
                     credential,
                     discover_lifecycle(),
-                    (&session, &ended),
+                    (&session, &ended, &messages),
                 )
                 .await
             }
@@ -281,18 +283,25 @@ pub async fn connect(
         .peer_info()
         .map(|info| info.protocol_version.clone())
         .unwrap_or(ProtocolVersion::V_2025_03_26);
-    let wire = match (desired.spec.server_type, desired.spec.url.as_deref()) {
-        (ServerType::StreamableHttp, Some(url)) if protocol.has_initialize() => Some(Wire {
+    let messages = messages.lock().ok().and_then(|mut line| line.take());
+    let line = match (desired.spec.server_type, desired.spec.url.as_deref()) {
+        (ServerType::StreamableHttp, Some(url)) => Some(Line::Http(HttpLine {
             url: url.into(),
             http: http.clone(),
             headers: header_map(desired)?,
             credential: credential.cloned(),
             session,
-            protocol: protocol.to_string().into(),
-            refresh,
-        }),
+        })),
+        (ServerType::Stdio, _) => messages.map(Line::Messages),
         _ => None,
     };
+    // Only a session has a wire: a stateless (2026-07-28) upstream is
+    // spoken to through rmcp, which declares each request's revision.
+    let wire = line.filter(|_| protocol.has_initialize()).map(|line| Wire {
+        protocol: protocol.to_string().into(),
+        refresh,
+        line,
+    });
     let ended = (desired.spec.server_type == ServerType::Agent).then_some(ended);
     Ok(Connected {
         running,
@@ -325,13 +334,21 @@ async fn open(
     links: Links<'_>,
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
-    (session, ended): (&SessionSlot, &EndReason),
+    (session, ended, messages): (
+        &SessionSlot,
+        &EndReason,
+        &std::sync::Mutex<Option<MessageLine>>,
+    ),
 ) -> Result<Running, ConnectError> {
     let http = links.http;
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
-            let transport = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
+            let inbox = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
+            let transport = Muxed::new(inbox.0, inbox.1, Routes::new(handler.inflight.clone()));
+            if let Ok(mut line) = messages.lock() {
+                *line = Some(transport.line());
+            }
             let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
@@ -415,7 +432,7 @@ fn spawn_stdio(
     desired: &DesiredServer,
     server: &Arc<str>,
     raw: RawTools,
-) -> Result<StdioTransport, ConnectError> {
+) -> Result<(StdioInbox, Arc<dyn super::message_wire::Outbox>), ConnectError> {
     let program = desired
         .spec
         .command
@@ -423,8 +440,8 @@ fn spawn_stdio(
         .ok_or(ConnectError::MissingCommand)?;
     let mut command = tokio::process::Command::new(super::stdio::program_path(program));
     command.args(&desired.spec.args).envs(&desired.spec.env);
-    let (transport, stderr) =
-        StdioTransport::spawn(command, raw).map_err(|source| ConnectError::Spawn {
+    let (inbox, outbox, stderr) =
+        super::stdio::spawn(command, raw).map_err(|source| ConnectError::Spawn {
             command: program.to_string(),
             source,
         })?;
@@ -444,7 +461,7 @@ fn spawn_stdio(
             }
         });
     }
-    Ok(transport)
+    Ok((inbox, Arc::new(outbox)))
 }
 
 #[cfg(test)]

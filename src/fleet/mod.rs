@@ -12,6 +12,7 @@ pub mod http_client;
 mod legacy_sse;
 pub mod limits;
 pub mod listing;
+mod message_wire;
 mod plan;
 mod raw_tools;
 pub mod stdio;

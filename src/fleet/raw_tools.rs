@@ -1,6 +1,7 @@
 //! Tool lists as the upstream wrote them, on the transports rmcp decodes
-//! itself (stdio, legacy SSE), where the gateway cannot send `tools/list`
-//! raw as it does on a Streamable HTTP wire (`listing`).
+//! itself (legacy SSE, an agent's tunnel, and stdio where the session has
+//! no wire: a server spoken to in 2026-07-28), where the gateway cannot
+//! send `tools/list` raw as it does on a wire (`listing`).
 //!
 //! The transport shows every message line it receives to [`RawTools`]
 //! before rmcp decodes it; a line that is a `tools/list` answer (a cheap

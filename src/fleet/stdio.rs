@@ -1,71 +1,146 @@
-//! A stdio upstream: the server as a child process, JSON-RPC lines on its
-//! stdin and stdout (rmcp's line codec), its stdout shown to the raw tool
-//! tap on the way (`raw_tools`). rmcp's own child-process transport owns
-//! stdout itself, so the gateway runs the child here.
+//! A stdio upstream: the server as a child process, one JSON-RPC message
+//! per line on its stdin and stdout, its stdout shown to the raw tool tap on
+//! the way (`raw_tools`). The gateway runs the child itself (rmcp's
+//! child-process transport owns both pipes) so that rmcp's session and the
+//! relay share them (`message_wire`).
 //!
 //! Shutdown follows the MCP stdio transport: stdin is closed, then the
 //! server gets [`GRACE`] to exit, then SIGTERM and another [`GRACE`], then
 //! SIGKILL. A transport that is dropped kills the child at once.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::RoleClient;
-use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
-use rmcp::transport::Transport;
-use rmcp::transport::async_rw::AsyncRwTransport;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
+use super::message_wire::{Inbox, Outbox};
 use super::raw_tools::{RawTools, Tee};
 
 /// How long a server gets to exit at each step of shutdown.
 const GRACE: Duration = Duration::from_secs(3);
+/// The longest line read from a server (rmcp's own limit on stdio and on
+/// SSE events); a longer one is dropped and the session goes on.
+const MAX_LINE: usize = 16 << 20;
 
-/// A stdio server's transport, with the child it runs.
-pub struct StdioTransport {
-    lines: AsyncRwTransport<RoleClient, Tee<ChildStdout>, ChildStdin>,
+/// A stdio server's output, with the child it runs.
+pub struct StdioInbox {
+    lines: FramedRead<Tee<ChildStdout>, Lines>,
+    stdin: StdioOutbox,
     child: Child,
 }
 
-impl StdioTransport {
-    /// Starts `command` (stdin and stdout piped, killed when dropped); its
-    /// stderr is returned for logging.
-    pub fn spawn(
-        mut command: tokio::process::Command,
-        raw: RawTools,
-    ) -> std::io::Result<(Self, Option<ChildStderr>)> {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn()?;
-        let missing = || std::io::Error::other("the child's pipes were not set up");
-        let stdin = child.stdin.take().ok_or_else(missing)?;
-        let stdout = child.stdout.take().ok_or_else(missing)?;
-        let stderr = child.stderr.take();
-        let lines = AsyncRwTransport::new_client(Tee::new(stdout, raw), stdin);
-        Ok((Self { lines, child }, stderr))
+/// A stdio server's input: one whole line per message.
+#[derive(Clone)]
+pub struct StdioOutbox(Arc<tokio::sync::Mutex<Option<ChildStdin>>>);
+
+/// Starts `command` (stdin and stdout piped, killed when dropped); its
+/// stderr is returned for logging.
+pub fn spawn(
+    mut command: tokio::process::Command,
+    raw: RawTools,
+) -> std::io::Result<(StdioInbox, StdioOutbox, Option<ChildStderr>)> {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    let missing = || std::io::Error::other("the child's pipes were not set up");
+    let stdin = child.stdin.take().ok_or_else(missing)?;
+    let stdout = child.stdout.take().ok_or_else(missing)?;
+    let stderr = child.stderr.take();
+    let stdin = StdioOutbox(Arc::new(tokio::sync::Mutex::new(Some(stdin))));
+    let lines = FramedRead::new(
+        Tee::new(stdout, raw),
+        Lines(LinesCodec::new_with_max_length(MAX_LINE)),
+    );
+    let inbox = StdioInbox {
+        lines,
+        stdin: stdin.clone(),
+        child,
+    };
+    Ok((inbox, stdin, stderr))
+}
+
+impl Outbox for StdioOutbox {
+    fn send(&self, mut text: String) -> BoxFuture<'static, std::io::Result<()>> {
+        let stdin = self.0.clone();
+        text.push('\n');
+        Box::pin(async move {
+            let mut stdin = stdin.lock().await;
+            let Some(stdin) = stdin.as_mut() else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the server's input is closed",
+                ));
+            };
+            stdin.write_all(text.as_bytes()).await?;
+            stdin.flush().await
+        })
     }
 }
 
-impl Transport<RoleClient> for StdioTransport {
-    type Error = std::io::Error;
-
-    fn send(
-        &mut self,
-        item: TxJsonRpcMessage<RoleClient>,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
-        self.lines.send(item)
+impl Inbox for StdioInbox {
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            match self.lines.next().await? {
+                Ok(Some(line)) if line.trim().is_empty() => continue,
+                Ok(Some(line)) => return Some(line),
+                Ok(None) => {
+                    tracing::warn!(
+                        max_bytes = MAX_LINE,
+                        "dropped a line from a stdio server longer than the limit"
+                    );
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "a stdio server's output ended");
+                    return None;
+                }
+            }
+        }
     }
 
-    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
-        self.lines.receive()
-    }
-
-    async fn close(&mut self) -> Result<(), Self::Error> {
-        self.lines.close().await?;
+    async fn close(&mut self) -> std::io::Result<()> {
+        drop(self.stdin.0.lock().await.take());
         shut_down(&mut self.child).await
+    }
+}
+
+/// Lines of at most [`MAX_LINE`] bytes: a longer line, or one that is not
+/// UTF-8, is read past and reported as `None` instead of ending the stream.
+struct Lines(LinesCodec);
+
+impl Lines {
+    fn skip_bad(
+        read: Result<Option<String>, LinesCodecError>,
+    ) -> Result<Option<Option<String>>, LinesCodecError> {
+        match read {
+            Ok(line) => Ok(line.map(Some)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(None)),
+            Err(LinesCodecError::Io(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(None))
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl Decoder for Lines {
+    type Item = Option<String>;
+    type Error = LinesCodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        Self::skip_bad(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        Self::skip_bad(self.0.decode_eof(buf))
     }
 }
 

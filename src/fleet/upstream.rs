@@ -123,7 +123,7 @@ pub struct Upstream {
     cancel: CancellationToken,
     /// Set for a user's own session to an SSO server: that user's token.
     credential: Option<CredentialRef>,
-    /// Tool lists as written, where rmcp's transport reads them (stdio, SSE).
+    /// Tool lists as written, where rmcp's transport reads them (no wire).
     raw_tools: RawTools,
     /// The server's call limits (`spec.limits`), shared with every session to it.
     gate: Arc<CallGate>,
@@ -568,7 +568,7 @@ impl Upstream {
         }
         let tally = Arc::new(Tally::default());
         // The call is registered before it is sent: a server may ask its
-        // client something (on stdio or legacy SSE, attributed to the only
+        // client something (on stdio, legacy SSE or a tunnel, attributed to the only
         // call in flight) before the send has returned the request's id.
         static PENDING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut inflight = caller.as_ref().map(|c| {
@@ -891,7 +891,7 @@ async fn tools(
         }
     }
     let tools = with_timeout(timeout, peer.list_all_tools()).await?;
-    // Stdio and legacy-SSE transports showed the raw answers to `raw`.
+    // Message transports (stdio, legacy SSE, tunnels) showed the raw answers to `raw`.
     let extras = raw.extras(&tools);
     Ok((tools, extras))
 }

@@ -1,9 +1,15 @@
-//! The relay's own line to a Streamable HTTP upstream: raw JSON-RPC over the
-//! session rmcp opened (its session id, negotiated revision, the server's
-//! headers and the user's credential), on the fleet's pooled keep-alive
-//! connections. A relayed request is sent as the bytes the gateway composed
-//! and its answer read as the bytes the upstream sent; nothing is decoded
-//! into rmcp's model on the way.
+//! The relay's own line to an upstream session: raw JSON-RPC over the
+//! session rmcp opened. A relayed request is sent as the bytes the gateway
+//! composed and its answer read as the bytes the upstream sent; nothing is
+//! decoded into rmcp's model on the way.
+//!
+//! - Streamable HTTP: a POST per request on the session (its session id,
+//!   negotiated revision, the server's headers and the user's credential),
+//!   on the fleet's pooled keep-alive connections; the answer is JSON or an
+//!   SSE stream.
+//! - Stdio: the relay's messages share the pipes with rmcp's session
+//!   (`message_wire`); what the server sends for a relayed request comes
+//!   back as the events of a stream, as on HTTP.
 
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use sse_stream::{Sse, SseStream};
 use tokio::sync::mpsc;
 
 use super::credential::CredentialRef;
+use super::message_wire::MessageLine;
 
 /// Which of an upstream's lists changed (the wire reports a change the
 /// upstream announced on a relayed call's stream).
@@ -59,15 +66,28 @@ pub enum WireError {
 
 /// A raw channel on one upstream session.
 pub struct Wire {
+    /// The negotiated revision (a handshake one: only sessions have a wire).
+    pub protocol: Arc<str>,
+    /// Where list changes seen on a relayed stream are reported.
+    pub(super) refresh: mpsc::UnboundedSender<ListKind>,
+    pub(super) line: Line,
+}
+
+/// How a wire reaches its server.
+pub(super) enum Line {
+    /// Streamable HTTP: each relayed request is a POST of its own.
+    Http(HttpLine),
+    /// A transport of whole messages shared with rmcp's session (stdio).
+    Messages(MessageLine),
+}
+
+/// A Streamable HTTP session's line.
+pub(super) struct HttpLine {
     pub(super) url: Arc<str>,
     pub(super) http: reqwest::Client,
     pub(super) headers: HeaderMap,
     pub(super) credential: Option<CredentialRef>,
     pub(super) session: SessionSlot,
-    /// The negotiated revision (a handshake one: only sessions have a wire).
-    pub protocol: Arc<str>,
-    /// Where list changes seen on a relayed stream are reported.
-    pub(super) refresh: mpsc::UnboundedSender<ListKind>,
 }
 
 impl Wire {
@@ -76,142 +96,41 @@ impl Wire {
         let _ = self.refresh.send(kind);
     }
 
-    /// A POST of `body`, or (`body` = `None`) the GET that resumes a stream
-    /// after `resume_after`.
-    fn request(
-        &self,
-        body: Option<Bytes>,
-        resume_after: Option<&str>,
-        token: Option<&SecretValue>,
-        trace: Option<&TraceHeaders>,
-    ) -> Option<reqwest::RequestBuilder> {
-        // A server that gave no session id at the handshake keeps none
-        // (sessions are optional in the handshake revisions).
-        let session = self.session.lock().ok()?.clone();
-        let mut request = match body {
-            Some(body) => self
-                .http
-                .post(&*self.url)
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::ACCEPT, "application/json, text/event-stream")
-                .body(body),
-            None => self
-                .http
-                .get(&*self.url)
-                .header(header::ACCEPT, "text/event-stream"),
-        }
-        .headers(self.headers.clone())
-        .header("mcp-protocol-version", &*self.protocol);
-        if let Some(last) = resume_after {
-            request = request.header("last-event-id", last);
-        }
-        if let Some(trace) = trace {
-            request = request.header("traceparent", &trace.traceparent);
-            if let Some(state) = &trace.tracestate {
-                request = request.header("tracestate", state);
-            }
-        }
-        if let Some(session) = session {
-            request = request.header("mcp-session-id", &*session);
-        }
-        if let Some(token) = token
-            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        {
-            value.set_sensitive(true);
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        Some(request)
-    }
-
-    /// Sends one message (or resumes a stream) with the session's
-    /// credential, retried once with a fresh token after a 401.
-    async fn send(
-        &self,
-        body: Option<Bytes>,
-        resume_after: Option<&str>,
-        trace: Option<&TraceHeaders>,
-    ) -> Result<reqwest::Response, WireError> {
-        let token = match &self.credential {
-            None => None,
-            Some(credential) => Some(
-                credential
-                    .bearer()
-                    .await
-                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?,
-            ),
-        };
-        let no_session = || WireError::NotDelivered("the session is gone".into());
-        let first = self
-            .request(body.clone(), resume_after, token.as_ref(), trace)
-            .ok_or_else(no_session)?
-            .send()
-            .await
-            .map_err(not_delivered)?;
-        match (&self.credential, token) {
-            (Some(credential), Some(token)) if first.status() == StatusCode::UNAUTHORIZED => {
-                let fresh = credential
-                    .after_rejection(&token)
-                    .await
-                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
-                self.request(body, resume_after, Some(&fresh), trace)
-                    .ok_or_else(no_session)?
-                    .send()
-                    .await
-                    .map_err(not_delivered)
-            }
-            _ => Ok(first),
-        }
-    }
-
     /// Sends a request and returns the upstream's answer as it comes.
     pub async fn post(&self, body: Bytes) -> Result<WireReply, WireError> {
         self.post_in_trace(body, None).await
     }
 
     /// [`Wire::post`] with the W3C trace context headers of the gateway's
-    /// span for this call.
+    /// span for this call (HTTP only: a message transport has no headers).
     pub async fn post_in_trace(
         &self,
         body: Bytes,
         trace: Option<&TraceHeaders>,
     ) -> Result<WireReply, WireError> {
-        let response = self.send(Some(body), None, trace).await?;
-        Self::reply(response).await
+        match &self.line {
+            Line::Http(line) => {
+                let response = line.send(&self.protocol, Some(body), None, trace).await?;
+                HttpLine::reply(response).await
+            }
+            Line::Messages(line) => post_message(line, &body).await,
+        }
     }
 
     /// Picks up a request's SSE stream that the upstream closed before it
     /// answered, from the last event seen (the transport's resumption).
     pub async fn resume(&self, last_event_id: &str) -> Result<WireReply, WireError> {
-        let response = self.send(None, Some(last_event_id), None).await?;
-        Self::reply(response).await
-    }
-
-    async fn reply(response: reqwest::Response) -> Result<WireReply, WireError> {
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
-            // An unknown session (404, or 400 from the TypeScript SDK): the
-            // request did not run; rmcp's session re-initializes on its next use.
-            let text = response.text().await.unwrap_or_default();
-            return Err(WireError::NotDelivered(format!("HTTP {status}: {text}")));
+        match &self.line {
+            Line::Http(line) => {
+                let response = line
+                    .send(&self.protocol, None, Some(last_event_id), None)
+                    .await?;
+                HttpLine::reply(response).await
+            }
+            Line::Messages(_) => Err(WireError::Failed(
+                "the server's transport cannot resume a request".into(),
+            )),
         }
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(WireError::Failed(format!("HTTP {status}: {}", text.trim())));
-        }
-        let is_sse = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if is_sse {
-            let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
-            return Ok(WireReply::Events(events));
-        }
-        response
-            .bytes()
-            .await
-            .map(WireReply::Json)
-            .map_err(|e| WireError::Failed(e.to_string()))
     }
 
     /// Sends a request of the gateway's own and reads its answer (the
@@ -243,14 +162,172 @@ impl Wire {
         }
     }
 
-    /// Sends a notification or a response (the upstream answers 202).
+    /// Sends a notification or a response (an HTTP upstream answers 202).
     pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
-        let response = self.send(Some(body), None, None).await?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(WireError::Failed(format!("HTTP {}", response.status())))
+        match &self.line {
+            Line::Http(line) => {
+                let response = line.send(&self.protocol, Some(body), None, None).await?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(WireError::Failed(format!("HTTP {}", response.status())))
+                }
+            }
+            Line::Messages(line) => {
+                let text = String::from_utf8(body.to_vec())
+                    .map_err(|_| WireError::Failed("the message is not UTF-8".into()))?;
+                line.deliver(text)
+                    .await
+                    .map_err(|e| WireError::NotDelivered(e.to_string()))
+            }
         }
+    }
+}
+
+/// A relayed request on a message transport: what the server sends for it
+/// comes back as the events of a stream, in order, the answer last.
+async fn post_message(line: &MessageLine, body: &[u8]) -> Result<WireReply, WireError> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| WireError::Failed(format!("the relayed request is not JSON: {e}")))?;
+    let id = request
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| WireError::Failed("a relayed request needs the relay's id".into()))?;
+    let token = request
+        .pointer("/params/_meta/progressToken")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| WireError::Failed("the request is not UTF-8".into()))?;
+    let replies = line
+        .post(text, id, token)
+        .await
+        .map_err(|e| WireError::NotDelivered(e.to_string()))?;
+    let events = replies.map(|data| {
+        Ok(Sse {
+            data: Some(data),
+            ..Sse::default()
+        })
+    });
+    Ok(WireReply::Events(events.boxed()))
+}
+
+impl HttpLine {
+    /// A POST of `body`, or (`body` = `None`) the GET that resumes a stream
+    /// after `resume_after`.
+    fn request(
+        &self,
+        protocol: &str,
+        body: Option<Bytes>,
+        resume_after: Option<&str>,
+        token: Option<&SecretValue>,
+        trace: Option<&TraceHeaders>,
+    ) -> Option<reqwest::RequestBuilder> {
+        // A server that gave no session id at the handshake keeps none
+        // (sessions are optional in the handshake revisions).
+        let session = self.session.lock().ok()?.clone();
+        let mut request = match body {
+            Some(body) => self
+                .http
+                .post(&*self.url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json, text/event-stream")
+                .body(body),
+            None => self
+                .http
+                .get(&*self.url)
+                .header(header::ACCEPT, "text/event-stream"),
+        }
+        .headers(self.headers.clone())
+        .header("mcp-protocol-version", protocol);
+        if let Some(last) = resume_after {
+            request = request.header("last-event-id", last);
+        }
+        if let Some(trace) = trace {
+            request = request.header("traceparent", &trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", &*session);
+        }
+        if let Some(token) = token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        {
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        Some(request)
+    }
+
+    /// Sends one message (or resumes a stream) with the session's
+    /// credential, retried once with a fresh token after a 401.
+    async fn send(
+        &self,
+        protocol: &str,
+        body: Option<Bytes>,
+        resume_after: Option<&str>,
+        trace: Option<&TraceHeaders>,
+    ) -> Result<reqwest::Response, WireError> {
+        let token = match &self.credential {
+            None => None,
+            Some(credential) => Some(
+                credential
+                    .bearer()
+                    .await
+                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?,
+            ),
+        };
+        let no_session = || WireError::NotDelivered("the session is gone".into());
+        let first = self
+            .request(protocol, body.clone(), resume_after, token.as_ref(), trace)
+            .ok_or_else(no_session)?
+            .send()
+            .await
+            .map_err(not_delivered)?;
+        match (&self.credential, token) {
+            (Some(credential), Some(token)) if first.status() == StatusCode::UNAUTHORIZED => {
+                let fresh = credential
+                    .after_rejection(&token)
+                    .await
+                    .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
+                self.request(protocol, body, resume_after, Some(&fresh), trace)
+                    .ok_or_else(no_session)?
+                    .send()
+                    .await
+                    .map_err(not_delivered)
+            }
+            _ => Ok(first),
+        }
+    }
+
+    async fn reply(response: reqwest::Response) -> Result<WireReply, WireError> {
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
+            // An unknown session (404, or 400 from the TypeScript SDK): the
+            // request did not run; rmcp's session re-initializes on its next use.
+            let text = response.text().await.unwrap_or_default();
+            return Err(WireError::NotDelivered(format!("HTTP {status}: {text}")));
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(WireError::Failed(format!("HTTP {status}: {}", text.trim())));
+        }
+        let is_sse = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            return Ok(WireReply::Events(events));
+        }
+        response
+            .bytes()
+            .await
+            .map(WireReply::Json)
+            .map_err(|e| WireError::Failed(e.to_string()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! An upstream asks a 2026-07-28 client something mid-call, on the calls
-//! served through rmcp's model (stdio and legacy-SSE upstreams; the relay
-//! has its own way, `relay::input`).
+//! served through rmcp's model (legacy-SSE and agent upstreams, stateless
+//! ones, and what the relay leaves to rmcp; the relay has its own way,
+//! `relay::input`).
 //!
 //! The upstream's request (elicitation, sampling, roots) cannot be sent to
 //! a stateless client. The call runs in a task of its own, whose upstream

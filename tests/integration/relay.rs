@@ -1026,7 +1026,7 @@ async fn a_client_is_never_asked_what_it_did_not_declare() {
         Err(error) => error.to_string(),
     };
     assert!(text.contains("did not declare elicitation"), "{relayed:?}");
-    // rmcp's path (a stdio upstream): the same for sampling.
+    // A stdio upstream (the relay on its pipes): the same for sampling.
     let sampled = call("x_everything_trigger-sampling-request").await;
     let text = match &sampled {
         Ok(result) => text_of(result),
@@ -1038,4 +1038,148 @@ async fn a_client_is_never_asked_what_it_did_not_declare() {
     let asking = connect(&gateway.url()).await;
     let asked = crate::common::call(&asking, "x_py_ask", json!({})).await;
     assert_eq!(text_of(&asked), "hello Ada", "{asked:?}");
+}
+
+/// Reads an SSE body event by event, POSTing `answer(request)` for each
+/// request the gateway puts to the client, until the response to `id`;
+/// returns every event's data as the gateway wrote it.
+async fn read_answering(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    response: reqwest::Response,
+    answer: impl Fn(&Value) -> Value,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let (mut buffer, mut events) = (String::new(), Vec::new());
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream goes on"),
+        ));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            events.push(data.to_string());
+            let message: Value = serde_json::from_str(data).expect("each event is JSON");
+            if message.get("method").is_some() && message.get("id").is_some() {
+                let reply =
+                    json!({"jsonrpc": "2.0", "id": message["id"], "result": answer(&message)});
+                let (status, _, text) = send(
+                    http,
+                    reqwest::Method::POST,
+                    url,
+                    headers,
+                    Some(&reply.to_string()),
+                )
+                .await;
+                assert_eq!(status, 202, "{text}");
+            } else if message.get("method").is_none() {
+                return events;
+            }
+        }
+    }
+    panic!("the stream ended before the answer: {events:?}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
+    let p = peers();
+    let fleet = Fleet::new();
+    let gateway = fleet
+        .stdio(
+            "everything",
+            &p.get("NODE22"),
+            &[&p.get("EVERYTHING_JS"), "stdio"],
+        )
+        .connected_within(crate::common::fleet::CONNECTED_WITHIN)
+        .start();
+    let url = gateway.url();
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
+        "clientInfo": {"name": "relay-tests", "version": "1"}}});
+    let (status, session, body) = send(
+        &http,
+        reqwest::Method::POST,
+        &url,
+        &[],
+        Some(&init.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session = session.expect("a session id");
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    send(
+        &http,
+        reqwest::Method::POST,
+        &url,
+        &headers,
+        Some(initialized),
+    )
+    .await;
+    let call = |id: u32, tool: &str, arguments: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": tool, "arguments": arguments, "_meta": {"progressToken": "mine"}}});
+        let mut request = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    // Progress: the server writes whole numbers, and the client's own token.
+    let response = call(
+        2,
+        "x_everything_trigger-long-running-operation",
+        json!({"duration": 0.2, "steps": 2}),
+    )
+    .await
+    .expect("the call is sent");
+    let events = read_answering(&http, &url, &headers, response, |_| json!({})).await;
+    let progress: Vec<&String> = events.iter().filter(|e| e.contains("progress\"")).collect();
+    assert_eq!(progress.len(), 2, "{events:?}");
+    assert!(
+        progress[0].contains(r#""progress":1,"#)
+            && progress[0].contains(r#""progressToken":"mine""#),
+        "the number and the token as the server and the client wrote them: {}",
+        progress[0]
+    );
+
+    // Sampling: the server asks with temperature 0.7, which a relay that
+    // decodes it into a 32-bit float would pass on as 0.699999988079071.
+    let response = call(
+        3,
+        "x_everything_trigger-sampling-request",
+        json!({"prompt": "say hi", "maxTokens": 10}),
+    )
+    .await
+    .expect("the call is sent");
+    let events = read_answering(&http, &url, &headers, response, |request| {
+        assert_eq!(request["method"], "sampling/createMessage", "{request}");
+        json!({"role": "assistant", "content": {"type": "text", "text": "hi from the client"},
+               "model": "test-model", "stopReason": "endTurn"})
+    })
+    .await;
+    let asked = events
+        .iter()
+        .find(|e| e.contains("sampling/createMessage"))
+        .expect("the client was asked");
+    assert!(asked.contains(r#""temperature":0.7"#), "{asked}");
+    let answer = events.last().expect("an answer");
+    assert!(answer.contains("hi from the client"), "{answer}");
+    assert!(gateway.proc.log_text().contains("relaying tools/call"));
 }

@@ -9,7 +9,8 @@
 //!
 //! Taken here: those requests for a catalog tool (a folded family tool when
 //! it names one instance; not the gateway's own), prompt or resource whose
-//! upstream has a Streamable HTTP session, from
+//! upstream has a session the relay can write on (Streamable HTTP, or a
+//! stdio server's pipes, shared with rmcp: `fleet::message_wire`), from
 //! a 2025 session client or a well-formed 2026-07-28 request. Everything
 //! else, and any request the upstream never received (no connection, a
 //! session it no longer knows), goes to rmcp's handler unchanged.
