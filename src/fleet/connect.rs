@@ -21,7 +21,7 @@ use super::credential::CredentialRef;
 use super::delivery::Counted;
 use super::http_client::UpstreamHttpClient;
 use super::legacy_sse::LegacySseTransport;
-use super::message_wire::{MessageLine, Muxed, Routes};
+use super::message_wire::{Inbox, MessageLine, Muxed, Outbox, Routes};
 use super::raw_tools::RawTools;
 use super::stdio::StdioInbox;
 use super::wire::{HttpLine, Line, SessionSlot, Wire};
@@ -184,7 +184,8 @@ impl FailureKind {
 pub struct Connected {
     pub running: RunningService<RoleClient, UpstreamClient>,
     pub protocol: ProtocolVersion,
-    /// The relay's raw line on this session (Streamable HTTP sessions only).
+    /// The relay's raw line to this server (every session, and Streamable
+    /// HTTP spoken to in 2026-07-28).
     pub wire: Option<Wire>,
     /// For an agent's server: why the agent's side ended the session, once it has.
     pub ended: Option<EndReason>,
@@ -292,16 +293,22 @@ pub async fn connect(
             credential: credential.cloned(),
             session,
         })),
-        (ServerType::Stdio, _) => messages.map(Line::Messages),
+        (ServerType::Stdio | ServerType::Sse | ServerType::Agent, _) => {
+            messages.map(Line::Messages)
+        }
         _ => None,
     };
-    // Only a session has a wire: a stateless (2026-07-28) upstream is
-    // spoken to through rmcp, which declares each request's revision.
-    let wire = line.filter(|_| protocol.has_initialize()).map(|line| Wire {
-        protocol: protocol.to_string().into(),
-        refresh,
-        line,
-    });
+    // A message transport spoken to in 2026-07-28 (no session) is left to
+    // rmcp; over HTTP the relay stamps each request as rmcp would.
+    let stateless = !protocol.has_initialize();
+    let wire = line
+        .filter(|line| !stateless || matches!(line, Line::Http(_)))
+        .map(|line| Wire {
+            protocol: protocol.to_string().into(),
+            stateless,
+            refresh,
+            line,
+        });
     let ended = (desired.spec.server_type == ServerType::Agent).then_some(ended);
     Ok(Connected {
         running,
@@ -344,12 +351,8 @@ async fn open(
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
-            let inbox = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
-            let transport = Muxed::new(inbox.0, inbox.1, Routes::new(handler.inflight.clone()));
-            if let Ok(mut line) = messages.lock() {
-                *line = Some(transport.line());
-            }
-            let transport = Counted::new(transport, &handler);
+            let (inbox, outbox) = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
+            let transport = shared(inbox, outbox, &handler, messages);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::StreamableHttp => {
@@ -386,7 +389,8 @@ async fn open(
                 handler.raw_tools.clone(),
             )
             .await?;
-            let transport = Counted::new(transport, &handler);
+            let outbox = Arc::new(transport.outbox());
+            let transport = shared(transport, outbox, &handler, messages);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::Agent => {
@@ -399,8 +403,10 @@ async fn open(
                 .agents
                 .open(&agent.name, agent.server_name(&desired.name))
                 .map_err(ConnectError::Agent)?
-                .with_raw_tools(handler.raw_tools.clone());
-            let transport = Counted::new(tunnel.with_end_reason(ended.clone()), &handler);
+                .with_raw_tools(handler.raw_tools.clone())
+                .with_end_reason(ended.clone());
+            let outbox = Arc::new(tunnel.outbox());
+            let transport = shared(tunnel, outbox, &handler, messages);
             let result = serve_client_with_lifecycle(handler, transport, lifecycle).await;
             if let (Err(_), Some(why)) = (&result, ended.get()) {
                 // The agent's side said why (no such server there, it did not start).
@@ -413,6 +419,21 @@ async fn open(
         true if handshaking => ConnectError::NoHandshake(handshake_failure(&error)),
         _ => ConnectError::Handshake(handshake_failure(&error)),
     })
+}
+
+/// rmcp's transport over a message transport, whose relay side is left in
+/// `line` for the session's wire.
+fn shared<I: Inbox>(
+    inbox: I,
+    outbox: Arc<dyn Outbox>,
+    handler: &UpstreamClient,
+    line: &std::sync::Mutex<Option<MessageLine>>,
+) -> Counted<Muxed<I>> {
+    let transport = Muxed::new(inbox, outbox, Routes::new(handler.inflight.clone()));
+    if let Ok(mut slot) = line.lock() {
+        *slot = Some(transport.line());
+    }
+    Counted::new(transport, handler)
 }
 
 /// Whether the server answered `initialize` without accepting it (an error,
@@ -432,7 +453,7 @@ fn spawn_stdio(
     desired: &DesiredServer,
     server: &Arc<str>,
     raw: RawTools,
-) -> Result<(StdioInbox, Arc<dyn super::message_wire::Outbox>), ConnectError> {
+) -> Result<(StdioInbox, Arc<dyn Outbox>), ConnectError> {
     let program = desired
         .spec
         .command

@@ -2,19 +2,18 @@
 //! no longer ships: GET opens an event stream whose first `endpoint` event
 //! names the URL to POST messages to; replies arrive as `message` events.
 //! SSE framing is parsed by the `sse-stream` crate; this file only wires the
-//! two halves into an rmcp [`Transport`].
+//! two halves into a message transport that rmcp's session and the relay
+//! share (`message_wire`).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use http::HeaderMap;
-use rmcp::RoleClient;
-use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
-use rmcp::transport::Transport;
 use sse_stream::{Sse, SseStream};
 
+use super::message_wire::{Inbox, Outbox};
 use super::raw_tools::RawTools;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +26,6 @@ pub enum LegacySseError {
     NoEndpoint,
     #[error("the endpoint event named an invalid URL: {0}")]
     BadEndpoint(String),
-    #[error("posting a message failed: {0}")]
-    Post(#[source] reqwest::Error),
     #[error("timed out waiting for the endpoint event")]
     Timeout,
 }
@@ -90,30 +87,49 @@ impl LegacySseTransport {
     }
 }
 
-impl Transport<RoleClient> for LegacySseTransport {
-    type Error = LegacySseError;
+/// Where a legacy SSE session's messages are POSTed (its endpoint).
+#[derive(Clone)]
+pub struct LegacySsePost {
+    http: reqwest::Client,
+    post_url: url::Url,
+    headers: HeaderMap,
+}
 
-    fn name() -> Cow<'static, str> {
-        "legacy-sse".into()
+impl LegacySseTransport {
+    /// Where messages to the server go (rmcp's and the relay's alike).
+    pub fn outbox(&self) -> LegacySsePost {
+        LegacySsePost {
+            http: self.http.clone(),
+            post_url: self.post_url.clone(),
+            headers: self.headers.clone(),
+        }
     }
+}
 
-    fn send(
-        &mut self,
-        item: TxJsonRpcMessage<RoleClient>,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+impl Outbox for LegacySsePost {
+    fn send(&self, text: String) -> BoxFuture<'static, std::io::Result<()>> {
         let request = self
             .http
             .post(self.post_url.clone())
             .headers(self.headers.clone())
-            .json(&item);
-        async move {
-            let response = request.send().await.map_err(LegacySseError::Post)?;
-            response.error_for_status().map_err(LegacySseError::Post)?;
-            Ok(())
-        }
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(text);
+        Box::pin(async move {
+            let response = request.send().await.map_err(std::io::Error::other)?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "the server answered a message with HTTP {status}"
+                )))
+            }
+        })
     }
+}
 
-    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+impl Inbox for LegacySseTransport {
+    async fn next(&mut self) -> Option<String> {
         let events = self.events.as_mut()?;
         while let Some(event) = events.next().await {
             let Ok(event) = event else { break };
@@ -122,16 +138,13 @@ impl Transport<RoleClient> for LegacySseTransport {
             }
             let Some(data) = event.data else { continue };
             self.raw.observe(data.as_bytes());
-            match serde_json::from_str(&data) {
-                Ok(message) => return Some(message),
-                Err(error) => tracing::warn!(%error, "skipping undecodable legacy SSE message"),
-            }
+            return Some(data);
         }
         self.events = None;
         None
     }
 
-    async fn close(&mut self) -> Result<(), Self::Error> {
+    async fn close(&mut self) -> std::io::Result<()> {
         self.events = None;
         Ok(())
     }

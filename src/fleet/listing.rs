@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use rmcp::model::Tool;
 use serde_json::{Map, Value, json};
 
@@ -41,8 +40,8 @@ pub async fn list_tools(
             Some(cursor) => json!({ "cursor": cursor }),
             None => json!({}),
         };
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
-        let answer = tokio::time::timeout(timeout, wire.call(Bytes::from(body.to_string()), &id))
+        let body = wire.own_request(&id, "tools/list", params);
+        let answer = tokio::time::timeout(timeout, wire.call(body, &id))
             .await
             .map_err(|_| WireError::Failed(format!("no answer to tools/list in {timeout:?}")))??;
         let mut result = match answer {

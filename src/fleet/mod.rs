@@ -10,6 +10,7 @@ pub mod credential;
 mod delivery;
 pub mod http_client;
 mod legacy_sse;
+pub mod lifecycle;
 pub mod limits;
 pub mod listing;
 mod message_wire;

@@ -1,7 +1,7 @@
-//! Tool lists as the upstream wrote them, on the transports rmcp decodes
-//! itself (legacy SSE, an agent's tunnel, and stdio where the session has
-//! no wire: a server spoken to in 2026-07-28), where the gateway cannot
-//! send `tools/list` raw as it does on a wire (`listing`).
+//! Tool lists as the upstream wrote them, where rmcp lists them: on a
+//! message transport (stdio, legacy SSE, an agent's tunnel) whose session
+//! has no wire (a server spoken to in 2026-07-28), or when a raw listing on
+//! the wire failed; elsewhere `tools/list` is sent raw (`listing`).
 //!
 //! The transport shows every message line it receives to [`RawTools`]
 //! before rmcp decodes it; a line that is a `tools/list` answer (a cheap

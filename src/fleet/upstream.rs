@@ -680,8 +680,8 @@ impl Upstream {
         }
     }
 
-    /// The raw line for relaying a request on the live session, if the
-    /// session has one (Streamable HTTP with a handshake revision).
+    /// The raw line for relaying a request to the server, if the live
+    /// session has one (see `connect::Connected::wire`).
     pub fn wire(&self) -> Option<Arc<Wire>> {
         self.wire.load_full()
     }

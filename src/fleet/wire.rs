@@ -6,22 +6,24 @@
 //! - Streamable HTTP: a POST per request on the session (its session id,
 //!   negotiated revision, the server's headers and the user's credential),
 //!   on the fleet's pooled keep-alive connections; the answer is JSON or an
-//!   SSE stream.
-//! - Stdio: the relay's messages share the pipes with rmcp's session
-//!   (`message_wire`); what the server sends for a relayed request comes
-//!   back as the events of a stream, as on HTTP.
+//!   SSE stream. A server spoken to in 2026-07-28 has no session: each
+//!   request carries the routing headers of that revision (`lifecycle`).
+//! - Stdio, legacy SSE, an agent's tunnel: the relay's messages share the
+//!   one line with rmcp's session (`message_wire`); what the server sends
+//!   for a relayed request comes back as the events of a stream, as on HTTP.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::Value;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde_json::{Map, Value};
 use sse_stream::{Sse, SseStream};
 use tokio::sync::mpsc;
 
 use super::credential::CredentialRef;
+use super::lifecycle;
 use super::message_wire::MessageLine;
 
 /// Which of an upstream's lists changed (the wire reports a change the
@@ -66,8 +68,11 @@ pub enum WireError {
 
 /// A raw channel on one upstream session.
 pub struct Wire {
-    /// The negotiated revision (a handshake one: only sessions have a wire).
+    /// The negotiated revision.
     pub protocol: Arc<str>,
+    /// Spoken to in 2026-07-28 (Streamable HTTP only): every request says
+    /// who its client is (`lifecycle`), there is no session.
+    pub(super) stateless: bool,
     /// Where list changes seen on a relayed stream are reported.
     pub(super) refresh: mpsc::UnboundedSender<ListKind>,
     pub(super) line: Line,
@@ -77,7 +82,8 @@ pub struct Wire {
 pub(super) enum Line {
     /// Streamable HTTP: each relayed request is a POST of its own.
     Http(HttpLine),
-    /// A transport of whole messages shared with rmcp's session (stdio).
+    /// A transport of whole messages shared with rmcp's session (stdio,
+    /// legacy SSE, an agent's tunnel).
     Messages(MessageLine),
 }
 
@@ -91,6 +97,36 @@ pub(super) struct HttpLine {
 }
 
 impl Wire {
+    /// Whether the upstream is spoken to in 2026-07-28, without a session.
+    pub fn is_stateless(&self) -> bool {
+        self.stateless
+    }
+
+    /// The `_meta` members a request the gateway writes on this wire must
+    /// carry (for an upstream spoken to in 2026-07-28), if any.
+    pub fn lifecycle_meta(&self) -> Option<&'static Map<String, Value>> {
+        self.stateless.then(lifecycle::lifecycle_meta)
+    }
+
+    /// A request of the gateway's own, as this wire's revision needs it.
+    pub fn own_request(&self, id: &str, method: &str, mut params: Value) -> Bytes {
+        if let (Some(meta), Value::Object(params)) = (self.lifecycle_meta(), &mut params) {
+            params.insert("_meta".into(), Value::Object(meta.clone()));
+        }
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        Bytes::from(body.to_string())
+    }
+
+    /// The routing headers a message on this wire needs (2026-07-28).
+    fn routing(&self, body: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
+        if self.stateless {
+            lifecycle::routing_headers(body)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// A list change the upstream announced on a relayed request's stream.
     pub fn list_changed(&self, kind: ListKind) {
         let _ = self.refresh.send(kind);
@@ -110,7 +146,10 @@ impl Wire {
     ) -> Result<WireReply, WireError> {
         match &self.line {
             Line::Http(line) => {
-                let response = line.send(&self.protocol, Some(body), None, trace).await?;
+                let routing = self.routing(&body);
+                let response = line
+                    .send(&self.protocol, Some(body), None, (trace, &routing))
+                    .await?;
                 HttpLine::reply(response).await
             }
             Line::Messages(line) => post_message(line, &body).await,
@@ -123,7 +162,7 @@ impl Wire {
         match &self.line {
             Line::Http(line) => {
                 let response = line
-                    .send(&self.protocol, None, Some(last_event_id), None)
+                    .send(&self.protocol, None, Some(last_event_id), (None, &[]))
                     .await?;
                 HttpLine::reply(response).await
             }
@@ -166,7 +205,10 @@ impl Wire {
     pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
         match &self.line {
             Line::Http(line) => {
-                let response = line.send(&self.protocol, Some(body), None, None).await?;
+                let routing = self.routing(&body);
+                let response = line
+                    .send(&self.protocol, Some(body), None, (None, &routing))
+                    .await?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
@@ -212,6 +254,10 @@ async fn post_message(line: &MessageLine, body: &[u8]) -> Result<WireReply, Wire
     Ok(WireReply::Events(events.boxed()))
 }
 
+/// What a request carries beyond its body: the trace context of the
+/// gateway's span, and the routing headers of a 2026-07-28 request.
+type Extra<'a> = (Option<&'a TraceHeaders>, &'a [(HeaderName, HeaderValue)]);
+
 impl HttpLine {
     /// A POST of `body`, or (`body` = `None`) the GET that resumes a stream
     /// after `resume_after`.
@@ -221,7 +267,7 @@ impl HttpLine {
         body: Option<Bytes>,
         resume_after: Option<&str>,
         token: Option<&SecretValue>,
-        trace: Option<&TraceHeaders>,
+        (trace, routing): Extra<'_>,
     ) -> Option<reqwest::RequestBuilder> {
         // A server that gave no session id at the handshake keeps none
         // (sessions are optional in the handshake revisions).
@@ -252,6 +298,9 @@ impl HttpLine {
         if let Some(session) = session {
             request = request.header("mcp-session-id", &*session);
         }
+        for (name, value) in routing {
+            request = request.header(name, value);
+        }
         if let Some(token) = token
             && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         {
@@ -268,7 +317,7 @@ impl HttpLine {
         protocol: &str,
         body: Option<Bytes>,
         resume_after: Option<&str>,
-        trace: Option<&TraceHeaders>,
+        extra: Extra<'_>,
     ) -> Result<reqwest::Response, WireError> {
         let token = match &self.credential {
             None => None,
@@ -281,7 +330,7 @@ impl HttpLine {
         };
         let no_session = || WireError::NotDelivered("the session is gone".into());
         let first = self
-            .request(protocol, body.clone(), resume_after, token.as_ref(), trace)
+            .request(protocol, body.clone(), resume_after, token.as_ref(), extra)
             .ok_or_else(no_session)?
             .send()
             .await
@@ -292,7 +341,7 @@ impl HttpLine {
                     .after_rejection(&token)
                     .await
                     .map_err(|e| WireError::NotDelivered(format!("SSO: {e}")))?;
-                self.request(protocol, body, resume_after, Some(&fresh), trace)
+                self.request(protocol, body, resume_after, Some(&fresh), extra)
                     .ok_or_else(no_session)?
                     .send()
                     .await

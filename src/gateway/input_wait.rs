@@ -1,7 +1,7 @@
 //! An upstream asks a 2026-07-28 client something mid-call, on the calls
-//! served through rmcp's model (legacy-SSE and agent upstreams, stateless
-//! ones, and what the relay leaves to rmcp; the relay has its own way,
-//! `relay::input`).
+//! served through rmcp's model (fan-out members, upstreams spoken to in
+//! 2026-07-28, and what the relay leaves to rmcp; the relay has its own
+//! way, `relay::input`).
 //!
 //! The upstream's request (elicitation, sampling, roots) cannot be sent to
 //! a stateless client. The call runs in a task of its own, whose upstream

@@ -7,12 +7,13 @@
 //!
 //! | what | client → upstream | upstream → client |
 //! |---|---|---|
-//! | tool / prompt name | exposed name → upstream name | (names in lists: the catalog's `x_<server>_<tool>` or folded `x_<family>_<tool>`) |
+//! | tool / prompt name (a completion's `ref.name` for a prompt) | exposed name → upstream name | (names in lists: the catalog's `x_<server>_<tool>` or folded `x_<family>_<tool>`) |
 //! | instance argument of a folded tool | removed | - |
 //! | JSON-RPC request id | the gateway's own per upstream session | the client's |
 //! | progress token | the gateway's own | the client's |
 //! | `_meta["io.modelcontextprotocol/serverInfo"]` ([`HOP_META_KEYS`]) | - | removed (the client gets the gateway's) |
-//! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own) | - |
+//! | `_meta` 2026-07-28 lifecycle keys ([`REQUEST_HOP_META_KEYS`]) | removed (the upstream session has its own); to an upstream spoken to in 2026-07-28, the gateway's own instead (`fleet::lifecycle`), with the client's `logLevel` | - |
+//! | `Mcp-Method`, `Mcp-Name` headers (2026-07-28 upstream) | the upstream's method and name | - |
 //! | elicitation `message`, log `logger` | - | name the server (or family instance) that asks or logs |
 //! | request ids in `tasks/*` | - (task ids are the upstream's, unchanged) | - |
 //! | `_meta["io.modelcontextprotocol/clientCapabilities"]` on `tools/call` and `tasks/*`, only for a client that declared the tasks extension (SEP-2663) to an upstream that announced it | set: the capabilities of the upstream's session plus the extension (the session was opened without it, for every client) | - |
@@ -48,7 +49,7 @@
 //! |---|---|---|
 //! | `resultType` | never present (`"complete"` stripped) | always present: an upstream result without it is `"complete"` |
 //! | `ttlMs`, `cacheScope` on `resources/read` | removed | kept; filled with `0` / `"private"` when absent |
-//! | `input_required` result of a 2026-07-28 upstream | each request asked on the call's stream, the call re-sent with the answers (`gateway::input_rounds`) | passed through, elicitations naming who asks |
+//! | `input_required` result of a 2026-07-28 upstream | each request asked on the call's stream, the call re-sent with the answers (`gateway::input_rounds`, rmcp's path) | passed through (relayed), elicitations naming who asks |
 //! | a 2025 upstream's request mid-call | relayed as a request on the call's stream | an `input_required` result with the gateway's `requestState`; the call waits parked (`relay::input`) |
 
 use rmcp::model::{ResultType, ServerResult};

@@ -448,6 +448,8 @@ async fn progress_and_elicitation_travel_through_an_agent() {
     );
 
     progress_and_a_question_arrive(&client, &handler, "x_everything_").await;
+    // Relayed through the agent's channel: numbers as the server wrote them.
+    crate::relay::messages_as_written(&gateway, "everything").await;
 }
 
 /// The gateway's MCPServer for `cluster`, whose agent proves itself with a

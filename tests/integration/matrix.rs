@@ -518,14 +518,9 @@ async fn server_everything_over_stdio() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_python_sdk_server_over_streamable_http() {
-    let fleet = Fleet::new();
-    let (_py, url) = python_server(0, fleet.logs());
-    let gateway = fleet
-        .http("py", &url)
-        .connected_within(CONNECTED_WITHIN)
-        .start();
+/// What the Python SDK server (tests/peers/py_server.py) offers, and what
+/// of it is compared for session clients only.
+fn python_plan() -> (Value, Value) {
     let plan = json!({
         "calls": [
             {"tool": "add", "args": {"a": 2, "b": 3}},
@@ -541,7 +536,35 @@ async fn a_python_sdk_server_over_streamable_http() {
     // has no back-channel on 2026-07-28); through the gateway every client
     // can answer it (`relay`), so it is compared for session clients.
     let session_only = json!({"calls": [{"tool": "ask", "asks": true}]});
+    (plan, session_only)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_sdk_server_over_streamable_http() {
+    let fleet = Fleet::new();
+    let (_py, url) = python_server(0, fleet.logs());
+    let gateway = fleet
+        .http("py", &url)
+        .connected_within(CONNECTED_WITHIN)
+        .start();
+    let (plan, session_only) = python_plan();
     compare_all("py", &gateway, &Direct::Url(url), &plan, &session_only);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_sdk_server_over_stdio() {
+    let p = peers();
+    let argv = vec![
+        p.get("PY").to_string(),
+        p.get("PY_SERVER").to_string(),
+        "--stdio".to_string(),
+    ];
+    let gateway = Fleet::new()
+        .stdio("py", &argv[0], &[&argv[1], &argv[2]])
+        .connected_within(CONNECTED_WITHIN)
+        .start();
+    let (plan, session_only) = python_plan();
+    compare_all("py", &gateway, &Direct::Stdio(argv), &plan, &session_only);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,13 +54,14 @@ fn payload(mut result: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_directly() {
+async fn a_2026_client_calls_reads_prompts_and_completes_a_2025_typescript_server_as_directly() {
     let fleet = Fleet::new();
     let (_everything, url) = everything_http(fleet.logs());
     let gateway = fleet.http("everything", &url).connected().start();
     let via = gateway.url();
     let resource = "demo://resource/static/document/architecture.md";
-    let cases: [(&[&str], &[&str]); 3] = [
+    let argument = r#"{"name": "department", "value": "E"}"#;
+    let cases: [(&[&str], &[&str]); 4] = [
         (
             &["call", "echo", r#"{"message": "hi"}"#],
             &["call", "x_everything_echo", r#"{"message": "hi"}"#],
@@ -69,6 +70,18 @@ async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_direc
         (
             &["prompt", "simple-prompt", "{}"],
             &["prompt", "x_everything_simple-prompt", "{}"],
+        ),
+        (
+            &[
+                "complete",
+                r#"{"type": "ref/prompt", "name": "completable-prompt"}"#,
+                argument,
+            ],
+            &[
+                "complete",
+                r#"{"type": "ref/prompt", "name": "x_everything_completable-prompt"}"#,
+                argument,
+            ],
         ),
     ];
     for (direct_args, gateway_args) in cases {
@@ -81,7 +94,12 @@ async fn a_2026_client_calls_reads_and_prompts_a_2025_typescript_server_as_direc
         assert_eq!(payload(through), payload(direct), "{gateway_args:?}");
     }
     let log = gateway.proc.log_text();
-    for method in ["tools/call", "resources/read", "prompts/get"] {
+    for method in [
+        "tools/call",
+        "resources/read",
+        "prompts/get",
+        "completion/complete",
+    ] {
         assert!(
             log.contains(&format!("relaying {method}")),
             "{method} was relayed"
@@ -667,6 +685,60 @@ async fn numbers_and_fields_reach_the_client_as_the_upstream_wrote_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_2026_client_gets_a_2026_only_servers_answer_as_the_server_wrote_it() {
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server_with(0, fleet.logs(), &["--modern-only"]);
+    let gateway = fleet.http("py", &py_url).connected().start();
+    assert_eq!(gateway.server_status("py")["protocolVersion"], "2026-07-28");
+    let http = reqwest::Client::new();
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    });
+    let mut answers = Vec::new();
+    for (url, name) in [
+        (py_url.as_str(), "add"),
+        (gateway.url().as_str(), "x_py_add"),
+    ] {
+        // Too large for an i64, u64 or f64: a re-encoding gateway changes it.
+        let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": name, "arguments": {"a": 1, "b": 1}, "_meta": meta}})
+        .to_string()
+        .replace(r#""a":1"#, r#""a":123456789012345678901234567890"#);
+        let headers = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", name),
+        ];
+        let (status, _, text) =
+            send(&http, reqwest::Method::POST, url, &headers, Some(&body)).await;
+        assert_eq!(status, 200, "{text}");
+        let answer = text
+            .lines()
+            .map(|l| l.strip_prefix("data:").unwrap_or(l).trim())
+            .find(|l| l.contains("\"result\""))
+            .unwrap_or_else(|| panic!("no result in {text}"))
+            .to_string();
+        answers.push(answer);
+    }
+    let [direct, through] = &answers[..] else {
+        unreachable!()
+    };
+    let sum = "123456789012345678901234567891";
+    assert!(direct.contains(sum), "{direct}");
+    assert!(through.contains(sum), "{through}");
+    let parse = |text: &str| -> Value { serde_json::from_str(&text.replace(sum, "0")).unwrap() };
+    assert_eq!(
+        payload(parse(through)["result"].clone()),
+        payload(parse(direct)["result"].clone())
+    );
+    assert_eq!(parse(through)["result"]["resultType"], "complete");
+    assert_eq!(parse(through)["id"], 5);
+    assert!(gateway.proc.log_text().contains("relaying tools/call"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_relayed_call_ends_at_once_without_an_answer() {
     let fleet = Fleet::new();
     let (_py, py_url) = python_server(0, fleet.logs());
@@ -844,6 +916,7 @@ async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directl
         ),
         (&py_url, "ask", "x_py_ask", "{}"),
     ];
+    let mut roots_asked = false;
     for (direct_url, tool, exposed, args) in cases {
         let direct = ts_client(direct_url, &["call", tool, args]);
         let through = ts_client(&via, &["call", exposed, args]);
@@ -867,10 +940,11 @@ async fn the_typescript_sdk_client_gets_through_the_gateway_what_it_gets_directl
                 .collect::<Vec<_>>()
         };
         assert_eq!(asked(&through), asked(&direct), "{tool}");
-        if tool == "get-roots-list" {
-            assert!(through["asked"].to_string().contains("roots"), "{through}");
-        }
+        roots_asked |= through["asked"].to_string().contains("roots");
     }
+    // The client was asked for its roots during one of its calls (which
+    // one depends on timing), and get-roots-list returned them (above).
+    assert!(roots_asked, "the client was never asked for its roots");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1088,17 +1162,29 @@ async fn read_answering(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
+async fn a_stdio_or_legacy_sse_servers_messages_reach_the_client_as_it_wrote_them() {
     let p = peers();
     let fleet = Fleet::new();
+    let (_sse, port) = everything("sse", 0, fleet.logs());
     let gateway = fleet
         .stdio(
-            "everything",
+            "stdio",
             &p.get("NODE22"),
             &[&p.get("EVERYTHING_JS"), "stdio"],
         )
         .connected_within(crate::common::fleet::CONNECTED_WITHIN)
+        .sse("sse", &format!("http://127.0.0.1:{port}/sse"))
+        .connected_within(crate::common::fleet::CONNECTED_WITHIN)
         .start();
+    for server in ["stdio", "sse"] {
+        messages_as_written(&gateway, server).await;
+    }
+    assert!(gateway.proc.log_text().contains("relaying tools/call"));
+}
+
+/// Progress and a sampling request of server-everything (as `server`)
+/// reach a raw 2025-11-25 session client exactly as the server wrote them.
+pub(crate) async fn messages_as_written(gateway: &Gateway, server: &str) {
     let url = gateway.url();
     let http = reqwest::Client::new();
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -1129,7 +1215,8 @@ async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
     .await;
     let call = |id: u32, tool: &str, arguments: Value| {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
-            "name": tool, "arguments": arguments, "_meta": {"progressToken": "mine"}}});
+            "name": format!("x_{server}_{tool}"), "arguments": arguments,
+            "_meta": {"progressToken": "mine"}}});
         let mut request = http
             .post(&url)
             .header("accept", "application/json, text/event-stream")
@@ -1144,18 +1231,18 @@ async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
     // Progress: the server writes whole numbers, and the client's own token.
     let response = call(
         2,
-        "x_everything_trigger-long-running-operation",
+        "trigger-long-running-operation",
         json!({"duration": 0.2, "steps": 2}),
     )
     .await
     .expect("the call is sent");
     let events = read_answering(&http, &url, &headers, response, |_| json!({})).await;
     let progress: Vec<&String> = events.iter().filter(|e| e.contains("progress\"")).collect();
-    assert_eq!(progress.len(), 2, "{events:?}");
+    assert_eq!(progress.len(), 2, "{server}: {events:?}");
     assert!(
         progress[0].contains(r#""progress":1,"#)
             && progress[0].contains(r#""progressToken":"mine""#),
-        "the number and the token as the server and the client wrote them: {}",
+        "{server}: the number and the token as the server and the client wrote them: {}",
         progress[0]
     );
 
@@ -1163,7 +1250,7 @@ async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
     // decodes it into a 32-bit float would pass on as 0.699999988079071.
     let response = call(
         3,
-        "x_everything_trigger-sampling-request",
+        "trigger-sampling-request",
         json!({"prompt": "say hi", "maxTokens": 10}),
     )
     .await
@@ -1178,8 +1265,7 @@ async fn a_stdio_servers_messages_reach_the_client_as_it_wrote_them() {
         .iter()
         .find(|e| e.contains("sampling/createMessage"))
         .expect("the client was asked");
-    assert!(asked.contains(r#""temperature":0.7"#), "{asked}");
+    assert!(asked.contains(r#""temperature":0.7"#), "{server}: {asked}");
     let answer = events.last().expect("an answer");
-    assert!(answer.contains("hi from the client"), "{answer}");
-    assert!(gateway.proc.log_text().contains("relaying tools/call"));
+    assert!(answer.contains("hi from the client"), "{server}: {answer}");
 }

@@ -5,6 +5,9 @@ Usage (Streamable HTTP only):
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] list-tools
   .venv/bin/python py_client.py --url URL [--legacy] [--header 'K: V']... [--timeout S] call TOOL JSON_ARGS
   .venv/bin/python py_client.py --url URL [--legacy] ... read URI | prompt NAME JSON_ARGS
+  .venv/bin/python py_client.py --url URL [--legacy] ... complete REF_JSON ARGUMENT_JSON
+    (REF_JSON: {"type": "ref/prompt", "name": ...} or {"type": "ref/resource", "uri": ...};
+    ARGUMENT_JSON: {"name": ..., "value": ...})
   --log-level LEVEL: opt in to log messages at LEVEL and above (2026-07-28: the client's log_level
   stamped on every request; handshake mode: logging/setLevel first); every notifications/message
   received is added to the printed document as "logs": [{level, logger, data}].
@@ -21,7 +24,7 @@ Default mode is the SDK default, Client(mode="auto"): probe `server/discover` at
 Prints one JSON document on stdout:
   list-tools: {"protocolVersion": ..., "tools": [{name, description, inputSchema, ...}]}
   call:       the CallToolResult (by_alias, None fields dropped), plus "protocolVersion".
-  read/prompt: the ReadResourceResult / GetPromptResult, the same way.
+  read/prompt/complete: the ReadResourceResult / GetPromptResult / CompleteResult, the same way.
 A tool result with isError=true still exits 0. Any other failure: message on stderr, exit 1
 (usage errors: exit 2).
 
@@ -151,6 +154,11 @@ async def command(c: Client, args: argparse.Namespace) -> dict:
     if args.cmd == "prompt":
         res = await c.get_prompt(args.name, args.tool_args)
         return {"protocolVersion": c.protocol_version, **dump(res)}
+    if args.cmd == "complete":
+        ref = json.loads(args.ref)
+        model = types.PromptReference(**ref) if ref.get("type") == "ref/prompt" else types.ResourceTemplateReference(**ref)
+        res = await c.complete(model, json.loads(args.argument))
+        return {"protocolVersion": c.protocol_version, **dump(res)}
     if args.progress_calls:
         per_call: list[list[float]] = []
         for _ in range(args.progress_calls):
@@ -247,6 +255,9 @@ def main() -> int:
     prompt = sub.add_parser("prompt")
     prompt.add_argument("name")
     prompt.add_argument("json_args", nargs="?", default="{}")
+    complete = sub.add_parser("complete")
+    complete.add_argument("ref")
+    complete.add_argument("argument")
     args = p.parse_args()
     args.headers = {}
     for h in args.header:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Owns: the Python MCP SDK (mcp 2.x) test server used by Flotilla integration tests.
 
-Streamable HTTP on 127.0.0.1 (only), path /mcp.
+Streamable HTTP on 127.0.0.1 (only), path /mcp; or, with --stdio, stdio (one message per line on
+stdin and stdout; --port is then not needed and nothing is printed but the messages).
 Usage: .venv/bin/python py_server.py --port N [--host 127.0.0.1] [--stateless] [--json-response]
          [--require-bearer ISSUER [--audience AUD] [--insecure-skip-signature]]
   --port 0 picks a free port. Readiness: once the socket is listening it prints
@@ -291,7 +292,8 @@ class BearerGate:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--stdio", action="store_true", help="serve stdio instead of HTTP")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--stateless", action="store_true", help="stateless Streamable HTTP (no Mcp-Session-Id)")
     p.add_argument("--modern-only", action="store_true", help="refuse the initialize handshake (2026-07-28 only)")
@@ -304,6 +306,11 @@ async def main() -> None:
         help="with --require-bearer: check claims only, not the signature",
     )
     args = p.parse_args()
+    if args.stdio:
+        await mcp.run_stdio_async()
+        return
+    if args.port is None:
+        p.error("--port is required (or --stdio)")
     if (args.audience or args.insecure_skip_signature) and not args.require_bearer:
         p.error("--audience and --insecure-skip-signature need --require-bearer")
 

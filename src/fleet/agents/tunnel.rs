@@ -1,18 +1,17 @@
-//! An upstream session carried on an agent's connection: rmcp's transport
-//! over one channel of it. Messages go out as `message` frames and come back
-//! the same way; every message the server wrote is shown to the raw tool tap
-//! before rmcp decodes it (as on stdio). Dropping the tunnel tells the agent
+//! An upstream session carried on an agent's connection: one channel of it,
+//! shared by rmcp's session and the relay (`message_wire`). Messages go out
+//! as `message` frames and come back the same way, as the text the server
+//! wrote; each is shown to the raw tool tap on the way in. Dropping the tunnel tells the agent
 //! to end the session there too.
 
 use std::sync::{Arc, Mutex, Weak};
 
-use rmcp::RoleClient;
-use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
-use rmcp::transport::Transport;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::frame::Frame;
 use super::{Delivery, Link};
+use crate::fleet::message_wire::{Inbox, Outbox};
 use crate::fleet::raw_tools::RawTools;
 
 /// Why a tunnel's session ended, when it was the agent's side that ended it
@@ -94,60 +93,63 @@ impl Tunnel {
     }
 }
 
-impl Transport<RoleClient> for Tunnel {
-    type Error = std::io::Error;
+/// The sending half of a tunnel: `message` frames on the agent's connection.
+#[derive(Clone)]
+pub struct TunnelOutbox {
+    agent: Arc<str>,
+    channel: u64,
+    out: mpsc::Sender<String>,
+}
 
-    fn send(
-        &mut self,
-        item: TxJsonRpcMessage<RoleClient>,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+impl Tunnel {
+    /// Where messages to the server go (rmcp's and the relay's alike).
+    pub fn outbox(&self) -> TunnelOutbox {
+        TunnelOutbox {
+            agent: self.agent.clone(),
+            channel: self.channel,
+            out: self.out.clone(),
+        }
+    }
+}
+
+impl Outbox for TunnelOutbox {
+    fn send(&self, text: String) -> BoxFuture<'static, std::io::Result<()>> {
         let out = self.out.clone();
-        let frame = serde_json::to_string(&item)
-            .ok()
-            .and_then(|text| Frame::message(self.channel, text));
+        let frame = Frame::message(self.channel, text);
         let agent = self.agent.clone();
-        async move {
-            let frame =
-                frame.ok_or_else(|| std::io::Error::other("the message could not be encoded"))?;
+        Box::pin(async move {
+            let frame = frame.ok_or_else(|| std::io::Error::other("the message is not JSON"))?;
             out.send(frame.encode()).await.map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,
                     format!("agent {agent:?} disconnected"),
                 )
             })
-        }
+        })
     }
+}
 
-    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
-        loop {
-            match self.delivered.recv().await {
-                None => {
-                    self.ended
-                        .set(format!("agent {:?} ended the session", self.agent));
-                    return None;
-                }
-                Some(Delivery::Closed(why)) => {
-                    self.finished = true;
-                    self.ended.set(why);
-                    return None;
-                }
-                Some(Delivery::Message(text)) => {
-                    self.raw.observe(text.as_bytes());
-                    match serde_json::from_str(&text) {
-                        Ok(message) => return Some(message),
-                        Err(error) => tracing::warn!(
-                            agent = %self.agent,
-                            channel = self.channel,
-                            %error,
-                            "the server behind the agent sent a message that is not JSON-RPC; ignored"
-                        ),
-                    }
-                }
+impl Inbox for Tunnel {
+    async fn next(&mut self) -> Option<String> {
+        match self.delivered.recv().await {
+            None => {
+                self.ended
+                    .set(format!("agent {:?} ended the session", self.agent));
+                None
+            }
+            Some(Delivery::Closed(why)) => {
+                self.finished = true;
+                self.ended.set(why);
+                None
+            }
+            Some(Delivery::Message(text)) => {
+                self.raw.observe(text.as_bytes());
+                Some(text)
             }
         }
     }
 
-    async fn close(&mut self) -> Result<(), Self::Error> {
+    async fn close(&mut self) -> std::io::Result<()> {
         self.finish("the gateway ended the session");
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! One relayed request (`tools/call`, `prompts/get`, `resources/read`):
+//! One relayed request (`tools/call`, `prompts/get`, `resources/read`,
+//! `completion/complete`):
 //! routed by the catalog to one upstream, sent on its wire, answered as
 //! JSON, or as the SSE stream of `stream` when the upstream streams or asks
 //! something first.
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::answer::{Pending, failure};
-use super::message::{self, Message};
+use super::message::{self, Lifecycle, Message};
 use super::stream::{OutputLimit, Stream, cancel_upstream, until};
 use super::{ClientSide, Relay, Running, answer_response, input, json_response, tasks};
 use crate::api::UserIdentity;
@@ -33,7 +34,12 @@ use crate::gateway::trace::{self, RequestTrace};
 use crate::policy::{self, Verdict};
 
 /// The methods the relay forwards, each to one upstream.
-pub(super) const RELAYED: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+pub(super) const RELAYED: &[&str] = &[
+    "tools/call",
+    "prompts/get",
+    "resources/read",
+    "completion/complete",
+];
 
 /// Relays `message` if the relay takes it; `None` hands it to rmcp's
 /// handler untouched.
@@ -115,9 +121,14 @@ pub(super) async fn relay_call(
         .filter(|_| method == "tools/call")
         .map(|owner| (owner, target.server.clone()));
     let upstream = view.upstream(&target.server)?;
-    // Only an upstream with a session line is relayed (checked again below,
-    // once the call has its concurrency slot).
-    upstream.wire()?;
+    // Only an upstream with a wire is relayed (checked again below, once
+    // the call has its concurrency slot). One spoken to in 2026-07-28 only
+    // for a 2026-07-28 client: a session client must be asked what the
+    // upstream's `input_required` needs, on rmcp's path (`input_rounds`).
+    let stateless = upstream.wire()?.is_stateless();
+    if stateless && client.revision == ClientRevision::Session {
+        return None;
+    }
     let client_id = message.id.clone()?;
     let upstream_id = relay.next_id("flotilla-");
     let upstream_token = call
@@ -135,6 +146,10 @@ pub(super) async fn relay_call(
         declare_tasks: client.offers.is_some_and(|offers| offers.tasks)
             && upstream.inventory().task_extension
             && (method == "tools/call" || tasks::TASK_METHODS.contains(&method)),
+        lifecycle: stateless.then(|| Lifecycle {
+            meta: crate::fleet::lifecycle::lifecycle_meta(),
+            log_level: call.log_level.as_deref(),
+        }),
     };
     let request_trace = parts.extensions.get::<RequestTrace>();
     if let (Some(trace), Some(counted)) = (request_trace, &target.counted) {
@@ -258,7 +273,12 @@ pub(super) async fn relay_call(
         First::Reply(Ok(WireReply::Json(bytes))) => {
             let text = std::str::from_utf8(&bytes).ok()?;
             let answer = Message::parse(text)?;
-            let answer = message::response_to_client(&answer, method, &client_id, client.revision)?;
+            let answer = message::response_to_client(
+                &answer,
+                method,
+                &client_id,
+                (client.revision, &label),
+            )?;
             let answer = limit.apply(answer);
             if let Some((owner, server)) = &task_owner {
                 relay.tasks.note(owner, server, &answer);
@@ -362,10 +382,9 @@ async fn list_tasks(
         .filter_map(|(task, server)| {
             let wire = view.upstream(&server)?.wire()?;
             let id = relay.next_id("flotilla-");
-            let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tasks/get",
-                "params": {"taskId": task}});
+            let body = wire.own_request(&id, "tasks/get", serde_json::json!({"taskId": task}));
             Some(async move {
-                let answer = wire.call(Bytes::from(body.to_string()), &id).await.ok()?;
+                let answer = wire.call(body, &id).await.ok()?;
                 let mut task = answer.get("result")?.clone();
                 if let Some(object) = task.as_object_mut() {
                     object.remove("_meta");
@@ -460,6 +479,15 @@ fn target<'c>(
             Some(plain(&route.server, Some(route.name.as_str())))
         }
         "resources/read" => Some(plain(catalog.resource_server(call.uri.as_deref()?)?, None)),
+        "completion/complete" => match call.completes.as_ref()? {
+            message::Completes::Prompt { name } => {
+                let route = catalog.prompt(name)?;
+                Some(plain(&route.server, Some(route.name.as_str())))
+            }
+            message::Completes::Resource { uri } => {
+                Some(plain(catalog.resource_server(uri)?, None))
+            }
+        },
         _ => None,
     }
 }

@@ -51,6 +51,8 @@ pub struct CallPeek {
     pub name: Option<String>,
     /// The resource (`resources/read`).
     pub uri: Option<String>,
+    /// What a `completion/complete` completes an argument of.
+    pub completes: Option<Completes>,
     pub progress_token: Option<Value>,
     /// `_meta["io.modelcontextprotocol/logLevel"]` (2026-07-28).
     pub log_level: Option<String>,
@@ -58,10 +60,22 @@ pub struct CallPeek {
     pub request_state: Option<String>,
 }
 
+/// The prompt or resource template a completion is for (`params.ref`).
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+pub enum Completes {
+    #[serde(rename = "ref/prompt")]
+    Prompt { name: String },
+    #[serde(rename = "ref/resource")]
+    Resource { uri: String },
+}
+
 #[derive(Deserialize)]
 struct CallParams {
     name: Option<String>,
     uri: Option<String>,
+    #[serde(rename = "ref", default, deserialize_with = "lenient")]
+    completes: Option<Completes>,
     #[serde(rename = "taskId")]
     task_id: Option<String>,
     #[serde(rename = "requestState")]
@@ -82,12 +96,24 @@ struct CallMeta {
     client_capabilities: Option<Map<String, Value>>,
 }
 
+/// A member that is left out when it does not read as `T` (a completion
+/// `ref` of a kind the relay does not know is rmcp's to answer).
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
 pub fn peek_call(params: Option<&RawValue>) -> Option<CallPeek> {
     let params: CallParams = serde_json::from_str(params?.get()).ok()?;
     let meta = params.meta;
     Some(CallPeek {
         name: params.name,
         uri: params.uri,
+        completes: params.completes,
         progress_token: meta.as_ref().and_then(|m| m.progress_token.clone()),
         log_level: meta.and_then(|m| m.log_level),
         request_state: params.request_state,
@@ -213,8 +239,7 @@ fn set_trace(meta: &mut Map<String, Value>, trace: &TraceHeaders) {
     };
 }
 
-/// The `_meta` key of a request's client capabilities (2026-07-28).
-const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+use crate::fleet::lifecycle::{CLIENT_CAPABILITIES, LOG_LEVEL};
 
 /// The value of one argument of a `tools/call`.
 pub fn argument(params: Option<&RawValue>, key: &str) -> Option<Value> {
@@ -242,6 +267,17 @@ pub struct Outgoing<'a> {
     /// it: the request says so in its `_meta`, as a 2026-07-28 request does
     /// (the upstream's session was opened without it, for every client).
     pub declare_tasks: bool,
+    /// For an upstream spoken to in 2026-07-28: what each request says of
+    /// its client there.
+    pub lifecycle: Option<Lifecycle<'a>>,
+}
+
+/// The 2026-07-28 lifecycle `_meta` of a request to an upstream without a
+/// session: the gateway's (`fleet::lifecycle`), and the log level the
+/// client asked for on this request.
+pub struct Lifecycle<'a> {
+    pub meta: &'a Map<String, Value>,
+    pub log_level: Option<&'a str>,
 }
 
 /// The `_meta` client capabilities a relayed request carries for a client
@@ -277,14 +313,29 @@ pub fn request_upstream(
     if let Some(trace) = out.trace {
         set_trace(&mut meta, trace);
     }
+    if let Some(lifecycle) = &out.lifecycle {
+        meta.extend(lifecycle.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(level) = lifecycle.log_level {
+            meta.insert(LOG_LEVEL.into(), level.into());
+        }
+    }
     if out.declare_tasks {
         meta.insert(CLIENT_CAPABILITIES.into(), tasks_declared().clone());
     }
     let meta = written(meta);
     let name = out.name.map(|n| Value::String(n.to_string()).to_string());
     let mut replaced = vec![("_meta", meta)];
-    if name.is_some() {
-        replaced.push(("name", name));
+    match (method, name) {
+        (_, None) => {}
+        // A completion names its prompt in `ref`.
+        ("completion/complete", Some(name)) => {
+            let reference = object(members.get("ref").copied())?;
+            replaced.push((
+                "ref",
+                Some(write_object(&reference, &[("name", Some(name))])),
+            ));
+        }
+        (_, name) => replaced.push(("name", name)),
     }
     if let Some(drop) = out.drop_argument {
         let mut arguments = object(members.get("arguments").copied())?;
@@ -301,12 +352,13 @@ pub fn request_upstream(
 }
 
 /// The upstream's answer to `method` as the client gets it: the client's
-/// id, and the result carried to the client's revision.
+/// id, and the result carried to the client's revision; an `input_required`
+/// result's elicitations name who asks (`label`).
 pub fn response_to_client(
     message: &Message<'_>,
     method: &str,
     client_id: &Value,
-    revision: ClientRevision,
+    (revision, label): (ClientRevision, &str),
 ) -> Option<String> {
     let id = client_id.to_string();
     if let Some(error) = message.error {
@@ -331,7 +383,13 @@ pub fn response_to_client(
             .filter(|r| *r != r#""complete""#)
             .map(str::to_string),
     };
+    let asked = (result_type.as_deref() == Some(r#""input_required""#))
+        .then(|| input_requests_to_client(members.get("inputRequests").copied(), label))
+        .flatten();
     let mut replaced = vec![("_meta", meta), ("resultType", result_type)];
+    if asked.is_some() {
+        replaced.push(("inputRequests", asked));
+    }
     match revision {
         // Cache hints exist from 2026-07-28 on.
         ClientRevision::Session => {
@@ -444,6 +502,26 @@ fn params_to_client(method: &str, params: Option<&RawValue>, label: &str) -> Opt
     Some(write_object(&members, &replaced))
 }
 
+/// An upstream's `inputRequests` as the client gets them: each elicitation
+/// names who asks; everything else as it came.
+fn input_requests_to_client(requests: Option<&RawValue>, label: &str) -> Option<String> {
+    let entries = object(requests)?;
+    let mut map = String::from("{");
+    for (i, (key, entry)) in entries.iter().enumerate() {
+        let members = object(Some(entry))?;
+        let method: String = serde_json::from_str(members.get("method")?.get()).ok()?;
+        let params = params_to_client(&method, members.get("params").copied(), label)?;
+        if i > 0 {
+            map.push(',');
+        }
+        map.push_str(&Value::String(key.clone()).to_string());
+        map.push(':');
+        map.push_str(&write_object(&members, &[("params", Some(params))]));
+    }
+    map.push('}');
+    Some(map)
+}
+
 /// A 2026-07-28 `input_required` result for the client: the upstream's
 /// requests (`(key, entry)` from [`input_request`]) and the state that
 /// finds the waiting call again.
@@ -517,6 +595,7 @@ mod tests {
             drop_argument: None,
             trace: None,
             declare_tasks: false,
+            lifecycle: None,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         // Numbers stay the bytes they were.
@@ -547,6 +626,7 @@ mod tests {
             drop_argument: None,
             trace: None,
             declare_tasks: true,
+            lifecycle: None,
         };
         let sent: Value =
             serde_json::from_str(&request_upstream("tools/call", Some(&params), &out).unwrap())
@@ -566,6 +646,7 @@ mod tests {
         // Without the declaration, nothing is added.
         let out = Outgoing {
             declare_tasks: false,
+            lifecycle: None,
             ..out
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
@@ -585,6 +666,7 @@ mod tests {
             drop_argument: Some("cluster"),
             trace: None,
             declare_tasks: false,
+            lifecycle: None,
         };
         let sent = request_upstream("tools/call", Some(&params), &out).unwrap();
         assert!(
@@ -597,9 +679,13 @@ mod tests {
     fn a_result_reaches_each_revision_as_it_requires_and_unknown_fields_pass() {
         let text = r#"{"jsonrpc":"2.0","id":"flotilla-1","result":{"content":[{"type":"text","text":"hi"}],"structuredContent":{"t":0.699999988079071},"x-vendor":{"k":1},"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"up"},"vendor/m":2}}}"#;
         let message = Message::parse(text).unwrap();
-        let stateless =
-            response_to_client(&message, "tools/call", &json!(7), ClientRevision::Stateless)
-                .unwrap();
+        let stateless = response_to_client(
+            &message,
+            "tools/call",
+            &json!(7),
+            (ClientRevision::Stateless, "srv"),
+        )
+        .unwrap();
         assert!(stateless.contains(r#""structuredContent":{"t":0.699999988079071}"#));
         let stateless: Value = serde_json::from_str(&stateless).unwrap();
         assert_eq!(stateless["id"], 7);
@@ -614,7 +700,7 @@ mod tests {
                 &message,
                 "resources/read",
                 &json!("a"),
-                ClientRevision::Session,
+                (ClientRevision::Session, "srv"),
             )
             .unwrap(),
         )
@@ -628,7 +714,7 @@ mod tests {
                 &message,
                 "resources/read",
                 &json!("b"),
-                ClientRevision::Stateless,
+                (ClientRevision::Stateless, "srv"),
             )
             .unwrap(),
         )
@@ -644,8 +730,13 @@ mod tests {
         let text = r#"{"jsonrpc":"2.0","id":"flotilla-3","error":{"code":-32602,"message":"bad","data":{"x":1}}}"#;
         let message = Message::parse(text).unwrap();
         let out: Value = serde_json::from_str(
-            &response_to_client(&message, "tools/call", &json!(9), ClientRevision::Session)
-                .unwrap(),
+            &response_to_client(
+                &message,
+                "tools/call",
+                &json!(9),
+                (ClientRevision::Session, "srv"),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -704,5 +795,63 @@ mod tests {
             out,
             json!({"jsonrpc":"2.0","id":0,"result":{"action":"accept","content":{"name":"Ada"}}})
         );
+    }
+
+    #[test]
+    fn an_upstreams_input_required_names_who_asks_and_keeps_the_rest() {
+        let text = r#"{"jsonrpc":"2.0","id":"f-1","result":{"resultType":"input_required","requestState":"s","inputRequests":{"name":{"method":"elicitation/create","params":{"message":"Name?","requestedSchema":{"type":"object"}},"x":1},"model":{"method":"sampling/createMessage","params":{"temperature":0.7}}}}}"#;
+        let message = Message::parse(text).unwrap();
+        let json = response_to_client(
+            &message,
+            "tools/call",
+            &json!(3),
+            (ClientRevision::Stateless, "py"),
+        )
+        .unwrap();
+        assert!(json.contains(r#""temperature":0.7"#), "{json}");
+        let answer: Value = serde_json::from_str(&json).unwrap();
+        let asked = &answer["result"]["inputRequests"];
+        assert_eq!(asked["name"]["params"]["message"], "[py] Name?");
+        assert_eq!(asked["name"]["x"], 1);
+        assert_eq!(answer["result"]["requestState"], "s");
+        assert_eq!(answer["id"], 3);
+    }
+
+    #[test]
+    fn a_request_to_a_2026_upstream_says_who_its_client_is() {
+        let params = raw(
+            r#"{"name":"x_py_add","arguments":{"a":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"info","vendor/k":1}}"#,
+        );
+        let out = Outgoing {
+            upstream_id: "flotilla-1",
+            name: Some("add"),
+            progress_token: None,
+            drop_argument: None,
+            trace: None,
+            declare_tasks: false,
+            lifecycle: Some(Lifecycle {
+                meta: crate::fleet::lifecycle::lifecycle_meta(),
+                log_level: Some("info"),
+            }),
+        };
+        let body = request_upstream("tools/call", Some(&*params), &out).unwrap();
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let meta = &body["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/clientInfo"]["name"],
+            "flotilla"
+        );
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"],
+            "2026-07-28"
+        );
+        assert_eq!(meta["io.modelcontextprotocol/logLevel"], "info");
+        assert_eq!(meta["vendor/k"], 1);
+        let declared = &meta["io.modelcontextprotocol/clientCapabilities"];
+        assert!(
+            declared["sampling"].is_object(),
+            "the gateway's, not the client's: {declared}"
+        );
+        assert_eq!(body["params"]["name"], "add");
     }
 }

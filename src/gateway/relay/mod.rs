@@ -1,5 +1,5 @@
 //! The relay: a request for one upstream (`tools/call`, `prompts/get`,
-//! `resources/read`) is forwarded as JSON, not decoded into rmcp's model and
+//! `resources/read`, `completion/complete`) is forwarded as JSON, not decoded into rmcp's model and
 //! encoded again. The client's request goes
 //! to the upstream's session on the fleet's pooled connections with only the
 //! rewrites of `gateway::revision`; the upstream's answer comes back the
@@ -9,9 +9,13 @@
 //!
 //! Taken here: those requests for a catalog tool (a folded family tool when
 //! it names one instance; not the gateway's own), prompt or resource whose
-//! upstream has a session the relay can write on (Streamable HTTP, or a
-//! stdio server's pipes, shared with rmcp: `fleet::message_wire`), from
-//! a 2025 session client or a well-formed 2026-07-28 request. Everything
+//! upstream has a session the relay can write on (Streamable HTTP, or the
+//! one line of a stdio, legacy-SSE or agent server, shared with rmcp:
+//! `fleet::message_wire`), from
+//! a 2025 session client or a well-formed 2026-07-28 request. An upstream
+//! spoken to in 2026-07-28 (Streamable HTTP, no session) is relayed for
+//! 2026-07-28 requests only, each stamped with the gateway's lifecycle
+//! `_meta` and routing headers (`fleet::lifecycle`). Everything
 //! else, and any request the upstream never received (no connection, a
 //! session it no longer knows), goes to rmcp's handler unchanged.
 //!

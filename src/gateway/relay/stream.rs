@@ -241,7 +241,7 @@ impl Stream {
                 &message,
                 &self.method,
                 &self.client_id,
-                self.client.revision,
+                (self.client.revision, &self.label),
             ) {
                 Some(json) if ours => Step::Last(json),
                 _ => Step::Skip,
@@ -321,7 +321,7 @@ impl Stream {
                         &answer,
                         &self.method,
                         &self.client_id,
-                        self.client.revision,
+                        (self.client.revision, &self.label),
                     )
                 });
                 match json {
