@@ -11,15 +11,13 @@ use rmcp::model::ProtocolVersion;
 use rmcp::service::{
     ClientInitializeError, ClientLifecycleMode, RunningService, serve_client_with_lifecycle,
 };
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use tokio::io::AsyncBufReadExt;
 
 use super::agents::{EndReason, Hub};
 use super::client_handler::UpstreamClient;
 use super::credential::CredentialRef;
 use super::delivery::Counted;
-use super::http_client::UpstreamHttpClient;
+use super::http_transport::HttpTransport;
 use super::legacy_sse::LegacySseTransport;
 use super::message_wire::{Inbox, MessageLine, Muxed, Outbox, Routes};
 use super::raw_tools::RawTools;
@@ -361,18 +359,14 @@ async fn open(
                 .url
                 .as_deref()
                 .ok_or(ConnectError::MissingUrl)?;
-            let headers = header_map(desired)?;
-            let config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(
-                headers
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k?, v)))
-                    .collect(),
-            );
-            let transport = StreamableHttpClientTransport::with_client(
-                UpstreamHttpClient::new(http.clone(), credential.cloned(), session.clone()),
-                config,
-            );
-            let transport = Counted::new(transport, &handler);
+            let line = HttpLine {
+                url: url.into(),
+                http: http.clone(),
+                headers: header_map(desired)?,
+                credential: credential.cloned(),
+                session: session.clone(),
+            };
+            let transport = Counted::new(HttpTransport::new(line), &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::Sse => {

@@ -9,6 +9,7 @@ mod connect;
 pub mod credential;
 mod delivery;
 pub mod http_client;
+mod http_transport;
 mod legacy_sse;
 pub mod lifecycle;
 pub mod limits;
@@ -17,6 +18,7 @@ mod message_wire;
 mod plan;
 mod raw_tools;
 pub mod stdio;
+mod trim;
 mod upstream;
 mod user_sessions;
 pub mod wire;
@@ -188,10 +190,16 @@ impl Fleet {
         self.inner.user_sessions.get()
     }
 
-    /// Follows a desired-state stream until cancelled, then stops every upstream.
+    /// Follows a desired-state stream until cancelled, then stops every
+    /// upstream. Once the fleet has been quiet for a moment after a change
+    /// (servers connected, lists refreshed), freed heap is released (`trim`).
     pub async fn follow(self, mut desired: DesiredFleetRx) {
         let current = desired.borrow_and_update().clone();
         self.apply(&current);
+        let mut fleet_changes = self.inner.changed.subscribe();
+        let settled = tokio::time::sleep(trim::QUIET);
+        tokio::pin!(settled);
+        let mut unsettled = true;
         loop {
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => break,
@@ -199,6 +207,14 @@ impl Fleet {
                     if changed.is_err() { break; }
                     let next = desired.borrow_and_update().clone();
                     self.apply(&next);
+                }
+                Ok(()) = fleet_changes.changed() => {
+                    settled.as_mut().reset(tokio::time::Instant::now() + trim::QUIET);
+                    unsettled = true;
+                }
+                () = &mut settled, if unsettled => {
+                    unsettled = false;
+                    trim::release_freed_memory();
                 }
             }
         }

@@ -266,14 +266,17 @@ impl Upstream {
                 http: &http,
                 agents: &settings.agents,
             };
+            // Boxed, as are the session's other occasional steps below: the
+            // supervisor's task stays the size of its idle wait (one per
+            // upstream, for as long as the upstream is there).
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                attempt = connect(&desired, handler, links, self.credential.as_ref()) => attempt,
+                attempt = Box::pin(connect(&desired, handler, links, self.credential.as_ref())) => attempt,
             };
             let started = Instant::now();
             let failure = match attempt {
                 Err(error) => super::connect::error_chain(&error),
-                Ok(connected) => self.serve(connected, refresh_rx, &settings).await,
+                Ok(connected) => Box::pin(self.serve(connected, refresh_rx, &settings)).await,
             };
             if self.cancel.is_cancelled() {
                 break;
@@ -327,7 +330,14 @@ impl Upstream {
         // stream) the wait below must not poll it again.
         let closed = running.waiting().fuse();
         tokio::pin!(closed);
-        match fetch_inventory(&peer, wire.as_ref(), &self.raw_tools, timeout).await {
+        match Box::pin(fetch_inventory(
+            &peer,
+            wire.as_ref(),
+            &self.raw_tools,
+            timeout,
+        ))
+        .await
+        {
             Ok(inventory) => self.inventory.store(Arc::new(inventory)),
             Err(error) => {
                 stop.cancel();
@@ -346,7 +356,7 @@ impl Upstream {
         // 2026-07-28 has no standing stream: list changes come through a
         // subscriptions/listen request, where the server offers one.
         let mut listen = if stateless {
-            self.listen_for_changes(&peer).await
+            Box::pin(self.listen_for_changes(&peer)).await
         } else {
             None
         };
@@ -356,7 +366,7 @@ impl Upstream {
             tokio::select! {
                 notification = next_change(&mut listen) => match notification {
                     Some(kind) => {
-                        if let Err(error) = self.refresh(&peer, &[kind], timeout).await {
+                        if let Err(error) = Box::pin(self.refresh(&peer, &[kind], timeout)).await {
                             tracing::warn!(server = %self.name, %error, "refreshing lists failed");
                         }
                     }
@@ -371,7 +381,7 @@ impl Upstream {
                     None => format!("session closed ({})", describe_quit(quit)),
                 },
                 _ = health_check.tick() => {
-                    match probe(&peer, stateless, timeout).await {
+                    match Box::pin(probe(&peer, stateless, timeout)).await {
                         Err(error) => {
                             stop.cancel();
                             break format!("health check failed: {error}");
@@ -391,7 +401,7 @@ impl Upstream {
                     // Coalesce a burst of list_changed into one refresh.
                     let mut kinds = vec![kind];
                     while let Ok(more) = refresh.try_recv() { kinds.push(more); }
-                    if let Err(error) = self.refresh(&peer, &kinds, timeout).await {
+                    if let Err(error) = Box::pin(self.refresh(&peer, &kinds, timeout)).await {
                         tracing::warn!(server = %self.name, %error, "refreshing lists failed");
                     }
                 }

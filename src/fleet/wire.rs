@@ -88,6 +88,7 @@ pub(super) enum Line {
 }
 
 /// A Streamable HTTP session's line.
+#[derive(Clone)]
 pub(super) struct HttpLine {
     pub(super) url: Arc<str>,
     pub(super) http: reqwest::Client,
@@ -148,7 +149,7 @@ impl Wire {
             Line::Http(line) => {
                 let routing = self.routing(&body);
                 let response = line
-                    .send(&self.protocol, Some(body), None, (trace, &routing))
+                    .send(Some(&self.protocol), Some(body), None, (trace, &routing))
                     .await?;
                 HttpLine::reply(response).await
             }
@@ -162,7 +163,7 @@ impl Wire {
         match &self.line {
             Line::Http(line) => {
                 let response = line
-                    .send(&self.protocol, None, Some(last_event_id), (None, &[]))
+                    .send(Some(&self.protocol), None, Some(last_event_id), (None, &[]))
                     .await?;
                 HttpLine::reply(response).await
             }
@@ -207,7 +208,7 @@ impl Wire {
             Line::Http(line) => {
                 let routing = self.routing(&body);
                 let response = line
-                    .send(&self.protocol, Some(body), None, (None, &routing))
+                    .send(Some(&self.protocol), Some(body), None, (None, &routing))
                     .await?;
                 if response.status().is_success() {
                     Ok(())
@@ -263,7 +264,7 @@ impl HttpLine {
     /// after `resume_after`.
     fn request(
         &self,
-        protocol: &str,
+        protocol: Option<&str>,
         body: Option<Bytes>,
         resume_after: Option<&str>,
         token: Option<&SecretValue>,
@@ -284,8 +285,10 @@ impl HttpLine {
                 .get(&*self.url)
                 .header(header::ACCEPT, "text/event-stream"),
         }
-        .headers(self.headers.clone())
-        .header("mcp-protocol-version", protocol);
+        .headers(self.headers.clone());
+        if let Some(protocol) = protocol {
+            request = request.header("mcp-protocol-version", protocol);
+        }
         if let Some(last) = resume_after {
             request = request.header("last-event-id", last);
         }
@@ -312,9 +315,9 @@ impl HttpLine {
 
     /// Sends one message (or resumes a stream) with the session's
     /// credential, retried once with a fresh token after a 401.
-    async fn send(
+    pub(super) async fn send(
         &self,
-        protocol: &str,
+        protocol: Option<&str>,
         body: Option<Bytes>,
         resume_after: Option<&str>,
         extra: Extra<'_>,
@@ -355,7 +358,8 @@ impl HttpLine {
         let status = response.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
             // An unknown session (404, or 400 from the TypeScript SDK): the
-            // request did not run; rmcp's session re-initializes on its next use.
+            // request did not run; rmcp's path takes it, and its transport
+            // opens the session again (`http_transport`).
             let text = response.text().await.unwrap_or_default();
             return Err(WireError::NotDelivered(format!("HTTP {status}: {text}")));
         }
