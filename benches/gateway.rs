@@ -81,7 +81,9 @@ impl Config {
             list_iters: if quick { 50 } else { 200 },
             fleet: 500,
             fleet_runs: if quick { 1 } else { 3 },
-            settle: Duration::from_millis(if quick { 500 } else { 1500 }),
+            // Past the gateway's own settling (freed heap is released 2 s
+            // after the fleet last changed: `fleet/trim.rs`).
+            settle: Duration::from_millis(if quick { 500 } else { 3000 }),
             upstream_threads: threads,
             upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM")
                 .is_ok_and(|v| v == "sessions"),
