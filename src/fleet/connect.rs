@@ -19,7 +19,7 @@ use super::credential::CredentialRef;
 use super::delivery::Counted;
 use super::http_transport::HttpTransport;
 use super::legacy_sse::LegacySseTransport;
-use super::message_wire::{Inbox, MessageLine, Muxed, Outbox, Routes};
+use super::message_wire::{Inbox, Muxed, Outbox, Routes};
 use super::raw_tools::RawTools;
 use super::stdio::StdioInbox;
 use super::wire::{HttpLine, Line, SessionSlot, Wire};
@@ -235,7 +235,8 @@ pub async fn connect(
     let timeout = desired.spec.timeout();
     let session: SessionSlot = Default::default();
     let ended = EndReason::default();
-    let messages: std::sync::Mutex<Option<MessageLine>> = Default::default();
+    // The relay's side of the transport `open` builds.
+    let relay_line: LineSlot = Default::default();
     let refresh = handler.refresh.clone();
     let attempt = async {
         let handshake = open(
@@ -244,7 +245,7 @@ pub async fn connect(
             Links { http, agents },
             credential,
             ClientLifecycleMode::Initialize,
-            (&session, &ended, &messages),
+            (&session, &ended, &relay_line),
         );
         match handshake.await {
             Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
@@ -255,7 +256,7 @@ pub async fn connect(
                     Links { http, agents },
                     credential,
                     discover_lifecycle(),
-                    (&session, &ended, &messages),
+                    (&session, &ended, &relay_line),
                 )
                 .await
             }
@@ -282,20 +283,7 @@ pub async fn connect(
         .peer_info()
         .map(|info| info.protocol_version.clone())
         .unwrap_or(ProtocolVersion::V_2025_03_26);
-    let messages = messages.lock().ok().and_then(|mut line| line.take());
-    let line = match (desired.spec.server_type, desired.spec.url.as_deref()) {
-        (ServerType::StreamableHttp, Some(url)) => Some(Line::Http(HttpLine {
-            url: url.into(),
-            http: http.clone(),
-            headers: header_map(desired)?,
-            credential: credential.cloned(),
-            session,
-        })),
-        (ServerType::Stdio | ServerType::Sse | ServerType::Agent, _) => {
-            messages.map(Line::Messages)
-        }
-        _ => None,
-    };
+    let line = relay_line.lock().ok().and_then(|mut line| line.take());
     // A message transport spoken to in 2026-07-28 (no session) is left to
     // rmcp; over HTTP the relay stamps each request as rmcp would.
     let stateless = !protocol.has_initialize();
@@ -339,18 +327,14 @@ async fn open(
     links: Links<'_>,
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
-    (session, ended, messages): (
-        &SessionSlot,
-        &EndReason,
-        &std::sync::Mutex<Option<MessageLine>>,
-    ),
+    (session, ended, relay_line): (&SessionSlot, &EndReason, &LineSlot),
 ) -> Result<Running, ConnectError> {
     let http = links.http;
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
     let result = match desired.spec.server_type {
         ServerType::Stdio => {
             let (inbox, outbox) = spawn_stdio(desired, &handler.server, handler.raw_tools.clone())?;
-            let transport = shared(inbox, outbox, &handler, messages);
+            let transport = shared(inbox, outbox, &handler, relay_line);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::StreamableHttp => {
@@ -366,6 +350,9 @@ async fn open(
                 credential: credential.cloned(),
                 session: session.clone(),
             };
+            if let Ok(mut slot) = relay_line.lock() {
+                *slot = Some(Line::Http(line.clone()));
+            }
             let transport = Counted::new(HttpTransport::new(line), &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
@@ -384,7 +371,7 @@ async fn open(
             )
             .await?;
             let outbox = Arc::new(transport.outbox());
-            let transport = shared(transport, outbox, &handler, messages);
+            let transport = shared(transport, outbox, &handler, relay_line);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::Agent => {
@@ -400,7 +387,7 @@ async fn open(
                 .with_raw_tools(handler.raw_tools.clone())
                 .with_end_reason(ended.clone());
             let outbox = Arc::new(tunnel.outbox());
-            let transport = shared(tunnel, outbox, &handler, messages);
+            let transport = shared(tunnel, outbox, &handler, relay_line);
             let result = serve_client_with_lifecycle(handler, transport, lifecycle).await;
             if let (Err(_), Some(why)) = (&result, ended.get()) {
                 // The agent's side said why (no such server there, it did not start).
@@ -415,17 +402,20 @@ async fn open(
     })
 }
 
+/// Where `open` leaves the relay's side of the transport it built.
+type LineSlot = std::sync::Mutex<Option<Line>>;
+
 /// rmcp's transport over a message transport, whose relay side is left in
 /// `line` for the session's wire.
 fn shared<I: Inbox>(
     inbox: I,
     outbox: Arc<dyn Outbox>,
     handler: &UpstreamClient,
-    line: &std::sync::Mutex<Option<MessageLine>>,
+    line: &LineSlot,
 ) -> Counted<Muxed<I>> {
     let transport = Muxed::new(inbox, outbox, Routes::new(handler.inflight.clone()));
     if let Ok(mut slot) = line.lock() {
-        *slot = Some(transport.line());
+        *slot = Some(Line::Messages(transport.line()));
     }
     Counted::new(transport, handler)
 }

@@ -34,6 +34,8 @@ use super::wire::{HttpLine, WireError};
 
 /// Messages read but not yet taken by rmcp.
 const QUEUE: usize = 64;
+/// The largest JSON answer read (rmcp's own bound on a message).
+const MAX_ANSWER: usize = 16 << 20;
 /// Resumptions of one POST's stream that ended before its answer.
 const MAX_RESUMES: usize = 3;
 /// The wait before reopening the standalone stream when the server gave no
@@ -247,7 +249,7 @@ impl Shared {
                 .await
                 .map(|()| Posted::Done);
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = bounded_text(response).await?;
         let body = body.trim();
         if had_session && session_gone(status, body) {
             return Ok(Posted::SessionGone);
@@ -397,6 +399,32 @@ fn session_gone(status: StatusCode, body: &str) -> bool {
                     .is_some_and(|m| mentions_session(&m))
         }),
     }
+}
+
+/// A JSON answer's text, refused past [`MAX_ANSWER`] bytes.
+async fn bounded_text(response: reqwest::Response) -> Result<String, Failure> {
+    let too_large = || {
+        Failure::other(format!(
+            "the server's answer is over {} MiB",
+            MAX_ANSWER >> 20
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(Failure::other)?;
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn wire_failure(error: WireError) -> Failure {

@@ -342,6 +342,7 @@ impl Upstream {
             Err(error) => {
                 stop.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+                let error = super::connect::error_chain(&error);
                 return format!("listing its capabilities failed: {error}");
             }
         }
@@ -384,6 +385,7 @@ impl Upstream {
                     match Box::pin(probe(&peer, stateless, timeout)).await {
                         Err(error) => {
                             stop.cancel();
+                            let error = super::connect::error_chain(&error);
                             break format!("health check failed: {error}");
                         }
                         // A stateless probe lists tools: a change it reveals is applied too.
@@ -747,9 +749,10 @@ impl Upstream {
                 setting,
             },
             ServiceError::Cancelled { .. } => UpstreamError::Cancelled,
+            // rmcp names its transport by Rust type: said in words instead.
             other => UpstreamError::Transport {
                 server: self.name.to_string(),
-                message: other.to_string(),
+                message: super::connect::error_chain(&other),
             },
         }
     }

@@ -98,11 +98,6 @@ pub(super) struct HttpLine {
 }
 
 impl Wire {
-    /// Whether the upstream is spoken to in 2026-07-28, without a session.
-    pub fn is_stateless(&self) -> bool {
-        self.stateless
-    }
-
     /// The `_meta` members a request the gateway writes on this wire must
     /// carry (for an upstream spoken to in 2026-07-28), if any.
     pub fn lifecycle_meta(&self) -> Option<&'static Map<String, Value>> {
@@ -119,13 +114,21 @@ impl Wire {
         Bytes::from(body.to_string())
     }
 
-    /// The routing headers a message on this wire needs (2026-07-28).
-    fn routing(&self, body: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
-        if self.stateless {
-            lifecycle::routing_headers(body)
+    /// POSTs `body` on the session (with the routing headers a 2026-07-28
+    /// request needs).
+    async fn post_http(
+        &self,
+        line: &HttpLine,
+        body: Bytes,
+        trace: Option<&TraceHeaders>,
+    ) -> Result<reqwest::Response, WireError> {
+        let routing = if self.stateless {
+            lifecycle::routing_headers(&body)
         } else {
             Vec::new()
-        }
+        };
+        line.send(Some(&self.protocol), Some(body), None, (trace, &routing))
+            .await
     }
 
     /// A list change the upstream announced on a relayed request's stream.
@@ -146,13 +149,7 @@ impl Wire {
         trace: Option<&TraceHeaders>,
     ) -> Result<WireReply, WireError> {
         match &self.line {
-            Line::Http(line) => {
-                let routing = self.routing(&body);
-                let response = line
-                    .send(Some(&self.protocol), Some(body), None, (trace, &routing))
-                    .await?;
-                HttpLine::reply(response).await
-            }
+            Line::Http(line) => HttpLine::reply(self.post_http(line, body, trace).await?).await,
             Line::Messages(line) => post_message(line, &body).await,
         }
     }
@@ -206,10 +203,7 @@ impl Wire {
     pub async fn deliver(&self, body: Bytes) -> Result<(), WireError> {
         match &self.line {
             Line::Http(line) => {
-                let routing = self.routing(&body);
-                let response = line
-                    .send(Some(&self.protocol), Some(body), None, (None, &routing))
-                    .await?;
+                let response = self.post_http(line, body, None).await?;
                 if response.status().is_success() {
                     Ok(())
                 } else {

@@ -178,9 +178,9 @@ pub(crate) async fn send(
     (status, session, response.text().await.unwrap_or_default())
 }
 
-fn initialize(version: &str) -> String {
+fn initialize(version: &str, capabilities: &Value) -> String {
     json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": version, "capabilities": {},
+        "protocolVersion": version, "capabilities": capabilities,
         "clientInfo": {"name": "relay-tests", "version": "1"}}})
     .to_string()
 }
@@ -200,15 +200,29 @@ pub(crate) fn messages(body: &str) -> Vec<Value> {
 
 /// Opens a session of `version`: initialize, then notifications/initialized.
 async fn open_session(client: &reqwest::Client, url: &str, version: &str) -> String {
+    open_session_declaring(client, url, version, &json!({}))
+        .await
+        .0
+}
+
+/// Opens a session of `version` whose client declares `capabilities`;
+/// returns its id and the answer to `initialize`.
+pub(crate) async fn open_session_declaring(
+    client: &reqwest::Client,
+    url: &str,
+    version: &str,
+    capabilities: &Value,
+) -> (String, Value) {
     let (status, session, body) = send(
         client,
         reqwest::Method::POST,
         url,
         &[],
-        Some(&initialize(version)),
+        Some(&initialize(version, capabilities)),
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    let answer = messages(&body).pop().unwrap_or_default();
     let session = session.expect("a session id");
     let mut headers = vec![("mcp-session-id", session.as_str())];
     if version != "2025-03-26" {
@@ -223,7 +237,7 @@ async fn open_session(client: &reqwest::Client, url: &str, version: &str) -> Str
     )
     .await;
     assert_eq!(status, 202);
-    session
+    (session, answer)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,7 +293,7 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
         post.clone(),
         &url,
         &[("origin", "http://evil.example")],
-        Some(&initialize("2025-11-25")),
+        Some(&initialize("2025-11-25", &json!({}))),
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -289,7 +303,7 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
         post.clone(),
         &url,
         &[("origin", "http://localhost:6274")],
-        Some(&initialize("2025-11-25")),
+        Some(&initialize("2025-11-25", &json!({}))),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -310,7 +324,7 @@ async fn the_mcp_endpoint_answers_http_as_the_transport_spec_requires() {
         post.clone(),
         &url,
         &on_session,
-        Some(&initialize("2025-11-25")),
+        Some(&initialize("2025-11-25", &json!({}))),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -1187,32 +1201,12 @@ async fn a_stdio_or_legacy_sse_servers_messages_reach_the_client_as_it_wrote_the
 pub(crate) async fn messages_as_written(gateway: &Gateway, server: &str) {
     let url = gateway.url();
     let http = reqwest::Client::new();
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}},
-        "clientInfo": {"name": "relay-tests", "version": "1"}}});
-    let (status, session, body) = send(
-        &http,
-        reqwest::Method::POST,
-        &url,
-        &[],
-        Some(&init.to_string()),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let session = session.expect("a session id");
+    let sampling = json!({"sampling": {}});
+    let (session, _) = open_session_declaring(&http, &url, "2025-11-25", &sampling).await;
     let headers = [
         ("mcp-session-id", session.as_str()),
         ("mcp-protocol-version", "2025-11-25"),
     ];
-    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    send(
-        &http,
-        reqwest::Method::POST,
-        &url,
-        &headers,
-        Some(initialized),
-    )
-    .await;
     let call = |id: u32, tool: &str, arguments: Value| {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
             "name": format!("x_{server}_{tool}"), "arguments": arguments,

@@ -29,7 +29,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::{Value, json};
 
 use crate::common::Fleet;
-use crate::relay::{messages, send};
+use crate::relay::{messages, open_session_declaring, send};
 
 /// Two tools: `sum` (a task that answers after a moment, when the client
 /// can take one; else at once, or after `ms` milliseconds) and `greet` (a task that asks the user's
@@ -159,16 +159,19 @@ impl ServerHandler for TaskServer {
     }
 }
 
-/// Serves [`TaskServer`] at `http://127.0.0.1:<port 0>/mcp` (2025 sessions
-/// and 2026-07-28 requests) until the returned handle is dropped.
-pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
+/// A fresh [`TaskServer`] behind rmcp's Streamable HTTP service (2025
+/// sessions and 2026-07-28 requests), knowing no session yet.
+fn task_service() -> StreamableHttpService<TaskServer, LocalSessionManager> {
     let server = TaskServer::default();
-    let service = StreamableHttpService::new(
+    StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default().with_legacy_session_mode(true),
-    );
-    let router = axum::Router::new().nest_service("/mcp", service);
+    )
+}
+
+/// Serves `router` on 127.0.0.1, port 0; returns its task and `/mcp` URL.
+async fn serve(router: axum::Router) -> (tokio::task::JoinHandle<()>, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding the task server");
@@ -177,6 +180,30 @@ pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
         let _ = axum::serve(listener, router).await;
     });
     (serving, url)
+}
+
+/// Serves [`TaskServer`] at `http://127.0.0.1:<port 0>/mcp` (2025 sessions
+/// and 2026-07-28 requests) until the returned handle is dropped.
+pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
+    serve(axum::Router::new().nest_service("/mcp", task_service())).await
+}
+
+/// [`task_server`] behind an address that stays while the server behind it
+/// can be restarted: calling the returned `restart` replaces it with a
+/// fresh one, which knows none of the sessions opened before (as a server
+/// restarted behind a stable address does).
+pub(crate) async fn task_server_that_restarts()
+-> (tokio::task::JoinHandle<()>, String, impl Fn() + use<>) {
+    let current = Arc::new(std::sync::Mutex::new(task_service()));
+    let serving = current.clone();
+    let handler = move |request: axum::extract::Request| {
+        let service = serving.lock().expect("the current server").clone();
+        async move { tower::ServiceExt::oneshot(service, request).await }
+    };
+    let (serving, url) =
+        serve(axum::Router::new().route("/mcp", axum::routing::any(handler))).await;
+    let restart = move || *current.lock().expect("the current server") = task_service();
+    (serving, url, restart)
 }
 
 /// Stops the in-process server when the test ends, however it ends.
@@ -386,36 +413,8 @@ async fn a_session_client_that_declared_the_extension_gets_tasks_and_others_do_n
         let http = http.clone();
         let url = url.clone();
         async move {
-            let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {"extensions": extensions},
-                "clientInfo": {"name": "task-tests", "version": "1"}}});
-            let (status, session, body) = send(
-                &http,
-                reqwest::Method::POST,
-                &url,
-                &[],
-                Some(&initialize.to_string()),
-            )
-            .await;
-            assert_eq!(status, 200, "{body}");
-            let answer = messages(&body).pop().unwrap_or_default();
-            let session = session.expect("a session id");
-            let headers = [
-                ("mcp-session-id", session.as_str()),
-                ("mcp-protocol-version", "2025-11-25"),
-            ];
-            let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-            let (status, _, _) = send(
-                &http,
-                reqwest::Method::POST,
-                &url,
-                &headers,
-                Some(initialized),
-            )
-            .await;
-            assert_eq!(status, 202);
-            (session, answer)
+            let capabilities = json!({"extensions": extensions});
+            open_session_declaring(&http, &url, "2025-11-25", &capabilities).await
         }
     };
     let post = |session: String, body: Value| {

@@ -292,3 +292,28 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_restarted_behind_its_address_is_spoken_to_again_without_a_failed_call() {
+    use crate::task_extension::{Serving, task_server_that_restarts};
+    let (serving, url, restart) = task_server_that_restarts().await;
+    let _serving = Serving(serving);
+    let gateway = Fleet::new().http("tasks", &url).connected().start();
+    let client = connect(&gateway.url()).await;
+    let before = call(&client, "x_tasks_sum", json!({"a": 1, "b": 2})).await;
+    assert_eq!(text_of(&before), "3", "{before:?}");
+    // The server now knows no session: the gateway's session gets 404s.
+    restart();
+    for b in 0..3 {
+        let after = call(&client, "x_tasks_sum", json!({"a": 10, "b": b})).await;
+        assert_eq!(text_of(&after), (10 + b).to_string(), "call {b}: {after:?}");
+    }
+    // Opened again in place (the handshake repeated on the same session
+    // line), not by closing the session and reconnecting.
+    let log = gateway.proc.log_text();
+    assert_eq!(log.matches("upstream connected").count(), 1, "{log}");
+    assert_eq!(
+        gateway.server_status("tasks")["status"]["state"],
+        "Connected"
+    );
+}

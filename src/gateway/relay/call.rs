@@ -125,8 +125,8 @@ pub(super) async fn relay_call(
     // the call has its concurrency slot). One spoken to in 2026-07-28 only
     // for a 2026-07-28 client: a session client must be asked what the
     // upstream's `input_required` needs, on rmcp's path (`input_rounds`).
-    let stateless = upstream.wire()?.is_stateless();
-    if stateless && client.revision == ClientRevision::Session {
+    let lifecycle_meta = upstream.wire()?.lifecycle_meta();
+    if lifecycle_meta.is_some() && client.revision == ClientRevision::Session {
         return None;
     }
     let client_id = message.id.clone()?;
@@ -146,8 +146,8 @@ pub(super) async fn relay_call(
         declare_tasks: client.offers.is_some_and(|offers| offers.tasks)
             && upstream.inventory().task_extension
             && (method == "tools/call" || tasks::TASK_METHODS.contains(&method)),
-        lifecycle: stateless.then(|| Lifecycle {
-            meta: crate::fleet::lifecycle::lifecycle_meta(),
+        lifecycle: lifecycle_meta.map(|meta| Lifecycle {
+            meta,
             log_level: call.log_level.as_deref(),
         }),
     };
