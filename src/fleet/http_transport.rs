@@ -26,11 +26,11 @@ use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde::Deserialize;
 use serde_json::Value;
-use sse_stream::{Sse, SseStream};
+use sse_stream::Sse;
 use tokio::sync::{mpsc, watch};
 
-use super::lifecycle;
 use super::wire::{HttpLine, WireError};
+use super::{lifecycle, sse_events};
 
 /// Messages read but not yet taken by rmcp.
 const QUEUE: usize = 64;
@@ -243,7 +243,7 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if status.is_success() && is_sse {
-            let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            let events = sse_events::events(response.bytes_stream());
             return self
                 .read_events(events, request_id, protocol.as_deref(), deliver)
                 .await
@@ -338,7 +338,7 @@ impl Shared {
                     response.status()
                 )));
             }
-            events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            events = sse_events::events(response.bytes_stream());
         }
     }
 
@@ -509,7 +509,7 @@ fn standalone_stream(shared: Arc<Shared>) -> BoxStream<'static, String> {
                 .await;
             match response {
                 Ok(response) if response.status().is_success() => {
-                    let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+                    let events = sse_events::events(response.bytes_stream());
                     state.open = Some(events);
                 }
                 Ok(response) if response.status().is_client_error() => {

@@ -11,10 +11,11 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use http::HeaderMap;
-use sse_stream::{Sse, SseStream};
+use sse_stream::Sse;
 
 use super::message_wire::{Inbox, Outbox};
 use super::raw_tools::RawTools;
+use super::sse_events;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LegacySseError {
@@ -61,7 +62,7 @@ impl LegacySseTransport {
             if !response.status().is_success() {
                 return Err(LegacySseError::Status(response.status().as_u16()));
             }
-            let mut events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+            let mut events = sse_events::events(response.bytes_stream());
             while let Some(event) = events.next().await {
                 let Ok(event) = event else { break };
                 if event.event.as_deref() == Some("endpoint") {

@@ -17,6 +17,7 @@ pub mod listing;
 mod message_wire;
 mod plan;
 mod raw_tools;
+mod sse_events;
 pub mod stdio;
 mod trim;
 mod upstream;

@@ -19,12 +19,12 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value};
-use sse_stream::{Sse, SseStream};
+use sse_stream::Sse;
 use tokio::sync::mpsc;
 
 use super::credential::CredentialRef;
-use super::lifecycle;
 use super::message_wire::MessageLine;
+use super::{lifecycle, sse_events};
 
 /// Which of an upstream's lists changed (the wire reports a change the
 /// upstream announced on a relayed call's stream).
@@ -367,8 +367,9 @@ impl HttpLine {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
-            let events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
-            return Ok(WireReply::Events(events));
+            return Ok(WireReply::Events(sse_events::events(
+                response.bytes_stream(),
+            )));
         }
         response
             .bytes()
