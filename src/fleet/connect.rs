@@ -550,4 +550,25 @@ mod tests {
             assert_eq!(FailureKind::of(message), kind, "{message}");
         }
     }
+
+    #[test]
+    fn a_failed_send_on_the_gateways_own_transport_names_no_rust_type() {
+        use rmcp::RoleClient;
+        use rmcp::service::ServiceError;
+        use rmcp::transport::DynamicTransportError;
+        type Sent = crate::fleet::delivery::Counted<crate::fleet::http_transport::HttpTransport>;
+        let refused = std::io::Error::other("connection refused");
+        let error =
+            ServiceError::TransportSend(DynamicTransportError::new::<Sent, RoleClient>(refused));
+        assert!(
+            error.to_string().contains("flotilla::"),
+            "rmcp names the type"
+        );
+        let said = super::error_chain(&error);
+        assert!(
+            !said.contains("::") && !said.contains("Transport ["),
+            "{said}"
+        );
+        assert!(said.contains("connection refused"), "{said}");
+    }
 }
