@@ -205,9 +205,10 @@ impl Shared {
             .and_then(|p| p.method.as_ref().and(p.id.clone()));
         let had_session = self.session().is_some();
         let protocol = self.protocol().filter(|_| !is_initialize);
-        // A request rmcp stamped as 2026-07-28 (there is no session) names
-        // its revision and itself in headers too.
-        let stateless = !had_session && !is_initialize && text.contains(lifecycle::REVISION);
+        // Without a handshake (rmcp's `server/discover` lifecycle) every
+        // request is a 2026-07-28 one: it names its revision and itself in
+        // headers too.
+        let stateless = self.handshake.lock().is_ok_and(|h| h.0.is_none());
         let routing = if stateless {
             lifecycle::routing_headers(text.as_bytes())
         } else {
