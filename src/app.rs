@@ -104,6 +104,7 @@ impl App {
         let fleet = Fleet::new(
             FleetSettings {
                 ping_interval: settings.ping_interval,
+                park_after: settings.park_after,
                 ..Default::default()
             },
             cancel.child_token(),

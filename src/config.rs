@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::auth::settings::AuthConfig;
+use crate::fleet::FleetSettings;
 use crate::gateway::audit::AuditSettings;
 use crate::gateway::{FanOutSettings, HttpLimits, RateLimitSettings};
 use crate::telemetry::TracingSettings;
@@ -31,6 +32,9 @@ pub struct ConfigFile {
     pub allowed_origins: Option<Vec<String>>,
     /// Seconds between upstream health checks (default 20).
     pub ping_interval_seconds: Option<u64>,
+    /// Seconds an upstream's rmcp session may go unused before it is parked
+    /// (its server session kept; default 10; 0: never; README "Idle memory").
+    pub park_idle_sessions_after_seconds: Option<u64>,
     /// Seconds between pings on each agent's connection; an agent silent
     /// for three is given up (default 15; README "Clusters behind NAT").
     pub agent_heartbeat_seconds: Option<u64>,
@@ -305,6 +309,8 @@ pub struct ServeSettings {
     pub allowed_hosts: Option<Vec<String>>,
     pub allowed_origins: Option<Vec<String>>,
     pub ping_interval: Duration,
+    /// `parkIdleSessionsAfterSeconds` (`None`: never).
+    pub park_after: Option<Duration>,
     /// Pings on agents' connections (`agentHeartbeatSeconds`).
     pub agent_heartbeat: Duration,
     pub fan_out: FanOutSettings,
@@ -411,6 +417,11 @@ impl ServeSettings {
             allowed_hosts: file.allowed_hosts,
             allowed_origins: file.allowed_origins,
             ping_interval: Duration::from_secs(file.ping_interval_seconds.unwrap_or(20).max(1)),
+            park_after: match file.park_idle_sessions_after_seconds {
+                Some(0) => None,
+                Some(seconds) => Some(Duration::from_secs(seconds)),
+                None => FleetSettings::default().park_after,
+            },
             agent_heartbeat: Duration::from_secs(
                 file.agent_heartbeat_seconds.unwrap_or(15).clamp(1, 300),
             ),

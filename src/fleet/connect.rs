@@ -17,7 +17,7 @@ use super::agents::{EndReason, Hub};
 use super::client_handler::UpstreamClient;
 use super::credential::CredentialRef;
 use super::delivery::Counted;
-use super::http_transport::HttpTransport;
+use super::http_transport::{Dock, HttpTransport};
 use super::legacy_sse::LegacySseTransport;
 use super::message_wire::{Inbox, Muxed, Outbox, Routes};
 use super::raw_tools::RawTools;
@@ -187,6 +187,8 @@ pub struct Connected {
     pub wire: Option<Wire>,
     /// For an agent's server: why the agent's side ended the session, once it has.
     pub ended: Option<EndReason>,
+    /// Parks and resumes the session (Streamable HTTP: `parking`).
+    pub dock: Option<Dock>,
 }
 
 fn header_map(desired: &DesiredServer) -> Result<HeaderMap, ConnectError> {
@@ -237,6 +239,7 @@ pub async fn connect(
     let ended = EndReason::default();
     // The relay's side of the transport `open` builds.
     let relay_line: LineSlot = Default::default();
+    let dock: DockSlot = Default::default();
     let refresh = handler.refresh.clone();
     let attempt = async {
         let handshake = open(
@@ -245,7 +248,7 @@ pub async fn connect(
             Links { http, agents },
             credential,
             ClientLifecycleMode::Initialize,
-            (&session, &ended, &relay_line),
+            (&session, &ended, &relay_line, &dock),
         );
         match handshake.await {
             Err(ConnectError::NoHandshake(why)) if desired.spec.server_type != ServerType::Sse => {
@@ -256,7 +259,7 @@ pub async fn connect(
                     Links { http, agents },
                     credential,
                     discover_lifecycle(),
-                    (&session, &ended, &relay_line),
+                    (&session, &ended, &relay_line, &dock),
                 )
                 .await
             }
@@ -296,11 +299,13 @@ pub async fn connect(
             line,
         });
     let ended = (desired.spec.server_type == ServerType::Agent).then_some(ended);
+    let dock = dock.lock().ok().and_then(|mut dock| dock.take());
     Ok(Connected {
         running,
         protocol,
         wire,
         ended,
+        dock,
     })
 }
 
@@ -327,7 +332,7 @@ async fn open(
     links: Links<'_>,
     credential: Option<&CredentialRef>,
     lifecycle: ClientLifecycleMode,
-    (session, ended, relay_line): (&SessionSlot, &EndReason, &LineSlot),
+    (session, ended, relay_line, dock): (&SessionSlot, &EndReason, &LineSlot, &DockSlot),
 ) -> Result<Running, ConnectError> {
     let http = links.http;
     let handshaking = matches!(lifecycle, ClientLifecycleMode::Initialize);
@@ -353,7 +358,11 @@ async fn open(
             if let Ok(mut slot) = relay_line.lock() {
                 *slot = Some(Line::Http(line.clone()));
             }
-            let transport = Counted::new(HttpTransport::new(line), &handler);
+            let transport = HttpTransport::new(line);
+            if let Ok(mut slot) = dock.lock() {
+                *slot = Some(transport.dock());
+            }
+            let transport = Counted::new(transport, &handler);
             serve_client_with_lifecycle(handler, transport, lifecycle).await
         }
         ServerType::Sse => {
@@ -404,6 +413,8 @@ async fn open(
 
 /// Where `open` leaves the relay's side of the transport it built.
 type LineSlot = std::sync::Mutex<Option<Line>>;
+/// Where `open` leaves the dock of the HTTP transport it built.
+type DockSlot = std::sync::Mutex<Option<Dock>>;
 
 /// rmcp's transport over a message transport, whose relay side is left in
 /// `line` for the session's wire.

@@ -15,6 +15,7 @@
 //! message sent once more; `close` ends the session with `DELETE`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -22,12 +23,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use http::{StatusCode, header};
 use rmcp::RoleClient;
+use rmcp::model::{ClientNotification, JsonRpcMessage, RequestId};
 use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 use serde::Deserialize;
 use serde_json::Value;
 use sse_stream::Sse;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::wire::{HttpLine, WireError};
 use super::{lifecycle, sse_events};
@@ -83,13 +85,41 @@ struct Shared {
     /// One re-initialization at a time.
     reopening: tokio::sync::Mutex<()>,
     queue: mpsc::Sender<String>,
+    /// Set: the next `close` parks the session instead of ending it, and
+    /// sends what it reads from here.
+    park_on_close: std::sync::Mutex<Option<oneshot::Sender<Parked>>>,
+    /// Transports resumed on this session (each one's id base).
+    resumed: AtomicI64,
+}
+
+/// What the transport reads from: answers to its sends, and the session's
+/// standalone stream. Kept while the session is parked; read by whoever
+/// holds it then ([`Parked::next`]).
+pub struct Parked {
+    queue: mpsc::Receiver<String>,
+    standalone: BoxStream<'static, String>,
+}
+
+impl Parked {
+    /// The next message the server sends on the parked session (one
+    /// message wakes it); `None` once nothing more can come.
+    pub async fn next(&mut self) -> Option<String> {
+        tokio::select! {
+            text = self.queue.recv() => text,
+            Some(text) = self.standalone.next() => Some(text),
+        }
+    }
 }
 
 /// rmcp's transport to one Streamable HTTP server.
 pub struct HttpTransport {
     shared: Arc<Shared>,
-    queue: mpsc::Receiver<String>,
-    standalone: BoxStream<'static, String>,
+    /// `None` once `close` parked them.
+    inbound: Option<Parked>,
+    /// A message read while the session was parked, received first.
+    first: Option<String>,
+    /// Added to the ids of rmcp's requests (0 for the first transport).
+    id_base: i64,
 }
 
 impl HttpTransport {
@@ -102,13 +132,91 @@ impl HttpTransport {
             sessions: watch::Sender::new(0),
             reopening: tokio::sync::Mutex::new(()),
             queue: queue_in,
+            park_on_close: std::sync::Mutex::new(None),
+            resumed: AtomicI64::new(0),
         });
         let standalone = standalone_stream(shared.clone());
         Self {
             shared,
-            queue,
-            standalone,
+            inbound: Some(Parked { queue, standalone }),
+            first: None,
+            id_base: 0,
         }
+    }
+
+    /// The handle that parks and resumes this transport's session.
+    pub(super) fn dock(&self) -> Dock {
+        Dock(self.shared.clone())
+    }
+}
+
+/// Parks a session's transport and builds the next one on the same session.
+#[derive(Clone)]
+pub struct Dock(Arc<Shared>);
+
+impl Dock {
+    /// The next `close` of the transport keeps the session (no `DELETE`)
+    /// and sends what it reads from (`None` when it cannot be parked).
+    pub fn park_on_close(&self) -> Option<oneshot::Receiver<Parked>> {
+        let (sender, receiver) = oneshot::channel();
+        *self.0.park_on_close.lock().ok()? = Some(sender);
+        Some(receiver)
+    }
+
+    /// Undoes [`Dock::park_on_close`] (the transport did not close in time).
+    pub fn keep_on_close(&self) {
+        if let Ok(mut slot) = self.0.park_on_close.lock() {
+            *slot = None;
+        }
+    }
+
+    /// Ends the parked session (`DELETE`).
+    pub async fn end_session(&self) {
+        self.0.delete_session().await;
+    }
+
+    /// A transport on the parked session, receiving `first` (a message read
+    /// while parked) before anything else.
+    pub fn resume(&self, parked: Parked, first: Option<String>) -> HttpTransport {
+        let resumed = self.0.resumed.fetch_add(1, Ordering::Relaxed) + 1;
+        HttpTransport {
+            shared: self.0.clone(),
+            inbound: Some(parked),
+            first,
+            // rmcp's ids are u32: each transport's ids stay apart from the others'.
+            id_base: resumed << 32,
+        }
+    }
+}
+
+/// Moves the ids of rmcp's requests (and the id a cancellation names) by `base`.
+fn shift_sent_ids(item: &mut TxJsonRpcMessage<RoleClient>, base: i64) {
+    let id = match item {
+        JsonRpcMessage::Request(request) => Some(&mut request.id),
+        JsonRpcMessage::Notification(notification) => match &mut notification.notification {
+            ClientNotification::CancelledNotification(cancelled) => {
+                cancelled.params.request_id.as_mut()
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(RequestId::Number(n)) = id {
+        *n = n.saturating_add(base);
+    }
+}
+
+/// Takes `base` off the id of an answer to one of rmcp's requests.
+fn unshift_received_id(message: &mut RxJsonRpcMessage<RoleClient>, base: i64) {
+    let id = match message {
+        JsonRpcMessage::Response(response) => Some(&mut response.id),
+        JsonRpcMessage::Error(error) => error.id.as_mut(),
+        _ => None,
+    };
+    if let Some(RequestId::Number(n)) = id
+        && *n >= base
+    {
+        *n -= base;
     }
 }
 
@@ -117,8 +225,11 @@ impl Transport<RoleClient> for HttpTransport {
 
     fn send(
         &mut self,
-        item: TxJsonRpcMessage<RoleClient>,
+        mut item: TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        if self.id_base != 0 {
+            shift_sent_ids(&mut item, self.id_base);
+        }
         let shared = self.shared.clone();
         let text = serde_json::to_string(&item);
         async move { shared.send(text.map_err(Failure::other)?).await }
@@ -126,18 +237,34 @@ impl Transport<RoleClient> for HttpTransport {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         loop {
-            let text = tokio::select! {
-                text = self.queue.recv() => text?,
-                Some(text) = self.standalone.next() => text,
+            let text = match self.first.take() {
+                Some(text) => text,
+                None => self.inbound.as_mut()?.next().await?,
             };
             match serde_json::from_str(&text) {
-                Ok(message) => return Some(message),
+                Ok(mut message) => {
+                    if self.id_base != 0 {
+                        unshift_received_id(&mut message, self.id_base);
+                    }
+                    return Some(message);
+                }
                 Err(error) => tracing::debug!(%error, "skipping a message that is not JSON-RPC"),
             }
         }
     }
 
     async fn close(&mut self) -> Result<(), Self::Error> {
+        let parking = self
+            .shared
+            .park_on_close
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take());
+        if let (Some(parking), Some(inbound)) = (parking, self.inbound.take()) {
+            // Dropped when the parking gave up waiting: nothing is kept.
+            let _ = parking.send(inbound);
+            return Ok(());
+        }
         self.shared.delete_session().await;
         Ok(())
     }
@@ -527,6 +654,40 @@ fn standalone_stream(shared: Arc<Shared>) -> BoxStream<'static, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_transports_request_ids_never_repeat_an_earlier_ones_on_the_session() {
+        let base = 1i64 << 32;
+        let mut request: TxJsonRpcMessage<RoleClient> = serde_json::from_value(serde_json::json!(
+            {"jsonrpc": "2.0", "id": 0, "method": "ping"}
+        ))
+        .unwrap();
+        shift_sent_ids(&mut request, base);
+        let sent = serde_json::to_value(&request).unwrap();
+        assert_eq!(sent["id"], base, "{sent}");
+        let mut cancel: TxJsonRpcMessage<RoleClient> = serde_json::from_value(serde_json::json!(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 0}}
+        ))
+        .unwrap();
+        shift_sent_ids(&mut cancel, base);
+        let sent = serde_json::to_value(&cancel).unwrap();
+        assert_eq!(sent["params"]["requestId"], base, "{sent}");
+
+        // The answer comes back under the shifted id; rmcp sees its own.
+        let mut answer: RxJsonRpcMessage<RoleClient> = serde_json::from_value(serde_json::json!(
+            {"jsonrpc": "2.0", "id": base, "result": {}}
+        ))
+        .unwrap();
+        unshift_received_id(&mut answer, base);
+        assert_eq!(serde_json::to_value(&answer).unwrap()["id"], 0);
+        // A request of the server's keeps its id (rmcp answers under it).
+        let mut asked: RxJsonRpcMessage<RoleClient> = serde_json::from_value(serde_json::json!(
+            {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+        ))
+        .unwrap();
+        unshift_received_id(&mut asked, base);
+        assert_eq!(serde_json::to_value(&asked).unwrap()["id"], 7);
+    }
 
     #[test]
     fn only_a_404_or_an_answer_about_the_session_means_the_session_is_gone() {

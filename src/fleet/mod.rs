@@ -13,8 +13,10 @@ mod http_transport;
 mod legacy_sse;
 pub mod lifecycle;
 pub mod limits;
+mod list_changes;
 pub mod listing;
 mod message_wire;
+mod parking;
 mod plan;
 mod raw_tools;
 mod sse_events;
@@ -46,6 +48,11 @@ use crate::source::{DesiredFleet, DesiredFleetRx, DesiredPolicy, ManifestProblem
 #[derive(Clone, Debug)]
 pub struct FleetSettings {
     pub ping_interval: Duration,
+    /// How long an upstream's rmcp session may go unused before it is
+    /// parked (`parking`; `None`: never).
+    pub park_after: Option<Duration>,
+    /// Where parked sessions say they freed memory (`trim`).
+    pub(crate) freed: trim::Freed,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// The agents' connections, which `type: agent` servers are reached through.
@@ -56,6 +63,8 @@ impl Default for FleetSettings {
     fn default() -> Self {
         Self {
             ping_interval: Duration::from_secs(20),
+            park_after: Some(Duration::from_secs(10)),
+            freed: trim::Freed::default(),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             agents: agents::Hub::default(),
@@ -210,6 +219,10 @@ impl Fleet {
                     self.apply(&next);
                 }
                 Ok(()) = fleet_changes.changed() => {
+                    settled.as_mut().reset(tokio::time::Instant::now() + trim::QUIET);
+                    unsettled = true;
+                }
+                () = self.inner.settings.freed.noted() => {
                     settled.as_mut().reset(tokio::time::Instant::now() + trim::QUIET);
                     unsettled = true;
                 }

@@ -7,12 +7,31 @@
 //! freed memory in its resident set (measured: 68 against 58 MB). After the
 //! fleet has been quiet for [`QUIET`] (no server connected or changed its
 //! lists), `malloc_trim` returns those pages; it costs a few milliseconds,
-//! once per burst. Other allocators and platforms: nothing to do.
+//! once per burst. Sessions parked when idle (`parking`) free their part in
+//! a burst too, some seconds after the fleet connected: [`Freed`] counts it
+//! as a change. Other allocators and platforms: nothing to do.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// How long the fleet stays unchanged before freed memory is released.
 pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Says that memory was freed outside a fleet change (a session parked).
+#[derive(Clone, Debug, Default)]
+pub struct Freed(Arc<Notify>);
+
+impl Freed {
+    pub fn note(&self) {
+        self.0.notify_one();
+    }
+
+    pub async fn noted(&self) {
+        self.0.notified().await;
+    }
+}
 
 /// Returns freed heap pages to the operating system.
 pub fn release_freed_memory() {

@@ -11,14 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use futures::FutureExt;
-use futures::future::FusedFuture;
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, LoggingLevel, PingRequest, Prompt,
-    RequestMetaObject, Resource, ResourceTemplate, ServerNotification, ServerResult,
-    SubscriptionFilter, Tool,
+    RequestMetaObject, Resource, ResourceTemplate, ServerResult, Tool,
 };
-use rmcp::service::Subscription;
 use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{Peer, RoleClient, RoleServer};
 use tokio::sync::{mpsc, watch};
@@ -32,10 +28,11 @@ use super::connect::{Connected, FailureKind, Links, connect};
 use super::credential::CredentialRef;
 use super::delivery::Tally;
 use super::limits::{CallGate, CallLimits, CallPermit, LIMITED_METHODS, limit_tool_result};
+use super::list_changes::{self, ListChanges};
 use super::listing::{ToolExtras, list_tools};
+use super::parking::{Event, PeerCell, Service};
 use super::raw_tools::RawTools;
-use super::wire::ListKind;
-use super::wire::Wire;
+use super::wire::{ListKind, Wire, WireError};
 use super::{FleetSettings, UpstreamError};
 use crate::api::ServerState;
 use crate::source::DesiredServer;
@@ -111,7 +108,8 @@ pub struct SessionOwner {
 pub struct Upstream {
     pub name: Arc<str>,
     desired: ArcSwap<DesiredServer>,
-    peer: ArcSwapOption<Peer<RoleClient>>,
+    /// rmcp's session: its peer while awake (see `parking`).
+    peer: PeerCell,
     /// The relay's raw line on the live session, when it has one.
     wire: ArcSwapOption<Wire>,
     inventory: ArcSwap<Inventory>,
@@ -146,7 +144,7 @@ impl Upstream {
         let upstream = Arc::new(Self {
             name: desired.name.as_str().into(),
             desired: ArcSwap::from_pointee(desired),
-            peer: ArcSwapOption::empty(),
+            peer: PeerCell::default(),
             wire: ArcSwapOption::empty(),
             inventory: ArcSwap::new(inventory),
             health: Mutex::new(Health::default()),
@@ -266,6 +264,8 @@ impl Upstream {
                 http: &http,
                 agents: &settings.agents,
             };
+            // Parking builds each woken service's handler from this one.
+            let handler_for_wakes = handler.clone();
             // Boxed, as are the session's other occasional steps below: the
             // supervisor's task stays the size of its idle wait (one per
             // upstream, for as long as the upstream is there).
@@ -276,7 +276,9 @@ impl Upstream {
             let started = Instant::now();
             let failure = match attempt {
                 Err(error) => super::connect::error_chain(&error),
-                Ok(connected) => Box::pin(self.serve(connected, refresh_rx, &settings)).await,
+                Ok(connected) => {
+                    Box::pin(self.serve(connected, handler_for_wakes, refresh_rx, &settings)).await
+                }
             };
             if self.cancel.is_cancelled() {
                 break;
@@ -304,7 +306,7 @@ impl Upstream {
                 }
             }
         }
-        self.peer.store(None);
+        self.peer.set(None);
         self.wire.store(None);
         self.set_health(ServerState::Stopped, None, None);
     }
@@ -314,6 +316,7 @@ impl Upstream {
     async fn serve(
         &self,
         connected: Connected,
+        handler: UpstreamClient,
         mut refresh: mpsc::UnboundedReceiver<ListKind>,
         settings: &FleetSettings,
     ) -> String {
@@ -322,14 +325,11 @@ impl Upstream {
             protocol,
             wire,
             ended,
+            dock,
         } = connected;
         let peer = running.peer().clone();
         let timeout = self.desired().spec.timeout();
-        let stop = running.cancellation_token();
-        // Fused: once the session has ended (a crashed child, a closed
-        // stream) the wait below must not poll it again.
-        let closed = running.waiting().fuse();
-        tokio::pin!(closed);
+        let mut service = Service::new(running, dock, handler);
         match Box::pin(fetch_inventory(
             &peer,
             wire.as_ref(),
@@ -340,8 +340,7 @@ impl Upstream {
         {
             Ok(inventory) => self.inventory.store(Arc::new(inventory)),
             Err(error) => {
-                stop.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+                service.end().await;
                 let error = super::connect::error_chain(&error);
                 return format!("listing its capabilities failed: {error}");
             }
@@ -349,7 +348,7 @@ impl Upstream {
         if let Ok(mut health) = self.health.lock() {
             health.protocol_version = Some(protocol.to_string());
         }
-        self.peer.store(Some(Arc::new(peer.clone())));
+        self.peer.set(Some(peer.clone()));
         self.wire.store(wire.map(Arc::new));
         self.set_health(ServerState::Connected, None, None);
         tracing::info!(server = %self.name, protocol = %protocol, tools = self.inventory().tools.len(), "upstream connected");
@@ -357,42 +356,59 @@ impl Upstream {
         // 2026-07-28 has no standing stream: list changes come through a
         // subscriptions/listen request, where the server offers one.
         let mut listen = if stateless {
-            Box::pin(self.listen_for_changes(&peer)).await
+            let wire = self.wire.load_full();
+            Box::pin(list_changes::listen(&self.name, &peer, wire.as_deref())).await
         } else {
             None
         };
+        drop(peer);
         let mut health_check = tokio::time::interval(settings.ping_interval);
         health_check.tick().await;
+        // rmcp's service is parked once unused for `park_after` (not while a
+        // listen request of its own holds it).
+        let park_after = settings
+            .park_after
+            .filter(|_| !matches!(listen, Some(ListChanges::Rmcp(_))));
+        let mut park_check = tokio::time::interval(park_after.unwrap_or(Duration::from_secs(3600)));
+        park_check.tick().await;
         let reason = loop {
             tokio::select! {
-                notification = next_change(&mut listen) => match notification {
+                notification = list_changes::next_change(&mut listen) => match notification {
                     Some(kind) => {
-                        if let Err(error) = Box::pin(self.refresh(&peer, &[kind], timeout)).await {
+                        if let Err(error) = Box::pin(self.refresh(&mut service, &[kind], timeout)).await {
                             tracing::warn!(server = %self.name, %error, "refreshing lists failed");
                         }
                     }
                     None => listen = None,
                 },
-                _ = self.cancel.cancelled() => {
-                    stop.cancel();
-                    break String::new();
-                }
-                quit = &mut closed => break match ended.as_ref().and_then(|e| e.get()) {
-                    Some(why) => why,
-                    None => format!("session closed ({})", describe_quit(quit)),
+                _ = self.cancel.cancelled() => break String::new(),
+                event = service.next_event(&self.peer) => match event {
+                    Event::Closed(quit) => break match ended.as_ref().and_then(|e| e.get()) {
+                        Some(why) => why,
+                        None => format!("session closed ({})", describe_quit(quit)),
+                    },
+                    Event::WakeRequested => service.wake(&self.peer, None),
+                    Event::Message(Some(message)) => service.wake(&self.peer, Some(message)),
+                    Event::Message(None) => break "the server closed the session's streams".into(),
                 },
-                _ = health_check.tick() => {
-                    match Box::pin(probe(&peer, stateless, timeout)).await {
-                        Err(error) => {
-                            stop.cancel();
-                            let error = super::connect::error_chain(&error);
-                            break format!("health check failed: {error}");
+                _ = park_check.tick(), if park_after.is_some() => {
+                    if let (Some(idle), false) = (park_after, service.is_parked()) {
+                        match service.park_if_idle(&self.peer, idle).await {
+                            Ok(true) => settings.freed.note(),
+                            Ok(false) => {}
+                            Err(why) => break why,
                         }
+                    }
+                }
+                _ = health_check.tick() => {
+                    let wire = self.wire.load_full();
+                    match Box::pin(self.probe(&mut service, wire.as_deref(), stateless, timeout)).await {
+                        Err(error) => break format!("health check failed: {error}"),
                         // A stateless probe lists tools: a change it reveals is applied too.
-                        Ok(Some(tools)) if tools != self.inventory().tools => {
+                        Ok(Some((tools, extras))) if tools != self.inventory().tools => {
                             let mut next = (*self.inventory()).clone();
                             next.tools = tools;
-                            next.tool_extras.clear();
+                            next.tool_extras = extras;
                             self.inventory.store(Arc::new(next));
                             self.bump();
                         }
@@ -403,53 +419,73 @@ impl Upstream {
                     // Coalesce a burst of list_changed into one refresh.
                     let mut kinds = vec![kind];
                     while let Ok(more) = refresh.try_recv() { kinds.push(more); }
-                    if let Err(error) = Box::pin(self.refresh(&peer, &kinds, timeout)).await {
+                    if let Err(error) = Box::pin(self.refresh(&mut service, &kinds, timeout)).await {
                         tracing::warn!(server = %self.name, %error, "refreshing lists failed");
                     }
                 }
             }
         };
-        self.peer.store(None);
+        self.peer.set(None);
         self.wire.store(None);
-        // Give the transport a moment to close cleanly (stdio: SIGTERM, then kill).
-        if !closed.is_terminated() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
-        }
+        drop(listen);
+        service.end().await;
         reason
     }
 
-    /// Opens a subscriptions/listen request for the list changes the server
-    /// says it announces; `None` when it announces none or refuses.
-    async fn listen_for_changes(&self, peer: &Peer<RoleClient>) -> Option<Subscription> {
-        let capabilities = peer.peer_info()?.capabilities.clone();
-        let mut filter = SubscriptionFilter::new();
-        if capabilities.tools.as_ref().and_then(|t| t.list_changed) == Some(true) {
-            filter.tools_list_changed = Some(true);
-        }
-        if capabilities.resources.as_ref().and_then(|r| r.list_changed) == Some(true) {
-            filter.resources_list_changed = Some(true);
-        }
-        if capabilities.prompts.as_ref().and_then(|p| p.list_changed) == Some(true) {
-            filter.prompts_list_changed = Some(true);
-        }
-        if filter == SubscriptionFilter::new() {
-            return None;
-        }
-        match peer.listen(filter).await {
-            Ok(subscription) => Some(subscription),
-            Err(error) => {
-                tracing::debug!(server = %self.name, %error, "no list-change subscription");
-                None
+    /// Health probe. On a Streamable HTTP session (its wire) the probe is
+    /// written on the wire, so a parked session stays parked: `ping`, or for
+    /// 2026-07-28, which removed ping, a cheap `tools/list` (whose tools are
+    /// returned). A session the wire finds gone is probed through rmcp,
+    /// whose transport opens it again. Other transports: through rmcp.
+    async fn probe(
+        &self,
+        service: &mut Service,
+        wire: Option<&Wire>,
+        stateless: bool,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<Tool>, ToolExtras)>, String> {
+        if let Some(wire) = wire.filter(|w| w.is_http()) {
+            let probed = if stateless {
+                list_tools(wire, timeout).await.map(Some)
+            } else {
+                wire_ping(wire, timeout).await.map(|()| None)
+            };
+            match probed {
+                Ok(found) => return Ok(found),
+                Err(WireError::Failed(why)) => return Err(why),
+                Err(WireError::NotDelivered(why)) => {
+                    tracing::debug!(server = %self.name, why, "probing through rmcp's session");
+                }
             }
         }
+        let Some(peer) = service.peer(&self.peer) else {
+            return Err("the session is gone".into());
+        };
+        let probed = if stateless {
+            with_timeout(timeout, peer.list_all_tools())
+                .await
+                .map(|tools| Some((tools, ToolExtras::default())))
+        } else {
+            with_timeout(
+                timeout,
+                peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
+            )
+            .await
+            .map(|_| None)
+        };
+        probed.map_err(|error| super::connect::error_chain(&error))
     }
 
     async fn refresh(
         &self,
-        peer: &Peer<RoleClient>,
+        service: &mut Service,
         kinds: &[ListKind],
         timeout: Duration,
     ) -> Result<(), ServiceError> {
+        let Some(peer) = service.peer(&self.peer) else {
+            return Err(ServiceError::TransportClosed);
+        };
+        let peer = &*peer;
         let mut next = (*self.inventory()).clone();
         if kinds.contains(&ListKind::Tools) {
             let wire = self.wire.load_full();
@@ -482,7 +518,7 @@ impl Upstream {
         request: ClientRequest,
         caller: Option<Caller<'_>>,
     ) -> Result<ServerResult, UpstreamError> {
-        if self.peer.load().is_none() {
+        if !self.peer.is_live() {
             return Err(self.unavailable());
         }
         let limits = self.gate.limits();
@@ -523,6 +559,12 @@ impl Upstream {
         self.gate.limits()
     }
 
+    /// Whether the session is parked now (see `parking`): connected, with
+    /// rmcp's service ended until the next use.
+    pub fn is_parked(&self) -> bool {
+        self.peer.is_parked()
+    }
+
     /// With a concurrency limit: (calls running, calls waiting, the limit),
     /// all of the server's sessions together.
     pub fn call_load(&self) -> Option<(usize, usize, usize)> {
@@ -553,7 +595,7 @@ impl Upstream {
         limits: CallLimits,
     ) -> Result<ServerResult, UpstreamError> {
         let client = caller.as_ref().map(|c| c.context);
-        let Some(peer) = self.peer.load_full() else {
+        let Some(peer) = self.peer.acquire(self.timeout()).await else {
             return Err(self.unavailable());
         };
         let (timeout, mut options, setting) = match limits.call_timeout.filter(|_| caller.is_some())
@@ -703,11 +745,27 @@ impl Upstream {
         self.desired().spec.timeout()
     }
 
-    /// Tells the upstream that the roots changed (where it has a session).
+    /// Tells the upstream that the roots changed (where it has a session):
+    /// on a Streamable HTTP session's wire, which leaves a parked session
+    /// parked, else through rmcp.
     pub async fn notify_roots_changed(&self) {
-        if let Some(peer) = self.peer.load_full()
-            && let Err(error) = peer.notify_roots_list_changed().await
+        let outcome = match self
+            .wire()
+            .filter(|w| w.is_http() && w.lifecycle_meta().is_none())
         {
+            Some(wire) => {
+                let body = r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#;
+                wire.deliver(body.into()).await.map_err(|e| e.to_string())
+            }
+            None => match self.peer.acquire(self.timeout()).await {
+                Some(peer) => peer
+                    .notify_roots_list_changed()
+                    .await
+                    .map_err(|e| super::connect::error_chain(&e)),
+                None => Ok(()),
+            },
+        };
+        if let Err(error) = outcome {
             tracing::debug!(server = %self.name, %error, "roots/list_changed not delivered");
         }
     }
@@ -715,11 +773,8 @@ impl Upstream {
     /// Whether this upstream's session has `logging/setLevel` (a 2025
     /// revision that announced the logging capability).
     pub fn takes_log_level(&self) -> bool {
-        self.peer.load().as_ref().is_some_and(|peer| {
-            !speaks_stateless(peer)
-                && peer
-                    .peer_info()
-                    .is_some_and(|info| info.capabilities.logging.is_some())
+        self.peer.info().is_some_and(|info| {
+            info.protocol_version.has_initialize() && info.capabilities.logging.is_some()
         })
     }
 
@@ -843,7 +898,7 @@ struct PanicReport(Arc<Upstream>);
 impl Drop for PanicReport {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.peer.store(None);
+            self.0.peer.set(None);
             self.0.wire.store(None);
             let why = "internal error: this server's supervisor stopped; re-apply the server or restart the gateway";
             self.0
@@ -909,45 +964,20 @@ async fn tools(
     Ok((tools, extras))
 }
 
-/// Health probe: `ping` where the protocol has it; 2026-07-28 removed ping,
-/// so a stateless upstream is probed with a cheap `tools/list`.
-async fn probe(
-    peer: &Peer<RoleClient>,
-    stateless: bool,
-    timeout: Duration,
-) -> Result<Option<Vec<Tool>>, ServiceError> {
-    if stateless {
-        with_timeout(timeout, peer.list_all_tools()).await.map(Some)
-    } else {
-        with_timeout(
-            timeout,
-            peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
-        )
+/// A `ping` on the wire, answered in `timeout`.
+async fn wire_ping(wire: &Wire, timeout: Duration) -> Result<(), WireError> {
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = format!(
+        "flotilla-ping-{}",
+        IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let body = wire.own_request(&id, "ping", serde_json::json!({}));
+    let answer = tokio::time::timeout(timeout, wire.call(body, &id))
         .await
-        .map(|_| None)
-    }
-}
-
-/// The next list change from a listen subscription; pending forever when
-/// there is none, `None` when it ended.
-async fn next_change(listen: &mut Option<Subscription>) -> Option<ListKind> {
-    let Some(subscription) = listen.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        match subscription.next().await {
-            Ok(Some(ServerNotification::ToolListChangedNotification(_))) => {
-                return Some(ListKind::Tools);
-            }
-            Ok(Some(ServerNotification::ResourceListChangedNotification(_))) => {
-                return Some(ListKind::Resources);
-            }
-            Ok(Some(ServerNotification::PromptListChangedNotification(_))) => {
-                return Some(ListKind::Prompts);
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return None,
-        }
+        .map_err(|_| WireError::Failed(format!("no answer to ping in {timeout:?}")))??;
+    match answer.get("error") {
+        Some(error) => Err(WireError::Failed(format!("ping failed: {error}"))),
+        None => Ok(()),
     }
 }
 

@@ -261,4 +261,10 @@ impl UserSessions {
         self.sessions.run_pending_tasks();
         self.sessions.entry_count()
     }
+
+    /// Open sessions whose rmcp session is parked (see `parking`).
+    pub fn parked(&self) -> u64 {
+        let parked = self.sessions.iter().filter(|(_, s)| s.upstream.is_parked());
+        parked.count() as u64
+    }
 }

@@ -131,6 +131,11 @@ impl Wire {
             .await
     }
 
+    /// Whether the wire is a Streamable HTTP session's (a POST per message).
+    pub fn is_http(&self) -> bool {
+        matches!(self.line, Line::Http(_))
+    }
+
     /// A list change the upstream announced on a relayed request's stream.
     pub fn list_changed(&self, kind: ListKind) {
         let _ = self.refresh.send(kind);

@@ -6,10 +6,12 @@
 //! |---|---|---|---|
 //! | `flotilla_upstream_up` | gauge | `server`, `family`, `family_instance` | 1 while the gateway's session to the server is connected |
 //! | `flotilla_upstream_state` | gauge | `server`, `state` | 1 for the server's current state (`Connecting`, `Connected`, `Failed`, `AuthRequired`, `Invalid`, `Stopped`) |
+//! | `flotilla_upstream_parked` | gauge | `server` | 1 while the server's session is parked (idle; rmcp's service ended, the server's session kept: README "Idle memory") |
 //! | `flotilla_upstream_connects_total` | counter | `server` | sessions established to the server (the first and every reconnect) |
 //! | `flotilla_upstream_calls_running`, `flotilla_upstream_calls_waiting`, `flotilla_upstream_max_concurrency` | gauge | `server` | for servers with `spec.limits.maxConcurrency`: calls holding a slot, calls queued for one, and the limit |
 //! | `flotilla_catalog_tools` / `_resources` / `_prompts` / `_families` | gauge | | what the shared catalog exposes |
 //! | `flotilla_user_upstream_sessions` | gauge | | per-user upstream sessions held (SSO servers) |
+//! | `flotilla_user_upstream_sessions_parked` | gauge | | of those, the sessions parked now |
 //! | `flotilla_manifest_problems` | gauge | | manifests or objects that could not be used |
 //! | `flotilla_agents_connected` | gauge | | agents (`flotilla agent`) connected to this replica now |
 //! | `flotilla_token_exchange_cache_total` | counter | `server`, `result` | token requests for exchanged servers: `hit` or `miss` in the cache |
@@ -121,6 +123,17 @@ impl Collector for FleetCollector {
             ConstGauge::new(connected).encode(up.encode_family(&labels)?)?;
         }
 
+        let mut parked = encoder.encode_descriptor(
+            "upstream_parked",
+            "1 while the server's session is parked (idle: rmcp's service ended, the server's session kept)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for upstream in &upstreams {
+            ConstGauge::new(i64::from(upstream.is_parked()))
+                .encode(parked.encode_family(&[("server", &*upstream.name)])?)?;
+        }
+
         // (server, [running, waiting, limit]) for servers with a concurrency limit.
         let loads: Vec<(String, [usize; 3])> = upstreams
             .iter()
@@ -203,16 +216,22 @@ impl Collector for FleetCollector {
             "Server families in the catalog",
             size(catalog.families.len()),
         )?;
-        let user_sessions = state
+        let (user_sessions, user_parked) = state
             .fleet
             .user_sessions()
-            .map(|sessions| sessions.count())
-            .unwrap_or(0);
+            .map(|sessions| (sessions.count(), sessions.parked()))
+            .unwrap_or_default();
         gauge(
             &mut encoder,
             "user_upstream_sessions",
             "Per-user upstream sessions held (SSO servers)",
             i64::try_from(user_sessions).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            &mut encoder,
+            "user_upstream_sessions_parked",
+            "Per-user upstream sessions whose session is parked now",
+            i64::try_from(user_parked).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut encoder,

@@ -34,7 +34,7 @@ fn outcomes(lines: &[Value], outcome: &str) -> usize {
 }
 
 /// A sample of `/metrics` (name and labels as printed).
-async fn metric(gateway: &Gateway, sample: &str) -> f64 {
+pub(crate) async fn metric(gateway: &Gateway, sample: &str) -> f64 {
     let url = format!("http://127.0.0.1:{}/metrics", gateway.port);
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines()

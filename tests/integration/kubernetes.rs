@@ -334,7 +334,7 @@ async fn a_healthy_fleet_of_fifty_servers_makes_close_to_zero_status_writes() {
     );
     for i in 0..50 {
         wait_status(&api, "fleet", &format!("py-{i:02}"), "Connected", |s| {
-            s["state"] == "Connected" && s["toolCount"] == 10
+            s["state"] == "Connected" && s["toolCount"] == 11
         })
         .await;
     }

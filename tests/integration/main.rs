@@ -23,6 +23,7 @@ mod kubernetes;
 mod limits;
 mod matrix;
 mod observability;
+mod parking;
 mod policy;
 mod relay;
 mod replicas;

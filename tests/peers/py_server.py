@@ -23,6 +23,7 @@ Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str)
   ask_round_trip() (the 2026-07-28 way: answers input_required with one form elicitation under key
     "name" and requestState "round-1"; on the retry carrying that state and an accepted answer returns
     "hello <name> (state round-1)"; declined or cancelled: "<action>").
+  roots_changes() (how many notifications/roots/list_changed this server has received, as text).
   --modern-only: `initialize` is answered with a JSON-RPC error (-32600), as a server that speaks
     only 2026-07-28 answers it; everything else is served as usual.
 Resource: py://info (text/plain). Prompt: greet(name).
@@ -167,6 +168,24 @@ class ModernOnly:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+ROOTS_CHANGES = 0
+
+
+async def _on_roots_changed(ctx, params) -> None:
+    global ROOTS_CHANGES
+    ROOTS_CHANGES += 1
+
+
+mcp._lowlevel_server.add_notification_handler(
+    "notifications/roots/list_changed", types.NotificationParams, _on_roots_changed
+)
+
+
+@mcp.tool(description="How many notifications/roots/list_changed this server has received.")
+def roots_changes() -> str:
+    return str(ROOTS_CHANGES)
 
 
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")
