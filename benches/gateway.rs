@@ -6,8 +6,8 @@
 //!    nginx (plain keep-alive reverse proxy) and through the gateway, with
 //!    the CPU time each proxy spends per call (/proc utime+stime);
 //! 2. tools/list through the gateway over 200 servers x 50 tools;
-//! 3. gateway RSS per idle upstream session and startup time over 500
-//!    upstreams.
+//! 3. gateway RSS per idle upstream session (once its sessions are parked)
+//!    and startup time over 500 upstreams.
 //!
 //! The echo upstream is this very binary re-executed with `--upstream`, so
 //! its CPU is not the gateway's. Every child process is stopped on exit,
@@ -81,8 +81,9 @@ impl Config {
             list_iters: if quick { 50 } else { 200 },
             fleet: 500,
             fleet_runs: if quick { 1 } else { 3 },
-            // Past the gateway's own settling (freed heap is released 2 s
-            // after the fleet last changed: `fleet/trim.rs`).
+            // Past the gateway's own settling, once its idle sessions are
+            // parked (`wait_parked`): freed heap is released 2 s after the
+            // fleet last changed or sessions were parked (`fleet/trim.rs`).
             settle: Duration::from_millis(if quick { 500 } else { 3000 }),
             upstream_threads: threads,
             upstream_sessions: std::env::var("FLOTILLA_BENCH_UPSTREAM")
@@ -270,6 +271,36 @@ async fn wait_tools(
     }
     Err(format!(
         "catalog did not reach {tools} tools within {timeout:?} (last: {last:?})"
+    ))
+}
+
+/// Waits until `sessions` upstream sessions are parked (idle: `/metrics`'
+/// `flotilla_upstream_parked`, see `fleet/parking.rs`).
+async fn wait_parked(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    sessions: usize,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("{}/metrics", gateway.base);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(&url).send().await
+            && let Ok(text) = response.text().await
+        {
+            last = text
+                .lines()
+                .filter(|l| l.starts_with("flotilla_upstream_parked{") && l.ends_with(" 1"))
+                .count();
+            if last >= sessions {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "{last} of {sessions} sessions parked within {timeout:?}"
     ))
 }
 
@@ -945,7 +976,8 @@ fn bench_fleet(
         let base = start_gateway(bin, &one, work, &format!("flotilla-one-{run}"))?;
         rt.block_on(async {
             wait_connected(http, &base, 1, Duration::from_secs(30)).await?;
-            wait_tools(http, &base, 1, Duration::from_secs(10)).await
+            wait_tools(http, &base, 1, Duration::from_secs(10)).await?;
+            wait_parked(http, &base, 1, Duration::from_secs(40)).await
         })?;
         std::thread::sleep(cfg.settle);
         out.rss_base_kib
@@ -970,6 +1002,12 @@ fn bench_fleet(
             &gateway,
             cfg.fleet as u64,
             Duration::from_secs(30),
+        ))?;
+        rt.block_on(wait_parked(
+            http,
+            &gateway,
+            cfg.fleet,
+            Duration::from_secs(40),
         ))?;
         std::thread::sleep(cfg.settle);
         out.rss_full_kib

@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+/// jemalloc: less resident memory per idle upstream and less CPU per call
+/// than the system allocator (figures in Cargo.toml and the README).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = flotilla::cli::Cli::parse();

@@ -228,7 +228,7 @@ impl Fleet {
                 }
                 () = &mut settled, if unsettled => {
                     unsettled = false;
-                    trim::release_freed_memory();
+                    let _ = trim::release_freed_memory();
                 }
             }
         }

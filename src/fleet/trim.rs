@@ -1,15 +1,16 @@
 //! Giving freed heap back to the operating system once the fleet settles.
 //!
 //! Connecting a fleet is a burst: every upstream's handshake, listings and
-//! buffers are allocated at once and mostly freed again. glibc's allocator
-//! keeps what was freed for reuse, spread over one arena per worker thread,
-//! so a gateway over 500 idle upstreams held about 20 KB per upstream of
-//! freed memory in its resident set (measured: 68 against 58 MB). After the
-//! fleet has been quiet for [`QUIET`] (no server connected or changed its
-//! lists), `malloc_trim` returns those pages; it costs a few milliseconds,
-//! once per burst. Sessions parked when idle (`parking`) free their part in
-//! a burst too, some seconds after the fleet connected: [`Freed`] counts it
-//! as a change. Other allocators and platforms: nothing to do.
+//! buffers are allocated at once and mostly freed again; parking idle
+//! sessions (`parking`) frees their rmcp services in a burst too, some
+//! seconds later. The binary allocates with jemalloc (`main.rs`), which
+//! returns freed pages by itself only gradually (about ten seconds of decay,
+//! and only while it is being used). After the fleet has been quiet for
+//! [`QUIET`] (no server connected or changed its lists, no session parked:
+//! [`Freed`]), every arena is purged at once; it costs a few milliseconds,
+//! once per burst. Where jemalloc is not the allocator (a test binary
+//! linking the library, or MSVC), the purge reaches an allocator nobody
+//! uses and frees nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,16 +34,36 @@ impl Freed {
     }
 }
 
-/// Returns freed heap pages to the operating system.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Returns freed heap pages to the operating system; whether the allocator
+/// took the request.
+pub fn release_freed_memory() -> bool {
+    #[cfg(not(target_env = "msvc"))]
     {
-        // SAFETY: malloc_trim only walks glibc's own arenas; it takes no
-        // pointers and is safe to call from any thread at any time.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(
-            released = released != 0,
-            "returned freed heap to the system"
-        );
+        // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused dirty pages.
+        const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+        // SAFETY: a void control (no old or new value), named by a
+        // NUL-terminated string; jemalloc takes its own locks.
+        let failed = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                PURGE_ALL.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        tracing::debug!(released = failed == 0, "returned freed heap to the system");
+        failed == 0
+    }
+    #[cfg(target_env = "msvc")]
+    false
+}
+
+#[cfg(all(test, not(target_env = "msvc")))]
+mod tests {
+    #[test]
+    fn jemalloc_takes_the_purge_of_every_arena() {
+        // A control jemalloc does not know (a wrong name or form) fails.
+        assert!(super::release_freed_memory());
     }
 }
