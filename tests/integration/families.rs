@@ -423,15 +423,8 @@ async fn the_output_budget_truncates_each_instance_fairly_and_says_how_to_narrow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_not_marked_read_only_are_never_fanned_out_by_default() {
-    let fleet = Fleet::new();
-    let (_pa, url_a) = python_server(0, fleet.logs());
-    let (_pb, url_b) = python_server(0, fleet.logs());
-    let gateway = fleet
-        .http("a-mcp-py", &url_a)
-        .family("py")
-        .http("b-mcp-py", &url_b)
-        .family("py")
-        .start();
+    let (fleet, _servers) = Fleet::new().python_family_of_two();
+    let gateway = fleet.start();
     let client = connect(&gateway.url()).await;
     let refused = call(
         &client,

@@ -78,14 +78,8 @@ async fn a_parked_session_stays_parked_through_health_checks_relayed_calls_and_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parked_session_wakes_for_a_fan_out_call_and_for_a_message_from_its_server() {
-    let fleet = Fleet::new();
-    let (_pa, url_a) = python_server(0, fleet.logs());
-    let (_pb, url_b) = python_server(0, fleet.logs());
+    let (fleet, _servers) = Fleet::new().python_family_of_two();
     let gateway = fleet
-        .http("a-mcp-py", &url_a)
-        .family("py")
-        .http("b-mcp-py", &url_b)
-        .family("py")
         // The Python tools carry no readOnlyHint, so fan-out must be allowed explicitly.
         .config(&format!("{PARK_FAST}fanOut: {{allowDestructive: true}}\n"))
         .start();

@@ -808,16 +808,8 @@ async fn a_cancelled_relayed_call_ends_at_once_without_an_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_instance_of_a_folded_tool_is_relayed_without_the_instance_argument() {
-    let fleet = Fleet::new();
-    let (_pa, url_a) = python_server(0, fleet.logs());
-    let (_pb, url_b) = python_server(0, fleet.logs());
-    let gateway = fleet
-        .http("a-mcp-py", &url_a)
-        .family("py")
-        .http("b-mcp-py", &url_b)
-        .family("py")
-        .connected()
-        .start();
+    let (fleet, _servers) = Fleet::new().python_family_of_two();
+    let gateway = fleet.connected().start();
     let http = reqwest::Client::new();
     let url = gateway.url();
     let session = open_session(&http, &url, "2025-11-25").await;

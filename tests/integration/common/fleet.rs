@@ -27,7 +27,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Gateway;
+use super::{Gateway, Proc, python_server};
 
 /// How long [`Fleet::start`] waits for a server marked [`Fleet::connected`].
 pub const CONNECTED_WITHIN: Duration = Duration::from_secs(20);
@@ -229,6 +229,20 @@ impl Fleet {
             .env
             .push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Two Python SDK servers (tests/peers/py_server.py), `a-mcp-py` and
+    /// `b-mcp-py`, in family `py` (instances `a` and `b`); the servers are
+    /// returned with the fleet and stop when dropped.
+    pub fn python_family_of_two(self) -> (Fleet, [Proc; 2]) {
+        let (a, url_a) = python_server(0, self.logs());
+        let (b, url_b) = python_server(0, self.logs());
+        let fleet = self
+            .http("a-mcp-py", &url_a)
+            .family("py")
+            .http("b-mcp-py", &url_b)
+            .family("py");
+        (fleet, [a, b])
     }
 
     /// [`Fleet::start`] waits (up to [`CONNECTED_WITHIN`]) until the last
