@@ -14,7 +14,7 @@ use rmcp::{Peer, RoleClient};
 use serde_json::{Value, json};
 use sse_stream::Sse;
 
-use super::wire::{ListKind, Wire, WireError, WireReply};
+use super::wire::{ListKind, Wire, WireReply};
 
 /// An open list-change subscription.
 pub enum ListChanges {
@@ -82,22 +82,18 @@ async fn listen_on_wire(wire: &Wire, filter: &SubscriptionFilter) -> Result<List
     };
     // The acknowledgment comes first; an answer to the request instead is a refusal.
     while let Some(event) = events.next().await {
-        let message = message_of(event.map_err(|e| e.to_string())?);
-        match message.as_ref().and_then(|m| m.get("method")?.as_str()) {
+        let Some(message) = message_of(event.map_err(|e| e.to_string())?) else {
+            continue;
+        };
+        match message.get("method").and_then(Value::as_str) {
             Some("notifications/subscriptions/acknowledged") => {
                 return Ok(ListChanges::Wire(events));
             }
             Some(_) => continue,
-            None if message.is_some() => {
-                return Err(format!(
-                    "the server refused: {}",
-                    message.unwrap_or_default()
-                ));
-            }
-            None => continue,
+            None => return Err(format!("the server refused: {message}")),
         }
     }
-    Err(WireError::Failed("the stream ended before it was acknowledged".into()).to_string())
+    Err("the stream ended before it was acknowledged".into())
 }
 
 fn message_of(event: Sse) -> Option<Value> {
@@ -120,9 +116,9 @@ pub async fn next_change(listen: &mut Option<ListChanges>) -> Option<ListKind> {
     match listen.as_mut() {
         None => std::future::pending().await,
         Some(ListChanges::Wire(events)) => loop {
-            let event = events.next().await?.ok()?;
-            let message = message_of(event);
-            let Some(message) = message else { continue };
+            let Some(message) = message_of(events.next().await?.ok()?) else {
+                continue;
+            };
             match message.get("method").and_then(Value::as_str) {
                 Some(method) => {
                     if let Some(kind) = kind_of(method) {

@@ -194,22 +194,20 @@ pub struct Service {
 struct Parking {
     dock: Dock,
     handler: UpstreamClient,
-    info: ServerPeerInfo,
     parked: Option<Parked>,
 }
 
 impl Service {
     /// Holds `running`; with a `dock`, it can be parked and woken.
     pub fn new(running: Running, dock: Option<Dock>, handler: UpstreamClient) -> Self {
-        let parking = match (dock, running.peer().peer_info()) {
-            (Some(dock), Some(info)) => Some(Parking {
+        // A woken service is told who the server is (its handshake answer).
+        let parking = dock
+            .filter(|_| running.peer().peer_info().is_some())
+            .map(|dock| Parking {
                 dock,
                 handler,
-                info: (*info).clone(),
                 parked: None,
-            }),
-            _ => None,
-        };
+            });
         let stop = Some(running.cancellation_token());
         Self {
             stop,
@@ -276,7 +274,6 @@ impl Service {
             }
             _ => {
                 parking.dock.keep_on_close();
-                cell.set(None);
                 Err("the session's transport did not close for parking".into())
             }
         }
@@ -311,7 +308,8 @@ impl Service {
         };
         let handler = parking.handler.clone();
         let transport = Counted::new(parking.dock.resume(parked, first), &handler);
-        let running = serve_directly(handler, transport, Some(parking.info.clone()));
+        let info = cell.info().map(|info| (*info).clone());
+        let running = serve_directly(handler, transport, info);
         self.stop = Some(running.cancellation_token());
         let peer = running.peer().clone();
         self.closed = Some(Box::pin(running.waiting().fuse()));
