@@ -154,3 +154,32 @@ async fn a_2026_only_server_parks_while_its_list_changes_are_heard_on_the_wire()
     wait_parked(&gateway, "py").await;
     assert_eq!(connects(&gateway, "py").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_session_its_server_forgot_is_opened_again_in_place() {
+    use crate::task_extension::{Serving, task_server_that_restarts};
+    let (serving, url, restart) = task_server_that_restarts().await;
+    let _serving = Serving(serving);
+    let gateway = Fleet::new()
+        .http("tasks", &url)
+        .config(PARK_FAST)
+        .connected()
+        .start();
+    wait_parked(&gateway, "tasks").await;
+    // The server now knows no session: the wire's health checks get 404s,
+    // and are made again through rmcp, whose transport opens the session
+    // again with the same handshake.
+    restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        gateway.server_status("tasks")["status"]["state"],
+        "Connected"
+    );
+    let client = connect(&gateway.url()).await;
+    for b in 0..3 {
+        let after = call(&client, "x_tasks_sum", json!({"a": 10, "b": b})).await;
+        assert_eq!(text_of(&after), (10 + b).to_string(), "call {b}: {after:?}");
+    }
+    assert_eq!(connects(&gateway, "tasks").await, 1.0, "no reconnect");
+    wait_parked(&gateway, "tasks").await;
+}
