@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rmcp::model::Tool;
@@ -24,8 +23,6 @@ pub type ToolExtras = HashMap<String, Arc<Map<String, Value>>>;
 /// Pages followed at most (a server whose cursor never ends is cut off).
 const MAX_PAGES: usize = 1000;
 
-static IDS: AtomicU64 = AtomicU64::new(1);
-
 /// Every tool the upstream lists, page by page, on its wire.
 pub async fn list_tools(
     wire: &Wire,
@@ -35,28 +32,14 @@ pub async fn list_tools(
     let mut extras = ToolExtras::new();
     let mut cursor: Option<Value> = None;
     for _ in 0..MAX_PAGES {
-        let id = format!("flotilla-list-{}", IDS.fetch_add(1, Ordering::Relaxed));
         let params = match &cursor {
             Some(cursor) => json!({ "cursor": cursor }),
             None => json!({}),
         };
-        let body = wire.own_request(&id, "tools/list", params);
-        let answer = tokio::time::timeout(timeout, wire.call(body, &id))
-            .await
-            .map_err(|_| WireError::Failed(format!("no answer to tools/list in {timeout:?}")))??;
-        let mut result = match answer {
-            Value::Object(mut message) => match message.remove("result") {
-                Some(Value::Object(result)) => result,
-                _ => {
-                    let error = message.get("error").cloned().unwrap_or(Value::Null);
-                    return Err(WireError::Failed(format!("tools/list failed: {error}")));
-                }
-            },
-            _ => {
-                return Err(WireError::Failed(
-                    "tools/list: not a JSON-RPC answer".into(),
-                ));
-            }
+        let Value::Object(mut result) = wire.ask("tools/list", params, timeout).await? else {
+            return Err(WireError::Failed(
+                "tools/list: the answer is not an object".into(),
+            ));
         };
         let Some(Value::Array(page)) = result.remove("tools") else {
             return Err(WireError::Failed(

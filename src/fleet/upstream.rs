@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, LoggingLevel, PingRequest, Prompt,
-    RequestMetaObject, Resource, ResourceTemplate, ServerResult, Tool,
+    RequestMetaObject, Resource, ResourceTemplate, ServerResult, SetLevelRequest,
+    SetLevelRequestParams, Tool,
 };
 use rmcp::service::{PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{Peer, RoleClient, RoleServer};
@@ -448,7 +449,8 @@ impl Upstream {
             let probed = if stateless {
                 list_tools(wire, timeout).await.map(Some)
             } else {
-                wire_ping(wire, timeout).await.map(|()| None)
+                let ping = wire.ask("ping", serde_json::json!({}), timeout).await;
+                ping.map(|_| None)
             };
             match probed {
                 Ok(found) => return Ok(found),
@@ -770,6 +772,25 @@ impl Upstream {
         }
     }
 
+    /// Sets the session's log level (`logging/setLevel`): on the wire of a
+    /// Streamable HTTP session, which leaves a parked session parked, else
+    /// through rmcp. See [`Upstream::takes_log_level`].
+    pub async fn set_log_level(&self, level: LoggingLevel) -> Result<(), String> {
+        if let Some(wire) = self.wire().filter(|w| w.is_http()) {
+            let params = serde_json::json!({ "level": level });
+            return match wire.ask("logging/setLevel", params, self.timeout()).await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            };
+        }
+        let request =
+            ClientRequest::SetLevelRequest(SetLevelRequest::new(SetLevelRequestParams::new(level)));
+        match self.request(request, None).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// Whether this upstream's session has `logging/setLevel` (a 2025
     /// revision that announced the logging capability).
     pub fn takes_log_level(&self) -> bool {
@@ -962,23 +983,6 @@ async fn tools(
     // Message transports (stdio, legacy SSE, tunnels) showed the raw answers to `raw`.
     let extras = raw.extras(&tools);
     Ok((tools, extras))
-}
-
-/// A `ping` on the wire, answered in `timeout`.
-async fn wire_ping(wire: &Wire, timeout: Duration) -> Result<(), WireError> {
-    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = format!(
-        "flotilla-ping-{}",
-        IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let body = wire.own_request(&id, "ping", serde_json::json!({}));
-    let answer = tokio::time::timeout(timeout, wire.call(body, &id))
-        .await
-        .map_err(|_| WireError::Failed(format!("no answer to ping in {timeout:?}")))??;
-    match answer.get("error") {
-        Some(error) => Err(WireError::Failed(format!("ping failed: {error}"))),
-        None => Ok(()),
-    }
 }
 
 /// Resolves when the agent has connected since the receiver was made (never

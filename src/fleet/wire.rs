@@ -13,6 +13,7 @@
 //!   for a relayed request comes back as the events of a stream, as on HTTP.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use futures::StreamExt;
@@ -200,6 +201,34 @@ impl Wire {
                 Err(WireError::Failed(
                     "the upstream closed the stream before it answered".into(),
                 ))
+            }
+        }
+    }
+
+    /// Sends a request of the gateway's own and returns its result, or why
+    /// there is none (an error answer, or no answer within `timeout`).
+    pub async fn ask(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: std::time::Duration,
+    ) -> Result<Value, WireError> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let id = format!("flotilla-own-{}", IDS.fetch_add(1, Ordering::Relaxed));
+        let body = self.own_request(&id, method, params);
+        let answer = tokio::time::timeout(timeout, self.call(body, &id))
+            .await
+            .map_err(|_| WireError::Failed(format!("no answer to {method} in {timeout:?}")))??;
+        let Value::Object(mut answer) = answer else {
+            return Err(WireError::Failed(format!(
+                "{method}: not a JSON-RPC answer"
+            )));
+        };
+        match answer.remove("result") {
+            Some(result) => Ok(result),
+            None => {
+                let error = answer.remove("error").unwrap_or(Value::Null);
+                Err(WireError::Failed(format!("{method} failed: {error}")))
             }
         }
     }

@@ -14,8 +14,8 @@ use rmcp::model::{
     GetPromptRequest, GetPromptRequestParams, GetPromptResponse, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
     PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    Reference, ServerConfig, ServerResult, SetLevelRequest, SetLevelRequestParams,
-    SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
+    Reference, ServerConfig, ServerResult, SetLevelRequestParams, SubscribeRequest,
+    SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{RoleServer, ServerHandler};
@@ -554,12 +554,9 @@ impl GatewayHandler {
             .filter_map(|shared| view.upstream(&shared.name))
             .filter(|upstream| upstream.takes_log_level())
             .collect();
-        let sent = upstreams.iter().map(|upstream| {
-            let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(request.clone()));
-            async move {
-                if let Err(error) = upstream.request(request, None).await {
-                    tracing::debug!(server = %upstream.name, %error, "upstream refused logging/setLevel");
-                }
+        let sent = upstreams.iter().map(|upstream| async move {
+            if let Err(error) = upstream.set_log_level(request.level).await {
+                tracing::debug!(server = %upstream.name, %error, "upstream refused logging/setLevel");
             }
         });
         futures::future::join_all(sent).await;

@@ -183,3 +183,26 @@ async fn a_parked_session_its_server_forgot_is_opened_again_in_place() {
     assert_eq!(connects(&gateway, "tasks").await, 1.0, "no reconnect");
     wait_parked(&gateway, "tasks").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[allow(deprecated)] // logging (SEP-2577) is still spoken by 2025 servers and clients
+async fn a_clients_log_level_reaches_a_parked_session_on_the_wire() {
+    let fleet = Fleet::new();
+    let (_py, py_url) = python_server_with(0, fleet.logs(), &["--logging"]);
+    let gateway = fleet.http("py", &py_url).config(PARK_FAST).start();
+    gateway.wait_state("py", "Connected", Duration::from_secs(10));
+    wait_parked(&gateway, "py").await;
+    let client = connect(&gateway.url()).await;
+    let before = call(&client, "x_py_log_level", json!({})).await;
+    assert_eq!(text_of(&before), "unset");
+    client
+        .set_level(rmcp::model::SetLevelRequestParams::new(
+            rmcp::model::LoggingLevel::Warning,
+        ))
+        .await
+        .unwrap();
+    let after = call(&client, "x_py_log_level", json!({})).await;
+    assert_eq!(text_of(&after), "warning", "the server got the level");
+    assert!(parked(&gateway, "py").await, "setting the level woke it");
+    assert_eq!(connects(&gateway, "py").await, 1.0);
+}

@@ -24,6 +24,8 @@ Tools: add(a:int,b:int)->int (structured output {"result": a+b}), echo(text:str)
     "name" and requestState "round-1"; on the retry carrying that state and an accepted answer returns
     "hello <name> (state round-1)"; declined or cancelled: "<action>").
   roots_changes() (how many notifications/roots/list_changed this server has received, as text).
+  --logging: also answers logging/setLevel (so it announces the logging capability) and has the tool
+    log_level() (the level last set, or "unset").
   --modern-only: `initialize` is answered with a JSON-RPC error (-32600), as a server that speaks
     only 2026-07-28 answers it; everything else is served as usual.
 Resource: py://info (text/plain). Prompt: greet(name).
@@ -188,6 +190,19 @@ def roots_changes() -> str:
     return str(ROOTS_CHANGES)
 
 
+LOG_LEVEL = "unset"
+
+
+async def _on_set_level(ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+    global LOG_LEVEL
+    LOG_LEVEL = params.level
+    return types.EmptyResult()
+
+
+def log_level() -> str:
+    return LOG_LEVEL
+
+
 @mcp.resource("py://info", name="info", description="Static info about this peer.", mime_type="text/plain")
 def info() -> str:
     return "flotilla python mcp peer"
@@ -324,7 +339,11 @@ async def main() -> None:
         action="store_true",
         help="with --require-bearer: check claims only, not the signature",
     )
+    p.add_argument("--logging", action="store_true", help="answer logging/setLevel; adds the log_level tool")
     args = p.parse_args()
+    if args.logging:
+        mcp._lowlevel_server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _on_set_level)
+        mcp.add_tool(log_level, name="log_level", description="The log level last set by logging/setLevel.")
     if args.stdio:
         await mcp.run_stdio_async()
         return
