@@ -504,6 +504,22 @@ mod tests {
     }
 
     #[test]
+    fn idle_sessions_park_after_ten_seconds_unless_told_otherwise_and_zero_turns_it_off() {
+        let resolve = |yaml: &str| {
+            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
+            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
+                .map(|s| s.park_after)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolve("port: 0\n"), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(
+            resolve("parkIdleSessionsAfterSeconds: 60\n"),
+            Ok(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(resolve("parkIdleSessionsAfterSeconds: 0\n"), Ok(None));
+    }
+
+    #[test]
     fn a_misspelt_auth_field_is_named() {
         let error = serde_saphyr::from_str::<ConfigFile>("auth:\n  sealingKeyFlie: x\n")
             .err()
