@@ -774,21 +774,23 @@ impl Upstream {
 
     /// Sets the session's log level (`logging/setLevel`): on the wire of a
     /// Streamable HTTP session, which leaves a parked session parked, else
-    /// through rmcp. See [`Upstream::takes_log_level`].
+    /// (or when the server no longer knows the session) through rmcp, whose
+    /// transport opens it again. See [`Upstream::takes_log_level`].
     pub async fn set_log_level(&self, level: LoggingLevel) -> Result<(), String> {
         if let Some(wire) = self.wire().filter(|w| w.is_http()) {
             let params = serde_json::json!({ "level": level });
-            return match wire.ask("logging/setLevel", params, self.timeout()).await {
-                Ok(_) => Ok(()),
-                Err(error) => Err(error.to_string()),
-            };
+            match wire.ask("logging/setLevel", params, self.timeout()).await {
+                Ok(_) => return Ok(()),
+                Err(WireError::Failed(why)) => return Err(why),
+                Err(WireError::NotDelivered(_)) => {}
+            }
         }
         let request =
             ClientRequest::SetLevelRequest(SetLevelRequest::new(SetLevelRequestParams::new(level)));
-        match self.request(request, None).await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(error.to_string()),
-        }
+        self.request(request, None)
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 
     /// Whether this upstream's session has `logging/setLevel` (a 2025
