@@ -100,16 +100,6 @@ fn message_of(event: Sse) -> Option<Value> {
     serde_json::from_str(&event.data?).ok()
 }
 
-/// The list a `list_changed` notification names.
-fn kind_of(method: &str) -> Option<ListKind> {
-    match method {
-        "notifications/tools/list_changed" => Some(ListKind::Tools),
-        "notifications/resources/list_changed" => Some(ListKind::Resources),
-        "notifications/prompts/list_changed" => Some(ListKind::Prompts),
-        _ => None,
-    }
-}
-
 /// The next list change; pending forever without a subscription, `None`
 /// when it ended.
 pub async fn next_change(listen: &mut Option<ListChanges>) -> Option<ListKind> {
@@ -121,7 +111,7 @@ pub async fn next_change(listen: &mut Option<ListChanges>) -> Option<ListKind> {
             };
             match message.get("method").and_then(Value::as_str) {
                 Some(method) => {
-                    if let Some(kind) = kind_of(method) {
+                    if let Some(kind) = ListKind::changed_by(method) {
                         return Some(kind);
                     }
                 }
@@ -165,9 +155,9 @@ mod tests {
             json!({"toolsListChanged": true})
         );
         assert_eq!(
-            kind_of("notifications/tools/list_changed"),
+            ListKind::changed_by("notifications/tools/list_changed"),
             Some(ListKind::Tools)
         );
-        assert_eq!(kind_of("notifications/message"), None);
+        assert_eq!(ListKind::changed_by("notifications/message"), None);
     }
 }

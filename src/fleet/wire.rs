@@ -36,6 +36,18 @@ pub enum ListKind {
     Prompts,
 }
 
+impl ListKind {
+    /// The list a `notifications/*/list_changed` method names.
+    pub fn changed_by(method: &str) -> Option<Self> {
+        match method {
+            "notifications/tools/list_changed" => Some(Self::Tools),
+            "notifications/resources/list_changed" => Some(Self::Resources),
+            "notifications/prompts/list_changed" => Some(Self::Prompts),
+            _ => None,
+        }
+    }
+}
+
 /// W3C trace context for one request to the upstream (the gateway's span
 /// for the call), sent as the `traceparent` and `tracestate` headers.
 #[derive(Clone, Debug, PartialEq, Eq)]

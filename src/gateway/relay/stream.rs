@@ -253,6 +253,10 @@ impl Stream {
         if let Some(id) = &message.id {
             return self.ask_client(method, &message, id.clone()).await;
         }
+        if let Some(kind) = ListKind::changed_by(method) {
+            self.wire.list_changed(kind);
+            return Step::Skip;
+        }
         match method {
             "notifications/progress" => {
                 let ours = message::progress_token(message.params) == self.upstream_token;
@@ -272,9 +276,6 @@ impl Stream {
                     _ => Step::Skip,
                 }
             }
-            "notifications/tools/list_changed" => self.refresh(ListKind::Tools),
-            "notifications/resources/list_changed" => self.refresh(ListKind::Resources),
-            "notifications/prompts/list_changed" => self.refresh(ListKind::Prompts),
             // Names an upstream request id the client never saw.
             "notifications/cancelled" => Step::Skip,
             // Anything else the upstream tells the caller on its call's
@@ -410,11 +411,6 @@ impl Stream {
         self._slot = None;
         self.relay.finish(&self.key);
         self.relay.forget_asks(&self.asks);
-    }
-
-    fn refresh(&self, kind: ListKind) -> Step {
-        self.wire.list_changed(kind);
-        Step::Skip
     }
 
     /// The upstream asks the user something mid-call.
