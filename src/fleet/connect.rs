@@ -33,6 +33,10 @@ const MAX_STDERR_LINE: usize = 2048;
 pub enum ConnectError {
     #[error("spec.url is missing")]
     MissingUrl,
+    /// Validation rejects it first; the URL itself is not repeated (it may
+    /// carry credentials).
+    #[error("spec.url is not a valid URL: {0}")]
+    BadUrl(String),
     #[error("spec.command is missing")]
     MissingCommand,
     #[error("starting {command:?} failed: {source}")]
@@ -348,8 +352,10 @@ async fn open(
                 .url
                 .as_deref()
                 .ok_or(ConnectError::MissingUrl)?;
+            // Parsed once: each relayed call would otherwise parse it again.
+            let url = reqwest::Url::parse(url).map_err(|e| ConnectError::BadUrl(e.to_string()))?;
             let line = HttpLine {
-                url: url.into(),
+                url,
                 http: http.clone(),
                 headers: header_map(desired)?,
                 credential: credential.cloned(),

@@ -499,7 +499,7 @@ impl Shared {
         let mut request = self
             .line
             .http
-            .delete(&*self.line.url)
+            .delete(self.line.url.clone())
             .headers(self.line.headers.clone())
             .header("mcp-session-id", &*session);
         if let Some(credential) = &self.line.credential

@@ -103,7 +103,7 @@ pub(super) enum Line {
 /// A Streamable HTTP session's line.
 #[derive(Clone)]
 pub(super) struct HttpLine {
-    pub(super) url: Arc<str>,
+    pub(super) url: reqwest::Url,
     pub(super) http: reqwest::Client,
     pub(super) headers: HeaderMap,
     pub(super) credential: Option<CredentialRef>,
@@ -316,13 +316,13 @@ impl HttpLine {
         let mut request = match body {
             Some(body) => self
                 .http
-                .post(&*self.url)
+                .post(self.url.clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json, text/event-stream")
                 .body(body),
             None => self
                 .http
-                .get(&*self.url)
+                .get(self.url.clone())
                 .header(header::ACCEPT, "text/event-stream"),
         }
         .headers(self.headers.clone());
