@@ -561,8 +561,9 @@ fn wire_failure(error: WireError) -> Failure {
 
 /// The session's standalone stream, as texts: opened once a session is,
 /// reopened (from its last event) after the server's `retry` when it ends,
-/// and anew for each new session. A server that refuses it (405, or another
-/// 4xx) is asked again only for a new session.
+/// and anew as soon as a new session is open (the old one's stream is
+/// dropped). A server that refuses it (405, or another 4xx) is asked again
+/// only for a new session.
 fn standalone_stream(shared: Arc<Shared>) -> BoxStream<'static, String> {
     struct State {
         shared: Arc<Shared>,
@@ -593,7 +594,18 @@ fn standalone_stream(shared: Arc<Shared>) -> BoxStream<'static, String> {
     futures::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(events) = state.open.as_mut() {
-                match events.next().await {
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    // A new session (the server forgot this one, or another
+                    // replica answered): its stream is read from now on, not
+                    // one a server may keep open for a session it left.
+                    changed = state.sessions.changed() => {
+                        changed.ok()?;
+                        state.open = None;
+                        continue;
+                    }
+                };
+                match event {
                     Some(Ok(event)) => {
                         if event.id.is_some() {
                             state.last_event = event.id;

@@ -159,10 +159,12 @@ impl ServerHandler for TaskServer {
     }
 }
 
-/// A fresh [`TaskServer`] behind rmcp's Streamable HTTP service (2025
-/// sessions and 2026-07-28 requests), knowing no session yet.
-fn task_service() -> StreamableHttpService<TaskServer, LocalSessionManager> {
-    let server = TaskServer::default();
+/// `server` behind rmcp's Streamable HTTP service (2025 sessions and
+/// 2026-07-28 requests), knowing no session yet.
+fn service_of<H>(server: H) -> StreamableHttpService<H, LocalSessionManager>
+where
+    H: ServerHandler + Clone + Send + Sync + 'static,
+{
     StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -185,7 +187,7 @@ async fn serve(router: axum::Router) -> (tokio::task::JoinHandle<()>, String) {
 /// Serves [`TaskServer`] at `http://127.0.0.1:<port 0>/mcp` (2025 sessions
 /// and 2026-07-28 requests) until the returned handle is dropped.
 pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
-    serve(axum::Router::new().nest_service("/mcp", task_service())).await
+    serve(axum::Router::new().nest_service("/mcp", service_of(TaskServer::default()))).await
 }
 
 /// [`task_server`] behind an address that stays while the server behind it
@@ -194,7 +196,21 @@ pub(crate) async fn task_server() -> (tokio::task::JoinHandle<()>, String) {
 /// restarted behind a stable address does).
 pub(crate) async fn task_server_that_restarts()
 -> (tokio::task::JoinHandle<()>, String, impl Fn() + use<>) {
-    let current = Arc::new(std::sync::Mutex::new(task_service()));
+    server_that_restarts(TaskServer::default).await
+}
+
+/// An rmcp server made by `make` (2025 sessions and 2026-07-28 requests),
+/// behind an address that stays while `restart` replaces it with a fresh
+/// one. The one replaced keeps the streams it had open: only new requests
+/// reach the new one, which knows none of the earlier sessions.
+pub(crate) async fn server_that_restarts<H, F>(
+    make: F,
+) -> (tokio::task::JoinHandle<()>, String, impl Fn() + use<H, F>)
+where
+    H: ServerHandler + Clone + Send + Sync + 'static,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let current = Arc::new(std::sync::Mutex::new(service_of(make())));
     let serving = current.clone();
     let handler = move |request: axum::extract::Request| {
         let service = serving.lock().expect("the current server").clone();
@@ -202,7 +218,7 @@ pub(crate) async fn task_server_that_restarts()
     };
     let (serving, url) =
         serve(axum::Router::new().route("/mcp", axum::routing::any(handler))).await;
-    let restart = move || *current.lock().expect("the current server") = task_service();
+    let restart = move || *current.lock().expect("the current server") = service_of(make());
     (serving, url, restart)
 }
 

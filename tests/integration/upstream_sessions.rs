@@ -317,3 +317,98 @@ async fn a_server_restarted_behind_its_address_is_spoken_to_again_without_a_fail
         "Connected"
     );
 }
+
+/// An rmcp server whose `grow` tool adds a tool and, a moment after
+/// answering, says so on the session's standalone stream (a notification
+/// related to no request).
+#[derive(Clone, Default)]
+struct GrowServer {
+    grown: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl rmcp::handler::server::ServerHandler for GrowServer {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<rmcp::service::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let grown = self.grown.lock().expect("the grown tools").clone();
+        let tool = |name: &str| {
+            rmcp::model::Tool::new(
+                name.to_string(),
+                name.to_string(),
+                std::sync::Arc::new(serde_json::Map::new()),
+            )
+        };
+        let tools = std::iter::once("grow".to_string())
+            .chain(grown)
+            .map(|name| tool(&name))
+            .collect();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::service::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let text = |t: String| {
+            rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(t)]).into()
+        };
+        if request.name != "grow" {
+            return Ok(text(format!("grown {}", request.name)));
+        }
+        let name = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("sprout")
+            .to_string();
+        self.grown
+            .lock()
+            .expect("the grown tools")
+            .push(name.clone());
+        let peer = context.peer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = peer.notify_tool_list_changed().await;
+        });
+        Ok(text(format!("added {name}")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_server_forgets_the_session_its_new_sessions_standalone_stream_is_read() {
+    use crate::task_extension::{Serving, server_that_restarts};
+    let (serving, url, restart) = server_that_restarts(GrowServer::default).await;
+    let _serving = Serving(serving);
+    let gateway = Fleet::new().http("grow", &url).connected().start();
+    let client = connect(&gateway.url()).await;
+    assert_eq!(
+        text_of(&call(&client, "x_grow_grow", json!({"name": "first"})).await),
+        "added first"
+    );
+    wait_tool(&client, "x_grow_first").await;
+    // The server behind the address is replaced: it knows no session, while
+    // the one it replaced keeps the old session's standalone stream open.
+    restart();
+    let grown = call(&client, "x_grow_grow", json!({"name": "second"})).await;
+    assert_eq!(text_of(&grown), "added second", "{grown:?}");
+    // The new session's list change arrives on the new session's stream.
+    let names = tokio::time::timeout(Duration::from_secs(8), wait_tool(&client, "x_grow_second"))
+        .await
+        .expect("the list change on the new session's standalone stream arrives");
+    assert!(names.contains(&"x_grow_grow".to_string()), "{names:?}");
+    let log = gateway.proc.log_text();
+    assert_eq!(log.matches("upstream connected").count(), 1, "{log}");
+}
