@@ -105,6 +105,7 @@ impl App {
             FleetSettings {
                 ping_interval: settings.ping_interval,
                 park_after: settings.park_after,
+                idle_connection_timeout: settings.upstream_idle_connection,
                 ..Default::default()
             },
             cancel.child_token(),

@@ -35,6 +35,12 @@ pub struct ConfigFile {
     /// Seconds an upstream's rmcp session may go unused before it is parked
     /// (its server session kept; default 10; 0: never; README "Idle memory").
     pub park_idle_sessions_after_seconds: Option<u64>,
+    /// Seconds an idle connection to a Streamable HTTP upstream stays open
+    /// for its next request (default 4; 0: one request per connection).
+    /// Keep it under the upstreams' own keep-alive timeout (5 s for Node,
+    /// uvicorn and hypercorn): a request sent as the server closes the
+    /// connection fails.
+    pub upstream_idle_connection_seconds: Option<u64>,
     /// Seconds between pings on each agent's connection; an agent silent
     /// for three is given up (default 15; README "Clusters behind NAT").
     pub agent_heartbeat_seconds: Option<u64>,
@@ -311,6 +317,8 @@ pub struct ServeSettings {
     pub ping_interval: Duration,
     /// `parkIdleSessionsAfterSeconds` (`None`: never).
     pub park_after: Option<Duration>,
+    /// `upstreamIdleConnectionSeconds`.
+    pub upstream_idle_connection: Duration,
     /// Pings on agents' connections (`agentHeartbeatSeconds`).
     pub agent_heartbeat: Duration,
     pub fan_out: FanOutSettings,
@@ -422,6 +430,11 @@ impl ServeSettings {
                 Some(seconds) => Some(Duration::from_secs(seconds)),
                 None => FleetSettings::default().park_after,
             },
+            upstream_idle_connection: file
+                .upstream_idle_connection_seconds
+                .map_or(FleetSettings::default().idle_connection_timeout, |s| {
+                    Duration::from_secs(s.min(3600))
+                }),
             agent_heartbeat: Duration::from_secs(
                 file.agent_heartbeat_seconds.unwrap_or(15).clamp(1, 300),
             ),
@@ -517,6 +530,25 @@ mod tests {
             Ok(Some(Duration::from_secs(60)))
         );
         assert_eq!(resolve("parkIdleSessionsAfterSeconds: 0\n"), Ok(None));
+    }
+
+    #[test]
+    fn idle_upstream_connections_close_before_a_five_second_keep_alive_unless_told_otherwise() {
+        let resolve = |yaml: &str| {
+            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
+            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
+                .map(|s| s.upstream_idle_connection)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(resolve("port: 0\n"), Ok(Duration::from_secs(4)));
+        assert_eq!(
+            resolve("upstreamIdleConnectionSeconds: 1\n"),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            resolve("upstreamIdleConnectionSeconds: 0\n"),
+            Ok(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub async fn run(settings: AgentSettings, cancel: CancellationToken) -> anyhow::
     let beside = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
+        .pool_idle_timeout(crate::fleet::http_client::IDLE_CONNECTION_TIMEOUT)
         .connect_timeout(Duration::from_secs(10))
         .build()?;
     let door = dial::door_url(&settings.gateway)?;

@@ -55,6 +55,9 @@ pub struct FleetSettings {
     pub(crate) freed: trim::Freed,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How long an idle connection to a Streamable HTTP upstream stays open
+    /// for the next request (`http_client::IDLE_CONNECTION_TIMEOUT`).
+    pub idle_connection_timeout: Duration,
     /// The agents' connections, which `type: agent` servers are reached through.
     pub agents: agents::Hub,
 }
@@ -67,6 +70,7 @@ impl Default for FleetSettings {
             freed: trim::Freed::default(),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            idle_connection_timeout: http_client::IDLE_CONNECTION_TIMEOUT,
             agents: agents::Hub::default(),
         }
     }
@@ -160,7 +164,7 @@ impl Fleet {
                 problems: RwLock::new(Vec::new()),
                 policies: RwLock::default(),
                 changed: Arc::new(changed),
-                http: http_client::build_reqwest(),
+                http: http_client::build_reqwest(settings.idle_connection_timeout),
                 settings,
                 cancel,
                 user_sessions: std::sync::OnceLock::new(),

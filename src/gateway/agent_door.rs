@@ -63,7 +63,9 @@ impl AgentDoor {
     ) -> Self {
         Self {
             gateway,
-            keys: Arc::new(JwksCache::new(crate::fleet::http_client::build_reqwest())),
+            keys: Arc::new(JwksCache::new(crate::fleet::http_client::build_reqwest(
+                crate::fleet::http_client::IDLE_CONNECTION_TIMEOUT,
+            ))),
             replicas,
             replica: format!("{:016x}", rand::random::<u64>()).into(),
             shutdown,

@@ -1,9 +1,11 @@
 //! Upstream session behaviour: cancellation and ids across the hop, health
-//! checks, connect timeouts, crashes, and stdio children reaped on removal.
+//! checks, connect timeouts, crashes, idle connections given up before the
+//! server closes them, and stdio children reaped on removal.
 
 use std::time::Duration;
 
 use crate::common::*;
+use crate::task_extension::Serving;
 use serde_json::json;
 
 /// A gateway config that health-checks upstreams every second, so a dead or
@@ -295,7 +297,7 @@ async fn a_killed_legacy_sse_upstream_ends_its_calls_cleanly_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restarted_behind_its_address_is_spoken_to_again_without_a_failed_call() {
-    use crate::task_extension::{Serving, task_server_that_restarts};
+    use crate::task_extension::task_server_that_restarts;
     let (serving, url, restart) = task_server_that_restarts().await;
     let _serving = Serving(serving);
     let gateway = Fleet::new().http("tasks", &url).connected().start();
@@ -389,7 +391,7 @@ impl rmcp::handler::server::ServerHandler for GrowServer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_server_forgets_the_session_its_new_sessions_standalone_stream_is_read() {
-    use crate::task_extension::{Serving, server_that_restarts};
+    use crate::task_extension::server_that_restarts;
     let (serving, url, restart) = server_that_restarts(GrowServer::default).await;
     let _serving = Serving(serving);
     let gateway = Fleet::new().http("grow", &url).connected().start();
@@ -411,4 +413,95 @@ async fn after_a_server_forgets_the_session_its_new_sessions_standalone_stream_i
     assert!(names.contains(&"x_grow_grow".to_string()), "{names:?}");
     let log = gateway.proc.log_text();
     assert_eq!(log.matches("upstream connected").count(), 1, "{log}");
+}
+
+/// How long Node's and uvicorn's HTTP servers keep an idle keep-alive
+/// connection before closing it (both default to 5 s).
+const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A TCP hop in front of `target` that acts as a server closing idle
+/// keep-alive connections after [`SERVER_KEEP_ALIVE`], at the worst moment:
+/// the client has not yet seen the close when it sends its next request, so
+/// the request meets a reset (what a request crossing a real server's close
+/// meets). A hand-written stand-in: no real server makes that race happen
+/// on demand. Returns the hop's address and how many requests it reset.
+async fn keep_alive_closer(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    Serving,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the hop");
+    let address = listener.local_addr().expect("the hop's address");
+    let resets = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = resets.clone();
+    let hop = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            let resets = counted.clone();
+            connections.spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+                let mut last = std::time::Instant::now();
+                loop {
+                    tokio::select! {
+                        read = client.read(&mut up) => {
+                            let Ok(n @ 1..) = read else { break };
+                            if last.elapsed() >= SERVER_KEEP_ALIVE {
+                                resets.fetch_add(1, Ordering::SeqCst);
+                                let _ = client.set_zero_linger();
+                                break;
+                            }
+                            last = std::time::Instant::now();
+                            if server.write_all(&up[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        read = server.read(&mut down) => {
+                            let Ok(n @ 1..) = read else { break };
+                            last = std::time::Instant::now();
+                            if client.write_all(&down[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, resets, Serving(hop))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_after_a_quiet_spell_longer_than_the_servers_keep_alive_is_not_reset() {
+    use crate::task_extension::task_server_that_restarts;
+    let (serving, url, _restart) = task_server_that_restarts().await;
+    let _serving = Serving(serving);
+    let target = reqwest::Url::parse(&url).expect("the server's URL");
+    let target = target.socket_addrs(|| None).expect("the server's address")[0];
+    let (hop, resets, _hop) = keep_alive_closer(target).await;
+    let gateway = Fleet::new()
+        .http("tasks", &format!("http://{hop}/mcp"))
+        .connected()
+        .start();
+    let client = connect(&gateway.url()).await;
+    let before = call(&client, "x_tasks_sum", json!({"a": 1, "b": 2})).await;
+    assert_eq!(text_of(&before), "3", "{before:?}");
+    // Longer than the server keeps an idle connection: the gateway must not
+    // send the next call on one it used before the quiet spell.
+    tokio::time::sleep(SERVER_KEEP_ALIVE + Duration::from_millis(700)).await;
+    let after = call(&client, "x_tasks_sum", json!({"a": 2, "b": 2})).await;
+    assert_eq!(text_of(&after), "4", "{after:?}");
+    assert_eq!(
+        resets.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a request was sent on a connection the server had closed"
+    );
 }
