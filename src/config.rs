@@ -460,6 +460,14 @@ impl ServeSettings {
 mod tests {
     use super::*;
 
+    /// `flotilla serve --config` of `yaml` with manifests and no flags, or
+    /// the error it prints.
+    fn resolved(yaml: &str) -> Result<ServeSettings, String> {
+        let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
+        ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn the_sso_example_config_loads_with_paths_relative_to_it() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sso/flotilla.yaml");
@@ -481,12 +489,7 @@ mod tests {
 
     #[test]
     fn rate_limit_needs_calls_per_minute_and_bursts_a_minute_by_default() {
-        let resolve = |yaml: &str| {
-            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
-            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
-                .map(|s| s.rate_limit)
-                .map_err(|e| e.to_string())
-        };
+        let resolve = |yaml: &str| resolved(yaml).map(|s| s.rate_limit);
         assert_eq!(resolve("port: 0\n"), Ok(None));
         assert_eq!(
             resolve("rateLimit: {callsPerMinute: 120}\n"),
@@ -518,12 +521,7 @@ mod tests {
 
     #[test]
     fn idle_sessions_park_after_ten_seconds_unless_told_otherwise_and_zero_turns_it_off() {
-        let resolve = |yaml: &str| {
-            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
-            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
-                .map(|s| s.park_after)
-                .map_err(|e| e.to_string())
-        };
+        let resolve = |yaml: &str| resolved(yaml).map(|s| s.park_after);
         assert_eq!(resolve("port: 0\n"), Ok(Some(Duration::from_secs(10))));
         assert_eq!(
             resolve("parkIdleSessionsAfterSeconds: 60\n"),
@@ -534,12 +532,7 @@ mod tests {
 
     #[test]
     fn idle_upstream_connections_close_before_a_five_second_keep_alive_unless_told_otherwise() {
-        let resolve = |yaml: &str| {
-            let file: ConfigFile = serde_saphyr::from_str(yaml).expect("parses");
-            ServeSettings::resolve(file, Some("m".into()), None, None, None, None)
-                .map(|s| s.upstream_idle_connection)
-                .map_err(|e| e.to_string())
-        };
+        let resolve = |yaml: &str| resolved(yaml).map(|s| s.upstream_idle_connection);
         assert_eq!(resolve("port: 0\n"), Ok(Duration::from_secs(4)));
         assert_eq!(
             resolve("upstreamIdleConnectionSeconds: 1\n"),
