@@ -36,7 +36,8 @@ pub struct ConfigFile {
     /// (its server session kept; default 10; 0: never; README "Idle memory").
     pub park_idle_sessions_after_seconds: Option<u64>,
     /// Seconds an idle connection to a Streamable HTTP upstream stays open
-    /// for its next request (default 4; 0: one request per connection).
+    /// for its next request (default 4; 0: one request per connection; at
+    /// most 3600).
     /// Keep it under the upstreams' own keep-alive timeout (5 s for Node,
     /// uvicorn and hypercorn): a request sent as the server closes the
     /// connection fails.
